@@ -1,0 +1,1 @@
+"""shelfsync: the offline content sync daemon for e-readers."""

@@ -1,0 +1,295 @@
+"""The book manifest: the signed description of one version of one book.
+
+Pure: bytes in, values out, no I/O. The service (server_stub.packaging) builds manifests with
+`encode_manifest`; the device parses them with `parse_manifest` only after the signature over the
+exact bytes verified (daemon.crypto). The format is documented in docs/PROTOCOL.md.
+
+A book's resources are laid end to end, in reading order, as one plaintext stream; frames cut that
+stream into consecutive pieces of at most `frame_size` bytes. A resource occupies
+[offset, offset + size) of the stream and is readable once every frame overlapping it is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from bisect import bisect_right
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from daemon.errors import ManifestError
+
+FORMAT = 1
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # mahabharata (2,020 resources) needs ~1 MB
+MAX_FRAME_PLAIN = 4 * 1024 * 1024  # bytes: one frame's plaintext, the decode cap's upper bound
+CODECS = ("zstd", "raw")
+
+_BOOK_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One independently compressed piece of the package."""
+
+    sha256: str  # of the bytes as they travel and rest
+    offset: int  # in the package
+    length: int  # bytes in the package
+    plain_size: int  # bytes after decoding
+    codec: str  # "zstd" or "raw"
+    plain_offset: int  # in the plaintext stream (derived, not serialised)
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """One file of the EPUB, as the publisher wrote it."""
+
+    path: str
+    media_type: str
+    size: int
+    sha256: str
+    offset: int  # in the plaintext stream
+
+
+@dataclass(frozen=True, slots=True)
+class TocEntry:
+    label: str
+    href: str
+    children: tuple[TocEntry, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    book_id: str
+    version: int
+    issued_at: int  # unix seconds, service clock
+    expires_at: int
+    title: str
+    authors: tuple[str, ...]
+    language: str
+    frame_size: int
+    frames: tuple[Frame, ...]
+    resources: tuple[Resource, ...]
+    toc: tuple[TocEntry, ...]
+    first_chapter: str
+    package_size: int
+    _resource_index: dict[str, Resource] = field(repr=False, compare=False, default_factory=dict)
+
+    def resource(self, path: str) -> Resource | None:
+        if not self._resource_index:
+            self._resource_index.update((r.path, r) for r in self.resources)
+        return self._resource_index.get(path)
+
+    def frames_for(self, resource: Resource) -> range:
+        """Indexes of the frames that hold `resource` (empty for an empty resource)."""
+        if resource.size == 0:
+            return range(0)
+        starts = [f.plain_offset for f in self.frames]
+        first = bisect_right(starts, resource.offset) - 1
+        last = bisect_right(starts, resource.offset + resource.size - 1) - 1
+        return range(first, last + 1)
+
+    def first_chapter_frames(self) -> int:
+        """How many leading frames must be stored before the first chapter reads."""
+        chapter = self.resource(self.first_chapter)
+        assert chapter is not None  # parse_manifest checked it
+        needed = self.frames_for(chapter)
+        return needed.stop if needed else 0
+
+    @property
+    def plain_size(self) -> int:
+        return sum(f.plain_size for f in self.frames)
+
+
+def encode_manifest(m: Manifest) -> bytes:
+    """Canonical JSON bytes of a manifest: the exact bytes the service signs."""
+    doc = {
+        "format": FORMAT,
+        "book_id": m.book_id,
+        "version": m.version,
+        "issued_at": m.issued_at,
+        "expires_at": m.expires_at,
+        "title": m.title,
+        "authors": list(m.authors),
+        "language": m.language,
+        "frame_size": m.frame_size,
+        "frames": [
+            {
+                "sha256": f.sha256,
+                "offset": f.offset,
+                "length": f.length,
+                "plain_size": f.plain_size,
+                "codec": f.codec,
+            }
+            for f in m.frames
+        ],
+        "resources": [
+            {
+                "path": r.path,
+                "media_type": r.media_type,
+                "size": r.size,
+                "sha256": r.sha256,
+                "offset": r.offset,
+            }
+            for r in m.resources
+        ],
+        "toc": [_toc_doc(t) for t in m.toc],
+        "first_chapter": m.first_chapter,
+        "package_size": m.package_size,
+    }
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _toc_doc(t: TocEntry) -> dict[str, Any]:
+    return {"label": t.label, "href": t.href, "children": [_toc_doc(c) for c in t.children]}
+
+
+def build_frames(specs: list[tuple[str, int, int, int, str]]) -> tuple[Frame, ...]:
+    """Frames from (sha256, offset, length, plain_size, codec), with plaintext offsets filled."""
+    frames = []
+    plain = 0
+    for sha, offset, length, plain_size, codec in specs:
+        frames.append(Frame(sha, offset, length, plain_size, codec, plain))
+        plain += plain_size
+    return tuple(frames)
+
+
+def check_resource_path(path: str) -> str:
+    """Return `path` if it is a safe, relative path inside a book; raise ValueError otherwise."""
+    if not path or len(path) > 1024:
+        raise ValueError("empty or overlong path")
+    if "\x00" in path or "\\" in path or path.startswith("/"):
+        raise ValueError("NUL, backslash or absolute path")
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        raise ValueError("empty, '.' or '..' path segment")
+    if any(ord(c) < 0x20 for c in path):
+        raise ValueError("control character in path")
+    return path
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    """Parse and validate manifest bytes (already signature-checked); raise ManifestError."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"manifest is {len(data)} bytes, over the {MAX_MANIFEST_BYTES} limit")
+    try:
+        doc = json.loads(data)
+        return _parse_doc(doc)
+    except ManifestError:
+        raise
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
+        raise ManifestError(f"malformed manifest: {type(e).__name__}: {e}") from e
+
+
+def _need(doc: Any, key: str, kind: type, check: Any = None) -> Any:
+    value = doc[key]
+    if kind is int and isinstance(value, bool):
+        raise ManifestError(f"{key}: expected integer")
+    if not isinstance(value, kind):
+        raise ManifestError(f"{key}: expected {kind.__name__}, got {type(value).__name__}")
+    if check is not None and not check(value):
+        raise ManifestError(f"{key}: invalid value {str(value)[:80]!r}")
+    return value
+
+
+def _nonneg(v: int) -> bool:
+    return 0 <= v < 2**53
+
+
+def _parse_doc(doc: Any) -> Manifest:
+    if not isinstance(doc, dict):
+        raise ManifestError("manifest is not a JSON object")
+    if doc.get("format") != FORMAT:
+        raise ManifestError(f"unsupported manifest format {doc.get('format')!r}")
+    frame_size = _need(doc, "frame_size", int, lambda v: 0 < v <= MAX_FRAME_PLAIN)
+    specs = []
+    package_offset = 0
+    for raw in _need(doc, "frames", list):
+        length = _need(raw, "length", int, lambda v: 0 < v <= MAX_FRAME_PLAIN + 1024)
+        offset = _need(raw, "offset", int, _nonneg)
+        if offset != package_offset:
+            raise ManifestError(f"frames are not contiguous at package offset {package_offset}")
+        specs.append(
+            (
+                _need(raw, "sha256", str, _SHA256.match),
+                offset,
+                length,
+                _need(raw, "plain_size", int, lambda v: 0 < v <= frame_size),
+                _need(raw, "codec", str, lambda v: v in CODECS),
+            )
+        )
+        package_offset += length
+    frames = build_frames(specs)
+    package_size = _need(doc, "package_size", int, _nonneg)
+    if package_size != package_offset:
+        raise ManifestError(f"package_size {package_size} != sum of frame lengths {package_offset}")
+    plain_total = sum(f.plain_size for f in frames)
+
+    resources = []
+    seen: set[str] = set()
+    stream = 0
+    for raw in _need(doc, "resources", list):
+        path = _need(raw, "path", str)
+        try:
+            check_resource_path(path)
+        except ValueError as e:
+            raise ManifestError(f"resource path {path[:80]!r}: {e}") from e
+        if path in seen:
+            raise ManifestError(f"resource {path!r} listed twice")
+        seen.add(path)
+        size = _need(raw, "size", int, _nonneg)
+        offset = _need(raw, "offset", int, _nonneg)
+        if offset != stream:
+            raise ManifestError(f"resource {path!r} is not contiguous in the stream")
+        stream += size
+        resources.append(
+            Resource(
+                path=path,
+                media_type=_need(raw, "media_type", str, _MEDIA_TYPE.match),
+                size=size,
+                sha256=_need(raw, "sha256", str, _SHA256.match),
+                offset=offset,
+            )
+        )
+    if stream != plain_total:
+        raise ManifestError(f"resources cover {stream} bytes but frames hold {plain_total}")
+
+    first_chapter = _need(doc, "first_chapter", str)
+    if first_chapter not in seen:
+        raise ManifestError(f"first_chapter {first_chapter!r} is not a resource")
+    authors = tuple(_need(doc, "authors", list))
+    if not all(isinstance(a, str) for a in authors):
+        raise ManifestError("authors: expected a list of strings")
+    issued_at = _need(doc, "issued_at", int, _nonneg)
+    return Manifest(
+        book_id=_need(doc, "book_id", str, _BOOK_ID.match),
+        version=_need(doc, "version", int, lambda v: 0 < v < 2**53),
+        issued_at=issued_at,
+        expires_at=_need(doc, "expires_at", int, lambda v: _nonneg(v) and v > issued_at),
+        title=_need(doc, "title", str),
+        authors=authors,
+        language=_need(doc, "language", str),
+        frame_size=frame_size,
+        frames=frames,
+        resources=tuple(resources),
+        toc=tuple(_parse_toc(t, 0) for t in _need(doc, "toc", list)),
+        first_chapter=first_chapter,
+        package_size=package_size,
+    )
+
+
+def _parse_toc(doc: Any, depth: int) -> TocEntry:
+    if depth > 16:
+        raise ManifestError("table of contents nested deeper than 16 levels")
+    return TocEntry(
+        label=_need(doc, "label", str),
+        href=_need(doc, "href", str),
+        children=tuple(_parse_toc(c, depth + 1) for c in _need(doc, "children", list)),
+    )
+
+
+def iter_toc(entries: tuple[TocEntry, ...]) -> Iterator[TocEntry]:
+    for e in entries:
+        yield e
+        yield from iter_toc(e.children)
