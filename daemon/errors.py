@@ -13,6 +13,7 @@ ShelfsyncError
 │   └── DecodeError              a frame does not decompress within its declared bounds
 ├── TransportError               the service could not be reached or answered badly (retryable)
 │   ├── ServiceHTTPError         an HTTP error status, with the status code
+│   ├── ProtocolError            an answer that does not follow docs/PROTOCOL.md
 │   ├── RangeError               the service ignored or mangled a Range request
 │   └── StalledError             a download stopped making progress
 └── NotOnDeviceError             a resource exists but its frames are not downloaded yet
@@ -88,6 +89,10 @@ class ServiceHTTPError(TransportError):
         return self.status >= 500 or self.status in (408, 429)
 
 
+class ProtocolError(TransportError):
+    """The service's answer does not follow docs/PROTOCOL.md."""
+
+
 class RangeError(TransportError):
     """The service ignored a Range request or answered with a different range."""
 
@@ -100,7 +105,9 @@ class NotOnDeviceError(ShelfsyncError):
     """The resource is part of a book on the device but its frames are not downloaded yet."""
 
     def __init__(self, book_id: str, path: str, missing_frames: int) -> None:
-        super().__init__(f"{path} of {book_id} is not yet on the device ({missing_frames} frames missing)")
+        super().__init__(
+            f"{path} of {book_id} is not yet on the device ({missing_frames} frames missing)"
+        )
         self.book_id = book_id
         self.path = path
         self.missing_frames = missing_frames

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 from bisect import bisect_right
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,15 +134,15 @@ def encode_manifest(m: Manifest) -> bytes:
             }
             for r in m.resources
         ],
-        "toc": [_toc_doc(t) for t in m.toc],
+        "toc": [toc_to_doc(t) for t in m.toc],
         "first_chapter": m.first_chapter,
         "package_size": m.package_size,
     }
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
 
 
-def _toc_doc(t: TocEntry) -> dict[str, Any]:
-    return {"label": t.label, "href": t.href, "children": [_toc_doc(c) for c in t.children]}
+def toc_to_doc(t: TocEntry) -> dict[str, Any]:
+    return {"label": t.label, "href": t.href, "children": [toc_to_doc(c) for c in t.children]}
 
 
 def build_frames(specs: list[tuple[str, int, int, int, str]]) -> tuple[Frame, ...]:
@@ -287,9 +286,3 @@ def _parse_toc(doc: Any, depth: int) -> TocEntry:
         href=_need(doc, "href", str),
         children=tuple(_parse_toc(c, depth + 1) for c in _need(doc, "children", list)),
     )
-
-
-def iter_toc(entries: tuple[TocEntry, ...]) -> Iterator[TocEntry]:
-    for e in entries:
-        yield e
-        yield from iter_toc(e.children)

@@ -1,0 +1,234 @@
+"""The local API that the reader software calls: the library, books, resources, status.
+
+It reads the store only and never waits on the network. It listens on a Unix socket with 0600
+permissions (only the reader software's user may connect) and, for development, optionally on a
+loopback TCP port, where every request needs the token in `<state>/api-token` and a Host header
+naming loopback (so a web page cannot reach it by DNS rebinding).
+
+A resource is answered whole or not at all: if any of its frames is not on the device yet, the
+answer is 503 `not_yet_on_device` with Retry-After, never a wait and never partial bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from daemon.errors import NotOnDeviceError, VerificationError
+from daemon.logs import log_event
+from daemon.manifest import check_resource_path
+from daemon.reader import check_available, resource_pieces
+from daemon.status import build_status
+from daemon.store import Store
+
+_LOG = logging.getLogger("shelfsync.api")
+_BOOK_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
+MAX_BODY_BYTES = 64 * 1024
+READERS = 4  # concurrent resource reads; more requests wait their turn (back-pressure)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, code: str, detail: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": code, "detail": detail, **extra}, status=status)
+
+
+class ReaderPool:
+    """Read-only connections, one per request in flight: each read is its own snapshot."""
+
+    def __init__(self, db_path: Path, size: int) -> None:
+        self._db_path = db_path
+        self._size = size
+        self._idle: asyncio.Queue[Store] = asyncio.Queue()
+        self._all: list[Store] = []
+
+    def open(self) -> None:
+        for _ in range(self._size):
+            store = Store.open(self._db_path, readonly=True)
+            self._all.append(store)
+            self._idle.put_nowait(store)
+
+    def close(self) -> None:
+        for store in self._all:
+            store.close()
+
+    @asynccontextmanager
+    async def reader(self) -> AsyncIterator[Store]:
+        store = await self._idle.get()
+        try:
+            yield store
+        finally:
+            self._idle.put_nowait(store)
+
+
+class LocalApi:
+    def __init__(
+        self,
+        db_path: Path,
+        window_cap: int,
+        runtime: Callable[[], dict[str, Any]],
+        socket_path: Path,
+        tcp_port: int | None = None,
+        token: str | None = None,
+    ) -> None:
+        self._readers = ReaderPool(db_path, READERS)
+        self._window_cap = window_cap
+        self._runtime = runtime
+        self.socket_path = socket_path
+        self.tcp_port = tcp_port
+        self._token = token
+        self._runner: web.AppRunner | None = None
+
+    def make_app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._guard])
+        app.router.add_get("/v1/status", self.status)
+        app.router.add_get("/v1/library", self.library)
+        app.router.add_get("/v1/books/{book_id}", self.book)
+        app.router.add_get("/v1/books/{book_id}/toc", self.toc)
+        app.router.add_get("/v1/books/{book_id}/resources/{path:.+}", self.resource)
+        return app
+
+    async def start(self) -> None:
+        self._readers.open()
+        self._runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        self.socket_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.socket_path.unlink(missing_ok=True)  # left by a killed daemon
+        old_umask = os.umask(0o177)  # the socket is born 0600: no window where others connect
+        try:
+            await web.UnixSite(self._runner, str(self.socket_path)).start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.socket_path, 0o600)
+        if self.tcp_port is not None:
+            site = web.TCPSite(self._runner, "127.0.0.1", self.tcp_port)
+            await site.start()
+            server = site._server
+            if self.tcp_port == 0 and isinstance(server, asyncio.Server):
+                self.tcp_port = server.sockets[0].getsockname()[1]
+        log_event(
+            _LOG, logging.INFO, "api_listening", socket=self.socket_path, tcp_port=self.tcp_port
+        )
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self._readers.close()
+        self.socket_path.unlink(missing_ok=True)
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.transport is not None and request.transport.get_extra_info("peername"):
+            # TCP (the Unix socket has no peer name): loopback Host and the token, or nothing.
+            host = (request.host or "").rsplit(":", 1)[0]
+            if host not in _LOOPBACK_HOSTS:
+                return _error(403, "forbidden_host", "the local API answers loopback hosts only")
+            given = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            if not self._token or not hmac.compare_digest(given, self._token):
+                return _error(401, "unauthorized", "missing or wrong API token")
+        book_id = request.match_info.get("book_id")
+        if book_id is not None and not _BOOK_ID.match(book_id):
+            return _error(400, "bad_book_id", "book ids are letters, digits, '_' and '-'")
+        return await handler(request)
+
+    async def status(self, request: web.Request) -> web.Response:
+        async with self._readers.reader() as store:
+            return web.json_response(build_status(store, self._runtime()))
+
+    async def library(self, request: web.Request) -> web.Response:
+        async with self._readers.reader() as store:
+            return web.json_response({"books": store.library_view()})
+
+    async def book(self, request: web.Request) -> web.Response:
+        async with self._readers.reader() as store:
+            details = store.book_details(request.match_info["book_id"])
+        if details is None:
+            return _error(404, "no_such_book", "this book is not on the device")
+        return web.json_response(details)
+
+    async def toc(self, request: web.Request) -> web.Response:
+        async with self._readers.reader() as store:
+            details = store.book_details(request.match_info["book_id"])
+        if details is None:
+            return _error(404, "no_such_book", "this book is not on the device")
+        return web.json_response({"book_id": details["book_id"], "toc": details["toc"]})
+
+    async def resource(self, request: web.Request) -> web.StreamResponse:
+        book_id, path = request.match_info["book_id"], request.match_info["path"]
+        try:
+            check_resource_path(path)
+        except ValueError as e:
+            return _error(400, "bad_path", f"not a path inside a book: {e}")
+        async with self._readers.reader() as store, _snapshot(store):
+            resource = store.resource(book_id, path)
+            if resource is None:
+                return _error(404, "no_such_resource", "no such resource in this book")
+            try:
+                check_available(store, resource)
+            except NotOnDeviceError as e:
+                return web.json_response(
+                    {
+                        "error": "not_yet_on_device",
+                        "detail": str(e),
+                        "missing_frames": e.missing_frames,
+                    },
+                    status=503,
+                    headers={"Retry-After": "2"},
+                )
+            pieces = resource_pieces(store, resource, self._window_cap)
+            try:
+                first = next(pieces, b"")
+            except VerificationError as e:
+                log_event(
+                    _LOG,
+                    logging.ERROR,
+                    "resource_unreadable",
+                    book=book_id,
+                    error=type(e).__name__,
+                    detail=str(e),
+                )
+                return _error(500, "corrupt_on_device", "stored bytes failed verification")
+            response = web.StreamResponse(
+                headers={
+                    "Content-Type": resource.media_type,
+                    "Content-Length": str(resource.size),
+                    "X-Content-SHA256": resource.sha256,
+                }
+            )
+            await response.prepare(request)
+            await response.write(first)
+            try:
+                for piece in pieces:
+                    await response.write(piece)
+            except VerificationError as e:
+                # Headers are gone: cut the connection so the reader sees a short body, never
+                # wrong bytes.
+                log_event(
+                    _LOG,
+                    logging.ERROR,
+                    "resource_unreadable",
+                    book=book_id,
+                    error=type(e).__name__,
+                    detail=str(e),
+                )
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+            await response.write_eof()
+            return response
+
+
+@asynccontextmanager
+async def _snapshot(store: Store) -> AsyncIterator[None]:
+    with store.snapshot():
+        yield

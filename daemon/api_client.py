@@ -1,0 +1,58 @@
+"""A client of the daemon's local API over its Unix socket, as reader software would use it.
+
+Used by `shelfsync status`, the demo and the tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Self
+from urllib.parse import quote
+
+import aiohttp
+
+
+class LocalApiError(Exception):
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"local API answered {status}: {body}")
+        self.status = status
+        self.body = body
+
+
+class LocalApiClient:
+    def __init__(self, socket_path: Path, timeout_s: float = 10.0) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=str(socket_path)),
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._session.close()
+
+    async def get_json(self, path: str) -> Any:
+        async with self._session.get("http://shelfsync" + path) as r:
+            body = await r.json(content_type=None)
+            if r.status != 200:
+                raise LocalApiError(r.status, body)
+            return body
+
+    async def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.get_json("/v1/status")
+        return result
+
+    async def library(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = (await self.get_json("/v1/library"))["books"]
+        return result
+
+    async def book(self, book_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.get_json(f"/v1/books/{quote(book_id, safe='')}")
+        return result
+
+    async def resource(self, book_id: str, path: str) -> tuple[int, str, bytes]:
+        """(status, media type, body) of one resource; the body is JSON on errors."""
+        url = f"http://shelfsync/v1/books/{quote(book_id, safe='')}/resources/{quote(path)}"
+        async with self._session.get(url) as r:
+            return r.status, r.content_type, await r.read()

@@ -1,0 +1,277 @@
+"""The client: the only code that speaks HTTP to the service.
+
+One aiohttp session per daemon. No total timeout (aiohttp's default 300 s would kill a long
+download on a slow link): a connect timeout, a per-read timeout, and a minimum-rate watchdog on
+package bodies instead. Bodies are never content-decoded (`Accept-Encoding: identity`,
+`auto_decompress=False`): what is hashed is what travelled. Foreign exceptions become
+TransportError subclasses here, so callers handle one family.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from daemon.crypto import MAX_ENVELOPE_BYTES
+from daemon.errors import ProtocolError, RangeError, ServiceHTTPError, StalledError, TransportError
+from daemon.logs import log_event
+from daemon.models import LibraryChange
+
+_LOG = logging.getLogger("shelfsync.client")
+_BOOK_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+MAX_JSON_BYTES = 4 * 1024 * 1024  # a changes page of 1,000 entries is ~150 KB
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLimits:
+    connect_timeout_s: float = 15.0
+    stall_timeout_s: float = 30.0  # no byte for this long: stalled
+    min_rate_bytes_per_s: int = 1024  # slower than this over a whole frame: stalled too
+
+
+@dataclass(frozen=True, slots=True)
+class ChangesPage:
+    changes: list[LibraryChange]
+    cursor: int
+    has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceCredentials:
+    device_id: str
+    device_token: str
+
+
+def _transport_error(what: str, e: BaseException) -> TransportError:
+    if isinstance(e, TransportError):
+        return e
+    if isinstance(e, aiohttp.ClientPayloadError):
+        return TransportError(f"{what}: body cut short ({e})")
+    if isinstance(e, TimeoutError):
+        return StalledError(f"{what}: timed out")
+    return TransportError(f"{what}: {type(e).__name__}: {e}")
+
+
+async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
+    if response.content_length is not None and response.content_length > cap:
+        raise ProtocolError(f"{response.url.path}: body of {response.content_length} bytes")
+    body = await response.content.read(cap + 1)
+    if len(body) > cap:
+        raise ProtocolError(f"{response.url.path}: body over {cap} bytes")
+    return body
+
+
+async def _json(response: aiohttp.ClientResponse) -> Any:
+    try:
+        return json.loads(await _read_capped(response, MAX_JSON_BYTES))
+    except ValueError as e:
+        raise ProtocolError(f"{response.url.path}: not JSON ({e})") from e
+
+
+async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
+    if response.status < 400:
+        return
+    detail = ""
+    with suppress(TransportError, AttributeError, aiohttp.ClientError):
+        detail = str((await _json(response)).get("detail", ""))[:200]
+    raise ServiceHTTPError(response.status, response.url.path, detail)
+
+
+def _session(connect_timeout_s: float, stall_timeout_s: float) -> aiohttp.ClientSession:
+    timeout = aiohttp.ClientTimeout(
+        total=None, connect=connect_timeout_s, sock_read=stall_timeout_s
+    )
+    return aiohttp.ClientSession(
+        timeout=timeout, auto_decompress=False, headers={"Accept-Encoding": "identity"}
+    )
+
+
+class AccountClient:
+    """Account-side calls, as the store's website makes them: sign up, add a device, buy.
+
+    The daemon uses it once, to register; the demo and tests use it to play the customer.
+    """
+
+    def __init__(self, base_url: str, account_token: str = "") -> None:
+        self.base_url = base_url.rstrip("/")
+        self.account_token = account_token
+
+    async def _post(self, path: str, body: dict[str, str]) -> Any:
+        headers = {"Authorization": f"Bearer {self.account_token}"} if self.account_token else {}
+        async with _session(15, 30) as session:
+            try:
+                async with session.post(self.base_url + path, json=body, headers=headers) as r:
+                    await _raise_for_status(r)
+                    return await _json(r)
+            except (aiohttp.ClientError, TimeoutError, OSError) as e:
+                raise _transport_error(f"POST {path}", e) from e
+
+    async def create_account(self, name: str) -> str:
+        """Sign up; keeps and returns the new account's token."""
+        doc = await self._post("/v1/accounts", {"name": name})
+        self.account_token = str(doc["account_token"])
+        return self.account_token
+
+    async def register_device(self, name: str) -> DeviceCredentials:
+        doc = await self._post("/v1/devices", {"name": name})
+        return DeviceCredentials(str(doc["device_id"]), str(doc["device_token"]))
+
+    async def buy(self, book_id: str) -> float:
+        """Buy a book; returns the service time of the purchase (the 60 s clock's start)."""
+        return float((await self._post("/v1/library/buy", {"book_id": book_id}))["at"])
+
+    async def send_to_device(self, book_id: str, device_id: str) -> float:
+        body = {"book_id": book_id, "device_id": device_id}
+        return float((await self._post("/v1/library/send", body))["at"])
+
+    async def return_book(self, book_id: str) -> float:
+        return float((await self._post("/v1/library/return", {"book_id": book_id}))["at"])
+
+
+class PackageBody:
+    """A package byte range being read, frame by frame, under a stall watchdog."""
+
+    def __init__(self, response: aiohttp.ClientResponse, start: int, limits: ClientLimits):
+        self._response = response
+        self._limits = limits
+        self.position = start
+
+    async def read_exactly(self, n: int) -> bytes:
+        # sock_read catches silence; this deadline also catches a 1 B/s drip.
+        deadline = self._limits.stall_timeout_s + n / max(1, self._limits.min_rate_bytes_per_s)
+        try:
+            async with asyncio.timeout(deadline):
+                data = await self._response.content.readexactly(n)
+        except asyncio.IncompleteReadError as e:
+            raise TransportError(
+                f"package body ended at byte {self.position + len(e.partial)}"
+            ) from e
+        except TimeoutError as e:
+            raise StalledError(f"package: {n} bytes not received within {deadline:.0f} s") from e
+        except (aiohttp.ClientError, OSError) as e:
+            raise _transport_error("package", e) from e
+        self.position += n
+        return data
+
+
+class ServiceClient:
+    """The device's connection to the service, authenticated as this device."""
+
+    def __init__(self, base_url: str, credentials: DeviceCredentials, limits: ClientLimits):
+        self.base_url = base_url.rstrip("/")
+        self._auth = {"Authorization": f"Bearer {credentials.device_token}"}
+        self._limits = limits
+        self._session = _session(limits.connect_timeout_s, limits.stall_timeout_s)
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def _get_json(self, path: str, params: dict[str, str] | None = None) -> Any:
+        try:
+            async with self._session.get(
+                self.base_url + path, params=params, headers=self._auth
+            ) as r:
+                await _raise_for_status(r)
+                return await _json(r)
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise _transport_error(f"GET {path}", e) from e
+
+    async def library_changes(self, cursor: int, limit: int = 500) -> ChangesPage:
+        doc = await self._get_json(
+            "/v1/library/changes", {"cursor": str(cursor), "limit": str(limit)}
+        )
+        try:
+            changes = [
+                LibraryChange(
+                    seq=int(c["seq"]),
+                    book_id=str(c["book_id"]),
+                    action=str(c["action"]),
+                    reason=str(c["reason"]),
+                    version=int(c["version"]),
+                    at=float(c["at"]),
+                )
+                for c in doc["changes"]
+            ]
+            page = ChangesPage(changes, int(doc["cursor"]), bool(doc["has_more"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ProtocolError(f"malformed changes page: {type(e).__name__}: {e}") from e
+        for c in changes:
+            if not _BOOK_ID.match(c.book_id) or c.action not in ("add", "update", "remove"):
+                raise ProtocolError(f"malformed change {c.seq}: {c.book_id[:80]!r} {c.action!r}")
+        return page
+
+    async def manifest_envelope(self, book_id: str) -> bytes:
+        path = f"/v1/books/{quote(book_id, safe='')}/manifest"
+        try:
+            async with self._session.get(self.base_url + path, headers=self._auth) as r:
+                await _raise_for_status(r)
+                return await _read_capped(r, MAX_ENVELOPE_BYTES)
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise _transport_error(f"GET {path}", e) from e
+
+    @asynccontextmanager
+    async def package(
+        self, book_id: str, version: int, start: int, end: int
+    ) -> AsyncIterator[PackageBody]:
+        """Open bytes [start, end] (inclusive) of a package; never splices a mismatched range."""
+        path = f"/v1/books/{quote(book_id, safe='')}/versions/{int(version)}/package"
+        headers = {**self._auth, "Range": f"bytes={start}-{end}"}
+        try:
+            async with self._session.get(self.base_url + path, headers=headers) as r:
+                await _raise_for_status(r)
+                encoding = r.headers.get("Content-Encoding", "identity").lower()
+                if encoding != "identity":
+                    raise ProtocolError(f"{path}: refused Content-Encoding {encoding!r}")
+                if r.status == 200:
+                    if start != 0:
+                        raise RangeError(f"{path}: asked for bytes {start}-{end}, got the whole")
+                elif r.status == 206:
+                    match = _CONTENT_RANGE.match(r.headers.get("Content-Range", ""))
+                    if not match or (int(match[1]), int(match[2])) != (start, end):
+                        raise RangeError(
+                            f"{path}: asked for bytes {start}-{end}, got"
+                            f" {r.headers.get('Content-Range')!r}"
+                        )
+                else:
+                    raise ProtocolError(f"{path}: unexpected status {r.status}")
+                yield PackageBody(r, start, self._limits)
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise _transport_error(f"GET {path}", e) from e
+
+    @asynccontextmanager
+    async def push_channel(self, heartbeat_s: float) -> AsyncIterator[PushChannel]:
+        try:
+            async with self._session.ws_connect(
+                self.base_url + "/v1/push", headers=self._auth, heartbeat=heartbeat_s
+            ) as ws:
+                yield PushChannel(ws)
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise _transport_error("push channel", e) from e
+
+
+class PushChannel:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._ws = ws
+
+    async def messages(self) -> AsyncIterator[dict[str, Any]]:
+        """Yield the service's messages until the channel closes."""
+        async for message in self._ws:
+            if message.type != aiohttp.WSMsgType.TEXT:
+                break
+            try:
+                doc = json.loads(message.data)
+            except ValueError:
+                log_event(_LOG, logging.WARNING, "push_message_malformed")
+                continue
+            if isinstance(doc, dict):
+                yield doc

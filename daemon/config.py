@@ -1,0 +1,53 @@
+"""Settings of one daemon run: where its state lives, which service, which key, which device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from daemon.crypto import public_key_from_text
+from daemon.errors import ConfigError
+from daemon.profile import DeviceProfile
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    state_dir: Path
+    service_url: str
+    service_key: Ed25519PublicKey  # pinned: the only key whose manifests are trusted
+    profile: DeviceProfile
+    device_name: str = "shelfsync device"
+    account_token: str | None = None  # only for the first run, to register this device
+    socket_path: Path | None = None  # default <state_dir>/api.sock
+    tcp_port: int | None = None  # development only: also listen on 127.0.0.1:<port>
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "shelfsync.db"
+
+    @property
+    def api_socket(self) -> Path:
+        return self.socket_path or self.state_dir / "api.sock"
+
+    @property
+    def api_token_path(self) -> Path:
+        return self.state_dir / "api-token"
+
+
+def read_service_key(value: str) -> Ed25519PublicKey:
+    """The pinned key from a file (service.pub) or given inline as base64."""
+    path = Path(value)
+    if path.is_file():
+        try:
+            return public_key_from_text(path.read_text(encoding="ascii"), str(path))
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(str(path), "service_key", f"cannot read: {e}") from e
+    return public_key_from_text(value, "--service-key")
+
+
+def check_service_url(url: str) -> str:
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError("--service", "service_url", f"{url!r} is not an http(s) URL")
+    return url.rstrip("/")

@@ -1,0 +1,220 @@
+"""The delivery worker: brings each book in the library onto the device, frame by frame.
+
+For one book: fetch the signed manifest, verify it (daemon.trust), record it, then stream the
+missing frames with one Range request per contiguous run, verifying each frame's length and
+SHA-256 against the manifest before committing it on its own. A crash or a cut connection loses at
+most the frame in flight: the next attempt starts at the first frame not committed.
+
+The scheduler (`run`) asks the planner what to start, owns one task per running delivery, and
+cancels and awaits them all on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from daemon import plan
+from daemon.backoff import Backoff
+from daemon.client import ServiceClient
+from daemon.clock import Clock
+from daemon.errors import (
+    FrameHashError,
+    RangeError,
+    ShelfsyncError,
+    StoreError,
+    VerificationError,
+)
+from daemon.killpoints import killpoint
+from daemon.logs import log_event
+from daemon.manifest import Manifest
+from daemon.models import FrameRow
+from daemon.store import Store
+from daemon.trust import verify_manifest
+
+_LOG = logging.getLogger("shelfsync.delivery")
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPolicy:
+    concurrency: int
+    backoff: Backoff = field(default_factory=Backoff)
+
+
+def contiguous_run(missing: list[FrameRow]) -> list[FrameRow]:
+    """The leading frames of `missing` whose indexes follow each other: one Range request."""
+    run = missing[:1]
+    for frame in missing[1:]:
+        if frame.idx != run[-1].idx + 1:
+            break
+        run.append(frame)
+    return run
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        store: Store,
+        client: ServiceClient,
+        clock: Clock,
+        pinned_key: Ed25519PublicKey,
+        policy: DeliveryPolicy,
+    ) -> None:
+        self._store = store
+        self._client = client
+        self._clock = clock
+        self._pinned_key = pinned_key
+        self._policy = policy
+        self._wake = asyncio.Event()
+        # Books whose server ignored a Range request: fetched from byte 0 next time, and each
+        # frame still verified, so nothing unverified is spliced in.
+        self._whole_package: set[str] = set()
+
+    def wake(self) -> None:
+        """The library changed, or the link came back: look again at what to deliver."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        tasks: dict[str, asyncio.Task[None]] = {}
+        fresh: set[str] = set()
+        try:
+            while True:
+                now = self._clock.wall()
+                candidates = self._store.delivery_candidates()
+                by_id = {c.book_id: c for c in candidates}
+                for book_id in [b for b in tasks if b not in by_id]:
+                    tasks.pop(book_id).cancel()  # returned or removed while downloading
+                    fresh.discard(book_id)
+                for book_id in plan.next_deliveries(
+                    candidates,
+                    now,
+                    tasks.keys(),
+                    len(fresh & tasks.keys()),
+                    self._policy.concurrency,
+                ):
+                    if plan.is_fresh(by_id[book_id], now):
+                        fresh.add(book_id)
+                    tasks[book_id] = asyncio.create_task(
+                        self._deliver_guarded(book_id), name=f"deliver {book_id}"
+                    )
+                wakeup = plan.next_retry(candidates, now, tasks.keys())
+                waiter = asyncio.create_task(self._wake.wait(), name="delivery wake")
+                try:
+                    await asyncio.wait(
+                        [waiter, *tasks.values()],
+                        timeout=None if wakeup is None else max(0.05, wakeup - now),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:
+                    waiter.cancel()
+                self._wake.clear()
+                for book_id in [b for b, t in tasks.items() if t.done()]:
+                    tasks.pop(book_id)
+                    fresh.discard(book_id)
+        finally:
+            for task in tasks.values():
+                task.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+    async def _deliver_guarded(self, book_id: str) -> None:
+        """Deliver one book; any failure is recorded with a backoff, never raised."""
+        try:
+            await self.deliver(book_id)
+        except (ShelfsyncError, OSError) as e:
+            if isinstance(e, RangeError):
+                self._whole_package.add(book_id)
+            failures = self._store.delivery_failures(book_id) + 1
+            delay = self._policy.backoff.delay(failures)
+            level = logging.WARNING if isinstance(e, VerificationError) else logging.INFO
+            log_event(
+                _LOG,
+                level,
+                "delivery_failed",
+                book=book_id,
+                error=type(e).__name__,
+                detail=str(e),
+                retry_in_s=round(delay, 1),
+            )
+            try:
+                self._store.record_delivery_failure(
+                    book_id, f"{type(e).__name__}: {e}", self._clock.wall() + delay
+                )
+            except StoreError as store_error:
+                log_event(
+                    _LOG,
+                    logging.ERROR,
+                    "delivery_failure_not_recorded",
+                    book=book_id,
+                    error=str(store_error),
+                )
+
+    async def deliver(self, book_id: str) -> None:
+        envelope = await self._client.manifest_envelope(book_id)
+        manifest = verify_manifest(
+            envelope,
+            pinned_key=self._pinned_key,
+            book_id=book_id,
+            trusted_version=self._store.trusted_version(book_id),
+            held_frame_hashes=lambda version: self._store.frame_hashes(book_id, version),
+            time_floor=self._store.time_floor(),
+            now=self._clock.wall(),
+        )
+        self._store.record_manifest(manifest, envelope, self._clock.wall())
+        log_event(
+            _LOG,
+            logging.INFO,
+            "manifest_verified",
+            book=book_id,
+            version=manifest.version,
+            frames=len(manifest.frames),
+            package_bytes=manifest.package_size,
+        )
+        while missing := self._store.missing_frames(book_id, manifest.version):
+            await self._fetch_run(manifest, contiguous_run(missing))
+
+    async def _fetch_run(self, manifest: Manifest, run: list[FrameRow]) -> None:
+        book_id = manifest.book_id
+        first = 0 if book_id in self._whole_package else run[0].idx
+        end = run[-1].package_offset + run[-1].length - 1
+        async with self._client.package(
+            book_id, manifest.version, manifest.frames[first].offset, end
+        ) as body:
+            for idx in range(first, run[-1].idx + 1):
+                data = await body.read_exactly(manifest.frames[idx].length)
+                if idx >= run[0].idx:  # below: already held, read past (whole-package fallback)
+                    self._commit(manifest, idx, data)
+        self._whole_package.discard(book_id)
+
+    def _commit(self, manifest: Manifest, idx: int, data: bytes) -> None:
+        if hashlib.sha256(data).hexdigest() != manifest.frames[idx].sha256:
+            raise FrameHashError(
+                f"frame {idx} of {manifest.book_id} v{manifest.version}: SHA-256 differs"
+                " from the signed manifest; discarded"
+            )
+        killpoint("before_frame_commit")
+        result = self._store.commit_frame(
+            manifest.book_id, manifest.version, idx, data, self._clock.wall()
+        )
+        killpoint("after_frame_commit")
+        if result.first_chapter_ready:
+            log_event(
+                _LOG,
+                logging.INFO,
+                "first_chapter_readable",
+                book=manifest.book_id,
+                version=manifest.version,
+                frame=idx,
+            )
+        if result.complete:
+            log_event(
+                _LOG,
+                logging.INFO,
+                "delivery_complete",
+                book=manifest.book_id,
+                version=manifest.version,
+                frames=len(manifest.frames),
+            )

@@ -1,0 +1,174 @@
+"""`shelfsync demo`: the whole story on one machine, with real processes.
+
+Starts the content service (server_stub) with its sample library and the daemon with a device
+profile, buys a book, prints when the device was told, when the first chapter became readable
+and when the book was complete, then stops the service and reads every resource of the book back
+through the daemon's local API, comparing each byte with the original EPUB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from daemon.api_client import LocalApiClient
+from daemon.client import AccountClient
+from daemon.errors import ShelfsyncError
+
+SAMPLE_LIBRARY = Path(__file__).resolve().parent.parent / "server_stub" / "sample_library"
+DELIVERY_TIMEOUT_S = 120.0
+
+
+class DemoError(ShelfsyncError):
+    """A step of the demo failed; the message says which log to read."""
+
+
+def _script(name: str) -> str:
+    """A console script of this installation (the venv's bin), else from PATH."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        raise DemoError(f"{name} is not installed; run `make demo`")
+    return found
+
+
+@contextlib.asynccontextmanager
+async def _process(args: list[str], log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A child process that is terminated and awaited however the demo ends."""
+    with log.open("ab") as log_file:
+        proc = await asyncio.create_subprocess_exec(
+            *args, stdout=asyncio.subprocess.PIPE, stderr=log_file
+        )
+        try:
+            yield proc
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(proc.wait(), 10)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+
+
+async def _listening_url(proc: asyncio.subprocess.Process) -> str:
+    assert proc.stdout is not None
+    while line := await asyncio.wait_for(proc.stdout.readline(), 120):
+        text = line.decode().strip()
+        if text.startswith("shelfsync-stub listening on "):
+            return text.rsplit(" ", 1)[1]
+    raise DemoError("the service stopped before listening; see stub.log")
+
+
+async def _wait_for(path: Path, proc: asyncio.subprocess.Process, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not path.exists():
+        if proc.returncode is not None or time.monotonic() > deadline:
+            raise DemoError(f"{what} did not start; see its log")
+        await asyncio.sleep(0.05)
+
+
+def _pick_book(word: str | None) -> Path:
+    books = sorted(SAMPLE_LIBRARY.glob("*.epub"))
+    if word:
+        books = [b for b in books if word.lower() in b.name.lower()] or books
+    return books[0]
+
+
+async def run_demo(workdir: Path, profile: str, book_word: str | None) -> int:
+    from server_stub.epub import read_epub
+    from server_stub.packaging import book_id_for
+
+    workdir = workdir.resolve()
+    stub_dir, device_dir = workdir / "stub", workdir / "device"
+    shutil.rmtree(device_dir, ignore_errors=True)  # a fresh device each run; the service keeps
+    workdir.mkdir(parents=True, exist_ok=True)
+    epub = read_epub(_pick_book(book_word))
+    book_id = book_id_for(epub.identifier, epub.language)
+    print(f"demo: state in {workdir} (logs: stub.log, device.log)")
+
+    stub_args = [_script("shelfsync-stub"), "--data", str(stub_dir), "--port", "0"]
+    async with _process(stub_args, workdir / "stub.log") as stub:
+        url = await _listening_url(stub)
+        print(f"service: {url}, sample library from {SAMPLE_LIBRARY}")
+        account = AccountClient(url)
+        await account.create_account("demo reader")
+        socket_path = device_dir / "api.sock"
+        device_args = [
+            _script("shelfsync"),
+            "run",
+            "--state",
+            str(device_dir),
+            "--service",
+            url,
+            "--service-key",
+            str(stub_dir / "service.pub"),
+            "--profile",
+            profile,
+            "--account-token",
+            account.account_token,
+            "--device-name",
+            "demo e-reader",
+        ]
+        async with _process(device_args, workdir / "device.log") as device:
+            await _wait_for(socket_path, device, "the daemon")
+            async with LocalApiClient(socket_path) as api:
+                print(f"device: profile {profile}, buying {epub.title!r} ({book_id})")
+                ordered_at = await account.buy(book_id)
+                book = await _wait_delivered(api, book_id, device)
+                print(f"  device told:            {book['notified_at'] - ordered_at:7.2f} s")
+                print(f"  first chapter readable: {book['first_chapter_at'] - ordered_at:7.2f} s")
+                print(
+                    f"  book complete:          {book['completed_at'] - ordered_at:7.2f} s"
+                    f"  ({book['bytes_fetched']:,} bytes fetched)"
+                )
+
+                stub.send_signal(signal.SIGTERM)
+                await stub.wait()
+                print("service stopped; reading the book offline through the local API")
+                return await _compare(api, book_id, epub.files)
+
+
+async def _wait_delivered(
+    api: LocalApiClient, book_id: str, device: asyncio.subprocess.Process
+) -> dict[str, Any]:
+    deadline = time.monotonic() + DELIVERY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if device.returncode is not None:
+            raise DemoError("the daemon exited; see device.log")
+        for book in await api.library():
+            if book["book_id"] == book_id and book["completed_at"]:
+                return book
+        await asyncio.sleep(0.02)
+    raise DemoError(f"{book_id} was not delivered within {DELIVERY_TIMEOUT_S:.0f} s")
+
+
+async def _compare(api: LocalApiClient, book_id: str, originals: tuple) -> int:  # type: ignore[type-arg]
+    details = await api.book(book_id)
+    served = {r["path"] for r in details["resources"]}
+    mismatched = []
+    total = 0
+    for original in originals:
+        status, _, body = await api.resource(book_id, original.path)
+        total += len(body)
+        if status != 200 or body != original.data:
+            mismatched.append(original.path)
+    missing = {f.path for f in originals} - served
+    if mismatched or missing:
+        print(
+            f"FAILED: {len(mismatched)} resources differ, {len(missing)} missing:"
+            f" {sorted(mismatched + list(missing))[:10]}"
+        )
+        return 1
+    print(
+        f"offline read: {len(originals)} resources, {total:,} bytes, all byte-identical"
+        " to the original EPUB"
+    )
+    return 0

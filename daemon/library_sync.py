@@ -1,0 +1,93 @@
+"""Library sync: pulls the service's library changes feed into the store, page by page.
+
+Runs whenever asked (on start, on every push message, on every poll while push is down). Each page
+is applied with the cursor in one transaction, so a crash between pages resumes at the next page
+and a page applied twice changes nothing. The delivery worker is woken after every page, so a
+purchase starts downloading while a large library is still paging in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from daemon.backoff import Backoff
+from daemon.client import ServiceClient
+from daemon.clock import Clock
+from daemon.errors import StoreError, TransportError
+from daemon.logs import log_event
+from daemon.store import Store
+
+_LOG = logging.getLogger("shelfsync.library")
+PAGE_SIZE = 500
+
+
+class LibrarySync:
+    def __init__(
+        self,
+        store: Store,
+        client: ServiceClient,
+        clock: Clock,
+        on_change: Callable[[], None],
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._store = store
+        self._client = client
+        self._clock = clock
+        self._on_change = on_change
+        self._backoff = backoff or Backoff(base_s=2.0, cap_s=300.0)
+        self._requested = asyncio.Event()
+
+    def request(self) -> None:
+        self._requested.set()
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            await self._requested.wait()
+            self._requested.clear()
+            try:
+                await self.sync_once()
+                failures = 0
+            except (TransportError, StoreError) as e:
+                failures += 1
+                delay = self._backoff.delay(failures)
+                self._store.set_meta("last_sync_error", f"{type(e).__name__}: {e}"[:500])
+                log_event(
+                    _LOG,
+                    logging.INFO,
+                    "library_sync_failed",
+                    error=type(e).__name__,
+                    detail=str(e),
+                    retry_in_s=round(delay, 1),
+                )
+                await self._clock.sleep(delay)
+                self._requested.set()
+
+    async def sync_once(self) -> int:
+        """Pull every page after the stored cursor; returns the number of changes applied."""
+        cursor = self._store.library_cursor()
+        applied = 0
+        requests = 0
+        while True:
+            page = await self._client.library_changes(cursor, PAGE_SIZE)
+            requests += 1
+            removed = self._store.apply_library_changes(
+                page.changes, page.cursor, self._clock.wall()
+            )
+            for book_id in removed:
+                log_event(_LOG, logging.INFO, "book_removed", book=book_id)
+            cursor = page.cursor
+            applied += len(page.changes)
+            if page.changes:
+                self._on_change()
+            if not page.has_more:
+                break
+        now = self._clock.wall()
+        self._store.set_meta("last_sync_at", repr(now))
+        self._store.set_meta("last_sync_error", "")
+        log_event(
+            _LOG, logging.INFO, "library_synced", changes=applied, requests=requests, cursor=cursor
+        )
+        return applied

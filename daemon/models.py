@@ -1,0 +1,58 @@
+"""Plain value types passed between the store, the pure planner and the workers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryChange:
+    """One entry of the service's library changes feed."""
+
+    seq: int
+    book_id: str
+    action: str  # "add", "update" or "remove"
+    reason: str  # "bought", "sent", "returned", ...
+    version: int
+    at: float  # service time of the purchase / send / return
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryCandidate:
+    """A book in the library that is not complete on the device at the version wanted."""
+
+    book_id: str
+    reason: str
+    ordered_at: float
+    retry_at: float  # do not try again before this wall time
+    has_readable_version: bool  # an older complete version is readable meanwhile
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRow:
+    idx: int
+    sha256: str
+    package_offset: int
+    length: int
+    plain_offset: int
+    plain_size: int
+    codec: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceRow:
+    book_id: str
+    version: int
+    path: str
+    media_type: str
+    size: int
+    sha256: str
+    offset: int
+    first_frame: int
+    last_frame: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    first_chapter_ready: bool  # this commit made the first chapter readable
+    complete: bool  # this commit completed the book version

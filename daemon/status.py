@@ -1,0 +1,84 @@
+"""The status report: what is on the device, what is coming, and why not yet.
+
+Built from the store alone, so `shelfsync status` tells the same story whether it asks the
+running daemon or, with the daemon stopped, reads the database itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from daemon.store import Store
+
+
+def build_status(store: Store, runtime: dict[str, Any] | None = None) -> dict[str, Any]:
+    books = store.library_view()
+    last_sync = store.get_meta("last_sync_at")
+    counts: dict[str, int] = {}
+    for b in books:
+        counts[b["state"]] = counts.get(b["state"], 0) + 1
+    return {
+        "daemon": runtime or {"running": False},
+        "device_id": store.get_meta("device_id"),
+        "last_sync_at": float(last_sync) if last_sync else None,
+        "last_sync_error": store.get_meta("last_sync_error") or None,
+        "library_cursor": store.library_cursor(),
+        "books": counts,
+        "not_delivered": [
+            {
+                "book_id": b["book_id"],
+                "title": b["title"],
+                "state": b["state"],
+                "readable": b["readable"],
+                "progress": _progress(b),
+                "why": _why(b, runtime),
+                "retries": b["retries"],
+                "retry_at": b["retry_at"],
+            }
+            for b in books
+            if b["state"] != "complete"
+        ],
+    }
+
+
+def _progress(book: dict[str, Any]) -> float:
+    total = book["frames_total"]
+    return round(book["frames_held"] / total, 4) if total else 0.0
+
+
+def _why(book: dict[str, Any], runtime: dict[str, Any] | None) -> str:
+    if book["last_error"]:
+        return f"last attempt failed ({book['last_error']}); retrying"
+    if runtime is not None and not runtime.get("online") and not book["frames_held"]:
+        return "waiting for a connection to the service"
+    if book["state"] == "queued":
+        return "queued behind other downloads"
+    return "downloading"
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """Status in words, for a person at a terminal."""
+    from datetime import UTC, datetime
+
+    def when(ts: float | None) -> str:
+        if ts is None:
+            return "never"
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    daemon = status["daemon"]
+    lines = [
+        f"daemon: {'running' if daemon.get('running') else 'not running'}"
+        + (f", {'online' if daemon.get('online') else 'offline'}" if daemon.get("running") else ""),
+        f"last successful sync: {when(status['last_sync_at'])}",
+    ]
+    if status["last_sync_error"]:
+        lines.append(f"last sync error: {status['last_sync_error']}")
+    counts = status["books"]
+    lines.append(
+        "books: " + (", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "none")
+    )
+    for b in status["not_delivered"]:
+        title = b["title"] or b["book_id"]
+        readable = ", first chapter readable" if b["readable"] else ""
+        lines.append(f"  {title}: {b['state']} {b['progress']:.0%}{readable} ({b['why']})")
+    return "\n".join(lines)

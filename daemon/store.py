@@ -1,0 +1,570 @@
+"""The store: the only code that speaks SQL. One SQLite file (WAL) through apsw.
+
+Schema changes are numbered files in daemon/sql/, applied in order inside one transaction each,
+with PRAGMA user_version recording the version reached. A database from a newer shelfsync is
+refused rather than guessed at.
+
+Every method is one short transaction and never awaits, so callers on the event loop cannot
+interleave inside one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources as package_files
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from daemon.errors import SchemaTooNewError, StoreError
+from daemon.manifest import Manifest, toc_to_doc
+from daemon.models import CommitResult, DeliveryCandidate, FrameRow, LibraryChange, ResourceRow
+
+_FRAME_COLUMNS = "idx, sha256, package_offset, length, plain_offset, plain_size, codec"
+_RESOURCE_COLUMNS = (
+    "book_id, version, path, media_type, size, sha256, offset, first_frame, last_frame"
+)
+
+
+def _migrations() -> list[tuple[int, str]]:
+    found = []
+    for entry in package_files.files("daemon.sql").iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+class Store:
+    def __init__(self, connection: apsw.Connection, path: Path) -> None:
+        self._db = connection
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path, *, readonly: bool = False) -> Store:
+        """Open (creating if needed, with owner-only permissions) and migrate the database."""
+        try:
+            if readonly:
+                flags = apsw.SQLITE_OPEN_READONLY
+            else:
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+                # The database holds the device token and the books: owner-only, -wal included.
+                old_umask = os.umask(0o077)
+            try:
+                db = apsw.Connection(str(path), flags=flags)
+            finally:
+                if not readonly:
+                    os.umask(old_umask)
+            db.setbusytimeout(5000)
+            db.execute("PRAGMA foreign_keys = ON")
+            if not readonly:
+                db.execute("PRAGMA journal_mode = WAL")
+                # NORMAL survives a process crash; a frame lost to power loss is re-fetched.
+                db.execute("PRAGMA synchronous = NORMAL")
+        except apsw.Error as e:
+            raise StoreError(f"cannot open the database {path}: {e}") from e
+        store = cls(db, path)
+        if readonly:
+            store._check_version()
+        else:
+            store._migrate()
+        return store
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[apsw.Connection]:
+        try:
+            with self._db:
+                yield self._db
+        except apsw.FullError as e:
+            raise StoreError(f"the disk is full: {e}") from e
+
+    def _query(self, sql: str, bindings: Any = ()) -> list[Any]:
+        return list(self._db.execute(sql, bindings))
+
+    def _one(self, sql: str, bindings: Any = ()) -> Any:
+        rows = self._query(sql, bindings)
+        return rows[0] if rows else None
+
+    # -- schema ---------------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        return int(self._one("PRAGMA user_version")[0])
+
+    def _check_version(self) -> None:
+        latest = _migrations()[-1][0]
+        if self.schema_version() > latest:
+            raise SchemaTooNewError(
+                f"{self.path} has schema version {self.schema_version()}, this shelfsync knows "
+                f"up to {latest}; upgrade shelfsync instead of opening it with an older one"
+            )
+
+    def _migrate(self) -> None:
+        self._check_version()
+        for version, sql in _migrations():
+            if version <= self.schema_version():
+                continue
+            with self._transaction() as db:
+                db.execute(sql)
+                db.execute(f"PRAGMA user_version = {int(version)}")
+
+    # -- small facts ----------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._one("SELECT value FROM meta WHERE key = ?", (key,))
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def library_cursor(self) -> int:
+        return int(self.get_meta("library_cursor") or 0)
+
+    def time_floor(self) -> int:
+        """The latest issue time of any verified manifest: a clock set back cannot go below it."""
+        return int(self.get_meta("time_floor") or 0)
+
+    # -- library --------------------------------------------------------------------------------
+
+    def apply_library_changes(
+        self, changes: list[LibraryChange], cursor: int, now: float
+    ) -> list[str]:
+        """Apply one page of the changes feed and advance the cursor, all or nothing.
+
+        Returns the ids of books removed from the device.
+        """
+        removed = []
+        with self._transaction() as db:
+            for change in changes:
+                row = self._one(
+                    "SELECT change_seq, wanted_version FROM library WHERE book_id = ?",
+                    (change.book_id,),
+                )
+                if row is not None and row[0] >= change.seq:
+                    continue  # already applied (a page fetched twice)
+                in_library = 0 if change.action == "remove" else 1
+                db.execute(
+                    "INSERT INTO library (book_id, in_library, wanted_version, reason, change_seq,"
+                    " ordered_at, notified_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (book_id) DO UPDATE SET in_library = excluded.in_library,"
+                    " wanted_version = excluded.wanted_version, reason = excluded.reason,"
+                    " change_seq = excluded.change_seq, ordered_at = excluded.ordered_at,"
+                    " notified_at = excluded.notified_at",
+                    (
+                        change.book_id,
+                        in_library,
+                        change.version,
+                        change.reason,
+                        change.seq,
+                        change.at,
+                        now,
+                    ),
+                )
+                if in_library:
+                    db.execute(
+                        "INSERT INTO deliveries (book_id, ordered_at, notified_at)"
+                        " VALUES (?, ?, ?) ON CONFLICT (book_id) DO UPDATE SET"
+                        " ordered_at = excluded.ordered_at, notified_at = excluded.notified_at,"
+                        " started_at = NULL, first_chapter_at = NULL, completed_at = NULL,"
+                        " bytes_fetched = 0, failures = 0, retries = 0, retry_at = 0,"
+                        " last_error = NULL",
+                        (change.book_id, change.at, now),
+                    )
+                else:
+                    db.execute("DELETE FROM manifests WHERE book_id = ?", (change.book_id,))
+                    db.execute("DELETE FROM deliveries WHERE book_id = ?", (change.book_id,))
+                    removed.append(change.book_id)
+            db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('library_cursor', ?)",
+                (str(cursor),),
+            )
+        return removed
+
+    def delivery_candidates(self) -> list[DeliveryCandidate]:
+        rows = self._query(
+            "SELECT l.book_id, l.reason, l.ordered_at, COALESCE(d.retry_at, 0),"
+            " EXISTS (SELECT 1 FROM manifests m WHERE m.book_id = l.book_id AND m.complete)"
+            " FROM library l LEFT JOIN deliveries d ON d.book_id = l.book_id"
+            " WHERE l.in_library AND NOT EXISTS (SELECT 1 FROM manifests m"
+            "   WHERE m.book_id = l.book_id AND m.complete AND m.version >= l.wanted_version)"
+        )
+        return [DeliveryCandidate(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
+
+    def in_library(self, book_id: str) -> bool:
+        row = self._one("SELECT in_library FROM library WHERE book_id = ?", (book_id,))
+        return bool(row and row[0])
+
+    # -- manifests and frames -------------------------------------------------------------------
+
+    def trusted_version(self, book_id: str) -> int:
+        row = self._one("SELECT version FROM trusted_versions WHERE book_id = ?", (book_id,))
+        return 0 if row is None else int(row[0])
+
+    def frame_hashes(self, book_id: str, version: int) -> list[str] | None:
+        """The frame hashes of a held manifest, or None if that version is not held."""
+        if not self._one(
+            "SELECT 1 FROM manifests WHERE book_id = ? AND version = ?", (book_id, version)
+        ):
+            return None
+        rows = self._query(
+            "SELECT sha256 FROM frames WHERE book_id = ? AND version = ? ORDER BY idx",
+            (book_id, version),
+        )
+        return [r[0] for r in rows]
+
+    def record_manifest(self, manifest: Manifest, envelope: bytes, now: float) -> None:
+        """Store a verified manifest: its frame and resource tables, the trusted version and
+        time floor. Frames whose bytes an older version already holds are copied, not fetched.
+        """
+        m = manifest
+        key = (m.book_id, m.version)
+        with self._transaction() as db:
+            if not self._one("SELECT 1 FROM manifests WHERE book_id = ? AND version = ?", key):
+                db.execute(
+                    "INSERT INTO manifests (book_id, version, envelope, title, authors, language,"
+                    " toc, first_chapter, first_chapter_frames, frame_count, package_size,"
+                    " plain_size, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        *key,
+                        envelope,
+                        m.title,
+                        json.dumps(list(m.authors), ensure_ascii=False),
+                        m.language,
+                        json.dumps([toc_to_doc(t) for t in m.toc], ensure_ascii=False),
+                        m.first_chapter,
+                        m.first_chapter_frames(),
+                        len(m.frames),
+                        m.package_size,
+                        m.plain_size,
+                        m.expires_at,
+                    ),
+                )
+                db.executemany(
+                    f"INSERT INTO frames (book_id, version, {_FRAME_COLUMNS}) VALUES"
+                    " (?,?,?,?,?,?,?,?,?)",
+                    [
+                        (
+                            *key,
+                            i,
+                            f.sha256,
+                            f.offset,
+                            f.length,
+                            f.plain_offset,
+                            f.plain_size,
+                            f.codec,
+                        )
+                        for i, f in enumerate(m.frames)
+                    ],
+                )
+                db.executemany(
+                    f"INSERT INTO resources ({_RESOURCE_COLUMNS}, ord)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    [
+                        (
+                            *key,
+                            r.path,
+                            r.media_type,
+                            r.size,
+                            r.sha256,
+                            r.offset,
+                            frames.start if frames else 0,
+                            frames.stop - 1 if frames else -1,
+                            order,
+                        )
+                        for order, r in enumerate(m.resources)
+                        for frames in (m.frames_for(r),)
+                    ],
+                )
+                db.execute(
+                    "UPDATE frames SET data = (SELECT old.data FROM frames old"
+                    "   WHERE old.book_id = frames.book_id AND old.version <> frames.version"
+                    "   AND old.sha256 = frames.sha256 AND old.data IS NOT NULL LIMIT 1)"
+                    " WHERE book_id = ? AND version = ?",
+                    key,
+                )
+            db.execute(
+                "INSERT INTO trusted_versions (book_id, version) VALUES (?, ?)"
+                " ON CONFLICT (book_id) DO UPDATE SET version = max(version, excluded.version)",
+                key,
+            )
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('time_floor', ?) ON CONFLICT (key)"
+                " DO UPDATE SET value"
+                " = max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+                (str(m.issued_at),),
+            )
+            db.execute(
+                "UPDATE deliveries SET version = ?, started_at = COALESCE(started_at, ?)"
+                " WHERE book_id = ?",
+                (m.version, now, m.book_id),
+            )
+            self._settle(db, m.book_id, m.version, now)
+
+    def missing_frames(self, book_id: str, version: int) -> list[FrameRow]:
+        rows = self._query(
+            f"SELECT {_FRAME_COLUMNS} FROM frames WHERE book_id = ? AND version = ?"
+            " AND data IS NULL ORDER BY idx",
+            (book_id, version),
+        )
+        return [FrameRow(*r) for r in rows]
+
+    def commit_frame(
+        self, book_id: str, version: int, idx: int, data: bytes, now: float
+    ) -> CommitResult:
+        """Store one verified frame; note first-chapter and completion times as they happen."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE frames SET data = ? WHERE book_id = ? AND version = ? AND idx = ?"
+                " AND data IS NULL",
+                (data, book_id, version, idx),
+            )
+            if self._db.changes() == 0:
+                if not self._one(
+                    "SELECT 1 FROM manifests WHERE book_id = ? AND version = ?", (book_id, version)
+                ):
+                    raise StoreError(f"{book_id} v{version} is no longer held (removed?)")
+                return CommitResult(False, False)
+            db.execute(
+                "UPDATE deliveries SET bytes_fetched = bytes_fetched + ?, failures = 0"
+                " WHERE book_id = ?",
+                (len(data), book_id),
+            )
+            return self._settle(db, book_id, version, now)
+
+    def _settle(self, db: apsw.Connection, book_id: str, version: int, now: float) -> CommitResult:
+        """Record first-chapter and completion milestones reached by the frames now held."""
+        missing_first, missing_all = self._one(
+            "SELECT (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id"
+            "   AND f.version = m.version AND f.data IS NULL AND f.idx < m.first_chapter_frames),"
+            " (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id AND f.version = m.version"
+            "   AND f.data IS NULL)"
+            " FROM manifests m WHERE m.book_id = ? AND m.version = ?",
+            (book_id, version),
+        )
+        first_ready = complete = False
+        if missing_first == 0:
+            db.execute(
+                "UPDATE deliveries SET first_chapter_at = ? WHERE book_id = ? AND version = ?"
+                " AND first_chapter_at IS NULL",
+                (now, book_id, version),
+            )
+            first_ready = self._db.changes() > 0
+        if missing_all == 0:
+            db.execute(
+                "UPDATE manifests SET complete = 1 WHERE book_id = ? AND version = ?"
+                " AND NOT complete",
+                (book_id, version),
+            )
+            complete = self._db.changes() > 0
+            if complete:
+                db.execute(
+                    "UPDATE deliveries SET completed_at = ?, last_error = NULL, retry_at = 0"
+                    " WHERE book_id = ? AND version = ?",
+                    (now, book_id, version),
+                )
+                # The new version is whole: the old one is no longer needed to read.
+                db.execute(
+                    "DELETE FROM manifests WHERE book_id = ? AND version < ?", (book_id, version)
+                )
+        return CommitResult(first_ready, complete)
+
+    def record_delivery_failure(self, book_id: str, error: str, retry_at: float) -> int:
+        """Note a failed attempt; returns the count of consecutive failures without progress."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE deliveries SET failures = failures + 1, retries = retries + 1,"
+                " last_error = ?, retry_at = ? WHERE book_id = ?",
+                (error[:500], retry_at, book_id),
+            )
+        row = self._one("SELECT failures FROM deliveries WHERE book_id = ?", (book_id,))
+        return 0 if row is None else int(row[0])
+
+    def delivery_failures(self, book_id: str) -> int:
+        row = self._one("SELECT failures FROM deliveries WHERE book_id = ?", (book_id,))
+        return 0 if row is None else int(row[0])
+
+    # -- reads for the local API ----------------------------------------------------------------
+
+    def readable_version(self, book_id: str) -> int | None:
+        """The version to read: the newest complete one, else the newest partial one."""
+        row = self._one(
+            "SELECT version FROM manifests WHERE book_id = ? ORDER BY complete DESC,"
+            " version DESC LIMIT 1",
+            (book_id,),
+        )
+        return None if row is None else int(row[0])
+
+    def library_view(self) -> list[dict[str, Any]]:
+        """Every book in the library with its delivery state, newest order first."""
+        rows = self._query(
+            "SELECT l.book_id, l.reason, l.ordered_at, l.notified_at, l.wanted_version,"
+            " m.version, m.title, m.authors, m.language, m.frame_count, m.complete,"
+            " m.package_size,"
+            " (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id"
+            "   AND f.version = m.version AND f.data IS NOT NULL),"
+            " (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id AND f.version = m.version"
+            "   AND f.data IS NULL AND f.idx < m.first_chapter_frames),"
+            " d.started_at, d.first_chapter_at, d.completed_at, d.bytes_fetched, d.retries,"
+            " d.retry_at, d.last_error"
+            " FROM library l"
+            " LEFT JOIN manifests m ON m.book_id = l.book_id AND m.version = (SELECT m2.version"
+            "   FROM manifests m2 WHERE m2.book_id = l.book_id ORDER BY m2.complete DESC,"
+            "   m2.version DESC LIMIT 1)"
+            " LEFT JOIN deliveries d ON d.book_id = l.book_id"
+            " WHERE l.in_library ORDER BY l.ordered_at DESC"
+        )
+        books = []
+        for r in rows:
+            (
+                book_id,
+                reason,
+                ordered_at,
+                notified_at,
+                wanted,
+                version,
+                title,
+                authors,
+                language,
+                frame_count,
+                complete,
+                package_size,
+                frames_held,
+                first_missing,
+                started_at,
+                first_chapter_at,
+                completed_at,
+                bytes_fetched,
+                retries,
+                retry_at,
+                last_error,
+            ) = r
+            books.append(
+                {
+                    "book_id": book_id,
+                    "title": title,
+                    "authors": json.loads(authors) if authors else [],
+                    "language": language,
+                    "reason": reason,
+                    "version": version,
+                    "wanted_version": wanted,
+                    "state": _state(version, complete, wanted, last_error),
+                    "readable": version is not None and first_missing == 0,
+                    "frames_held": frames_held or 0,
+                    "frames_total": frame_count or 0,
+                    "package_size": package_size or 0,
+                    "ordered_at": ordered_at,
+                    "notified_at": notified_at,
+                    "started_at": started_at,
+                    "first_chapter_at": first_chapter_at,
+                    "completed_at": completed_at,
+                    "bytes_fetched": bytes_fetched or 0,
+                    "retries": retries or 0,
+                    "retry_at": retry_at or None,
+                    "last_error": last_error,
+                }
+            )
+        return books
+
+    def book_details(self, book_id: str) -> dict[str, Any] | None:
+        version = self.readable_version(book_id)
+        if version is None or not self.in_library(book_id):
+            return None
+        title, authors, language, toc, first_chapter, complete = self._one(
+            "SELECT title, authors, language, toc, first_chapter, complete FROM manifests"
+            " WHERE book_id = ? AND version = ?",
+            (book_id, version),
+        )
+        held = {
+            r[0]
+            for r in self._query(
+                "SELECT idx FROM frames WHERE book_id = ? AND version = ? AND data IS NOT NULL",
+                (book_id, version),
+            )
+        }
+        resources = [
+            {
+                "path": r.path,
+                "media_type": r.media_type,
+                "size": r.size,
+                "available": all(i in held for i in range(r.first_frame, r.last_frame + 1)),
+            }
+            for r in self.resources(book_id, version)
+        ]
+        return {
+            "book_id": book_id,
+            "version": version,
+            "title": title,
+            "authors": json.loads(authors),
+            "language": language,
+            "complete": bool(complete),
+            "first_chapter": first_chapter,
+            "toc": json.loads(toc),
+            "resources": resources,
+        }
+
+    def resources(self, book_id: str, version: int) -> list[ResourceRow]:
+        rows = self._query(
+            f"SELECT {_RESOURCE_COLUMNS} FROM resources WHERE book_id = ? AND version = ?"
+            " ORDER BY ord",
+            (book_id, version),
+        )
+        return [ResourceRow(*r) for r in rows]
+
+    def resource(self, book_id: str, path: str) -> ResourceRow | None:
+        """The resource at `path` in the readable version of a book in the library."""
+        version = self.readable_version(book_id)
+        if version is None or not self.in_library(book_id):
+            return None
+        row = self._one(
+            f"SELECT {_RESOURCE_COLUMNS} FROM resources WHERE book_id = ? AND version = ?"
+            " AND path = ?",
+            (book_id, version, path),
+        )
+        return None if row is None else ResourceRow(*row)
+
+    def frame(self, book_id: str, version: int, idx: int) -> tuple[FrameRow, bytes | None]:
+        row = self._one(
+            f"SELECT {_FRAME_COLUMNS}, data FROM frames WHERE book_id = ? AND version = ?"
+            " AND idx = ?",
+            (book_id, version, idx),
+        )
+        if row is None:
+            raise StoreError(f"{book_id} v{version} has no frame {idx}")
+        return FrameRow(*row[:7]), row[7]
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """A read transaction: what is read inside stays consistent while other connections
+        commit (WAL), so a resource is never served half from an old version."""
+        with self._db:
+            self._db.execute("SELECT 1 FROM meta LIMIT 1")
+            yield
+
+    def count_missing(self, resource: ResourceRow) -> int:
+        return int(
+            self._one(
+                "SELECT count(*) FROM frames WHERE book_id = ? AND version = ?"
+                " AND idx BETWEEN ? AND ? AND data IS NULL",
+                (resource.book_id, resource.version, resource.first_frame, resource.last_frame),
+            )[0]
+        )
+
+    def integrity_check(self) -> str:
+        return str(self._one("PRAGMA integrity_check")[0])
+
+
+def _state(version: int | None, complete: int | None, wanted: int, last_error: str | None) -> str:
+    if version is not None and complete and version >= wanted:
+        return "complete"
+    if last_error:
+        return "retrying"
+    if version is None:
+        return "queued"
+    return "downloading"

@@ -1,0 +1,97 @@
+"""A real device for integration tests: the daemon in this event loop, its local API client,
+and an account on the stub to buy with."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from daemon.api_client import LocalApiClient
+from daemon.app import Daemon
+from daemon.client import AccountClient
+from daemon.config import Settings
+from daemon.crypto import public_key_from_text
+from daemon.profile import load_profile
+
+
+@dataclass
+class Device:
+    daemon: Daemon
+    api: LocalApiClient
+    account: AccountClient
+    state_dir: Path
+
+    async def book_state(self, book_id: str) -> dict[str, Any] | None:
+        for book in await self.api.library():
+            if book["book_id"] == book_id:
+                return book
+        return None
+
+    async def wait_for(
+        self, book_id: str, done: Callable[[dict[str, Any]], bool], timeout_s: float = 60
+    ) -> dict[str, Any]:
+        """Poll the local API until the book's state satisfies `done`."""
+        deadline = time.monotonic() + timeout_s
+        last: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            last = await self.book_state(book_id)
+            if last is not None and done(last):
+                return last
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"{book_id} never reached the expected state; last: {last}")
+
+    async def wait_complete(self, book_id: str, timeout_s: float = 60) -> dict[str, Any]:
+        return await self.wait_for(book_id, lambda b: b["state"] == "complete", timeout_s)
+
+
+@asynccontextmanager
+async def running_device(
+    stub_url: str,
+    service_key_text: str,
+    state_dir: Path,
+    *,
+    profile: str = "emulator-loopback",
+    account: AccountClient | None = None,
+) -> AsyncIterator[Device]:
+    if account is None:
+        account = AccountClient(stub_url)
+        await account.create_account("test reader")
+    settings = Settings(
+        state_dir=state_dir,
+        service_url=stub_url,
+        service_key=public_key_from_text(service_key_text),
+        profile=load_profile(profile),
+        account_token=account.account_token,
+    )
+    daemon = Daemon(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop), name="daemon under test")
+    try:
+        deadline = time.monotonic() + 20
+        while not settings.api_socket.exists():
+            if task.done():
+                task.result()  # raises what stopped it
+            assert time.monotonic() < deadline, "daemon did not start"
+            await asyncio.sleep(0.01)
+        async with LocalApiClient(settings.api_socket) as api:
+            yield Device(daemon, api, account, state_dir)
+    finally:
+        stop.set()
+        await task
+
+
+async def admin(stub_url: str, method: str, path: str, body: Any = None) -> Any:
+    """Call the stub's fault-injection admin API."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, stub_url + path, json=body) as r,
+    ):
+        r.raise_for_status()
+        return await r.json(content_type=None)
