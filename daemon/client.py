@@ -65,10 +65,12 @@ def _transport_error(what: str, e: BaseException) -> TransportError:
 async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
     if response.content_length is not None and response.content_length > cap:
         raise ProtocolError(f"{response.url.path}: body of {response.content_length} bytes")
-    body = await response.content.read(cap + 1)
-    if len(body) > cap:
-        raise ProtocolError(f"{response.url.path}: body over {cap} bytes")
-    return body
+    body = bytearray()
+    while chunk := await response.content.read(64 * 1024):
+        body += chunk
+        if len(body) > cap:
+            raise ProtocolError(f"{response.url.path}: body over {cap} bytes")
+    return bytes(body)
 
 
 async def _json(response: aiohttp.ClientResponse) -> Any:

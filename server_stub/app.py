@@ -1,0 +1,449 @@
+"""The stub's HTTP API (docs/PROTOCOL.md) and `running_stub`, the way tests and the demo run it.
+
+Handlers are thin: authenticate, validate, one store call, answer. Manifests are signed per
+request; packages stream from the store in 64 KiB slices, never compressed, with Range.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import hdrs, web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from daemon.manifest import Manifest, parse_manifest
+from server_stub.api_errors import ApiError, error_middleware, need_str, read_json_object
+from server_stub.catalog import ImportReport, import_library
+from server_stub.faults import FAULTS, FaultInjector, fault_middleware, fired, write_body
+from server_stub.faults import install as install_faults
+from server_stub.push import PushHub
+from server_stub.signing import ServiceKey, load_or_create_key, sign_manifest
+from server_stub.store import Device, PackageInfo, Store
+
+MAX_BODY = 64 * 1024  # bytes: every request body is a small JSON object
+CHUNK = 64 * 1024  # bytes per package read and write
+CHANGES_DEFAULT_LIMIT = 500
+CHANGES_MAX_LIMIT = 1000
+TEMPLATE_CACHE_SIZE = 64  # parsed manifest templates kept (mahabharata's is ~1 MB of JSON)
+SHUTDOWN_TIMEOUT = 5.0  # seconds for in-flight requests when the stub stops
+ACCESS_LOG_FORMAT = 'event=request remote=%a line="%r" status=%s bytes=%b seconds=%Tf'
+
+Clock = Callable[[], float]
+
+STORE = web.AppKey("store", Store)
+SERVICE_KEY = web.AppKey("service_key", ServiceKey)
+HUB = web.AppKey("push_hub", PushHub)
+CLOCK: web.AppKey[Clock] = web.AppKey("clock")
+TEMPLATES: web.AppKey[dict[tuple[str, int], Manifest]] = web.AppKey("manifest_templates")
+
+_RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
+
+
+# -- authentication -------------------------------------------------------------------------------
+
+
+def _bearer(request: web.Request) -> str:
+    header = request.headers.get(hdrs.AUTHORIZATION, "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorized("send 'Authorization: Bearer <token>'")
+    return token.strip()
+
+
+def _unauthorized(detail: str) -> ApiError:
+    return ApiError(
+        401, "unauthorized", detail, {hdrs.WWW_AUTHENTICATE: 'Bearer realm="shelfsync"'}
+    )
+
+
+def _account(request: web.Request) -> str:
+    account_id = request.app[STORE].account_for_token(_bearer(request))
+    if account_id is None:
+        raise _unauthorized("unknown account token (this route needs an account token)")
+    return account_id
+
+
+def _device(request: web.Request) -> Device:
+    device = request.app[STORE].device_for_token(_bearer(request))
+    if device is None:
+        raise _unauthorized("unknown device token (this route needs a device token)")
+    return device
+
+
+def _account_or_device(request: web.Request) -> str:
+    token = _bearer(request)
+    store = request.app[STORE]
+    account_id = store.account_for_token(token)
+    if account_id is not None:
+        return account_id
+    device = store.device_for_token(token)
+    if device is None:
+        raise _unauthorized("unknown token")
+    return device.account_id
+
+
+# -- accounts, devices, the store -----------------------------------------------------------------
+
+
+async def create_account(request: web.Request) -> web.Response:
+    name = need_str(await read_json_object(request), "name")
+    account_id, token = request.app[STORE].create_account(name, request.app[CLOCK]())
+    return web.json_response({"account_id": account_id, "account_token": token}, status=201)
+
+
+async def create_device(request: web.Request) -> web.Response:
+    account_id = _account(request)
+    name = need_str(await read_json_object(request), "name")
+    device_id, token = request.app[STORE].create_device(account_id, name, request.app[CLOCK]())
+    return web.json_response({"device_id": device_id, "device_token": token}, status=201)
+
+
+async def catalog(request: web.Request) -> web.Response:
+    _account_or_device(request)
+    books = [
+        {
+            "book_id": b.book_id,
+            "title": b.title,
+            "authors": list(b.authors),
+            "language": b.language,
+            "version": b.version,
+            "package_size": b.package_size,
+            "epub_size": b.epub_size,
+        }
+        for b in request.app[STORE].catalog()
+    ]
+    return web.json_response({"books": books})
+
+
+def _catalog_book(request: web.Request, book_id: str) -> None:
+    if request.app[STORE].book(book_id) is None:
+        raise ApiError(404, "unknown_book", f"the catalog has no book {book_id!r}")
+
+
+async def buy(request: web.Request) -> web.Response:
+    account_id = _account(request)
+    book_id = need_str(await read_json_object(request), "book_id", 64)
+    _catalog_book(request, book_id)
+    change = request.app[STORE].add_to_library(
+        account_id, book_id, None, "bought", request.app[CLOCK]()
+    )
+    if change is None:
+        raise ApiError(409, "already_in_library", f"{book_id} is already in this library")
+    await request.app[HUB].notify(account_id, None, change.seq)
+    return web.json_response({"seq": change.seq, "at": change.at}, status=201)
+
+
+async def send(request: web.Request) -> web.Response:
+    account_id = _account(request)
+    doc = await read_json_object(request)
+    book_id = need_str(doc, "book_id", 64)
+    device_id = need_str(doc, "device_id", 64)
+    device = request.app[STORE].device(device_id)
+    if device is None or device.account_id != account_id:
+        raise ApiError(404, "unknown_device", f"this account has no device {device_id!r}")
+    _catalog_book(request, book_id)
+    change = request.app[STORE].add_to_library(
+        account_id, book_id, device_id, "sent", request.app[CLOCK]()
+    )
+    if change is None:
+        raise ApiError(409, "already_on_device", f"{book_id} is already on {device_id}")
+    await request.app[HUB].notify(account_id, device_id, change.seq)
+    return web.json_response({"seq": change.seq, "at": change.at}, status=201)
+
+
+async def return_book(request: web.Request) -> web.Response:
+    account_id = _account(request)
+    book_id = need_str(await read_json_object(request), "book_id", 64)
+    change = request.app[STORE].remove_from_library(
+        account_id, book_id, "returned", request.app[CLOCK]()
+    )
+    if change is None:
+        raise ApiError(404, "not_in_library", f"{book_id} is not in this library")
+    await request.app[HUB].notify(account_id, None, change.seq)
+    return web.json_response({"seq": change.seq, "at": change.at}, status=201)
+
+
+async def get_service_key(request: web.Request) -> web.Response:
+    key = request.app[SERVICE_KEY]
+    return web.json_response({"public_key": key.public_key_text, "key_id": key.key_id})
+
+
+# -- the changes feed and the push channel --------------------------------------------------------
+
+
+def _decimal(text: str) -> int | None:
+    """A plain ASCII decimal, or None (str.isdigit alone accepts '²')."""
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def _query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    value = _decimal(raw)
+    if value is None or not low <= value <= high:
+        raise ApiError(400, "bad_query", f"{name!r} must be an integer in [{low}, {high}]")
+    return value
+
+
+async def changes(request: web.Request) -> web.Response:
+    device = _device(request)
+    cursor = _query_int(request, "cursor", 0, 0, 2**63 - 1)
+    limit = _query_int(request, "limit", CHANGES_DEFAULT_LIMIT, 1, CHANGES_MAX_LIMIT)
+    # One row more than the page tells whether another page follows, without a count.
+    rows = request.app[STORE].changes(device.account_id, device.device_id, cursor, limit + 1)
+    page = rows[:limit]
+    return web.json_response(
+        {
+            "changes": [c.to_doc() for c in page],
+            "cursor": page[-1].seq if page else cursor,
+            "has_more": len(rows) > limit,
+        }
+    )
+
+
+async def push(request: web.Request) -> web.WebSocketResponse:
+    device = _device(request)
+    store = request.app[STORE]
+    return await request.app[HUB].serve(
+        request,
+        device.account_id,
+        device.device_id,
+        lambda: store.latest_seq(device.account_id, device.device_id),
+    )
+
+
+# -- books ----------------------------------------------------------------------------------------
+
+
+def _library_book(request: web.Request, device: Device) -> str:
+    book_id = request.match_info["book_id"]
+    if not request.app[STORE].in_library(device.account_id, device.device_id, book_id):
+        raise ApiError(403, "not_in_library", f"{book_id[:64]!r} is not in this device's library")
+    return book_id
+
+
+def _template(app: web.Application, book_id: str, version: int) -> Manifest:
+    cache = app[TEMPLATES]
+    manifest = cache.get((book_id, version))
+    if manifest is None:
+        raw = app[STORE].manifest_template(book_id, version)
+        if raw is None:
+            raise ApiError(404, "unknown_version", f"{book_id} has no version {version}")
+        manifest = parse_manifest(raw)
+        if len(cache) >= TEMPLATE_CACHE_SIZE:
+            cache.pop(next(iter(cache)))
+        cache[(book_id, version)] = manifest
+    return manifest
+
+
+async def manifest(request: web.Request) -> web.Response:
+    device = _device(request)
+    book_id = _library_book(request, device)
+    book = request.app[STORE].book(book_id)
+    if book is None:
+        raise ApiError(404, "unknown_book", f"{book_id} is in the library but not in the catalog")
+    fault_state = fired(request)
+    replay = fault_state.first("replay_manifest")
+    template = _template(request.app, book_id, replay.version if replay else book.version)
+    key = request.app[SERVICE_KEY].private_key
+    if fault_state.first("bad_signature"):
+        key = Ed25519PrivateKey.generate()
+    body = sign_manifest(key, template, request.app[CLOCK]())
+    return web.Response(
+        body=body, content_type="application/json", headers={hdrs.CACHE_CONTROL: "no-store"}
+    )
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The [start, end) a `Range` header asks of `size` bytes; None for the whole body.
+
+    A malformed or multi-range header is ignored (RFC 9110 allows it); an unsatisfiable one
+    raises the 416 answer."""
+    if header is None:
+        return None
+    match = _RANGE.match(header.strip())
+    if match is None:
+        return None
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:  # suffix: the last n bytes
+        n = int(last)
+        if n == 0:
+            raise _unsatisfiable(size)
+        return max(size - n, 0), size
+    start = int(first)
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        raise _unsatisfiable(size)
+    return start, min(int(last) + 1, size) if last else size
+
+
+def _unsatisfiable(size: int) -> ApiError:
+    return ApiError(
+        416,
+        "range_not_satisfiable",
+        f"the package is {size} bytes",
+        {hdrs.CONTENT_RANGE: f"bytes */{size}"},
+    )
+
+
+def _slices(store: Store, info: PackageInfo, start: int, end: int) -> Iterator[bytes]:
+    for offset in range(start, end, CHUNK):
+        yield store.read_package(info.rowid, offset, min(CHUNK, end - offset))
+
+
+async def package(request: web.Request) -> web.StreamResponse:
+    device = _device(request)
+    book_id = _library_book(request, device)
+    raw_version = request.match_info["version"]
+    store = request.app[STORE]
+    version = _decimal(raw_version)
+    info = store.package_info(book_id, version) if version is not None else None
+    if info is None:
+        raise ApiError(404, "unknown_version", f"{book_id} has no version {raw_version[:20]!r}")
+    wanted = None if fired(request).first("ignore_range") else request.headers.get(hdrs.RANGE)
+    span = parse_range(wanted, info.size)
+    start, end = span or (0, info.size)
+
+    response = web.StreamResponse(status=206 if span else 200)
+    response.content_type = "application/octet-stream"
+    response.headers[hdrs.ACCEPT_RANGES] = "bytes"
+    response.headers[hdrs.ETAG] = f'"{info.sha256}"'
+    response.headers[hdrs.CACHE_CONTROL] = "public, max-age=31536000, immutable"
+    if span:
+        response.headers[hdrs.CONTENT_RANGE] = f"bytes {start}-{end - 1}/{info.size}"
+    response.content_length = end - start
+    await response.prepare(request)
+    if request.method != hdrs.METH_HEAD:
+        await write_body(request, response, _slices(store, info, start, end))
+    return response
+
+
+# -- the application ------------------------------------------------------------------------------
+
+
+async def _close_push(app: web.Application) -> None:
+    await app[HUB].close_all()
+
+
+def make_app(
+    store: Store,
+    service_key: ServiceKey,
+    *,
+    faults_enabled: bool = False,
+    clock: Clock = time.time,
+) -> web.Application:
+    """The stub's aiohttp application over an open store (which the caller closes)."""
+    middlewares = [fault_middleware, error_middleware] if faults_enabled else [error_middleware]
+    app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares)
+    app[STORE] = store
+    app[SERVICE_KEY] = service_key
+    app[HUB] = PushHub()
+    app[CLOCK] = clock
+    app[TEMPLATES] = {}
+    r = app.router
+    r.add_post("/v1/accounts", create_account, name="accounts")
+    r.add_post("/v1/devices", create_device, name="devices")
+    r.add_get("/v1/catalog", catalog, name="catalog")
+    r.add_post("/v1/library/buy", buy, name="library_buy")
+    r.add_post("/v1/library/send", send, name="library_send")
+    r.add_post("/v1/library/return", return_book, name="library_return")
+    r.add_get("/v1/service-key", get_service_key, name="service_key")
+    r.add_get("/v1/library/changes", changes, name="changes")
+    r.add_get("/v1/push", push, name="push", allow_head=False)
+    r.add_get("/v1/books/{book_id}/manifest", manifest, name="manifest")
+    r.add_get("/v1/books/{book_id}/versions/{version}/package", package, name="package")
+    if faults_enabled:
+        install_faults(app)
+    app.on_shutdown.append(_close_push)
+    return app
+
+
+@dataclass(frozen=True, slots=True)
+class RunningStub:
+    url: str  # http://host:port, no trailing slash
+    host: str
+    port: int
+    data_dir: Path
+    store: Store  # open while the stub runs: tests seed large libraries through it
+    service_key: ServiceKey
+    import_report: ImportReport | None  # None when no library folder was given
+    app: web.Application
+
+    @property
+    def public_key_text(self) -> str:
+        """What a device is provisioned with (also DATA/service.pub)."""
+        return self.service_key.public_key_text
+
+    @property
+    def key_path(self) -> Path:
+        return self.service_key.key_path
+
+    @property
+    def pub_path(self) -> Path:
+        return self.service_key.pub_path
+
+    @property
+    def faults(self) -> FaultInjector | None:
+        return self.app.get(FAULTS)
+
+
+@asynccontextmanager
+async def running_stub(
+    data_dir: Path,
+    *,
+    library_dir: Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    faults: bool = False,
+    clock: Clock = time.time,
+    keepalive_timeout: float = 75.0,
+) -> AsyncIterator[RunningStub]:
+    """Run the stub on `host:port` (0 picks a free port) until the block exits.
+
+    `data_dir` holds the database and the service key (created if missing). `library_dir`, if
+    given, is imported first (unchanged files are skipped); without it the stored catalog is
+    served as is. `faults` enables fault injection and the admin routes."""
+    store = await asyncio.to_thread(Store.open, data_dir)
+    try:
+        key = await asyncio.to_thread(load_or_create_key, data_dir)
+        report = None
+        if library_dir is not None:
+            report = await asyncio.to_thread(import_library, store, library_dir, clock)
+        app = make_app(store, key, faults_enabled=faults, clock=clock)
+        runner = web.AppRunner(
+            app,
+            access_log=logging.getLogger("server_stub.access"),
+            access_log_format=ACCESS_LOG_FORMAT,
+            keepalive_timeout=keepalive_timeout,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+        )
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+            bound_port = int(runner.addresses[0][1])
+            url_host = f"[{host}]" if ":" in host else host
+            yield RunningStub(
+                url=f"http://{url_host}:{bound_port}",
+                host=host,
+                port=bound_port,
+                data_dir=data_dir,
+                store=store,
+                service_key=key,
+                import_report=report,
+                app=app,
+            )
+        finally:
+            await runner.cleanup()
+    finally:
+        store.close()

@@ -1,0 +1,156 @@
+"""Catalog import: a folder of .epub files in, books and versions in the store out.
+
+Each file is validated and packaged. A file whose SHA-256 is the one the store already has for
+a book's current version is skipped before it is even unzipped, so a restart repackages nothing.
+A changed file for a known book becomes its next version (and an `update` change for every
+library holding it); a malformed one is refused, with a logged line naming file and problem,
+while the rest import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from daemon.errors import ManifestError
+from daemon.manifest import encode_manifest
+from server_stub.epub import EpubError, read_epub
+from server_stub.logs import kv
+from server_stub.packaging import book_id_for, build_package
+from server_stub.store import Change, NewVersion, Store
+
+log = logging.getLogger("server_stub.catalog")
+
+
+@dataclass(frozen=True, slots=True)
+class ImportedBook:
+    path: Path
+    book_id: str
+    version: int  # the book's current version after the import
+
+
+@dataclass(slots=True)
+class ImportReport:
+    imported: list[ImportedBook] = field(default_factory=list)  # new books
+    updated: list[ImportedBook] = field(default_factory=list)  # new versions of known books
+    unchanged: list[ImportedBook] = field(default_factory=list)  # nothing to package
+    refused: list[tuple[Path, str]] = field(default_factory=list)  # (file, problem)
+    changes: list[Change] = field(default_factory=list)  # `update` changes appended
+
+
+def _file_sha256(path: Path) -> tuple[str, int]:
+    with path.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256")
+    return digest.hexdigest(), path.stat().st_size
+
+
+def import_library(
+    store: Store, library_dir: Path, clock: Callable[[], float] = time.time
+) -> ImportReport:
+    """Import every `*.epub` directly in `library_dir` (sorted by name) into `store`."""
+    report = ImportReport()
+    claimed: dict[str, Path] = {}  # book_id -> the file that provided it in this import
+    if not library_dir.is_dir():
+        report.refused.append((library_dir, "the library folder does not exist"))
+        log.warning(kv("library_missing", folder=library_dir))
+        return report
+    for path in sorted(p for p in library_dir.glob("*.epub") if p.is_file()):
+        problem = _import_one(store, path, claimed, report, clock)
+        if problem is not None:
+            report.refused.append((path, problem))
+            log.warning(kv("epub_refused", file=path, problem=problem))
+    log.info(
+        kv(
+            "library_imported",
+            folder=library_dir,
+            imported=len(report.imported),
+            updated=len(report.updated),
+            unchanged=len(report.unchanged),
+            refused=len(report.refused),
+        )
+    )
+    return report
+
+
+def _import_one(
+    store: Store,
+    path: Path,
+    claimed: dict[str, Path],
+    report: ImportReport,
+    clock: Callable[[], float],
+) -> str | None:
+    """Import one file; return the problem if it is refused."""
+    try:
+        epub_sha256, epub_size = _file_sha256(path)
+    except OSError as e:
+        return f"cannot read the file ({e.strerror or e})"
+
+    known = store.book_for_epub(epub_sha256)
+    if known is not None:
+        if known in claimed:
+            return f"same book ({known}) as {claimed[known].name}"
+        claimed[known] = path
+        book = store.book(known)
+        assert book is not None  # book_for_epub found its row
+        report.unchanged.append(ImportedBook(path, known, book.version))
+        return None
+
+    try:
+        epub = read_epub(path)
+    except EpubError as e:
+        return e.problem
+    book_id = book_id_for(epub.identifier, epub.language)
+    if book_id in claimed:
+        return (
+            f"same unique identifier and language as {claimed[book_id].name} ({book_id});"
+            " give one of them its own identifier"
+        )
+    current = store.book(book_id)
+    version = current.version + 1 if current else 1
+    try:
+        package = build_package(epub, version)
+    except ManifestError as e:
+        return f"cannot be packaged: {e}"
+    claimed[book_id] = path
+
+    if current is not None and store.package_sha256(book_id, current.version) == package.sha256:
+        # Same content in a rewritten ZIP (new timestamps, say): no new version to send.
+        store.set_epub_source(book_id, epub_sha256, epub_size, path.name)
+        report.unchanged.append(ImportedBook(path, book_id, current.version))
+        return None
+
+    changes = store.put_version(
+        NewVersion(
+            book_id=book_id,
+            version=version,
+            title=epub.title,
+            authors=epub.authors,
+            language=epub.language,
+            manifest_template=encode_manifest(package.manifest),
+            package=package.data,
+            package_sha256=package.sha256,
+            epub_sha256=epub_sha256,
+            epub_size=epub_size,
+            source=path.name,
+        ),
+        at=clock(),
+    )
+    report.changes.extend(changes)
+    entry = ImportedBook(path, book_id, version)
+    (report.updated if current else report.imported).append(entry)
+    log.info(
+        kv(
+            "book_updated" if current else "book_imported",
+            file=path.name,
+            book_id=book_id,
+            version=version,
+            frames=len(package.manifest.frames),
+            package_bytes=len(package.data),
+            libraries_notified=len(changes),
+        )
+    )
+    return None

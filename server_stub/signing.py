@@ -1,0 +1,98 @@
+"""The service's Ed25519 key and manifest signing.
+
+DATA/service.key holds the private key (PKCS#8 PEM, mode 0600), created on first start;
+DATA/service.pub holds the public key as base64 of the raw 32 bytes, which is what a device is
+provisioned with (daemon.crypto.public_key_from_text). Both are written temp -> fsync -> rename
+-> fsync(dir), so a crash never leaves a half-written key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from daemon.crypto import key_id, public_key_to_text, sign_envelope
+from daemon.errors import ShelfsyncError
+from daemon.manifest import Manifest, encode_manifest
+from server_stub.packaging import stamp
+
+KEY_NAME = "service.key"
+PUB_NAME = "service.pub"
+
+
+class ServiceKeyError(ShelfsyncError):
+    """The service key file exists but cannot be used; the message says which file and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceKey:
+    private_key: Ed25519PrivateKey
+    key_path: Path
+    pub_path: Path
+
+    @property
+    def public_key_text(self) -> str:
+        return public_key_to_text(self.private_key.public_key())
+
+    @property
+    def key_id(self) -> str:
+        return key_id(self.private_key.public_key())
+
+
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Replace `path` with `data`: temp file -> fsync -> rename -> fsync(directory)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)  # left by a crash mid-write
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_or_create_key(data_dir: Path) -> ServiceKey:
+    """The service key in `data_dir`, created on first use; service.pub is kept in step."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key_path = data_dir / KEY_NAME
+    pub_path = data_dir / PUB_NAME
+    if key_path.exists():
+        try:
+            loaded = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        except (OSError, ValueError, TypeError) as e:
+            raise ServiceKeyError(
+                f"{key_path}: cannot load the service key ({e}); restore it from a backup, or "
+                "delete it to create a new key (devices provisioned with the old one will "
+                "refuse every manifest)"
+            ) from e
+        if not isinstance(loaded, Ed25519PrivateKey):
+            raise ServiceKeyError(f"{key_path}: not an Ed25519 private key")
+        private_key = loaded
+    else:
+        private_key = Ed25519PrivateKey.generate()
+        pem = private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        write_atomic(key_path, pem, 0o600)
+    key = ServiceKey(private_key, key_path, pub_path)
+    pub_text = key.public_key_text + "\n"
+    if not pub_path.exists() or pub_path.read_text(encoding="ascii", errors="replace") != pub_text:
+        write_atomic(pub_path, pub_text.encode("ascii"), 0o644)
+    return key
+
+
+def sign_manifest(private_key: Ed25519PrivateKey, template: Manifest, now: float) -> bytes:
+    """The signed envelope of `template` issued at `now` (expires 30 days later)."""
+    return sign_envelope(private_key, encode_manifest(stamp(template, int(now))))

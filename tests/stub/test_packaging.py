@@ -1,0 +1,92 @@
+"""Packaging: frames cut the plaintext stream exactly, and every corpus book round-trips."""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from daemon.codec import DEFAULT_WINDOW_CAP, decode_frame
+from daemon.manifest import encode_manifest, parse_manifest
+from server_stub.epub import read_epub
+from server_stub.packaging import FRAME_SIZE, book_id_for, build_package, cut_frames, stamp
+from server_stub.store import Store
+from tests.conftest import StubImport
+from tests.stub.helpers import write_epub
+
+
+@given(st.lists(st.integers(min_value=0, max_value=3 * 64 + 5), max_size=30))
+def test_cut_frames_packs_small_resources_whole_and_splits_large_ones(sizes: list[int]) -> None:
+    size = 64
+    pieces = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+    frames = cut_frames(pieces, size)
+    assert b"".join(frames) == b"".join(pieces)
+    assert all(0 < len(f) <= size for f in frames)
+    # A resource that fits in one frame never straddles two.
+    starts = {0}
+    for f in frames:
+        starts.add(max(starts) + len(f))
+    offset = 0
+    for piece in pieces:
+        if 0 < len(piece) <= size:
+            crossing = [s for s in starts if offset < s < offset + len(piece)]
+            assert not crossing, (sizes, piece[:1], offset)
+        offset += len(piece)
+
+
+def test_cut_frames_examples() -> None:
+    assert cut_frames([b"a" * 3, b"b" * 3, b"c" * 3], 8) == [b"aaabbb", b"ccc"]
+    assert cut_frames([b"a", b"b" * 20, b"c"], 8) == [b"a", b"b" * 8, b"b" * 8, b"b" * 4 + b"c"]
+    assert cut_frames([b"", b"a" * 8, b""], 8) == [b"a" * 8]
+
+
+def test_book_id_is_identifier_and_language() -> None:
+    assert book_id_for("urn:x", "en") == "bk_" + hashlib.sha256(b"urn:x\nen").hexdigest()[:16]
+    assert book_id_for(" urn:x ", "EN") == book_id_for("urn:x", "en")
+    assert book_id_for("urn:x", "de") != book_id_for("urn:x", "en")
+
+
+def test_stamp_sets_issue_and_expiry(tmp_path: Path) -> None:
+    package = build_package(read_epub(write_epub(tmp_path / "b.epub")), version=3)
+    issued = stamp(package.manifest, 1_764_000_000)
+    assert (issued.issued_at, issued.expires_at) == (1_764_000_000, 1_764_000_000 + 30 * 86400)
+    assert parse_manifest(encode_manifest(issued)) == issued
+    assert issued.version == 3
+    assert issued.frame_size == FRAME_SIZE
+
+
+def test_every_corpus_package_round_trips(stub_corpus_import: StubImport, corpus_dir: Path) -> None:
+    store = Store.open(stub_corpus_import.data_dir)
+    try:
+        for name, book_id in sorted(stub_corpus_import.book_ids.items()):
+            template = store.manifest_template(book_id, 1)
+            info = store.package_info(book_id, 1)
+            assert template is not None
+            assert info is not None
+            manifest = parse_manifest(template)
+            package = store.read_package(info.rowid, 0, info.size)
+            assert hashlib.sha256(package).hexdigest() == info.sha256
+            assert manifest.package_size == len(package) == info.size
+
+            plain = bytearray()
+            for frame in manifest.frames:
+                data = package[frame.offset : frame.offset + frame.length]
+                assert hashlib.sha256(data).hexdigest() == frame.sha256
+                assert frame.plain_size <= manifest.frame_size == FRAME_SIZE
+                plain += decode_frame(data, frame.codec, frame.plain_size, DEFAULT_WINDOW_CAP)
+
+            with zipfile.ZipFile(corpus_dir / name) as z:
+                entries = {i.filename: z.read(i) for i in z.infolist() if not i.is_dir()}
+            assert {r.path for r in manifest.resources} == set(entries), name
+            assert len(manifest.resources) == len(entries)
+            for r in manifest.resources:
+                assert bytes(plain[r.offset : r.offset + r.size]) == entries[r.path], r.path
+                assert hashlib.sha256(entries[r.path]).hexdigest() == r.sha256
+            assert (
+                parse_manifest(encode_manifest(stamp(manifest, 1_764_000_000))).book_id == book_id
+            )
+    finally:
+        store.close()

@@ -1,0 +1,115 @@
+"""The store: migrations, frame-by-frame commits, milestones, removal, read-back."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import apsw
+import pytest
+
+from daemon.errors import SchemaTooNewError, StoreError
+from daemon.models import LibraryChange
+from daemon.reader import read_resource
+from daemon.store import Store
+from tests.builders import NOW, make_manifest
+
+FILES = [
+    ("OEBPS/ch1.xhtml", b"<p>one</p>" * 3000),
+    ("OEBPS/ch2.xhtml", b"<p>two</p>" * 3000),
+    ("OEBPS/ch3.xhtml", b"<p>three</p>" * 3000),
+]
+
+
+def bought(book_id: str = "bk_test", seq: int = 1, action: str = "add") -> LibraryChange:
+    return LibraryChange(seq, book_id, action, "bought", 1, NOW)
+
+
+def frames_of(package: bytes, manifest_frames: tuple) -> list[bytes]:  # type: ignore[type-arg]
+    return [package[f.offset : f.offset + f.length] for f in manifest_frames]
+
+
+def test_a_new_database_is_private_and_at_the_latest_schema(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "state" / "db")
+    assert store.schema_version() == 1
+    assert stat.S_IMODE(os.stat(tmp_path / "state" / "db").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(tmp_path / "state").st_mode) == 0o700
+    store.close()
+    assert Store.open(tmp_path / "state" / "db").schema_version() == 1  # reopen: no re-run
+
+
+def test_a_database_from_a_newer_shelfsync_is_refused(tmp_path: Path) -> None:
+    db = apsw.Connection(str(tmp_path / "db"))
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    with pytest.raises(SchemaTooNewError, match="schema version 99"):
+        Store.open(tmp_path / "db")
+
+
+def test_frames_commit_one_by_one_and_milestones_are_recorded(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "db")
+    manifest, package = make_manifest(FILES)
+    store.apply_library_changes([bought()], 1, NOW + 1)
+    store.record_manifest(manifest, b"envelope", NOW + 2)
+    frames = frames_of(package, manifest.frames)
+    assert [f.idx for f in store.missing_frames("bk_test", 1)] == [0, 1, 2]
+
+    first = store.commit_frame("bk_test", 1, 0, frames[0], NOW + 3)
+    assert (first.first_chapter_ready, first.complete) == (True, False)
+    assert store.commit_frame("bk_test", 1, 0, frames[0], NOW + 3).first_chapter_ready is False
+    [book] = store.library_view()
+    assert (book["state"], book["readable"], book["frames_held"]) == ("downloading", True, 1)
+
+    store.commit_frame("bk_test", 1, 1, frames[1], NOW + 4)
+    assert store.commit_frame("bk_test", 1, 2, frames[2], NOW + 5).complete
+    [book] = store.library_view()
+    assert book["state"] == "complete"
+    assert (book["first_chapter_at"], book["completed_at"]) == (NOW + 3, NOW + 5)
+    for path, data in FILES:
+        resource = store.resource("bk_test", path)
+        assert resource is not None
+        assert read_resource(store, resource, 1 << 23) == data
+    assert store.delivery_candidates() == []
+
+
+def test_a_removed_book_leaves_but_its_trusted_version_stays(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "db")
+    manifest, package = make_manifest(FILES, version=4)
+    store.apply_library_changes([bought()], 1, NOW)
+    store.record_manifest(manifest, b"envelope", NOW)
+    assert store.apply_library_changes([bought(seq=2, action="remove")], 2, NOW) == ["bk_test"]
+    assert store.library_view() == []
+    assert store.resource("bk_test", "OEBPS/ch1.xhtml") is None
+    assert store.trusted_version("bk_test") == 4
+    with pytest.raises(StoreError, match="no longer held"):
+        store.commit_frame("bk_test", 4, 0, package[:10], NOW)
+
+
+def test_a_page_applied_twice_changes_nothing(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "db")
+    store.apply_library_changes([bought(seq=5)], 5, NOW)
+    store.apply_library_changes([bought(seq=6, action="remove")], 6, NOW)
+    store.apply_library_changes([bought(seq=5)], 6, NOW)  # replayed old page
+    assert store.library_view() == []
+    assert store.library_cursor() == 6
+
+
+def test_a_new_version_reuses_unchanged_frames_and_replaces_the_old(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "db")
+    v1, package1 = make_manifest(FILES)
+    store.apply_library_changes([bought()], 1, NOW)
+    store.record_manifest(v1, b"e1", NOW)
+    for i, data in enumerate(frames_of(package1, v1.frames)):
+        store.commit_frame("bk_test", 1, i, data, NOW)
+    revised = [FILES[0], ("OEBPS/ch2.xhtml", b"<p>TWO</p>" * 3000), FILES[2]]
+    v2, package2 = make_manifest(revised, version=2)
+    store.record_manifest(v2, b"e2", NOW)
+    assert [f.idx for f in store.missing_frames("bk_test", 2)] == [1]
+    assert store.readable_version("bk_test") == 1  # the old one reads until the new is whole
+    store.commit_frame("bk_test", 2, 1, frames_of(package2, v2.frames)[1], NOW)
+    assert store.readable_version("bk_test") == 2
+    assert store.frame_hashes("bk_test", 1) is None
+    resource = store.resource("bk_test", "OEBPS/ch2.xhtml")
+    assert resource is not None
+    assert read_resource(store, resource, 1 << 23) == revised[1][1]

@@ -1,0 +1,111 @@
+"""Only manifests signed by the pinned key, for the book asked, not rolled back, not expired."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import replace
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from daemon.errors import ExpiredError, ManifestError, RollbackError, SignatureError
+from daemon.manifest import encode_manifest, parse_manifest
+from daemon.trust import verify_manifest
+from tests.builders import NOW, make_manifest, signed
+
+SERVICE_KEY = Ed25519PrivateKey.generate()
+FILES = [("OEBPS/ch1.xhtml", b"<p>one</p>" * 300), ("OEBPS/ch2.xhtml", b"<p>two</p>" * 300)]
+
+
+def verify(envelope: bytes, **overrides: object) -> object:
+    args: dict[str, object] = {
+        "pinned_key": SERVICE_KEY.public_key(),
+        "book_id": "bk_test",
+        "trusted_version": 0,
+        "held_frame_hashes": lambda version: None,
+        "time_floor": 0,
+        "now": NOW + 60,
+    }
+    args.update(overrides)
+    return verify_manifest(envelope, **args)  # type: ignore[arg-type]
+
+
+def test_a_good_manifest_is_trusted() -> None:
+    manifest, _ = make_manifest(FILES)
+    assert verify(signed(manifest, SERVICE_KEY)) == manifest
+
+
+def test_another_key_is_refused() -> None:
+    manifest, _ = make_manifest(FILES)
+    with pytest.raises(SignatureError, match="pinned service key"):
+        verify(signed(manifest, Ed25519PrivateKey.generate()))
+
+
+def test_a_changed_byte_breaks_the_signature() -> None:
+    manifest, _ = make_manifest(FILES)
+    doc = json.loads(signed(manifest, SERVICE_KEY))
+    raw = base64.b64decode(doc["manifest"]).replace(b'"version":1', b'"version":9')
+    doc["manifest"] = base64.b64encode(raw).decode()
+    with pytest.raises(SignatureError):
+        verify(json.dumps(doc).encode())
+
+
+def test_a_manifest_for_another_book_is_refused() -> None:
+    manifest, _ = make_manifest(FILES, book_id="bk_other")
+    with pytest.raises(ManifestError, match="got one for bk_other"):
+        verify(signed(manifest, SERVICE_KEY))
+
+
+def test_a_rolled_back_version_is_refused() -> None:
+    manifest, _ = make_manifest(FILES, version=2)
+    with pytest.raises(RollbackError, match="version 2 is older than the trusted version 3"):
+        verify(signed(manifest, SERVICE_KEY), trusted_version=3)
+
+
+def test_a_held_version_cannot_be_redefined() -> None:
+    manifest, _ = make_manifest(FILES)
+    with pytest.raises(ManifestError, match="differs from the one already held"):
+        verify(signed(manifest, SERVICE_KEY), held_frame_hashes=lambda v: ["0" * 64] * 2)
+
+
+def test_expiry_uses_the_time_floor_when_the_clock_is_set_back() -> None:
+    manifest, _ = make_manifest(FILES, issued_at=NOW, lifetime_s=3600)
+    envelope = signed(manifest, SERVICE_KEY)
+    with pytest.raises(ExpiredError):
+        verify(envelope, now=NOW + 7200)
+    # The clock says 1970, but the device has verified metadata issued later than expiry.
+    with pytest.raises(ExpiredError, match="time floor"):
+        verify(envelope, now=0, time_floor=NOW + 7200)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"frame_size": 0}, "frame_size"),
+        ({"package_size": 1}, "package_size"),
+        ({"first_chapter": "nope.xhtml"}, "first_chapter"),
+    ],
+)
+def test_inconsistent_manifests_are_refused(change: dict[str, object], message: str) -> None:
+    manifest, _ = make_manifest(FILES)
+    doc = json.loads(encode_manifest(manifest))
+    doc.update(change)
+    with pytest.raises(ManifestError, match=message):
+        parse_manifest(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize("path", ["../etc/passwd", "/abs", "a/../../b", "a\x00b", "a\\b", ""])
+def test_resource_paths_that_leave_the_book_are_refused(path: str) -> None:
+    manifest, _ = make_manifest(FILES)
+    bad = replace(
+        manifest, resources=(replace(manifest.resources[0], path=path), *manifest.resources[1:])
+    )
+    with pytest.raises(ManifestError, match="resource path"):
+        parse_manifest(encode_manifest(bad))
+
+
+def test_garbage_is_a_manifest_error_not_a_crash() -> None:
+    for data in (b"", b"[]", b"{", b'{"format": 1}', b"\xff\xfe", b"[" * 100_000):
+        with pytest.raises(ManifestError):
+            parse_manifest(data)
