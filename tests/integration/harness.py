@@ -47,6 +47,12 @@ class Device:
             await asyncio.sleep(0.02)
         raise AssertionError(f"{book_id} never reached the expected state; last: {last}")
 
+    async def wait_removed(self, book_id: str, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while await self.book_state(book_id) is not None:
+            assert time.monotonic() < deadline, f"{book_id} is still on the device"
+            await asyncio.sleep(0.02)
+
     async def wait_complete(self, book_id: str, timeout_s: float = 60) -> dict[str, Any]:
         return await self.wait_for(book_id, lambda b: b["state"] == "complete", timeout_s)
 
