@@ -39,11 +39,13 @@ async def test_a_revision_fetches_only_changed_frames_and_a_replayed_old_one_is_
     chapter = "epub/text/chapter-5.xhtml"
     data_dir = tmp_path / "stub-data"
 
-    async with running_stub(data_dir, library_dir=library, port=0, faults=True) as stub:
-        async with running_device(stub.url, stub.public_key_text, tmp_path / "dev") as device:
-            await device.account.buy(book_id)
-            await device.wait_complete(book_id)
-            token = device.account.account_token
+    async with (
+        running_stub(data_dir, library_dir=library, port=0, faults=True) as stub,
+        running_device(stub.url, stub.public_key_text, tmp_path / "dev") as device,
+    ):
+        await device.account.buy(book_id)
+        await device.wait_complete(book_id)
+        token = device.account.account_token
     # The publisher corrects a typo in one chapter; the service re-imports and notifies.
     revise_epub(corpus_dir / BOOK, library / BOOK, chapter, b"burned a match", b"burnt a match")
     async with running_stub(data_dir, library_dir=library, port=0, faults=True) as stub:
