@@ -65,6 +65,7 @@ async def running_device(
     *,
     profile: str = "emulator-loopback",
     account: AccountClient | None = None,
+    tcp_port: int | None = None,
 ) -> AsyncIterator[Device]:
     if account is None:
         account = AccountClient(stub_url)
@@ -75,6 +76,7 @@ async def running_device(
         service_key=public_key_from_text(service_key_text),
         profile=load_profile(profile),
         account_token=account.account_token,
+        tcp_port=tcp_port,
     )
     daemon = Daemon(settings)
     stop = asyncio.Event()

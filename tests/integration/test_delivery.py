@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from daemon.api_client import LocalApiClient
 from server_stub.app import running_stub
 from server_stub.epub import read_epub
 from server_stub.packaging import book_id_for
-from tests.integration.harness import Device, running_device
+from tests.integration.harness import running_device
 
 
 def book_id_of(path: Path) -> str:
@@ -15,12 +16,12 @@ def book_id_of(path: Path) -> str:
     return book_id_for(epub.identifier, epub.language)
 
 
-async def assert_reads_back(device: Device, epub_path: Path) -> int:
+async def assert_reads_back(api: LocalApiClient, epub_path: Path) -> int:
     """Every resource of the book, through the local API, equals the EPUB's bytes."""
     epub = read_epub(epub_path)
     book_id = book_id_for(epub.identifier, epub.language)
     for original in epub.files:
-        status, media_type, body = await device.api.resource(book_id, original.path)
+        status, media_type, body = await api.resource(book_id, original.path)
         assert status == 200, (original.path, body[:200])
         assert body == original.data, original.path
         assert media_type == original.media_type.split(";")[0]
@@ -45,7 +46,7 @@ async def test_every_corpus_book_is_delivered_and_reads_back_offline(
     try:
         resources = 0
         for path in corpus_books:
-            resources += await assert_reads_back(device, path)
+            resources += await assert_reads_back(device.api, path)
         assert resources > 3000
         status = await device.api.status()
         assert status["books"] == {"complete": len(corpus_books)}

@@ -85,7 +85,7 @@ async def test_first_chapter_is_served_while_the_rest_is_still_downloading(
 
     await admin(stub.url, "POST", "/v1/admin/release")
     await device.wait_complete(book_id)
-    await assert_reads_back(device, corpus_dir / BOOK)
+    await assert_reads_back(device.api, corpus_dir / BOOK)
 
 
 async def test_a_tampered_frame_is_refused_and_fetched_again(
@@ -102,7 +102,7 @@ async def test_a_tampered_frame_is_refused_and_fetched_again(
     # The retry resumes at the tampered frame: the frames before it are not fetched again.
     assert requests[1]["range"] == f"bytes={bad.offset}-{manifest.package_size - 1}"
     assert book["bytes_fetched"] == manifest.package_size
-    await assert_reads_back(device, corpus_dir / BOOK)
+    await assert_reads_back(device.api, corpus_dir / BOOK)
 
 
 async def test_a_manifest_signed_by_another_key_is_refused_and_nothing_is_stored(
@@ -116,7 +116,7 @@ async def test_a_manifest_signed_by_another_key_is_refused_and_nothing_is_stored
     assert refused["frames_total"] == 0
     assert await package_requests(stub) == []
     await device.wait_complete(book_id, timeout_s=30)
-    await assert_reads_back(device, corpus_dir / BOOK)
+    await assert_reads_back(device.api, corpus_dir / BOOK)
 
 
 async def test_a_truncated_body_resumes_where_it_stopped(
@@ -150,7 +150,7 @@ async def test_a_server_that_ignores_range_is_never_spliced(
     assert book["retries"] >= 2
     statuses = [r["status"] for r in await package_requests(stub)]
     assert statuses[:2] == [206, 200]  # the 200 answer to a resume was refused, not spliced
-    await assert_reads_back(device, corpus_dir / BOOK)
+    await assert_reads_back(device.api, corpus_dir / BOOK)
 
 
 async def test_service_errors_are_retried(stub: RunningStub, device: Device, book_id: str) -> None:

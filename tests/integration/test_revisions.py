@@ -66,7 +66,7 @@ async def test_a_revision_fetches_only_changed_frames_and_a_replayed_old_one_is_
                 if r["path"].endswith("/versions/2/package")
             )
             assert fetched == book["bytes_fetched"] == sum(f.length for f in changed)
-            await assert_reads_back(device, library / BOOK)
+            await assert_reads_back(device.api, library / BOOK)
 
             # Returned and bought again: the service now replays the old, validly signed v1.
             await account.return_book(book_id)
@@ -85,4 +85,4 @@ async def test_a_revision_fetches_only_changed_frames_and_a_replayed_old_one_is_
             assert "older than the trusted version 2" in refused["last_error"]
             book = await device.wait_complete(book_id)
             assert book["version"] == 2
-            await assert_reads_back(device, library / BOOK)
+            await assert_reads_back(device.api, library / BOOK)

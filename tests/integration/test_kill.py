@@ -1,0 +1,127 @@
+"""SIGKILL in the middle of a download: the restarted daemon resumes at the first missing frame
+and never serves a byte that is not verified."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from daemon.api_client import LocalApiClient
+from daemon.client import AccountClient
+from daemon.manifest import parse_manifest
+from daemon.store import Store
+from server_stub.app import RunningStub, running_stub
+from tests.conftest import StubImport
+from tests.integration.harness import admin
+from tests.integration.test_delivery import assert_reads_back
+
+BOOK = "idpf_moby-dick.epub"
+
+
+async def start_daemon(
+    stub: RunningStub, state: Path, token: str, kill_at: str | None
+) -> asyncio.subprocess.Process:
+    env = {k: v for k, v in os.environ.items() if k != "SHELFSYNC_KILL_AT"}
+    if kill_at:
+        env["SHELFSYNC_KILL_AT"] = kill_at
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "daemon",
+        "run",
+        "--state",
+        str(state),
+        "--service",
+        stub.url,
+        "--service-key",
+        str(stub.pub_path),
+        "--profile",
+        "emulator-loopback",
+        "--account-token",
+        token,
+        "--log-level",
+        "WARNING",
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def wait_until_serving(api: LocalApiClient, daemon: asyncio.subprocess.Process) -> None:
+    """The killed daemon left its socket file behind: wait until the new one answers."""
+    for _ in range(1500):
+        assert daemon.returncode is None, "daemon exited"
+        try:
+            await api.status()
+            return
+        except aiohttp.ClientConnectionError:
+            await asyncio.sleep(0.02)
+    raise AssertionError("the restarted daemon never answered")
+
+
+async def stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(proc.communicate(), 30)
+
+
+@pytest.mark.parametrize(
+    ("kill_at", "frames_kept"),
+    [("after_frame_commit:7", 7), ("before_frame_commit:4", 3), ("after_frame_commit:1", 1)],
+)
+async def test_killed_mid_download_resumes_without_refetching_committed_frames(
+    corpus_stub_data: Path,
+    stub_corpus_import: StubImport,
+    corpus_dir: Path,
+    tmp_path: Path,
+    kill_at: str,
+    frames_kept: int,
+) -> None:
+    book_id = stub_corpus_import.book_ids[BOOK]
+    state = tmp_path / "device"
+    async with running_stub(corpus_stub_data, port=0, faults=True) as stub:
+        manifest = parse_manifest(stub.store.manifest_template(book_id, 1) or b"")
+        account = AccountClient(stub.url)
+        await account.create_account("reader")
+        daemon = await start_daemon(stub, state, account.account_token, kill_at)
+        try:
+            while not (state / "api.sock").exists():
+                assert daemon.returncode is None, "daemon failed to start"
+                await asyncio.sleep(0.02)
+            await account.buy(book_id)
+            await asyncio.wait_for(daemon.communicate(), 60)
+        finally:
+            await stop(daemon)
+        assert daemon.returncode == -signal.SIGKILL
+
+        # What survived the kill: exactly the committed frames, and a sound database.
+        store = Store.open(state / "shelfsync.db")
+        assert store.integrity_check() == "ok"
+        missing = store.missing_frames(book_id, 1)
+        assert [f.idx for f in missing] == list(range(frames_kept, len(manifest.frames)))
+        store.close()
+
+        await admin(stub.url, "DELETE", "/v1/admin/requests")
+        daemon = await start_daemon(stub, state, account.account_token, None)
+        try:
+            async with LocalApiClient(state / "api.sock") as api:
+                await wait_until_serving(api, daemon)
+                for _ in range(3000):
+                    [book] = await api.library()
+                    if book["state"] == "complete":
+                        break
+                    await asyncio.sleep(0.02)
+                assert book["state"] == "complete"
+                log = (await admin(stub.url, "GET", "/v1/admin/requests"))["requests"]
+                packages = [r for r in log if r["path"].endswith("/package")]
+                resume_at = manifest.frames[frames_kept].offset
+                assert packages[0]["range"] == f"bytes={resume_at}-{manifest.package_size - 1}"
+                assert sum(r["bytes"] for r in packages) == manifest.package_size - resume_at
+                await assert_reads_back(api, corpus_dir / BOOK)
+        finally:
+            await stop(daemon)
