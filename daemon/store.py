@@ -78,24 +78,24 @@ class Store:
         self._db.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[apsw.Connection]:
+    def transaction(self) -> Iterator[apsw.Connection]:
         try:
             with self._db:
                 yield self._db
         except apsw.FullError as e:
             raise StoreError(f"the disk is full: {e}") from e
 
-    def _query(self, sql: str, bindings: Any = ()) -> list[Any]:
+    def query(self, sql: str, bindings: Any = ()) -> list[Any]:
         return list(self._db.execute(sql, bindings))
 
-    def _one(self, sql: str, bindings: Any = ()) -> Any:
-        rows = self._query(sql, bindings)
+    def one(self, sql: str, bindings: Any = ()) -> Any:
+        rows = self.query(sql, bindings)
         return rows[0] if rows else None
 
     # -- schema ---------------------------------------------------------------------------------
 
     def schema_version(self) -> int:
-        return int(self._one("PRAGMA user_version")[0])
+        return int(self.one("PRAGMA user_version")[0])
 
     def _check_version(self) -> None:
         latest = _migrations()[-1][0]
@@ -110,18 +110,18 @@ class Store:
         for version, sql in _migrations():
             if version <= self.schema_version():
                 continue
-            with self._transaction() as db:
+            with self.transaction() as db:
                 db.execute(sql)
                 db.execute(f"PRAGMA user_version = {int(version)}")
 
     # -- small facts ----------------------------------------------------------------------------
 
     def get_meta(self, key: str) -> str | None:
-        row = self._one("SELECT value FROM meta WHERE key = ?", (key,))
+        row = self.one("SELECT value FROM meta WHERE key = ?", (key,))
         return None if row is None else str(row[0])
 
     def set_meta(self, key: str, value: str) -> None:
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def library_cursor(self) -> int:
@@ -141,9 +141,9 @@ class Store:
         Returns the ids of books removed from the device.
         """
         removed = []
-        with self._transaction() as db:
+        with self.transaction() as db:
             for change in changes:
-                row = self._one(
+                row = self.one(
                     "SELECT change_seq, wanted_version FROM library WHERE book_id = ?",
                     (change.book_id,),
                 )
@@ -188,7 +188,7 @@ class Store:
         return removed
 
     def delivery_candidates(self) -> list[DeliveryCandidate]:
-        rows = self._query(
+        rows = self.query(
             "SELECT l.book_id, l.reason, l.ordered_at, COALESCE(d.retry_at, 0),"
             " EXISTS (SELECT 1 FROM manifests m WHERE m.book_id = l.book_id AND m.complete)"
             " FROM library l LEFT JOIN deliveries d ON d.book_id = l.book_id"
@@ -198,22 +198,22 @@ class Store:
         return [DeliveryCandidate(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
 
     def in_library(self, book_id: str) -> bool:
-        row = self._one("SELECT in_library FROM library WHERE book_id = ?", (book_id,))
+        row = self.one("SELECT in_library FROM library WHERE book_id = ?", (book_id,))
         return bool(row and row[0])
 
     # -- manifests and frames -------------------------------------------------------------------
 
     def trusted_version(self, book_id: str) -> int:
-        row = self._one("SELECT version FROM trusted_versions WHERE book_id = ?", (book_id,))
+        row = self.one("SELECT version FROM trusted_versions WHERE book_id = ?", (book_id,))
         return 0 if row is None else int(row[0])
 
     def frame_hashes(self, book_id: str, version: int) -> list[str] | None:
         """The frame hashes of a held manifest, or None if that version is not held."""
-        if not self._one(
+        if not self.one(
             "SELECT 1 FROM manifests WHERE book_id = ? AND version = ?", (book_id, version)
         ):
             return None
-        rows = self._query(
+        rows = self.query(
             "SELECT sha256 FROM frames WHERE book_id = ? AND version = ? ORDER BY idx",
             (book_id, version),
         )
@@ -225,8 +225,8 @@ class Store:
         """
         m = manifest
         key = (m.book_id, m.version)
-        with self._transaction() as db:
-            if not self._one("SELECT 1 FROM manifests WHERE book_id = ? AND version = ?", key):
+        with self.transaction() as db:
+            if not self.one("SELECT 1 FROM manifests WHERE book_id = ? AND version = ?", key):
                 db.execute(
                     "INSERT INTO manifests (book_id, version, envelope, title, authors, language,"
                     " toc, first_chapter, first_chapter_frames, frame_count, package_size,"
@@ -308,7 +308,7 @@ class Store:
             self._settle(db, m.book_id, m.version, now)
 
     def missing_frames(self, book_id: str, version: int) -> list[FrameRow]:
-        rows = self._query(
+        rows = self.query(
             f"SELECT {_FRAME_COLUMNS} FROM frames WHERE book_id = ? AND version = ?"
             " AND data IS NULL ORDER BY idx",
             (book_id, version),
@@ -319,14 +319,14 @@ class Store:
         self, book_id: str, version: int, idx: int, data: bytes, now: float
     ) -> CommitResult:
         """Store one verified frame; note first-chapter and completion times as they happen."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute(
                 "UPDATE frames SET data = ? WHERE book_id = ? AND version = ? AND idx = ?"
                 " AND data IS NULL",
                 (data, book_id, version, idx),
             )
             if self._db.changes() == 0:
-                if not self._one(
+                if not self.one(
                     "SELECT 1 FROM manifests WHERE book_id = ? AND version = ?", (book_id, version)
                 ):
                     raise StoreError(f"{book_id} v{version} is no longer held (removed?)")
@@ -340,7 +340,7 @@ class Store:
 
     def _settle(self, db: apsw.Connection, book_id: str, version: int, now: float) -> CommitResult:
         """Record first-chapter and completion milestones reached by the frames now held."""
-        missing_first, missing_all = self._one(
+        missing_first, missing_all = self.one(
             "SELECT (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id"
             "   AND f.version = m.version AND f.data IS NULL AND f.idx < m.first_chapter_frames),"
             " (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id AND f.version = m.version"
@@ -377,24 +377,24 @@ class Store:
 
     def record_delivery_failure(self, book_id: str, error: str, retry_at: float) -> int:
         """Note a failed attempt; returns the count of consecutive failures without progress."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute(
                 "UPDATE deliveries SET failures = failures + 1, retries = retries + 1,"
                 " last_error = ?, retry_at = ? WHERE book_id = ?",
                 (error[:500], retry_at, book_id),
             )
-        row = self._one("SELECT failures FROM deliveries WHERE book_id = ?", (book_id,))
+        row = self.one("SELECT failures FROM deliveries WHERE book_id = ?", (book_id,))
         return 0 if row is None else int(row[0])
 
     def delivery_failures(self, book_id: str) -> int:
-        row = self._one("SELECT failures FROM deliveries WHERE book_id = ?", (book_id,))
+        row = self.one("SELECT failures FROM deliveries WHERE book_id = ?", (book_id,))
         return 0 if row is None else int(row[0])
 
     # -- reads for the local API ----------------------------------------------------------------
 
     def readable_version(self, book_id: str) -> int | None:
         """The version to read: the newest complete one, else the newest partial one."""
-        row = self._one(
+        row = self.one(
             "SELECT version FROM manifests WHERE book_id = ? ORDER BY complete DESC,"
             " version DESC LIMIT 1",
             (book_id,),
@@ -403,7 +403,7 @@ class Store:
 
     def library_view(self) -> list[dict[str, Any]]:
         """Every book in the library with its delivery state, newest order first."""
-        rows = self._query(
+        rows = self.query(
             "SELECT l.book_id, l.reason, l.ordered_at, l.notified_at, l.wanted_version,"
             " m.version, m.title, m.authors, m.language, m.frame_count, m.complete,"
             " m.package_size,"
@@ -476,14 +476,14 @@ class Store:
         version = self.readable_version(book_id)
         if version is None or not self.in_library(book_id):
             return None
-        title, authors, language, toc, first_chapter, complete = self._one(
+        title, authors, language, toc, first_chapter, complete = self.one(
             "SELECT title, authors, language, toc, first_chapter, complete FROM manifests"
             " WHERE book_id = ? AND version = ?",
             (book_id, version),
         )
         held = {
             r[0]
-            for r in self._query(
+            for r in self.query(
                 "SELECT idx FROM frames WHERE book_id = ? AND version = ? AND data IS NOT NULL",
                 (book_id, version),
             )
@@ -510,7 +510,7 @@ class Store:
         }
 
     def resources(self, book_id: str, version: int) -> list[ResourceRow]:
-        rows = self._query(
+        rows = self.query(
             f"SELECT {_RESOURCE_COLUMNS} FROM resources WHERE book_id = ? AND version = ?"
             " ORDER BY ord",
             (book_id, version),
@@ -522,7 +522,7 @@ class Store:
         version = self.readable_version(book_id)
         if version is None or not self.in_library(book_id):
             return None
-        row = self._one(
+        row = self.one(
             f"SELECT {_RESOURCE_COLUMNS} FROM resources WHERE book_id = ? AND version = ?"
             " AND path = ?",
             (book_id, version, path),
@@ -530,7 +530,7 @@ class Store:
         return None if row is None else ResourceRow(*row)
 
     def frame(self, book_id: str, version: int, idx: int) -> tuple[FrameRow, bytes | None]:
-        row = self._one(
+        row = self.one(
             f"SELECT {_FRAME_COLUMNS}, data FROM frames WHERE book_id = ? AND version = ?"
             " AND idx = ?",
             (book_id, version, idx),
@@ -549,7 +549,7 @@ class Store:
 
     def count_missing(self, resource: ResourceRow) -> int:
         return int(
-            self._one(
+            self.one(
                 "SELECT count(*) FROM frames WHERE book_id = ? AND version = ?"
                 " AND idx BETWEEN ? AND ? AND data IS NULL",
                 (resource.book_id, resource.version, resource.first_frame, resource.last_frame),
@@ -557,7 +557,7 @@ class Store:
         )
 
     def integrity_check(self) -> str:
-        return str(self._one("PRAGMA integrity_check")[0])
+        return str(self.one("PRAGMA integrity_check")[0])
 
 
 def _state(version: int | None, complete: int | None, wanted: int, last_error: str | None) -> str:
