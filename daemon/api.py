@@ -23,10 +23,10 @@ from typing import Any
 
 from aiohttp import web
 
-from daemon.errors import NotOnDeviceError, VerificationError
+from daemon.errors import FrameHashError, NotOnDeviceError, VerificationError
 from daemon.logs import log_event
 from daemon.manifest import check_resource_path
-from daemon.reader import check_available, resource_pieces
+from daemon.reader import FrameOpener, check_available, resource_pieces
 from daemon.status import build_status
 from daemon.store import Store
 
@@ -75,15 +75,17 @@ class LocalApi:
     def __init__(
         self,
         db_path: Path,
-        window_cap: int,
+        opener: FrameOpener,
         runtime: Callable[[], dict[str, Any]],
+        on_corrupt: Callable[[FrameHashError], None],
         socket_path: Path,
         tcp_port: int | None = None,
         token: str | None = None,
     ) -> None:
         self._readers = ReaderPool(db_path, READERS)
-        self._window_cap = window_cap
+        self._opener = opener
         self._runtime = runtime
+        self._on_corrupt = on_corrupt
         self.socket_path = socket_path
         self.tcp_port = tcp_port
         self._token = token
@@ -185,19 +187,14 @@ class LocalApi:
                     status=503,
                     headers={"Retry-After": "2"},
                 )
-            pieces = resource_pieces(store, resource, self._window_cap)
+            pieces = resource_pieces(store, resource, self._opener)
             try:
                 first = next(pieces, b"")
             except VerificationError as e:
-                log_event(
-                    _LOG,
-                    logging.ERROR,
-                    "resource_unreadable",
-                    book=book_id,
-                    error=type(e).__name__,
-                    detail=str(e),
+                self._unreadable(book_id, e)
+                return _error(
+                    500, "corrupt_on_device", "stored bytes failed verification; fetching again"
                 )
-                return _error(500, "corrupt_on_device", "stored bytes failed verification")
             response = web.StreamResponse(
                 headers={
                     "Content-Type": resource.media_type,
@@ -213,19 +210,24 @@ class LocalApi:
             except VerificationError as e:
                 # Headers are gone: cut the connection so the reader sees a short body, never
                 # wrong bytes.
-                log_event(
-                    _LOG,
-                    logging.ERROR,
-                    "resource_unreadable",
-                    book=book_id,
-                    error=type(e).__name__,
-                    detail=str(e),
-                )
+                self._unreadable(book_id, e)
                 if request.transport is not None:
                     request.transport.close()
                 return response
             await response.write_eof()
             return response
+
+    def _unreadable(self, book_id: str, error: VerificationError) -> None:
+        log_event(
+            _LOG,
+            logging.ERROR,
+            "resource_unreadable",
+            book=book_id,
+            error=type(error).__name__,
+            detail=str(error),
+        )
+        if isinstance(error, FrameHashError):
+            self._on_corrupt(error)
 
 
 @asynccontextmanager

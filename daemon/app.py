@@ -13,15 +13,19 @@ import os
 import secrets
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from daemon.api import LocalApi
 from daemon.client import AccountClient, ClientLimits, DeviceCredentials, ServiceClient
 from daemon.clock import Clock, SystemClock
 from daemon.config import Settings
 from daemon.connectivity import Connectivity
+from daemon.crypto import load_or_create_device_key, x25519_public_text
 from daemon.delivery import DeliveryPolicy, DeliveryWorker
-from daemon.errors import ConfigError
+from daemon.errors import ConfigError, FrameHashError
 from daemon.library_sync import LibrarySync
 from daemon.logs import log_event
+from daemon.reader import FrameOpener
 from daemon.store import Store
 
 _LOG = logging.getLogger("shelfsync.app")
@@ -31,8 +35,10 @@ class _Stop(Exception):
     """Raised inside the task group to end it when a stop is requested."""
 
 
-async def device_credentials(store: Store, settings: Settings) -> DeviceCredentials:
-    """This device's credentials, registering it with the account on first run."""
+async def device_credentials(
+    store: Store, settings: Settings, device_key: X25519PrivateKey
+) -> DeviceCredentials:
+    """This device's credentials, registering it (and its public key) on first run."""
     device_id, token = store.get_meta("device_id"), store.get_meta("device_token")
     if device_id and token:
         return DeviceCredentials(device_id, token)
@@ -43,7 +49,9 @@ async def device_credentials(store: Store, settings: Settings) -> DeviceCredenti
             "this device is not registered yet; give --account-token once to register it",
         )
     account = AccountClient(settings.service_url, settings.account_token)
-    credentials = await account.register_device(settings.device_name)
+    credentials = await account.register_device(
+        settings.device_name, x25519_public_text(device_key)
+    )
     store.set_meta("device_token", credentials.device_token)
     store.set_meta("device_id", credentials.device_id)
     log_event(_LOG, logging.INFO, "device_registered", device=credentials.device_id)
@@ -86,7 +94,8 @@ class Daemon:
         store = Store.open(settings.db_path)
         client: ServiceClient | None = None
         try:
-            credentials = await device_credentials(store, settings)
+            device_key = load_or_create_device_key(settings.device_key_path)
+            credentials = await device_credentials(store, settings, device_key)
             client = ServiceClient(
                 settings.service_url,
                 credentials,
@@ -101,8 +110,14 @@ class Daemon:
                 client,
                 self.clock,
                 settings.service_key,
+                device_key,
                 DeliveryPolicy(concurrency=profile.downloads.concurrency),
             )
+
+            def refetch(error: FrameHashError) -> None:
+                store.discard_frame(error.book_id, error.version, error.idx)
+                delivery.wake()
+
             sync = LibrarySync(store, client, self.clock, on_change=delivery.wake)
             self._connectivity = Connectivity(
                 client,
@@ -113,8 +128,9 @@ class Daemon:
             )
             self.api = LocalApi(
                 settings.db_path,
-                profile.memory.zstd_window_cap_bytes,
+                FrameOpener(device_key, profile.memory.zstd_window_cap_bytes),
                 self.runtime,
+                refetch,
                 settings.api_socket,
                 settings.tcp_port,
                 _api_token(settings),

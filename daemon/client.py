@@ -24,6 +24,7 @@ import aiohttp
 from daemon.crypto import MAX_ENVELOPE_BYTES
 from daemon.errors import ProtocolError, RangeError, ServiceHTTPError, StalledError, TransportError
 from daemon.logs import log_event
+from daemon.manifest import MAX_DICTIONARY_BYTES
 from daemon.models import LibraryChange
 
 _LOG = logging.getLogger("shelfsync.client")
@@ -124,8 +125,9 @@ class AccountClient:
         self.account_token = str(doc["account_token"])
         return self.account_token
 
-    async def register_device(self, name: str) -> DeviceCredentials:
-        doc = await self._post("/v1/devices", {"name": name})
+    async def register_device(self, name: str, public_key: str) -> DeviceCredentials:
+        """Register a device whose X25519 public key (base64) content keys are wrapped for."""
+        doc = await self._post("/v1/devices", {"name": name, "public_key": public_key})
         return DeviceCredentials(str(doc["device_id"]), str(doc["device_token"]))
 
     async def buy(self, book_id: str) -> float:
@@ -218,6 +220,16 @@ class ServiceClient:
             async with self._session.get(self.base_url + path, headers=self._auth) as r:
                 await _raise_for_status(r)
                 return await _read_capped(r, MAX_ENVELOPE_BYTES)
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise _transport_error(f"GET {path}", e) from e
+
+    async def dictionary(self, sha256: str) -> bytes:
+        """A compression dictionary by its hash (the caller verifies the bytes)."""
+        path = f"/v1/dictionaries/{quote(sha256, safe='')}"
+        try:
+            async with self._session.get(self.base_url + path, headers=self._auth) as r:
+                await _raise_for_status(r)
+                return await _read_capped(r, MAX_DICTIONARY_BYTES)
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise _transport_error(f"GET {path}", e) from e
 

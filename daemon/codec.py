@@ -9,33 +9,85 @@ to produce more than the declared content size.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
+
 import zstandard
 
-from daemon.errors import DecodeError
-from daemon.manifest import MAX_FRAME_PLAIN
+from daemon.errors import DecodeError, DictionaryError
+from daemon.manifest import MAX_DICTIONARY_BYTES, MAX_FRAME_PLAIN
 
 DEFAULT_WINDOW_CAP = 8 * 1024 * 1024  # bytes; profiles may lower it
-COMPRESSION_LEVEL = 9  # service side; decode speed does not depend on it
+COMPRESSION_LEVEL = 19  # service side, once per book; decode speed does not depend on it
 
 
-def encode_frame(plain: bytes, level: int = COMPRESSION_LEVEL) -> tuple[str, bytes]:
-    """Compress one frame's plaintext; keep it raw when zstd would not shrink it (JPEG, PNG)."""
-    packed = zstandard.ZstdCompressor(level=level, write_content_size=True).compress(plain)
-    if len(packed) < len(plain):
-        return "zstd", packed
-    return "raw", plain
+class Dictionary:
+    """A zstd dictionary, content-addressed by the SHA-256 of its bytes."""
+
+    def __init__(self, data: bytes) -> None:
+        if not 0 < len(data) <= MAX_DICTIONARY_BYTES:
+            raise DictionaryError(f"a dictionary of {len(data)} bytes is outside the limits")
+        self.data = data
+        self.sha256 = hashlib.sha256(data).hexdigest()
+        self._zdict = zstandard.ZstdCompressionDict(data)
+        self.dict_id = self._zdict.dict_id()
+        self._decompressors: dict[int, zstandard.ZstdDecompressor] = {}
+
+    @classmethod
+    def verified(cls, data: bytes, sha256: str) -> Dictionary:
+        dictionary = cls(data)
+        if dictionary.sha256 != sha256:
+            raise DictionaryError(f"dictionary {sha256[:16]} does not match its hash")
+        return dictionary
+
+    def compressor(self, level: int) -> zstandard.ZstdCompressor:
+        return zstandard.ZstdCompressor(level=level, dict_data=self._zdict, write_content_size=True)
+
+    def decompressor(self, window_cap: int) -> zstandard.ZstdDecompressor:
+        # Digesting a dictionary costs more than a small frame's decode: keep one per cap.
+        if window_cap not in self._decompressors:
+            self._decompressors[window_cap] = zstandard.ZstdDecompressor(
+                dict_data=self._zdict, max_window_size=window_cap
+            )
+        return self._decompressors[window_cap]
 
 
-def decode_frame(data: bytes, codec: str, plain_size: int, window_cap: int) -> bytes:
-    """Decode one frame whose bytes already matched the manifest's hash; raise DecodeError."""
+def train_dictionary(samples: Sequence[bytes], size: int) -> Dictionary:
+    """Train a dictionary on text resources (the service does this once for its catalog)."""
+    buffers: list[bytes | bytearray | memoryview[int]] = list(samples)
+    return Dictionary(zstandard.train_dictionary(size, buffers).as_bytes())
+
+
+def encode_frame(
+    plain: bytes, level: int = COMPRESSION_LEVEL, dictionary: Dictionary | None = None
+) -> tuple[str, bytes]:
+    """Compress one frame's plaintext the smallest way: with the dictionary (which helps small
+    frames of markup), without it (which wins on large frames), or raw (JPEG, PNG)."""
+    plain_zstd = zstandard.ZstdCompressor(level=level, write_content_size=True).compress(plain)
+    candidates = [("raw", plain), ("zstd", plain_zstd)]
+    if dictionary is not None:
+        candidates.append(("zstd-dict", dictionary.compressor(level).compress(plain)))
+    return min(candidates, key=lambda c: len(c[1]))
+
+
+def decode_frame(
+    data: bytes,
+    codec: str,
+    plain_size: int,
+    window_cap: int,
+    dictionary: Dictionary | None = None,
+) -> bytes:
+    """Decode one frame that already matched its hash and authenticated; raise DecodeError."""
     if not 0 < plain_size <= MAX_FRAME_PLAIN:
         raise DecodeError(f"declared plaintext size {plain_size} is outside (0, {MAX_FRAME_PLAIN}]")
     if codec == "raw":
         if len(data) != plain_size:
             raise DecodeError(f"raw frame is {len(data)} bytes, manifest says {plain_size}")
         return data
-    if codec != "zstd":
+    if codec not in ("zstd", "zstd-dict"):
         raise DecodeError(f"unknown codec {codec!r}")
+    if codec == "zstd-dict" and dictionary is None:
+        raise DictionaryError("the frame needs a dictionary that is not on the device")
     try:
         params = zstandard.get_frame_parameters(data)
     except zstandard.ZstdError as e:
@@ -46,9 +98,14 @@ def decode_frame(data: bytes, codec: str, plain_size: int, window_cap: int) -> b
         )
     if params.window_size > window_cap:
         raise DecodeError(f"zstd window {params.window_size} exceeds the cap {window_cap}")
-    if params.dict_id != 0:
-        raise DecodeError(f"zstd frame needs dictionary {params.dict_id}, none is configured")
-    decoder = zstandard.ZstdDecompressor(max_window_size=window_cap).decompressobj()
+    if codec == "zstd-dict" and dictionary is not None:
+        if params.dict_id not in (0, dictionary.dict_id):
+            raise DecodeError(f"zstd frame names dictionary {params.dict_id}, not this one")
+        decoder = dictionary.decompressor(window_cap).decompressobj()
+    else:
+        if params.dict_id != 0:
+            raise DecodeError(f"zstd frame needs dictionary {params.dict_id}, none is named")
+        decoder = zstandard.ZstdDecompressor(max_window_size=window_cap).decompressobj()
     try:
         plain = decoder.decompress(data)
     except zstandard.ZstdError as e:

@@ -32,6 +32,10 @@ class Settings:
         return self.socket_path or self.state_dir / "api.sock"
 
     @property
+    def device_key_path(self) -> Path:
+        return self.state_dir / "device.key"
+
+    @property
     def api_token_path(self) -> Path:
         return self.state_dir / "api-token"
 

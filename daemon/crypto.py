@@ -1,4 +1,7 @@
-"""Signatures: the only code that checks the service's Ed25519 signature on manifests.
+"""Crypto: the only code that touches keys, signatures and ciphers.
+
+Manifest signatures (Ed25519), content-key wrapping (X25519 + HKDF + ChaCha20-Poly1305), frame
+sealing, and the device's own key file.
 
 The signed envelope is JSON: {"manifest": b64(bytes), "signature": b64(sig), "key_id": hex}.
 The signature covers SIGNING_CONTEXT + the manifest bytes exactly as sent, so no JSON
@@ -10,13 +13,31 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import json
+import os
+from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
-from daemon.errors import ConfigError, ManifestError, SignatureError
+from daemon.errors import (
+    ConfigError,
+    FrameAuthError,
+    KeyUnwrapError,
+    ManifestError,
+    SignatureError,
+)
 from daemon.manifest import MAX_MANIFEST_BYTES
 
 SIGNING_CONTEXT = b"shelfsync-manifest-v1\n"
@@ -71,3 +92,136 @@ def open_envelope(envelope: bytes, pinned: Ed25519PublicKey) -> bytes:
             f" (envelope names key {str(doc.get('key_id'))[:32]!r})"
         ) from e
     return manifest_bytes
+
+
+# -- content keys and frames ----------------------------------------------------------------------
+#
+# Each book has one content key (32 random bytes, kept by the service across versions). Every
+# frame is sealed once with ChaCha20-Poly1305 (fast in software on ARM cores without AES
+# instructions), so the package is the same for every device. The nonce is synthetic,
+# HMAC(content key, compressed frame)[:12]: the same frame seals to the same bytes in every
+# version (a revision re-sends only changed frames) and different frames never share a nonce.
+# The associated data binds a frame to its book; the manifest's per-frame SHA-256 binds it to its
+# place. The manifest carries the content key wrapped for one device: X25519 with an ephemeral
+# service key, HKDF-SHA256, ChaCha20-Poly1305.
+
+FRAME_AAD = b"shelfsync-frame-v1\x00"
+WRAP_INFO = b"shelfsync-content-key-v1\x00"
+WRAP_ALG = "x25519-hkdf-sha256-chacha20poly1305"
+NONCE_BYTES = 12
+TAG_BYTES = 16
+FRAME_OVERHEAD = NONCE_BYTES + TAG_BYTES
+
+
+def new_content_key() -> bytes:
+    return ChaCha20Poly1305.generate_key()
+
+
+def seal_frame(content_key: bytes, book_id: str, payload: bytes) -> bytes:
+    nonce = hmac.new(content_key, b"nonce\x00" + payload, hashlib.sha256).digest()[:NONCE_BYTES]
+    return nonce + ChaCha20Poly1305(content_key).encrypt(
+        nonce, payload, FRAME_AAD + book_id.encode()
+    )
+
+
+def open_frame(content_key: bytes, book_id: str, sealed: bytes) -> bytes:
+    """The compressed frame inside `sealed`; raise FrameAuthError if it was not sealed by this
+    book's key (tampered, truncated, or taken from another book)."""
+    if len(sealed) < FRAME_OVERHEAD:
+        raise FrameAuthError(f"frame of {book_id} is {len(sealed)} bytes, too short to be sealed")
+    try:
+        return ChaCha20Poly1305(content_key).decrypt(
+            sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], FRAME_AAD + book_id.encode()
+        )
+    except InvalidTag as e:
+        raise FrameAuthError(f"a frame of {book_id} failed authentication") from e
+
+
+def _kek(shared: bytes, ephemeral: bytes, device: bytes, book_id: str) -> bytes:
+    return HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=ephemeral + device,
+        info=WRAP_INFO + book_id.encode(),
+    ).derive(shared)
+
+
+def wrap_content_key(
+    device_key: X25519PublicKey, content_key: bytes, book_id: str
+) -> tuple[str, str]:
+    """The service side: (ephemeral public key, wrapped key), both base64, for one device."""
+    ephemeral = X25519PrivateKey.generate()
+    ephemeral_raw = ephemeral.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    device_raw = device_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    kek = _kek(ephemeral.exchange(device_key), ephemeral_raw, device_raw, book_id)
+    # A fresh ephemeral key makes every kek single-use, so a fixed nonce is safe.
+    wrapped = ChaCha20Poly1305(kek).encrypt(bytes(NONCE_BYTES), content_key, book_id.encode())
+    return base64.b64encode(ephemeral_raw).decode(), base64.b64encode(wrapped).decode()
+
+
+def unwrap_content_key(
+    device_key: X25519PrivateKey, ephemeral_b64: str, wrapped_b64: str, book_id: str
+) -> bytes:
+    """The device side: the book's content key; raise KeyUnwrapError if it was not wrapped for
+    this device (another device's manifest) or was altered."""
+    try:
+        ephemeral_raw = base64.b64decode(ephemeral_b64, validate=True)
+        ephemeral = X25519PublicKey.from_public_bytes(ephemeral_raw)
+        wrapped = base64.b64decode(wrapped_b64, validate=True)
+        device_raw = device_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        kek = _kek(device_key.exchange(ephemeral), ephemeral_raw, device_raw, book_id)
+        return ChaCha20Poly1305(kek).decrypt(bytes(NONCE_BYTES), wrapped, book_id.encode())
+    except (binascii.Error, ValueError, InvalidTag) as e:
+        raise KeyUnwrapError(
+            f"the content key of {book_id} was not wrapped for this device's key"
+        ) from e
+
+
+# -- the device's own key -------------------------------------------------------------------------
+
+
+def load_or_create_device_key(path: Path) -> X25519PrivateKey:
+    """This device's X25519 key, created on first use in a file only its owner can read.
+
+    A real device keeps it in a hardware keystore instead (docs/SECURITY.md).
+    """
+    if not path.exists():
+        raw = X25519PrivateKey.generate().private_bytes(
+            Encoding.Raw, PrivateFormat.Raw, NoEncryption()
+        )
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        temp = path.with_name(path.name + ".tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise ConfigError(str(path), "device_key", f"readable by others (mode {mode:o}); chmod 600")
+    raw = path.read_bytes()
+    if len(raw) != 32:
+        raise ConfigError(str(path), "device_key", f"{len(raw)} bytes, an X25519 key is 32")
+    return X25519PrivateKey.from_private_bytes(raw)
+
+
+def x25519_public_key(text: str) -> X25519PublicKey:
+    """Parse a base64 raw X25519 public key; raise ValueError naming the problem."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except binascii.Error as e:
+        raise ValueError(f"not base64 ({e})") from e
+    if len(raw) != 32:
+        raise ValueError(f"{len(raw)} bytes, an X25519 public key is 32")
+    return X25519PublicKey.from_public_bytes(raw)
+
+
+def x25519_public_text(key: X25519PrivateKey | X25519PublicKey) -> str:
+    public = key.public_key() if isinstance(key, X25519PrivateKey) else key
+    return base64.b64encode(public.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()

@@ -17,13 +17,18 @@ import logging
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from daemon import plan
 from daemon.backoff import Backoff
 from daemon.client import ServiceClient
 from daemon.clock import Clock
+from daemon.codec import Dictionary
+from daemon.crypto import WRAP_ALG, unwrap_content_key
 from daemon.errors import (
+    DictionaryError,
     FrameHashError,
+    ManifestError,
     RangeError,
     ShelfsyncError,
     StoreError,
@@ -62,12 +67,14 @@ class DeliveryWorker:
         client: ServiceClient,
         clock: Clock,
         pinned_key: Ed25519PublicKey,
+        device_key: X25519PrivateKey,
         policy: DeliveryPolicy,
     ) -> None:
         self._store = store
         self._client = client
         self._clock = clock
         self._pinned_key = pinned_key
+        self._device_key = device_key
         self._policy = policy
         self._wake = asyncio.Event()
         # Books whose server ignored a Range request: fetched from byte 0 next time, and each
@@ -163,6 +170,8 @@ class DeliveryWorker:
             time_floor=self._store.time_floor(),
             now=self._clock.wall(),
         )
+        self._check_content_key(manifest)
+        await self._ensure_dictionary(manifest)
         self._store.record_manifest(manifest, envelope, self._clock.wall())
         log_event(
             _LOG,
@@ -175,6 +184,27 @@ class DeliveryWorker:
         )
         while missing := self._store.missing_frames(book_id, manifest.version):
             await self._fetch_run(manifest, contiguous_run(missing))
+
+    def _check_content_key(self, manifest: Manifest) -> None:
+        """Refuse, before storing anything, a manifest whose key this device cannot unwrap."""
+        key = manifest.content_key
+        if key is None or key.alg != WRAP_ALG:
+            raise ManifestError(f"{manifest.book_id}: no content key this device can use")
+        unwrap_content_key(self._device_key, key.ephemeral, key.wrapped, manifest.book_id)
+
+    async def _ensure_dictionary(self, manifest: Manifest) -> None:
+        """Fetch the manifest's dictionary once; every later book naming it shares it."""
+        ref = manifest.dictionary
+        if ref is None or self._store.dictionary(ref.sha256) is not None:
+            return
+        data = await self._client.dictionary(ref.sha256)
+        if len(data) != ref.size:
+            raise DictionaryError(
+                f"dictionary {ref.sha256[:16]} is {len(data)} bytes, not {ref.size}"
+            )
+        Dictionary.verified(data, ref.sha256)
+        self._store.put_dictionary(ref.sha256, data)
+        log_event(_LOG, logging.INFO, "dictionary_stored", sha256=ref.sha256[:16], bytes=len(data))
 
     async def _fetch_run(self, manifest: Manifest, run: list[FrameRow]) -> None:
         book_id = manifest.book_id
@@ -193,7 +223,10 @@ class DeliveryWorker:
         if hashlib.sha256(data).hexdigest() != manifest.frames[idx].sha256:
             raise FrameHashError(
                 f"frame {idx} of {manifest.book_id} v{manifest.version}: SHA-256 differs"
-                " from the signed manifest; discarded"
+                " from the signed manifest; discarded",
+                manifest.book_id,
+                manifest.version,
+                idx,
             )
         killpoint("before_frame_commit")
         result = self._store.commit_frame(

@@ -10,7 +10,12 @@ ShelfsyncError
 │   ├── RollbackError            manifest older than one already trusted
 │   ├── ExpiredError             manifest past its expiry (by clock or by the trusted time floor)
 │   ├── FrameHashError           a frame's bytes do not match the manifest
+│   ├── FrameAuthError           a frame fails AEAD authentication (tampered, another book)
+│   ├── KeyUnwrapError           the content key was not wrapped for this device
+│   ├── DictionaryError          a dictionary is missing or does not match its hash
 │   └── DecodeError              a frame does not decompress within its declared bounds
+├── AnnotationError              an annotation, reading position or sync document is malformed or
+│                                over a limit (names the field)
 ├── TransportError               the service could not be reached or answered badly (retryable)
 │   ├── ServiceHTTPError         an HTTP error status, with the status code
 │   ├── ProtocolError            an answer that does not follow docs/PROTOCOL.md
@@ -65,11 +70,38 @@ class ExpiredError(VerificationError):
 
 
 class FrameHashError(VerificationError):
-    """A downloaded frame's length or SHA-256 differs from the signed manifest."""
+    """A frame's SHA-256 differs from the signed manifest (in transit, or altered at rest)."""
+
+    def __init__(self, message: str, book_id: str, version: int, idx: int) -> None:
+        super().__init__(message)
+        self.book_id = book_id
+        self.version = version
+        self.idx = idx
+
+
+class FrameAuthError(VerificationError):
+    """A frame failed authentication: it was altered, or sealed for another book."""
+
+
+class KeyUnwrapError(VerificationError):
+    """The book's content key was not wrapped for this device, or was altered."""
+
+
+class DictionaryError(VerificationError):
+    """A compression dictionary is missing or does not match the hash the manifest names."""
 
 
 class DecodeError(VerificationError):
     """A frame does not decode within the bounds its manifest declares."""
+
+
+class AnnotationError(ShelfsyncError):
+    """An annotation, reading position or sync document is malformed or over a limit."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
 
 
 class TransportError(ShelfsyncError):

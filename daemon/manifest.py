@@ -22,7 +22,9 @@ from daemon.errors import ManifestError
 FORMAT = 1
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # mahabharata (2,020 resources) needs ~1 MB
 MAX_FRAME_PLAIN = 4 * 1024 * 1024  # bytes: one frame's plaintext, the decode cap's upper bound
-CODECS = ("zstd", "raw")
+CODECS = ("zstd", "zstd-dict", "raw")  # zstd-dict: compressed with the manifest's dictionary
+MAX_DICTIONARY_BYTES = 1024 * 1024
+_B64 = re.compile(r"^[A-Za-z0-9+/]{1,200}={0,2}$")
 
 _BOOK_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -60,6 +62,23 @@ class TocEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class WrappedKey:
+    """The book's content key, wrapped for one device (daemon.crypto.wrap_content_key)."""
+
+    alg: str
+    ephemeral: str  # base64 X25519 public key of the service's ephemeral key
+    wrapped: str  # base64 ChaCha20-Poly1305 ciphertext of the 32-byte content key
+
+
+@dataclass(frozen=True, slots=True)
+class DictionaryRef:
+    """The zstd dictionary that frames with codec "zstd-dict" need, by content address."""
+
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class Manifest:
     book_id: str
     version: int
@@ -74,6 +93,8 @@ class Manifest:
     toc: tuple[TocEntry, ...]
     first_chapter: str
     package_size: int
+    content_key: WrappedKey | None  # None only in the service's unsigned templates
+    dictionary: DictionaryRef | None
     _resource_index: dict[str, Resource] = field(repr=False, compare=False, default_factory=dict)
 
     def resource(self, path: str) -> Resource | None:
@@ -137,6 +158,16 @@ def encode_manifest(m: Manifest) -> bytes:
         "toc": [toc_to_doc(t) for t in m.toc],
         "first_chapter": m.first_chapter,
         "package_size": m.package_size,
+        "content_key": None
+        if m.content_key is None
+        else {
+            "alg": m.content_key.alg,
+            "ephemeral": m.content_key.ephemeral,
+            "wrapped": m.content_key.wrapped,
+        },
+        "dictionary": None
+        if m.dictionary is None
+        else {"sha256": m.dictionary.sha256, "size": m.dictionary.size},
     }
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
 
@@ -168,13 +199,16 @@ def check_resource_path(path: str) -> str:
     return path
 
 
-def parse_manifest(data: bytes) -> Manifest:
-    """Parse and validate manifest bytes (already signature-checked); raise ManifestError."""
+def parse_manifest(data: bytes, *, template: bool = False) -> Manifest:
+    """Parse and validate manifest bytes (already signature-checked); raise ManifestError.
+
+    `template` accepts the service's unsigned templates, which have no content key yet.
+    """
     if len(data) > MAX_MANIFEST_BYTES:
         raise ManifestError(f"manifest is {len(data)} bytes, over the {MAX_MANIFEST_BYTES} limit")
     try:
         doc = json.loads(data)
-        return _parse_doc(doc)
+        return _parse_doc(doc, template)
     except ManifestError:
         raise
     except (ValueError, KeyError, TypeError, RecursionError) as e:
@@ -196,7 +230,7 @@ def _nonneg(v: int) -> bool:
     return 0 <= v < 2**53
 
 
-def _parse_doc(doc: Any) -> Manifest:
+def _parse_doc(doc: Any, template: bool) -> Manifest:
     if not isinstance(doc, dict):
         raise ManifestError("manifest is not a JSON object")
     if doc.get("format") != FORMAT:
@@ -261,6 +295,23 @@ def _parse_doc(doc: Any) -> Manifest:
     if not all(isinstance(a, str) for a in authors):
         raise ManifestError("authors: expected a list of strings")
     issued_at = _need(doc, "issued_at", int, _nonneg)
+    content_key = None
+    if doc.get("content_key") is not None or not template:
+        raw_key = _need(doc, "content_key", dict)
+        content_key = WrappedKey(
+            alg=_need(raw_key, "alg", str),
+            ephemeral=_need(raw_key, "ephemeral", str, _B64.match),
+            wrapped=_need(raw_key, "wrapped", str, _B64.match),
+        )
+    dictionary = None
+    if doc.get("dictionary") is not None:
+        raw_dict = _need(doc, "dictionary", dict)
+        dictionary = DictionaryRef(
+            sha256=_need(raw_dict, "sha256", str, _SHA256.match),
+            size=_need(raw_dict, "size", int, lambda v: 0 < v <= MAX_DICTIONARY_BYTES),
+        )
+    if dictionary is None and any(f.codec == "zstd-dict" for f in frames):
+        raise ManifestError("frames need a dictionary but the manifest names none")
     return Manifest(
         book_id=_need(doc, "book_id", str, _BOOK_ID.match),
         version=_need(doc, "version", int, lambda v: 0 < v < 2**53),
@@ -275,6 +326,8 @@ def _parse_doc(doc: Any) -> Manifest:
         toc=tuple(_parse_toc(t, 0) for t in _need(doc, "toc", list)),
         first_chapter=first_chapter,
         package_size=package_size,
+        content_key=content_key,
+        dictionary=dictionary,
     )
 
 

@@ -10,6 +10,7 @@ interleave inside one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from typing import Any
 import apsw
 
 from daemon.errors import SchemaTooNewError, StoreError
-from daemon.manifest import Manifest, toc_to_doc
+from daemon.manifest import Manifest, WrappedKey, toc_to_doc
 from daemon.models import CommitResult, DeliveryCandidate, FrameRow, LibraryChange, ResourceRow
 
 _FRAME_COLUMNS = "idx, sha256, package_offset, length, plain_offset, plain_size, codec"
@@ -36,6 +37,10 @@ def _migrations() -> list[tuple[int, str]]:
         if entry.name.endswith(".sql"):
             found.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
     return sorted(found)
+
+
+def latest_schema_version() -> int:
+    return _migrations()[-1][0]
 
 
 class Store:
@@ -98,7 +103,7 @@ class Store:
         return int(self.one("PRAGMA user_version")[0])
 
     def _check_version(self) -> None:
-        latest = _migrations()[-1][0]
+        latest = latest_schema_version()
         if self.schema_version() > latest:
             raise SchemaTooNewError(
                 f"{self.path} has schema version {self.schema_version()}, this shelfsync knows "
@@ -230,7 +235,8 @@ class Store:
                 db.execute(
                     "INSERT INTO manifests (book_id, version, envelope, title, authors, language,"
                     " toc, first_chapter, first_chapter_frames, frame_count, package_size,"
-                    " plain_size, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " plain_size, expires_at, content_key, dictionary)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         *key,
                         envelope,
@@ -244,6 +250,8 @@ class Store:
                         m.package_size,
                         m.plain_size,
                         m.expires_at,
+                        json.dumps(dataclasses.asdict(m.content_key)) if m.content_key else "",
+                        m.dictionary.sha256 if m.dictionary else None,
                     ),
                 )
                 db.executemany(
@@ -306,6 +314,45 @@ class Store:
                 (m.version, now, m.book_id),
             )
             self._settle(db, m.book_id, m.version, now)
+
+    def discard_frame(self, book_id: str, version: int, idx: int) -> None:
+        """Forget a stored frame that failed verification, so that it is fetched again."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE frames SET data = NULL WHERE book_id = ? AND version = ? AND idx = ?",
+                (book_id, version, idx),
+            )
+            db.execute(
+                "UPDATE manifests SET complete = 0 WHERE book_id = ? AND version = ?",
+                (book_id, version),
+            )
+
+    def wrapped_key(self, book_id: str, version: int) -> WrappedKey | None:
+        row = self.one(
+            "SELECT content_key FROM manifests WHERE book_id = ? AND version = ?",
+            (book_id, version),
+        )
+        if row is None or not row[0]:
+            return None
+        return WrappedKey(**json.loads(row[0]))
+
+    def manifest_dictionary(self, book_id: str, version: int) -> str | None:
+        row = self.one(
+            "SELECT dictionary FROM manifests WHERE book_id = ? AND version = ?",
+            (book_id, version),
+        )
+        return None if row is None else row[0]
+
+    def dictionary(self, sha256: str) -> bytes | None:
+        row = self.one("SELECT data FROM dictionaries WHERE sha256 = ?", (sha256,))
+        return None if row is None else bytes(row[0])
+
+    def put_dictionary(self, sha256: str, data: bytes) -> None:
+        """Keep a verified dictionary (the caller checked `data` against `sha256`)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO dictionaries (sha256, data) VALUES (?, ?)", (sha256, data)
+            )
 
     def missing_frames(self, book_id: str, version: int) -> list[FrameRow]:
         rows = self.query(

@@ -18,9 +18,10 @@ from pathlib import Path
 from aiohttp import hdrs, web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from daemon.manifest import Manifest, parse_manifest
+from daemon.crypto import WRAP_ALG, wrap_content_key, x25519_public_key
+from daemon.manifest import Manifest, WrappedKey, parse_manifest
 from server_stub.api_errors import ApiError, error_middleware, need_str, read_json_object
-from server_stub.catalog import ImportReport, import_library
+from server_stub.catalog import ImportReport, PackagingSettings, import_library
 from server_stub.faults import FAULTS, FaultInjector, fault_middleware, fired, write_body
 from server_stub.faults import install as install_faults
 from server_stub.push import PushHub
@@ -100,8 +101,16 @@ async def create_account(request: web.Request) -> web.Response:
 
 async def create_device(request: web.Request) -> web.Response:
     account_id = _account(request)
-    name = need_str(await read_json_object(request), "name")
-    device_id, token = request.app[STORE].create_device(account_id, name, request.app[CLOCK]())
+    body = await read_json_object(request)
+    name = need_str(body, "name")
+    public_key = need_str(body, "public_key")
+    try:
+        x25519_public_key(public_key)
+    except ValueError as e:
+        raise ApiError(400, "bad_public_key", f"public_key: {e}") from e
+    device_id, token = request.app[STORE].create_device(
+        account_id, name, public_key, request.app[CLOCK]()
+    )
     return web.json_response({"device_id": device_id, "device_token": token}, status=201)
 
 
@@ -237,7 +246,7 @@ def _template(app: web.Application, book_id: str, version: int) -> Manifest:
         raw = app[STORE].manifest_template(book_id, version)
         if raw is None:
             raise ApiError(404, "unknown_version", f"{book_id} has no version {version}")
-        manifest = parse_manifest(raw)
+        manifest = parse_manifest(raw, template=True)
         if len(cache) >= TEMPLATE_CACHE_SIZE:
             cache.pop(next(iter(cache)))
         cache[(book_id, version)] = manifest
@@ -256,9 +265,27 @@ async def manifest(request: web.Request) -> web.Response:
     key = request.app[SERVICE_KEY].private_key
     if fault_state.first("bad_signature"):
         key = Ed25519PrivateKey.generate()
-    body = sign_manifest(key, template, request.app[CLOCK]())
+    ephemeral, wrapped = wrap_content_key(
+        x25519_public_key(device.public_key), request.app[STORE].content_key(book_id), book_id
+    )
+    body = sign_manifest(
+        key, template, request.app[CLOCK](), WrappedKey(WRAP_ALG, ephemeral, wrapped)
+    )
     return web.Response(
         body=body, content_type="application/json", headers={hdrs.CACHE_CONTROL: "no-store"}
+    )
+
+
+async def dictionary(request: web.Request) -> web.Response:
+    """A compression dictionary by content address: immutable, cacheable anywhere."""
+    _device(request)
+    data = request.app[STORE].dictionary(request.match_info["sha256"])
+    if data is None:
+        raise ApiError(404, "unknown_dictionary", "no dictionary has that hash")
+    return web.Response(
+        body=data,
+        content_type="application/octet-stream",
+        headers={hdrs.CACHE_CONTROL: "public, max-age=31536000, immutable"},
     )
 
 
@@ -362,6 +389,7 @@ def make_app(
     r.add_get("/v1/library/changes", changes, name="changes")
     r.add_get("/v1/push", push, name="push", allow_head=False)
     r.add_get("/v1/books/{book_id}/manifest", manifest, name="manifest")
+    r.add_get("/v1/dictionaries/{sha256}", dictionary, name="dictionary")
     r.add_get("/v1/books/{book_id}/versions/{version}/package", package, name="package")
     if faults_enabled:
         install_faults(app)
@@ -408,6 +436,7 @@ async def running_stub(
     faults: bool = False,
     clock: Clock = time.time,
     keepalive_timeout: float = 75.0,
+    packaging: PackagingSettings | None = None,
 ) -> AsyncIterator[RunningStub]:
     """Run the stub on `host:port` (0 picks a free port) until the block exits.
 
@@ -419,7 +448,7 @@ async def running_stub(
         key = await asyncio.to_thread(load_or_create_key, data_dir)
         report = None
         if library_dir is not None:
-            report = await asyncio.to_thread(import_library, store, library_dir, clock)
+            report = await asyncio.to_thread(import_library, store, library_dir, clock, packaging)
         app = make_app(store, key, faults_enabled=faults, clock=clock)
         runner = web.AppRunner(
             app,

@@ -16,14 +16,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from daemon.errors import ManifestError
+import zstandard
+
+from daemon.codec import COMPRESSION_LEVEL, Dictionary, train_dictionary
+from daemon.errors import DictionaryError, ManifestError
 from daemon.manifest import encode_manifest
 from server_stub.epub import EpubError, read_epub
 from server_stub.logs import kv
-from server_stub.packaging import book_id_for, build_package
+from server_stub.packaging import FRAME_SIZE, book_id_for, build_package, is_text
 from server_stub.store import Change, NewVersion, Store
 
 log = logging.getLogger("server_stub.catalog")
+
+DICTIONARY_BYTES = 112 * 1024  # zstd's default size; see docs/BENCHMARKS.md "compression"
+DICTIONARY_SAMPLE_PER_FILE = 16 * 1024  # bytes: the start of each file, where markup repeats
+DICTIONARY_SAMPLE_BYTES = 8 * 1024 * 1024  # bytes of samples at most: training stays seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,18 +55,30 @@ def _file_sha256(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), path.stat().st_size
 
 
+@dataclass(frozen=True, slots=True)
+class PackagingSettings:
+    level: int = COMPRESSION_LEVEL  # tests pass a low level: same format, a fraction of the time
+    frame_size: int = FRAME_SIZE
+
+
 def import_library(
-    store: Store, library_dir: Path, clock: Callable[[], float] = time.time
+    store: Store,
+    library_dir: Path,
+    clock: Callable[[], float] = time.time,
+    settings: PackagingSettings | None = None,
 ) -> ImportReport:
     """Import every `*.epub` directly in `library_dir` (sorted by name) into `store`."""
+    settings = settings or PackagingSettings()
     report = ImportReport()
     claimed: dict[str, Path] = {}  # book_id -> the file that provided it in this import
     if not library_dir.is_dir():
         report.refused.append((library_dir, "the library folder does not exist"))
         log.warning(kv("library_missing", folder=library_dir))
         return report
-    for path in sorted(p for p in library_dir.glob("*.epub") if p.is_file()):
-        problem = _import_one(store, path, claimed, report, clock)
+    paths = sorted(p for p in library_dir.glob("*.epub") if p.is_file())
+    dictionary = _dictionary(store, paths, clock)
+    for path in paths:
+        problem = _import_one(store, path, claimed, report, clock, settings, dictionary)
         if problem is not None:
             report.refused.append((path, problem))
             log.warning(kv("epub_refused", file=path, problem=problem))
@@ -76,12 +95,51 @@ def import_library(
     return report
 
 
+def _dictionary(store: Store, paths: list[Path], clock: Callable[[], float]) -> Dictionary | None:
+    """The catalog's dictionary, trained on the library's text the first time.
+
+    It is trained once and kept: a new dictionary would make every book a new version.
+    """
+    current = store.current_dictionary()
+    if current is not None:
+        return Dictionary(current)
+    samples: list[bytes] = []
+    budget = DICTIONARY_SAMPLE_BYTES
+    for path in paths:
+        try:
+            epub = read_epub(path)
+        except EpubError:
+            continue  # refused, with its reason, when it is imported
+        for file in epub.files:
+            if is_text(file) and file.data and budget > 0:
+                samples.append(file.data[:DICTIONARY_SAMPLE_PER_FILE])
+                budget -= len(samples[-1])
+    try:
+        dictionary = train_dictionary(samples, DICTIONARY_BYTES)
+    except (zstandard.ZstdError, DictionaryError) as e:
+        # Too little text to learn from (a library of one small book): package without one.
+        log.info(kv("dictionary_not_trained", samples=len(samples), reason=str(e)))
+        return None
+    store.put_current_dictionary(dictionary.sha256, dictionary.data, clock())
+    log.info(
+        kv(
+            "dictionary_trained",
+            sha256=dictionary.sha256[:16],
+            bytes=len(dictionary.data),
+            samples=len(samples),
+        )
+    )
+    return dictionary
+
+
 def _import_one(
     store: Store,
     path: Path,
     claimed: dict[str, Path],
     report: ImportReport,
     clock: Callable[[], float],
+    settings: PackagingSettings,
+    dictionary: Dictionary | None,
 ) -> str | None:
     """Import one file; return the problem if it is refused."""
     try:
@@ -112,7 +170,14 @@ def _import_one(
     current = store.book(book_id)
     version = current.version + 1 if current else 1
     try:
-        package = build_package(epub, version)
+        package = build_package(
+            epub,
+            version,
+            store.content_key(book_id),
+            dictionary,
+            frame_size=settings.frame_size,
+            level=settings.level,
+        )
     except ManifestError as e:
         return f"cannot be packaged: {e}"
     claimed[book_id] = path

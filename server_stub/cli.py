@@ -12,10 +12,11 @@ import signal
 import sys
 from pathlib import Path
 
+from daemon.codec import COMPRESSION_LEVEL
 from daemon.errors import ShelfsyncError
 from server_stub import logs
 from server_stub.app import running_stub
-from server_stub.catalog import ImportReport
+from server_stub.catalog import ImportReport, PackagingSettings
 
 SAMPLE_LIBRARY = Path(__file__).resolve().parent / "sample_library"
 LISTENING = "shelfsync-stub listening on"
@@ -45,6 +46,14 @@ def _parser() -> argparse.ArgumentParser:
         "--port", type=int, default=8080, help="port to bind; 0 picks a free one (default: 8080)"
     )
     parser.add_argument(
+        "--zstd-level",
+        type=int,
+        default=COMPRESSION_LEVEL,
+        choices=range(1, 23),
+        metavar="1-22",
+        help="zstd level for packaging new versions (default: %(default)s; lower imports faster)",
+    )
+    parser.add_argument(
         "--faults",
         action="store_true",
         help="enable fault injection and the /v1/admin routes (loopback testing only)",
@@ -69,7 +78,12 @@ async def _serve(args: argparse.Namespace) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with running_stub(
-        args.data, library_dir=args.library, host=args.host, port=args.port, faults=args.faults
+        args.data,
+        library_dir=args.library,
+        host=args.host,
+        port=args.port,
+        faults=args.faults,
+        packaging=PackagingSettings(level=args.zstd_level),
     ) as stub:
         _print_report(stub.import_report)
         print(f"{LISTENING} {stub.url}", flush=True)

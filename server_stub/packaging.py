@@ -8,8 +8,12 @@ into frames of at most FRAME_SIZE bytes:
 - a resource larger than FRAME_SIZE starts a new frame and is split into FRAME_SIZE pieces; its
   last piece stays open, so the small resources after it share that frame.
 
-So a small resource never straddles two frames, and only a large resource spans several.
-Each frame is compressed on its own with `daemon.codec.encode_frame`.
+So a small resource never straddles two frames, and only a large resource spans several. A
+frame also closes where the stream passes between text (markup, styles, fonts: what zstd shrinks)
+and media that is already compressed (JPEG, PNG, audio), so neither dilutes the other.
+
+Each frame is compressed on its own with `daemon.codec.encode_frame` (text with the catalog's
+dictionary), then sealed with the book's content key (`daemon.crypto.seal_frame`).
 
 The manifest built here is a template: `issued_at`/`expires_at` are placeholders until `stamp`
 sets them when the service signs it (server_stub.signing).
@@ -21,11 +25,26 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass
 
-from daemon.codec import encode_frame
-from daemon.manifest import Manifest, Resource, build_frames, encode_manifest, parse_manifest
-from server_stub.epub import Epub
+from daemon.codec import COMPRESSION_LEVEL, Dictionary, encode_frame
+from daemon.crypto import seal_frame
+from daemon.manifest import (
+    DictionaryRef,
+    Manifest,
+    Resource,
+    WrappedKey,
+    build_frames,
+    encode_manifest,
+    parse_manifest,
+)
+from server_stub.epub import Epub, EpubFile
 
-FRAME_SIZE = 128 * 1024  # bytes of plaintext per frame (PROTOCOL.md "frame_size")
+# Frames grow: the first holds at most FIRST_FRAME_SIZE bytes of plaintext and each next one up
+# to twice as much, up to FRAME_SIZE. Small first frames make the first chapter readable after
+# a few KB on a 3G link; large later frames compress nearly as well as one stream per book.
+# Why these numbers: docs/BENCHMARKS.md, "compression".
+FIRST_FRAME_SIZE = 64 * 1024
+FRAME_SIZE = 1024 * 1024
+_PRECOMPRESSED = ("image/jpeg", "image/png", "image/gif", "image/webp", "audio/", "video/")
 MANIFEST_LIFETIME = 30 * 24 * 3600  # seconds: a signed manifest expires 30 days after issue
 # Template placeholders: expires_at > issued_at, so a template still passes parse_manifest.
 _TEMPLATE_ISSUED_AT = 0
@@ -49,30 +68,67 @@ def book_id_for(identifier: str, language: str) -> str:
     return "bk_" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def cut_frames(pieces: list[bytes], frame_size: int = FRAME_SIZE) -> list[bytes]:
-    """The plaintext of each frame, for resources `pieces` in stream order (see module doc)."""
+def is_text(file: EpubFile) -> bool:
+    """Whether a resource is worth compressing (and training a dictionary on)."""
+    return not file.media_type.startswith(_PRECOMPRESSED)
+
+
+def cut_frames(
+    pieces: list[bytes],
+    frame_size: int = FRAME_SIZE,
+    kinds: list[bool] | None = None,
+    first_frame_size: int | None = None,
+) -> list[bytes]:
+    """The plaintext of each frame, for resources `pieces` in stream order (see module doc).
+
+    `kinds` marks each piece text (True) or precompressed media (False). With
+    `first_frame_size`, frame n may hold at most min(frame_size, first_frame_size * 2**n).
+    """
     frames: list[bytes] = []
     current = bytearray()
-    for data in pieces:
-        if len(data) <= frame_size - len(current):
-            current += data
-            continue
+    current_kind: bool | None = None
+
+    def limit() -> int:
+        if first_frame_size is None:
+            return frame_size
+        return min(frame_size, first_frame_size << min(len(frames), 32))
+
+    def close() -> None:
+        nonlocal current
         if current:
             frames.append(bytes(current))
             current = bytearray()
-        if len(data) <= frame_size:
+
+    for data, kind in zip(pieces, kinds or [True] * len(pieces), strict=True):
+        if kind != current_kind:
+            close()
+        current_kind = kind
+        if len(data) <= limit() - len(current):
             current += data
             continue
-        whole = len(data) - len(data) % frame_size
-        frames.extend(data[i : i + frame_size] for i in range(0, whole, frame_size))
-        current += data[whole:]
-    if current:
-        frames.append(bytes(current))
+        close()
+        position = 0
+        while len(data) - position > limit():
+            size = limit()
+            frames.append(data[position : position + size])
+            position += size
+        current += data[position:]
+    close()
     return frames
 
 
-def build_package(epub: Epub, version: int, frame_size: int = FRAME_SIZE) -> Package:
+def build_package(
+    epub: Epub,
+    version: int,
+    content_key: bytes,
+    dictionary: Dictionary | None = None,
+    *,
+    frame_size: int = FRAME_SIZE,
+    first_frame_size: int | None = FIRST_FRAME_SIZE,
+    level: int = COMPRESSION_LEVEL,
+) -> Package:
     """Package one version of a book; the template manifest is checked with parse_manifest."""
+    book_id = book_id_for(epub.identifier, epub.language)
     resources = []
     offset = 0
     for file in epub.files:
@@ -90,17 +146,20 @@ def build_package(epub: Epub, version: int, frame_size: int = FRAME_SIZE) -> Pac
     specs = []
     chunks = []
     package_offset = 0
-    for plain in cut_frames([f.data for f in epub.files], frame_size):
-        codec, packed = encode_frame(plain)
+    pieces = [f.data for f in epub.files]
+    kinds = [is_text(f) for f in epub.files]
+    for plain in cut_frames(pieces, frame_size, kinds, first_frame_size):
+        codec, packed = encode_frame(plain, level, dictionary)
+        sealed = seal_frame(content_key, book_id, packed)
         specs.append(
-            (hashlib.sha256(packed).hexdigest(), package_offset, len(packed), len(plain), codec)
+            (hashlib.sha256(sealed).hexdigest(), package_offset, len(sealed), len(plain), codec)
         )
-        chunks.append(packed)
-        package_offset += len(packed)
+        chunks.append(sealed)
+        package_offset += len(sealed)
     data = b"".join(chunks)
 
     manifest = Manifest(
-        book_id=book_id_for(epub.identifier, epub.language),
+        book_id=book_id,
         version=version,
         issued_at=_TEMPLATE_ISSUED_AT,
         expires_at=_TEMPLATE_EXPIRES_AT,
@@ -113,12 +172,20 @@ def build_package(epub: Epub, version: int, frame_size: int = FRAME_SIZE) -> Pac
         toc=epub.toc,
         first_chapter=epub.first_chapter,
         package_size=len(data),
+        content_key=None,  # wrapped for each device when the manifest is signed
+        dictionary=None
+        if dictionary is None or not any(codec == "zstd-dict" for *_, codec in specs)
+        else DictionaryRef(dictionary.sha256, len(dictionary.data)),
     )
     # The device will run exactly this check; failing it here names the file at import time.
-    parse_manifest(encode_manifest(manifest))
+    parse_manifest(encode_manifest(manifest), template=True)
     return Package(manifest=manifest, data=data, sha256=hashlib.sha256(data).hexdigest())
 
 
-def stamp(template: Manifest, now: int, lifetime: int = MANIFEST_LIFETIME) -> Manifest:
-    """The manifest as issued at `now` (unix seconds), valid for `lifetime` seconds."""
-    return dataclasses.replace(template, issued_at=now, expires_at=now + lifetime)
+def stamp(
+    template: Manifest, now: int, content_key: WrappedKey, lifetime: int = MANIFEST_LIFETIME
+) -> Manifest:
+    """The manifest for one device as issued at `now` (unix seconds), valid for `lifetime`."""
+    return dataclasses.replace(
+        template, issued_at=now, expires_at=now + lifetime, content_key=content_key
+    )

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from daemon.crypto import key_id, public_key_to_text, sign_envelope
 from daemon.errors import ShelfsyncError
-from daemon.manifest import Manifest, encode_manifest
+from daemon.manifest import Manifest, WrappedKey, encode_manifest
 from server_stub.packaging import stamp
 
 KEY_NAME = "service.key"
@@ -93,6 +93,9 @@ def load_or_create_key(data_dir: Path) -> ServiceKey:
     return key
 
 
-def sign_manifest(private_key: Ed25519PrivateKey, template: Manifest, now: float) -> bytes:
-    """The signed envelope of `template` issued at `now` (expires 30 days later)."""
-    return sign_envelope(private_key, encode_manifest(stamp(template, int(now))))
+def sign_manifest(
+    private_key: Ed25519PrivateKey, template: Manifest, now: float, content_key: WrappedKey
+) -> bytes:
+    """The signed envelope of `template` for one device, issued at `now` (expires 30 days
+    later), carrying the book's content key wrapped for that device."""
+    return sign_envelope(private_key, encode_manifest(stamp(template, int(now), content_key)))

@@ -21,6 +21,7 @@ from typing import Any
 
 import apsw
 
+from daemon.crypto import new_content_key
 from daemon.errors import SchemaTooNewError, StoreError
 
 DATABASE_NAME = "stub.sqlite3"
@@ -86,6 +87,26 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX changes_by_account ON changes(account_id, seq);
     """,
+    # 2: encryption and dictionaries. Packages from version 1 were not encrypted: drop the
+    # catalog so the next import repackages it (libraries and accounts stay).
+    """
+    ALTER TABLE devices ADD COLUMN public_key TEXT NOT NULL DEFAULT '';  -- base64 X25519
+    -- One content key per book, kept across versions so unchanged frames keep their bytes.
+    -- A real service keeps these in a KMS; the stub keeps them here.
+    CREATE TABLE content_keys (
+        book_id TEXT PRIMARY KEY,
+        key BLOB NOT NULL
+    );
+    -- Compression dictionaries by content address; the current one packages new versions.
+    CREATE TABLE dictionaries (
+        sha256 TEXT PRIMARY KEY,
+        data BLOB NOT NULL,
+        current INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL
+    );
+    DELETE FROM book_versions;
+    DELETE FROM books;
+    """,
 )
 
 EVERY_DEVICE = ""  # library.device_id for a book on all of an account's devices
@@ -101,6 +122,7 @@ class Device:
     device_id: str
     account_id: str
     name: str
+    public_key: str  # base64 X25519: the key content keys are wrapped for
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,28 +300,57 @@ class Store:
         )
         return str(row[0]) if row else None
 
-    def create_device(self, account_id: str, name: str, at: float) -> tuple[str, str]:
+    def create_device(
+        self, account_id: str, name: str, public_key: str, at: float
+    ) -> tuple[str, str]:
         """A new device of `account_id`; returns (device_id, device_token)."""
         device_id = "dev_" + secrets.token_hex(8)
         token = secrets.token_urlsafe(32)
         with self._transaction() as db:
             db.execute(
-                "INSERT INTO devices (device_id, account_id, name, token_sha256, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (device_id, account_id, name, token_hash(token), at),
+                "INSERT INTO devices (device_id, account_id, name, token_sha256, created_at,"
+                " public_key) VALUES (?, ?, ?, ?, ?, ?)",
+                (device_id, account_id, name, token_hash(token), at, public_key),
             )
         return device_id, token
 
+    def content_key(self, book_id: str) -> bytes:
+        """The book's content key, created on first use."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO content_keys (book_id, key) VALUES (?, ?)",
+                (book_id, new_content_key()),
+            )
+            return bytes(self._one("SELECT key FROM content_keys WHERE book_id = ?", (book_id,))[0])
+
+    def current_dictionary(self) -> bytes | None:
+        row = self._one("SELECT data FROM dictionaries WHERE current")
+        return None if row is None else bytes(row[0])
+
+    def dictionary(self, sha256: str) -> bytes | None:
+        row = self._one("SELECT data FROM dictionaries WHERE sha256 = ?", (sha256,))
+        return None if row is None else bytes(row[0])
+
+    def put_current_dictionary(self, sha256: str, data: bytes, at: float) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE dictionaries SET current = 0")
+            db.execute(
+                "INSERT INTO dictionaries (sha256, data, current, created_at) VALUES (?, ?, 1, ?)"
+                " ON CONFLICT (sha256) DO UPDATE SET current = 1",
+                (sha256, data, at),
+            )
+
     def device_for_token(self, token: str) -> Device | None:
         row = self._one(
-            "SELECT device_id, account_id, name FROM devices WHERE token_sha256 = ?",
+            "SELECT device_id, account_id, name, public_key FROM devices WHERE token_sha256 = ?",
             (token_hash(token),),
         )
         return Device(*row) if row else None
 
     def device(self, device_id: str) -> Device | None:
         row = self._one(
-            "SELECT device_id, account_id, name FROM devices WHERE device_id = ?", (device_id,)
+            "SELECT device_id, account_id, name, public_key FROM devices WHERE device_id = ?",
+            (device_id,),
         )
         return Device(*row) if row else None
 

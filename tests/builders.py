@@ -1,16 +1,26 @@
-"""Small builders for unit tests: a manifest and its signed envelope from plain bytes."""
+"""Small builders for unit tests: a sealed book, its manifest and signed envelope from bytes."""
 
 from __future__ import annotations
 
 import hashlib
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from daemon.codec import encode_frame
-from daemon.crypto import sign_envelope
-from daemon.manifest import Manifest, Resource, TocEntry, build_frames, encode_manifest
+from daemon.crypto import WRAP_ALG, seal_frame, sign_envelope, wrap_content_key
+from daemon.manifest import (
+    Manifest,
+    Resource,
+    TocEntry,
+    WrappedKey,
+    build_frames,
+    encode_manifest,
+)
 
 NOW = 1_764_000_000
+DEVICE_KEY = X25519PrivateKey.generate()
+CONTENT_KEY = bytes(range(32))
 
 
 def make_manifest(
@@ -20,21 +30,25 @@ def make_manifest(
     version: int = 1,
     issued_at: int = NOW,
     lifetime_s: int = 30 * 86400,
+    device_key: X25519PrivateKey = DEVICE_KEY,
+    content_key: bytes = CONTENT_KEY,
 ) -> tuple[Manifest, bytes]:
-    """A manifest with one frame per file (tests do not need packing), and the package."""
+    """A manifest with one sealed frame per file (tests do not need packing), and the package."""
     specs, package, resources, stream = [], b"", [], 0
     for path, data in files:
-        codec, packed = encode_frame(data)
+        codec, packed = encode_frame(data, level=3)
+        sealed = seal_frame(content_key, book_id, packed)
         specs.append(
-            (hashlib.sha256(packed).hexdigest(), len(package), len(packed), len(data), codec)
+            (hashlib.sha256(sealed).hexdigest(), len(package), len(sealed), len(data), codec)
         )
-        package += packed
+        package += sealed
         resources.append(
             Resource(
                 path, "application/xhtml+xml", len(data), hashlib.sha256(data).hexdigest(), stream
             )
         )
         stream += len(data)
+    ephemeral, wrapped = wrap_content_key(device_key.public_key(), content_key, book_id)
     manifest = Manifest(
         book_id=book_id,
         version=version,
@@ -49,6 +63,8 @@ def make_manifest(
         toc=(TocEntry("One", files[0][0]),),
         first_chapter=files[0][0],
         package_size=len(package),
+        content_key=WrappedKey(WRAP_ALG, ephemeral, wrapped),
+        dictionary=None,
     )
     return manifest, package
 

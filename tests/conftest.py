@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from server_stub.catalog import ImportReport, import_library
+from server_stub.catalog import ImportReport, PackagingSettings, import_library
 from server_stub.signing import load_or_create_key
 from server_stub.store import Store
 
@@ -49,7 +49,8 @@ def import_into_stub(data_dir: Path, library: Path) -> ImportReport:
     store = Store.open(data_dir)
     try:
         load_or_create_key(data_dir)
-        return import_library(store, library)
+        # A low zstd level: the same format in a fraction of level 19's time.
+        return import_library(store, library, settings=PackagingSettings(level=3))
     finally:
         store.close()
 

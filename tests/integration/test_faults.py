@@ -42,7 +42,7 @@ def book_id(stub_corpus_import: StubImport) -> str:
 def manifest_of(stub: RunningStub, book_id: str, version: int = 1) -> Manifest:
     template = stub.store.manifest_template(book_id, version)
     assert template is not None
-    return parse_manifest(template)
+    return parse_manifest(template, template=True)
 
 
 async def package_requests(stub: RunningStub) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ from tests.conftest import StubImport
 from tests.integration.harness import admin
 from tests.integration.test_delivery import assert_reads_back
 
-BOOK = "idpf_moby-dick.epub"
+BOOK = "se_samuel-pepys_the-diary.epub"  # 10.7 MB of text: many frames to die between
 
 
 async def start_daemon(
@@ -71,24 +71,26 @@ async def stop(proc: asyncio.subprocess.Process) -> None:
 
 
 @pytest.mark.parametrize(
-    ("kill_at", "frames_kept"),
-    [("after_frame_commit:7", 7), ("before_frame_commit:4", 3), ("after_frame_commit:1", 1)],
+    ("point", "nth", "frames_kept"),
+    [("after_frame_commit", 7, 7), ("before_frame_commit", 4, 3), ("after_frame_commit", 1, 1)],
 )
 async def test_killed_mid_download_resumes_without_refetching_committed_frames(
     corpus_stub_data: Path,
     stub_corpus_import: StubImport,
     corpus_dir: Path,
     tmp_path: Path,
-    kill_at: str,
+    point: str,
+    nth: int,
     frames_kept: int,
 ) -> None:
     book_id = stub_corpus_import.book_ids[BOOK]
     state = tmp_path / "device"
     async with running_stub(corpus_stub_data, port=0, faults=True) as stub:
-        manifest = parse_manifest(stub.store.manifest_template(book_id, 1) or b"")
+        manifest = parse_manifest(stub.store.manifest_template(book_id, 1) or b"", template=True)
+        assert len(manifest.frames) > nth, "the book must outlast the kill point"
         account = AccountClient(stub.url)
         await account.create_account("reader")
-        daemon = await start_daemon(stub, state, account.account_token, kill_at)
+        daemon = await start_daemon(stub, state, account.account_token, f"{point}:{nth}")
         try:
             while not (state / "api.sock").exists():
                 assert daemon.returncode is None, "daemon failed to start"

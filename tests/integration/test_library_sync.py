@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from daemon.client import AccountClient, ClientLimits, ServiceClient
 from daemon.clock import SystemClock
-from daemon.crypto import public_key_to_text
+from daemon.crypto import public_key_to_text, x25519_public_text
 from daemon.library_sync import PAGE_SIZE, LibrarySync
 from daemon.store import Store
 from server_stub.app import running_stub
@@ -27,7 +28,8 @@ async def test_a_library_of_20000_books_syncs_in_bounded_pages(
     async with running_stub(corpus_stub_data, port=0, faults=True) as stub:
         account = AccountClient(stub.url)
         await account.create_account("collector")
-        credentials = await account.register_device("e-reader")
+        key = X25519PrivateKey.generate()
+        credentials = await account.register_device("e-reader", x25519_public_text(key))
         account_id = stub.store.account_for_token(account.account_token)
         assert account_id is not None
         book_ids = [f"bk_seeded{i:08d}" for i in range(20_000)]

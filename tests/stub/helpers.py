@@ -9,6 +9,9 @@ from typing import Any
 
 import aiohttp
 
+from daemon.crypto import x25519_public_text
+from tests.builders import DEVICE_KEY
+
 CONTAINER = b"""<?xml version="1.0"?>
 <container version="1.0" xmlns="urn:oasis:names:tc:opendocument:xmlns:container">
   <rootfiles>
@@ -173,7 +176,8 @@ class Api:
         return str(doc["account_token"])
 
     async def device(self, account_token: str, name: str = "kindle") -> tuple[str, str]:
-        doc = await self.call("POST", "/v1/devices", account_token, {"name": name}, expect=201)
+        body = {"name": name, "public_key": x25519_public_text(DEVICE_KEY)}
+        doc = await self.call("POST", "/v1/devices", account_token, body, expect=201)
         return str(doc["device_id"]), str(doc["device_token"])
 
     async def buy(self, account_token: str, book_id: str) -> int:

@@ -9,13 +9,17 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.codec import DEFAULT_WINDOW_CAP, decode_frame
-from daemon.manifest import encode_manifest, parse_manifest
+from daemon.codec import DEFAULT_WINDOW_CAP, Dictionary, decode_frame
+from daemon.crypto import WRAP_ALG, open_frame
+from daemon.manifest import WrappedKey, encode_manifest, parse_manifest
 from server_stub.epub import read_epub
 from server_stub.packaging import FRAME_SIZE, book_id_for, build_package, cut_frames, stamp
 from server_stub.store import Store
+from tests.builders import CONTENT_KEY
 from tests.conftest import StubImport
 from tests.stub.helpers import write_epub
+
+WRAPPED = WrappedKey(WRAP_ALG, "AAAA", "AAAA")  # only its shape matters here
 
 
 @given(st.lists(st.integers(min_value=0, max_value=3 * 64 + 5), max_size=30))
@@ -50,8 +54,8 @@ def test_book_id_is_identifier_and_language() -> None:
 
 
 def test_stamp_sets_issue_and_expiry(tmp_path: Path) -> None:
-    package = build_package(read_epub(write_epub(tmp_path / "b.epub")), version=3)
-    issued = stamp(package.manifest, 1_764_000_000)
+    package = build_package(read_epub(write_epub(tmp_path / "b.epub")), 3, CONTENT_KEY, level=3)
+    issued = stamp(package.manifest, 1_764_000_000, WRAPPED)
     assert (issued.issued_at, issued.expires_at) == (1_764_000_000, 1_764_000_000 + 30 * 86400)
     assert parse_manifest(encode_manifest(issued)) == issued
     assert issued.version == 3
@@ -66,7 +70,13 @@ def test_every_corpus_package_round_trips(stub_corpus_import: StubImport, corpus
             info = store.package_info(book_id, 1)
             assert template is not None
             assert info is not None
-            manifest = parse_manifest(template)
+            manifest = parse_manifest(template, template=True)
+            content_key = store.content_key(book_id)
+            dictionary = None
+            if manifest.dictionary is not None:
+                raw_dictionary = store.dictionary(manifest.dictionary.sha256)
+                assert raw_dictionary is not None
+                dictionary = Dictionary.verified(raw_dictionary, manifest.dictionary.sha256)
             package = store.read_package(info.rowid, 0, info.size)
             assert hashlib.sha256(package).hexdigest() == info.sha256
             assert manifest.package_size == len(package) == info.size
@@ -76,7 +86,10 @@ def test_every_corpus_package_round_trips(stub_corpus_import: StubImport, corpus
                 data = package[frame.offset : frame.offset + frame.length]
                 assert hashlib.sha256(data).hexdigest() == frame.sha256
                 assert frame.plain_size <= manifest.frame_size == FRAME_SIZE
-                plain += decode_frame(data, frame.codec, frame.plain_size, DEFAULT_WINDOW_CAP)
+                packed = open_frame(content_key, book_id, data)
+                plain += decode_frame(
+                    packed, frame.codec, frame.plain_size, DEFAULT_WINDOW_CAP, dictionary
+                )
 
             with zipfile.ZipFile(corpus_dir / name) as z:
                 entries = {i.filename: z.read(i) for i in z.infolist() if not i.is_dir()}
@@ -86,7 +99,28 @@ def test_every_corpus_package_round_trips(stub_corpus_import: StubImport, corpus
                 assert bytes(plain[r.offset : r.offset + r.size]) == entries[r.path], r.path
                 assert hashlib.sha256(entries[r.path]).hexdigest() == r.sha256
             assert (
-                parse_manifest(encode_manifest(stamp(manifest, 1_764_000_000))).book_id == book_id
+                parse_manifest(encode_manifest(stamp(manifest, 1_764_000_000, WRAPPED))).book_id
+                == book_id
             )
     finally:
         store.close()
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=700), max_size=30),
+    st.lists(st.booleans(), min_size=30, max_size=30),
+)
+def test_frames_grow_from_small_first_frames_and_never_mix_text_with_media(
+    sizes: list[int], kinds: list[bool]
+) -> None:
+    pieces = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+    kinds = kinds[: len(pieces)]
+    frames = cut_frames(pieces, 256, kinds, first_frame_size=16)
+    assert b"".join(frames) == b"".join(pieces)
+    assert all(0 < len(f) <= min(256, 16 << n) for n, f in enumerate(frames))
+    # Each frame's bytes come from pieces of one kind only.
+    owner = [k for piece, k in zip(pieces, kinds, strict=True) for _ in piece]
+    offset = 0
+    for f in frames:
+        assert len(set(owner[offset : offset + len(f)])) == 1
+        offset += len(f)

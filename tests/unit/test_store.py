@@ -11,10 +11,11 @@ import pytest
 
 from daemon.errors import SchemaTooNewError, StoreError
 from daemon.models import LibraryChange
-from daemon.reader import read_resource
-from daemon.store import Store
-from tests.builders import NOW, make_manifest
+from daemon.reader import FrameOpener, read_resource
+from daemon.store import Store, latest_schema_version
+from tests.builders import DEVICE_KEY, NOW, make_manifest
 
+OPENER = FrameOpener(DEVICE_KEY, 1 << 23)
 FILES = [
     ("OEBPS/ch1.xhtml", b"<p>one</p>" * 3000),
     ("OEBPS/ch2.xhtml", b"<p>two</p>" * 3000),
@@ -32,11 +33,34 @@ def frames_of(package: bytes, manifest_frames: tuple) -> list[bytes]:  # type: i
 
 def test_a_new_database_is_private_and_at_the_latest_schema(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "state" / "db")
-    assert store.schema_version() == 1
+    assert store.schema_version() == latest_schema_version()
     assert stat.S_IMODE(os.stat(tmp_path / "state" / "db").st_mode) == 0o600
     assert stat.S_IMODE(os.stat(tmp_path / "state").st_mode) == 0o700
     store.close()
-    assert Store.open(tmp_path / "state" / "db").schema_version() == 1  # reopen: no re-run
+    reopened = Store.open(tmp_path / "state" / "db")  # reopen: nothing re-run
+    assert reopened.schema_version() == latest_schema_version()
+
+
+def schema(path: Path) -> list[tuple[str, str]]:
+    db = apsw.Connection(str(path))
+    try:
+        return sorted(db.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL"))
+    finally:
+        db.close()
+
+
+def test_a_version_1_database_migrates_to_the_fresh_schema(tmp_path: Path) -> None:
+    old = apsw.Connection(str(tmp_path / "old.db"))
+    old.execute((Path(__file__).parents[2] / "daemon" / "sql" / "0001_init.sql").read_text())
+    old.execute("PRAGMA user_version = 1")
+    old.execute("INSERT INTO meta (key, value) VALUES ('library_cursor', '42')")
+    old.close()
+    migrated = Store.open(tmp_path / "old.db")
+    assert migrated.schema_version() == latest_schema_version()
+    assert migrated.library_cursor() == 42
+    migrated.close()
+    Store.open(tmp_path / "fresh.db").close()
+    assert schema(tmp_path / "old.db") == schema(tmp_path / "fresh.db")
 
 
 def test_a_database_from_a_newer_shelfsync_is_refused(tmp_path: Path) -> None:
@@ -69,7 +93,7 @@ def test_frames_commit_one_by_one_and_milestones_are_recorded(tmp_path: Path) ->
     for path, data in FILES:
         resource = store.resource("bk_test", path)
         assert resource is not None
-        assert read_resource(store, resource, 1 << 23) == data
+        assert read_resource(store, resource, OPENER) == data
     assert store.delivery_candidates() == []
 
 
@@ -112,4 +136,4 @@ def test_a_new_version_reuses_unchanged_frames_and_replaces_the_old(tmp_path: Pa
     assert store.frame_hashes("bk_test", 1) is None
     resource = store.resource("bk_test", "OEBPS/ch2.xhtml")
     assert resource is not None
-    assert read_resource(store, resource, 1 << 23) == revised[1][1]
+    assert read_resource(store, resource, OPENER) == revised[1][1]
