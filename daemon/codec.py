@@ -70,16 +70,33 @@ def encode_frame(
     return min(candidates, key=lambda c: len(c[1]))
 
 
+def compress_document(data: bytes) -> bytes:
+    """Compress a document (a manifest) whole, with its size written for decode_bounded."""
+    return zstandard.ZstdCompressor(level=19, write_content_size=True).compress(data)
+
+
+def decode_bounded(data: bytes, max_size: int) -> bytes:
+    """Decode one zstd frame whose header declares a size of at most `max_size`."""
+    try:
+        size = zstandard.get_frame_parameters(data).content_size
+    except zstandard.ZstdError as e:
+        raise DecodeError(f"not a zstd frame: {e}") from e
+    if not 0 < size <= max_size:
+        raise DecodeError(f"zstd frame declares {size} bytes, the limit is {max_size}")
+    return decode_frame(data, "zstd", size, DEFAULT_WINDOW_CAP, max_plain=max_size)
+
+
 def decode_frame(
     data: bytes,
     codec: str,
     plain_size: int,
     window_cap: int,
     dictionary: Dictionary | None = None,
+    max_plain: int = MAX_FRAME_PLAIN,
 ) -> bytes:
     """Decode one frame that already matched its hash and authenticated; raise DecodeError."""
-    if not 0 < plain_size <= MAX_FRAME_PLAIN:
-        raise DecodeError(f"declared plaintext size {plain_size} is outside (0, {MAX_FRAME_PLAIN}]")
+    if not 0 < plain_size <= max_plain:
+        raise DecodeError(f"declared plaintext size {plain_size} is outside (0, {max_plain}]")
     if codec == "raw":
         if len(data) != plain_size:
             raise DecodeError(f"raw frame is {len(data)} bytes, manifest says {plain_size}")

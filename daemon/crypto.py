@@ -3,9 +3,12 @@
 Manifest signatures (Ed25519), content-key wrapping (X25519 + HKDF + ChaCha20-Poly1305), frame
 sealing, and the device's own key file.
 
-The signed envelope is JSON: {"manifest": b64(bytes), "signature": b64(sig), "key_id": hex}.
-The signature covers SIGNING_CONTEXT + the manifest bytes exactly as sent, so no JSON
-canonicalisation is needed to verify, and a signature over anything else cannot be replayed here.
+The signed envelope is JSON: {"manifest_zstd": b64(zstd(bytes)), "signature": b64(sig),
+"key_id": hex}. The manifest travels compressed (a book of 2,000 files has a 600 KB manifest that
+zstd makes 95 KB: seconds saved on 3G before the first chapter), and its decoding is bounded by
+MAX_MANIFEST_BYTES before the signature is checked. The signature covers SIGNING_CONTEXT + the
+manifest bytes, so no JSON canonicalisation is needed to verify, and a signature over anything
+else cannot be replayed here.
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
+from daemon.codec import compress_document, decode_bounded
 from daemon.errors import (
     ConfigError,
+    DecodeError,
     FrameAuthError,
     KeyUnwrapError,
     ManifestError,
@@ -41,7 +46,7 @@ from daemon.errors import (
 from daemon.manifest import MAX_MANIFEST_BYTES
 
 SIGNING_CONTEXT = b"shelfsync-manifest-v1\n"
-MAX_ENVELOPE_BYTES = MAX_MANIFEST_BYTES * 4 // 3 + 4096
+MAX_ENVELOPE_BYTES = MAX_MANIFEST_BYTES * 4 // 3 + 4096  # even if zstd could not shrink it
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -67,7 +72,7 @@ def sign_envelope(private_key: Ed25519PrivateKey, manifest_bytes: bytes) -> byte
     signature = private_key.sign(SIGNING_CONTEXT + manifest_bytes)
     return json.dumps(
         {
-            "manifest": base64.b64encode(manifest_bytes).decode(),
+            "manifest_zstd": base64.b64encode(compress_document(manifest_bytes)).decode(),
             "signature": base64.b64encode(signature).decode(),
             "key_id": key_id(private_key.public_key()),
         }
@@ -80,9 +85,10 @@ def open_envelope(envelope: bytes, pinned: Ed25519PublicKey) -> bytes:
         raise ManifestError(f"signed manifest is {len(envelope)} bytes, over the limit")
     try:
         doc = json.loads(envelope)
-        manifest_bytes = base64.b64decode(doc["manifest"], validate=True)
+        packed = base64.b64decode(doc["manifest_zstd"], validate=True)
         signature = base64.b64decode(doc["signature"], validate=True)
-    except (ValueError, KeyError, TypeError, binascii.Error) as e:
+        manifest_bytes = decode_bounded(packed, MAX_MANIFEST_BYTES)
+    except (ValueError, KeyError, TypeError, binascii.Error, DecodeError) as e:
         raise ManifestError(f"malformed signed manifest: {type(e).__name__}: {e}") from e
     try:
         pinned.verify(signature, SIGNING_CONTEXT + manifest_bytes)

@@ -67,6 +67,9 @@ class Store:
             db.setbusytimeout(5000)
             db.execute("PRAGMA foreign_keys = ON")
             if not readonly:
+                # Takes effect only on a new, empty database: freed pages (a removed book)
+                # go back to the file system at `PRAGMA incremental_vacuum`.
+                db.execute("PRAGMA auto_vacuum = INCREMENTAL")
                 db.execute("PRAGMA journal_mode = WAL")
                 # NORMAL survives a process crash; a frame lost to power loss is re-fetched.
                 db.execute("PRAGMA synchronous = NORMAL")
@@ -186,6 +189,8 @@ class Store:
                     db.execute("DELETE FROM manifests WHERE book_id = ?", (change.book_id,))
                     db.execute("DELETE FROM deliveries WHERE book_id = ?", (change.book_id,))
                     removed.append(change.book_id)
+            if removed:
+                list(db.execute("PRAGMA incremental_vacuum"))  # one page per step
             db.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('library_cursor', ?)",
                 (str(cursor),),
@@ -420,6 +425,7 @@ class Store:
                 db.execute(
                     "DELETE FROM manifests WHERE book_id = ? AND version < ?", (book_id, version)
                 )
+                list(db.execute("PRAGMA incremental_vacuum"))
         return CommitResult(first_ready, complete)
 
     def record_delivery_failure(self, book_id: str, error: str, retry_at: float) -> int:
@@ -602,6 +608,15 @@ class Store:
                 (resource.book_id, resource.version, resource.first_frame, resource.last_frame),
             )[0]
         )
+
+    def size_bytes(self) -> int:
+        """Bytes the database occupies, free pages excluded."""
+        pages, free, page_size = (
+            self.one("PRAGMA page_count")[0],
+            self.one("PRAGMA freelist_count")[0],
+            self.one("PRAGMA page_size")[0],
+        )
+        return int((pages - free) * page_size)
 
     def integrity_check(self) -> str:
         return str(self.one("PRAGMA integrity_check")[0])

@@ -27,7 +27,7 @@ from aiohttp.typedefs import Handler
 from server_stub.api_errors import ApiError, error_response, read_json_object
 from server_stub.logs import kv
 
-ROUTES = ("package", "manifest", "changes", "any")
+ROUTES = ("package", "manifest", "dictionary", "changes", "any")
 BODY_KINDS = ("pause", "truncate", "corrupt")
 _APPLIES: dict[str, tuple[str, ...] | None] = {  # kind -> routes it acts on (None: all)
     "pause": None,

@@ -32,12 +32,13 @@ def make_manifest(
     lifetime_s: int = 30 * 86400,
     device_key: X25519PrivateKey = DEVICE_KEY,
     content_key: bytes = CONTENT_KEY,
+    sealed_for: str | None = None,
 ) -> tuple[Manifest, bytes]:
     """A manifest with one sealed frame per file (tests do not need packing), and the package."""
     specs, package, resources, stream = [], b"", [], 0
     for path, data in files:
         codec, packed = encode_frame(data, level=3)
-        sealed = seal_frame(content_key, book_id, packed)
+        sealed = seal_frame(content_key, sealed_for or book_id, packed)
         specs.append(
             (hashlib.sha256(sealed).hexdigest(), len(package), len(sealed), len(data), codec)
         )

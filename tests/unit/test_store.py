@@ -8,14 +8,19 @@ from pathlib import Path
 
 import apsw
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from daemon.errors import SchemaTooNewError, StoreError
+from daemon.errors import FrameAuthError, KeyUnwrapError, SchemaTooNewError, StoreError
 from daemon.models import LibraryChange
 from daemon.reader import FrameOpener, read_resource
 from daemon.store import Store, latest_schema_version
 from tests.builders import DEVICE_KEY, NOW, make_manifest
 
-OPENER = FrameOpener(DEVICE_KEY, 1 << 23)
+
+def opener() -> FrameOpener:
+    return FrameOpener(DEVICE_KEY, 1 << 23)  # fresh per test: it caches content keys
+
+
 FILES = [
     ("OEBPS/ch1.xhtml", b"<p>one</p>" * 3000),
     ("OEBPS/ch2.xhtml", b"<p>two</p>" * 3000),
@@ -93,7 +98,7 @@ def test_frames_commit_one_by_one_and_milestones_are_recorded(tmp_path: Path) ->
     for path, data in FILES:
         resource = store.resource("bk_test", path)
         assert resource is not None
-        assert read_resource(store, resource, OPENER) == data
+        assert read_resource(store, resource, opener()) == data
     assert store.delivery_candidates() == []
 
 
@@ -136,4 +141,29 @@ def test_a_new_version_reuses_unchanged_frames_and_replaces_the_old(tmp_path: Pa
     assert store.frame_hashes("bk_test", 1) is None
     resource = store.resource("bk_test", "OEBPS/ch2.xhtml")
     assert resource is not None
-    assert read_resource(store, resource, OPENER) == revised[1][1]
+    assert read_resource(store, resource, opener()) == revised[1][1]
+
+
+def test_a_frame_sealed_for_another_book_is_never_served(tmp_path: Path) -> None:
+    """Its hash matches the (signed) manifest, but the AEAD binds it to the other book."""
+    store = Store.open(tmp_path / "db")
+    manifest, package = make_manifest(FILES[:1], sealed_for="bk_other")
+    store.apply_library_changes([bought()], 1, NOW)
+    store.record_manifest(manifest, b"envelope", NOW)
+    store.commit_frame("bk_test", 1, 0, package, NOW)
+    resource = store.resource("bk_test", FILES[0][0])
+    assert resource is not None
+    with pytest.raises(FrameAuthError, match="failed authentication"):
+        read_resource(store, resource, opener())
+
+
+def test_a_book_wrapped_for_another_device_cannot_be_read(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "db")
+    manifest, package = make_manifest(FILES[:1], device_key=X25519PrivateKey.generate())
+    store.apply_library_changes([bought()], 1, NOW)
+    store.record_manifest(manifest, b"envelope", NOW)
+    store.commit_frame("bk_test", 1, 0, package, NOW)
+    resource = store.resource("bk_test", FILES[0][0])
+    assert resource is not None
+    with pytest.raises(KeyUnwrapError):
+        read_resource(store, resource, opener())

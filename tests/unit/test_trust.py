@@ -10,7 +10,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from daemon.errors import ExpiredError, ManifestError, RollbackError, SignatureError
-from daemon.manifest import encode_manifest, parse_manifest
+from daemon.codec import compress_document, decode_bounded
+from daemon.manifest import MAX_MANIFEST_BYTES, encode_manifest, parse_manifest
 from daemon.trust import verify_manifest
 from tests.builders import NOW, make_manifest, signed
 
@@ -45,9 +46,20 @@ def test_another_key_is_refused() -> None:
 def test_a_changed_byte_breaks_the_signature() -> None:
     manifest, _ = make_manifest(FILES)
     doc = json.loads(signed(manifest, SERVICE_KEY))
-    raw = base64.b64decode(doc["manifest"]).replace(b'"version":1', b'"version":9')
-    doc["manifest"] = base64.b64encode(raw).decode()
+    raw = decode_bounded(base64.b64decode(doc["manifest_zstd"]), 1 << 20)
+    raw = raw.replace(b'"version":1', b'"version":9')
+    doc["manifest_zstd"] = base64.b64encode(compress_document(raw)).decode()
     with pytest.raises(SignatureError):
+        verify(json.dumps(doc).encode())
+
+
+def test_a_manifest_that_inflates_past_the_limit_is_refused_before_decoding() -> None:
+    manifest, _ = make_manifest(FILES)
+    doc = json.loads(signed(manifest, SERVICE_KEY))
+    bomb = compress_document(b" " * (MAX_MANIFEST_BYTES + 1))
+    assert len(bomb) < 4096
+    doc["manifest_zstd"] = base64.b64encode(bomb).decode()
+    with pytest.raises(ManifestError, match="the limit is"):
         verify(json.dumps(doc).encode())
 
 
