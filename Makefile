@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("shelfsync needs Python 3.11 or newer; this is " + sys.version.split()[0] + " (try make PYTHON=python3.11)") if sys.version_info < (3, 11) else None'
@@ -25,6 +25,11 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest -q
+
+# Not part of the tests: every benchmark (the 3G delivery run takes a good while), then
+# docs/BENCHMARKS.md from their results. One alone: $(BIN)/python -m bench NAME --help.
+bench: $(STAMP)
+	$(BIN)/python -m bench all
 
 clean:
 	rm -rf $(VENV) demo-data .pytest_cache .mypy_cache .ruff_cache .hypothesis

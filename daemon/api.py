@@ -23,6 +23,9 @@ from typing import Any
 
 from aiohttp import web
 
+from daemon.api_library import LibraryApi
+from daemon.api_notes import NotesApi
+from daemon.api_notices import add_routes as add_notice_routes
 from daemon.errors import FrameHashError, NotOnDeviceError, VerificationError
 from daemon.logs import log_event
 from daemon.manifest import check_resource_path
@@ -81,8 +84,12 @@ class LocalApi:
         socket_path: Path,
         tcp_port: int | None = None,
         token: str | None = None,
+        notes: NotesApi | None = None,
+        library: LibraryApi | None = None,
     ) -> None:
         self._readers = ReaderPool(db_path, READERS)
+        self._notes = notes  # the reader's annotations: routes of their own (api_notes.py)
+        self._library = library  # pin, opened, download, trip (api_library.py)
         self._opener = opener
         self._runtime = runtime
         self._on_corrupt = on_corrupt
@@ -98,6 +105,11 @@ class LocalApi:
         app.router.add_get("/v1/books/{book_id}", self.book)
         app.router.add_get("/v1/books/{book_id}/toc", self.toc)
         app.router.add_get("/v1/books/{book_id}/resources/{path:.+}", self.resource)
+        add_notice_routes(app, self._readers.reader)
+        if self._notes is not None:
+            self._notes.add_routes(app)
+        if self._library is not None:
+            self._library.add_routes(app)
         return app
 
     async def start(self) -> None:

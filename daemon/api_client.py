@@ -5,6 +5,7 @@ Used by `shelfsync status`, the demo and the tests.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any, Self
 from urllib.parse import quote
@@ -51,8 +52,31 @@ class LocalApiClient:
         result: dict[str, Any] = await self.get_json(f"/v1/books/{quote(book_id, safe='')}")
         return result
 
+    async def post_json(self, path: str, body: Any = None) -> Any:
+        async with self._session.post("http://shelfsync" + path, json=body) as r:
+            doc = await r.json(content_type=None)
+            if r.status >= 400:
+                raise LocalApiError(r.status, doc)
+            return doc
+
+    async def start_trip(self, days: int) -> dict[str, Any]:
+        result: dict[str, Any] = await self.post_json("/v1/trip", {"days": days})
+        return result
+
+    async def trip(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.get_json("/v1/trip")
+        return result
+
     async def resource(self, book_id: str, path: str) -> tuple[int, str, bytes]:
         """(status, media type, body) of one resource; the body is JSON on errors."""
         url = f"http://shelfsync/v1/books/{quote(book_id, safe='')}/resources/{quote(path)}"
         async with self._session.get(url) as r:
             return r.status, r.content_type, await r.read()
+
+    async def send(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """(status, JSON answer) of any request, errors included; `body` bytes go as they are."""
+        kwargs: dict[str, Any] = (
+            {"data": io.BytesIO(body)} if isinstance(body, bytes) else {"json": body}
+        )
+        async with self._session.request(method, "http://shelfsync" + path, **kwargs) as r:
+            return r.status, await r.json(content_type=None)

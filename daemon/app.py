@@ -1,8 +1,9 @@
 """The composition root: builds every part of the daemon, runs them, stops them in order.
 
-Tasks: library sync, delivery (which owns one task per running download) and connectivity, in one
-TaskGroup. A stop request or a crash of any of them cancels the others; the local API stops last
-so the reader keeps reading until the end.
+Tasks: library sync, delivery (which owns one task per running download), delivery receipts,
+connectivity, annotation sync and popular highlights, in one TaskGroup. A stop request or a
+crash of any of them cancels the others; the local API stops last so the reader keeps reading
+until the end.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from daemon.annotation_sync import AnnotationSync
 from daemon.api import LocalApi
+from daemon.api_library import LibraryApi
+from daemon.api_notes import NotesApi
 from daemon.client import AccountClient, ClientLimits, DeviceCredentials, ServiceClient
 from daemon.clock import Clock, SystemClock
 from daemon.config import Settings
@@ -23,10 +27,16 @@ from daemon.connectivity import Connectivity
 from daemon.crypto import load_or_create_device_key, x25519_public_text
 from daemon.delivery import DeliveryPolicy, DeliveryWorker
 from daemon.errors import ConfigError, FrameHashError
+from daemon.hlc import HybridClock
 from daemon.library_sync import LibrarySync
 from daemon.logs import log_event
+from daemon.notes_store import NotesStore
+from daemon.power import PowerSource, SysfsPower, power_report
 from daemon.reader import FrameOpener
+from daemon.receipts import ReceiptSync
+from daemon.shared_highlights import SharedHighlights
 from daemon.store import Store
+from daemon.trip import archive_slots, trip_state
 
 _LOG = logging.getLogger("shelfsync.app")
 
@@ -36,7 +46,7 @@ class _Stop(Exception):
 
 
 async def device_credentials(
-    store: Store, settings: Settings, device_key: X25519PrivateKey
+    store: Store, settings: Settings, device_key: X25519PrivateKey, now: float
 ) -> DeviceCredentials:
     """This device's credentials, registering it (and its public key) on first run."""
     device_id, token = store.get_meta("device_id"), store.get_meta("device_token")
@@ -54,6 +64,8 @@ async def device_credentials(
     )
     store.set_meta("device_token", credentials.device_token)
     store.set_meta("device_id", credentials.device_id)
+    # Books ordered from now on are this device's to fetch; older ones stay in the cloud.
+    store.set_meta("registered_at", repr(now))
     log_event(_LOG, logging.INFO, "device_registered", device=credentials.device_id)
     return credentials
 
@@ -70,11 +82,16 @@ def _api_token(settings: Settings) -> str | None:
 
 
 class Daemon:
-    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+    def __init__(
+        self, settings: Settings, clock: Clock | None = None, power: PowerSource | None = None
+    ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
+        self.power = power or SysfsPower()  # battery and charging, for the planner and status
         self.api: LocalApi | None = None
         self._connectivity: Connectivity | None = None
+        self._delivery: DeliveryWorker | None = None
+        self._store: Store | None = None
         self._started_at = 0.0
 
     def runtime(self) -> dict[str, Any]:
@@ -86,16 +103,33 @@ class Daemon:
             "online": bool(c and c.online),
             "push_connected_since": c.push_connected_since if c else None,
             "profile": self.settings.profile.name,
+            "waiting": dict(self._delivery.waiting) if self._delivery else {},
+            "downloads_paused": self._delivery.paused_reason if self._delivery else None,
+            "trip": self._trip(),
+            "power": power_report(self.power.read(), self.settings.profile.battery),
         }
+
+    def _trip(self) -> dict[str, Any] | None:
+        trip = trip_state(self._store, self.clock.wall()) if self._store else None
+        return None if trip is None else {"days": trip.days, "until": trip.until}
+
+    def _archive_slots(self) -> int:
+        """How many more archive books the trip being prepared still wants."""
+        trip = trip_state(self._store, self.clock.wall()) if self._store else None
+        if trip is None or self._store is None:
+            return 0
+        held = sum(1 for b in self._store.held_books() if not b.wanted)
+        return max(0, archive_slots(trip.days) - held)
 
     async def run(self, stop: asyncio.Event) -> None:
         settings, profile = self.settings, self.settings.profile
         self._started_at = self.clock.wall()
-        store = Store.open(settings.db_path)
+        store = self._store = Store.open(settings.db_path)
         client: ServiceClient | None = None
+        notes: NotesStore | None = None
         try:
             device_key = load_or_create_device_key(settings.device_key_path)
-            credentials = await device_credentials(store, settings, device_key)
+            credentials = await device_credentials(store, settings, device_key, self.clock.wall())
             client = ServiceClient(
                 settings.service_url,
                 credentials,
@@ -111,20 +145,54 @@ class Daemon:
                 self.clock,
                 settings.service_key,
                 device_key,
-                DeliveryPolicy(concurrency=profile.downloads.concurrency),
+                DeliveryPolicy(
+                    concurrency=profile.downloads.concurrency,
+                    quota_bytes=profile.storage.quota_bytes,
+                    reserve_bytes=profile.storage.reserve_bytes,
+                ),
+                archive_slots=self._archive_slots,
             )
+            self._delivery = delivery
 
             def refetch(error: FrameHashError) -> None:
                 store.discard_frame(error.book_id, error.version, error.idx)
                 delivery.wake()
 
-            sync = LibrarySync(store, client, self.clock, on_change=delivery.wake)
+            notes = NotesStore.open(settings.db_path)
+            # Orders every note edit of this device; starts past what it ever made or saw.
+            note_clock = HybridClock(credentials.device_id, notes.clock_floor())
+            annotations = AnnotationSync(notes, client, self.clock, note_clock)
+            popular = SharedHighlights(notes, client, self.clock)
+            receipts = ReceiptSync(store, client, self.clock, profile)
+
+            def library_changed() -> None:
+                delivery.wake()
+                popular.wake()
+                receipts.wake()
+
+            def link_event(kind: str) -> None:
+                receipts.on_link_event(kind)
+                if kind == "online":
+                    annotations.link_up()
+                    popular.wake()
+                elif kind in ("annotations_changed", "poll"):
+                    annotations.request()
+
+            sync = LibrarySync(store, client, self.clock, on_change=library_changed)
+
+            def everything_now() -> None:
+                """A trip is being prepared (or a book asked for): every worker looks now."""
+                sync.request()
+                annotations.request()
+                library_changed()
+
             self._connectivity = Connectivity(
                 client,
                 self.clock,
                 sync.request,
                 keepalive_s=profile.sync.keepalive_s,
                 poll_interval_s=profile.sync.poll_interval_s,
+                on_event=link_event,
             )
             self.api = LocalApi(
                 settings.db_path,
@@ -134,6 +202,12 @@ class Daemon:
                 settings.api_socket,
                 settings.tcp_port,
                 _api_token(settings),
+                notes=NotesApi(
+                    notes, note_clock, self.clock, annotations.request, annotations.link_up
+                ),
+                library=LibraryApi(
+                    store, self.clock, everything_now, self.runtime, delivery.free_bytes
+                ),
             )
             await self.api.start()
             log_event(
@@ -145,19 +219,28 @@ class Daemon:
                 service=settings.service_url,
             )
             sync.request()
+            annotations.link_up()
+            popular.wake()
             try:
                 async with asyncio.TaskGroup() as tasks:
                     tasks.create_task(sync.run(), name="library sync")
+                    tasks.create_task(annotations.run(), name="annotation sync")
+                    tasks.create_task(popular.run(), name="popular highlights")
                     tasks.create_task(delivery.run(), name="delivery")
+                    tasks.create_task(receipts.run(), name="delivery receipts")
                     tasks.create_task(self._connectivity.run(), name="connectivity")
                     tasks.create_task(_raise_on(stop), name="stop watcher")
             except* _Stop:
                 pass
         finally:
+            self._delivery = None
+            self._store = None
             if self.api is not None:
                 await self.api.stop()
             if client is not None:
                 await client.close()
+            if notes is not None:
+                notes.close()
             store.close()
             log_event(_LOG, logging.INFO, "daemon_stopped")
 

@@ -1,4 +1,4 @@
-"""`shelfsync`: the commands a device developer uses (run, status, demo)."""
+"""`shelfsync`: the commands a device developer uses (run, status, demo, bench)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,19 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--socket", type=Path, help="API socket path (default <state>/api.sock)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
+    trip = commands.add_parser(
+        "trip", help="get the device ready for days offline, and say how ready it is"
+    )
+    trip.add_argument("--days", type=int, required=True, help="how long without a network")
+    trip.add_argument("--state", default=os.environ.get("SHELFSYNC_STATE", DEFAULT_STATE))
+    trip.add_argument("--socket", type=Path, help="API socket path (default <state>/api.sock)")
+    trip.add_argument(
+        "--wait",
+        type=float,
+        default=600.0,
+        help="seconds to wait for the device to be ready (default %(default)s)",
+    )
+
     demo = commands.add_parser(
         "demo", help="stub + daemon + a purchase, then read the book back offline"
     )
@@ -78,16 +92,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--profile", default="paperwhite-wifi")
     demo.add_argument("--book", help="title word of the sample book to buy (default: first)")
+
+    # Listed for --help only: main hands everything after `bench` to the benchmarks.
+    commands.add_parser(
+        "bench",
+        add_help=False,
+        help="the benchmarks of the source checkout: `shelfsync bench --help` (python -m bench)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        return _bench(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
             return _run(args)
         if args.command == "status":
             return _status(args)
+        if args.command == "trip":
+            return asyncio.run(_trip(args))
         from daemon.demo import run_demo
 
         return asyncio.run(run_demo(args.workdir, args.profile, args.book))
@@ -118,6 +144,45 @@ def _run(args: argparse.Namespace) -> int:
 
     asyncio.run(main())
     return 0
+
+
+def _bench(argv: list[str]) -> int:
+    """Delegate to `python -m bench`, which lives in the source checkout beside daemon/."""
+    checkout = Path(__file__).resolve().parent.parent
+    if not (checkout / "bench" / "__main__.py").is_file():
+        print(
+            "shelfsync: the benchmarks are in the source checkout (bench/), not in an installed"
+            " package; run `python -m bench` there",
+            file=sys.stderr,
+        )
+        return 2
+    path = os.pathsep.join(p for p in (str(checkout), os.environ.get("PYTHONPATH")) if p)
+    command = [sys.executable, "-m", "bench", *argv]
+    return subprocess.run(command, env={**os.environ, "PYTHONPATH": path}, check=False).returncode
+
+
+async def _trip(args: argparse.Namespace) -> int:
+    """Ask the running daemon to prepare the trip; print its readiness until ready."""
+    socket_path = args.socket or Path(args.state).expanduser() / "api.sock"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + args.wait
+    async with LocalApiClient(socket_path) as api:
+        try:
+            report = await api.start_trip(args.days)
+            while not report["ready"] and loop.time() < deadline:
+                await asyncio.sleep(1.0)
+                report = await api.trip()
+        except (aiohttp.ClientError, OSError) as e:
+            print(f"shelfsync: the daemon is not running ({e})", file=sys.stderr)
+            return 2
+        except LocalApiError as e:
+            print(
+                f"shelfsync: {e.body.get('detail', e) if isinstance(e.body, dict) else e}",
+                file=sys.stderr,
+            )
+            return 2
+    print(report["sentence"])
+    return 0 if report["ready"] else 1
 
 
 def _status(args: argparse.Namespace) -> int:

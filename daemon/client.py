@@ -10,6 +10,7 @@ TransportError subclasses here, so callers handle one family.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
 import re
@@ -21,8 +22,16 @@ from urllib.parse import quote
 
 import aiohttp
 
+from daemon import hlc, merge
 from daemon.crypto import MAX_ENVELOPE_BYTES
-from daemon.errors import ProtocolError, RangeError, ServiceHTTPError, StalledError, TransportError
+from daemon.errors import (
+    AnnotationError,
+    ProtocolError,
+    RangeError,
+    ServiceHTTPError,
+    StalledError,
+    TransportError,
+)
 from daemon.logs import log_event
 from daemon.manifest import MAX_DICTIONARY_BYTES
 from daemon.models import LibraryChange
@@ -31,6 +40,10 @@ _LOG = logging.getLogger("shelfsync.client")
 _BOOK_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 MAX_JSON_BYTES = 4 * 1024 * 1024  # a changes page of 1,000 entries is ~150 KB
+# An annotation page is ~1 MiB (the service stops adding states past that), but one state with
+# many long conflicting note versions may be alone bigger.
+MAX_ANNOTATION_JSON_BYTES = 16 * 1024 * 1024
+COMPRESS_ABOVE_BYTES = 1024  # push batches: smaller ones are not worth a gzip header
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,15 +122,17 @@ class AccountClient:
         self.base_url = base_url.rstrip("/")
         self.account_token = account_token
 
-    async def _post(self, path: str, body: dict[str, str]) -> Any:
+    async def _post(self, path: str, body: dict[str, Any], method: str = "POST") -> Any:
         headers = {"Authorization": f"Bearer {self.account_token}"} if self.account_token else {}
         async with _session(15, 30) as session:
             try:
-                async with session.post(self.base_url + path, json=body, headers=headers) as r:
+                async with session.request(
+                    method, self.base_url + path, json=body, headers=headers
+                ) as r:
                     await _raise_for_status(r)
                     return await _json(r)
             except (aiohttp.ClientError, TimeoutError, OSError) as e:
-                raise _transport_error(f"POST {path}", e) from e
+                raise _transport_error(f"{method} {path}", e) from e
 
     async def create_account(self, name: str) -> str:
         """Sign up; keeps and returns the new account's token."""
@@ -140,6 +155,10 @@ class AccountClient:
 
     async def return_book(self, book_id: str) -> float:
         return float((await self._post("/v1/library/return", {"book_id": book_id}))["at"])
+
+    async def share_highlights(self, share: bool) -> None:
+        """Let this account's highlights count towards popular passages (or stop)."""
+        await self._post("/v1/account/sharing", {"share_highlights": share}, method="PUT")
 
 
 class PackageBody:
@@ -203,6 +222,7 @@ class ServiceClient:
                     reason=str(c["reason"]),
                     version=int(c["version"]),
                     at=float(c["at"]),
+                    package_size=int(c["package_size"]) if c.get("package_size") else None,
                 )
                 for c in doc["changes"]
             ]
@@ -272,6 +292,148 @@ class ServiceClient:
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise _transport_error("push channel", e) from e
 
+    # -- annotations (docs/PROTOCOL.md "Annotation sync", "Popular highlights") -----------------
+
+    async def _annotation_doc(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str] | None = None,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        try:
+            async with self._session.request(
+                method,
+                self.base_url + path,
+                params=params,
+                data=body,
+                headers={**self._auth, **(headers or {})},
+            ) as r:
+                await _raise_for_status(r)
+                raw = await _read_capped(r, MAX_ANNOTATION_JSON_BYTES)
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise _transport_error(f"{method} {path}", e) from e
+        try:
+            return json.loads(raw)
+        except ValueError as e:
+            raise ProtocolError(f"{path}: not JSON ({e})") from e
+
+    async def push_annotation_ops(self, ops: list[str]) -> PushResult:
+        """Send a batch of ops (each the JSON text of one op); gzip-compressed when large.
+
+        Returns what the service acknowledged (applied now or before) and refused."""
+        body = ('{"ops":[' + ",".join(ops) + "]}").encode()
+        headers = {"Content-Type": "application/json"}
+        if len(body) > COMPRESS_ABOVE_BYTES:
+            body = gzip.compress(body, compresslevel=6, mtime=0)
+            headers["Content-Encoding"] = "gzip"
+        doc = await self._annotation_doc("POST", "/v1/annotations/ops", body=body, headers=headers)
+        try:
+            if not isinstance(doc["acked"], list) or not isinstance(doc["rejected"], list):
+                raise TypeError("acked and rejected must be lists")
+            return PushResult(
+                [str(op_id) for op_id in doc["acked"]],
+                {str(r["op_id"]): str(r["detail"])[:500] for r in doc["rejected"]},
+                _stamp_in(doc),
+                len(body),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ProtocolError(f"malformed push answer: {type(e).__name__}: {e}") from e
+
+    async def annotation_changes(self, cursor: int, limit: int) -> AnnotationPage:
+        doc = await self._annotation_doc(
+            "GET", "/v1/annotations/changes", {"cursor": str(cursor), "limit": str(limit)}
+        )
+        try:
+            items, positions = [], []
+            for entry in doc["changes"]:
+                if "item" in entry:
+                    items.append(merge.item_from_doc(entry["item"]))
+                else:
+                    positions.append(merge.position_from_doc(entry["position"]))
+            return AnnotationPage(
+                items, positions, int(doc["cursor"]), bool(doc["has_more"]), _stamp_in(doc)
+            )
+        except (KeyError, TypeError, ValueError, AnnotationError) as e:
+            raise ProtocolError(f"malformed annotation changes: {type(e).__name__}: {e}") from e
+
+    async def popular_highlights(
+        self, cursor: int, limit: int, book_id: str | None = None
+    ) -> PopularPage:
+        """Popular passages changed after `cursor`, of one book or of the whole library; the
+        passages are returned as sent, for the caller to validate one by one."""
+        params = {"cursor": str(cursor), "limit": str(limit)}
+        if book_id is not None:
+            params["book"] = book_id
+        doc = await self._annotation_doc("GET", "/v1/popular-highlights", params)
+        try:
+            if not isinstance(doc["passages"], list):
+                raise TypeError("passages must be a list")
+            return PopularPage(doc["passages"], int(doc["cursor"]), bool(doc["has_more"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ProtocolError(f"malformed popular highlights: {type(e).__name__}: {e}") from e
+
+    # -- delivery receipts and notices (docs/PROTOCOL.md "Delivery receipts") -------------------
+
+    async def send_receipts(self, doc: dict[str, Any]) -> ReceiptAnswer:
+        """Send one batch of receipts; returns what the service acknowledged and refused."""
+        path = "/v1/receipts"
+        try:
+            async with self._session.post(self.base_url + path, json=doc, headers=self._auth) as r:
+                await _raise_for_status(r)
+                answer = await _json(r)
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise _transport_error(f"POST {path}", e) from e
+        try:
+            if not isinstance(answer["acked"], list) or not isinstance(answer["rejected"], list):
+                raise TypeError("acked and rejected must be lists")
+            return ReceiptAnswer(
+                [str(i) for i in answer["acked"]],
+                {str(r["receipt_id"]): str(r["detail"])[:500] for r in answer["rejected"]},
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ProtocolError(f"malformed receipts answer: {type(e).__name__}: {e}") from e
+
+    async def notices(self, cursor: int, limit: int) -> NoticePage:
+        doc = await self._get_json("/v1/notices", {"cursor": str(cursor), "limit": str(limit)})
+        try:
+            notices = [
+                Notice(
+                    int(n["seq"]),
+                    str(n["kind"])[:40],
+                    None if n["book_id"] is None else str(n["book_id"])[:64],
+                    str(n["message"])[:1000],
+                    float(n["at"]),
+                )
+                for n in doc["notices"]
+            ]
+            return NoticePage(notices, int(doc["cursor"]), bool(doc["has_more"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ProtocolError(f"malformed notices page: {type(e).__name__}: {e}") from e
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptAnswer:
+    acked: list[str]  # receipt ids the service holds (now or before): sent
+    rejected: dict[str, str]  # receipt id -> why the service refused it
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    seq: int  # the service's notice sequence
+    kind: str  # apology
+    book_id: str | None
+    message: str  # for the reader, as the service wrote it
+    at: float  # service clock
+
+
+@dataclass(frozen=True, slots=True)
+class NoticePage:
+    notices: list[Notice]
+    cursor: int
+    has_more: bool
+
 
 class PushChannel:
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -289,3 +451,34 @@ class PushChannel:
                 continue
             if isinstance(doc, dict):
                 yield doc
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    acked: list[str]  # op_ids the service has applied (now or before): safe to forget
+    rejected: dict[str, str]  # op_id -> why the service refused it
+    clock: str  # the service's hybrid clock stamp
+    bytes_sent: int  # request body bytes, as sent
+
+
+@dataclass(frozen=True, slots=True)
+class AnnotationPage:
+    items: list[merge.Item]
+    positions: list[merge.Position]
+    cursor: int
+    has_more: bool
+    clock: str
+
+
+@dataclass(frozen=True, slots=True)
+class PopularPage:
+    passages: list[Any]
+    cursor: int
+    has_more: bool
+
+
+def _stamp_in(doc: Any) -> str:
+    stamp = doc["clock"]
+    if not hlc.is_stamp(stamp):
+        raise ValueError("'clock' is not a clock stamp")
+    return str(stamp)

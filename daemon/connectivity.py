@@ -30,8 +30,12 @@ class Connectivity:
         keepalive_s: float,
         poll_interval_s: float,
         backoff: Backoff | None = None,
+        on_event: Callable[[str], None] = lambda kind: None,
     ) -> None:
         self._client = client
+        # Told "online" when the channel connects, each message's type, and "poll" while down:
+        # the annotation and popular-highlight workers sync on these.
+        self._on_event = on_event
         self._clock = clock
         self._request_sync = request_sync
         self._keepalive_s = keepalive_s
@@ -49,9 +53,11 @@ class Connectivity:
                     self.push_connected_since = self._clock.wall()
                     failures = 0
                     log_event(_LOG, logging.INFO, "push_connected")
+                    self._on_event("online")
                     async for message in channel.messages():
                         if message.get("type") in ("hello", "library_changed"):
                             self._request_sync()
+                        self._on_event(str(message.get("type")))
                 log_event(_LOG, logging.INFO, "push_closed")
             except TransportError as e:
                 level = logging.WARNING if failures == 0 else logging.DEBUG
@@ -61,4 +67,5 @@ class Connectivity:
             failures += 1
             # Poll while push is down: the pull doubles as the probe for the link's return.
             self._request_sync()
+            self._on_event("poll")
             await self._clock.sleep(min(self._backoff.delay(failures), self._poll_interval_s))

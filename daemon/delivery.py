@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -27,6 +29,7 @@ from daemon.codec import Dictionary
 from daemon.crypto import WRAP_ALG, unwrap_content_key
 from daemon.errors import (
     DictionaryError,
+    DiskFullError,
     FrameHashError,
     ManifestError,
     RangeError,
@@ -42,12 +45,20 @@ from daemon.store import Store
 from daemon.trust import verify_manifest
 
 _LOG = logging.getLogger("shelfsync.delivery")
+RECHECK_S = 30.0  # while the planner holds books back, look again this often
 
 
 @dataclass(frozen=True, slots=True)
 class DeliveryPolicy:
     concurrency: int
+    quota_bytes: int
+    reserve_bytes: int
     backoff: Backoff = field(default_factory=Backoff)
+
+
+# How long downloads stay paused after the file system reported itself full, before the free
+# space is looked at again.
+DISK_FULL_PAUSE_S = 60.0
 
 
 def contiguous_run(missing: list[FrameRow]) -> list[FrameRow]:
@@ -69,6 +80,8 @@ class DeliveryWorker:
         pinned_key: Ed25519PublicKey,
         device_key: X25519PrivateKey,
         policy: DeliveryPolicy,
+        battery_restricted: Callable[[], bool] = lambda: False,
+        archive_slots: Callable[[], int] = lambda: 0,
     ) -> None:
         self._store = store
         self._client = client
@@ -76,7 +89,12 @@ class DeliveryWorker:
         self._pinned_key = pinned_key
         self._device_key = device_key
         self._policy = policy
+        self._battery_restricted = battery_restricted
+        self._archive_slots = archive_slots
         self._wake = asyncio.Event()
+        self._disk_full_until = 0.0
+        self.waiting: dict[str, str] = {}  # book -> why the planner holds it back, for status
+        self.paused_reason: str | None = None
         # Books whose server ignored a Range request: fetched from byte 0 next time, and each
         # frame still verified, so nothing unverified is spliced in.
         self._whole_package: set[str] = set()
@@ -84,6 +102,33 @@ class DeliveryWorker:
     def wake(self) -> None:
         """The library changed, or the link came back: look again at what to deliver."""
         self._wake.set()
+
+    def free_bytes(self) -> int:
+        """Room left for books: within the quota and above the file system's reserve."""
+        budget = self._budget()
+        room = min(
+            budget.quota_bytes - self._store.books_bytes(),
+            budget.fs_free_bytes - budget.reserve_bytes,
+        )
+        return max(0, room)
+
+    def _budget(self) -> plan.Budget:
+        try:
+            fs = os.statvfs(self._store.path.parent)
+            fs_free = fs.f_bavail * fs.f_frsize
+        except OSError:
+            fs_free = 0  # cannot tell: download nothing rather than fill an unknown disk
+        if self._clock.monotonic() < self._disk_full_until:
+            fs_free = 0
+        elif self.paused_reason is not None:
+            self.paused_reason = None
+            log_event(_LOG, logging.INFO, "downloads_resumed")
+        return plan.Budget(
+            quota_bytes=self._policy.quota_bytes,
+            fs_free_bytes=fs_free,
+            reserve_bytes=self._policy.reserve_bytes,
+            battery_restricted=self._battery_restricted(),
+        )
 
     async def run(self) -> None:
         tasks: dict[str, asyncio.Task[None]] = {}
@@ -96,24 +141,35 @@ class DeliveryWorker:
                 for book_id in [b for b in tasks if b not in by_id]:
                     tasks.pop(book_id).cancel()  # returned or removed while downloading
                     fresh.discard(book_id)
-                for book_id in plan.next_deliveries(
+                decided = plan.plan_deliveries(
                     candidates,
+                    self._store.held_books(),
+                    self._budget(),
                     now,
                     tasks.keys(),
                     len(fresh & tasks.keys()),
                     self._policy.concurrency,
-                ):
+                    archive_slots=self._archive_slots(),
+                )
+                for book_id in decided.evict:
+                    self._store.evict_book(book_id, now)
+                    log_event(_LOG, logging.INFO, "book_evicted", book=book_id, reason="space")
+                for book_id in decided.start:
                     if plan.is_fresh(by_id[book_id], now):
                         fresh.add(book_id)
                     tasks[book_id] = asyncio.create_task(
                         self._deliver_guarded(book_id), name=f"deliver {book_id}"
                     )
+                self.waiting = decided.waiting
                 wakeup = plan.next_retry(candidates, now, tasks.keys())
+                timeout = None if wakeup is None else max(0.05, wakeup - now)
+                if decided.waiting and timeout is None:
+                    timeout = RECHECK_S  # space may free up, a charger be plugged in
                 waiter = asyncio.create_task(self._wake.wait(), name="delivery wake")
                 try:
                     await asyncio.wait(
                         [waiter, *tasks.values()],
-                        timeout=None if wakeup is None else max(0.05, wakeup - now),
+                        timeout=timeout,
                         return_when=asyncio.FIRST_COMPLETED,
                     )
                 finally:
@@ -131,6 +187,12 @@ class DeliveryWorker:
         """Deliver one book; any failure is recorded with a backoff, never raised."""
         try:
             await self.deliver(book_id)
+        except DiskFullError as e:
+            # Nothing committed is lost (the transaction rolled back); writing a failure
+            # record could fail the same way, so the pause lives in memory.
+            self._disk_full_until = self._clock.monotonic() + DISK_FULL_PAUSE_S
+            self.paused_reason = f"the disk is full; downloads resume when space frees ({e})"
+            log_event(_LOG, logging.WARNING, "downloads_paused", book=book_id, reason="disk full")
         except (ShelfsyncError, OSError) as e:
             if isinstance(e, RangeError):
                 self._whole_package.add(book_id)

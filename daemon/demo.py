@@ -1,9 +1,11 @@
 """`shelfsync demo`: the whole story on one machine, with real processes.
 
 Starts the content service (server_stub) with its sample library and the daemon with a device
-profile, buys a book, prints when the device was told, when the first chapter became readable
-and when the book was complete, then stops the service and reads every resource of the book back
-through the daemon's local API, comparing each byte with the original EPUB.
+profile, the daemon reaching the service through the link emulator (server_stub.linkemu) with the
+profile's link, so the times are the ones a reader on that device would see. Buys a book, prints
+when the device was told, when the first chapter became readable and when the book was complete,
+then stops the service and reads every resource of the book back through the daemon's local API,
+comparing each byte with the original EPUB.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 from daemon.api_client import LocalApiClient
 from daemon.client import AccountClient
 from daemon.errors import ShelfsyncError
+from daemon.profile import load_profile
 
 SAMPLE_LIBRARY = Path(__file__).resolve().parent.parent / "server_stub" / "sample_library"
 DELIVERY_TIMEOUT_S = 120.0
@@ -84,6 +87,7 @@ def _pick_book(word: str | None) -> Path:
 
 async def run_demo(workdir: Path, profile: str, book_word: str | None) -> int:
     from server_stub.epub import read_epub
+    from server_stub.linkemu import LinkEmulator, describe_link, parse_address
     from server_stub.packaging import book_id_for
 
     workdir = workdir.resolve()
@@ -98,42 +102,61 @@ async def run_demo(workdir: Path, profile: str, book_word: str | None) -> int:
     async with _process(stub_args, workdir / "stub.log") as stub:
         url = await _listening_url(stub)
         print(f"service: {url}, sample library from {SAMPLE_LIBRARY}")
-        account = AccountClient(url)
+        account = AccountClient(url)  # the buyer, on the store's website: not behind the link
         await account.create_account("demo reader")
         socket_path = device_dir / "api.sock"
-        device_args = [
-            _script("shelfsync"),
-            "run",
-            "--state",
-            str(device_dir),
-            "--service",
-            url,
-            "--service-key",
-            str(stub_dir / "service.pub"),
-            "--profile",
-            profile,
-            "--account-token",
-            account.account_token,
-            "--device-name",
-            "demo e-reader",
-        ]
-        async with _process(device_args, workdir / "device.log") as device:
-            await _wait_for(socket_path, device, "the daemon")
-            async with LocalApiClient(socket_path) as api:
-                print(f"device: profile {profile}, buying {epub.title!r} ({book_id})")
-                ordered_at = await account.buy(book_id)
-                book = await _wait_delivered(api, book_id, device)
-                print(f"  device told:            {book['notified_at'] - ordered_at:7.2f} s")
-                print(f"  first chapter readable: {book['first_chapter_at'] - ordered_at:7.2f} s")
-                print(
-                    f"  book complete:          {book['completed_at'] - ordered_at:7.2f} s"
-                    f"  ({book['bytes_fetched']:,} bytes fetched)"
-                )
+        link = load_profile(profile).link
+        # The device reaches the service only through its profile's link, emulated on loopback.
+        async with LinkEmulator(link, parse_address(url.removeprefix("http://"))) as emulator:
+            print(f"link: {describe_link(link)} (emulated: {emulator.url} -> {url})")
+            device_args = [
+                _script("shelfsync"),
+                "run",
+                "--state",
+                str(device_dir),
+                "--service",
+                emulator.url,
+                "--service-key",
+                str(stub_dir / "service.pub"),
+                "--profile",
+                profile,
+                "--account-token",
+                account.account_token,
+                "--device-name",
+                "demo e-reader",
+            ]
+            async with _process(device_args, workdir / "device.log") as device:
+                await _wait_for(socket_path, device, "the daemon")
+                async with LocalApiClient(socket_path) as api:
+                    await _wait_online(api, device)
+                    print(f"device: profile {profile}, buying {epub.title!r} ({book_id})")
+                    ordered_at = await account.buy(book_id)
+                    book = await _wait_delivered(api, book_id, device)
+                    told, first = book["notified_at"], book["first_chapter_at"]
+                    print(f"  device told:            {told - ordered_at:7.2f} s")
+                    print(f"  first chapter readable: {first - ordered_at:7.2f} s")
+                    print(
+                        f"  book complete:          {book['completed_at'] - ordered_at:7.2f} s"
+                        f"  ({book['bytes_fetched']:,} bytes fetched,"
+                        f" {emulator.stats.bytes_down:,} bytes down the link)"
+                    )
 
-                stub.send_signal(signal.SIGTERM)
-                await stub.wait()
-                print("service stopped; reading the book offline through the local API")
-                return await _compare(api, book_id, epub.files)
+                    stub.send_signal(signal.SIGTERM)
+                    await stub.wait()
+                    print("service stopped; reading the book offline through the local API")
+                    return await _compare(api, book_id, epub.files)
+
+
+async def _wait_online(api: LocalApiClient, device: asyncio.subprocess.Process) -> None:
+    """Until the push channel is up: a reader's device is online before the purchase, not
+    still dialling in (on 3G that alone is a few round trips)."""
+    deadline = time.monotonic() + DELIVERY_TIMEOUT_S
+    while not (await api.status())["daemon"].get("push_connected_since"):
+        if device.returncode is not None:
+            raise DemoError("the daemon exited; see device.log")
+        if time.monotonic() > deadline:
+            raise DemoError("the daemon never connected to the service; see device.log")
+        await asyncio.sleep(0.05)
 
 
 async def _wait_delivered(

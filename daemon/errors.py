@@ -3,7 +3,8 @@
 ShelfsyncError
 ├── ConfigError                  a device profile or setting is malformed (names field and reason)
 ├── StoreError                   the local database cannot do what was asked
-│   └── SchemaTooNewError        the database was written by a newer shelfsync
+│   ├── SchemaTooNewError        the database was written by a newer shelfsync
+│   └── DiskFullError            the file system is full: downloads pause
 ├── VerificationError            bytes or metadata from the service are not trustworthy
 │   ├── SignatureError           manifest not signed by the pinned service key
 │   ├── ManifestError            manifest malformed, for another book, or over a limit
@@ -47,6 +48,10 @@ class StoreError(ShelfsyncError):
 
 class SchemaTooNewError(StoreError):
     """The database schema is newer than this program understands; refusing to touch it."""
+
+
+class DiskFullError(StoreError):
+    """The file system is full; nothing committed is lost, and downloads pause."""
 
 
 class VerificationError(ShelfsyncError):

@@ -15,6 +15,7 @@ class LibraryChange:
     reason: str  # "bought", "sent", "returned", ...
     version: int
     at: float  # service time of the purchase / send / return
+    package_size: int | None = None  # of that version, when the service says
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,11 @@ class DeliveryCandidate:
     ordered_at: float
     retry_at: float  # do not try again before this wall time
     has_readable_version: bool  # an older complete version is readable meanwhile
+    opened_at: float | None = None  # when the reader last opened it (evicted books keep it)
+    expected_bytes: int = 0  # the package's size, or an estimate before the manifest is known
+    held_bytes: int = 0  # frames already on the device
+    wanted: bool = True  # ordered since this device joined, or asked for: not just archived
+    evicted: bool = False  # it was on the device and was removed to make room
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,64 +1,201 @@
-"""Which deliveries to start next (pure: no I/O, `now` is an argument).
+"""What to fetch, keep and evict (pure: no I/O; `now` and every measurement are arguments).
 
-Policy, in priority order:
+Policy, in priority order (docs/PLANNING.md says why):
 1. Fresh orders: books bought or sent in the last FRESH_WINDOW_S that are not readable yet. They
-   carry the 60-second promise, so they go first, oldest order first (each promise is as urgent
-   as the others, and the oldest has the least time left), and they may use one slot beyond the
-   profile's concurrency (the express lane), so a purchase never waits behind a long download.
-2. Other books never delivered, most recently ordered first: what was bought last is what the
-   reader is likeliest to open next.
-3. Updates of books that are already readable in an older version.
-A book whose last attempt failed waits until its backoff `retry_at` has passed.
+   carry the 60-second promise: first, oldest order first, they may use one slot beyond the
+   profile's concurrency (the express lane), they run on a low battery, and they may evict any
+   book that is not protected to make room.
+   (Pending annotations and shared highlights are next in the product's order; they have their
+   own workers, which always run: a note push is tiny, and it is what the reader cannot redo.)
+2. Wanted books: ordered since this device joined the account (a purchase made while the device
+   was off) or asked for by the reader, oldest first.
+3. Books the reader is likely to open next: the service's hints (a sample, a wish-list item, the
+   next book of a series the reader is in) and books the reader opened lately that were evicted.
+4. Refreshes: new versions of books that are readable in an older version.
+5. The archive: books bought before this device joined, never opened here. They stay in the
+   cloud, but for the `archive_slots` most recently ordered (trip mode sets it).
+A book whose last attempt failed waits for its backoff. Below the profile's battery threshold,
+and not charging, only fresh orders start.
+
+Storage: books on the device never take more than the quota, nor push the file system's free
+space below the reserve. A book that does not fit may evict books that are less likely to be read
+(lower class, then least recently opened or ordered); a book that is pinned, open now, or has
+notes not yet synced is never evicted.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 
 from daemon.models import DeliveryCandidate
 
 FRESH_WINDOW_S = 600.0
+RECENTLY_OPENED_S = 30 * 86400.0
+OPEN_NOW_S = 30 * 60.0  # opened in the last half hour: the book in the reader's hands
+LIKELY_NEXT_REASONS = frozenset({"sample", "wishlist", "series_next"})
+
+FRESH, WANTED, LIKELY_NEXT, REFRESH, ARCHIVE = range(5)
+_CLASS_NAMES = ("new purchase", "wanted", "likely next", "new version", "archive")
+
+
+@dataclass(frozen=True, slots=True)
+class HeldBook:
+    """A book with bytes on the device (complete or partial)."""
+
+    book_id: str
+    held_bytes: int
+    complete: bool
+    pinned: bool
+    opened_at: float | None
+    ordered_at: float
+    reason: str
+    unsynced_notes: bool
+    wanted: bool = True  # ordered since this device joined, or asked for
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    quota_bytes: int  # the profile's storage quota for books
+    fs_free_bytes: int  # what the file system has free now
+    reserve_bytes: int  # free space never used by books
+    battery_restricted: bool  # below the threshold and not charging
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    start: list[str]  # deliveries to start now, in order
+    evict: list[str]  # books to remove from the device first, to make room
+    waiting: dict[str, str] = field(default_factory=dict)  # book -> why it does not start
 
 
 def is_fresh(c: DeliveryCandidate, now: float) -> bool:
-    return not c.has_readable_version and now - c.ordered_at <= FRESH_WINDOW_S
+    """A new order on its way for the first time (an evicted book is not new again: two fresh
+    orders on a full device would otherwise evict each other in turn)."""
+    return not c.has_readable_version and not c.evicted and now - c.ordered_at <= FRESH_WINDOW_S
 
 
-def _priority(c: DeliveryCandidate, now: float) -> tuple[int, float]:
+def priority_class(c: DeliveryCandidate, now: float) -> int:
     if is_fresh(c, now):
-        return (0, c.ordered_at)
-    if not c.has_readable_version:
-        return (1, -c.ordered_at)
-    return (2, -c.ordered_at)
+        return FRESH
+    if c.has_readable_version:
+        return REFRESH
+    if c.wanted:
+        return WANTED
+    recently_opened = c.opened_at is not None and now - c.opened_at <= RECENTLY_OPENED_S
+    if c.reason in LIKELY_NEXT_REASONS or recently_opened:
+        return LIKELY_NEXT
+    return ARCHIVE
 
 
-def next_deliveries(
+def _order(c: DeliveryCandidate, now: float) -> tuple[int, float, str]:
+    cls = priority_class(c, now)
+    # Orders oldest first (the least time left); the rest newest first (likeliest read).
+    oldest_first = cls in (FRESH, WANTED)
+    return (cls, c.ordered_at if oldest_first else -(c.opened_at or c.ordered_at), c.book_id)
+
+
+def protected(book: HeldBook, now: float) -> bool:
+    open_now = book.opened_at is not None and now - book.opened_at <= OPEN_NOW_S
+    return book.pinned or open_now or book.unsynced_notes
+
+
+def _eviction_order(book: HeldBook) -> tuple[int, float, str]:
+    # Least likely to be read first: hinted books and lately opened ones last.
+    hinted = 1 if book.reason in LIKELY_NEXT_REASONS else 0
+    return (hinted, book.opened_at or book.ordered_at, book.book_id)
+
+
+def plan_deliveries(
     candidates: Sequence[DeliveryCandidate],
+    held: Sequence[HeldBook],
+    budget: Budget,
     now: float,
     running: Collection[str],
     running_fresh: int,
     concurrency: int,
-) -> list[str]:
-    """Book ids to start now, in order, given the deliveries already running.
-
-    `running_fresh` is how many of `running` are fresh orders.
-    """
-    ready = sorted(
-        (c for c in candidates if c.book_id not in running and c.retry_at <= now),
-        key=lambda c: (*_priority(c, now), c.book_id),
+    archive_slots: int = 0,
+) -> Plan:
+    """The deliveries to start now and the evictions that make room for them."""
+    used = sum(b.held_bytes for b in held)
+    room = min(budget.quota_bytes - used, budget.fs_free_bytes - budget.reserve_bytes)
+    evictable = sorted(
+        (b for b in held if b.complete and not protected(b, now)), key=_eviction_order
     )
+    candidate_ids = {c.book_id for c in candidates}
+    # What running deliveries will still bring is spoken for already.
+    room -= sum(max(0, c.expected_bytes - c.held_bytes) for c in candidates if c.book_id in running)
+    evict: list[str] = []
+    waiting: dict[str, str] = {}
+
+    # Over the quota already (the profile changed, a book grew): shed the least likely first.
+    while room < 0 and evictable:
+        shed = evictable.pop(0)
+        if shed.book_id in candidate_ids:
+            continue  # a refresh in progress: its old version is what the reader reads
+        evict.append(shed.book_id)
+        room += shed.held_bytes
+
     slots = max(0, concurrency - len(running))
     express = 1 if running_fresh == 0 else 0
-    chosen = []
-    for c in ready:
+    start: list[str] = []
+    purchase_blocked = False  # a purchase waiting for room: nothing else may take that room
+    for c in sorted(candidates, key=lambda c: _order(c, now)):
+        if c.book_id in running:
+            continue
+        cls = priority_class(c, now)
+        if purchase_blocked and cls != FRESH:
+            waiting[c.book_id] = "held back: a new purchase is waiting for space"
+            continue
+        if c.retry_at > now:
+            waiting[c.book_id] = "retrying after a failure"
+            continue
+        if cls == ARCHIVE:
+            if archive_slots <= 0:
+                waiting[c.book_id] = "in the cloud: ask for it, or plan a trip"
+                continue
+            archive_slots -= 1
+        if budget.battery_restricted and cls != FRESH:
+            waiting[c.book_id] = "battery low: only new purchases download until charging"
+            continue
+        need = max(0, c.expected_bytes - c.held_bytes)
+        victims: list[HeldBook] = []
+        freed = 0
+        for book in evictable:
+            if need <= room + freed:
+                break
+            if book.book_id in evict or book.book_id == c.book_id:
+                continue
+            if cls == FRESH or _victim_class(book, now) > cls:
+                victims.append(book)
+                freed += book.held_bytes
+        if need > room + freed:
+            purchase_blocked = purchase_blocked or cls == FRESH
+            waiting[c.book_id] = (
+                f"not enough space: needs {need / 1e6:.1f} MB, {max(room, 0) / 1e6:.1f} MB free"
+                " within the storage quota"
+            )
+            continue  # evicting would not make room: keep every book
         if slots > 0:
             slots -= 1
-        elif express and is_fresh(c, now):
+        elif express and cls == FRESH:
             express = 0
         else:
-            break
-        chosen.append(c.book_id)
-    return chosen
+            waiting[c.book_id] = f"queued ({_CLASS_NAMES[cls]})"
+            continue
+        evict.extend(b.book_id for b in victims)
+        room += freed - need
+        start.append(c.book_id)
+    return Plan(start, evict, waiting)
+
+
+def _victim_class(book: HeldBook, now: float) -> int:
+    """The class a held book would have if it were fetched again. Books of one class never
+    evict each other, so two wanted books cannot take turns pushing each other out."""
+    if book.wanted:
+        return WANTED
+    recently_opened = book.opened_at is not None and now - book.opened_at <= RECENTLY_OPENED_S
+    return LIKELY_NEXT if book.reason in LIKELY_NEXT_REASONS or recently_opened else ARCHIVE
 
 
 def next_retry(

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from daemon.notes_store import annotation_status
+from daemon.receipt_store import receipt_status, recent_notices
 from daemon.store import Store
+
+STATUS_NOTICES = 5  # the newest notices shown; GET /v1/notices has them all
 
 
 def build_status(store: Store, runtime: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -23,6 +27,7 @@ def build_status(store: Store, runtime: dict[str, Any] | None = None) -> dict[st
         "last_sync_at": float(last_sync) if last_sync else None,
         "last_sync_error": store.get_meta("last_sync_error") or None,
         "library_cursor": store.library_cursor(),
+        "annotations": annotation_status(store),
         "books": counts,
         "not_delivered": [
             {
@@ -36,8 +41,12 @@ def build_status(store: Store, runtime: dict[str, Any] | None = None) -> dict[st
                 "retry_at": b["retry_at"],
             }
             for b in books
-            if b["state"] != "complete"
+            if b["state"] not in ("complete", "in_cloud")
         ],
+        "downloads_paused": (runtime or {}).get("downloads_paused"),
+        "power": (runtime or {}).get("power"),  # only a running daemon knows its battery policy
+        "receipts": receipt_status(store),
+        "notices": recent_notices(store, STATUS_NOTICES),
     }
 
 
@@ -49,6 +58,11 @@ def _progress(book: dict[str, Any]) -> float:
 def _why(book: dict[str, Any], runtime: dict[str, Any] | None) -> str:
     if book["last_error"]:
         return f"last attempt failed ({book['last_error']}); retrying"
+    planned = (runtime or {}).get("waiting", {}).get(book["book_id"])
+    if planned:
+        return str(planned)
+    if book["state"] == "evicted":
+        return "removed to make room; it comes back when there is room"
     if runtime is not None and not runtime.get("online") and not book["frames_held"]:
         return "waiting for a connection to the service"
     if book["state"] == "queued":
@@ -73,12 +87,38 @@ def format_status(status: dict[str, Any]) -> str:
     ]
     if status["last_sync_error"]:
         lines.append(f"last sync error: {status['last_sync_error']}")
+    if status.get("downloads_paused"):
+        lines.append(f"downloads paused: {status['downloads_paused']}")
+    notes = status.get("annotations")
+    if notes:
+        lines.append(
+            f"notes: {notes['annotations']} on the device, {notes['outbox_depth']} edits waiting"
+            f" to sync, last synced {when(notes['last_sync_at'])}"
+            + (f", {notes['rejected']} refused by the service" if notes["rejected"] else "")
+        )
+    power = status.get("power")
+    if power:
+        percent = power["battery_percent"]
+        lines.append(
+            f"battery: {'unknown' if percent is None else f'{percent:.0f}%'}"
+            + (", charging" if power["charging"] else "")
+            + (", low: only purchases and note pushes run" if power["restricted"] else "")
+        )
+    receipts = status.get("receipts")
+    if receipts and receipts["unsent"]:
+        lines.append(f"delivery receipts: {receipts['unsent']} waiting to be sent")
     counts = status["books"]
     lines.append(
-        "books: " + (", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "none")
+        "books: "
+        + (
+            ", ".join(f"{n} {state.replace('_', ' ')}" for state, n in sorted(counts.items()))
+            or "none"
+        )
     )
     for b in status["not_delivered"]:
         title = b["title"] or b["book_id"]
         readable = ", first chapter readable" if b["readable"] else ""
         lines.append(f"  {title}: {b['state']} {b['progress']:.0%}{readable} ({b['why']})")
+    for notice in status.get("notices") or []:
+        lines.append(f"notice ({when(notice['at'])}): {notice['message']}")
     return "\n".join(lines)

@@ -21,11 +21,18 @@ from typing import Any
 
 import apsw
 
-from daemon.errors import SchemaTooNewError, StoreError
+from daemon.errors import DiskFullError, SchemaTooNewError, StoreError
 from daemon.manifest import Manifest, WrappedKey, toc_to_doc
 from daemon.models import CommitResult, DeliveryCandidate, FrameRow, LibraryChange, ResourceRow
+from daemon.plan import HeldBook
 
 _FRAME_COLUMNS = "idx, sha256, package_offset, length, plain_offset, plain_size, codec"
+# A library row is this device's to fetch (not just archived in the cloud): ordered since the
+# device joined the account, or asked for by the reader.
+_FOR_DEVICE = (
+    "(l.requested_at IS NOT NULL OR l.ordered_at >= CAST(COALESCE((SELECT value FROM meta"
+    " WHERE key = 'registered_at'), 0) AS REAL))"
+)
 _RESOURCE_COLUMNS = (
     "book_id, version, path, media_type, size, sha256, offset, first_frame, last_frame"
 )
@@ -91,7 +98,7 @@ class Store:
             with self._db:
                 yield self._db
         except apsw.FullError as e:
-            raise StoreError(f"the disk is full: {e}") from e
+            raise DiskFullError(f"the disk is full: {e}") from e
 
     def query(self, sql: str, bindings: Any = ()) -> list[Any]:
         return list(self._db.execute(sql, bindings))
@@ -160,11 +167,11 @@ class Store:
                 in_library = 0 if change.action == "remove" else 1
                 db.execute(
                     "INSERT INTO library (book_id, in_library, wanted_version, reason, change_seq,"
-                    " ordered_at, notified_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ordered_at, notified_at, expected_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (book_id) DO UPDATE SET in_library = excluded.in_library,"
                     " wanted_version = excluded.wanted_version, reason = excluded.reason,"
                     " change_seq = excluded.change_seq, ordered_at = excluded.ordered_at,"
-                    " notified_at = excluded.notified_at",
+                    " notified_at = excluded.notified_at, expected_size = excluded.expected_size",
                     (
                         change.book_id,
                         in_library,
@@ -173,6 +180,7 @@ class Store:
                         change.seq,
                         change.at,
                         now,
+                        change.package_size,
                     ),
                 )
                 if in_library:
@@ -198,14 +206,96 @@ class Store:
         return removed
 
     def delivery_candidates(self) -> list[DeliveryCandidate]:
+        """Books in the library not complete on the device at the version wanted."""
+        estimate = self._typical_package_size()
         rows = self.query(
             "SELECT l.book_id, l.reason, l.ordered_at, COALESCE(d.retry_at, 0),"
-            " EXISTS (SELECT 1 FROM manifests m WHERE m.book_id = l.book_id AND m.complete)"
+            " EXISTS (SELECT 1 FROM manifests m WHERE m.book_id = l.book_id AND m.complete),"
+            " l.opened_at,"
+            " COALESCE((SELECT max(m.package_size) FROM manifests m WHERE m.book_id = l.book_id),"
+            "   l.expected_size),"
+            " (SELECT total(length(f.data)) FROM frames f WHERE f.book_id = l.book_id),"
+            f" {_FOR_DEVICE}, l.evicted_at IS NOT NULL"
             " FROM library l LEFT JOIN deliveries d ON d.book_id = l.book_id"
             " WHERE l.in_library AND NOT EXISTS (SELECT 1 FROM manifests m"
             "   WHERE m.book_id = l.book_id AND m.complete AND m.version >= l.wanted_version)"
         )
-        return [DeliveryCandidate(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
+        return [
+            DeliveryCandidate(
+                book_id=r[0],
+                reason=r[1],
+                ordered_at=r[2],
+                retry_at=r[3],
+                has_readable_version=bool(r[4]),
+                opened_at=r[5],
+                expected_bytes=int(r[6] if r[6] is not None else estimate),
+                held_bytes=int(r[7]),
+                wanted=bool(r[8]),
+                evicted=bool(r[9]),
+            )
+            for r in rows
+        ]
+
+    def _typical_package_size(self) -> int:
+        """A guess at a book's size before its manifest is known: the median held, or 1 MB."""
+        sizes = [r[0] for r in self.query("SELECT package_size FROM manifests ORDER BY 1")]
+        return int(sizes[len(sizes) // 2]) if sizes else 1_000_000
+
+    def held_books(self) -> list[HeldBook]:
+        """Books with frames on the device, with what protects them from eviction."""
+        rows = self.query(
+            "SELECT l.book_id, (SELECT total(length(f.data)) FROM frames f"
+            "   WHERE f.book_id = l.book_id),"
+            " EXISTS (SELECT 1 FROM manifests m WHERE m.book_id = l.book_id AND m.complete),"
+            " l.pinned, l.opened_at, l.ordered_at, l.reason,"
+            " EXISTS (SELECT 1 FROM outbox o WHERE o.rejected IS NULL"
+            "   AND (o.target = 'position:' || l.book_id OR o.target IN"
+            "     (SELECT a.item_id FROM annotations a WHERE a.book_id = l.book_id))),"
+            f" {_FOR_DEVICE}"
+            " FROM library l WHERE EXISTS (SELECT 1 FROM manifests m WHERE m.book_id = l.book_id)"
+        )
+        return [
+            HeldBook(
+                r[0], int(r[1]), bool(r[2]), bool(r[3]), r[4], r[5], r[6], bool(r[7]), bool(r[8])
+            )
+            for r in rows
+        ]
+
+    def evict_book(self, book_id: str, now: float) -> None:
+        """Remove a book's frames to make room; it stays in the library, in the cloud."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM manifests WHERE book_id = ?", (book_id,))
+            db.execute("UPDATE library SET evicted_at = ? WHERE book_id = ?", (now, book_id))
+            db.execute(
+                "UPDATE deliveries SET version = 0, started_at = NULL, first_chapter_at = NULL,"
+                " completed_at = NULL, bytes_fetched = 0 WHERE book_id = ?",
+                (book_id,),
+            )
+            list(db.execute("PRAGMA incremental_vacuum"))
+
+    def set_pinned(self, book_id: str, pinned: bool) -> bool:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE library SET pinned = ? WHERE book_id = ? AND in_library",
+                (int(pinned), book_id),
+            )
+            return self._db.changes() > 0
+
+    def mark_opened(self, book_id: str, now: float) -> bool:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE library SET opened_at = ? WHERE book_id = ? AND in_library",
+                (now, book_id),
+            )
+            return self._db.changes() > 0
+
+    def request_download(self, book_id: str, now: float) -> bool:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE library SET requested_at = ? WHERE book_id = ? AND in_library",
+                (now, book_id),
+            )
+            return self._db.changes() > 0
 
     def in_library(self, book_id: str) -> bool:
         row = self.one("SELECT in_library FROM library WHERE book_id = ?", (book_id,))
@@ -465,7 +555,8 @@ class Store:
             " (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id AND f.version = m.version"
             "   AND f.data IS NULL AND f.idx < m.first_chapter_frames),"
             " d.started_at, d.first_chapter_at, d.completed_at, d.bytes_fetched, d.retries,"
-            " d.retry_at, d.last_error"
+            " d.retry_at, d.last_error, l.pinned, l.opened_at, l.evicted_at,"
+            f" {_FOR_DEVICE}"
             " FROM library l"
             " LEFT JOIN manifests m ON m.book_id = l.book_id AND m.version = (SELECT m2.version"
             "   FROM manifests m2 WHERE m2.book_id = l.book_id ORDER BY m2.complete DESC,"
@@ -497,6 +588,10 @@ class Store:
                 retries,
                 retry_at,
                 last_error,
+                pinned,
+                opened_at,
+                evicted_at,
+                for_device,
             ) = r
             books.append(
                 {
@@ -507,7 +602,7 @@ class Store:
                     "reason": reason,
                     "version": version,
                     "wanted_version": wanted,
-                    "state": _state(version, complete, wanted, last_error),
+                    "state": _state(version, complete, wanted, last_error, for_device, evicted_at),
                     "readable": version is not None and first_missing == 0,
                     "frames_held": frames_held or 0,
                     "frames_total": frame_count or 0,
@@ -521,6 +616,10 @@ class Store:
                     "retries": retries or 0,
                     "retry_at": retry_at or None,
                     "last_error": last_error,
+                    "pinned": bool(pinned),
+                    "opened_at": opened_at,
+                    "evicted_at": evicted_at,
+                    "archived": not for_device,  # bought before this device; lives in the cloud
                 }
             )
         return books
@@ -609,6 +708,15 @@ class Store:
             )[0]
         )
 
+    def shared_highlight_count(self) -> int:
+        return int(self.one("SELECT count(*) FROM popular_passages")[0])
+
+    def notes_pending(self) -> int:
+        return int(self.one("SELECT count(*) FROM outbox WHERE rejected IS NULL")[0])
+
+    def books_bytes(self) -> int:
+        return int(self.one("SELECT total(length(data)) FROM frames")[0])
+
     def size_bytes(self) -> int:
         """Bytes the database occupies, free pages excluded."""
         pages, free, page_size = (
@@ -622,11 +730,20 @@ class Store:
         return str(self.one("PRAGMA integrity_check")[0])
 
 
-def _state(version: int | None, complete: int | None, wanted: int, last_error: str | None) -> str:
+def _state(
+    version: int | None,
+    complete: int | None,
+    wanted: int,
+    last_error: str | None,
+    for_device: int,
+    evicted_at: float | None,
+) -> str:
     if version is not None and complete and version >= wanted:
         return "complete"
     if last_error:
         return "retrying"
     if version is None:
-        return "queued"
+        if evicted_at is not None:
+            return "evicted"  # removed to make room; back when there is room and it is wanted
+        return "queued" if for_device else "in_cloud"
     return "downloading"

@@ -20,11 +20,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from daemon.crypto import WRAP_ALG, wrap_content_key, x25519_public_key
 from daemon.manifest import Manifest, WrappedKey, parse_manifest
+from server_stub.annotations import add_routes as add_annotation_routes
 from server_stub.api_errors import ApiError, error_middleware, need_str, read_json_object
 from server_stub.catalog import ImportReport, PackagingSettings, import_library
 from server_stub.faults import FAULTS, FaultInjector, fault_middleware, fired, write_body
 from server_stub.faults import install as install_faults
 from server_stub.push import PushHub
+from server_stub.receipts import add_routes as add_receipt_routes
 from server_stub.signing import ServiceKey, load_or_create_key, sign_manifest
 from server_stub.store import Device, PackageInfo, Store
 
@@ -391,6 +393,8 @@ def make_app(
     r.add_get("/v1/books/{book_id}/manifest", manifest, name="manifest")
     r.add_get("/v1/dictionaries/{sha256}", dictionary, name="dictionary")
     r.add_get("/v1/books/{book_id}/versions/{version}/package", package, name="package")
+    add_annotation_routes(app, store, app[HUB], _device, _account, clock)
+    add_receipt_routes(app, store, app[HUB], _device, clock)
     if faults_enabled:
         install_faults(app)
     app.on_shutdown.append(_close_push)

@@ -27,7 +27,8 @@ from aiohttp.typedefs import Handler
 from server_stub.api_errors import ApiError, error_response, read_json_object
 from server_stub.logs import kv
 
-ROUTES = ("package", "manifest", "dictionary", "changes", "any")
+# "push": `error` refuses the WebSocket handshake, `delay` holds it (a proxy that blocks push).
+ROUTES = ("package", "manifest", "dictionary", "changes", "push", "receipts", "notices", "any")
 BODY_KINDS = ("pause", "truncate", "corrupt")
 _APPLIES: dict[str, tuple[str, ...] | None] = {  # kind -> routes it acts on (None: all)
     "pause": None,

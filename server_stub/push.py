@@ -69,8 +69,11 @@ class PushHub:
             log.info(kv("push_disconnected", account_id=account_id, device_id=device_id))
         return ws
 
-    async def notify(self, account_id: str, device_id: str | None, cursor: int) -> None:
-        """Tell one device (or every device of the account, for None) its library changed."""
+    async def notify(
+        self, account_id: str, device_id: str | None, cursor: int, kind: str = "library_changed"
+    ) -> None:
+        """Tell one device (or every device of the account, for None) that a feed changed:
+        `kind` is library_changed or annotations_changed, `cursor` that feed's new seq."""
         devices = self._sockets.get(account_id, {})
         targets = [
             ws
@@ -78,7 +81,7 @@ class PushHub:
             if device_id is None or dev == device_id
             for ws in sockets
         ]
-        message = {"type": "library_changed", "cursor": cursor}
+        message = {"type": kind, "cursor": cursor}
         await asyncio.gather(*(self._send(ws, message) for ws in targets))
 
     @staticmethod

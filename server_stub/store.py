@@ -9,20 +9,23 @@ a 100 MB package never loads it whole.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import apsw
 
+from daemon import merge
 from daemon.crypto import new_content_key
 from daemon.errors import SchemaTooNewError, StoreError
+from daemon.merge import Item, Position
 
 DATABASE_NAME = "stub.sqlite3"
 
@@ -107,6 +110,110 @@ MIGRATIONS: tuple[str, ...] = (
     DELETE FROM book_versions;
     DELETE FROM books;
     """,
+    # 3: annotation sync and popular highlights (server_stub/annotations.py).
+    """
+    -- Each annotation (or an account's reading position in a book: target 'position:<book>')
+    -- as the join of every op applied to it (daemon/merge.py). seq orders the changes feed;
+    -- last_device/other_seq let the feed skip what a device itself sent and already holds.
+    CREATE TABLE annotation_items (
+        account_id TEXT NOT NULL REFERENCES accounts(account_id),
+        target TEXT NOT NULL,
+        book_id TEXT NOT NULL,
+        state TEXT NOT NULL,               -- JSON: merge.item_to_doc / merge.position_to_doc
+        seq INTEGER NOT NULL,              -- the feed sequence of its last change
+        last_device TEXT NOT NULL,         -- the device whose op made that change
+        other_seq INTEGER NOT NULL,        -- the last change made by any other device (0: none)
+        PRIMARY KEY (account_id, target)
+    );
+    CREATE INDEX annotation_items_feed ON annotation_items(account_id, seq);
+    -- Every op applied, by its client-made id: an op sent again is acknowledged, not reapplied.
+    CREATE TABLE annotation_ops (
+        account_id TEXT NOT NULL,
+        op_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        target TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        applied_at REAL NOT NULL,
+        PRIMARY KEY (account_id, op_id)
+    );
+    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO counters (name, value) VALUES ('annotations', 0), ('popular', 0);
+    CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    -- Accounts that let their highlights count towards popular passages (default: no).
+    CREATE TABLE sharing (
+        account_id TEXT PRIMARY KEY REFERENCES accounts(account_id),
+        share INTEGER NOT NULL
+    );
+    -- One row per live highlight of any account, by passage; counted only while shared.
+    CREATE TABLE shared_marks (
+        account_id TEXT NOT NULL,
+        target TEXT NOT NULL,
+        book_id TEXT NOT NULL,
+        passage_id TEXT NOT NULL,
+        anchor TEXT NOT NULL,              -- JSON: the passage's anchor (book text, no note)
+        PRIMARY KEY (account_id, target)
+    );
+    CREATE INDEX shared_marks_by_passage ON shared_marks(book_id, passage_id);
+    -- Popular passages as published: readers is 0 once a passage fell below the threshold,
+    -- so devices holding it learn to drop it.
+    CREATE TABLE popular_passages (
+        book_id TEXT NOT NULL,
+        passage_id TEXT NOT NULL,
+        readers INTEGER NOT NULL,
+        anchor TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (book_id, passage_id)
+    );
+    CREATE INDEX popular_passages_feed ON popular_passages(seq);
+    """,
+    # 4: delivery receipts, the promise verdicts and the notices feed (server_stub/receipts.py).
+    """
+    -- Every receipt judged, by the device's receipt id: one sent again is acknowledged only.
+    CREATE TABLE receipts (
+        device_id TEXT NOT NULL REFERENCES devices(device_id),
+        receipt_id TEXT NOT NULL,
+        book_id TEXT NOT NULL,
+        ordered_at REAL NOT NULL,
+        outcome TEXT NOT NULL,             -- complete | failed
+        body TEXT NOT NULL,                -- JSON, as the device sent it (for operators)
+        received_at REAL NOT NULL,
+        PRIMARY KEY (device_id, receipt_id)
+    );
+    -- One row per delivery (a device, a book, the order that started the clock): its verdict.
+    -- A broken promise stays broken when a later receipt (the completion) arrives.
+    CREATE TABLE promises (
+        device_id TEXT NOT NULL REFERENCES devices(device_id),
+        book_id TEXT NOT NULL,
+        ordered_at REAL NOT NULL,
+        account_id TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        link_class TEXT NOT NULL,          -- the device's profile name
+        verdict TEXT NOT NULL CHECK (verdict IN ('kept', 'broken', 'pending', 'not_promised')),
+        first_chapter_s REAL,              -- seconds from the order, service clock
+        complete_s REAL,
+        first_chapter_bound_s REAL NOT NULL,
+        complete_bound_s REAL NOT NULL,
+        retries INTEGER NOT NULL,
+        why TEXT,                          -- a broken promise: which bound, by how much
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (device_id, book_id, ordered_at)
+    );
+    CREATE INDEX promises_by_verdict ON promises(verdict, updated_at);
+    -- Notices to one device (an apology for a broken promise), as a feed it pulls by seq.
+    CREATE TABLE notices (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        device_id TEXT NOT NULL REFERENCES devices(device_id),
+        kind TEXT NOT NULL,
+        book_id TEXT,
+        ordered_at REAL,
+        message TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX notices_by_device ON notices(device_id, seq);
+    -- One apology per delivery, however many of its receipts find the promise broken.
+    CREATE UNIQUE INDEX notices_one_apology ON notices(device_id, book_id, ordered_at)
+        WHERE kind = 'apology';
+    """,
 )
 
 EVERY_DEVICE = ""  # library.device_id for a book on all of an account's devices
@@ -172,10 +279,11 @@ class Change:
     reason: str
     version: int
     at: float
+    package_size: int | None = None  # of that version, when the catalog has it
 
     def to_doc(self) -> dict[str, Any]:
         """The feed's JSON shape (PROTOCOL.md "Library changes feed")."""
-        return {
+        doc: dict[str, Any] = {
             "seq": self.seq,
             "book_id": self.book_id,
             "action": self.action,
@@ -183,6 +291,9 @@ class Change:
             "version": self.version,
             "at": self.at,
         }
+        if self.package_size is not None:
+            doc["package_size"] = self.package_size  # so a device plans its space up front
+        return doc
 
 
 # Is the book in the library for every device or for the given scope?
@@ -566,11 +677,13 @@ class Store:
     def changes(self, account_id: str, device_id: str, cursor: int, limit: int) -> list[Change]:
         """The device's changes after `cursor`, oldest first (an index range scan)."""
         rows = self._query(
-            f"SELECT {_CHANGE_COLUMNS} FROM changes WHERE account_id = ? AND seq > ?"
+            f"SELECT {_CHANGE_COLUMNS}, (SELECT v.package_size FROM book_versions v"
+            "   WHERE v.book_id = changes.book_id AND v.version = changes.version)"
+            " FROM changes WHERE account_id = ? AND seq > ?"
             " AND (device_id IS NULL OR device_id = ?) ORDER BY seq LIMIT ?",
             (account_id, cursor, device_id, limit),
         )
-        return [_change(r) for r in rows]
+        return [dataclasses.replace(_change(r[:-1]), package_size=r[-1]) for r in rows]
 
     def latest_seq(self, account_id: str, device_id: str) -> int:
         """The newest change the device can see, 0 if none."""
@@ -580,3 +693,406 @@ class Store:
             (account_id, device_id),
         )
         return int(row[0]) if row else 0
+
+    # -- annotations (server_stub/annotations.py) -----------------------------------------------
+
+    def _next_seq(self, name: str) -> int:
+        row = self._one(
+            "UPDATE counters SET value = value + 1 WHERE name = ? RETURNING value", (name,)
+        )
+        return int(row[0])
+
+    def apply_annotation_ops(
+        self,
+        account_id: str,
+        device_id: str,
+        ops: list[AnnotationOp],
+        at: float,
+        passage_of: Callable[[Item], tuple[str, str] | None],
+    ) -> AppliedOps:
+        """Apply a batch of ops in one transaction, each op_id once per account ever.
+
+        An op already applied is acknowledged again and changes nothing; an op for an
+        annotation the account holds for another book is refused. `passage_of` says which
+        popular passage (id, anchor JSON) a live highlight counts towards, if any."""
+        result = AppliedOps()
+        with self._transaction() as db:
+            threshold = self.popular_threshold()
+            for op in ops:
+                if self._one(
+                    "SELECT 1 FROM annotation_ops WHERE account_id = ? AND op_id = ?",
+                    (account_id, op.op_id),
+                ):
+                    result.duplicates.append(op.op_id)
+                    continue
+                row = self._one(
+                    "SELECT book_id, state, seq, last_device, other_seq FROM annotation_items"
+                    " WHERE account_id = ? AND target = ?",
+                    (account_id, op.target),
+                )
+                if row is not None and row[0] != op.delta.book_id:
+                    result.rejected[op.op_id] = f"{op.target} belongs to another book"
+                    continue
+                merged = _join_state(op.delta, None if row is None else json.loads(row[1]))
+                seq = self._next_seq("annotations")
+                # The feed skips, for device D, an item whose changes since D's cursor are all
+                # D's own: other_seq is the last change made by anyone but the last device.
+                other_seq = 0 if row is None else (row[4] if row[3] == device_id else row[2])
+                db.execute(
+                    "INSERT INTO annotation_items (account_id, target, book_id, state, seq,"
+                    " last_device, other_seq) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (account_id, target) DO UPDATE SET state = excluded.state,"
+                    " seq = excluded.seq, last_device = excluded.last_device,"
+                    " other_seq = excluded.other_seq",
+                    (
+                        account_id,
+                        op.target,
+                        op.delta.book_id,
+                        json.dumps(_state_doc(merged), ensure_ascii=False),
+                        seq,
+                        device_id,
+                        other_seq,
+                    ),
+                )
+                db.execute(
+                    "INSERT INTO annotation_ops (account_id, op_id, device_id, target, seq,"
+                    " applied_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (account_id, op.op_id, device_id, op.target, seq, at),
+                )
+                if isinstance(merged, Item):
+                    self._mark(account_id, op.target, merged.book_id, passage_of(merged), threshold)
+                result.applied.append(op.op_id)
+                result.seq = seq
+        return result
+
+    def annotation_changes(
+        self, account_id: str, device_id: str, cursor: int, limit: int, max_bytes: int
+    ) -> AnnotationChanges:
+        """The account's annotation states changed after `cursor`, oldest change first, leaving
+        out those whose every change since `cursor` came from `device_id` itself."""
+        rows = self._query(
+            "SELECT seq, target, state FROM annotation_items WHERE account_id = ? AND seq > ?"
+            " AND NOT (last_device = ? AND other_seq <= ?) ORDER BY seq LIMIT ?",
+            (account_id, cursor, device_id, cursor, limit + 1),
+        )
+        page: list[tuple[int, str, str]] = []
+        size = 0
+        for row in rows[:limit]:
+            size += len(row[2])
+            if page and size > max_bytes:
+                break
+            page.append((int(row[0]), str(row[1]), str(row[2])))
+        if len(page) < len(rows):
+            return AnnotationChanges(page, page[-1][0], True)
+        # Everything after the cursor was read: skipped rows included, so move past them all.
+        last = self._one(
+            "SELECT max(seq) FROM annotation_items WHERE account_id = ?", (account_id,)
+        )
+        return AnnotationChanges(page, max(cursor, int(last[0] or 0)), False)
+
+    def annotation_op_count(self, account_id: str, device_id: str | None = None) -> int:
+        """Ops applied for an account (or one of its devices): each op_id counts once."""
+        row = self._one(
+            "SELECT count(*) FROM annotation_ops WHERE account_id = ?"
+            " AND (? IS NULL OR device_id = ?)",
+            (account_id, device_id, device_id),
+        )
+        return int(row[0])
+
+    def annotation_state(self, account_id: str, target: str) -> dict[str, Any] | None:
+        row = self._one(
+            "SELECT state FROM annotation_items WHERE account_id = ? AND target = ?",
+            (account_id, target),
+        )
+        return None if row is None else dict(json.loads(row[0]))
+
+    # -- popular highlights ---------------------------------------------------------------------
+
+    def popular_threshold(self) -> int:
+        row = self._one("SELECT value FROM settings WHERE key = 'popular_threshold'")
+        return int(row[0]) if row else POPULAR_THRESHOLD
+
+    def set_popular_threshold(self, readers: int) -> None:
+        """Publish passages highlighted by at least `readers` distinct sharing accounts."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO settings (key, value) VALUES ('popular_threshold', ?)",
+                (str(readers),),
+            )
+            for book_id, passage_id in self._query(
+                "SELECT book_id, passage_id FROM shared_marks UNION"
+                " SELECT book_id, passage_id FROM popular_passages"
+            ):
+                self._recount(book_id, passage_id, readers)
+
+    def set_sharing(self, account_id: str, share: bool) -> None:
+        """Let (or stop) an account's highlights count towards popular passages."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO sharing (account_id, share) VALUES (?, ?)",
+                (account_id, int(share)),
+            )
+            threshold = self.popular_threshold()
+            for book_id, passage_id in self._query(
+                "SELECT DISTINCT book_id, passage_id FROM shared_marks WHERE account_id = ?",
+                (account_id,),
+            ):
+                self._recount(book_id, passage_id, threshold)
+
+    def _mark(
+        self,
+        account_id: str,
+        target: str,
+        book_id: str,
+        passage: tuple[str, str] | None,
+        threshold: int,
+    ) -> None:
+        old = self._one(
+            "SELECT passage_id FROM shared_marks WHERE account_id = ? AND target = ?",
+            (account_id, target),
+        )
+        if (old[0] if old else None) == (passage[0] if passage else None):
+            return
+        self._db.execute(
+            "DELETE FROM shared_marks WHERE account_id = ? AND target = ?", (account_id, target)
+        )
+        if passage is not None:
+            self._db.execute(
+                "INSERT INTO shared_marks (account_id, target, book_id, passage_id, anchor)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (account_id, target, book_id, passage[0], passage[1]),
+            )
+            self._recount(book_id, passage[0], threshold)
+        if old is not None:
+            self._recount(book_id, old[0], threshold)
+
+    def _recount(self, book_id: str, passage_id: str, threshold: int) -> None:
+        """Publish a passage's count of distinct sharing readers, or 0 below the threshold;
+        the feed sequence moves only when what is published changes."""
+        readers = int(
+            self._one(
+                "SELECT count(DISTINCT m.account_id) FROM shared_marks m"
+                " JOIN sharing s ON s.account_id = m.account_id AND s.share"
+                " WHERE m.book_id = ? AND m.passage_id = ?",
+                (book_id, passage_id),
+            )[0]
+        )
+        published = readers if readers >= threshold else 0
+        row = self._one(
+            "SELECT readers, anchor FROM popular_passages WHERE book_id = ? AND passage_id = ?",
+            (book_id, passage_id),
+        )
+        if (row[0] if row else 0) == published:
+            return
+        first = self._one(
+            "SELECT anchor FROM shared_marks WHERE book_id = ? AND passage_id = ?"
+            " ORDER BY rowid LIMIT 1",
+            (book_id, passage_id),
+        )
+        anchor = first[0] if first else row[1]
+        self._db.execute(
+            "INSERT OR REPLACE INTO popular_passages (book_id, passage_id, readers, anchor, seq)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (book_id, passage_id, published, anchor, self._next_seq("popular")),
+        )
+
+    def popular_changes(
+        self, account_id: str, device_id: str, cursor: int, limit: int, book_id: str | None
+    ) -> PopularChanges:
+        """Published passage changes after `cursor` for one book, or for every book in the
+        device's library, oldest first."""
+        if book_id is not None:
+            rows = self._query(
+                "SELECT seq, book_id, passage_id, readers, anchor FROM popular_passages"
+                " WHERE book_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (book_id, cursor, limit + 1),
+            )
+        else:
+            rows = self._query(
+                "SELECT p.seq, p.book_id, p.passage_id, p.readers, p.anchor"
+                " FROM popular_passages p WHERE p.seq > ? AND p.book_id IN (SELECT l.book_id"
+                "   FROM library l WHERE l.account_id = ? AND l.device_id IN (?, ?))"
+                " ORDER BY p.seq LIMIT ?",
+                (cursor, account_id, EVERY_DEVICE, device_id, limit + 1),
+            )
+        page = [(int(r[0]), str(r[1]), str(r[2]), int(r[3]), str(r[4])) for r in rows[:limit]]
+        if len(rows) > limit:
+            return PopularChanges(page, page[-1][0], True)
+        last = self._one("SELECT value FROM counters WHERE name = 'popular'")
+        return PopularChanges(page, max(cursor, int(last[0])), False)
+
+    # -- delivery receipts, promises, notices (server_stub/receipts.py) -------------------------
+
+    def receipt_known(self, device_id: str, receipt_id: str) -> bool:
+        return bool(
+            self._one(
+                "SELECT 1 FROM receipts WHERE device_id = ? AND receipt_id = ?",
+                (device_id, receipt_id),
+            )
+        )
+
+    def record_receipt(self, device: Device, r: JudgedReceipt, at: float) -> int | None:
+        """Store a judged receipt and its delivery's verdict, and the apology if it has one and
+        the delivery has none yet, in one transaction; returns the new notice's seq, if any."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO receipts (device_id, receipt_id, book_id, ordered_at, outcome, body,"
+                " received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (device.device_id, r.receipt_id, r.book_id, r.ordered_at, r.outcome, r.body, at),
+            )
+            db.execute(
+                "INSERT INTO promises (device_id, book_id, ordered_at, account_id, reason,"
+                " link_class, verdict, first_chapter_s, complete_s, first_chapter_bound_s,"
+                " complete_bound_s, retries, why, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (device_id, book_id, ordered_at) DO UPDATE SET"
+                " verdict = CASE WHEN verdict = 'broken' THEN 'broken' ELSE excluded.verdict END,"
+                " why = CASE WHEN verdict = 'broken' THEN why ELSE excluded.why END,"
+                " first_chapter_s = coalesce(excluded.first_chapter_s, first_chapter_s),"
+                " complete_s = coalesce(excluded.complete_s, complete_s),"
+                " first_chapter_bound_s = excluded.first_chapter_bound_s,"
+                " complete_bound_s = excluded.complete_bound_s,"
+                " retries = max(retries, excluded.retries), updated_at = excluded.updated_at",
+                (
+                    device.device_id,
+                    r.book_id,
+                    r.ordered_at,
+                    device.account_id,
+                    r.reason,
+                    r.link_class,
+                    r.verdict,
+                    r.first_chapter_s,
+                    r.complete_s,
+                    r.first_chapter_bound_s,
+                    r.complete_bound_s,
+                    r.retries,
+                    r.why,
+                    at,
+                ),
+            )
+            if r.apology is None:
+                return None
+            row = self._one(
+                "INSERT INTO notices (device_id, kind, book_id, ordered_at, message, at)"
+                " VALUES (?, 'apology', ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING seq",
+                (device.device_id, r.book_id, r.ordered_at, r.apology, at),
+            )
+            return None if row is None else int(row[0])
+
+    def notices(
+        self, device_id: str, cursor: int, limit: int
+    ) -> list[tuple[int, str, str | None, str, float]]:
+        """The device's notices after `cursor`, oldest first: (seq, kind, book_id, message, at)."""
+        rows = self._query(
+            "SELECT seq, kind, book_id, message, at FROM notices WHERE device_id = ? AND seq > ?"
+            " ORDER BY seq LIMIT ?",
+            (device_id, cursor, limit),
+        )
+        return [(int(s), str(k), b, str(m), float(a)) for s, k, b, m, a in rows]
+
+    def promise_report(self, recent: int) -> dict[str, Any]:
+        """Promises kept and broken: totals, by link class, and the latest broken ones."""
+        verdicts = ("kept", "broken", "pending", "not_promised")
+        totals = dict.fromkeys(verdicts, 0)
+        classes: dict[str, dict[str, int]] = {}
+        for link_class, verdict, n in self._query(
+            "SELECT link_class, verdict, count(*) FROM promises GROUP BY link_class, verdict"
+        ):
+            totals[verdict] += n
+            classes.setdefault(link_class, dict.fromkeys(verdicts, 0))[verdict] = n
+        broken = self._query(
+            "SELECT p.device_id, p.book_id, p.ordered_at, p.link_class, p.first_chapter_s,"
+            " p.complete_s, p.first_chapter_bound_s, p.complete_bound_s, p.retries, p.why,"
+            " (SELECT message FROM notices n WHERE n.device_id = p.device_id"
+            "   AND n.book_id = p.book_id AND n.ordered_at = p.ordered_at AND n.kind = 'apology')"
+            " FROM promises p WHERE p.verdict = 'broken' ORDER BY p.updated_at DESC LIMIT ?",
+            (recent,),
+        )
+        keys = (
+            "device_id",
+            "book_id",
+            "ordered_at",
+            "link_class",
+            "first_chapter_s",
+            "complete_s",
+            "first_chapter_bound_s",
+            "complete_bound_s",
+            "retries",
+            "why",
+            "apology",
+        )
+        return {
+            "deliveries": sum(totals.values()),
+            **totals,
+            "by_link_class": [{"link_class": c, **v} for c, v in sorted(classes.items())],
+            "broken_recent": [dict(zip(keys, row, strict=True)) for row in broken],
+        }
+
+
+POPULAR_THRESHOLD = 3  # distinct readers before a passage is shown (settings may override)
+
+
+@dataclass(frozen=True, slots=True)
+class AnnotationOp:
+    """One op of a push batch, validated: the target row and the delta to join into it."""
+
+    op_id: str
+    target: str  # the annotation id, or 'position:' + book_id
+    delta: Item | Position
+
+
+@dataclass(slots=True)
+class AppliedOps:
+    applied: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)  # applied before: acknowledged again
+    rejected: dict[str, str] = field(default_factory=dict)  # op_id -> reason
+    seq: int = 0  # the feed sequence of the last change made, 0 if none
+
+
+@dataclass(frozen=True, slots=True)
+class AnnotationChanges:
+    entries: list[tuple[int, str, str]]  # (seq, target, state JSON)
+    cursor: int
+    has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PopularChanges:
+    entries: list[tuple[int, str, str, int, str]]  # (seq, book_id, passage_id, readers, anchor)
+    cursor: int
+    has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class JudgedReceipt:
+    """A delivery receipt with the service's verdict (server_stub/receipts.py `judge`)."""
+
+    receipt_id: str
+    book_id: str
+    ordered_at: float
+    outcome: str  # complete | failed
+    reason: str
+    link_class: str
+    verdict: str  # kept | broken | pending | not_promised
+    first_chapter_s: float | None
+    complete_s: float | None
+    first_chapter_bound_s: float
+    complete_bound_s: float
+    retries: int
+    why: str | None
+    apology: str | None  # the notice for the reader when the promise was broken
+    body: str  # JSON, as sent
+
+
+def _join_state(delta: Item | Position, stored: dict[str, Any] | None) -> Item | Position:
+    if stored is None:
+        return delta
+    if isinstance(delta, Item):
+        return merge.join_item(merge.item_from_doc(stored), delta)
+    return merge.join_position(merge.position_from_doc(stored), delta)
+
+
+def _state_doc(state: Item | Position) -> dict[str, Any]:
+    if isinstance(state, Item):
+        return merge.item_to_doc(state)
+    return merge.position_to_doc(state)

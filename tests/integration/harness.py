@@ -16,6 +16,7 @@ import aiohttp
 from daemon.api_client import LocalApiClient
 from daemon.app import Daemon
 from daemon.client import AccountClient
+from daemon.clock import Clock
 from daemon.config import Settings
 from daemon.crypto import public_key_from_text
 from daemon.profile import load_profile
@@ -66,6 +67,7 @@ async def running_device(
     profile: str = "emulator-loopback",
     account: AccountClient | None = None,
     tcp_port: int | None = None,
+    clock: Clock | None = None,
 ) -> AsyncIterator[Device]:
     if account is None:
         account = AccountClient(stub_url)
@@ -78,7 +80,7 @@ async def running_device(
         account_token=account.account_token,
         tcp_port=tcp_port,
     )
-    daemon = Daemon(settings)
+    daemon = Daemon(settings, clock)
     stop = asyncio.Event()
     task = asyncio.create_task(daemon.run(stop), name="daemon under test")
     try:

@@ -70,7 +70,8 @@ async def test_a_purchase_is_pushed_to_the_device(
         # Told by push: the feed is asked right after the purchase, long before the profile's
         # 30 s poll would have come round.
         log = (await admin(stub.url, "GET", "/v1/admin/requests"))["requests"]
-        assert [r["path"] for r in log[:2]] == ["/v1/library/buy", "/v1/library/changes"]
+        paths = [r["path"] for r in log]
+        assert "/v1/library/changes" in paths[paths.index("/v1/library/buy") :]
         assert book["notified_at"] - book["ordered_at"] < 5
 
 

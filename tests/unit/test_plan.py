@@ -1,78 +1,280 @@
-"""The delivery planner's invariants, for any library and any moment."""
+"""The planner's invariants, for any library, device and moment (hypothesis), and its policy."""
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.models import DeliveryCandidate
-from daemon.plan import FRESH_WINDOW_S, is_fresh, next_deliveries, next_retry
+from daemon.plan import (
+    ARCHIVE,
+    FRESH,
+    FRESH_WINDOW_S,
+    Budget,
+    HeldBook,
+    is_fresh,
+    next_retry,
+    plan_deliveries,
+    priority_class,
+    protected,
+)
 
 NOW = 1_000_000.0
+MB = 1_000_000
+ids = st.text("abcdefgh", min_size=1, max_size=2)
 
 candidates = st.lists(
     st.builds(
         DeliveryCandidate,
-        book_id=st.text("abcdefgh", min_size=1, max_size=3),
-        reason=st.sampled_from(["bought", "sent", "update"]),
+        book_id=ids,
+        reason=st.sampled_from(["bought", "sent", "update", "sample", "wishlist"]),
         ordered_at=st.floats(NOW - 3 * FRESH_WINDOW_S, NOW),
         retry_at=st.sampled_from([0.0, NOW - 1, NOW + 30]),
         has_readable_version=st.booleans(),
+        opened_at=st.none() | st.floats(NOW - 40 * 86400, NOW),
+        expected_bytes=st.integers(0, 50 * MB),
+        held_bytes=st.integers(0, 5 * MB),
+        wanted=st.booleans(),
+        evicted=st.booleans(),
     ),
     unique_by=lambda c: c.book_id,
-    max_size=12,
+    max_size=10,
+)
+held_books = st.lists(
+    st.builds(
+        HeldBook,
+        book_id=ids,
+        held_bytes=st.integers(1, 40 * MB),
+        complete=st.booleans(),
+        pinned=st.booleans(),
+        opened_at=st.none() | st.floats(NOW - 40 * 86400, NOW),
+        ordered_at=st.floats(NOW - 100 * 86400, NOW),
+        reason=st.sampled_from(["bought", "sample"]),
+        unsynced_notes=st.booleans(),
+        wanted=st.booleans(),
+    ),
+    unique_by=lambda b: b.book_id,
+    max_size=10,
+)
+budgets = st.builds(
+    Budget,
+    quota_bytes=st.integers(0, 200 * MB),
+    fs_free_bytes=st.integers(0, 200 * MB),
+    reserve_bytes=st.integers(0, 20 * MB),
+    battery_restricted=st.booleans(),
 )
 
 
+@settings(max_examples=400)
 @given(
-    candidates, st.sets(st.text("abcdefgh", min_size=1, max_size=3), max_size=4), st.integers(1, 4)
+    candidates,
+    held_books,
+    budgets,
+    st.sets(ids, max_size=3),
+    st.integers(1, 4),
+    st.integers(0, 3),
 )
 def test_plan_invariants(
-    cands: list[DeliveryCandidate], running: set[str], concurrency: int
+    cands: list[DeliveryCandidate],
+    held: list[HeldBook],
+    budget: Budget,
+    running: set[str],
+    concurrency: int,
+    archive_slots: int,
 ) -> None:
     by_id = {c.book_id: c for c in cands}
     running_fresh = sum(1 for b in running if b in by_id and is_fresh(by_id[b], NOW))
-    chosen = next_deliveries(cands, NOW, running, running_fresh, concurrency)
-    ready = [c for c in cands if c.book_id not in running and c.retry_at <= NOW]
+    plan = plan_deliveries(
+        cands, held, budget, NOW, running, running_fresh, concurrency, archive_slots
+    )
+    archived = [b for b in plan.start if priority_class(by_id[b], NOW) == ARCHIVE]
+    assert len(archived) <= archive_slots, "the archive stays in the cloud but for a trip"
+    held_by_id = {b.book_id: b for b in held}
 
-    slots = max(0, concurrency - len(running))
-    assert len(set(chosen)) == len(chosen)
-    assert not set(chosen) & running, "a running delivery is never started twice"
-    assert all(by_id[b].retry_at <= NOW for b in chosen), "backoff is respected"
+    assert len(set(plan.start)) == len(plan.start)
+    assert not set(plan.start) & running, "a running delivery is never started twice"
+    assert all(by_id[b].retry_at <= NOW for b in plan.start), "backoff is respected"
+    # Never evicts a protected book, a partial one, or one it is about to fetch.
+    for book_id in plan.evict:
+        book = held_by_id[book_id]
+        assert book.complete
+        assert not protected(book, NOW)
+        assert book_id not in plan.start
+    # The quota and the reserve hold after the plan, counting what running deliveries bring.
+    if plan.start:
+        used = sum(b.held_bytes for b in held if b.book_id not in plan.evict)
+        coming = sum(
+            max(0, c.expected_bytes - c.held_bytes)
+            for c in cands
+            if c.book_id in running or c.book_id in plan.start
+        )
+        assert used + coming <= budget.quota_bytes
+        freed = sum(held_by_id[b].held_bytes for b in plan.evict)
+        assert budget.fs_free_bytes + freed - coming >= budget.reserve_bytes
+    # On a low battery only purchases start.
+    if budget.battery_restricted:
+        assert all(priority_class(by_id[b], NOW) == FRESH for b in plan.start)
+    # Purchases first: nothing else starts while a ready purchase is not started.
+    ready_fresh = [
+        c.book_id
+        for c in cands
+        if c.book_id not in running and c.retry_at <= NOW and is_fresh(c, NOW)
+    ]
+    if any(b not in plan.start for b in ready_fresh):
+        assert all(is_fresh(by_id[b], NOW) for b in plan.start)
     # Never beyond the concurrency, but for one express-lane purchase when none is running.
-    assert len(chosen) <= slots + (1 if running_fresh == 0 else 0)
-    assert all(is_fresh(by_id[b], NOW) for b in chosen[slots:])
-    # Fresh purchases come first, oldest order first; nothing else while one is left waiting.
-    fresh = [b for b in chosen if is_fresh(by_id[b], NOW)]
-    assert chosen[: len(fresh)] == fresh
-    assert [by_id[b].ordered_at for b in fresh] == sorted(by_id[b].ordered_at for b in fresh)
-    if len(fresh) < len(chosen):
-        assert len(fresh) == sum(1 for c in ready if is_fresh(c, NOW))
-    # A slot is never left idle while something is ready.
-    assert len(chosen) >= min(len(ready), slots)
+    slots = max(0, concurrency - len(running))
+    assert len(plan.start) <= slots + (1 if running_fresh == 0 else 0)
+    assert all(is_fresh(by_id[b], NOW) for b in plan.start[slots:])
+    # Every candidate not started and not running says why.
+    for c in cands:
+        if c.book_id not in running and c.book_id not in plan.start:
+            assert plan.waiting.get(c.book_id)
+
+
+def candidate(book_id: str, **kw: object) -> DeliveryCandidate:
+    fields: dict[str, object] = {
+        "reason": "bought",
+        "ordered_at": NOW - 86400,
+        "retry_at": 0.0,
+        "has_readable_version": False,
+        "expected_bytes": 1 * MB,
+    }
+    fields.update(kw)
+    return DeliveryCandidate(book_id, **fields)  # type: ignore[arg-type]
+
+
+def held_book(book_id: str, size: int, **kw: object) -> HeldBook:
+    fields: dict[str, object] = {
+        "complete": True,
+        "pinned": False,
+        "opened_at": None,
+        "ordered_at": NOW - 5 * 86400,
+        "reason": "bought",
+        "unsynced_notes": False,
+    }
+    fields.update(kw)
+    return HeldBook(book_id, size, **fields)  # type: ignore[arg-type]
+
+
+ROOMY = Budget(
+    quota_bytes=100 * MB, fs_free_bytes=1000 * MB, reserve_bytes=0, battery_restricted=False
+)
 
 
 def test_a_new_purchase_overtakes_a_long_download_on_a_one_slot_device() -> None:
-    old = DeliveryCandidate("old", "bought", NOW - 86400, 0.0, False)
-    new = DeliveryCandidate("new", "bought", NOW - 1, 0.0, False)
-    assert next_deliveries([old, new], NOW, {"old"}, 0, 1) == ["new"]
-    assert next_deliveries([old, new], NOW, set(), 0, 1)[0] == "new"
+    old, new = candidate("old"), candidate("new", ordered_at=NOW - 1)
+    assert plan_deliveries([old, new], [], ROOMY, NOW, {"old"}, 0, 1).start == ["new"]
+    assert plan_deliveries([old, new], [], ROOMY, NOW, set(), 0, 1).start == ["new"]
 
 
-def test_purchases_come_before_updates_and_older_backlog() -> None:
-    update = DeliveryCandidate("upd", "update", NOW - 5, 0.0, True)
-    backlog = DeliveryCandidate("backlog", "bought", NOW - 86400, 0.0, False)
-    fresh = DeliveryCandidate("fresh", "bought", NOW - 5, 0.0, False)
-    assert next_deliveries([update, backlog, fresh], NOW, set(), 0, 3) == [
-        "fresh",
-        "backlog",
-        "upd",
+def test_purchases_then_wanted_then_likely_next_then_refreshes_then_archive() -> None:
+    cands = [
+        candidate("archive", ordered_at=NOW - 400 * 86400, wanted=False),
+        candidate("refresh", has_readable_version=True, ordered_at=NOW - 5),
+        candidate("wanted", ordered_at=NOW - 86400),
+        candidate("sample", reason="sample", ordered_at=NOW - 2 * 86400, wanted=False),
+        candidate("fresh", ordered_at=NOW - 5),
     ]
+    plan = plan_deliveries(cands, [], ROOMY, NOW, set(), 0, 5)
+    assert plan.start == ["fresh", "wanted", "sample", "refresh"]
+    assert "in the cloud" in plan.waiting["archive"]
+    trip = plan_deliveries(cands, [], ROOMY, NOW, set(), 0, 5, archive_slots=1)
+    assert trip.start[-1] == "archive"
+
+
+def test_a_purchase_evicts_the_least_likely_book_but_never_a_protected_one() -> None:
+    budget = Budget(
+        quota_bytes=10 * MB, fs_free_bytes=1000 * MB, reserve_bytes=0, battery_restricted=False
+    )
+    held = [
+        held_book("pinned", 3 * MB, pinned=True),
+        held_book("reading", 3 * MB, opened_at=NOW - 60),
+        held_book("notes", 2 * MB, unsynced_notes=True),
+        held_book("old", 1 * MB, ordered_at=NOW - 90 * 86400),
+        held_book("older", 1 * MB, ordered_at=NOW - 99 * 86400),
+    ]
+    plan = plan_deliveries(
+        [candidate("new", ordered_at=NOW - 1, expected_bytes=1_500_000)],
+        held,
+        budget,
+        NOW,
+        set(),
+        0,
+        1,
+    )
+    assert plan.start == ["new"]
+    assert plan.evict == ["older", "old"]
+
+
+def test_a_purchase_that_cannot_fit_waits_and_holds_back_the_rest() -> None:
+    budget = Budget(
+        quota_bytes=5 * MB, fs_free_bytes=1000 * MB, reserve_bytes=0, battery_restricted=False
+    )
+    held = [held_book("pinned", 4 * MB, pinned=True)]
+    cands = [
+        candidate("big", ordered_at=NOW - 1, expected_bytes=3 * MB),
+        candidate("small", expected_bytes=100_000),
+    ]
+    plan = plan_deliveries(cands, held, budget, NOW, set(), 0, 2)
+    assert plan.start == []
+    assert "not enough space" in plan.waiting["big"]
+    assert "purchase is waiting" in plan.waiting["small"]
+
+
+def test_books_of_one_class_never_evict_each_other() -> None:
+    budget = Budget(
+        quota_bytes=2 * MB, fs_free_bytes=1000 * MB, reserve_bytes=0, battery_restricted=False
+    )
+    archived = [held_book("kept", 2 * MB, wanted=False)]
+    plan = plan_deliveries(
+        [candidate("next", wanted=False)], archived, budget, NOW, set(), 0, 1, archive_slots=1
+    )
+    assert (plan.start, plan.evict) == ([], [])
+    wanted = [held_book("kept", 2 * MB)]
+    plan = plan_deliveries([candidate("next")], wanted, budget, NOW, set(), 0, 1)
+    assert (plan.start, plan.evict) == ([], [])
+    # A wanted book does push out an archived one.
+    plan = plan_deliveries([candidate("next")], archived, budget, NOW, set(), 0, 1)
+    assert (plan.start, plan.evict) == (["next"], ["kept"])
+
+
+def test_nothing_is_evicted_when_that_would_not_make_room() -> None:
+    budget = Budget(
+        quota_bytes=3 * MB, fs_free_bytes=1000 * MB, reserve_bytes=0, battery_restricted=False
+    )
+    plan = plan_deliveries(
+        [candidate("huge", ordered_at=NOW - 1, expected_bytes=10 * MB)],
+        [held_book("a", 1 * MB), held_book("b", 1 * MB)],
+        budget,
+        NOW,
+        set(),
+        0,
+        1,
+    )
+    assert (plan.start, plan.evict) == ([], [])
+
+
+def test_the_file_systems_reserve_counts_like_the_quota() -> None:
+    budget = Budget(
+        quota_bytes=100 * MB, fs_free_bytes=3 * MB, reserve_bytes=2 * MB, battery_restricted=False
+    )
+    plan = plan_deliveries([candidate("a", expected_bytes=2 * MB)], [], budget, NOW, set(), 0, 1)
+    assert "not enough space" in plan.waiting["a"]
+
+
+def test_on_a_low_battery_only_purchases_start() -> None:
+    budget = Budget(
+        quota_bytes=100 * MB, fs_free_bytes=1000 * MB, reserve_bytes=0, battery_restricted=True
+    )
+    cands = [candidate("fresh", ordered_at=NOW - 1), candidate("wanted")]
+    plan = plan_deliveries(cands, [], budget, NOW, set(), 0, 2)
+    assert plan.start == ["fresh"]
+    assert "battery low" in plan.waiting["wanted"]
 
 
 def test_next_retry_is_the_earliest_waiting_book() -> None:
-    a = DeliveryCandidate("a", "bought", NOW, NOW + 50, False)
-    b = DeliveryCandidate("b", "bought", NOW, NOW + 20, False)
+    a, b = candidate("a", retry_at=NOW + 50), candidate("b", retry_at=NOW + 20)
     assert next_retry([a, b], NOW, set()) == NOW + 20
     assert next_retry([a, b], NOW, {"b"}) == NOW + 50
     assert next_retry([], NOW, set()) is None

@@ -9,8 +9,8 @@ from dataclasses import replace
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from daemon.errors import ExpiredError, ManifestError, RollbackError, SignatureError
 from daemon.codec import compress_document, decode_bounded
+from daemon.errors import ExpiredError, ManifestError, RollbackError, SignatureError
 from daemon.manifest import MAX_MANIFEST_BYTES, encode_manifest, parse_manifest
 from daemon.trust import verify_manifest
 from tests.builders import NOW, make_manifest, signed

@@ -1,0 +1,294 @@
+"""How many bytes travel per book, and what frame size and dictionary buy (issue 3).
+
+For every corpus book: the bytes shelfsync sends (signed manifest + package, production
+settings) against the .epub, against gzip per resource and zstd per resource (what a per-file
+scheme sends), and against one zstd stream per book (the floor no random-access format reaches).
+Then the frame-size and dictionary choice: total ratio and the time to decode any one resource.
+Dictionaries are trained leave-one-out (on the other books), as for a book new to the catalog.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import hashlib
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import zstandard
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from bench.harness import corpus_dir
+from bench.registry import Benchmark
+from bench.section import Section, Table, command
+from daemon.codec import COMPRESSION_LEVEL, Dictionary, decode_frame, train_dictionary
+from daemon.crypto import WRAP_ALG, open_frame, sign_envelope
+from daemon.manifest import Manifest, WrappedKey, encode_manifest
+from server_stub.catalog import (
+    DICTIONARY_BYTES,
+    DICTIONARY_SAMPLE_BYTES,
+    DICTIONARY_SAMPLE_PER_FILE,
+)
+from server_stub.epub import Epub, read_epub
+from server_stub.packaging import (
+    FIRST_FRAME_SIZE,
+    FRAME_SIZE,
+    build_package,
+    cut_frames,
+    is_text,
+    stamp,
+)
+
+KiB = 1024
+# (label, largest frame, first frame or None for fixed-size frames)
+LAYOUTS = [
+    ("128 KiB", 128 * KiB, None),
+    ("256 KiB", 256 * KiB, None),
+    ("1 MiB", 1024 * KiB, None),
+    ("64 KiB growing to 1 MiB (shipped)", FRAME_SIZE, FIRST_FRAME_SIZE),
+]
+SEAL_OVERHEAD = 28  # nonce + tag per frame
+
+
+@dataclass(frozen=True, slots=True)
+class BookResult:
+    name: str
+    epub_bytes: int
+    shipped_bytes: int  # signed manifest envelope + package, production settings
+    manifest_bytes: int
+    frames: int
+    gzip_per_resource: int
+    zstd_per_resource: int
+    one_stream: int
+    layouts: dict[str, tuple[int, int, int]]  # label -> bytes without / with dict / best of both
+    resource_ms: list[float]  # production: open + decode of the frames each resource needs
+    first_chapter_bytes: int  # package bytes before the first chapter reads
+
+
+def _samples(books: list[Epub]) -> list[bytes]:
+    samples, budget = [], DICTIONARY_SAMPLE_BYTES
+    for epub in books:
+        for file in epub.files:
+            if is_text(file) and file.data and budget > 0:
+                samples.append(file.data[:DICTIONARY_SAMPLE_PER_FILE])
+                budget -= len(samples[-1])
+    return samples
+
+
+def _measure(path: Path, others: list[Path], level: int) -> BookResult:
+    epub = read_epub(path)
+    dictionary = train_dictionary(_samples([read_epub(p) for p in others]), DICTIONARY_BYTES)
+    files = epub.files
+    plain_compressor = zstandard.ZstdCompressor(level=level, write_content_size=True)
+
+    def smaller(packed: bytes, plain: bytes) -> int:
+        return min(len(packed), len(plain))
+
+    text = b"".join(f.data for f in files if is_text(f))
+    media = sum(smaller(plain_compressor.compress(f.data), f.data) for f in files if not is_text(f))
+
+    layouts = {}
+    kinds = [is_text(f) for f in files]
+    for label, largest, first in LAYOUTS:
+        without = with_dict = best = 0
+        for plain in cut_frames([f.data for f in files], largest, kinds, first):
+            a = smaller(plain_compressor.compress(plain), plain) + SEAL_OVERHEAD
+            b = smaller(dictionary.compressor(level).compress(plain), plain) + SEAL_OVERHEAD
+            without, with_dict, best = without + a, with_dict + b, best + min(a, b)
+        layouts[label] = (without, with_dict, best)
+
+    content_key = bytes(32)
+    package = build_package(epub, 1, content_key, dictionary, level=level)
+    manifest = stamp(package.manifest, 0, WrappedKey(WRAP_ALG, "A" * 44, "A" * 64))
+    envelope = sign_envelope(_signing_key(), encode_manifest(manifest))
+    resource_ms = _resource_times(package.data, manifest, content_key, dictionary)
+    chapter_end = manifest.frames[manifest.first_chapter_frames() - 1]
+    return BookResult(
+        name=path.name,
+        epub_bytes=path.stat().st_size,
+        shipped_bytes=len(envelope) + len(package.data),
+        manifest_bytes=len(envelope),
+        frames=len(manifest.frames),
+        gzip_per_resource=sum(smaller(gzip.compress(f.data, 9), f.data) for f in files),
+        zstd_per_resource=sum(smaller(plain_compressor.compress(f.data), f.data) for f in files),
+        one_stream=len(plain_compressor.compress(text)) + media,
+        layouts=layouts,
+        resource_ms=resource_ms,
+        first_chapter_bytes=chapter_end.offset + chapter_end.length + len(envelope),
+    )
+
+
+def _signing_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"bench").digest())
+
+
+def _resource_times(
+    package: bytes, manifest: Manifest, content_key: bytes, dictionary: Dictionary
+) -> list[float]:
+    """Milliseconds to open and decode the frames each resource needs, as the reader does."""
+    frame_ms = []
+    for frame in manifest.frames:
+        sealed = package[frame.offset : frame.offset + frame.length]
+        started = time.perf_counter()
+        packed = open_frame(content_key, manifest.book_id, sealed)
+        decode_frame(packed, frame.codec, frame.plain_size, 8 * 1024 * 1024, dictionary)
+        frame_ms.append((time.perf_counter() - started) * 1000)
+    return [sum(frame_ms[i] for i in manifest.frames_for(r)) for r in manifest.resources]
+
+
+def _layout_meaning(rows: list[list[str]]) -> str:
+    """What the frame-size table says, read off its own numbers."""
+    small, large = rows[0], rows[-1]
+    return (
+        f"From {small[0]} frames to {large[0]}, the ratio goes from {small[3]} to {large[3]}; "
+        f"the dictionary moves it from {small[1]} to {small[2]} with {small[0]} frames and "
+        f"from {large[1]} to {large[2]} with the shipped layout. Each frame keeps whichever "
+        "of dictionary or no dictionary is smaller, so a dictionary can only help."
+    )
+
+
+def _ratio(part: int, whole: int) -> str:
+    return f"{part / whole:.3f}"
+
+
+async def run(args: argparse.Namespace) -> Section:
+    paths = sorted(corpus_dir().glob("*.epub"), key=lambda p: p.stat().st_size)
+    chosen = paths[: args.books] if args.books else paths
+    loop = asyncio.get_running_loop()
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        results = await asyncio.gather(
+            *(
+                loop.run_in_executor(pool, _measure, p, [o for o in paths if o != p], args.level)
+                for p in chosen
+            )
+        )
+    epub_total = sum(r.epub_bytes for r in results)
+    rows = [
+        [
+            r.name.removesuffix(".epub"),
+            f"{r.epub_bytes:,}",
+            f"{r.shipped_bytes:,}",
+            _ratio(r.shipped_bytes, r.epub_bytes),
+            _ratio(r.gzip_per_resource, r.epub_bytes),
+            _ratio(r.zstd_per_resource, r.epub_bytes),
+            _ratio(r.one_stream, r.epub_bytes),
+            str(r.frames),
+            f"{r.first_chapter_bytes:,}",
+        ]
+        for r in results
+    ]
+    total = sum(r.shipped_bytes for r in results)
+    rows.append(
+        [
+            "**all**",
+            f"{epub_total:,}",
+            f"{total:,}",
+            f"**{_ratio(total, epub_total)}**",
+            _ratio(sum(r.gzip_per_resource for r in results), epub_total),
+            _ratio(sum(r.zstd_per_resource for r in results), epub_total),
+            _ratio(sum(r.one_stream for r in results), epub_total),
+            str(sum(r.frames for r in results)),
+            "",
+        ]
+    )
+    times = sorted(t for r in results for t in r.resource_ms)
+    layout_rows = []
+    for label, _, _ in LAYOUTS:
+        without, with_dict, best = (sum(r.layouts[label][i] for r in results) for i in range(3))
+        layout_rows.append(
+            [
+                label,
+                _ratio(without, epub_total),
+                _ratio(with_dict, epub_total),
+                _ratio(best, epub_total),
+            ]
+        )
+    p50, p99 = statistics.median(times), times[int(0.99 * (len(times) - 1))]
+    words = [
+        "compression",
+        *(["--books", str(args.books)] if args.books else []),
+        *(["--level", str(args.level)] if args.level != COMPRESSION_LEVEL else []),
+    ]
+    return Section(
+        name="compression",
+        title="Compression: the bytes that travel",
+        method=(
+            f"Every resource of every corpus book, packaged as the service does (zstd level "
+            f"{args.level}, frames growing from 64 KiB to 1 MiB, each frame the smallest of "
+            "dictionary / no dictionary / raw, sealed with ChaCha20-Poly1305), with a dictionary "
+            "trained on the other books only. `shelfsync` counts the signed manifest envelope "
+            "plus the package: every byte a device downloads for the book. Baselines count each "
+            "resource compressed on its own (stored when that does not shrink it), and one zstd "
+            "stream of the book's text (media as is): the floor of any format that can still "
+            "read one resource without the rest."
+        ),
+        tables=[
+            Table(
+                heading="Bytes per book, against the .epub",
+                meaning=(
+                    f"A reader downloads {total / epub_total:.0%} of the .epub's bytes in all "
+                    "(the target was 80%), with every resource still readable on its own; "
+                    "`first chapter` is how many bytes must arrive before the book opens."
+                ),
+                columns=[
+                    "book",
+                    ".epub bytes",
+                    "shelfsync bytes",
+                    "shelfsync ÷ epub",
+                    "gzip per resource",
+                    "zstd per resource",
+                    "one zstd stream",
+                    "frames",
+                    "first chapter after",
+                ],
+                rows=rows,
+                command=command(*words),
+            ),
+            Table(
+                heading="Frame size and dictionary (all books, ratio to the .epub bytes)",
+                meaning=_layout_meaning(layout_rows),
+                columns=["largest frame", "no dictionary", "dictionary", "smaller of both"],
+                rows=layout_rows,
+                command=command(*words),
+            ),
+            Table(
+                heading="Reading one resource back (shipped layout)",
+                meaning=(
+                    f"Opening and decoding the frames one resource needs takes {p50:.2f} ms at "
+                    f"the median and {p99:.2f} ms at the 99th percentile on this machine, over "
+                    f"{len(times):,} resources. A Kindle-class ARM core is several times slower at "
+                    "zstd and ChaCha20 than this machine (an estimate, not measured here)."
+                ),
+                columns=["resources", "p50 ms", "p99 ms", "max ms"],
+                rows=[[f"{len(times):,}", f"{p50:.2f}", f"{p99:.2f}", f"{times[-1]:.2f}"]],
+                command=command(*words),
+            ),
+        ],
+        notes=[
+            "Settings kept, and why: zstd level 19 (the service compresses once; decoding speed "
+            "does not depend on the level), frames of at most 1 MiB (a frame decodes in a few "
+            "ms here, tens of ms on a slow ARM core, and a 1 MiB plaintext frame is the largest "
+            "buffer a read needs), growing from 64 KiB so the first chapter needs little, a "
+            "112 KiB catalog dictionary used frame by frame only where it wins.",
+            "What a 1 MiB frame costs: a one-word correction re-sends the whole frame that holds "
+            "it (up to ~400 KB compressed), where 128 KiB frames would re-send ~50 KB.",
+        ],
+    )
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--books", type=int, default=0, help="the N smallest books (default all)")
+    parser.add_argument("--level", type=int, default=COMPRESSION_LEVEL, help="zstd level")
+    parser.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+
+
+BENCHMARK = Benchmark(
+    name="compression",
+    summary="bytes on the wire per book against the .epub, gzip and zstd per resource",
+    add_arguments=_arguments,
+    run=run,
+)

@@ -1,0 +1,219 @@
+"""What the benchmarks run: the stub and the daemon as real processes, the corpus, /proc readings.
+
+The daemon and the stub run as subprocesses so that neither shares an event loop (or a core's
+time slice) with the link emulator and the clients timing them in the benchmark's process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from daemon.api_client import LocalApiClient
+from daemon.errors import ShelfsyncError
+from server_stub.epub import read_epub
+from server_stub.packaging import book_id_for
+
+REPO = Path(__file__).resolve().parent.parent
+STUB_LISTENING = "shelfsync-stub listening on "
+POLL_S = 0.1  # how often the local API is polled: often enough, and light on the daemon
+
+
+class BenchError(ShelfsyncError):
+    """A benchmark cannot go on; the message says what to fix or which log to read."""
+
+
+@dataclass(frozen=True, slots=True)
+class Book:
+    path: Path
+    book_id: str
+    title: str
+    size: int  # bytes of the .epub
+
+
+def corpus_dir() -> Path:
+    """The EPUB corpus: $SHELFSYNC_CORPUS, else ../shared/corpus/epub beside the checkout."""
+    configured = os.environ.get("SHELFSYNC_CORPUS")
+    path = Path(configured) if configured else REPO.parent / "shared" / "corpus" / "epub"
+    if not any(path.glob("*.epub")):
+        raise BenchError(f"no EPUB corpus at {path}; set SHELFSYNC_CORPUS to a folder of .epub")
+    return path
+
+
+def book_of(path: Path) -> Book:
+    epub = read_epub(path)
+    return Book(path, book_id_for(epub.identifier, epub.language), epub.title, path.stat().st_size)
+
+
+def corpus_books(corpus: Path) -> list[Book]:
+    """Every book of the corpus, smallest first."""
+    return sorted((book_of(p) for p in corpus.glob("*.epub")), key=lambda b: (b.size, b.path.name))
+
+
+def script(name: str) -> str:
+    """A console script of this installation (the venv's bin), else from PATH."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        raise BenchError(f"{name} is not installed; run `make` (pip install -e .) first")
+    return found
+
+
+@asynccontextmanager
+async def child(
+    args: list[str], log: Path, *, pipe_stdout: bool = False
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A subprocess, logging to `log`, terminated and awaited however the block ends."""
+    with log.open("ab") as log_file:
+        proc = await asyncio.create_subprocess_exec(
+            *args,
+            stdout=asyncio.subprocess.PIPE if pipe_stdout else log_file,
+            stderr=log_file,
+        )
+        try:
+            yield proc
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(proc.wait(), 15)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+
+
+@dataclass(frozen=True, slots=True)
+class Stub:
+    url: str
+    address: tuple[str, int]
+    key_path: Path  # the service.pub a device pins
+
+
+@asynccontextmanager
+async def stub_process(data_dir: Path, library: Path, log: Path) -> AsyncIterator[Stub]:
+    """`shelfsync-stub` serving `library` (imported first: a 100 MB book takes a while)."""
+    args = [script("shelfsync-stub"), "--data", str(data_dir), "--library", str(library)]
+    async with child([*args, "--port", "0"], log, pipe_stdout=True) as proc:
+        assert proc.stdout is not None
+        refused = []
+        while line := await asyncio.wait_for(proc.stdout.readline(), 900):
+            text = line.decode().strip()
+            if text.startswith("refused "):
+                refused.append(text)
+            if text.startswith(STUB_LISTENING):
+                if refused:
+                    raise BenchError(f"the stub refused books: {'; '.join(refused)}")
+                url = text.removeprefix(STUB_LISTENING)
+                host, port = url.removeprefix("http://").rsplit(":", 1)
+                yield Stub(url, (host, int(port)), data_dir / "service.pub")
+                return
+        raise BenchError(f"the stub stopped before listening; see {log}")
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    proc: asyncio.subprocess.Process
+    api: LocalApiClient
+    log: Path
+
+    def status(self) -> dict[str, int]:
+        """The daemon's /proc/<pid>/status memory lines, in KiB (VmRSS, VmHWM, ...)."""
+        return read_proc_status(self.proc.pid)
+
+    def cpu_seconds(self) -> float:
+        return read_cpu_seconds(self.proc.pid)
+
+    async def book(self, book_id: str) -> dict[str, Any] | None:
+        if self.proc.returncode is not None:
+            raise BenchError(f"the daemon exited ({self.proc.returncode}); see {self.log}")
+        return next((b for b in await self.api.library() if b["book_id"] == book_id), None)
+
+    async def wait_online(self, timeout_s: float = 120) -> None:
+        """Until the push channel is up: a reader's device is online before the purchase."""
+        deadline = time.monotonic() + timeout_s
+        while not (await self.api.status())["daemon"].get("push_connected_since"):
+            if self.proc.returncode is not None or time.monotonic() > deadline:
+                raise BenchError(f"the daemon never connected to the service; see {self.log}")
+            await asyncio.sleep(POLL_S)
+
+    async def wait_complete(self, book_id: str, timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        book = None
+        while time.monotonic() < deadline:
+            book = await self.book(book_id)
+            if book is not None and book["completed_at"]:
+                return book
+            await asyncio.sleep(POLL_S)
+        raise BenchError(
+            f"{book_id} not complete after {timeout_s:.0f} s (last: {book}); see {self.log}"
+        )
+
+
+@asynccontextmanager
+async def device_process(
+    state: Path, service_url: str, stub: Stub, profile: str, account_token: str, log: Path
+) -> AsyncIterator[Device]:
+    """`shelfsync run` with a fresh state, registered with the account, until the block ends."""
+    args = [
+        script("shelfsync"),
+        "run",
+        "--state",
+        str(state),
+        "--service",
+        service_url,
+        "--service-key",
+        str(stub.key_path),
+        "--profile",
+        profile,
+        "--account-token",
+        account_token,
+        "--device-name",
+        "bench e-reader",
+    ]
+    socket_path = state / "api.sock"
+    async with child(args, log) as proc:
+        deadline = time.monotonic() + 60
+        while not socket_path.exists():
+            if proc.returncode is not None or time.monotonic() > deadline:
+                raise BenchError(f"the daemon did not start; see {log}")
+            await asyncio.sleep(0.05)
+        async with LocalApiClient(socket_path, timeout_s=60) as api:
+            yield Device(proc, api, log)
+
+
+def read_proc_status(pid: int) -> dict[str, int]:
+    """The `Vm*` lines of /proc/<pid>/status, in KiB."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key.startswith("Vm") and value.strip().endswith("kB"):
+            values[key] = int(value.split()[0])
+    return values
+
+
+def read_cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of a process so far (/proc/<pid>/stat, in clock ticks)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state is field 3
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) by the nearest-rank method."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))  # ceil(n q / 100)
+    return ordered[int(rank) - 1]
+
+
+def median(values: list[float]) -> float:
+    return percentile(values, 50)

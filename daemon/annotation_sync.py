@@ -1,0 +1,175 @@
+"""Annotation sync: pushes the outbox to the service in batches, then pulls the service's changes.
+
+Runs when asked: after a local edit (a moment later, so a burst of highlights travels in one
+request), when the push channel says another device changed something, and at once on start and
+when the link returns (or the reader asks). A failed round is retried with jittered backoff, cut
+short when the link returns.
+
+Exactly once: each op carries its client-made op_id, and is deleted from the outbox only after
+the service acknowledged that id; a crash anywhere before the delete re-sends it, and the service
+recognises the id. A page of changes is joined with the cursor in one transaction, and joins are
+idempotent, so a page applied twice changes nothing. Kill points mark each step (FAULTS.md #3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from daemon import merge
+from daemon.backoff import Backoff
+from daemon.client import ServiceClient
+from daemon.clock import Clock
+from daemon.errors import ServiceHTTPError, StoreError, TransportError
+from daemon.hlc import HybridClock
+from daemon.killpoints import killpoint
+from daemon.logs import log_event
+from daemon.notes_store import NotesStore
+
+_LOG = logging.getLogger("shelfsync.annotations")
+BATCH_OPS = 2000  # 10,000 offline edits go in 5 requests
+BATCH_BYTES = 2 * 1024 * 1024  # of JSON before compression (the service takes up to 8 MiB)
+PULL_PAGE = 200
+SETTLE_S = 0.2  # wait after a local edit for the rest of a burst
+
+
+class AnnotationSync:
+    def __init__(
+        self,
+        notes: NotesStore,
+        client: ServiceClient,
+        clock: Clock,
+        hlc: HybridClock,
+        *,
+        settle_s: float = SETTLE_S,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._notes = notes
+        self._client = client
+        self._clock = clock
+        self._hlc = hlc
+        self._settle_s = settle_s
+        self._backoff = backoff or Backoff(base_s=2.0, cap_s=600.0)
+        self._requested = asyncio.Event()
+        self._link_up = asyncio.Event()
+        self._batch_ops = BATCH_OPS
+
+    def request(self) -> None:
+        """Something changed locally or remotely: sync soon."""
+        self._requested.set()
+
+    def link_up(self) -> None:
+        """The link to the service is (maybe) back: sync now, even in the middle of a backoff,
+        without waiting for a burst of edits to settle."""
+        self._link_up.set()
+        self._requested.set()
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            await self._requested.wait()
+            if not self._link_up.is_set():
+                await self._clock.sleep(self._settle_s)
+            self._requested.clear()
+            self._link_up.clear()
+            try:
+                await self.sync_once()
+                failures = 0
+            except (TransportError, StoreError) as e:
+                failures += 1
+                delay = self._backoff.delay(failures)
+                self._notes.record_sync(None, f"{type(e).__name__}: {e}")
+                log_event(
+                    _LOG,
+                    logging.INFO if failures == 1 else logging.DEBUG,
+                    "annotation_sync_failed",
+                    error=type(e).__name__,
+                    detail=str(e),
+                    retry_in_s=round(delay, 1),
+                )
+                await self._pause(delay)
+                self._requested.set()
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep `delay` seconds, or less if the link comes back meanwhile."""
+        sleeper = asyncio.ensure_future(self._clock.sleep(delay))
+        waiter = asyncio.ensure_future(self._link_up.wait())
+        try:
+            await asyncio.wait((sleeper, waiter), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, waiter):
+                task.cancel()
+            await asyncio.gather(sleeper, waiter, return_exceptions=True)
+
+    async def sync_once(self) -> tuple[int, int]:
+        """Push every pending op, then pull every change; (ops acknowledged, states joined)."""
+        pushed, requests = await self._push()
+        pulled = await self._pull()
+        self._notes.record_sync(self._clock.wall(), "")
+        log_event(
+            _LOG,
+            logging.INFO,
+            "annotations_synced",
+            pushed=pushed,
+            push_requests=requests,
+            pulled=pulled,
+            cursor=self._notes.annotation_cursor(),
+        )
+        return pushed, pulled
+
+    async def _push(self) -> tuple[int, int]:
+        acked = requests = 0
+        while batch := self._notes.outbox_batch(self._batch_ops, BATCH_BYTES):
+            killpoint("annotation_push_sending")
+            try:
+                result = await self._client.push_annotation_ops([op.body for op in batch])
+            except ServiceHTTPError as e:
+                if e.status != 413 or len(batch) == 1:
+                    raise
+                # A service with a smaller body limit: halve the batch and go on.
+                self._batch_ops = max(1, len(batch) // 2)
+                continue
+            requests += 1
+            killpoint("annotation_push_acked")
+            self._hlc.observe(result.clock)
+            sent = {op.op_id for op in batch}
+            # Only what was sent in this batch is ever forgotten, whatever the answer says.
+            acked_now = [op_id for op_id in result.acked if op_id in sent]
+            rejected = {k: v for k, v in result.rejected.items() if k in sent}
+            acked += self._notes.outbox_done(acked_now, rejected)
+            killpoint("annotation_trimmed")
+            for op_id, reason in rejected.items():
+                log_event(_LOG, logging.WARNING, "annotation_op_refused", op=op_id, detail=reason)
+            if not acked_now and not rejected:
+                raise TransportError("the service acknowledged none of the batch")
+        return acked, requests
+
+    async def _pull(self) -> int:
+        cursor = self._notes.annotation_cursor()
+        joined = 0
+        while True:
+            page = await self._client.annotation_changes(cursor, PULL_PAGE)
+            killpoint("annotation_pull_received")
+            self._observe(
+                [page.clock]
+                + [merge.max_stamp(item) for item in page.items]
+                + [merge.position_max_stamp(p) for p in page.positions]
+            )
+            clashes = self._notes.apply_remote(
+                page.items, page.positions, page.cursor, self._hlc.last
+            )
+            killpoint("annotation_pull_applied")
+            for item_id in clashes:
+                log_event(_LOG, logging.WARNING, "annotation_id_clash", item=item_id)
+            joined += len(page.items) + len(page.positions)
+            cursor = page.cursor
+            if not page.has_more:
+                return joined
+
+    def _observe(self, stamps: Iterable[str]) -> None:
+        """Move the local clock past every stamp received, so the next local edit of any of
+        these annotations is ordered after what this device has now seen."""
+        for stamp in stamps:
+            if stamp:
+                self._hlc.observe(stamp)

@@ -1,0 +1,589 @@
+"""Annotation merge (pure): how edits from devices and the service combine.
+
+Every annotation is a state in a join-semilattice. `join_item` is commutative, associative and
+idempotent, so replicas that have seen the same edits hold the same state whatever the order,
+duplication or delay of the messages that carried them. An edit is a small state (a delta) joined
+into the item; the service and every device store the join of all the deltas they have seen, and
+the service's changes feed sends whole item states, which join the same way.
+
+An item state holds:
+- `fields`: last-writer-wins registers (kind, anchor, color), each (stamp, value);
+- `texts`: the note's live versions, stamp -> text, and `replaced`: the versions an edit replaced
+  after the reader saw them. Two concurrent edits both stay live: the greater stamp is the note
+  and the other is shown as a conflict until a reader resolves it. A text leaves the state only
+  when a reader replaced it having seen it; nothing else drops one.
+- `edits`: node -> greatest stamp of that node's edits (a version vector of the item's edits);
+- `deleted`, `observed`: the greatest delete stamp, and the join of the edit vectors the deletes
+  had seen. The item is deleted while every edit was observed by some delete; an edit no delete
+  saw (a concurrent one) keeps the item alive: edit beats delete (FAULTS.md #27).
+
+A reading position holds each device's last place (last-writer-wins per device) and the furthest
+place read on any device (the greatest progress; the stamp breaks ties).
+
+Stamps come from daemon.hlc: a node's stamps strictly increase and a stamp made after seeing
+another is greater, so one vector entry per node covers all of that node's earlier edits, and the
+order never depends on a device's wall clock alone (FAULTS.md #29).
+
+This module also validates everything that enters a state (local API bodies, wire documents), so
+the device and the service apply the same limits (FAULTS.md #32, #33).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from daemon import hlc
+from daemon.errors import AnnotationError
+from daemon.manifest import check_resource_path
+
+KINDS = ("highlight", "note", "bookmark")
+COLORS = ("yellow", "green", "blue", "pink", "orange", "purple")
+FIELDS = ("kind", "anchor", "color")
+MAX_NOTE_CHARS = 8192
+MAX_QUOTE_CHARS = 4096
+MAX_CONTEXT_CHARS = 256  # quote prefix and suffix
+MAX_CFI_CHARS = 512
+MAX_OFFSET = 2**40
+# Wire-document caps: far above anything a reader makes, low enough to bound a parse.
+MAX_LIVE_TEXTS = 1024
+MAX_REPLACED = 100_000
+MAX_NODES = 1024
+
+ITEM_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+BOOK_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_CFI = re.compile(r"^[\x20-\x7e]+$")
+
+
+# -- validation ---------------------------------------------------------------------------------
+
+
+def _fail(where: str, reason: str) -> AnnotationError:
+    return AnnotationError(where, reason)
+
+
+def check_text(value: Any, where: str, max_chars: int, *, allow_empty: bool = True) -> str:
+    """A string a reader wrote or quoted: capped, valid Unicode, no control characters but
+    tab and newlines. Stored and served as text, never as markup."""
+    if not isinstance(value, str):
+        raise _fail(where, "must be a string")
+    if len(value) > max_chars:
+        raise _fail(where, f"is {len(value)} characters, over the limit of {max_chars}")
+    if not value and not allow_empty:
+        raise _fail(where, "must not be empty")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise _fail(where, "is not valid Unicode (a lone surrogate)") from e
+    if any(ord(c) < 0x20 and c not in "\t\n\r" for c in value):
+        raise _fail(where, "contains a control character")
+    return value
+
+
+def _int(value: Any, where: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _fail(where, f"must be an integer in [{low}, {high}]")
+    return value
+
+
+def _progress(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(where, "must be a number in [0, 1]")
+    number = float(value)
+    if not math.isfinite(number) or not 0.0 <= number <= 1.0:
+        raise _fail(where, "must be a number in [0, 1]")
+    return number
+
+
+def _object(value: Any, where: str, allowed: Iterable[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(where, "must be a JSON object")
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise _fail(where, f"unknown field {str(unknown[0])[:40]!r}")
+    return value
+
+
+def check_item_id(value: Any, where: str = "id") -> str:
+    if not isinstance(value, str) or not ITEM_ID.match(value):
+        raise _fail(where, "must be 8-64 letters, digits, '_' or '-'")
+    return value
+
+
+def check_book_id(value: Any, where: str = "book_id") -> str:
+    if not isinstance(value, str) or not BOOK_ID.match(value):
+        raise _fail(where, "must be 1-64 letters, digits, '_' or '-'")
+    return value
+
+
+def _stamp(value: Any, where: str) -> str:
+    if not hlc.is_stamp(value):
+        raise _fail(where, "is not a clock stamp")
+    return str(value)
+
+
+def _resource(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise _fail(where, "must be a string")
+    try:
+        return check_resource_path(value)
+    except ValueError as e:
+        raise _fail(where, f"is not a path inside a book ({e})") from e
+
+
+def _cfi(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_CFI_CHARS or not _CFI.match(value):
+        raise _fail(where, f"must be 1-{MAX_CFI_CHARS} printable ASCII characters")
+    return value
+
+
+def parse_anchor(doc: Any, where: str = "anchor", *, need_quote: bool = False) -> dict[str, Any]:
+    """An anchor in canonical form (docs/ANNOTATIONS.md "Anchors")."""
+    doc = _object(doc, where, ("resource", "start", "end", "cfi", "quote", "book_version"))
+    anchor: dict[str, Any] = {"resource": _resource(doc.get("resource"), f"{where}.resource")}
+    anchor["start"] = _int(doc.get("start"), f"{where}.start", 0, MAX_OFFSET)
+    anchor["end"] = _int(
+        doc.get("end", anchor["start"]), f"{where}.end", anchor["start"], MAX_OFFSET
+    )
+    if "cfi" in doc:
+        anchor["cfi"] = _cfi(doc["cfi"], f"{where}.cfi")
+    if "book_version" in doc:
+        anchor["book_version"] = _int(doc["book_version"], f"{where}.book_version", 1, 2**53)
+    if "quote" in doc:
+        quote = _object(doc["quote"], f"{where}.quote", ("exact", "prefix", "suffix"))
+        anchor["quote"] = {
+            "exact": check_text(
+                quote.get("exact"), f"{where}.quote.exact", MAX_QUOTE_CHARS, allow_empty=False
+            ),
+            "prefix": check_text(
+                quote.get("prefix", ""), f"{where}.quote.prefix", MAX_CONTEXT_CHARS
+            ),
+            "suffix": check_text(
+                quote.get("suffix", ""), f"{where}.quote.suffix", MAX_CONTEXT_CHARS
+            ),
+        }
+    elif need_quote:
+        raise _fail(f"{where}.quote", "a highlight needs the quoted text")
+    return anchor
+
+
+def parse_place(doc: Any, where: str = "position") -> dict[str, Any]:
+    """A reading position in canonical form: resource, start, optional cfi, progress (0..1)."""
+    doc = _object(doc, where, ("resource", "start", "cfi", "progress"))
+    place: dict[str, Any] = {
+        "resource": _resource(doc.get("resource"), f"{where}.resource"),
+        "start": _int(doc.get("start", 0), f"{where}.start", 0, MAX_OFFSET),
+        "progress": _progress(doc.get("progress"), f"{where}.progress"),
+    }
+    if "cfi" in doc:
+        place["cfi"] = _cfi(doc["cfi"], f"{where}.cfi")
+    return place
+
+
+def _color(value: Any, where: str) -> str | None:
+    if value is not None and value not in COLORS:
+        raise _fail(where, f"must be null or one of {', '.join(COLORS)}")
+    return None if value is None else str(value)
+
+
+def _field_value(name: str, value: Any, where: str) -> Any:
+    if name == "kind":
+        if value not in KINDS:
+            raise _fail(where, f"must be one of {', '.join(KINDS)}")
+        return value
+    if name == "anchor":
+        return parse_anchor(value, where)
+    return _color(value, where)
+
+
+@dataclass(frozen=True, slots=True)
+class NewAnnotation:
+    """A validated create request of the local API."""
+
+    item_id: str | None
+    kind: str
+    anchor: dict[str, Any]
+    color: str | None
+    note: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Edit:
+    """A validated edit request: `changes` of fields, a new note text, versions it replaces."""
+
+    changes: dict[str, Any]
+    note: str | None
+    replaces: tuple[str, ...] | None
+
+
+def parse_new(doc: Any) -> NewAnnotation:
+    doc = _object(doc, "body", ("id", "kind", "anchor", "color", "note"))
+    kind = _field_value("kind", doc.get("kind"), "kind")
+    anchor = parse_anchor(doc.get("anchor"), need_quote=kind == "highlight")
+    color = _color(doc.get("color", "yellow" if kind == "highlight" else None), "color")
+    note = check_text(doc["note"], "note", MAX_NOTE_CHARS) if "note" in doc else None
+    item_id = check_item_id(doc["id"]) if "id" in doc else None
+    return NewAnnotation(item_id, kind, anchor, color, note)
+
+
+def parse_edit(doc: Any) -> Edit:
+    doc = _object(doc, "body", ("color", "anchor", "note", "replaces"))
+    changes: dict[str, Any] = {}
+    if "color" in doc:
+        changes["color"] = _color(doc["color"], "color")
+    if "anchor" in doc:
+        changes["anchor"] = parse_anchor(doc["anchor"])
+    note = check_text(doc["note"], "note", MAX_NOTE_CHARS) if "note" in doc else None
+    replaces = None
+    if "replaces" in doc:
+        raw = doc["replaces"]
+        if not isinstance(raw, list) or len(raw) > MAX_LIVE_TEXTS:
+            raise _fail("replaces", f"must be a list of at most {MAX_LIVE_TEXTS} note versions")
+        replaces = tuple(sorted({_stamp(v, "replaces[]") for v in raw}))
+        if not replaces and note is None:
+            raise _fail("replaces", "must name a version when no new note is given")
+    if not changes and note is None and replaces is None:
+        raise _fail("body", "nothing to change (give color, anchor, note or replaces)")
+    return Edit(changes, note, replaces)
+
+
+# -- items --------------------------------------------------------------------------------------
+
+
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    item_id: str
+    book_id: str
+    fields: Mapping[str, tuple[str, Any]] = field(default_factory=dict)
+    texts: Mapping[str, str] = field(default_factory=dict)
+    replaced: frozenset[str] = frozenset()
+    edits: Mapping[str, str] = field(default_factory=dict)
+    deleted: str | None = None
+    observed: Mapping[str, str] = field(default_factory=dict)
+
+
+def _max_vector(a: Mapping[str, str], b: Mapping[str, str]) -> dict[str, str]:
+    out = dict(a)
+    for node, stamp in b.items():
+        if stamp > out.get(node, ""):
+            out[node] = stamp
+    return out
+
+
+def join_item(a: Item, b: Item) -> Item:
+    """The least state that includes both (commutative, associative, idempotent)."""
+    if (a.item_id, a.book_id) != (b.item_id, b.book_id):
+        raise _fail("book_id", f"annotation {a.item_id} belongs to another book")
+    fields = dict(a.fields)
+    for name, (stamp, value) in b.fields.items():
+        mine = fields.get(name)
+        if mine is None or (stamp, _canon(value)) > (mine[0], _canon(mine[1])):
+            fields[name] = (stamp, value)
+    replaced = a.replaced | b.replaced
+    texts = {s: t for s, t in a.texts.items() if s not in replaced}
+    for stamp, text in b.texts.items():
+        if stamp not in replaced:
+            # One stamp, two texts only from a corrupt peer: still pick the same one everywhere.
+            texts[stamp] = max(text, texts.get(stamp, text))
+    deleted = max(filter(None, (a.deleted, b.deleted)), default=None)
+    return Item(
+        a.item_id,
+        a.book_id,
+        fields,
+        texts,
+        replaced,
+        _max_vector(a.edits, b.edits),
+        deleted,
+        _max_vector(a.observed, b.observed),
+    )
+
+
+def is_created(item: Item) -> bool:
+    """The creation has arrived: the item has a kind and an anchor to show."""
+    return "kind" in item.fields and "anchor" in item.fields
+
+
+def is_deleted(item: Item) -> bool:
+    return item.deleted is not None and all(
+        item.observed.get(node, "") >= stamp for node, stamp in item.edits.items()
+    )
+
+
+def note_versions(item: Item) -> list[tuple[str, str]]:
+    """Live note versions, the winner (greatest stamp) first, then the conflicts."""
+    return sorted(item.texts.items(), reverse=True)
+
+
+def known_versions(item: Item) -> set[str]:
+    return set(item.texts) | set(item.replaced)
+
+
+def updated_stamp(item: Item) -> str:
+    return max((*item.edits.values(), item.deleted or ""))
+
+
+def _seconds(stamp: str | None) -> float | None:
+    return hlc.seconds_of(stamp) if stamp else None
+
+
+def max_stamp(item: Item) -> str:
+    """The greatest stamp anywhere in the state: the local clock must move past it."""
+    return max(
+        (
+            *(s for s, _ in item.fields.values()),
+            *item.texts,
+            *item.replaced,
+            *item.edits.values(),
+            *item.observed.values(),
+            item.deleted or "",
+        ),
+        default="",
+    )
+
+
+def author_nodes(item: Item) -> set[str]:
+    """The nodes whose stamps mark new content in this state (a delta's author)."""
+    return {
+        *(hlc.node_of(s) for s, _ in item.fields.values()),
+        *(hlc.node_of(s) for s in item.texts),
+        *item.edits,
+        *((hlc.node_of(item.deleted),) if item.deleted else ()),
+    }
+
+
+def create_delta(item_id: str, book_id: str, stamp: str, new: NewAnnotation) -> Item:
+    fields = {"kind": (stamp, new.kind), "anchor": (stamp, new.anchor), "color": (stamp, new.color)}
+    texts = {stamp: new.note} if new.note is not None else {}
+    return Item(item_id, book_id, fields, texts, edits={hlc.node_of(stamp): stamp})
+
+
+def edit_delta(item: Item, stamp: str, edit: Edit) -> Item:
+    """The delta of `edit` made on `item` as this device sees it.
+
+    A new note replaces the versions named in `edit.replaces`, by default the note the reader
+    sees (the winner); conflicts stay until named, so an edit never drops text unseen."""
+    replaces: Iterable[str]
+    if edit.replaces is not None:
+        replaces = edit.replaces
+    else:
+        versions = note_versions(item)
+        replaces = [versions[0][0]] if edit.note is not None and versions else []
+    return Item(
+        item.item_id,
+        item.book_id,
+        {name: (stamp, value) for name, value in edit.changes.items()},
+        {stamp: edit.note} if edit.note is not None else {},
+        frozenset(replaces),
+        {hlc.node_of(stamp): stamp},
+    )
+
+
+def delete_delta(item: Item, stamp: str) -> Item:
+    """A delete that removes the edits this device has seen, and no others."""
+    return Item(item.item_id, item.book_id, deleted=stamp, observed=dict(item.edits))
+
+
+def item_view(item: Item, pending: bool) -> dict[str, Any]:
+    """What the local API shows of an item."""
+    versions = note_versions(item)
+    kind_stamp = item.fields["kind"][0] if "kind" in item.fields else None
+    deleted = is_deleted(item)
+    return {
+        "id": item.item_id,
+        "book_id": item.book_id,
+        "kind": item.fields.get("kind", ("", None))[1],
+        "color": item.fields.get("color", ("", None))[1],
+        "anchor": item.fields.get("anchor", ("", None))[1],
+        "note": versions[0][1] if versions else None,
+        "note_version": versions[0][0] if versions else None,
+        "conflicts": [
+            {
+                "version": stamp,
+                "note": text,
+                "device_id": hlc.node_of(stamp),
+                "at": hlc.seconds_of(stamp),
+            }
+            for stamp, text in versions[1:]
+        ],
+        "created_at": _seconds(kind_stamp),
+        "created_by": hlc.node_of(kind_stamp) if kind_stamp else None,
+        "updated_at": _seconds(updated_stamp(item)),
+        "deleted": deleted,
+        "deleted_at": _seconds(item.deleted) if deleted else None,
+        "deleted_by": hlc.node_of(item.deleted) if deleted and item.deleted else None,
+        "pending": pending,
+    }
+
+
+def item_to_doc(item: Item) -> dict[str, Any]:
+    return {
+        "id": item.item_id,
+        "book_id": item.book_id,
+        "fields": {name: [stamp, value] for name, (stamp, value) in sorted(item.fields.items())},
+        "texts": dict(sorted(item.texts.items())),
+        "replaced": sorted(item.replaced),
+        "edits": dict(sorted(item.edits.items())),
+        "deleted": item.deleted,
+        "observed": dict(sorted(item.observed.items())),
+    }
+
+
+def _vector(value: Any, where: str) -> dict[str, str]:
+    if not isinstance(value, dict) or len(value) > MAX_NODES:
+        raise _fail(where, f"must be an object of at most {MAX_NODES} nodes")
+    for node, stamp in value.items():
+        if hlc.node_of(_stamp(stamp, f"{where}[]")) != node:
+            raise _fail(where, "maps a node to another node's stamp")
+    return dict(value)
+
+
+def item_from_doc(doc: Any) -> Item:
+    """Parse and validate an item state or delta from the wire; AnnotationError if malformed."""
+    doc = _object(
+        doc,
+        "item",
+        ("id", "book_id", "fields", "texts", "replaced", "edits", "deleted", "observed"),
+    )
+    raw_fields = _object(doc.get("fields", {}), "item.fields", FIELDS)
+    fields = {}
+    for name, pair in raw_fields.items():
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise _fail(f"item.fields.{name}", "must be [stamp, value]")
+        fields[name] = (
+            _stamp(pair[0], f"item.fields.{name}"),
+            _field_value(name, pair[1], f"item.fields.{name}"),
+        )
+    raw_texts = doc.get("texts", {})
+    if not isinstance(raw_texts, dict) or len(raw_texts) > MAX_LIVE_TEXTS:
+        raise _fail("item.texts", f"must be an object of at most {MAX_LIVE_TEXTS} versions")
+    texts = {
+        _stamp(s, "item.texts"): check_text(t, "item.texts[]", MAX_NOTE_CHARS)
+        for s, t in raw_texts.items()
+    }
+    raw_replaced = doc.get("replaced", [])
+    if not isinstance(raw_replaced, list) or len(raw_replaced) > MAX_REPLACED:
+        raise _fail("item.replaced", f"must be a list of at most {MAX_REPLACED} stamps")
+    replaced = frozenset(_stamp(s, "item.replaced[]") for s in raw_replaced)
+    deleted = doc.get("deleted")
+    item = Item(
+        check_item_id(doc.get("id"), "item.id"),
+        check_book_id(doc.get("book_id"), "item.book_id"),
+        fields,
+        {s: t for s, t in texts.items() if s not in replaced},
+        replaced,
+        _vector(doc.get("edits", {}), "item.edits"),
+        None if deleted is None else _stamp(deleted, "item.deleted"),
+        _vector(doc.get("observed", {}), "item.observed"),
+    )
+    return item
+
+
+# -- reading positions --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    book_id: str
+    devices: Mapping[str, tuple[str, Mapping[str, Any]]] = field(default_factory=dict)
+    furthest: tuple[float, str, Mapping[str, Any]] | None = None
+
+
+def join_position(a: Position, b: Position) -> Position:
+    if a.book_id != b.book_id:
+        raise _fail("book_id", "reading positions of two books cannot merge")
+    devices = dict(a.devices)
+    for node, (stamp, place) in b.devices.items():
+        mine = devices.get(node)
+        if mine is None or (stamp, _canon(place)) > (mine[0], _canon(mine[1])):
+            devices[node] = (stamp, place)
+    candidates = [f for f in (a.furthest, b.furthest) if f is not None]
+    furthest = max(candidates, key=lambda f: (f[0], f[1], _canon(f[2])), default=None)
+    return Position(a.book_id, devices, furthest)
+
+
+def position_delta(book_id: str, stamp: str, place: Mapping[str, Any]) -> Position:
+    return Position(
+        book_id, {hlc.node_of(stamp): (stamp, place)}, (float(place["progress"]), stamp, place)
+    )
+
+
+def position_max_stamp(position: Position) -> str:
+    stamps = [s for s, _ in position.devices.values()]
+    if position.furthest is not None:
+        stamps.append(position.furthest[1])
+    return max(stamps, default="")
+
+
+def position_author_nodes(position: Position) -> set[str]:
+    nodes = set(position.devices)
+    if position.furthest is not None:
+        nodes.add(hlc.node_of(position.furthest[1]))
+    return nodes
+
+
+def position_view(position: Position | None, book_id: str, this_node: str) -> dict[str, Any]:
+    """Last read here, on each device, most recently anywhere, and furthest anywhere."""
+
+    def entry(stamp: str, place: Mapping[str, Any]) -> dict[str, Any]:
+        node = hlc.node_of(stamp)
+        return {
+            "device_id": node,
+            "this_device": node == this_node,
+            "at": hlc.seconds_of(stamp),
+            "position": dict(place),
+        }
+
+    entries = sorted(position.devices.values() if position else (), key=lambda e: e[0])[::-1]
+    here = position.devices.get(this_node) if position else None
+    furthest = position.furthest if position else None
+    return {
+        "book_id": book_id,
+        "here": entry(*here) if here else None,
+        "latest": entry(*entries[0]) if entries else None,
+        "furthest": entry(furthest[1], furthest[2]) if furthest else None,
+        "devices": [entry(stamp, place) for stamp, place in entries],
+    }
+
+
+def position_to_doc(position: Position) -> dict[str, Any]:
+    f = position.furthest
+    return {
+        "book_id": position.book_id,
+        "devices": {
+            node: [stamp, dict(place)] for node, (stamp, place) in sorted(position.devices.items())
+        },
+        "furthest": None if f is None else [f[0], f[1], dict(f[2])],
+    }
+
+
+def position_from_doc(doc: Any) -> Position:
+    doc = _object(doc, "position", ("book_id", "devices", "furthest"))
+    raw = doc.get("devices", {})
+    if not isinstance(raw, dict) or len(raw) > MAX_NODES:
+        raise _fail("position.devices", f"must be an object of at most {MAX_NODES} devices")
+    devices = {}
+    for node, pair in raw.items():
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise _fail("position.devices", "each device must map to [stamp, place]")
+        stamp = _stamp(pair[0], "position.devices[]")
+        if hlc.node_of(stamp) != node:
+            raise _fail("position.devices", "maps a device to another device's stamp")
+        devices[node] = (stamp, parse_place(pair[1], "position.devices[]"))
+    furthest = None
+    raw_furthest = doc.get("furthest")
+    if raw_furthest is not None:
+        if not isinstance(raw_furthest, list) or len(raw_furthest) != 3:
+            raise _fail("position.furthest", "must be null or [progress, stamp, place]")
+        place = parse_place(raw_furthest[2], "position.furthest")
+        if _progress(raw_furthest[0], "position.furthest") != place["progress"]:
+            raise _fail("position.furthest", "progress differs from its place")
+        furthest = (place["progress"], _stamp(raw_furthest[1], "position.furthest"), place)
+    return Position(check_book_id(doc.get("book_id"), "position.book_id"), devices, furthest)

@@ -1,0 +1,358 @@
+"""The notes store: the only code that speaks SQL about annotations (daemon/sql/0002_*.sql).
+
+It opens its own connection to the daemon's database, with synchronous=FULL. In WAL mode
+`synchronous` belongs to the connection: the book store's NORMAL survives a process crash but may
+lose its last commits on power loss, which is fine for a frame that is simply fetched again and
+not for a note the reader was told is saved (DESIGN.md promise 3, FAULTS.md #5). FULL syncs the
+WAL at every commit of this connection, so when the local API answers, the note is on flash; the
+frames keep the cheaper NORMAL. The schema is migrated by daemon/store.py before this opens.
+
+Every method is one short transaction that never awaits, so callers on the event loop cannot
+interleave inside one, and each read-modify-write (an edit, a merge) is a single transaction. It
+also reads the `library` table (owned by daemon/store.py) to know which books are on the device.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from daemon import merge
+from daemon.errors import StoreError
+from daemon.killpoints import killpoint
+from daemon.merge import Item, Position
+from daemon.store import Store
+
+SCHEMA_VERSION = 2  # the first schema holding these tables
+POSITION_TARGET = "position:"  # outbox target prefix of reading position ops
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxOp:
+    op_id: str
+    body: str  # JSON, as sent
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    """A popular passage as the service describes it; readers == 0 means it is gone."""
+
+    book_id: str
+    passage_id: str
+    readers: int
+    anchor: dict[str, Any]
+
+
+def _dumps(doc: Any) -> str:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+
+
+class NotesStore:
+    def __init__(self, connection: apsw.Connection, path: Path) -> None:
+        self._db = connection
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path) -> NotesStore:
+        """Open the (already migrated) database for annotation reads and durable writes."""
+        try:
+            db = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE)
+            db.set_busy_timeout(5000)
+            db.execute("PRAGMA foreign_keys = ON")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = FULL")
+        except apsw.Error as e:
+            raise StoreError(f"cannot open the database {path} for notes: {e}") from e
+        store = cls(db, path)
+        version = int(store._one("PRAGMA user_version")[0])
+        if version < SCHEMA_VERSION:
+            db.close()
+            raise StoreError(f"{path} has schema version {version}; notes need {SCHEMA_VERSION}")
+        return store
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[apsw.Connection]:
+        try:
+            with self._db:
+                yield self._db
+        except apsw.FullError as e:
+            raise StoreError(f"the disk is full, nothing was saved: {e}") from e
+        except apsw.Error as e:
+            raise StoreError(f"the notes database failed: {type(e).__name__}: {e}") from e
+
+    def _query(self, sql: str, bindings: Any = ()) -> list[Any]:
+        return list(self._db.execute(sql, bindings))
+
+    def _one(self, sql: str, bindings: Any = ()) -> Any:
+        rows = self._query(sql, bindings)
+        return rows[0] if rows else None
+
+    # -- small facts ----------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._one("SELECT value FROM notes_meta WHERE key = ?", (key,))
+        return None if row is None else str(row[0])
+
+    @staticmethod
+    def _set_meta(db: apsw.Connection, key: str, value: str) -> None:
+        db.execute("INSERT OR REPLACE INTO notes_meta (key, value) VALUES (?, ?)", (key, value))
+
+    def _save_clock(self, db: apsw.Connection, stamp: str | None) -> None:
+        # Only ever raised: a clock set back must not bring stamps back with it after a restart.
+        if stamp is not None and stamp > (self.get_meta("hlc") or ""):
+            self._set_meta(db, "hlc", stamp)
+
+    def clock_floor(self) -> str | None:
+        """The greatest stamp this device made or saw, persisted with every change."""
+        return self.get_meta("hlc")
+
+    def annotation_cursor(self) -> int:
+        return int(self.get_meta("annotation_cursor") or 0)
+
+    def popular_cursor(self) -> int:
+        return int(self.get_meta("popular_cursor") or 0)
+
+    def record_sync(self, at: float | None, error: str) -> None:
+        """Note a finished sync (`at`) or a failed one (`at` None, with its error)."""
+        with self._transaction() as db:
+            if at is not None:
+                self._set_meta(db, "last_sync_at", repr(at))
+            self._set_meta(db, "last_sync_error", error[:500])
+
+    # -- annotations ----------------------------------------------------------------------------
+
+    def item(self, item_id: str) -> Item | None:
+        row = self._one("SELECT state FROM annotations WHERE item_id = ?", (item_id,))
+        return None if row is None else merge.item_from_doc(json.loads(row[0]))
+
+    def is_pending(self, item_id: str) -> bool:
+        return bool(
+            self._one(
+                "SELECT 1 FROM outbox WHERE target = ? AND rejected IS NULL LIMIT 1", (item_id,)
+            )
+        )
+
+    def items(self, book_id: str, include_deleted: bool) -> list[tuple[Item, bool]]:
+        """A book's annotations (with whether an edit is still to be sent), oldest edit first."""
+        rows = self._query(
+            "SELECT a.state, EXISTS (SELECT 1 FROM outbox o WHERE o.target = a.item_id"
+            "   AND o.rejected IS NULL)"
+            " FROM annotations a WHERE a.book_id = ? AND a.created AND (? OR NOT a.deleted)"
+            " ORDER BY a.updated",
+            (book_id, int(include_deleted)),
+        )
+        return [(merge.item_from_doc(json.loads(r[0])), bool(r[1])) for r in rows]
+
+    @staticmethod
+    def _write_item(db: apsw.Connection, item: Item) -> None:
+        db.execute(
+            "INSERT INTO annotations (item_id, book_id, state, created, deleted, updated)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (item_id) DO UPDATE SET"
+            " state = excluded.state, created = excluded.created, deleted = excluded.deleted,"
+            " updated = excluded.updated",
+            (
+                item.item_id,
+                item.book_id,
+                _dumps(merge.item_to_doc(item)),
+                int(merge.is_created(item)),
+                int(merge.is_deleted(item)),
+                merge.updated_stamp(item),
+            ),
+        )
+
+    @staticmethod
+    def _queue(
+        db: apsw.Connection, op_id: str, target: str, op: dict[str, Any], now: float
+    ) -> None:
+        db.execute(
+            "INSERT INTO outbox (op_id, target, body, created_at) VALUES (?, ?, ?, ?)",
+            (op_id, target, _dumps({"op_id": op_id, **op}), now),
+        )
+
+    def commit_item_edit(self, delta: Item, op_id: str, stamp: str, now: float) -> Item:
+        """Join a local edit into its annotation and queue it, in one durable transaction."""
+        with self._transaction() as db:
+            current = self.item(delta.item_id)
+            merged = delta if current is None else merge.join_item(current, delta)
+            self._write_item(db, merged)
+            self._queue(db, op_id, delta.item_id, {"item": merge.item_to_doc(delta)}, now)
+            self._save_clock(db, stamp)
+        return merged
+
+    # -- reading positions ----------------------------------------------------------------------
+
+    def position(self, book_id: str) -> Position | None:
+        row = self._one("SELECT state FROM positions WHERE book_id = ?", (book_id,))
+        return None if row is None else merge.position_from_doc(json.loads(row[0]))
+
+    @staticmethod
+    def _write_position(db: apsw.Connection, position: Position) -> None:
+        db.execute(
+            "INSERT INTO positions (book_id, state) VALUES (?, ?) ON CONFLICT (book_id)"
+            " DO UPDATE SET state = excluded.state",
+            (position.book_id, _dumps(merge.position_to_doc(position))),
+        )
+
+    def commit_position(self, delta: Position, op_id: str, stamp: str, now: float) -> Position:
+        """Join a local reading position and queue it, replacing a position op still waiting
+        for the same book (only the latest place matters; page turns do not pile up)."""
+        target = POSITION_TARGET + delta.book_id
+        with self._transaction() as db:
+            current = self.position(delta.book_id)
+            merged = delta if current is None else merge.join_position(current, delta)
+            self._write_position(db, merged)
+            db.execute("DELETE FROM outbox WHERE target = ? AND rejected IS NULL", (target,))
+            self._queue(db, op_id, target, {"position": merge.position_to_doc(delta)}, now)
+            self._save_clock(db, stamp)
+        return merged
+
+    # -- sync -----------------------------------------------------------------------------------
+
+    def outbox_batch(self, max_ops: int, max_bytes: int) -> list[OutboxOp]:
+        """The oldest pending ops, at most `max_ops` and about `max_bytes` (at least one)."""
+        batch: list[OutboxOp] = []
+        size = 0
+        for op_id, body in self._db.execute(
+            "SELECT op_id, body FROM outbox WHERE rejected IS NULL ORDER BY seq LIMIT ?",
+            (max_ops,),
+        ):
+            size += len(body) + 1
+            if batch and size > max_bytes:
+                break
+            batch.append(OutboxOp(op_id, body))
+        return batch
+
+    def outbox_done(self, acked: Iterable[str], rejected: Mapping[str, str]) -> int:
+        """Forget acknowledged ops and mark refused ones (kept, shown in the status)."""
+        removed = 0
+        with self._transaction() as db:
+            for op_id in acked:
+                db.execute("DELETE FROM outbox WHERE op_id = ?", (op_id,))
+                removed += self._db.changes()
+                killpoint("annotation_trim_row")
+            for op_id, reason in rejected.items():
+                db.execute("UPDATE outbox SET rejected = ? WHERE op_id = ?", (reason[:500], op_id))
+        return removed
+
+    def apply_remote(
+        self, items: list[Item], positions: list[Position], cursor: int, clock: str | None
+    ) -> list[str]:
+        """Join one page of the service's changes and advance the cursor, all or nothing.
+
+        Returns the ids of items the service holds for another book than this device (a
+        client-chosen id used twice); the local state of those is kept as it is."""
+        clashes = []
+        with self._transaction() as db:
+            for remote in items:
+                current = self.item(remote.item_id)
+                if current is not None and current.book_id != remote.book_id:
+                    clashes.append(remote.item_id)
+                    continue
+                self._write_item(
+                    db, remote if current is None else merge.join_item(current, remote)
+                )
+                killpoint("annotation_pull_row")
+            for remote_position in positions:
+                mine = self.position(remote_position.book_id)
+                self._write_position(
+                    db,
+                    remote_position if mine is None else merge.join_position(mine, remote_position),
+                )
+            self._set_meta(db, "annotation_cursor", str(cursor))
+            self._save_clock(db, clock)
+        return clashes
+
+    # -- popular highlights ---------------------------------------------------------------------
+
+    def books_on_device(self) -> list[str]:
+        return [r[0] for r in self._query("SELECT book_id FROM library WHERE in_library")]
+
+    def book_on_device(self, book_id: str) -> bool:
+        row = self._one("SELECT in_library FROM library WHERE book_id = ?", (book_id,))
+        return bool(row and row[0])
+
+    def popular_books(self) -> set[str]:
+        return {r[0] for r in self._query("SELECT book_id FROM popular_books")}
+
+    def apply_popular(
+        self, passages: list[Passage], *, cursor: int | None, covered: Iterable[str] = ()
+    ) -> None:
+        """Store one page of popular passages; advance the account-wide cursor if given, and
+        mark `covered` books as held in full."""
+        with self._transaction() as db:
+            for p in passages:
+                if p.readers > 0:
+                    db.execute(
+                        "INSERT INTO popular_passages (book_id, passage_id, readers, anchor)"
+                        " VALUES (?, ?, ?, ?) ON CONFLICT (book_id, passage_id) DO UPDATE SET"
+                        " readers = excluded.readers, anchor = excluded.anchor",
+                        (p.book_id, p.passage_id, p.readers, _dumps(p.anchor)),
+                    )
+                else:
+                    db.execute(
+                        "DELETE FROM popular_passages WHERE book_id = ? AND passage_id = ?",
+                        (p.book_id, p.passage_id),
+                    )
+            db.executemany(
+                "INSERT OR IGNORE INTO popular_books (book_id) VALUES (?)",
+                [(b,) for b in covered],
+            )
+            if cursor is not None:
+                self._set_meta(db, "popular_cursor", str(cursor))
+                killpoint("popular_cursor_saved")
+
+    def record_popular_refresh(self, at: float) -> None:
+        with self._transaction() as db:
+            self._set_meta(db, "popular_refreshed_at", repr(at))
+
+    def forget_popular(self, keep: set[str]) -> None:
+        """Drop the passages of books no longer on the device."""
+        gone = self.popular_books() - keep
+        with self._transaction() as db:
+            for book_id in gone:
+                db.execute("DELETE FROM popular_passages WHERE book_id = ?", (book_id,))
+                db.execute("DELETE FROM popular_books WHERE book_id = ?", (book_id,))
+
+    def popular(self, book_id: str) -> list[dict[str, Any]]:
+        rows = self._query(
+            "SELECT passage_id, readers, anchor FROM popular_passages WHERE book_id = ?"
+            " ORDER BY readers DESC, passage_id",
+            (book_id,),
+        )
+        return [{"passage_id": r[0], "readers": r[1], "anchor": json.loads(r[2])} for r in rows]
+
+
+def annotation_status(store: Store) -> dict[str, Any] | None:
+    """Annotation sync as the status report shows it, read through the book store's connection
+    (so `shelfsync status` works with the daemon stopped); None before schema 2."""
+    if store.schema_version() < SCHEMA_VERSION:
+        return None
+    pending, pending_bytes, rejected = store.one(
+        "SELECT count(*) FILTER (WHERE rejected IS NULL),"
+        " coalesce(sum(length(body)) FILTER (WHERE rejected IS NULL), 0),"
+        " count(*) FILTER (WHERE rejected IS NOT NULL) FROM outbox"
+    )
+    meta = dict(store.query("SELECT key, value FROM notes_meta"))
+    items = store.one("SELECT count(*) FROM annotations WHERE created AND NOT deleted")[0]
+    last = meta.get("last_sync_at")
+    return {
+        "outbox_depth": int(pending),
+        "outbox_bytes": int(pending_bytes),  # JSON, before compression
+        "rejected": int(rejected),
+        "annotations": int(items),
+        "last_sync_at": float(last) if last else None,
+        "last_sync_error": meta.get("last_sync_error") or None,
+        "cursor": int(meta.get("annotation_cursor", 0)),
+        "popular_refreshed_at": float(meta["popular_refreshed_at"])
+        if "popular_refreshed_at" in meta
+        else None,
+    }

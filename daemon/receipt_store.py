@@ -1,0 +1,186 @@
+"""The SQL of delivery receipts and notices (daemon/sql/0005_receipts.sql), on the book store.
+
+Receipts and notices go through the book store's connection (daemon/store.py) rather than one
+of their own: completed receipts are written by a trigger inside the store's own transactions,
+and nothing here needs the notes' synchronous=FULL (a receipt lost to a power cut is made again
+from `deliveries`, or its apology simply not asked for). Every function is one short
+transaction that never awaits. Reads work on a read-only store too, and on a database from
+before schema 5 (`shelfsync status` with an older daemon stopped) they report nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from daemon.client import Notice
+from daemon.store import Store
+
+SCHEMA_VERSION = 5  # the first schema holding these tables
+KEEP_SENT_S = 30 * 86400.0  # acknowledged receipts are kept this long, for status
+KEEP_NOTICES = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    receipt_id: str
+    outcome: str  # complete | failed
+    book_id: str
+    version: int
+    reason: str
+    ordered_at: float  # service clock
+    notified_at: float  # device clock, as are the rest
+    started_at: float | None
+    first_chapter_at: float | None
+    completed_at: float | None
+    bytes_fetched: int
+    retries: int
+    last_error: str | None
+
+    def to_doc(self) -> dict[str, Any]:
+        """The receipt's JSON shape (docs/PROTOCOL.md "Delivery receipts")."""
+        return {
+            "receipt_id": self.receipt_id,
+            "outcome": self.outcome,
+            "book_id": self.book_id,
+            "version": self.version,
+            "reason": self.reason,
+            "ordered_at": self.ordered_at,
+            "notified_at": self.notified_at,
+            "started_at": self.started_at,
+            "first_chapter_at": self.first_chapter_at,
+            "completed_at": self.completed_at,
+            "bytes_fetched": self.bytes_fetched,
+            "retries": self.retries,
+            "last_error": self.last_error,
+        }
+
+
+def _ready(store: Store) -> bool:
+    return store.schema_version() >= SCHEMA_VERSION
+
+
+def make_failed_receipts(store: Store, now: float, promise_s: float) -> int:
+    """Make a `failed` receipt for each delivery that has failed attempts and is still not
+    complete `promise_s` after this device heard of it; returns how many were made.
+
+    The deadline counts from notified_at (device clock), not ordered_at (service clock): a
+    device clock set wrong cannot make a receipt early, and ordered_at <= notified_at anyway."""
+    with store.transaction() as db:
+        db.execute(
+            "INSERT OR IGNORE INTO receipts (receipt_id, outcome, book_id, version, reason,"
+            " ordered_at, notified_at, started_at, first_chapter_at, completed_at, bytes_fetched,"
+            " retries, last_error, made_at)"
+            " SELECT d.book_id || '.v' || CASE WHEN d.version > 0 THEN d.version"
+            "   ELSE coalesce(l.wanted_version, 0) END"
+            "   || '.' || CAST(round(d.ordered_at * 1000) AS INTEGER) || '.failed',"
+            " 'failed', d.book_id, CASE WHEN d.version > 0 THEN d.version"
+            "   ELSE coalesce(l.wanted_version, 0) END, coalesce(l.reason, 'unknown'),"
+            " d.ordered_at, d.notified_at, d.started_at, d.first_chapter_at, NULL,"
+            " d.bytes_fetched, d.retries, substr(d.last_error, 1, 200), ?"
+            " FROM deliveries d LEFT JOIN library l ON l.book_id = d.book_id"
+            " WHERE d.completed_at IS NULL AND d.notified_at < ? AND d.retries > 0",
+            (now, now - promise_s),
+        )
+        return db.changes()
+
+
+def has_open_deliveries(store: Store) -> bool:
+    """Whether a delivery is under way (so a receipt may appear at any moment)."""
+    return store.one("SELECT 1 FROM deliveries WHERE completed_at IS NULL LIMIT 1") is not None
+
+
+def unsent_receipts(store: Store, limit: int) -> list[Receipt]:
+    """The oldest receipts still to send, at most `limit`."""
+    rows = store.query(
+        "SELECT receipt_id, outcome, book_id, version, reason, ordered_at, notified_at,"
+        " started_at, first_chapter_at, completed_at, bytes_fetched, retries, last_error"
+        " FROM receipts WHERE sent_at IS NULL AND rejected IS NULL"
+        " ORDER BY made_at, receipt_id LIMIT ?",
+        (limit,),
+    )
+    return [Receipt(*r) for r in rows]
+
+
+def mark_sent(store: Store, acked: list[str], rejected: dict[str, str], now: float) -> int:
+    """Record the service's answer; forget receipts acknowledged long ago. Returns how many
+    receipts left the outbox."""
+    with store.transaction() as db:
+        done = 0
+        for receipt_id in acked:
+            db.execute(
+                "UPDATE receipts SET sent_at = ? WHERE receipt_id = ? AND sent_at IS NULL",
+                (now, receipt_id),
+            )
+            done += db.changes()
+        for receipt_id, detail in rejected.items():
+            db.execute(
+                "UPDATE receipts SET rejected = ? WHERE receipt_id = ? AND sent_at IS NULL",
+                (detail[:500], receipt_id),
+            )
+            done += db.changes()
+        db.execute("DELETE FROM receipts WHERE sent_at < ?", (now - KEEP_SENT_S,))
+    return done
+
+
+def notice_cursor(store: Store) -> int:
+    return int(store.get_meta("notice_cursor") or 0)
+
+
+def add_notices(store: Store, notices: list[Notice], cursor: int, now: float) -> int:
+    """Keep one page of the notices feed and advance its cursor, all or nothing; returns how
+    many notices were new."""
+    with store.transaction() as db:
+        new = 0
+        for n in notices:
+            db.execute(
+                "INSERT OR IGNORE INTO notices (seq, kind, book_id, message, at, received_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (n.seq, n.kind, n.book_id, n.message, n.at, now),
+            )
+            new += db.changes()
+        db.execute(
+            "DELETE FROM notices WHERE seq NOT IN"
+            " (SELECT seq FROM notices ORDER BY seq DESC LIMIT ?)",
+            (KEEP_NOTICES,),
+        )
+        db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('notice_cursor', ?)", (str(cursor),)
+        )
+    return new
+
+
+def recent_notices(store: Store, limit: int) -> list[dict[str, Any]]:
+    """The newest notices first, as the local API and status show them."""
+    if not _ready(store):
+        return []
+    rows = store.query(
+        "SELECT n.seq, n.kind, n.book_id, m.title, n.message, n.at, n.received_at"
+        " FROM notices n LEFT JOIN manifests m ON m.book_id = n.book_id"
+        "   AND m.version = (SELECT max(version) FROM manifests WHERE book_id = n.book_id)"
+        " ORDER BY n.seq DESC LIMIT ?",
+        (limit,),
+    )
+    return [
+        {
+            "seq": seq,
+            "kind": kind,
+            "book_id": book_id,
+            "title": title,
+            "message": message,
+            "at": at,
+            "received_at": received_at,
+        }
+        for seq, kind, book_id, title, message, at, received_at in rows
+    ]
+
+
+def receipt_status(store: Store) -> dict[str, Any] | None:
+    """Receipts as the status report shows them; None before schema 5."""
+    if not _ready(store):
+        return None
+    unsent, rejected, last_sent = store.one(
+        "SELECT count(*) FILTER (WHERE sent_at IS NULL AND rejected IS NULL),"
+        " count(*) FILTER (WHERE rejected IS NOT NULL), max(sent_at) FROM receipts"
+    )
+    return {"unsent": int(unsent), "rejected": int(rejected), "last_sent_at": last_sent}

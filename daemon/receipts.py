@@ -1,0 +1,186 @@
+"""Delivery receipts: tells the service how each delivery went, and keeps what it says back.
+
+A completed delivery's receipt is made by the store in the same transaction as the completion
+(daemon/sql/0005_receipts.sql); this worker also makes a `failed` receipt for a delivery that
+has failed attempts and is still not complete a promise (60 s) after the device heard of it,
+so the service learns of a stuck delivery while it is stuck, not after. Receipts are sent in
+bounded batches, oldest first, and marked sent only once the service acknowledged their ids;
+a lost answer re-sends them and the service recognises the ids (exactly once). After a batch is
+acknowledged, and whenever the service announces one, the notices feed is pulled: that is how
+an apology for a broken promise reaches the reader (GET /v1/notices, `shelfsync status`).
+
+Radio: nothing here wakes the radio on its own. The worker runs when the link comes up, on each
+poll while push is down, when the service announces notices, and, while a delivery is under
+way (the radio is awake for it anyway), every `check_s` to send a receipt just made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from daemon import receipt_store
+from daemon.backoff import Backoff
+from daemon.client import ServiceClient
+from daemon.clock import Clock
+from daemon.errors import StoreError, TransportError
+from daemon.logs import log_event
+from daemon.profile import DeviceProfile
+from daemon.store import Store
+
+_LOG = logging.getLogger("shelfsync.receipts")
+PROMISE_S = 60.0  # DESIGN.md promise 1: a delivery not complete by then is reported as failing
+BATCH = 50  # receipts per request: ~25 KB of JSON, well under the service's 64 KiB body limit
+NOTICE_PAGE = 100
+CHECK_S = 2.0
+
+
+def device_description(profile: DeviceProfile) -> dict[str, Any]:
+    """What the service judges the receipts against: the device class and its link."""
+    return {
+        "profile": profile.name,
+        "down_kbps": profile.link.down_kbps,
+        "rtt_ms": profile.link.rtt_ms,
+    }
+
+
+class ReceiptSync:
+    def __init__(
+        self,
+        store: Store,
+        client: ServiceClient,
+        clock: Clock,
+        profile: DeviceProfile,
+        *,
+        check_s: float = CHECK_S,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._store = store
+        self._client = client
+        self._clock = clock
+        self._device = device_description(profile)
+        self._check_s = check_s
+        self._backoff = backoff or Backoff(base_s=1.0, cap_s=600.0)
+        self._requested = asyncio.Event()
+        self._link_up = asyncio.Event()
+        self._pull_wanted = False
+
+    def wake(self) -> None:
+        """The library changed: a delivery is (or is about to be) under way, so watch for its
+        receipt; costs no network by itself."""
+        self._requested.set()
+
+    def on_link_event(self, kind: str) -> None:
+        """Connectivity's events: the link is up, a poll while push is down, a push message."""
+        if kind in ("online", "notices_changed"):
+            self._pull_wanted = True
+            self._link_up.set()
+            self._requested.set()
+        elif kind == "poll":
+            self._requested.set()
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            await self._next_round()
+            self._requested.clear()
+            self._link_up.clear()
+            try:
+                await self.sync_once()
+                failures = 0
+            except (TransportError, StoreError) as e:
+                failures += 1
+                delay = self._backoff.delay(failures)
+                log_event(
+                    _LOG,
+                    logging.INFO if failures == 1 else logging.DEBUG,
+                    "receipts_failed",
+                    error=type(e).__name__,
+                    detail=str(e),
+                    retry_in_s=round(delay, 1),
+                )
+                await self._pause(delay)
+                self._requested.set()
+
+    async def _next_round(self) -> None:
+        """Wait until asked, or `check_s` while a delivery is under way."""
+        if self._requested.is_set():
+            return
+        timeout = self._check_s if receipt_store.has_open_deliveries(self._store) else None
+        try:
+            async with asyncio.timeout(timeout):
+                await self._requested.wait()
+        except TimeoutError:
+            pass
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep `delay` seconds, or less if the link comes back meanwhile."""
+        sleeper = asyncio.ensure_future(self._clock.sleep(delay))
+        waiter = asyncio.ensure_future(self._link_up.wait())
+        try:
+            await asyncio.wait((sleeper, waiter), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, waiter):
+                task.cancel()
+            await asyncio.gather(sleeper, waiter, return_exceptions=True)
+
+    async def sync_once(self) -> tuple[int, int]:
+        """Make due `failed` receipts, send every unsent receipt, then pull notices if any
+        receipt went or the service announced some; (receipts sent, new notices)."""
+        made = receipt_store.make_failed_receipts(self._store, self._clock.wall(), PROMISE_S)
+        if made:
+            log_event(_LOG, logging.INFO, "delivery_failing_reported", receipts=made)
+        sent = await self._send()
+        new = 0
+        if sent or self._pull_wanted:
+            self._pull_wanted = False  # cleared first: an announcement during the pull counts
+            try:
+                new = await self._pull_notices()
+            except (TransportError, StoreError):
+                self._pull_wanted = True
+                raise
+        return sent, new
+
+    async def _send(self) -> int:
+        sent = 0
+        while batch := receipt_store.unsent_receipts(self._store, BATCH):
+            answer = await self._client.send_receipts(
+                {
+                    # The service corrects the device's times by its own clock with this.
+                    "sent_at": self._clock.wall(),
+                    "device": self._device,
+                    "receipts": [r.to_doc() for r in batch],
+                }
+            )
+            ids = {r.receipt_id for r in batch}
+            # Only what was sent in this batch is ever marked, whatever the answer says.
+            acked = [i for i in answer.acked if i in ids]
+            rejected = {k: v for k, v in answer.rejected.items() if k in ids}
+            done = receipt_store.mark_sent(self._store, acked, rejected, self._clock.wall())
+            for receipt_id, detail in rejected.items():
+                log_event(
+                    _LOG, logging.WARNING, "receipt_refused", receipt=receipt_id, detail=detail
+                )
+            if not done:
+                raise TransportError("the service acknowledged none of the receipts")
+            sent += done
+            log_event(_LOG, logging.INFO, "receipts_sent", receipts=len(acked))
+        return sent
+
+    async def _pull_notices(self) -> int:
+        cursor = receipt_store.notice_cursor(self._store)
+        new = 0
+        while True:
+            page = await self._client.notices(cursor, NOTICE_PAGE)
+            new += receipt_store.add_notices(
+                self._store, page.notices, page.cursor, self._clock.wall()
+            )
+            cursor = page.cursor
+            if not page.has_more:
+                break
+        for notice in receipt_store.recent_notices(self._store, new):
+            log_event(
+                _LOG, logging.INFO, "notice_received", kind=notice["kind"], book=notice["book_id"]
+            )
+        return new

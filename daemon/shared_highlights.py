@@ -1,0 +1,133 @@
+"""Shared highlights: keeps the popular passages of every book on the device, for offline reading.
+
+The service publishes, per passage, how many distinct readers highlighted it (never who). The
+device holds them for every book in its library: a book seen for the first time is fetched whole
+(`?book=`), then one account-wide feed keeps all of them current from a cursor, so a refresh of a
+library of any size is a request or two. Runs on start, when the library changes, when the link
+returns, and every REFRESH_S; a failure is retried with backoff.
+
+Everything received is validated as strictly as the reader's own highlights (FAULTS.md #33): a
+passage with an over-long or malformed quote is skipped, and quotes are kept and served as text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from daemon import merge
+from daemon.backoff import Backoff
+from daemon.client import ServiceClient
+from daemon.clock import Clock
+from daemon.errors import AnnotationError, StoreError, TransportError
+from daemon.killpoints import killpoint
+from daemon.logs import log_event
+from daemon.notes_store import NotesStore, Passage
+
+_LOG = logging.getLogger("shelfsync.popular")
+PAGE = 500
+REFRESH_S = 6 * 3600.0
+
+
+def check_passage(doc: Any) -> Passage:
+    """A passage from the service, validated; AnnotationError names what is wrong."""
+    if not isinstance(doc, dict):
+        raise AnnotationError("passage", "must be a JSON object")
+    readers = doc.get("readers")
+    if isinstance(readers, bool) or not isinstance(readers, int) or not 0 <= readers < 2**31:
+        raise AnnotationError("passage.readers", "must be a non-negative integer")
+    passage_id = doc.get("passage_id")
+    if not isinstance(passage_id, str) or not merge.BOOK_ID.match(passage_id):
+        raise AnnotationError("passage.passage_id", "must be 1-64 letters, digits, '_' or '-'")
+    anchor = merge.parse_anchor(doc.get("anchor"), "passage.anchor") if readers else {}
+    return Passage(merge.check_book_id(doc.get("book_id")), passage_id, readers, anchor)
+
+
+class SharedHighlights:
+    def __init__(
+        self,
+        notes: NotesStore,
+        client: ServiceClient,
+        clock: Clock,
+        *,
+        refresh_s: float = REFRESH_S,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._notes = notes
+        self._client = client
+        self._clock = clock
+        self._refresh_s = refresh_s
+        self._backoff = backoff or Backoff(base_s=5.0, cap_s=600.0)
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """The library changed or the link returned: refresh soon."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            delay = self._backoff.delay(failures) if failures else self._refresh_s
+            sleeper = asyncio.ensure_future(self._clock.sleep(delay))
+            waiter = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait((sleeper, waiter), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (sleeper, waiter):
+                    task.cancel()
+                await asyncio.gather(sleeper, waiter, return_exceptions=True)
+            self._wake.clear()
+            try:
+                await self.refresh_once()
+                failures = 0
+            except (TransportError, StoreError) as e:
+                failures += 1
+                log_event(
+                    _LOG,
+                    logging.INFO if failures == 1 else logging.DEBUG,
+                    "popular_refresh_failed",
+                    error=type(e).__name__,
+                    detail=str(e),
+                )
+
+    async def refresh_once(self) -> int:
+        """Bring the passages of every book on the device up to date; returns changes applied."""
+        books = set(self._notes.books_on_device())
+        self._notes.forget_popular(books)
+        cursor = self._notes.popular_cursor()
+        changes = 0
+        if cursor:
+            # Books added since the last refresh: their passages predate the cursor.
+            for book_id in sorted(books - self._notes.popular_books()):
+                changes += await self._pull(book_id, 0, books)
+        changes += await self._pull(None, cursor, books)
+        self._notes.record_popular_refresh(self._clock.wall())
+        log_event(_LOG, logging.INFO, "popular_refreshed", books=len(books), changes=changes)
+        return changes
+
+    async def _pull(self, book_id: str | None, cursor: int, books: set[str]) -> int:
+        """Page through one book's passages (from 0) or the account-wide feed (from `cursor`);
+        the account-wide feed covers every book the device had when it ran."""
+        changes = 0
+        while True:
+            page = await self._client.popular_highlights(cursor, PAGE, book_id)
+            killpoint("popular_received")
+            passages = []
+            for doc in page.passages:
+                try:
+                    passage = check_passage(doc)
+                except AnnotationError as e:
+                    log_event(_LOG, logging.WARNING, "popular_passage_refused", detail=str(e))
+                    continue
+                if passage.book_id in books:
+                    passages.append(passage)
+            done = not page.has_more
+            covered = ([book_id] if book_id else sorted(books)) if done else []
+            self._notes.apply_popular(
+                passages, cursor=None if book_id else page.cursor, covered=covered
+            )
+            changes += len(passages)
+            cursor = page.cursor
+            if done:
+                return changes

@@ -1,0 +1,98 @@
+"""Trip mode: get the device ready for days without a network, and say how ready it is.
+
+A trip asks the planner for more than it fetches day to day: on top of purchases, wanted and
+likely books, the most recently ordered books of the archive, about one for every
+DAYS_PER_BOOK days away. Readiness is told in a reader's words.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from daemon.store import Store
+
+DAYS_PER_BOOK = 2.0  # a reader on holiday finishes a book in two or three days
+MAX_TRIP_DAYS = 90
+
+
+@dataclass(frozen=True, slots=True)
+class Trip:
+    days: int
+    started_at: float
+    until: float
+
+
+def archive_slots(days: int) -> int:
+    return math.ceil(days / DAYS_PER_BOOK)
+
+
+def start_trip(store: Store, days: int, now: float) -> Trip:
+    trip = Trip(days, now, now + days * 86400.0)
+    store.set_meta("trip", json.dumps({"days": days, "started_at": now, "until": trip.until}))
+    return trip
+
+
+def trip_state(store: Store, now: float) -> Trip | None:
+    """The trip being prepared or under way, if any."""
+    raw = store.get_meta("trip")
+    if not raw:
+        return None
+    doc = json.loads(raw)
+    trip = Trip(int(doc["days"]), float(doc["started_at"]), float(doc["until"]))
+    return trip if now < trip.until else None
+
+
+def readiness(
+    days: int,
+    books: list[dict[str, Any]],
+    waiting: dict[str, str],
+    shared_highlights: int,
+    notes_pending: int,
+    free_bytes: int,
+) -> dict[str, Any]:
+    """How ready the device is for `days` offline, with a sentence a reader understands."""
+    ready = [b for b in books if b["state"] == "complete"]
+    # The archive books the trip brings down: the most recent orders (`books` is newest first).
+    in_cloud = [b["book_id"] for b in books if b["state"] == "in_cloud"]
+    archive_held = sum(1 for b in books if b["archived"] and b["state"] != "in_cloud")
+    trip_archive = set(in_cloud[: max(0, archive_slots(days) - archive_held)])
+    missing = [
+        {
+            "book_id": b["book_id"],
+            "title": b["title"] or b["book_id"],
+            "why": b["last_error"] or waiting.get(b["book_id"], "still downloading"),
+        }
+        for b in books
+        if b["state"] != "complete" and (b["state"] != "in_cloud" or b["book_id"] in trip_archive)
+    ]
+    notes = "all notes synced" if notes_pending == 0 else f"{notes_pending:,} notes not yet synced"
+    free = (
+        f"{free_bytes / 1e9:.1f} GB free"
+        if free_bytes >= 1e9
+        else f"{free_bytes / 1e6:.0f} MB free"
+    )
+    n = len(ready)
+    summary = (
+        f"{n:,} book{'s' if n != 1 else ''}, {shared_highlights:,} shared highlights, {notes}; "
+        f"{free}"
+    )
+    if not missing and notes_pending == 0:
+        sentence = f"Ready for {days} days offline: {summary}"
+    else:
+        lacking = "; ".join(f"{m['title']}: {m['why']}" for m in missing[:5])
+        sentence = f"Not ready for {days} days offline yet: {summary}." + (
+            f" Missing: {lacking}" if lacking else ""
+        )
+    return {
+        "days": days,
+        "ready": not missing and notes_pending == 0,
+        "books_ready": n,
+        "missing": missing,
+        "shared_highlights": shared_highlights,
+        "notes_pending": notes_pending,
+        "free_bytes": free_bytes,
+        "sentence": sentence,
+    }
