@@ -295,9 +295,18 @@ def _read_publication(path: Path, entries: dict[str, bytes]) -> Epub:
     for item in items:
         if item.media_type == "text/css":
             add(item.path)
-    add(_cover_path(metadata, items, by_id))
+    # A small cover comes before the text, for the library view; a large one (a 570 KB SVG, a
+    # full-page JPEG) right after the first chapter, which it would otherwise hold up.
+    cover = _cover_path(metadata, items, by_id)
+    first_chapter = _first_chapter(
+        spine, entries, _marked_start(path, package, opf_dir, navs, entries)
+    )
+    if cover is not None and len(entries.get(cover, b"")) <= SMALL_COVER_BYTES:
+        add(cover)
     for spine_item, _ in spine:
         add(spine_item.path)
+        if spine_item.path == first_chapter:
+            add(cover)
     for item in items:
         add(item.path)
     for name in entries:
@@ -317,7 +326,7 @@ def _read_publication(path: Path, entries: dict[str, bytes]) -> Epub:
         authors=tuple(dict.fromkeys(c for c in creators if c)),
         language=language or "und",
         files=files,
-        first_chapter=_first_chapter(spine, entries),
+        first_chapter=first_chapter,
         toc=_toc(path, navs, ncxs, entries),
     )
 
@@ -400,7 +409,36 @@ def _cover_path(metadata: ET.Element, items: list[_Item], by_id: dict[str, _Item
     return None
 
 
-def _first_chapter(spine: list[tuple[_Item, bool]], entries: dict[str, bytes]) -> str:
+SMALL_COVER_BYTES = 64 * 1024
+
+
+def _marked_start(
+    path: Path, package: ET.Element, opf_dir: str, navs: list[_Item], entries: dict[str, bytes]
+) -> str | None:
+    """Where the publisher says the text begins: the EPUB 3 landmark `bodymatter`, or the
+    EPUB 2 guide reference of type `text`."""
+    for nav_item in navs:
+        assert nav_item.path is not None
+        root = _parse_xml(path, nav_item.path, entries[nav_item.path])
+        base = posixpath.dirname(nav_item.path)
+        for element in root.iter():
+            kinds = (element.get(_EPUB_TYPE) or "").split()
+            if _local(element.tag) == "a" and "bodymatter" in kinds and element.get("href"):
+                return _resolve(base, element.get("href", "").split("#", 1)[0])
+    guide = _first(package, "guide")
+    for reference in guide.iter() if guide is not None else ():
+        if _local(reference.tag) == "reference" and reference.get("type") == "text":
+            return _resolve(opf_dir, reference.get("href", "").split("#", 1)[0])
+    return None
+
+
+def _first_chapter(
+    spine: list[tuple[_Item, bool]], entries: dict[str, bytes], marked: str | None = None
+) -> str:
+    """The chapter a reader lands on: where the publisher marked the text's start, else the
+    first linear spine item of some length."""
+    if marked is not None and any(item.path == marked for item, _ in spine):
+        return marked
     for item, linear in spine:
         assert item.path is not None  # _spine keeps local items only
         if linear and len(entries[item.path]) >= MIN_CHAPTER_BYTES:
