@@ -183,7 +183,7 @@ async def measure(profile_name: str, count: int, workdir: Path, seed: int) -> Ru
         link = LinkEmulator(profile.link, stub.address, port=link.port, seed=seed)
         await link.start()
         stack.push_async_callback(link.close)
-        started = time.monotonic()
+        started, started_wall = time.monotonic(), time.time()
         status, _ = await device.api.send("POST", "/v1/annotations/sync")
         if status != 202:
             raise BenchError(f"POST /v1/annotations/sync answered {status}")
@@ -193,6 +193,11 @@ async def measure(profile_name: str, count: int, workdir: Path, seed: int) -> Ru
                 raise BenchError(f"not synced within an hour; see {workdir / 'device.log'}")
             await asyncio.sleep(0.05)
         seconds = time.monotonic() - started
+        # The round ends with the pull that follows the pushes: count its requests too.
+        while ((await _notes(device))["last_sync_at"] or 0) < started_wall:
+            if time.monotonic() > deadline:
+                raise BenchError(f"the sync round never ended; see {workdir / 'device.log'}")
+            await asyncio.sleep(0.05)
         log = (await _admin(stub, "GET", "/v1/admin/requests"))["requests"]
         return Run(
             profile_name,
@@ -280,9 +285,9 @@ async def run(args: argparse.Namespace) -> Section:
         notes=[
             "The time starts when the device is told the link is back; left to notice by itself,"
             " a device probes with jittered backoff (at most the profile's poll interval).",
-            "Bytes are TCP payload through the emulator, both ways, headers included; the pull"
-            " after the push is one small request, as the service leaves out what the device"
-            " itself sent.",
+            "Requests and bytes are counted to the end of the sync round (the pull after the"
+            " pushes); bytes are TCP payload through the emulator, both ways, headers included."
+            " The pull is one short request: the service leaves out what the device itself sent.",
         ],
     )
 

@@ -116,6 +116,13 @@ class LocalApi:
         self._readers.open()
         self._runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
         await self._runner.setup()
+        # TCP first: the Unix socket appearing is the sign that the API is ready, whole.
+        if self.tcp_port is not None:
+            site = web.TCPSite(self._runner, "127.0.0.1", self.tcp_port)
+            await site.start()
+            server = site._server
+            if self.tcp_port == 0 and isinstance(server, asyncio.Server):
+                self.tcp_port = server.sockets[0].getsockname()[1]
         self.socket_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)  # left by a killed daemon
         old_umask = os.umask(0o177)  # the socket is born 0600: no window where others connect
@@ -124,12 +131,6 @@ class LocalApi:
         finally:
             os.umask(old_umask)
         os.chmod(self.socket_path, 0o600)
-        if self.tcp_port is not None:
-            site = web.TCPSite(self._runner, "127.0.0.1", self.tcp_port)
-            await site.start()
-            server = site._server
-            if self.tcp_port == 0 and isinstance(server, asyncio.Server):
-                self.tcp_port = server.sockets[0].getsockname()[1]
         log_event(
             _LOG, logging.INFO, "api_listening", socket=self.socket_path, tcp_port=self.tcp_port
         )

@@ -42,13 +42,14 @@ _LOG = logging.getLogger("shelfsync.api.notes")
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
-def _dumps(doc: Any) -> str:
+def safe_dumps(doc: Any) -> str:
+    """JSON with <, > and & escaped: quoted markup stays text wherever a reader puts it."""
     text = json.dumps(doc, ensure_ascii=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def _json(doc: Any, status: int = 200) -> web.Response:
-    return web.json_response(doc, status=status, dumps=_dumps)
+    return web.json_response(doc, status=status, dumps=safe_dumps)
 
 
 def _error(status: int, code: str, detail: str, **extra: Any) -> web.Response:

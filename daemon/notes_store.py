@@ -24,7 +24,7 @@ from typing import Any
 import apsw
 
 from daemon import merge
-from daemon.errors import StoreError
+from daemon.errors import DiskFullError, StoreError
 from daemon.killpoints import killpoint
 from daemon.merge import Item, Position
 from daemon.store import Store
@@ -84,9 +84,11 @@ class NotesStore:
         try:
             with self._db:
                 yield self._db
-        except apsw.FullError as e:
-            raise StoreError(f"the disk is full, nothing was saved: {e}") from e
         except apsw.Error as e:
+            # SQLite may roll a transaction back itself on SQLITE_FULL; apsw's rollback of its
+            # savepoint then fails with "no transaction is active", the FullError as context.
+            if isinstance(e, apsw.FullError) or isinstance(e.__context__, apsw.FullError):
+                raise DiskFullError(f"the disk is full, nothing was saved: {e}") from e
             raise StoreError(f"the notes database failed: {type(e).__name__}: {e}") from e
 
     def _query(self, sql: str, bindings: Any = ()) -> list[Any]:

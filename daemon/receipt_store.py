@@ -2,10 +2,11 @@
 
 Receipts and notices go through the book store's connection (daemon/store.py) rather than one
 of their own: completed receipts are written by a trigger inside the store's own transactions,
-and nothing here needs the notes' synchronous=FULL (a receipt lost to a power cut is made again
-from `deliveries`, or its apology simply not asked for). Every function is one short
-transaction that never awaits. Reads work on a read-only store too, and on a database from
-before schema 5 (`shelfsync status` with an older daemon stopped) they report nothing.
+and nothing here needs the notes' synchronous=FULL: a power cut that loses a receipt loses the
+completion it records with it (one transaction), and both happen again; a `failed` receipt is
+made again by the next round; a lost page of notices loses its cursor too. Every function is
+one short transaction that never awaits. Reads work on a read-only store too, and on a database
+from before schema 5 (`shelfsync status` with an older daemon stopped) they report nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from daemon.client import Notice
 from daemon.store import Store
 
 SCHEMA_VERSION = 5  # the first schema holding these tables
-KEEP_SENT_S = 30 * 86400.0  # acknowledged receipts are kept this long, for status
+KEEP_SENT_S = 30 * 86400.0  # answered receipts are kept this long, for status
 KEEP_NOTICES = 100
 
 
@@ -30,6 +31,7 @@ class Receipt:
     reason: str
     ordered_at: float  # service clock
     notified_at: float  # device clock, as are the rest
+    link_up_at: float | None  # since when the device had been in contact when it was notified
     started_at: float | None
     first_chapter_at: float | None
     completed_at: float | None
@@ -47,6 +49,7 @@ class Receipt:
             "reason": self.reason,
             "ordered_at": self.ordered_at,
             "notified_at": self.notified_at,
+            "link_up_at": self.link_up_at,
             "started_at": self.started_at,
             "first_chapter_at": self.first_chapter_at,
             "completed_at": self.completed_at,
@@ -69,14 +72,17 @@ def make_failed_receipts(store: Store, now: float, promise_s: float) -> int:
     with store.transaction() as db:
         db.execute(
             "INSERT OR IGNORE INTO receipts (receipt_id, outcome, book_id, version, reason,"
-            " ordered_at, notified_at, started_at, first_chapter_at, completed_at, bytes_fetched,"
-            " retries, last_error, made_at)"
+            " ordered_at, notified_at, link_up_at, started_at, first_chapter_at, completed_at,"
+            " bytes_fetched, retries, last_error, made_at)"
             " SELECT d.book_id || '.v' || CASE WHEN d.version > 0 THEN d.version"
             "   ELSE coalesce(l.wanted_version, 0) END"
             "   || '.' || CAST(round(d.ordered_at * 1000) AS INTEGER) || '.failed',"
             " 'failed', d.book_id, CASE WHEN d.version > 0 THEN d.version"
-            "   ELSE coalesce(l.wanted_version, 0) END, coalesce(l.reason, 'unknown'),"
-            " d.ordered_at, d.notified_at, d.started_at, d.first_chapter_at, NULL,"
+            "   ELSE coalesce(l.wanted_version, 0) END,"
+            " CASE WHEN d.ordered_at < CAST(coalesce((SELECT value FROM meta"
+            "   WHERE key = 'registered_at'), 0) AS REAL) THEN 'archived'"
+            "   ELSE coalesce(l.reason, 'unknown') END,"
+            " d.ordered_at, d.notified_at, d.link_up_at, d.started_at, d.first_chapter_at, NULL,"
             " d.bytes_fetched, d.retries, substr(d.last_error, 1, 200), ?"
             " FROM deliveries d LEFT JOIN library l ON l.book_id = d.book_id"
             " WHERE d.completed_at IS NULL AND d.notified_at < ? AND d.retries > 0",
@@ -85,16 +91,23 @@ def make_failed_receipts(store: Store, now: float, promise_s: float) -> int:
         return db.changes()
 
 
-def has_open_deliveries(store: Store) -> bool:
-    """Whether a delivery is under way (so a receipt may appear at any moment)."""
-    return store.one("SELECT 1 FROM deliveries WHERE completed_at IS NULL LIMIT 1") is not None
+def has_open_deliveries(store: Store, notified_since: float) -> bool:
+    """Whether a delivery the device heard of since `notified_since` is not complete yet (so a
+    receipt may appear at any moment). Older ones (books kept in the cloud, evicted, or stuck)
+    do not count: their receipts wait for the next link event."""
+    row = store.one(
+        "SELECT 1 FROM deliveries WHERE completed_at IS NULL AND notified_at > ? LIMIT 1",
+        (notified_since,),
+    )
+    return row is not None
 
 
 def unsent_receipts(store: Store, limit: int) -> list[Receipt]:
     """The oldest receipts still to send, at most `limit`."""
     rows = store.query(
         "SELECT receipt_id, outcome, book_id, version, reason, ordered_at, notified_at,"
-        " started_at, first_chapter_at, completed_at, bytes_fetched, retries, last_error"
+        " link_up_at, started_at, first_chapter_at, completed_at, bytes_fetched, retries,"
+        " last_error"
         " FROM receipts WHERE sent_at IS NULL AND rejected IS NULL"
         " ORDER BY made_at, receipt_id LIMIT ?",
         (limit,),
@@ -119,8 +132,17 @@ def mark_sent(store: Store, acked: list[str], rejected: dict[str, str], now: flo
                 (detail[:500], receipt_id),
             )
             done += db.changes()
-        db.execute("DELETE FROM receipts WHERE sent_at < ?", (now - KEEP_SENT_S,))
+        db.execute(
+            "DELETE FROM receipts WHERE sent_at < ? OR (rejected IS NOT NULL AND made_at < ?)",
+            (now - KEEP_SENT_S, now - KEEP_SENT_S),
+        )
     return done
+
+
+def mark_link_up(store: Store, now: float) -> None:
+    """The device's contact with the service begins now (the daemon started, push connected):
+    orders learned from here on count from their order time (daemon/sql/0005_receipts.sql)."""
+    store.set_meta("link_up_at", repr(now))
 
 
 def notice_cursor(store: Store) -> int:

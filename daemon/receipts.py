@@ -10,8 +10,9 @@ acknowledged, and whenever the service announces one, the notices feed is pulled
 an apology for a broken promise reaches the reader (GET /v1/notices, `shelfsync status`).
 
 Radio: nothing here wakes the radio on its own. The worker runs when the link comes up, on each
-poll while push is down, when the service announces notices, and, while a delivery is under
-way (the radio is awake for it anyway), every `check_s` to send a receipt just made.
+poll while push is down, when the service announces notices, and, while a delivery ordered in
+the last `WATCH_S` is under way (the radio is awake for it anyway), every `check_s` (a local
+query) to send a receipt just made.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ PROMISE_S = 60.0  # DESIGN.md promise 1: a delivery not complete by then is repo
 BATCH = 50  # receipts per request: ~25 KB of JSON, well under the service's 64 KiB body limit
 NOTICE_PAGE = 100
 CHECK_S = 2.0
+WATCH_S = 600.0  # how long after an order the worker keeps checking for its receipt
 
 
 def device_description(profile: DeviceProfile) -> dict[str, Any]:
@@ -41,7 +43,6 @@ def device_description(profile: DeviceProfile) -> dict[str, Any]:
     return {
         "profile": profile.name,
         "down_kbps": profile.link.down_kbps,
-        "rtt_ms": profile.link.rtt_ms,
     }
 
 
@@ -65,6 +66,8 @@ class ReceiptSync:
         self._requested = asyncio.Event()
         self._link_up = asyncio.Event()
         self._pull_wanted = False
+        # The daemon starting is the start of contact: what happened before it is not known.
+        self._mark_link_up()
 
     def wake(self) -> None:
         """The library changed: a delivery is (or is about to be) under way, so watch for its
@@ -73,12 +76,20 @@ class ReceiptSync:
 
     def on_link_event(self, kind: str) -> None:
         """Connectivity's events: the link is up, a poll while push is down, a push message."""
+        if kind == "online":
+            self._mark_link_up()
         if kind in ("online", "notices_changed"):
             self._pull_wanted = True
             self._link_up.set()
             self._requested.set()
         elif kind == "poll":
             self._requested.set()
+
+    def _mark_link_up(self) -> None:
+        try:
+            receipt_store.mark_link_up(self._store, self._clock.wall())
+        except StoreError as e:  # a full disk: orders then count from when they were made
+            log_event(_LOG, logging.WARNING, "link_up_not_recorded", error=str(e))
 
     async def run(self) -> None:
         failures = 0
@@ -107,7 +118,8 @@ class ReceiptSync:
         """Wait until asked, or `check_s` while a delivery is under way."""
         if self._requested.is_set():
             return
-        timeout = self._check_s if receipt_store.has_open_deliveries(self._store) else None
+        watching = receipt_store.has_open_deliveries(self._store, self._clock.wall() - WATCH_S)
+        timeout = self._check_s if watching else None
         try:
             async with asyncio.timeout(timeout):
                 await self._requested.wait()

@@ -97,8 +97,15 @@ class Store:
         try:
             with self._db:
                 yield self._db
-        except apsw.FullError as e:
-            raise DiskFullError(f"the disk is full: {e}") from e
+        except apsw.Error as e:
+            # On a full disk SQLite may roll back by itself; apsw's own rollback then fails
+            # with "no transaction is active" and the FullError is only its cause.
+            full = next(
+                (x for x in (e, e.__cause__, e.__context__) if isinstance(x, apsw.FullError)), None
+            )
+            if full is None:
+                raise
+            raise DiskFullError(f"the disk is full: {full}") from e
 
     def query(self, sql: str, bindings: Any = ()) -> list[Any]:
         return list(self._db.execute(sql, bindings))

@@ -2,11 +2,13 @@
 "Delivery receipts"; DESIGN.md promises 1 and 6).
 
 Devices send how each delivery went. The service judges each against the promise for the
-device's link: complete within 60 s of the order and the first chapter readable within 5 s, or,
-for a book whose bytes alone need more than that at the link's rate, within 1.25 times the
-time those bytes take (`promise_bounds`). A broken promise is recorded and the device gets an
-apology in its notices feed, once per delivery, announced on the push channel. Each receipt id
-is judged once per device: a receipt sent again is acknowledged and changes nothing.
+device's link: complete within 60 s and the first chapter readable within 5 s of the order (or
+of the device's return, if it was out of contact when the order was made), or within 1.25 times
+the time those bytes take at the link's rate if that is longer (`promise_bounds`): no service
+beats the link. Only orders this service made for the device are judged. A broken promise is
+recorded and the device gets an apology in its notices feed, once per delivery, announced on the
+push channel. Each receipt id is judged once per device: a receipt sent again is acknowledged
+and changes nothing.
 
 The device's times are on its own clock; the batch carries the device's clock at sending
 (`sent_at`), and the service moves every device time by (its own clock on arrival - sent_at),
@@ -16,6 +18,7 @@ is the one-way latency of the request, well under a second).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -58,9 +61,9 @@ class Bounds:
 def promise_bounds(down_kbps: int, package_bytes: int, first_chapter_bytes: int) -> Bounds:
     """The times a delivery is judged against on a link of `down_kbps` (pure).
 
-    A normal book gets the promise itself on every link; only when the bytes alone need more
-    than the promise at the link's rate (a 7 MB picture book on 3G) is the bound that time with
-    a margin, since no service could do better. `first_chapter_bytes` counts what must arrive
+    A normal book gets the promise itself on every link; only when the bytes alone, with the
+    margin, need more than the promise at the link's rate (a 7 MB picture book on 3G) is that
+    the bound, since no service could do better. `first_chapter_bytes` counts what must arrive
     before the first chapter reads: its frames and the compression dictionary."""
     rate = max(down_kbps, SLOWEST_LINK_KBPS) * 125  # bytes per second
     return Bounds(
@@ -79,6 +82,7 @@ class Receipt:
     version: int
     reason: str
     ordered_at: float  # the service's own time of the order (from the changes feed)
+    link_up_at: float | None  # since when the device had been in contact when it heard of it
     first_chapter_at: float | None
     completed_at: float | None
     retries: int
@@ -88,7 +92,7 @@ class Receipt:
 @dataclass(frozen=True, slots=True)
 class Verdict:
     verdict: str  # kept | broken | pending | not_promised
-    first_chapter_s: float | None  # from the order, on the service's clock
+    first_chapter_s: float | None  # from the clock's start, on the service's clock
     complete_s: float | None
     why: str | None  # for a broken promise: which bound, by how much
     apology: str | None  # the notice for the reader, for a broken promise
@@ -100,18 +104,22 @@ def _seconds(s: float) -> str:
 
 def judge(receipt: Receipt, offset_s: float, now: float, bounds: Bounds, title: str) -> Verdict:
     """The verdict on one receipt (pure). `offset_s` moves device times onto the service's
-    clock; `now` is the service's clock."""
+    clock; `now` is the service's clock. The clock starts at the order, or when the device came
+    into contact with the service if that was later (it was off or out of coverage)."""
+    start = receipt.ordered_at
+    if receipt.link_up_at is not None:
+        start = max(start, receipt.link_up_at + offset_s)
 
-    def since_order(t: float | None) -> float | None:
-        return None if t is None else max(0.0, t + offset_s - receipt.ordered_at)
+    def since_start(t: float | None) -> float | None:
+        return None if t is None else max(0.0, t + offset_s - start)
 
-    first = since_order(receipt.first_chapter_at)
-    complete = since_order(receipt.completed_at)
+    first = since_start(receipt.first_chapter_at)
+    complete = since_start(receipt.completed_at)
     if receipt.reason not in PROMISED_REASONS:
         return Verdict("not_promised", first, complete, None, None)
     name = f"'{title}'"
     if receipt.outcome == "failed":
-        waited = max(0.0, now - receipt.ordered_at)
+        waited = max(0.0, now - start)
         if waited <= bounds.complete_s:
             return Verdict("pending", first, None, None, None)
         attempts = f"{receipt.retries} failed attempt{'s' if receipt.retries != 1 else ''}"
@@ -120,7 +128,7 @@ def judge(receipt: Receipt, offset_s: float, now: float, bounds: Bounds, title: 
             first,
             None,
             f"not complete after {waited:.1f} s (bound {bounds.complete_s:.1f} s), {attempts}",
-            f"Your book {name} has not arrived {_seconds(waited)} after you got it; we are"
+            f"Your book {name} is still not on your device after {_seconds(waited)}; we are"
             f" sorry. Your device keeps trying ({attempts} so far).",
         )
     if complete is not None and complete > bounds.complete_s:
@@ -165,6 +173,8 @@ def parse_receipt(doc: Any) -> Receipt:
     """One receipt of a batch; ValueError says what is wrong (the receipt is refused alone)."""
     if not isinstance(doc, dict):
         raise ValueError("a receipt must be a JSON object")
+    if not _RECEIPT_ID.match(str(doc.get("receipt_id"))):
+        raise ValueError("'receipt_id' must be 8-160 of [A-Za-z0-9_.-]")
     outcome = doc.get("outcome")
     if outcome not in ("complete", "failed"):
         raise ValueError("'outcome' must be 'complete' or 'failed'")
@@ -187,6 +197,7 @@ def parse_receipt(doc: Any) -> Receipt:
         version=_count(doc, "version"),
         reason=reason,
         ordered_at=_time(doc, "ordered_at"),
+        link_up_at=_optional_time(doc, "link_up_at"),
         first_chapter_at=_optional_time(doc, "first_chapter_at"),
         completed_at=completed_at,
         retries=_count(doc, "retries"),
@@ -195,11 +206,10 @@ def parse_receipt(doc: Any) -> Receipt:
 
 
 def _receipt_id(doc: Any) -> str:
+    """The id to acknowledge or reject the receipt by; a batch without one is malformed."""
     receipt_id = doc.get("receipt_id") if isinstance(doc, dict) else None
-    if not isinstance(receipt_id, str) or not _RECEIPT_ID.match(receipt_id):
-        raise ApiError(
-            400, "bad_receipt_id", "every receipt needs a receipt_id of 8-160 [A-Za-z0-9_.-]"
-        )
+    if not isinstance(receipt_id, str) or not 0 < len(receipt_id) <= 200:
+        raise ApiError(400, "bad_receipt_id", "every receipt needs a receipt_id string")
     return receipt_id
 
 
@@ -279,6 +289,17 @@ class ReceiptRoutes:
             if self._store.receipt_known(device.device_id, receipt_id):
                 acked.append(receipt_id)  # sent again (a lost answer): already judged
                 continue
+            # Judge only orders the service made, by the service's own reason: a receipt cannot
+            # invent a purchase, nor make a library sync count as one. A device may still say
+            # `archived` (an old order fetched on request), which only waives the promise.
+            reason = self._store.order_reason(
+                device.account_id, device.device_id, receipt.book_id, receipt.ordered_at
+            )
+            if reason is None:
+                rejected[receipt_id] = "the service made no such order for this device"
+                continue
+            if receipt.reason != "archived":
+                receipt = dataclasses.replace(receipt, reason=reason)
             bounds = self._bounds(receipt.book_id, receipt.version, down_kbps)
             book = self._store.book(receipt.book_id)
             verdict = judge(receipt, offset, now, bounds, book.title if book else receipt.book_id)

@@ -923,6 +923,17 @@ class Store:
 
     # -- delivery receipts, promises, notices (server_stub/receipts.py) -------------------------
 
+    def order_reason(self, account_id: str, device_id: str, book_id: str, at: float) -> str | None:
+        """The reason of the change that put `book_id` on the device at `at` (a receipt's
+        ordered_at), or None if the service made no such change for this device."""
+        row = self._one(
+            "SELECT reason FROM changes WHERE account_id = ? AND book_id = ? AND at = ?"
+            " AND action IN ('add', 'update') AND (device_id IS NULL OR device_id = ?)"
+            " ORDER BY seq DESC LIMIT 1",
+            (account_id, book_id, at, device_id),
+        )
+        return None if row is None else str(row[0])
+
     def receipt_known(self, device_id: str, receipt_id: str) -> bool:
         return bool(
             self._one(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -14,15 +15,23 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from daemon import merge
+from daemon.api_notes import safe_dumps
 from daemon.client import AccountClient
 from daemon.clock import SystemClock
+from daemon.errors import AnnotationError, DiskFullError
+from daemon.hlc import HybridClock
 from daemon.models import LibraryChange
 from daemon.notes_store import NotesStore
 from daemon.shared_highlights import SharedHighlights
 from daemon.store import Store
+from server_stub.annotations import passage_of
 from server_stub.app import RunningStub, running_stub
+from server_stub.store import AnnotationOp
+from server_stub.store import Store as StubStore
 from tests.conftest import StubImport
 from tests.integration.harness import Device, running_device
 from tests.integration.notes_helpers import (
@@ -476,3 +485,84 @@ async def test_an_op_sent_twice_in_any_order_is_applied_once(
             assert list(state["texts"].values()) == ["n"]
         finally:
             await bare.client.close()
+
+
+SAFE_TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=200)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(note=SAFE_TEXT, quote=SAFE_TEXT.filter(bool))
+def test_any_text_comes_back_exactly_and_as_text_through_the_service(note: str, quote: str) -> None:
+    """FAULTS.md #33: whatever a reader typed or quoted (markup, quotes, emoji, newlines) is
+    stored as text, comes back identical through the service, and is escaped on output; what
+    the limits refuse is refused at the local API and again at the service."""
+    doc = {"kind": "highlight", "anchor": {**anchor(), "quote": {"exact": quote}}, "note": note}
+    try:
+        new = merge.parse_new(doc)
+    except AnnotationError:
+        return  # refused before anything is stored; the service refuses it too (below)
+    stamp = HybridClock("dev_writer").tick(int(time.time() * 1000))
+    delta = merge.create_delta("an_0123456789", "bk_anybook", stamp, new)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = StubStore.open(Path(tmp))
+        try:
+            account_id, _ = store.create_account("reader", time.time())
+            op = AnnotationOp("op_0123456789", delta.item_id, delta)
+            applied = store.apply_annotation_ops(
+                account_id, "dev_writer", [op], time.time(), passage_of
+            )
+            assert applied.applied == ["op_0123456789"]
+            page = store.annotation_changes(account_id, "dev_reader", 0, 10, 2**20)
+        finally:
+            store.close()
+    received = merge.item_from_doc(json.loads(page.entries[0][2]))
+    shown = safe_dumps(merge.item_view(received, False))
+    assert "<" not in shown
+    assert ">" not in shown
+    view = json.loads(shown)
+    assert (view["note"], view["anchor"]["quote"]["exact"]) == (note, quote)
+
+
+def test_oversized_text_is_refused_by_the_service_too() -> None:
+    stamp = HybridClock("dev_writer").tick(int(time.time() * 1000))
+    delta = merge.create_delta(
+        "an_0123456789",
+        "bk_anybook",
+        stamp,
+        merge.parse_new({"kind": "note", "anchor": anchor(), "note": "ok"}),
+    )
+    doc = merge.item_to_doc(delta)
+    doc["texts"] = {stamp: "x" * (10 * 1024 * 1024)}
+    with pytest.raises(AnnotationError, match="over the limit"):
+        merge.item_from_doc(doc)
+
+
+def test_a_full_disk_refuses_the_note_visibly_and_keeps_what_was_saved(tmp_path: Path) -> None:
+    """FAULTS.md #24: the save fails with DiskFullError (the API answers 507), nothing half
+    written, and every note saved before is still there."""
+    store = Store.open(tmp_path / "device.db")
+    notes = NotesStore.open(tmp_path / "device.db")
+    clock = HybridClock("dev_full")
+    try:
+        pages = notes._one("PRAGMA page_count")[0]
+        notes._db.execute(f"PRAGMA max_page_count = {pages + 8}")
+        saved: list[str] = []
+
+        def save_until_full() -> None:
+            for _ in range(1000):
+                stamp = clock.tick(int(time.time() * 1000))
+                new = merge.parse_new({"kind": "note", "anchor": anchor(), "note": "n" * 8000})
+                item_id = f"an_full{len(saved):06d}"
+                delta = merge.create_delta(item_id, "bk_full", stamp, new)
+                notes.commit_item_edit(delta, f"op_full{len(saved):06d}", stamp, 0)
+                saved.append(item_id)
+
+        with pytest.raises(DiskFullError):
+            save_until_full()
+        assert saved
+        assert [i.item_id for i, _ in notes.items("bk_full", True)] == saved
+        assert notes.outbox_batch(10_000, 2**40)[-1].op_id == f"op_full{len(saved) - 1:06d}"
+        assert store.integrity_check() == "ok"
+    finally:
+        notes.close()
+        store.close()

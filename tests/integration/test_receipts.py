@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from daemon import receipt_store
+from daemon.client import AccountClient, ClientLimits, ServiceClient
+from daemon.crypto import x25519_public_text
 from daemon.models import LibraryChange
 from daemon.store import Store
 from server_stub.app import running_stub
@@ -32,6 +35,7 @@ def receipt(
     complete: float | None = 10.0,
     reason: str = "bought",
     retries: int = 0,
+    link_up: float | None = None,
 ) -> Receipt:
     """A receipt whose times are seconds after the order, on a device clock equal to ours."""
     return Receipt(
@@ -41,6 +45,7 @@ def receipt(
         version=1,
         reason=reason,
         ordered_at=ORDERED,
+        link_up_at=None if link_up is None else ORDERED + link_up,
         first_chapter_at=None if first is None else ORDERED + first,
         completed_at=None if complete is None else ORDERED + complete,
         retries=retries,
@@ -83,10 +88,18 @@ def test_verdicts() -> None:
     assert stuck.verdict == "broken"
     assert stuck.apology is not None
     assert "3 failed attempts" in stuck.apology
-    # A revision or a library sync starts no clock.
-    assert judge(receipt(complete=500, reason="revised"), 0, now, NORMAL, "E").verdict == (
-        "not_promised"
-    )
+    # Bought while the device was out of coverage for 3 days: the clock starts on its return.
+    away = 3 * 86400.0
+    back = receipt(first=away + 1, complete=away + 20, link_up=away)
+    assert judge(back, 0, ORDERED + away + 30, NORMAL, "Emma").complete_s == pytest.approx(20)
+    assert judge(back, 0, ORDERED + away + 30, NORMAL, "Emma").verdict == "kept"
+    # In contact since before the order: the clock starts at the order.
+    assert judge(receipt(complete=70, link_up=-5), 0, now, NORMAL, "E").verdict == "broken"
+    # A revision, or a book from before the device joined the account, starts no clock.
+    for reason in ("revised", "archived"):
+        assert judge(receipt(complete=500, reason=reason), 0, now, NORMAL, "E").verdict == (
+            "not_promised"
+        )
 
 
 def test_a_failing_delivery_is_reported_once_a_promise_after_the_device_heard_of_it(
@@ -94,28 +107,119 @@ def test_a_failing_delivery_is_reported_once_a_promise_after_the_device_heard_of
 ) -> None:
     store = Store.open(tmp_path / "device.db")
     try:
-        change = LibraryChange(
-            seq=1, book_id="bk_a", action="add", reason="bought", version=2, at=0
+        store.set_meta("registered_at", "500")
+        receipt_store.mark_link_up(store, 900.0)  # the daemon started, or push connected
+        bought = LibraryChange(
+            seq=1, book_id="bk_a", action="add", reason="bought", version=2, at=600
         )
-        store.apply_library_changes([change], cursor=1, now=1000.0)
+        old = LibraryChange(seq=2, book_id="bk_old", action="add", reason="bought", version=1, at=1)
+        store.apply_library_changes([bought, old], cursor=2, now=1000.0)
         assert receipt_store.make_failed_receipts(store, 1100.0, 60) == 0  # no failure yet
-        store.record_delivery_failure("bk_a", "TransportError: HTTP 503", retry_at=1101.0)
+        assert receipt_store.has_open_deliveries(store, notified_since=400.0)
+        assert not receipt_store.has_open_deliveries(store, notified_since=1000.0)
+        for book_id in ("bk_a", "bk_old"):
+            store.record_delivery_failure(book_id, "TransportError: HTTP 503", retry_at=1101.0)
         assert receipt_store.make_failed_receipts(store, 1059.0, 60) == 0  # not yet due
-        assert receipt_store.make_failed_receipts(store, 1061.0, 60) == 1
+        assert receipt_store.make_failed_receipts(store, 1061.0, 60) == 2
         assert receipt_store.make_failed_receipts(store, 1200.0, 60) == 0  # made once
-        [made] = receipt_store.unsent_receipts(store, 10)
-        assert (made.outcome, made.version, made.retries) == ("failed", 2, 1)
-        assert made.receipt_id == "bk_a.v2.0.failed"
-        assert made.last_error == "TransportError: HTTP 503"
-        assert receipt_store.mark_sent(store, [made.receipt_id], {}, 1300.0) == 1
+        made = {r.book_id: r for r in receipt_store.unsent_receipts(store, 10)}
+        a = made["bk_a"]
+        assert (a.outcome, a.version, a.retries, a.reason) == ("failed", 2, 1, "bought")
+        assert a.receipt_id == "bk_a.v2.600000.failed"
+        assert a.last_error == "TransportError: HTTP 503"
+        assert a.link_up_at == 900.0  # in contact since before it heard of the order
+        assert made["bk_old"].reason == "archived"  # ordered before the device joined
+        ids = [r.receipt_id for r in made.values()]
+        assert receipt_store.mark_sent(store, ids, {}, 1300.0) == 2
         assert receipt_store.unsent_receipts(store, 10) == []
         assert receipt_store.receipt_status(store) == {
             "unsent": 0,
             "rejected": 0,
             "last_sent_at": 1300.0,
         }
+        # The previous pull of the feed failed: the device was out of contact until this one.
+        store.set_meta("last_sync_error", "TransportError: unreachable")
+        back = LibraryChange(seq=3, book_id="bk_b", action="add", reason="sent", version=1, at=1500)
+        store.apply_library_changes([back], cursor=3, now=2000.0)
+        store.record_delivery_failure("bk_b", "StalledError: no byte", retry_at=2001.0)
+        assert receipt_store.make_failed_receipts(store, 2100.0, 60) == 1
+        [b] = receipt_store.unsent_receipts(store, 10)
+        assert (b.book_id, b.link_up_at) == ("bk_b", 2000.0)
     finally:
         store.close()
+
+
+async def test_the_service_judges_real_orders_only_and_each_receipt_once(
+    tmp_path: Path, corpus_stub_data: Path, stub_corpus_import: StubImport
+) -> None:
+    book_id = stub_corpus_import.book_ids["cwa_christmas_carol.epub"]
+    async with running_stub(corpus_stub_data, port=0) as stub:
+        account = AccountClient(stub.url)
+        await account.create_account("reader")
+        key = x25519_public_text(X25519PrivateKey.generate())
+        client = ServiceClient(stub.url, await account.register_device("r", key), ClientLimits())
+        try:
+            at = await account.buy(book_id)
+            skew = -3600.0  # the device's clock is an hour slow: its times are moved back
+
+            def doc(receipt_id: str, book: str, **fields: Any) -> dict[str, Any]:
+                return {
+                    "receipt_id": receipt_id,
+                    "outcome": "complete",
+                    "book_id": book,
+                    "version": 1,
+                    "reason": "seeded",  # the service uses its own reason: bought
+                    "ordered_at": at,
+                    "notified_at": at + skew + 0.1,
+                    "link_up_at": at + skew - 100,
+                    "started_at": at + skew + 0.2,
+                    "first_chapter_at": at + skew + 1.0,
+                    "completed_at": at + skew + 94.4,
+                    "bytes_fetched": 1000,
+                    "retries": 2,
+                    "last_error": "StalledError: no byte for 10 s",
+                    **fields,
+                }
+
+            batch = {
+                "sent_at": time.time() + skew,
+                "device": {"profile": "Kindle Keyboard 3G", "down_kbps": 1000},
+                "receipts": [
+                    doc(f"{book_id}.v1.1.complete", book_id),
+                    doc("bk_forged.v1.1.complete", "bk_forged"),
+                    doc("bk_bad.v1.1.complete", book_id, outcome="lost"),
+                ],
+            }
+            answer = await client.send_receipts(batch)
+            assert answer.acked == [f"{book_id}.v1.1.complete"]
+            assert answer.rejected == {
+                "bk_forged.v1.1.complete": "the service made no such order for this device",
+                "bk_bad.v1.1.complete": "'outcome' must be 'complete' or 'failed'",
+            }
+            again = await client.send_receipts(batch)  # an answer lost: the same batch again
+            assert again.acked == answer.acked
+            page = await client.notices(0, 10)
+            assert [n.message for n in page.notices] == [
+                "Your book 'A Christmas Carol in Prose; Being a Ghost Story of Christmas' took 94 s"
+                " to arrive; we are sorry."
+            ]
+            assert (await client.notices(page.cursor, 10)).notices == []
+            report = await admin(stub.url, "GET", "/v1/admin/promises")
+            assert (report["deliveries"], report["broken"]) == (1, 1)
+            [broken] = report["broken_recent"]
+            assert broken["complete_s"] == pytest.approx(94.4, abs=1)
+            assert broken["retries"] == 2
+            assert report["by_link_class"] == [
+                {
+                    "link_class": "Kindle Keyboard 3G",
+                    "kept": 0,
+                    "broken": 1,
+                    "pending": 0,
+                    "not_promised": 0,
+                }
+            ]
+        finally:
+            await client.close()
 
 
 async def until(check: Callable[[], Awaitable[Any]], timeout_s: float = 20) -> Any:
