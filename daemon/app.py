@@ -150,6 +150,7 @@ class Daemon:
                     quota_bytes=profile.storage.quota_bytes,
                     reserve_bytes=profile.storage.reserve_bytes,
                 ),
+                battery_restricted=lambda: self.power.read().restricted(profile.battery),
                 archive_slots=self._archive_slots,
             )
             self._delivery = delivery

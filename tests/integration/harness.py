@@ -19,6 +19,7 @@ from daemon.client import AccountClient
 from daemon.clock import Clock
 from daemon.config import Settings
 from daemon.crypto import public_key_from_text
+from daemon.power import FakePower, PowerSource
 from daemon.profile import load_profile
 
 
@@ -68,6 +69,7 @@ async def running_device(
     account: AccountClient | None = None,
     tcp_port: int | None = None,
     clock: Clock | None = None,
+    power: PowerSource | None = None,
 ) -> AsyncIterator[Device]:
     if account is None:
         account = AccountClient(stub_url)
@@ -80,7 +82,7 @@ async def running_device(
         account_token=account.account_token,
         tcp_port=tcp_port,
     )
-    daemon = Daemon(settings, clock)
+    daemon = Daemon(settings, clock, power or FakePower())
     stop = asyncio.Event()
     task = asyncio.create_task(daemon.run(stop), name="daemon under test")
     try:

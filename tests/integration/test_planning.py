@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from daemon.client import AccountClient
 from daemon.manifest import parse_manifest
+from daemon.power import FakePower
 from daemon.store import Store
 from server_stub.app import running_stub
 from tests.conftest import StubImport
@@ -157,8 +159,6 @@ async def test_trip_mode_fetches_from_the_archive_and_reports_readiness(
         "sigil_plugin_framework_rev15.epub",
     ]
     async with running_stub(corpus_stub_data, port=0) as stub:
-        from daemon.client import AccountClient
-
         account = AccountClient(stub.url)
         await account.create_account("traveller")
         account_id = stub.store.account_for_token(account.account_token)
@@ -197,3 +197,38 @@ async def test_trip_mode_fetches_from_the_archive_and_reports_readiness(
             states = {b["book_id"]: b["state"] for b in await device.api.library()}
             assert states[ids[archive[0]]] == states[ids[archive[1]]] == "complete"
             assert states[ids[archive[2]]] == "in_cloud"
+
+
+async def test_on_a_low_battery_only_purchases_download_until_charging(
+    tmp_path: Path, corpus_stub_data: Path, stub_corpus_import: StubImport
+) -> None:
+    ids = stub_corpus_import.book_ids
+    archived, bought = ids["idpf_wasteland.epub"], ids["calibre_quick_start_eng.epub"]
+    profile = profile_with(tmp_path, min_percent=20)
+    power = FakePower(percent=12, charging=False)
+    async with running_stub(corpus_stub_data, port=0) as stub:
+        account = AccountClient(stub.url)
+        await account.create_account("reader")
+        account_id = stub.store.account_for_token(account.account_token)
+        assert account_id is not None
+        stub.store.seed_library(account_id, [archived], at=time.time() - 86400)
+        async with running_device(
+            stub.url,
+            stub.public_key_text,
+            tmp_path / "d",
+            profile=profile,
+            account=account,
+            power=power,
+        ) as device:
+            await device.wait_for(archived, lambda b: b["state"] == "in_cloud")
+            await device.api.post_json(f"/v1/books/{archived}/download")
+            await device.account.buy(bought)
+            await device.wait_complete(bought)  # a purchase runs on a low battery
+            status = await device.api.status()
+            [waiting] = status["not_delivered"]
+            assert waiting["book_id"] == archived
+            assert "battery low" in waiting["why"]
+
+            power.set(12, charging=True)
+            await device.api.post_json(f"/v1/books/{archived}/download")  # look again now
+            await device.wait_complete(archived)
