@@ -361,7 +361,8 @@ def _delivery_table(
         f" books within 5 s of buying them, and had {complete_60} of {n} complete within 60 s"
         f" (the promises). The median book was complete at"
         f" {median([t.ratio for t in completes]):.2f}x its link limit:"
-        f" {extra:.2f} s beyond what its bytes need, about {rtts:.1f} round trips of this link."
+        f" {extra:.2f} s beyond what its bytes need, about {rtts:.1f} of the link's"
+        f" {profile.link.rtt_ms} ms round trips."
     )
     return Table(
         heading=f"shelfsync on {profile_name}: {describe_link(profile.link)}",

@@ -7,6 +7,7 @@ time slice) with the link emulator and the clients timing them in the benchmark'
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import shutil
 import signal
@@ -174,8 +175,7 @@ async def device_process(
         str(stub.key_path),
         "--profile",
         profile,
-        "--account-token",
-        account_token,
+        f"--account-token={account_token}",
         "--device-name",
         "bench e-reader",
     ]
@@ -211,8 +211,7 @@ def read_cpu_seconds(pid: int) -> float:
 def percentile(values: list[float], q: float) -> float:
     """The q-th percentile (0..100) by the nearest-rank method."""
     ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * q // 100))  # ceil(n q / 100)
-    return ordered[int(rank) - 1]
+    return ordered[max(1, math.ceil(len(ordered) * q / 100)) - 1]
 
 
 def median(values: list[float]) -> float:

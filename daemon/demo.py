@@ -120,8 +120,7 @@ async def run_demo(workdir: Path, profile: str, book_word: str | None) -> int:
                 str(stub_dir / "service.pub"),
                 "--profile",
                 profile,
-                "--account-token",
-                account.account_token,
+                f"--account-token={account.account_token}",
                 "--device-name",
                 "demo e-reader",
             ]
