@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from daemon import merge
 from daemon.backoff import Backoff
 from daemon.client import ServiceClient
-from daemon.clock import Clock
+from daemon.clock import Clock, sleep_or_until
 from daemon.errors import ServiceHTTPError, StoreError, TransportError
 from daemon.hlc import HybridClock
 from daemon.killpoints import killpoint
@@ -88,19 +88,8 @@ class AnnotationSync:
                     detail=str(e),
                     retry_in_s=round(delay, 1),
                 )
-                await self._pause(delay)
+                await sleep_or_until(self._clock, delay, self._link_up)
                 self._requested.set()
-
-    async def _pause(self, delay: float) -> None:
-        """Sleep `delay` seconds, or less if the link comes back meanwhile."""
-        sleeper = asyncio.ensure_future(self._clock.sleep(delay))
-        waiter = asyncio.ensure_future(self._link_up.wait())
-        try:
-            await asyncio.wait((sleeper, waiter), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (sleeper, waiter):
-                task.cancel()
-            await asyncio.gather(sleeper, waiter, return_exceptions=True)
 
     async def sync_once(self) -> tuple[int, int]:
         """Push every pending op, then pull every change; (ops acknowledged, states joined)."""

@@ -24,7 +24,7 @@ from typing import Any
 from daemon import receipt_store
 from daemon.backoff import Backoff
 from daemon.client import ServiceClient
-from daemon.clock import Clock
+from daemon.clock import Clock, sleep_or_until
 from daemon.errors import StoreError, TransportError
 from daemon.logs import log_event
 from daemon.profile import DeviceProfile
@@ -111,7 +111,7 @@ class ReceiptSync:
                     detail=str(e),
                     retry_in_s=round(delay, 1),
                 )
-                await self._pause(delay)
+                await sleep_or_until(self._clock, delay, self._link_up)
                 self._requested.set()
 
     async def _next_round(self) -> None:
@@ -125,17 +125,6 @@ class ReceiptSync:
                 await self._requested.wait()
         except TimeoutError:
             pass
-
-    async def _pause(self, delay: float) -> None:
-        """Sleep `delay` seconds, or less if the link comes back meanwhile."""
-        sleeper = asyncio.ensure_future(self._clock.sleep(delay))
-        waiter = asyncio.ensure_future(self._link_up.wait())
-        try:
-            await asyncio.wait((sleeper, waiter), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (sleeper, waiter):
-                task.cancel()
-            await asyncio.gather(sleeper, waiter, return_exceptions=True)
 
     async def sync_once(self) -> tuple[int, int]:
         """Make due `failed` receipts, send every unsent receipt, then pull notices if any

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import apsw
 import pytest
 
 from daemon.manifest import parse_manifest
-from server_stub.app import RunningStub, running_stub
+from server_stub.app import RunningStub
 from tests.conftest import StubImport
-from tests.integration.harness import Device, admin, running_device
+from tests.integration.harness import Device, admin
 from tests.integration.test_delivery import assert_reads_back
 
 SMALL = "calibre_quick_start_eng.epub"  # small frames of markup: the dictionary wins here
@@ -19,15 +18,13 @@ BIG = "idpf_moby-dick.epub"
 
 
 @pytest.fixture
-async def stub(corpus_stub_data: Path) -> AsyncIterator[RunningStub]:
-    async with running_stub(corpus_stub_data, port=0, faults=True) as running:
-        yield running
+def stub(faulty_stub: RunningStub) -> RunningStub:
+    return faulty_stub
 
 
 @pytest.fixture
-async def device(stub: RunningStub, tmp_path: Path) -> AsyncIterator[Device]:
-    async with running_device(stub.url, stub.public_key_text, tmp_path / "device") as d:
-        yield d
+def device(corpus_device: Device) -> Device:
+    return corpus_device
 
 
 async def test_a_dictionary_that_does_not_match_its_hash_is_refused(

@@ -7,31 +7,28 @@ what it reported, and what it fetched (the stub's request log).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from daemon.manifest import Manifest, parse_manifest
-from server_stub.app import RunningStub, running_stub
+from server_stub.app import RunningStub
 from tests.conftest import StubImport
-from tests.integration.harness import Device, admin, running_device
+from tests.integration.harness import Device, admin
 from tests.integration.test_delivery import assert_reads_back
 
 BOOK = "idpf_moby-dick.epub"  # 1.6 MB, many frames: room for faults in the middle
 
 
 @pytest.fixture
-async def stub(corpus_stub_data: Path) -> AsyncIterator[RunningStub]:
-    async with running_stub(corpus_stub_data, port=0, faults=True) as running:
-        yield running
+def stub(faulty_stub: RunningStub) -> RunningStub:
+    return faulty_stub
 
 
 @pytest.fixture
-async def device(stub: RunningStub, tmp_path: Path) -> AsyncIterator[Device]:
-    async with running_device(stub.url, stub.public_key_text, tmp_path / "device") as d:
-        yield d
+def device(corpus_device: Device) -> Device:
+    return corpus_device
 
 
 @pytest.fixture
