@@ -688,6 +688,15 @@ class Store:
         )
         return None if row is None else ResourceRow(*row)
 
+    def frame_row(self, book_id: str, version: int, idx: int) -> FrameRow:
+        row = self.one(
+            f"SELECT {_FRAME_COLUMNS} FROM frames WHERE book_id = ? AND version = ? AND idx = ?",
+            (book_id, version, idx),
+        )
+        if row is None:
+            raise StoreError(f"{book_id} v{version} has no frame {idx}")
+        return FrameRow(*row)
+
     def frame(self, book_id: str, version: int, idx: int) -> tuple[FrameRow, bytes | None]:
         row = self.one(
             f"SELECT {_FRAME_COLUMNS}, data FROM frames WHERE book_id = ? AND version = ?"
