@@ -200,18 +200,19 @@ def _memory_table(profile: str, runs: list[Memory], cmd: str) -> Table:
 
 def _idle_table(runs: list[Idle], cmd: str) -> Table:
     rows = [
-        [r.profile, f"{r.window_s:.0f} s", f"{r.cpu_s:.2f} s", f"{r.per_hour:.1f} s"] for r in runs
+        [r.profile, f"{r.window_s:.0f} s", f"{r.cpu_s * 1000:.1f} ms", f"{r.per_hour:.2f} s"]
+        for r in runs
     ]
     worst = max(runs, key=lambda r: r.per_hour)
     meaning = (
-        f"Idle and online, the daemon costs at most {worst.per_hour:.1f} CPU seconds an hour"
-        f" ({worst.per_hour / 36:.2f}% of one core, {worst.profile}); CPU time is counted in"
-        " clock ticks of 10 ms, so a short window reads coarsely."
+        f"Idle and online, the daemon costs at most {worst.per_hour:.2f} CPU seconds an hour"
+        f" ({worst.per_hour / 36:.3f}% of one core, {worst.profile}): the radio, not the"
+        " processor, is what an idle connection costs the battery."
     )
     return Table(
         heading="CPU while idle (push channel up, nothing to deliver)",
         meaning=meaning,
-        columns=["profile", "window", "CPU (user+system)", "per idle hour"],
+        columns=["profile", "window", "CPU in the window", "CPU per idle hour"],
         rows=rows,
         command=cmd,
     )
@@ -257,8 +258,10 @@ imported the corpus and a generated illustrated book (valid EPUB 3, {generated} 
 PNG plates: incompressible, so as large in the store as on the wire). **Memory**: a fresh daemon
 per book, online and idle, then the book bought and delivered; *idle peak* is `VmHWM` from
 `/proc/<pid>/status` before the purchase, *delivery peak* after it (the high-water mark of the
-whole run). **Idle CPU**: daemons online with nothing to do, user+system time from
-`/proc/<pid>/stat` over a window, scaled to an hour. **Reads**: every corpus book delivered to
+whole run). **Idle CPU**: daemons online with nothing to do (push channel up, the service's
+pings every 30 s), on-CPU time of all their threads from `/proc/<pid>/task/*/schedstat`
+(nanoseconds; `/proc/<pid>/stat`'s 10 ms ticks where the kernel lacks it) over a window,
+scaled to an hour. **Reads**: every corpus book delivered to
 one daemon, then every resource of every book read three ways, one after the other: through the
 local API (an aiohttp client on the Unix socket, as reader software would), through
 `daemon.reader.read_resource` on the same database (verify, decode, slice: the store's own cost),

@@ -154,13 +154,17 @@ class TokenBucket:
         self._tokens = burst
         self._stamp = time.monotonic()
 
-    async def take(self, n: int) -> None:
+    def charge(self, n: int) -> float:
+        """Take `n` bytes now, into debt if need be; returns the monotonic time they are sent."""
         now = time.monotonic()
         self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
         self._stamp = now
         self._tokens -= n
-        if self._tokens < 0:
-            await asyncio.sleep(-self._tokens / self.rate)
+        return now + max(0.0, -self._tokens / self.rate)
+
+    async def take(self, n: int) -> None:
+        """Wait until `n` bytes are sent."""
+        await asyncio.sleep(self.charge(n) - time.monotonic())
 
 
 class _Way:
@@ -395,19 +399,25 @@ class LinkEmulator:
     async def _deliver(self, flight: _Flight, writer: asyncio.StreamWriter, way: _Way) -> None:
         """Write each piece to the far socket when it arrives, resending what an outage lost."""
         back = -math.inf  # link time this stream last got through after an outage
+        resent = 0.0  # monotonic time by which the bytes resent so far have been sent
+        resent_arrival = 0.0
         while (item := await flight.get()) is not None:
             arrival, data = item
             await asyncio.sleep(arrival - time.monotonic())
             lost_at = arrival - self._epoch
             if self.link.is_down(lost_at):
                 if lost_at > back:  # the first loss of this outage: back off until a resend lands
-                    resent = resend_time(self.link, lost_at, way.rto, DATA_RETRIES)
-                    if resent is None:
+                    through = resend_time(self.link, lost_at, way.rto, DATA_RETRIES)
+                    if through is None:
                         raise GaveUpError(f"no resend got through from link time {lost_at:.1f} s")
-                    back = resent
-                    await asyncio.sleep(self._epoch + back - time.monotonic())
-                await way.bucket.take(len(data))  # the lost bytes cross the link again
-                await asyncio.sleep(way.one_way())
+                    back = through
+                    resent = self._epoch + back
+                # The lost bytes cross the link again, back to back at its rate (pipelined, not
+                # a round trip each); the bucket's debt makes other senders wait for them.
+                way.bucket.charge(len(data))
+                resent += len(data) / way.bucket.rate
+                resent_arrival = max(resent_arrival, resent + way.one_way())
+                await asyncio.sleep(resent_arrival - time.monotonic())
             await self._flowing.wait()
             writer.write(data)
             flight.bytes -= len(data)
