@@ -733,15 +733,6 @@ class Store:
     def books_bytes(self) -> int:
         return int(self.one("SELECT total(length(data)) FROM frames")[0])
 
-    def size_bytes(self) -> int:
-        """Bytes the database occupies, free pages excluded."""
-        pages, free, page_size = (
-            self.one("PRAGMA page_count")[0],
-            self.one("PRAGMA freelist_count")[0],
-            self.one("PRAGMA page_size")[0],
-        )
-        return int((pages - free) * page_size)
-
     def integrity_check(self) -> str:
         return str(self.one("PRAGMA integrity_check")[0])
 
