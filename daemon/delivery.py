@@ -174,6 +174,7 @@ class DeliveryWorker:
                     )
                 finally:
                     waiter.cancel()
+                    await asyncio.gather(waiter, return_exceptions=True)
                 self._wake.clear()
                 for book_id in [b for b, t in tasks.items() if t.done()]:
                     tasks.pop(book_id)

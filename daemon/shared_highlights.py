@@ -19,7 +19,7 @@ from typing import Any
 from daemon import merge
 from daemon.backoff import Backoff
 from daemon.client import ServiceClient
-from daemon.clock import Clock
+from daemon.clock import Clock, sleep_or_until
 from daemon.errors import AnnotationError, StoreError, TransportError
 from daemon.killpoints import killpoint
 from daemon.logs import log_event
@@ -69,14 +69,7 @@ class SharedHighlights:
         failures = 0
         while True:
             delay = self._backoff.delay(failures) if failures else self._refresh_s
-            sleeper = asyncio.ensure_future(self._clock.sleep(delay))
-            waiter = asyncio.ensure_future(self._wake.wait())
-            try:
-                await asyncio.wait((sleeper, waiter), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in (sleeper, waiter):
-                    task.cancel()
-                await asyncio.gather(sleeper, waiter, return_exceptions=True)
+            await sleep_or_until(self._clock, delay, self._wake)
             self._wake.clear()
             try:
                 await self.refresh_once()
