@@ -30,13 +30,12 @@ from bench.harness import (
     BenchError,
     Device,
     Stub,
-    child,
     corpus_dir,
     device_process,
-    script,
 )
 from bench.registry import Benchmark
 from bench.section import Section, Table, command
+from daemon.children import child, script
 from daemon.client import AccountClient
 from daemon.profile import list_profiles, load_profile
 from server_stub.linkemu import LinkEmulator, describe_link

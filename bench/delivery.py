@@ -34,7 +34,6 @@ from bench.harness import (
     Book,
     Device,
     Stub,
-    child,
     corpus_books,
     corpus_dir,
     device_process,
@@ -43,6 +42,7 @@ from bench.harness import (
 )
 from bench.registry import Benchmark
 from bench.section import Section, Table, command
+from daemon.children import child
 from daemon.client import AccountClient
 from daemon.profile import DeviceProfile, LinkProfile, list_profiles, load_profile
 from server_stub.linkemu import Direction, LinkEmulator, describe_link, down_seconds

@@ -9,9 +9,6 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import shutil
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.api_client import LocalApiClient
+from daemon.children import child, script
 from daemon.errors import ShelfsyncError
 from server_stub.epub import read_epub
 from server_stub.packaging import book_id_for
@@ -58,38 +56,6 @@ def book_of(path: Path) -> Book:
 def corpus_books(corpus: Path) -> list[Book]:
     """Every book of the corpus, smallest first."""
     return sorted((book_of(p) for p in corpus.glob("*.epub")), key=lambda b: (b.size, b.path.name))
-
-
-def script(name: str) -> str:
-    """A console script of this installation (the venv's bin), else from PATH."""
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.exists() else shutil.which(name)
-    if found is None:
-        raise BenchError(f"{name} is not installed; run `make` (pip install -e .) first")
-    return found
-
-
-@asynccontextmanager
-async def child(
-    args: list[str], log: Path, *, pipe_stdout: bool = False
-) -> AsyncIterator[asyncio.subprocess.Process]:
-    """A subprocess, logging to `log`, terminated and awaited however the block ends."""
-    with log.open("ab") as log_file:
-        proc = await asyncio.create_subprocess_exec(
-            *args,
-            stdout=asyncio.subprocess.PIPE if pipe_stdout else log_file,
-            stderr=log_file,
-        )
-        try:
-            yield proc
-        finally:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), 15)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
 
 
 @dataclass(frozen=True, slots=True)

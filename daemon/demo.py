@@ -11,16 +11,14 @@ comparing each byte with the original EPUB.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
 import signal
-import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from daemon.api_client import LocalApiClient
+from daemon.children import child, script
 from daemon.client import AccountClient
 from daemon.errors import ShelfsyncError
 from daemon.profile import load_profile
@@ -31,34 +29,6 @@ DELIVERY_TIMEOUT_S = 120.0
 
 class DemoError(ShelfsyncError):
     """A step of the demo failed; the message says which log to read."""
-
-
-def _script(name: str) -> str:
-    """A console script of this installation (the venv's bin), else from PATH."""
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.exists() else shutil.which(name)
-    if found is None:
-        raise DemoError(f"{name} is not installed; run `make demo`")
-    return found
-
-
-@contextlib.asynccontextmanager
-async def _process(args: list[str], log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    """A child process that is terminated and awaited however the demo ends."""
-    with log.open("ab") as log_file:
-        proc = await asyncio.create_subprocess_exec(
-            *args, stdout=asyncio.subprocess.PIPE, stderr=log_file
-        )
-        try:
-            yield proc
-        finally:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), 10)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
 
 
 async def _listening_url(proc: asyncio.subprocess.Process) -> str:
@@ -98,8 +68,8 @@ async def run_demo(workdir: Path, profile: str, book_word: str | None) -> int:
     book_id = book_id_for(epub.identifier, epub.language)
     print(f"demo: state in {workdir} (logs: stub.log, device.log)")
 
-    stub_args = [_script("shelfsync-stub"), "--data", str(stub_dir), "--port", "0"]
-    async with _process(stub_args, workdir / "stub.log") as stub:
+    stub_args = [script("shelfsync-stub"), "--data", str(stub_dir), "--port", "0"]
+    async with child(stub_args, workdir / "stub.log", pipe_stdout=True) as stub:
         url = await _listening_url(stub)
         print(f"service: {url}, sample library from {SAMPLE_LIBRARY}")
         account = AccountClient(url)  # the buyer, on the store's website: not behind the link
@@ -110,7 +80,7 @@ async def run_demo(workdir: Path, profile: str, book_word: str | None) -> int:
         async with LinkEmulator(link, parse_address(url.removeprefix("http://"))) as emulator:
             print(f"link: {describe_link(link)} (emulated: {emulator.url} -> {url})")
             device_args = [
-                _script("shelfsync"),
+                script("shelfsync"),
                 "run",
                 "--state",
                 str(device_dir),
@@ -124,7 +94,7 @@ async def run_demo(workdir: Path, profile: str, book_word: str | None) -> int:
                 "--device-name",
                 "demo e-reader",
             ]
-            async with _process(device_args, workdir / "device.log") as device:
+            async with child(device_args, workdir / "device.log", pipe_stdout=True) as device:
                 await _wait_for(socket_path, device, "the daemon")
                 async with LocalApiClient(socket_path) as api:
                     await _wait_online(api, device)
