@@ -4,6 +4,8 @@ and an account on the stub to buy with."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -21,6 +23,7 @@ from daemon.config import Settings
 from daemon.crypto import public_key_from_text
 from daemon.power import FakePower, PowerSource
 from daemon.profile import load_profile
+from server_stub.app import RunningStub
 
 
 @dataclass
@@ -107,3 +110,33 @@ async def admin(stub_url: str, method: str, path: str, body: Any = None) -> Any:
     ):
         r.raise_for_status()
         return await r.json(content_type=None)
+
+
+async def spawn_daemon(
+    stub: RunningStub, state: Path, account_token: str, kill_at: str | None
+) -> asyncio.subprocess.Process:
+    """`shelfsync run` as a real subprocess (for kill tests): SIGKILLs itself at `kill_at`
+    ("point:n", daemon/killpoints.py) when given. Its stderr is piped for the assertions."""
+    env = {k: v for k, v in os.environ.items() if k != "SHELFSYNC_KILL_AT"}
+    if kill_at:
+        env["SHELFSYNC_KILL_AT"] = kill_at
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "daemon",
+        "run",
+        "--state",
+        str(state),
+        "--service",
+        stub.url,
+        "--service-key",
+        str(stub.pub_path),
+        "--profile",
+        "emulator-loopback",
+        f"--account-token={account_token}",  # a token may start with '-'
+        "--log-level",
+        "WARNING",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -34,6 +32,7 @@ from daemon.notes_store import NotesStore
 from daemon.store import Store
 from server_stub.app import RunningStub, running_stub
 from tests.conftest import StubImport
+from tests.integration.harness import spawn_daemon
 from tests.integration.notes_helpers import BOOK_FILE, BareDevice, anchor, import_one_book
 
 POINTS: dict[str, range] = {
@@ -77,29 +76,7 @@ class Rig:
 
 
 async def start_daemon(rig: Rig, kill_at: str | None) -> asyncio.subprocess.Process:
-    env = {k: v for k, v in os.environ.items() if k != "SHELFSYNC_KILL_AT"}
-    if kill_at:
-        env["SHELFSYNC_KILL_AT"] = kill_at
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "daemon",
-        "run",
-        "--state",
-        str(rig.state),
-        "--service",
-        rig.stub.url,
-        "--service-key",
-        str(rig.stub.pub_path),
-        "--profile",
-        "emulator-loopback",
-        f"--account-token={rig.account.account_token}",
-        "--log-level",
-        "ERROR",
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    return await spawn_daemon(rig.stub, rig.state, rig.account.account_token, kill_at)
 
 
 async def stop(daemon: asyncio.subprocess.Process) -> None:

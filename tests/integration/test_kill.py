@@ -4,9 +4,7 @@ and never serves a byte that is not verified."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -16,39 +14,12 @@ from daemon.api_client import LocalApiClient
 from daemon.client import AccountClient
 from daemon.manifest import parse_manifest
 from daemon.store import Store
-from server_stub.app import RunningStub, running_stub
+from server_stub.app import running_stub
 from tests.conftest import StubImport
-from tests.integration.harness import admin
+from tests.integration.harness import admin, spawn_daemon
 from tests.integration.test_delivery import assert_reads_back
 
 BOOK = "se_samuel-pepys_the-diary.epub"  # 10.7 MB of text: many frames to die between
-
-
-async def start_daemon(
-    stub: RunningStub, state: Path, token: str, kill_at: str | None
-) -> asyncio.subprocess.Process:
-    env = {k: v for k, v in os.environ.items() if k != "SHELFSYNC_KILL_AT"}
-    if kill_at:
-        env["SHELFSYNC_KILL_AT"] = kill_at
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "daemon",
-        "run",
-        "--state",
-        str(state),
-        "--service",
-        stub.url,
-        "--service-key",
-        str(stub.pub_path),
-        "--profile",
-        "emulator-loopback",
-        f"--account-token={token}",
-        "--log-level",
-        "WARNING",
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-    )
 
 
 async def wait_until_serving(api: LocalApiClient, daemon: asyncio.subprocess.Process) -> None:
@@ -89,7 +60,7 @@ async def test_killed_mid_download_resumes_without_refetching_committed_frames(
         assert len(manifest.frames) > nth, "the book must outlast the kill point"
         account = AccountClient(stub.url)
         await account.create_account("reader")
-        daemon = await start_daemon(stub, state, account.account_token, f"{point}:{nth}")
+        daemon = await spawn_daemon(stub, state, account.account_token, f"{point}:{nth}")
         try:
             while not (state / "api.sock").exists():
                 assert daemon.returncode is None, "daemon failed to start"
@@ -108,7 +79,7 @@ async def test_killed_mid_download_resumes_without_refetching_committed_frames(
         store.close()
 
         await admin(stub.url, "DELETE", "/v1/admin/requests")
-        daemon = await start_daemon(stub, state, account.account_token, None)
+        daemon = await spawn_daemon(stub, state, account.account_token, None)
         try:
             async with LocalApiClient(state / "api.sock") as api:
                 await wait_until_serving(api, daemon)
