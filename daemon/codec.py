@@ -86,21 +86,21 @@ def decode_bounded(data: bytes, max_size: int) -> bytes:
     return decode_frame(data, "zstd", size, DEFAULT_WINDOW_CAP, max_plain=max_size)
 
 
-def decode_frame(
+def _frame_decompressor(
     data: bytes,
     codec: str,
     plain_size: int,
     window_cap: int,
-    dictionary: Dictionary | None = None,
-    max_plain: int = MAX_FRAME_PLAIN,
-) -> bytes:
-    """Decode one frame that already matched its hash and authenticated; raise DecodeError."""
+    dictionary: Dictionary | None,
+    max_plain: int,
+) -> zstandard.ZstdDecompressor | None:
+    """The decompressor for one frame whose header passed every bound; None for a raw frame."""
     if not 0 < plain_size <= max_plain:
         raise DecodeError(f"declared plaintext size {plain_size} is outside (0, {max_plain}]")
     if codec == "raw":
         if len(data) != plain_size:
             raise DecodeError(f"raw frame is {len(data)} bytes, manifest says {plain_size}")
-        return data
+        return None
     if codec not in ("zstd", "zstd-dict"):
         raise DecodeError(f"unknown codec {codec!r}")
     if codec == "zstd-dict" and dictionary is None:
@@ -118,19 +118,107 @@ def decode_frame(
     if codec == "zstd-dict" and dictionary is not None:
         if params.dict_id not in (0, dictionary.dict_id):
             raise DecodeError(f"zstd frame names dictionary {params.dict_id}, not this one")
-        decoder = dictionary.decompressor(window_cap).decompressobj()
-    else:
-        if params.dict_id != 0:
-            raise DecodeError(f"zstd frame needs dictionary {params.dict_id}, none is named")
-        decoder = zstandard.ZstdDecompressor(max_window_size=window_cap).decompressobj()
+        return dictionary.decompressor(window_cap)
+    if params.dict_id != 0:
+        raise DecodeError(f"zstd frame needs dictionary {params.dict_id}, none is named")
+    return zstandard.ZstdDecompressor(max_window_size=window_cap)
+
+
+def _check_end(
+    decoder: zstandard.ZstdDecompressionObj, decoded: int, plain_size: int, unfed: int = 0
+) -> None:
+    """The frame ended where the data did, at the declared size. `unfed`: bytes not yet given
+    to the decoder, which follow the frame if it has ended."""
+    if not decoder.eof:
+        raise DecodeError("zstd frame is truncated")
+    if decoder.unused_data or unfed:
+        raise DecodeError(f"{len(decoder.unused_data) + unfed} bytes follow the zstd frame")
+    if decoded != plain_size:
+        raise DecodeError(f"zstd frame decoded to {decoded} bytes, manifest says {plain_size}")
+
+
+def decode_frame(
+    data: bytes,
+    codec: str,
+    plain_size: int,
+    window_cap: int,
+    dictionary: Dictionary | None = None,
+    max_plain: int = MAX_FRAME_PLAIN,
+) -> bytes:
+    """Decode one frame that already matched its hash and authenticated; raise DecodeError."""
+    decompressor = _frame_decompressor(data, codec, plain_size, window_cap, dictionary, max_plain)
+    if decompressor is None:
+        return data
+    decoder = decompressor.decompressobj()
     try:
         plain = decoder.decompress(data)
     except zstandard.ZstdError as e:
         raise DecodeError(f"zstd frame is corrupt: {e}") from e
-    if not decoder.eof:
-        raise DecodeError("zstd frame is truncated")
-    if decoder.unused_data:
-        raise DecodeError(f"{len(decoder.unused_data)} bytes follow the zstd frame")
-    if len(plain) != plain_size:
-        raise DecodeError(f"zstd frame decoded to {len(plain)} bytes, manifest says {plain_size}")
+    _check_end(decoder, len(plain), plain_size)
     return plain
+
+
+class FrameDecoder:
+    """One frame that already matched its hash and authenticated, decoded only as far as reads
+    need: a reader turning to the first chapter of a 2 MiB frame pays for that chapter, not for
+    the frame. Bounded exactly as `decode_frame` (the header is checked before any decoding, and
+    the end of the frame when it is reached); raises DecodeError.
+    """
+
+    # Compressed bytes fed to zstd per step: small, so a read overshoots what it needs by little
+    # (about STEP times the compression ratio), large enough that steps cost nothing.
+    STEP = 4096
+
+    def __init__(
+        self,
+        data: bytes,
+        codec: str,
+        plain_size: int,
+        window_cap: int,
+        dictionary: Dictionary | None = None,
+    ) -> None:
+        decompressor = _frame_decompressor(
+            data, codec, plain_size, window_cap, dictionary, MAX_FRAME_PLAIN
+        )
+        self.plain_size = plain_size
+        self._decoder = None if decompressor is None else decompressor.decompressobj()
+        self._data = b"" if decompressor is None else data  # compressed, still to be fed
+        self._fed = 0
+        self._raw = data if decompressor is None else None  # served as it is
+        self._plain = bytearray()  # decoded so far
+
+    @property
+    def complete(self) -> bool:
+        return self._decoder is None
+
+    def memory_bytes(self) -> int:
+        """What this decoder holds: the plaintext so far, plus zstd's window while decoding."""
+        window = 0 if self._decoder is None else self.plain_size
+        return len(self._data) + len(self._raw or self._plain) + window
+
+    def slice(self, start: int, end: int) -> bytes:
+        """Plaintext bytes [start, end) of the frame, decoding as far as `end` first."""
+        if not 0 <= start <= end <= self.plain_size:
+            raise DecodeError(f"[{start}, {end}) is outside a frame of {self.plain_size} bytes")
+        if self._raw is not None:
+            return self._raw[start:end]
+        if self._decoder is not None and len(self._plain) < end:
+            self._decode_to(self._decoder, end)
+        with memoryview(self._plain) as view:
+            return bytes(view[start:end])
+
+    def _decode_to(self, decoder: zstandard.ZstdDecompressionObj, end: int) -> None:
+        plain = self._plain
+        try:
+            # Asked for the whole rest of the frame: one call, which zstd does fastest.
+            size = len(self._data) if end == self.plain_size else self.STEP
+            while len(plain) < end and self._fed < len(self._data) and not decoder.eof:
+                step = self._data[self._fed : self._fed + size]
+                self._fed += len(step)
+                plain += decoder.decompress(step)
+        except zstandard.ZstdError as e:
+            raise DecodeError(f"zstd frame is corrupt: {e}") from e
+        if decoder.eof or self._fed == len(self._data):
+            _check_end(decoder, len(plain), self.plain_size, len(self._data) - self._fed)
+            self._decoder = None  # frees zstd's window
+            self._data = b""

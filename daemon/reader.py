@@ -3,7 +3,9 @@
 Each frame is checked three ways before a byte of it is served: its SHA-256 against the signed
 manifest, its AEAD tag under the book's content key (unwrapped with this device's key only when
 the book is read), and a zstd decode bounded by the manifest's sizes and the device's window cap.
-Frames are loaded one at a time, so memory stays at one frame whatever the resource's size.
+Frames are loaded one at a time, so memory stays at one frame whatever the resource's size, and
+decoded only as far as the resource being read ends (`codec.FrameDecoder`): turning to the first
+chapter of a 2 MiB frame decodes that chapter, and the next page goes on from there.
 """
 
 from __future__ import annotations
@@ -14,45 +16,68 @@ from collections.abc import Iterator
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from daemon.codec import Dictionary, decode_frame
+from daemon.codec import Dictionary, FrameDecoder
 from daemon.crypto import open_frame, unwrap_content_key
-from daemon.errors import DictionaryError, FrameHashError, KeyUnwrapError, NotOnDeviceError
+from daemon.errors import (
+    DecodeError,
+    DictionaryError,
+    FrameHashError,
+    KeyUnwrapError,
+    NotOnDeviceError,
+)
 from daemon.models import ResourceRow
 from daemon.store import Store
 
 _CACHED_KEYS = 16  # content keys of the books read lately: unwrapping costs an X25519 exchange
-# Plaintext of the frames read lately. A frame holds up to 1 MiB of many small resources, and a
-# reader turns pages through consecutive ones: decoding the frame once for all of them is what
-# makes a read as fast as unzipping one file. Bounded in bytes, not frames.
+# The frames read lately, each decoded as far as it was read. A frame holds up to 2 MiB of many
+# small resources, and a reader turns pages through consecutive ones: decoding on from where the
+# last page ended is what makes a read as fast as unzipping one file. Bounded in bytes (plaintext,
+# plus zstd's window while a frame is part-decoded), not frames.
 PLAIN_CACHE_BYTES = 4 * 1024 * 1024
 
 
 class FrameOpener:
     """Turns stored frames back into plaintext for one device."""
 
-    def __init__(self, device_key: X25519PrivateKey, window_cap: int) -> None:
+    def __init__(
+        self,
+        device_key: X25519PrivateKey,
+        window_cap: int,
+        plain_cache_bytes: int = PLAIN_CACHE_BYTES,
+    ) -> None:
         self._device_key = device_key
         self.window_cap = window_cap
         self._keys: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._dictionaries: dict[str, Dictionary] = {}
-        # By the frame's SHA-256 in the signed manifest: verified when it was decoded.
-        self._plain: OrderedDict[str, bytes] = OrderedDict()
-        self._plain_bytes = 0
+        # By the frame's SHA-256 in the signed manifest: verified when it was opened.
+        self._frames: OrderedDict[str, FrameDecoder] = OrderedDict()
+        self._charged: dict[str, int] = {}  # sha256 -> memory_bytes() when last counted
+        self._cache_bytes = plain_cache_bytes
+        self._held_bytes = 0
 
-    def cached(self, sha256: str) -> bytes | None:
-        plain = self._plain.get(sha256)
-        if plain is not None:
-            self._plain.move_to_end(sha256)
-        return plain
+    def cached(self, sha256: str) -> FrameDecoder | None:
+        frame = self._frames.get(sha256)
+        if frame is not None:
+            self._frames.move_to_end(sha256)
+        return frame
 
-    def remember(self, sha256: str, plain: bytes) -> None:
-        if len(plain) > PLAIN_CACHE_BYTES or sha256 in self._plain:
-            return
-        self._plain[sha256] = plain
-        self._plain_bytes += len(plain)
-        while self._plain_bytes > PLAIN_CACHE_BYTES:
-            _, dropped = self._plain.popitem(last=False)
-            self._plain_bytes -= len(dropped)
+    def remember(self, sha256: str, frame: FrameDecoder) -> None:
+        """Keep (or recount, after a read decoded more of it) a frame, within the byte bound."""
+        if sha256 not in self._frames:
+            self._frames[sha256] = frame
+            self._charged[sha256] = 0
+        self._frames.move_to_end(sha256)
+        size = frame.memory_bytes()
+        self._held_bytes += size - self._charged[sha256]
+        self._charged[sha256] = size
+        if size > self._cache_bytes:
+            self.forget(sha256)  # larger than the whole cache: keeping it would empty the rest
+        while self._held_bytes > self._cache_bytes:
+            self.forget(next(iter(self._frames)))
+
+    def forget(self, sha256: str) -> None:
+        if self._frames.pop(sha256, None) is not None:
+            self._held_bytes -= self._charged.pop(sha256)
 
     def content_key(self, store: Store, book_id: str, version: int) -> bytes:
         cached = self._keys.get((book_id, version))
@@ -93,16 +118,21 @@ def resource_pieces(store: Store, resource: ResourceRow, opener: FrameOpener) ->
     end = resource.offset + resource.size
     for idx in range(resource.first_frame, resource.last_frame + 1):
         frame = store.frame_row(book_id, version, idx)
-        plain = opener.cached(frame.sha256)
-        if plain is None:
-            plain = _decode_stored(store, resource, opener, idx)
-            opener.remember(frame.sha256, plain)
+        decoder = opener.cached(frame.sha256) or _open_stored(store, resource, opener, idx)
         lo = max(resource.offset, frame.plain_offset) - frame.plain_offset
         hi = min(end, frame.plain_offset + frame.plain_size) - frame.plain_offset
-        yield plain[lo:hi]
+        try:
+            piece = decoder.slice(lo, hi)
+        except DecodeError:
+            opener.forget(frame.sha256)
+            raise
+        opener.remember(frame.sha256, decoder)
+        yield piece
 
 
-def _decode_stored(store: Store, resource: ResourceRow, opener: FrameOpener, idx: int) -> bytes:
+def _open_stored(
+    store: Store, resource: ResourceRow, opener: FrameOpener, idx: int
+) -> FrameDecoder:
     book_id, version = resource.book_id, resource.version
     frame, data = store.frame(book_id, version, idx)
     if data is None:
@@ -115,7 +145,7 @@ def _decode_stored(store: Store, resource: ResourceRow, opener: FrameOpener, idx
             idx,
         )
     packed = open_frame(opener.content_key(store, book_id, version), book_id, data)
-    return decode_frame(
+    return FrameDecoder(
         packed,
         frame.codec,
         frame.plain_size,

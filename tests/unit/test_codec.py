@@ -6,8 +6,10 @@ import os
 
 import pytest
 import zstandard
+from hypothesis import given
+from hypothesis import strategies as st
 
-from daemon.codec import decode_frame, encode_frame
+from daemon.codec import FrameDecoder, decode_frame, encode_frame
 from daemon.errors import DecodeError
 
 CAP = 8 * 1024 * 1024
@@ -78,3 +80,45 @@ def test_a_raw_frame_of_the_wrong_size_and_an_unknown_codec_are_refused() -> Non
         decode_frame(b"abc", "raw", 4, CAP)
     with pytest.raises(DecodeError, match="unknown codec"):
         decode_frame(b"abc", "lz4", 3, CAP)
+
+
+# A frame of many chapters, as the service packs them: compressible, and large enough that a
+# read of the first page stops long before the end.
+CHAPTERS = b"".join(
+    b"<p>Chapter %d: it was a dark and stormy night.</p>\n" % i for i in range(40_000)
+)
+CHAPTERS_FRAME = encode_frame(CHAPTERS, level=3)[1]
+
+
+def test_reading_the_first_page_of_a_frame_decodes_little_of_it() -> None:
+    decoder = FrameDecoder(CHAPTERS_FRAME, "zstd", len(CHAPTERS), CAP)
+    assert decoder.slice(0, 1000) == CHAPTERS[:1000]
+    assert not decoder.complete
+    assert decoder.memory_bytes() < len(CHAPTERS_FRAME) + len(CHAPTERS) + len(CHAPTERS) // 2
+    assert decoder.slice(len(CHAPTERS) - 10, len(CHAPTERS)) == CHAPTERS[-10:]
+    assert decoder.complete
+    assert decoder.slice(5, 17) == CHAPTERS[5:17]
+
+
+@given(st.lists(st.tuples(st.integers(0, len(CHAPTERS)), st.integers(0, 70_000)), max_size=12))
+def test_any_sequence_of_reads_returns_the_frame_bytes(reads: list[tuple[int, int]]) -> None:
+    decoder = FrameDecoder(CHAPTERS_FRAME, "zstd", len(CHAPTERS), CAP)
+    for start, length in reads:
+        end = min(len(CHAPTERS), start + length)
+        assert decoder.slice(start, end) == CHAPTERS[start:end]
+
+
+def test_progressive_decoding_keeps_every_bound() -> None:
+    with pytest.raises(DecodeError, match="declares"):
+        FrameDecoder(CHAPTERS_FRAME, "zstd", len(CHAPTERS) - 1, CAP)
+    with pytest.raises(DecodeError, match="window 2147483648 exceeds the cap"):
+        FrameDecoder(crafted_frame(31, b"x" * 1000), "zstd", 1000, CAP)
+    decoder = FrameDecoder(CHAPTERS_FRAME + b"junk", "zstd", len(CHAPTERS), CAP)
+    assert decoder.slice(0, 100) == CHAPTERS[:100]  # an authenticated prefix is served
+    with pytest.raises(DecodeError, match="4 bytes follow the zstd frame"):
+        decoder.slice(0, len(CHAPTERS))
+    truncated = FrameDecoder(CHAPTERS_FRAME[:-50], "zstd", len(CHAPTERS), CAP)
+    with pytest.raises(DecodeError, match="truncated"):
+        truncated.slice(0, len(CHAPTERS))
+    with pytest.raises(DecodeError, match="outside a frame"):
+        FrameDecoder(b"abc", "raw", 3, CAP).slice(2, 4)
