@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import shutil
 import tempfile
 import time
@@ -111,15 +112,22 @@ async def measure_idle(workdir: Path, stub: Stub, window_s: float) -> list[Idle]
         return [Idle(name, elapsed, d.cpu_seconds() - start[name]) for name, d in devices]
 
 
-async def measure_reads(
-    workdir: Path, stub: Stub, profile: str, books: list[Book]
-) -> list[Latency]:
-    """Every resource of every book in reading order, twice (first time through, then again):
-    through the local API, through daemon.reader directly (on the same database), and from
-    the .epub with zipfile (the archive opened once per book)."""
-    passes = ("first time through", "again")
-    methods = ("local API", "daemon.reader.read_resource", "zipfile, from the .epub")
-    samples: dict[tuple[str, str], list[float]] = {(m, p): [] for p in passes for m in methods}
+@dataclass(frozen=True, slots=True)
+class Reads:
+    latencies: list[Latency]  # per pass, the three methods in METHODS order
+    peak_kib: int  # the reading daemon's VmHWM after every read
+
+
+READ_METHODS = ("local API", "daemon.reader.read_resource", "zipfile, from the .epub")
+
+
+async def measure_reads(workdir: Path, stub: Stub, profile: str, books: list[Book]) -> Reads:
+    """Every resource of every book, three passes: in reading order (first time through, then
+    again), then all of them in a random order (a reader jumping about, where the cache of
+    decoded frames rarely helps). Each read three ways: through the local API, through
+    daemon.reader directly (on the same database), and from the .epub with zipfile (each
+    archive opened once)."""
+    samples: dict[tuple[str, str], list[float]] = {}
     async with AsyncExitStack() as stack:
         device, account = await _online_device(stack, workdir, "reads", stub, profile)
         for book in books:
@@ -132,27 +140,30 @@ async def measure_reads(
             load_or_create_device_key(workdir / "reads" / "device.key"),
             load_profile(profile).memory.zstd_window_cap_bytes,
         )
+        archives = {b.book_id: stack.enter_context(zipfile.ZipFile(b.path)) for b in books}
+        in_order = []
         for book in books:
             version = store.readable_version(book.book_id)
             assert version is not None  # complete, so readable
-            resources = store.resources(book.book_id, version)  # in reading order
-            with zipfile.ZipFile(book.path) as archive:
-                for pass_name in passes:
-                    for row in resources:
-                        t0 = time.perf_counter()
-                        status, _, served = await device.api.resource(book.book_id, row.path)
-                        t1 = time.perf_counter()
-                        direct = read_resource(store, row, opener)
-                        t2 = time.perf_counter()
-                        original = archive.read(row.path)
-                        t3 = time.perf_counter()
-                        if status != 200 or served != original or direct != original:
-                            raise BenchError(f"{book.path.name}:{row.path} did not read back")
-                        for method, seconds in zip(
-                            methods, (t1 - t0, t2 - t1, t3 - t2), strict=True
-                        ):
-                            samples[(method, pass_name)].append(seconds)
-    return [Latency(f"{m}, {p}", samples[(m, p)]) for p in passes for m in methods]
+            in_order += store.resources(book.book_id, version)  # in reading order
+        jumping = random.Random(7).sample(in_order, len(in_order))
+        passes = [("first time through", in_order), ("again", in_order), ("random order", jumping)]
+        for pass_name, rows in passes:
+            for row in rows:
+                t0 = time.perf_counter()
+                status, _, served = await device.api.resource(row.book_id, row.path)
+                t1 = time.perf_counter()
+                direct = read_resource(store, row, opener)
+                t2 = time.perf_counter()
+                original = archives[row.book_id].read(row.path)
+                t3 = time.perf_counter()
+                if status != 200 or served != original or direct != original:
+                    raise BenchError(f"{row.book_id}:{row.path} did not read back")
+                for method, seconds in zip(READ_METHODS, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+                    samples.setdefault((method, pass_name), []).append(seconds)
+        peak_kib = device.status()["VmHWM"]
+    latencies = [Latency(f"{m}, {p}", samples[(m, p)]) for p, _ in passes for m in READ_METHODS]
+    return Reads(latencies, peak_kib)
 
 
 def _size(n: int) -> str:
@@ -214,7 +225,8 @@ def _idle_table(runs: list[Idle], cmd: str) -> Table:
     )
 
 
-def _reads_table(results: list[Latency], books: int, cmd: str) -> Table:
+def _reads_table(reads: Reads, books: int, profile: str, cmd: str) -> Table:
+    results = reads.latencies
     rows = []
     for i, r in enumerate(results):
         zipped = results[i - i % 3 + 2].samples  # zipfile's reads in the same pass
@@ -237,7 +249,10 @@ def _reads_table(results: list[Latency], books: int, cmd: str) -> Table:
         f" API serves it in {_ms(percentile(api, 50))} at the median and"
         f" {_ms(percentile(api, 99))} at the 99th percentile ({books} books, every resource):"
         " well under the hundreds of milliseconds an e-ink page turn takes, on this machine;"
-        " a Kindle-class core is several times slower."
+        " a Kindle-class core is several times slower. The reading daemon's peak memory after"
+        f" all {sum(len(r.samples) for r in results[::3]):,} reads:"
+        f" {reads.peak_kib / 1024:.1f} MiB (budget of {profile}:"
+        f" {load_profile(profile).memory.ram_budget_mb} MiB)."
     )
     return Table(
         heading="Serving a resource offline: the store against zipfile",
@@ -263,8 +278,12 @@ other: through the local API (an aiohttp client on the Unix socket, as reader so
 through `daemon.reader.read_resource` on the same database (verify, decrypt, decode, slice: the
 store's own cost), and with `zipfile` from the .epub opened once per book (what a reader that
 opens EPUBs directly does). Each book is read through twice: *first time through* is a reader
-paging through it (the daemon's cache of decoded frames helps within a frame, not across books),
-*again* a second pass. Every read is checked byte for byte."""
+paging through it (the daemon decodes a frame only as far as the page being read, and goes on
+from there for the next page; its cache of part-decoded frames helps within a frame, not across
+books), *again* a second pass; then *random order* reads every resource of the corpus once more
+in a shuffled order (seed 7), a reader jumping about, where a read usually finds its frame no
+longer cached and decodes it from the start as far as the resource ends. Every read is checked
+byte for byte."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -334,7 +353,7 @@ async def run(args: argparse.Namespace) -> Section:
         tables=[
             _memory_table(args.profile, memory, cmd),
             _idle_table(idle, cmd),
-            _reads_table(reads, len(books), cmd),
+            _reads_table(reads, len(books), args.profile, cmd),
         ],
     )
 

@@ -212,7 +212,6 @@ class LocalApi:
                 headers={
                     "Content-Type": resource.media_type,
                     "Content-Length": str(resource.size),
-                    "X-Content-SHA256": resource.sha256,
                 }
             )
             await response.prepare(request)

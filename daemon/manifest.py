@@ -19,7 +19,9 @@ from typing import Any
 
 from daemon.errors import ManifestError
 
-FORMAT = 1
+# 2: resources carry no SHA-256 of their own (the signed frame hashes cover every byte; the
+# per-resource hashes were half of a large book's manifest, all of it before the first chapter).
+FORMAT = 2
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # mahabharata (2,020 resources) needs ~1 MB
 MAX_FRAME_PLAIN = 4 * 1024 * 1024  # bytes: one frame's plaintext, the decode cap's upper bound
 CODECS = ("zstd", "zstd-dict", "raw")  # zstd-dict: compressed with the manifest's dictionary
@@ -50,7 +52,6 @@ class Resource:
     path: str
     media_type: str
     size: int
-    sha256: str
     offset: int  # in the plaintext stream
 
 
@@ -150,7 +151,6 @@ def encode_manifest(m: Manifest) -> bytes:
                 "path": r.path,
                 "media_type": r.media_type,
                 "size": r.size,
-                "sha256": r.sha256,
                 "offset": r.offset,
             }
             for r in m.resources
@@ -281,7 +281,6 @@ def _parse_doc(doc: Any, template: bool) -> Manifest:
                 path=path,
                 media_type=_need(raw, "media_type", str, _MEDIA_TYPE.match),
                 size=size,
-                sha256=_need(raw, "sha256", str, _SHA256.match),
                 offset=offset,
             )
         )

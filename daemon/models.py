@@ -52,7 +52,6 @@ class ResourceRow:
     path: str
     media_type: str
     size: int
-    sha256: str
     offset: int
     first_frame: int
     last_frame: int

@@ -33,9 +33,7 @@ _FOR_DEVICE = (
     "(l.requested_at IS NOT NULL OR l.ordered_at >= CAST(COALESCE((SELECT value FROM meta"
     " WHERE key = 'registered_at'), 0) AS REAL))"
 )
-_RESOURCE_COLUMNS = (
-    "book_id, version, path, media_type, size, sha256, offset, first_frame, last_frame"
-)
+_RESOURCE_COLUMNS = "book_id, version, path, media_type, size, offset, first_frame, last_frame"
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -374,15 +372,13 @@ class Store:
                     ],
                 )
                 db.executemany(
-                    f"INSERT INTO resources ({_RESOURCE_COLUMNS}, ord)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    f"INSERT INTO resources ({_RESOURCE_COLUMNS}, ord) VALUES (?,?,?,?,?,?,?,?,?)",
                     [
                         (
                             *key,
                             r.path,
                             r.media_type,
                             r.size,
-                            r.sha256,
                             r.offset,
                             frames.start if frames else 0,
                             frames.stop - 1 if frames else -1,

@@ -274,7 +274,9 @@ async def manifest(request: web.Request) -> web.Response:
         key, template, request.app[CLOCK](), WrappedKey(WRAP_ALG, ephemeral, wrapped)
     )
     return web.Response(
-        body=body, content_type="application/json", headers={hdrs.CACHE_CONTROL: "no-store"}
+        body=body,
+        content_type="application/vnd.shelfsync.manifest",
+        headers={hdrs.CACHE_CONTROL: "no-store"},
     )
 
 

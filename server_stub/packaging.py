@@ -1,7 +1,7 @@
 """Packaging: an EPUB's files in reading order in, package bytes and a manifest template out.
 
 Pure: no I/O. The resources are laid end to end as one plaintext stream, and the stream is cut
-into frames of at most FRAME_SIZE bytes:
+into frames of at most FRAME_SIZE bytes of text (MEDIA_FRAME_SIZE of media):
 
 - consecutive whole resources are packed into the open frame while they fit;
 - a resource that does not fit in the open frame's remaining space closes it and starts a new one;
@@ -40,10 +40,14 @@ from server_stub.epub import Epub, EpubFile
 
 # Frames grow: the first holds at most FIRST_FRAME_SIZE bytes of plaintext and each next one up
 # to twice as much, up to FRAME_SIZE. Small first frames make the first chapter readable after
-# a few KB on a 3G link; large later frames compress nearly as well as one stream per book.
-# Why these numbers: docs/BENCHMARKS.md, "compression".
+# a few KB on a 3G link; large later frames compress nearly as well as one stream per book
+# (2 MiB rather than 1 MiB takes the corpus from 0.81x to 0.79x of its .epub bytes), and the
+# device decodes only as far as a read needs, so a large frame costs a page turn little.
+# Media is already compressed and gains nothing from large frames: it stays at 1 MiB, which
+# bounds what a download holds in memory per frame. Why these numbers: docs/BENCHMARKS.md.
 FIRST_FRAME_SIZE = 64 * 1024
-FRAME_SIZE = 1024 * 1024
+FRAME_SIZE = 2 * 1024 * 1024
+MEDIA_FRAME_SIZE = 1024 * 1024
 _PRECOMPRESSED = ("image/jpeg", "image/png", "image/gif", "image/webp", "audio/", "video/")
 MANIFEST_LIFETIME = 30 * 24 * 3600  # seconds: a signed manifest expires 30 days after issue
 # Template placeholders: expires_at > issued_at, so a template still passes parse_manifest.
@@ -78,20 +82,23 @@ def cut_frames(
     frame_size: int = FRAME_SIZE,
     kinds: list[bool] | None = None,
     first_frame_size: int | None = None,
+    media_frame_size: int | None = None,
 ) -> list[bytes]:
     """The plaintext of each frame, for resources `pieces` in stream order (see module doc).
 
-    `kinds` marks each piece text (True) or precompressed media (False). With
-    `first_frame_size`, frame n may hold at most min(frame_size, first_frame_size * 2**n).
+    `kinds` marks each piece text (True) or precompressed media (False); a media frame holds at
+    most `media_frame_size` (default `frame_size`). With `first_frame_size`, frame n may hold at
+    most first_frame_size * 2**n too.
     """
     frames: list[bytes] = []
     current = bytearray()
     current_kind: bool | None = None
 
     def limit() -> int:
+        largest = frame_size if current_kind or media_frame_size is None else media_frame_size
         if first_frame_size is None:
-            return frame_size
-        return min(frame_size, first_frame_size << min(len(frames), 32))
+            return largest
+        return min(largest, first_frame_size << min(len(frames), 32))
 
     def close() -> None:
         nonlocal current
@@ -125,6 +132,7 @@ def build_package(
     *,
     frame_size: int = FRAME_SIZE,
     first_frame_size: int | None = FIRST_FRAME_SIZE,
+    media_frame_size: int | None = MEDIA_FRAME_SIZE,
     level: int = COMPRESSION_LEVEL,
 ) -> Package:
     """Package one version of a book; the template manifest is checked with parse_manifest."""
@@ -137,7 +145,6 @@ def build_package(
                 path=file.path,
                 media_type=file.media_type,
                 size=len(file.data),
-                sha256=hashlib.sha256(file.data).hexdigest(),
                 offset=offset,
             )
         )
@@ -148,7 +155,8 @@ def build_package(
     package_offset = 0
     pieces = [f.data for f in epub.files]
     kinds = [is_text(f) for f in epub.files]
-    for plain in cut_frames(pieces, frame_size, kinds, first_frame_size):
+    media_frame_size = None if media_frame_size is None else min(media_frame_size, frame_size)
+    for plain in cut_frames(pieces, frame_size, kinds, first_frame_size, media_frame_size):
         codec, packed = encode_frame(plain, level, dictionary)
         sealed = seal_frame(content_key, book_id, packed)
         specs.append(

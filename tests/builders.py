@@ -43,11 +43,7 @@ def make_manifest(
             (hashlib.sha256(sealed).hexdigest(), len(package), len(sealed), len(data), codec)
         )
         package += sealed
-        resources.append(
-            Resource(
-                path, "application/xhtml+xml", len(data), hashlib.sha256(data).hexdigest(), stream
-            )
-        )
+        resources.append(Resource(path, "application/xhtml+xml", len(data), stream))
         stream += len(data)
     ephemeral, wrapped = wrap_content_key(device_key.public_key(), content_key, book_id)
     manifest = Manifest(

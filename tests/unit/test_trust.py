@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from dataclasses import replace
 
@@ -10,6 +9,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from daemon.codec import compress_document, decode_bounded
+from daemon.crypto import ENVELOPE_MAGIC
 from daemon.errors import ExpiredError, ManifestError, RollbackError, SignatureError
 from daemon.manifest import MAX_MANIFEST_BYTES, encode_manifest, parse_manifest
 from daemon.trust import verify_manifest
@@ -43,24 +43,33 @@ def test_another_key_is_refused() -> None:
         verify(signed(manifest, Ed25519PrivateKey.generate()))
 
 
+HEADER = len(ENVELOPE_MAGIC) + 8 + 64  # magic, key id, signature
+
+
 def test_a_changed_byte_breaks_the_signature() -> None:
     manifest, _ = make_manifest(FILES)
-    doc = json.loads(signed(manifest, SERVICE_KEY))
-    raw = decode_bounded(base64.b64decode(doc["manifest_zstd"]), 1 << 20)
+    envelope = signed(manifest, SERVICE_KEY)
+    raw = decode_bounded(envelope[HEADER:], 1 << 20)
     raw = raw.replace(b'"version":1', b'"version":9')
-    doc["manifest_zstd"] = base64.b64encode(compress_document(raw)).decode()
-    with pytest.raises(SignatureError):
-        verify(json.dumps(doc).encode())
+    with pytest.raises(SignatureError, match="envelope names key"):
+        verify(envelope[:HEADER] + compress_document(raw))
 
 
 def test_a_manifest_that_inflates_past_the_limit_is_refused_before_decoding() -> None:
     manifest, _ = make_manifest(FILES)
-    doc = json.loads(signed(manifest, SERVICE_KEY))
     bomb = compress_document(b" " * (MAX_MANIFEST_BYTES + 1))
     assert len(bomb) < 4096
-    doc["manifest_zstd"] = base64.b64encode(bomb).decode()
     with pytest.raises(ManifestError, match="the limit is"):
-        verify(json.dumps(doc).encode())
+        verify(signed(manifest, SERVICE_KEY)[:HEADER] + bomb)
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [b"", ENVELOPE_MAGIC, b'{"manifest_zstd": "", "signature": ""}', b"SSE2" + bytes(200)],
+)
+def test_what_is_not_a_signed_envelope_is_refused_by_name(envelope: bytes) -> None:
+    with pytest.raises(ManifestError, match="malformed signed manifest"):
+        verify(envelope)
 
 
 def test_a_manifest_for_another_book_is_refused() -> None:
