@@ -149,6 +149,7 @@ class Daemon:
                     concurrency=profile.downloads.concurrency,
                     quota_bytes=profile.storage.quota_bytes,
                     reserve_bytes=profile.storage.reserve_bytes,
+                    disk_full_pause_s=settings.disk_full_pause_s,
                 ),
                 battery_restricted=lambda: self.power.read().restricted(profile.battery),
                 archive_slots=self._archive_slots,

@@ -8,6 +8,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from daemon.crypto import public_key_from_text
+from daemon.delivery import DISK_FULL_PAUSE_S
 from daemon.errors import ConfigError
 from daemon.profile import DeviceProfile
 
@@ -22,6 +23,7 @@ class Settings:
     account_token: str | None = None  # only for the first run, to register this device
     socket_path: Path | None = None  # default <state_dir>/api.sock
     tcp_port: int | None = None  # development only: also listen on 127.0.0.1:<port>
+    disk_full_pause_s: float = DISK_FULL_PAUSE_S  # downloads rest after ENOSPC; tests shorten it
 
     @property
     def db_path(self) -> Path:

@@ -48,17 +48,19 @@ _LOG = logging.getLogger("shelfsync.delivery")
 RECHECK_S = 30.0  # while the planner holds books back, look again this often
 
 
+# How long downloads stay paused after the file system reported itself full, before the free
+# space is looked at again: whoever filled the flash gets time to finish, and a full disk is not
+# hammered with writes that fail.
+DISK_FULL_PAUSE_S = 60.0
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryPolicy:
     concurrency: int
     quota_bytes: int
     reserve_bytes: int
     backoff: Backoff = field(default_factory=Backoff)
-
-
-# How long downloads stay paused after the file system reported itself full, before the free
-# space is looked at again.
-DISK_FULL_PAUSE_S = 60.0
+    disk_full_pause_s: float = DISK_FULL_PAUSE_S  # tests shorten it
 
 
 def contiguous_run(missing: list[FrameRow]) -> list[FrameRow]:
@@ -165,6 +167,9 @@ class DeliveryWorker:
                 timeout = None if wakeup is None else max(0.05, wakeup - now)
                 if decided.waiting and timeout is None:
                     timeout = RECHECK_S  # space may free up, a charger be plugged in
+                paused_for = self._disk_full_until - self._clock.monotonic()
+                if paused_for > 0:  # resume when the pause ends, not at the next recheck
+                    timeout = paused_for if timeout is None else min(timeout, paused_for)
                 waiter = asyncio.create_task(self._wake.wait(), name="delivery wake")
                 try:
                     await asyncio.wait(
@@ -191,7 +196,7 @@ class DeliveryWorker:
         except DiskFullError as e:
             # Nothing committed is lost (the transaction rolled back); writing a failure
             # record could fail the same way, so the pause lives in memory.
-            self._disk_full_until = self._clock.monotonic() + DISK_FULL_PAUSE_S
+            self._disk_full_until = self._clock.monotonic() + self._policy.disk_full_pause_s
             self.paused_reason = f"the disk is full; downloads resume when space frees ({e})"
             log_event(_LOG, logging.WARNING, "downloads_paused", book=book_id, reason="disk full")
         except (ShelfsyncError, OSError) as e:

@@ -12,7 +12,7 @@ class LibraryChange:
     seq: int
     book_id: str
     action: str  # "add", "update" or "remove"
-    reason: str  # "bought", "sent", "returned", ...
+    reason: str  # "bought", "sent", "returned", or a hint: "sample", "wishlist", "series_next"
     version: int
     at: float  # service time of the purchase / send / return
     package_size: int | None = None  # of that version, when the service says
@@ -32,6 +32,7 @@ class DeliveryCandidate:
     held_bytes: int = 0  # frames already on the device
     wanted: bool = True  # ordered since this device joined, or asked for: not just archived
     evicted: bool = False  # it was on the device and was removed to make room
+    requested: bool = False  # the reader asked for it on this device (a hint they want now)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,8 @@ Policy, in priority order (docs/PLANNING.md says why):
    was off) or asked for by the reader, oldest first.
 3. Books the reader is likely to open next: the service's hints (a sample, a wish-list item, the
    next book of a series the reader is in) and books the reader opened lately that were evicted.
+   A hint is never a new purchase nor a wanted book, however recent, unless the reader asks
+   for it; while a new purchase is on its way, nothing below the wanted books starts.
 4. Refreshes: new versions of books that are readable in an older version.
 5. The archive: books bought before this device joined, never opened here. They stay in the
    cloud, but for the `archive_slots` most recently ordered (trip mode sets it).
@@ -19,8 +21,8 @@ and not charging, only fresh orders start.
 
 Storage: books on the device never take more than the quota, nor push the file system's free
 space below the reserve. A book that does not fit may evict books that are less likely to be read
-(lower class, then least recently opened or ordered); a book that is pinned, open now, or has
-notes not yet synced is never evicted.
+(lower class; hints the reader never opened first, then least recently opened or ordered); a
+book that is pinned, open now, or has notes not yet synced is never evicted.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class HeldBook:
     reason: str
     unsynced_notes: bool
     wanted: bool = True  # ordered since this device joined, or asked for
+    requested: bool = False  # asked for on this device
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +74,19 @@ class Plan:
 
 def is_fresh(c: DeliveryCandidate, now: float) -> bool:
     """A new order on its way for the first time (an evicted book is not new again: two fresh
-    orders on a full device would otherwise evict each other in turn)."""
-    return not c.has_readable_version and not c.evicted and now - c.ordered_at <= FRESH_WINDOW_S
+    orders on a full device would otherwise evict each other in turn). A hint is no order: it
+    carries no promise, and must not take a purchase's place or room."""
+    return (
+        c.reason not in LIKELY_NEXT_REASONS
+        and not c.has_readable_version
+        and not c.evicted
+        and now - c.ordered_at <= FRESH_WINDOW_S
+    )
+
+
+def _wanted(reason: str, wanted: bool, requested: bool) -> bool:
+    """Ordered since this device joined, or asked for; a hint only once the reader asks."""
+    return requested or (wanted and reason not in LIKELY_NEXT_REASONS)
 
 
 def priority_class(c: DeliveryCandidate, now: float) -> int:
@@ -80,7 +94,7 @@ def priority_class(c: DeliveryCandidate, now: float) -> int:
         return FRESH
     if c.has_readable_version:
         return REFRESH
-    if c.wanted:
+    if _wanted(c.reason, c.wanted, c.requested):
         return WANTED
     recently_opened = c.opened_at is not None and now - c.opened_at <= RECENTLY_OPENED_S
     if c.reason in LIKELY_NEXT_REASONS or recently_opened:
@@ -101,9 +115,10 @@ def protected(book: HeldBook, now: float) -> bool:
 
 
 def _eviction_order(book: HeldBook) -> tuple[int, float, str]:
-    # Least likely to be read first: hinted books and lately opened ones last.
-    hinted = 1 if book.reason in LIKELY_NEXT_REASONS else 0
-    return (hinted, book.opened_at or book.ordered_at, book.book_id)
+    # Least likely to be read first: a hint the reader never opened nor asked for is only the
+    # service's guess; then the least recently opened (or ordered).
+    guess = book.reason in LIKELY_NEXT_REASONS and book.opened_at is None and not book.requested
+    return (0 if guess else 1, book.opened_at or book.ordered_at, book.book_id)
 
 
 def plan_deliveries(
@@ -140,12 +155,18 @@ def plan_deliveries(
     express = 1 if running_fresh == 0 else 0
     start: list[str] = []
     purchase_blocked = False  # a purchase waiting for room: nothing else may take that room
+    # A purchase running, starting or retrying: what is only likely to be read must not share
+    # its link (the 60-second promise); it starts once the purchase is in.
+    purchase_on_its_way = any(is_fresh(c, now) for c in candidates)
     for c in sorted(candidates, key=lambda c: _order(c, now)):
         if c.book_id in running:
             continue
         cls = priority_class(c, now)
         if purchase_blocked and cls != FRESH:
             waiting[c.book_id] = "held back: a new purchase is waiting for space"
+            continue
+        if purchase_on_its_way and cls > WANTED:
+            waiting[c.book_id] = "held back: a new purchase is downloading"
             continue
         if c.retry_at > now:
             waiting[c.book_id] = "retrying after a failure"
@@ -192,7 +213,7 @@ def plan_deliveries(
 def _victim_class(book: HeldBook, now: float) -> int:
     """The class a held book would have if it were fetched again. Books of one class never
     evict each other, so two wanted books cannot take turns pushing each other out."""
-    if book.wanted:
+    if _wanted(book.reason, book.wanted, book.requested):
         return WANTED
     recently_opened = book.opened_at is not None and now - book.opened_at <= RECENTLY_OPENED_S
     return LIKELY_NEXT if book.reason in LIKELY_NEXT_REASONS or recently_opened else ARCHIVE

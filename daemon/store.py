@@ -170,13 +170,18 @@ class Store:
                 if row is not None and row[0] >= change.seq:
                     continue  # already applied (a page fetched twice)
                 in_library = 0 if change.action == "remove" else 1
+                # A new edition does not change why the book is here (bought, a hint...). A new
+                # `add` is a new order: a book evicted under an earlier one (a hint the reader
+                # now buys) is a new purchase again.
                 db.execute(
                     "INSERT INTO library (book_id, in_library, wanted_version, reason, change_seq,"
                     " ordered_at, notified_at, expected_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (book_id) DO UPDATE SET in_library = excluded.in_library,"
-                    " wanted_version = excluded.wanted_version, reason = excluded.reason,"
+                    " wanted_version = excluded.wanted_version,"
+                    " reason = CASE WHEN ? = 'update' THEN reason ELSE excluded.reason END,"
                     " change_seq = excluded.change_seq, ordered_at = excluded.ordered_at,"
-                    " notified_at = excluded.notified_at, expected_size = excluded.expected_size",
+                    " notified_at = excluded.notified_at, expected_size = excluded.expected_size,"
+                    " evicted_at = CASE WHEN ? = 'add' THEN NULL ELSE evicted_at END",
                     (
                         change.book_id,
                         in_library,
@@ -186,6 +191,8 @@ class Store:
                         change.at,
                         now,
                         change.package_size,
+                        change.action,
+                        change.action,
                     ),
                 )
                 if in_library:
@@ -198,6 +205,8 @@ class Store:
                         " last_error = NULL",
                         (change.book_id, change.at, now),
                     )
+                    if change.action == "add":
+                        self._deliver_held(db, change.book_id, change.version, now)
                 else:
                     db.execute("DELETE FROM manifests WHERE book_id = ?", (change.book_id,))
                     db.execute("DELETE FROM deliveries WHERE book_id = ?", (change.book_id,))
@@ -210,6 +219,20 @@ class Store:
             )
         return removed
 
+    def _deliver_held(self, db: apsw.Connection, book_id: str, version: int, now: float) -> None:
+        """An order for a book already whole on the device (a hint fetched earlier, now
+        bought) is delivered the moment it is heard of; its receipt says so."""
+        row = self.one(
+            "SELECT max(version) FROM manifests WHERE book_id = ? AND complete AND version >= ?",
+            (book_id, version),
+        )
+        if row is not None and row[0] is not None:
+            db.execute(
+                "UPDATE deliveries SET version = ?, started_at = ?, first_chapter_at = ?,"
+                " completed_at = ? WHERE book_id = ?",
+                (row[0], now, now, now, book_id),
+            )
+
     def delivery_candidates(self) -> list[DeliveryCandidate]:
         """Books in the library not complete on the device at the version wanted."""
         estimate = self._typical_package_size()
@@ -220,7 +243,7 @@ class Store:
             " COALESCE((SELECT max(m.package_size) FROM manifests m WHERE m.book_id = l.book_id),"
             "   l.expected_size),"
             " (SELECT total(length(f.data)) FROM frames f WHERE f.book_id = l.book_id),"
-            f" {_FOR_DEVICE}, l.evicted_at IS NOT NULL"
+            f" {_FOR_DEVICE}, l.evicted_at IS NOT NULL, l.requested_at IS NOT NULL"
             " FROM library l LEFT JOIN deliveries d ON d.book_id = l.book_id"
             " WHERE l.in_library AND NOT EXISTS (SELECT 1 FROM manifests m"
             "   WHERE m.book_id = l.book_id AND m.complete AND m.version >= l.wanted_version)"
@@ -237,6 +260,7 @@ class Store:
                 held_bytes=int(r[7]),
                 wanted=bool(r[8]),
                 evicted=bool(r[9]),
+                requested=bool(r[10]),
             )
             for r in rows
         ]
@@ -256,12 +280,21 @@ class Store:
             " EXISTS (SELECT 1 FROM outbox o WHERE o.rejected IS NULL"
             "   AND (o.target = 'position:' || l.book_id OR o.target IN"
             "     (SELECT a.item_id FROM annotations a WHERE a.book_id = l.book_id))),"
-            f" {_FOR_DEVICE}"
+            f" {_FOR_DEVICE}, l.requested_at IS NOT NULL"
             " FROM library l WHERE EXISTS (SELECT 1 FROM manifests m WHERE m.book_id = l.book_id)"
         )
         return [
             HeldBook(
-                r[0], int(r[1]), bool(r[2]), bool(r[3]), r[4], r[5], r[6], bool(r[7]), bool(r[8])
+                r[0],
+                int(r[1]),
+                bool(r[2]),
+                bool(r[3]),
+                r[4],
+                r[5],
+                r[6],
+                bool(r[7]),
+                bool(r[8]),
+                bool(r[9]),
             )
             for r in rows
         ]

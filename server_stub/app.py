@@ -116,6 +116,11 @@ async def create_device(request: web.Request) -> web.Response:
     return web.json_response({"device_id": device_id, "device_token": token}, status=201)
 
 
+def _position_doc(position: float | None) -> float | int | None:
+    """2 rather than 2.0: series positions are whole numbers but for the odd novella (1.5)."""
+    return int(position) if position is not None and position.is_integer() else position
+
+
 async def catalog(request: web.Request) -> web.Response:
     _account_or_device(request)
     books = [
@@ -127,6 +132,7 @@ async def catalog(request: web.Request) -> web.Response:
             "version": b.version,
             "package_size": b.package_size,
             "epub_size": b.epub_size,
+            "series": [{"name": s.name, "position": _position_doc(s.position)} for s in b.series],
         }
         for b in request.app[STORE].catalog()
     ]
@@ -138,17 +144,41 @@ def _catalog_book(request: web.Request, book_id: str) -> None:
         raise ApiError(404, "unknown_book", f"the catalog has no book {book_id!r}")
 
 
+def _own_device(request: web.Request, account_id: str, device_id: str) -> None:
+    device = request.app[STORE].device(device_id)
+    if device is None or device.account_id != account_id:
+        raise ApiError(404, "unknown_device", f"this account has no device {device_id!r}")
+
+
+async def _add(
+    request: web.Request, account_id: str, book_id: str, device_id: str | None, reason: str
+) -> web.Response:
+    """Add to the library (an order, or a hint), tell the devices, answer with the order's
+    seq and time and the hints it brought."""
+    _catalog_book(request, book_id)
+    added = request.app[STORE].add_to_library(
+        account_id, book_id, device_id, reason, request.app[CLOCK]()
+    )
+    if not added:
+        if device_id is None:
+            raise ApiError(409, "already_in_library", f"{book_id} is already in this library")
+        raise ApiError(409, "already_on_device", f"{book_id} is already on {device_id}")
+    await request.app[HUB].notify(account_id, device_id, added[-1].seq)
+    order, hints = added[0], added[1:]
+    return web.json_response(
+        {
+            "seq": order.seq,
+            "at": order.at,
+            "hints": [{"book_id": h.book_id, "reason": h.reason, "seq": h.seq} for h in hints],
+        },
+        status=201,
+    )
+
+
 async def buy(request: web.Request) -> web.Response:
     account_id = _account(request)
     book_id = need_str(await read_json_object(request), "book_id", 64)
-    _catalog_book(request, book_id)
-    change = request.app[STORE].add_to_library(
-        account_id, book_id, None, "bought", request.app[CLOCK]()
-    )
-    if change is None:
-        raise ApiError(409, "already_in_library", f"{book_id} is already in this library")
-    await request.app[HUB].notify(account_id, None, change.seq)
-    return web.json_response({"seq": change.seq, "at": change.at}, status=201)
+    return await _add(request, account_id, book_id, None, "bought")
 
 
 async def send(request: web.Request) -> web.Response:
@@ -156,17 +186,25 @@ async def send(request: web.Request) -> web.Response:
     doc = await read_json_object(request)
     book_id = need_str(doc, "book_id", 64)
     device_id = need_str(doc, "device_id", 64)
-    device = request.app[STORE].device(device_id)
-    if device is None or device.account_id != account_id:
-        raise ApiError(404, "unknown_device", f"this account has no device {device_id!r}")
-    _catalog_book(request, book_id)
-    change = request.app[STORE].add_to_library(
-        account_id, book_id, device_id, "sent", request.app[CLOCK]()
-    )
-    if change is None:
-        raise ApiError(409, "already_on_device", f"{book_id} is already on {device_id}")
-    await request.app[HUB].notify(account_id, device_id, change.seq)
-    return web.json_response({"seq": change.seq, "at": change.at}, status=201)
+    _own_device(request, account_id, device_id)
+    return await _add(request, account_id, book_id, device_id, "sent")
+
+
+async def sample(request: web.Request) -> web.Response:
+    """The reader asked the store for a sample on one device: a hint, not an order."""
+    account_id = _account(request)
+    doc = await read_json_object(request)
+    book_id = need_str(doc, "book_id", 64)
+    device_id = need_str(doc, "device_id", 64)
+    _own_device(request, account_id, device_id)
+    return await _add(request, account_id, book_id, device_id, "sample")
+
+
+async def wishlist(request: web.Request) -> web.Response:
+    """The reader put a book on the wish list: a hint for every device of the account."""
+    account_id = _account(request)
+    book_id = need_str(await read_json_object(request), "book_id", 64)
+    return await _add(request, account_id, book_id, None, "wishlist")
 
 
 async def return_book(request: web.Request) -> web.Response:
@@ -388,6 +426,8 @@ def make_app(
     r.add_get("/v1/catalog", catalog, name="catalog")
     r.add_post("/v1/library/buy", buy, name="library_buy")
     r.add_post("/v1/library/send", send, name="library_send")
+    r.add_post("/v1/library/sample", sample, name="library_sample")
+    r.add_post("/v1/library/wishlist", wishlist, name="library_wishlist")
     r.add_post("/v1/library/return", return_book, name="library_return")
     r.add_get("/v1/service-key", get_service_key, name="service_key")
     r.add_get("/v1/library/changes", changes, name="changes")

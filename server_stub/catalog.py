@@ -152,6 +152,11 @@ def _import_one(
         if known in claimed:
             return f"same book ({known}) as {claimed[known].name}"
         claimed[known] = path
+        if not store.series_read(known):
+            try:  # imported before the catalog kept series: read them once, package nothing
+                store.set_series(known, read_epub(path).series)
+            except EpubError as e:
+                return e.problem
         book = store.book(known)
         assert book is not None  # book_for_epub found its row
         report.unchanged.append(ImportedBook(path, known, book.version))
@@ -184,7 +189,7 @@ def _import_one(
 
     if current is not None and store.package_sha256(book_id, current.version) == package.sha256:
         # Same content in a rewritten ZIP (new timestamps, say): no new version to send.
-        store.set_epub_source(book_id, epub_sha256, epub_size, path.name)
+        store.set_epub_source(book_id, epub_sha256, epub_size, path.name, epub.series)
         report.unchanged.append(ImportedBook(path, book_id, current.version))
         return None
 
@@ -201,6 +206,7 @@ def _import_one(
             epub_sha256=epub_sha256,
             epub_size=epub_size,
             source=path.name,
+            series=epub.series,
         ),
         at=clock(),
     )

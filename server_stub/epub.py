@@ -7,6 +7,7 @@ file and the problem. The resource order is the reading order of docs/PROTOCOL.m
 
 from __future__ import annotations
 
+import math
 import mimetypes
 import posixpath
 import re
@@ -79,6 +80,14 @@ class EpubFile:
 
 
 @dataclass(frozen=True, slots=True)
+class SeriesEntry:
+    """The book's place in a series, as the package document states it."""
+
+    name: str
+    position: float | None  # 1 for the first book; None when the publisher gave none
+
+
+@dataclass(frozen=True, slots=True)
 class Epub:
     source: Path
     identifier: str  # the OPF's unique identifier
@@ -88,6 +97,7 @@ class Epub:
     files: tuple[EpubFile, ...]  # every file once, in reading order
     first_chapter: str
     toc: tuple[TocEntry, ...]
+    series: tuple[SeriesEntry, ...] = ()  # usually one; EPUB 3 allows several
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,7 +338,51 @@ def _read_publication(path: Path, entries: dict[str, bytes]) -> Epub:
         files=files,
         first_chapter=first_chapter,
         toc=_toc(path, navs, ncxs, entries),
+        series=_series(metadata),
     )
+
+
+def _series(metadata: ET.Element) -> tuple[SeriesEntry, ...]:
+    """Series from EPUB 3 collections (`belongs-to-collection` refined by `collection-type`
+    series and `group-position`) and from calibre's `calibre:series` / `calibre:series_index`.
+
+    A collection that itself refines another (a series inside a set) describes that collection,
+    not this book, and is skipped. Calibre writes both forms into EPUB 3: one entry per name."""
+    metas = [e for e in metadata.iter() if _local(e.tag) == "meta"]
+    refinements: dict[str, dict[str, str]] = {}
+    for meta in metas:
+        refines, prop = meta.get("refines", ""), meta.get("property")
+        if refines.startswith("#") and prop:
+            refinements.setdefault(refines[1:], {}).setdefault(prop, _text(meta))
+    found: dict[str, SeriesEntry] = {}
+    for meta in metas:
+        if meta.get("property") != "belongs-to-collection" or meta.get("refines"):
+            continue
+        details = refinements.get(meta.get("id") or "", {})
+        name = _text(meta)
+        if name and details.get("collection-type") == "series":
+            position = _position(details.get("group-position"))
+            found.setdefault(series_key(name), SeriesEntry(name, position))
+    names = {m.get("name"): " ".join((m.get("content") or "").split()) for m in metas}
+    calibre_name = names.get("calibre:series")
+    if calibre_name:
+        position = _position(names.get("calibre:series_index"))
+        found.setdefault(series_key(calibre_name), SeriesEntry(calibre_name, position))
+    return tuple(found.values())
+
+
+def series_key(name: str) -> str:
+    """What makes two series names the same series: case and spacing aside."""
+    return " ".join(name.split()).casefold()
+
+
+def _position(text: str | None) -> float | None:
+    """A series position: a finite number of at least 0 ("2", "2.0", "1.5"), else None."""
+    try:
+        value = float((text or "").strip())
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
 
 
 def _unique_identifier(path: Path, opf_path: str, package: ET.Element, metadata: ET.Element) -> str:

@@ -26,6 +26,7 @@ from daemon import merge
 from daemon.crypto import new_content_key
 from daemon.errors import SchemaTooNewError, StoreError
 from daemon.merge import Item, Position
+from server_stub.epub import SeriesEntry, series_key
 
 DATABASE_NAME = "stub.sqlite3"
 
@@ -214,9 +215,29 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX notices_one_apology ON notices(device_id, book_id, ordered_at)
         WHERE kind = 'apology';
     """,
+    # 5: series in the catalog, and the service's hints in libraries (docs/PLANNING.md).
+    """
+    -- Each series a book belongs to, as its package document says (server_stub/epub.py).
+    CREATE TABLE book_series (
+        book_id TEXT NOT NULL REFERENCES books(book_id),
+        series_key TEXT NOT NULL,          -- the name casefolded, spacing collapsed
+        name TEXT NOT NULL,                -- as the publisher wrote it
+        position REAL,                     -- 1 for the first book; NULL when none was given
+        PRIMARY KEY (book_id, series_key)
+    );
+    CREATE INDEX book_series_by_position ON book_series(series_key, position);
+    -- 0 for books imported before this migration: the next import reads their series.
+    ALTER TABLE books ADD COLUMN series_read INTEGER NOT NULL DEFAULT 0;
+    -- NULL: the account owns the book. Else the hint that put it in the library (sample,
+    -- wishlist, series_next): suggested, not bought; a later order turns it into a purchase.
+    ALTER TABLE library ADD COLUMN hint TEXT;
+    """,
 )
 
 EVERY_DEVICE = ""  # library.device_id for a book on all of an account's devices
+ORDER_REASONS = frozenset({"bought", "sent"})  # the account owns the book
+# The service suggests the book; the device fetches it when nothing more urgent waits.
+HINT_REASONS = frozenset({"sample", "wishlist", "series_next"})
 
 
 def token_hash(token: str) -> str:
@@ -243,6 +264,7 @@ class Book:
     epub_size: int
     source: str
     package_size: int  # of the current version
+    series: tuple[SeriesEntry, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +282,7 @@ class NewVersion:
     epub_sha256: str
     epub_size: int
     source: str
+    series: tuple[SeriesEntry, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,10 +321,13 @@ class Change:
 
 # Is the book in the library for every device or for the given scope?
 _HELD = "SELECT 1 FROM library WHERE account_id = ? AND book_id = ? AND device_id IN (?, ?)"
+# A book's primary language subtag: 'en' for en-GB (BCP 47, case-insensitive).
+_PRIMARY_LANGUAGE = "lower(substr({0}.language, 1, instr({0}.language || '-', '-') - 1))"
 _CHANGE_COLUMNS = "seq, account_id, device_id, book_id, action, reason, version, at"
 _BOOK_COLUMNS = (
     "b.book_id, b.title, b.authors, b.language, b.version, b.epub_sha256, b.epub_size,"
-    " b.source, v.package_size"
+    " b.source, v.package_size, (SELECT json_group_array(json_array(s.name, s.position))"
+    "   FROM book_series s WHERE s.book_id = b.book_id)"
 )
 
 
@@ -311,7 +337,18 @@ def _change(row: Any) -> Change:
 
 
 def _book(row: Any) -> Book:
-    book_id, title, authors, language, version, epub_sha, epub_size, source, package_size = row
+    (
+        book_id,
+        title,
+        authors,
+        language,
+        version,
+        epub_sha,
+        epub_size,
+        source,
+        package_size,
+        series,
+    ) = row
     return Book(
         book_id,
         title,
@@ -322,6 +359,7 @@ def _book(row: Any) -> Book:
         epub_size,
         source,
         package_size,
+        tuple(SeriesEntry(name, position) for name, position in sorted(json.loads(series))),
     )
 
 
@@ -526,6 +564,7 @@ class Store:
                     " epub_size, source, book_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     values,
                 )
+            self._put_series(new.book_id, new.series)
             db.execute(
                 "INSERT INTO book_versions (book_id, version, manifest, package, package_sha256,"
                 " package_size, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -551,13 +590,41 @@ class Store:
                 for account_id, device_id in holders
             ]
 
-    def set_epub_source(self, book_id: str, epub_sha256: str, epub_size: int, source: str) -> None:
-        """Record a changed file whose package is identical, so the next start skips it."""
+    def set_epub_source(
+        self,
+        book_id: str,
+        epub_sha256: str,
+        epub_size: int,
+        source: str,
+        series: tuple[SeriesEntry, ...],
+    ) -> None:
+        """Record a changed file whose package is identical, so the next start skips it (its
+        series may still have changed: they live in the package document's metadata)."""
         with self._transaction() as db:
             db.execute(
                 "UPDATE books SET epub_sha256 = ?, epub_size = ?, source = ? WHERE book_id = ?",
                 (epub_sha256, epub_size, source, book_id),
             )
+            self._put_series(book_id, series)
+
+    def series_read(self, book_id: str) -> bool:
+        """Whether the book's series were read from its file (not so for books imported
+        before the catalog kept series)."""
+        row = self._one("SELECT series_read FROM books WHERE book_id = ?", (book_id,))
+        return bool(row and row[0])
+
+    def set_series(self, book_id: str, series: tuple[SeriesEntry, ...]) -> None:
+        with self._transaction():
+            self._put_series(book_id, series)
+
+    def _put_series(self, book_id: str, series: tuple[SeriesEntry, ...]) -> None:
+        self._db.execute("DELETE FROM book_series WHERE book_id = ?", (book_id,))
+        self._db.executemany(
+            "INSERT OR IGNORE INTO book_series (book_id, series_key, name, position)"
+            " VALUES (?, ?, ?, ?)",
+            ((book_id, series_key(e.name), e.name, e.position) for e in series),
+        )
+        self._db.execute("UPDATE books SET series_read = 1 WHERE book_id = ?", (book_id,))
 
     def manifest_template(self, book_id: str, version: int) -> bytes | None:
         row = self._one(
@@ -612,24 +679,84 @@ class Store:
 
     def add_to_library(
         self, account_id: str, book_id: str, device_id: str | None, reason: str, at: float
-    ) -> Change | None:
-        """Add a book for every device (device_id None) or one device; None if already there."""
+    ) -> list[Change]:
+        """Add a book for every device (device_id None) or one device, in one transaction.
+
+        An order (ORDER_REASONS) of a book the account holds only as a hint makes it a
+        purchase; an order of book n of a series also hints book n+1 (`series_next`). A hint
+        (HINT_REASONS) adds a book the account does not hold yet. Returns the changes made,
+        the order's first; none if the book was there already (owned, or hinted for a hint)."""
         scope = device_id or EVERY_DEVICE
         with self._transaction() as db:
-            held = self._one(
-                _HELD,
+            held = self._query(
+                "SELECT hint FROM library WHERE account_id = ? AND book_id = ?"
+                " AND device_id IN (?, ?)",
                 (account_id, book_id, EVERY_DEVICE, scope),
             )
-            if held:
-                return None
+            owned = any(hint is None for (hint,) in held)
+            if owned or (held and reason in HINT_REASONS):
+                return []
+            hint = reason if reason in HINT_REASONS else None
+            if hint is None:
+                # Owned now: a hint in this scope (or, for every device, in any) is superseded.
+                db.execute(
+                    "DELETE FROM library WHERE account_id = ? AND book_id = ?"
+                    " AND hint IS NOT NULL AND (? = '' OR device_id = ?)",
+                    (account_id, book_id, scope, scope),
+                )
             db.execute(
-                "INSERT INTO library (account_id, book_id, device_id, added_at)"
-                " VALUES (?, ?, ?, ?)",
-                (account_id, book_id, scope, at),
+                "INSERT INTO library (account_id, book_id, device_id, added_at, hint)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (account_id, book_id, scope, at, hint),
             )
-            return self._append_change(
-                account_id, device_id, book_id, "add", reason, self._current_version(book_id), at
-            )
+            added = [
+                self._append_change(
+                    account_id,
+                    device_id,
+                    book_id,
+                    "add",
+                    reason,
+                    self._current_version(book_id),
+                    at,
+                )
+            ]
+            following = self._next_in_series(book_id) if hint is None else None
+            if following is not None and not self._one(
+                _HELD, (account_id, following, EVERY_DEVICE, scope)
+            ):
+                db.execute(
+                    "INSERT INTO library (account_id, book_id, device_id, added_at, hint)"
+                    " VALUES (?, ?, ?, ?, 'series_next')",
+                    (account_id, following, scope, at),
+                )
+                added.append(
+                    self._append_change(
+                        account_id,
+                        device_id,
+                        following,
+                        "add",
+                        "series_next",
+                        self._current_version(following),
+                        at,
+                    )
+                )
+            return added
+
+    def _next_in_series(self, book_id: str) -> str | None:
+        """The catalog's book at position n+1 of a series that `book_id` is book n of, in the
+        same language, regional variants aside (a reader of book 1 in English wants book 2 in
+        English, en-GB or en-US); the first by id if editions share that place."""
+        row = self._one(
+            "SELECT nxt.book_id FROM book_series cur"
+            " JOIN books b ON b.book_id = cur.book_id"
+            " JOIN book_series nxt ON nxt.series_key = cur.series_key"
+            "   AND nxt.position = cur.position + 1"
+            f" JOIN books nb ON nb.book_id = nxt.book_id AND {_PRIMARY_LANGUAGE.format('nb')}"
+            f"   = {_PRIMARY_LANGUAGE.format('b')}"
+            " WHERE cur.book_id = ? ORDER BY nxt.book_id LIMIT 1",
+            (book_id,),
+        )
+        return None if row is None else str(row[0])
 
     def remove_from_library(
         self, account_id: str, book_id: str, reason: str, at: float

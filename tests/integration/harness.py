@@ -21,6 +21,7 @@ from daemon.client import AccountClient
 from daemon.clock import Clock
 from daemon.config import Settings
 from daemon.crypto import public_key_from_text
+from daemon.delivery import DISK_FULL_PAUSE_S
 from daemon.power import FakePower, PowerSource
 from daemon.profile import load_profile
 from server_stub.app import RunningStub
@@ -73,6 +74,7 @@ async def running_device(
     tcp_port: int | None = None,
     clock: Clock | None = None,
     power: PowerSource | None = None,
+    disk_full_pause_s: float = DISK_FULL_PAUSE_S,
 ) -> AsyncIterator[Device]:
     if account is None:
         account = AccountClient(stub_url)
@@ -84,6 +86,7 @@ async def running_device(
         profile=load_profile(profile),
         account_token=account.account_token,
         tcp_port=tcp_port,
+        disk_full_pause_s=disk_full_pause_s,
     )
     daemon = Daemon(settings, clock, power or FakePower())
     stop = asyncio.Event()

@@ -98,8 +98,11 @@ def small_filesystem(path: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+DISK_FULL_PAUSE_S = 5.0  # the daemon's 60 s, shortened: long enough to look while paused
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="tmpfs")
-async def test_a_full_disk_pauses_downloads_and_damages_nothing(
+async def test_a_full_disk_pauses_downloads_damages_nothing_and_resumes_by_itself(
     tmp_path: Path, corpus_stub_data: Path, stub_corpus_import: StubImport, corpus_dir: Path
 ) -> None:
     book_id = stub_corpus_import.book_ids[MOBY]
@@ -107,7 +110,13 @@ async def test_a_full_disk_pauses_downloads_and_damages_nothing(
     with small_filesystem(tmp_path / "flash", "8m") as flash:
         async with (
             running_stub(corpus_stub_data, port=0, faults=True) as stub,
-            running_device(stub.url, stub.public_key_text, flash / "d", profile=profile) as device,
+            running_device(
+                stub.url,
+                stub.public_key_text,
+                flash / "d",
+                profile=profile,
+                disk_full_pause_s=DISK_FULL_PAUSE_S,
+            ) as device,
         ):
             manifest = parse_manifest(
                 stub.store.manifest_template(book_id, 1) or b"", template=True
@@ -144,9 +153,30 @@ async def test_a_full_disk_pauses_downloads_and_damages_nothing(
             store = Store.open(device.daemon.settings.db_path, readonly=True)
             try:
                 assert store.integrity_check() == "ok"
+                # Frames commit in order: the ones held now are a prefix of the package.
+                first_missing = store.missing_frames(book_id, 1)[0]
             finally:
                 store.close()
+            assert first_missing.idx > 0
+
+            # The space comes back. Nobody tells the daemon: once the pause is over it looks
+            # again by itself (not at its next 30 s recheck) and fetches only what is missing.
             (flash / "filler").unlink()
+            book = await device.wait_complete(book_id, timeout_s=DISK_FULL_PAUSE_S + 15)
+            assert (await device.api.status())["downloads_paused"] is None
+            await assert_reads_back(device.api, corpus_dir / MOBY)
+            package = [
+                r
+                for r in (await admin(stub.url, "GET", "/v1/admin/requests"))["requests"]
+                if r["path"].endswith(f"/{book_id}/versions/1/package")
+            ]
+            assert package[0]["range"].startswith("bytes=0-")
+            resumed = [int(r["range"].removeprefix("bytes=").split("-")[0]) for r in package[1:]]
+            assert resumed, package
+            # No frame committed before the pause came down again.
+            assert all(start >= first_missing.package_offset for start in resumed), package
+            assert package[-1]["bytes"] == manifest.package_size - resumed[-1]
+            assert book["bytes_fetched"] <= manifest.package_size
 
 
 async def test_trip_mode_fetches_from_the_archive_and_reports_readiness(

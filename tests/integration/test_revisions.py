@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import zipfile
 from pathlib import Path
 
 from daemon.client import AccountClient
@@ -13,19 +12,21 @@ from server_stub.epub import read_epub
 from server_stub.packaging import book_id_for
 from tests.integration.harness import admin, running_device
 from tests.integration.test_delivery import assert_reads_back
+from tests.stub.helpers import rewrite_epub
 
 BOOK = "se_h-g-wells_the-time-machine.epub"
 
 
 def revise_epub(src: Path, dst: Path, path: str, old: bytes, new: bytes) -> None:
     """Write `src` to `dst` with one typo corrected in `path`, as a publisher would."""
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
-        for info in zin.infolist():
-            data = zin.read(info)
-            if info.filename == path:
-                assert old in data
-                data = data.replace(old, new, 1)
-            zout.writestr(info, data)
+
+    def correct(name: str, data: bytes) -> bytes:
+        if name != path:
+            return data
+        assert old in data
+        return data.replace(old, new, 1)
+
+    rewrite_epub(src, dst, correct)
 
 
 async def test_a_revision_fetches_only_changed_frames_and_a_replayed_old_one_is_refused(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+import re
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +147,58 @@ def write_epub(
         if mimetype is not None and not mimetype_first:
             z.writestr("mimetype", mimetype, compress_type=mimetype_method)
     return path
+
+
+def rewrite_epub(src: Path, dst: Path, edit: Callable[[str, bytes], bytes]) -> Path:
+    """Copy the EPUB `src` to `dst` entry by entry (same order, same compression), each
+    entry's bytes passed through `edit(name, data)`."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info, edit(info.filename, zin.read(info)))
+    return dst
+
+
+def package_document(epub: Path) -> str:
+    """The OPF's path inside the EPUB, as META-INF/container.xml names it."""
+    with zipfile.ZipFile(epub) as z:
+        container = z.read("META-INF/container.xml").decode()
+    match = re.search(r'full-path="([^"]+)"', container)
+    assert match, f"{epub} names no rootfile"
+    return match.group(1)
+
+
+def series_metadata(name: str, position: str, style: str = "epub3") -> bytes:
+    """Series metadata as a publisher writes it: EPUB 3 `belongs-to-collection` or calibre's."""
+    if style == "calibre":
+        return (
+            f'<meta name="calibre:series" content="{name}"/>'
+            f'<meta name="calibre:series_index" content="{position}"/>'
+        ).encode()
+    return (
+        f'<meta property="belongs-to-collection" id="series-1">{name}</meta>'
+        '<meta refines="#series-1" property="collection-type">series</meta>'
+        f'<meta refines="#series-1" property="group-position">{position}</meta>'
+    ).encode()
+
+
+def with_metadata(src: Path, dst: Path, extra: bytes) -> Path:
+    """A copy of the EPUB `src` at `dst` whose package document carries `extra` metadata."""
+    opf = package_document(src)
+
+    def edit(name: str, data: bytes) -> bytes:
+        if name != opf:
+            return data
+        edited, n = re.subn(rb"</(\w+:)?metadata>", lambda m: extra + m.group(0), data, count=1)
+        assert n == 1, f"{src.name}: no </metadata> in {opf}"
+        return edited
+
+    return rewrite_epub(src, dst, edit)
+
+
+def with_series(src: Path, dst: Path, name: str, position: str, style: str = "epub3") -> Path:
+    """A copy of the corpus EPUB `src` at `dst` as book `position` of the series `name`."""
+    return with_metadata(src, dst, series_metadata(name, position, style))
 
 
 class Api:

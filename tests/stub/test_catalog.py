@@ -88,8 +88,7 @@ def test_changed_file_becomes_a_new_version_and_notifies_holders(tmp_path: Path)
         book_id = first.imported[0].book_id
         holder, _ = store.create_account("holder", 1.0)
         store.create_account("bystander", 1.0)
-        added = store.add_to_library(holder, book_id, None, "bought", 2.0)
-        assert added is not None
+        [added] = store.add_to_library(holder, book_id, None, "bought", 2.0)
         assert added.version == 1
 
         write_epub(book, epub_files(text="Second edition"))

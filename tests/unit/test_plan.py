@@ -10,6 +10,9 @@ from daemon.plan import (
     ARCHIVE,
     FRESH,
     FRESH_WINDOW_S,
+    LIKELY_NEXT,
+    LIKELY_NEXT_REASONS,
+    WANTED,
     Budget,
     HeldBook,
     is_fresh,
@@ -27,7 +30,7 @@ candidates = st.lists(
     st.builds(
         DeliveryCandidate,
         book_id=ids,
-        reason=st.sampled_from(["bought", "sent", "update", "sample", "wishlist"]),
+        reason=st.sampled_from(["bought", "sent", "update", "sample", "wishlist", "series_next"]),
         ordered_at=st.floats(NOW - 3 * FRESH_WINDOW_S, NOW),
         retry_at=st.sampled_from([0.0, NOW - 1, NOW + 30]),
         has_readable_version=st.booleans(),
@@ -36,6 +39,7 @@ candidates = st.lists(
         held_bytes=st.integers(0, 5 * MB),
         wanted=st.booleans(),
         evicted=st.booleans(),
+        requested=st.booleans(),
     ),
     unique_by=lambda c: c.book_id,
     max_size=10,
@@ -49,9 +53,10 @@ held_books = st.lists(
         pinned=st.booleans(),
         opened_at=st.none() | st.floats(NOW - 40 * 86400, NOW),
         ordered_at=st.floats(NOW - 100 * 86400, NOW),
-        reason=st.sampled_from(["bought", "sample"]),
+        reason=st.sampled_from(["bought", "sample", "series_next"]),
         unsynced_notes=st.booleans(),
         wanted=st.booleans(),
+        requested=st.booleans(),
     ),
     unique_by=lambda b: b.book_id,
     max_size=10,
@@ -122,6 +127,10 @@ def test_plan_invariants(
     ]
     if any(b not in plan.start for b in ready_fresh):
         assert all(is_fresh(by_id[b], NOW) for b in plan.start)
+    # A hint never delays a purchase: it is no purchase, and waits while one is on its way.
+    assert not any(is_fresh(c, NOW) for c in cands if c.reason in LIKELY_NEXT_REASONS)
+    if any(is_fresh(c, NOW) for c in cands):
+        assert all(priority_class(by_id[b], NOW) <= WANTED for b in plan.start)
     # Never beyond the concurrency, but for one express-lane purchase when none is running.
     slots = max(0, concurrency - len(running))
     assert len(plan.start) <= slots + (1 if running_fresh == 0 else 0)
@@ -174,13 +183,54 @@ def test_purchases_then_wanted_then_likely_next_then_refreshes_then_archive() ->
         candidate("refresh", has_readable_version=True, ordered_at=NOW - 5),
         candidate("wanted", ordered_at=NOW - 86400),
         candidate("sample", reason="sample", ordered_at=NOW - 2 * 86400, wanted=False),
-        candidate("fresh", ordered_at=NOW - 5),
     ]
     plan = plan_deliveries(cands, [], ROOMY, NOW, set(), 0, 5)
-    assert plan.start == ["fresh", "wanted", "sample", "refresh"]
+    assert plan.start == ["wanted", "sample", "refresh"]
     assert "in the cloud" in plan.waiting["archive"]
     trip = plan_deliveries(cands, [], ROOMY, NOW, set(), 0, 5, archive_slots=1)
     assert trip.start[-1] == "archive"
+    # While a purchase is on its way (starting now, or already running), only it and the
+    # wanted books start: a guess or a refresh must not share the purchase's link.
+    fresh = candidate("fresh", ordered_at=NOW - 5)
+    for running in (set(), {"fresh"}):
+        plan = plan_deliveries([*cands, fresh], [], ROOMY, NOW, running, len(running), 5)
+        assert plan.start == ["fresh", "wanted"][len(running) :]
+        for book_id in ("sample", "refresh"):
+            assert plan.waiting[book_id] == "held back: a new purchase is downloading"
+
+
+def test_a_hint_is_likely_next_however_recent_until_the_reader_asks_for_it() -> None:
+    for reason in sorted(LIKELY_NEXT_REASONS):
+        hint = candidate("next", reason=reason, ordered_at=NOW - 1)  # after this device joined
+        assert not is_fresh(hint, NOW)
+        assert priority_class(hint, NOW) == LIKELY_NEXT
+        assert priority_class(candidate("n", reason=reason, requested=True), NOW) == WANTED
+    bought = candidate("next", ordered_at=NOW - 1)
+    assert priority_class(bought, NOW) == FRESH
+
+
+def test_space_runs_short_the_unopened_hint_goes_first() -> None:
+    budget = Budget(
+        quota_bytes=3 * MB, fs_free_bytes=1000 * MB, reserve_bytes=0, battery_restricted=False
+    )
+    held = [
+        held_book("bought long ago", 1 * MB, ordered_at=NOW - 99 * 86400),
+        held_book("series next", 1 * MB, reason="series_next", ordered_at=NOW - 3600),
+        held_book("opened sample", 1 * MB, reason="sample", opened_at=NOW - 86400),
+    ]
+    purchase = [candidate("new", ordered_at=NOW - 1, expected_bytes=1 * MB)]
+    plan = plan_deliveries(purchase, held, budget, NOW, set(), 0, 1)
+    assert (plan.start, plan.evict) == (["new"], ["series next"])
+    two = [candidate("new", ordered_at=NOW - 1, expected_bytes=2 * MB)]
+    plan = plan_deliveries(two, held, budget, NOW, set(), 0, 1)
+    assert plan.evict == ["series next", "bought long ago"]
+    # A wanted book may push a hint out; a hint never pushes out a book the reader bought.
+    wanted = [candidate("wanted", expected_bytes=1 * MB)]
+    assert plan_deliveries(wanted, held, budget, NOW, set(), 0, 1).evict == ["series next"]
+    hint = [candidate("wished", reason="wishlist", expected_bytes=1 * MB)]
+    bought_only = [held_book("bought", 3 * MB)]
+    plan = plan_deliveries(hint, bought_only, budget, NOW, set(), 0, 1)
+    assert (plan.start, plan.evict) == ([], [])
 
 
 def test_a_purchase_evicts_the_least_likely_book_but_never_a_protected_one() -> None:

@@ -10,8 +10,10 @@ import apsw
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from daemon import receipt_store
 from daemon.errors import FrameAuthError, KeyUnwrapError, SchemaTooNewError, StoreError
 from daemon.models import LibraryChange
+from daemon.plan import is_fresh
 from daemon.reader import FrameOpener, read_resource
 from daemon.store import Store, latest_schema_version
 from tests.builders import DEVICE_KEY, NOW, make_manifest
@@ -167,3 +169,42 @@ def test_a_book_wrapped_for_another_device_cannot_be_read(tmp_path: Path) -> Non
     assert resource is not None
     with pytest.raises(KeyUnwrapError):
         read_resource(store, resource, opener())
+
+
+def hinted(seq: int, reason: str, action: str = "add", version: int = 1) -> LibraryChange:
+    return LibraryChange(seq, "bk_test", action, reason, version, NOW + seq)
+
+
+def test_a_hint_bought_once_whole_on_the_device_is_delivered_at_once(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "db")
+    store.set_meta("registered_at", repr(NOW - 86400))
+    manifest, package = make_manifest(FILES)
+    store.apply_library_changes([hinted(1, "series_next")], 1, NOW + 1)
+    store.record_manifest(manifest, b"envelope", NOW + 2)
+    for idx, data in enumerate(frames_of(package, manifest.frames)):
+        store.commit_frame("bk_test", 1, idx, data, NOW + 3)
+    # A new edition of a hint is still a hint, not a book the reader ordered.
+    store.apply_library_changes([hinted(2, "revised", "update", version=1)], 2, NOW + 4)
+    assert store.library_view()[0]["reason"] == "series_next"
+
+    store.apply_library_changes([hinted(3, "bought")], 3, NOW + 10)
+    [book] = store.library_view()
+    assert (book["reason"], book["state"], book["ordered_at"]) == ("bought", "complete", NOW + 3)
+    assert book["started_at"] == book["first_chapter_at"] == book["completed_at"] == NOW + 10
+    assert store.delivery_candidates() == []
+    [receipt] = [r for r in receipt_store.unsent_receipts(store, 10) if r.ordered_at == NOW + 3]
+    assert (receipt.outcome, receipt.reason, receipt.bytes_fetched) == ("complete", "bought", 0)
+
+
+def test_an_evicted_hint_bought_is_a_new_purchase(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "db")
+    manifest, _ = make_manifest(FILES)
+    store.apply_library_changes([hinted(1, "sample")], 1, NOW + 1)
+    store.record_manifest(manifest, b"envelope", NOW + 2)
+    store.evict_book("bk_test", NOW + 3)
+    [candidate] = store.delivery_candidates()
+    assert (candidate.reason, candidate.evicted) == ("sample", True)
+    store.apply_library_changes([hinted(2, "bought")], 2, NOW + 4)
+    [candidate] = store.delivery_candidates()
+    assert (candidate.reason, candidate.evicted, candidate.ordered_at) == ("bought", False, NOW + 2)
+    assert is_fresh(candidate, NOW + 5)
