@@ -162,11 +162,13 @@ def _resource_times(
 def _layout_meaning(rows: list[list[str]]) -> str:
     """What the frame-size table says, read off its own numbers."""
     small, large = rows[0], rows[-1]
+    shipped = next(r for r in rows if r[0].endswith("(shipped)"))
     return (
         f"From {small[0]} frames to {large[0]}, the ratio goes from {small[3]} to {large[3]}; "
-        f"the dictionary moves it from {small[1]} to {small[2]} with {small[0]} frames and "
-        f"from {large[1]} to {large[2]} with the shipped layout. Each frame keeps whichever "
-        "of dictionary or no dictionary is smaller, so a dictionary can only help."
+        f"the shipped layout gives {shipped[3]}. The dictionary moves it from {small[1]} to "
+        f"{small[2]} with {small[0]} frames and from {shipped[1]} to {shipped[2]} with the "
+        "shipped layout: it helps small frames and hurts large ones, and each frame keeps "
+        "whichever of dictionary or no dictionary is smaller, so a dictionary can only help."
     )
 
 
