@@ -1,9 +1,11 @@
 """Annotation sync: pushes the outbox to the service in batches, then pulls the service's changes.
 
-Runs when asked: after a local edit (a moment later, so a burst of highlights travels in one
-request), when the push channel says another device changed something, and at once on start and
-when the link returns (or the reader asks). A failed round is retried with jittered backoff, cut
-short when the link returns.
+Runs when asked: after a local edit or when the push channel says another device changed
+something, as deferrable work (a moment later at the earliest, so a burst of highlights travels in
+one request, and in the next wake window, at most the profile's batch window later: see
+daemon/radio.py); and at once on start and when the link returns (or the reader asks). A failed
+round is retried after its jittered backoff, in a wake window too, cut short when the link
+returns. Nothing here looks at the battery: a note push runs whatever the charge.
 
 Exactly once: each op carries its client-made op_id, and is deleted from the outbox only after
 the service acknowledged that id; a crash anywhere before the delete re-sends it, and the service
@@ -20,12 +22,13 @@ from collections.abc import Iterable
 from daemon import merge
 from daemon.backoff import Backoff
 from daemon.client import ServiceClient
-from daemon.clock import Clock, sleep_or_until
+from daemon.clock import Clock
 from daemon.errors import ServiceHTTPError, StoreError, TransportError
 from daemon.hlc import HybridClock
 from daemon.killpoints import killpoint
 from daemon.logs import log_event
 from daemon.notes_store import NotesStore
+from daemon.radio import RadioWindows
 
 _LOG = logging.getLogger("shelfsync.annotations")
 BATCH_OPS = 2000  # 10,000 offline edits go in 5 requests
@@ -41,7 +44,9 @@ class AnnotationSync:
         client: ServiceClient,
         clock: Clock,
         hlc: HybridClock,
+        windows: RadioWindows,
         *,
+        batch_window_s: float,
         settle_s: float = SETTLE_S,
         backoff: Backoff | None = None,
     ) -> None:
@@ -49,6 +54,8 @@ class AnnotationSync:
         self._client = client
         self._clock = clock
         self._hlc = hlc
+        self._windows = windows
+        self._batch_window_s = batch_window_s
         self._settle_s = settle_s
         self._backoff = backoff or Backoff(base_s=2.0, cap_s=600.0)
         self._requested = asyncio.Event()
@@ -56,7 +63,7 @@ class AnnotationSync:
         self._batch_ops = BATCH_OPS
 
     def request(self) -> None:
-        """Something changed locally or remotely: sync soon."""
+        """Something changed locally or remotely: sync in the next wake window."""
         self._requested.set()
 
     def link_up(self) -> None:
@@ -69,8 +76,7 @@ class AnnotationSync:
         failures = 0
         while True:
             await self._requested.wait()
-            if not self._link_up.is_set():
-                await self._clock.sleep(self._settle_s)
+            await self._window(self._settle_s)
             self._requested.clear()
             self._link_up.clear()
             try:
@@ -88,8 +94,15 @@ class AnnotationSync:
                     detail=str(e),
                     retry_in_s=round(delay, 1),
                 )
-                await sleep_or_until(self._clock, delay, self._link_up)
+                await self._window(delay)
                 self._requested.set()
+
+    async def _window(self, delay_s: float) -> None:
+        """Wait `delay_s`, then for a wake window; at once if the link returns meanwhile."""
+        due = self._clock.monotonic() + delay_s
+        await self._windows.wait(
+            "annotations", due, due + self._batch_window_s, unless=self._link_up
+        )
 
     async def sync_once(self) -> tuple[int, int]:
         """Push every pending op, then pull every change; (ops acknowledged, states joined)."""

@@ -1,7 +1,8 @@
 """The composition root: builds every part of the daemon, runs them, stops them in order.
 
-Tasks: library sync, delivery (which owns one task per running download), delivery receipts,
-connectivity, annotation sync and popular highlights, in one TaskGroup. A stop request or a
+Tasks: the radio's wake windows, library sync, delivery (which owns one task per running
+download), delivery receipts, connectivity, annotation sync and popular highlights, in one
+TaskGroup. A stop request or a
 crash of any of them cancels the others; the local API stops last so the reader keeps reading
 until the end.
 """
@@ -32,6 +33,7 @@ from daemon.library_sync import LibrarySync
 from daemon.logs import log_event
 from daemon.notes_store import NotesStore
 from daemon.power import PowerSource, SysfsPower, power_report
+from daemon.radio import RadioWindows
 from daemon.reader import FrameOpener
 from daemon.receipts import ReceiptSync
 from daemon.shared_highlights import SharedHighlights
@@ -90,6 +92,7 @@ class Daemon:
         self.power = power or SysfsPower()  # battery and charging, for the planner and status
         self.api: LocalApi | None = None
         self._connectivity: Connectivity | None = None
+        self.windows: RadioWindows | None = None  # the radio's owner, while running
         self._delivery: DeliveryWorker | None = None
         self._store: Store | None = None
         self._started_at = 0.0
@@ -127,6 +130,8 @@ class Daemon:
         store = self._store = Store.open(settings.db_path)
         client: ServiceClient | None = None
         notes: NotesStore | None = None
+        windows = self.windows = RadioWindows(self.clock)
+        batch_window_s = profile.sync.batch_window_s
         try:
             device_key = load_or_create_device_key(settings.device_key_path)
             credentials = await device_credentials(store, settings, device_key, self.clock.wall())
@@ -137,7 +142,9 @@ class Daemon:
                     connect_timeout_s=profile.downloads.connect_timeout_s,
                     stall_timeout_s=profile.downloads.stall_timeout_s,
                     min_rate_bytes_per_s=profile.downloads.min_rate_bytes_per_s,
+                    idle_connection_s=profile.sync.keepalive_s,
                 ),
+                on_radio=windows.radio_used,
             )
             delivery = DeliveryWorker(
                 store,
@@ -149,8 +156,10 @@ class Daemon:
                     concurrency=profile.downloads.concurrency,
                     quota_bytes=profile.storage.quota_bytes,
                     reserve_bytes=profile.storage.reserve_bytes,
+                    batch_window_s=batch_window_s,
                     disk_full_pause_s=settings.disk_full_pause_s,
                 ),
+                windows,
                 battery_restricted=lambda: self.power.read().restricted(profile.battery),
                 archive_slots=self._archive_slots,
             )
@@ -163,9 +172,13 @@ class Daemon:
             notes = NotesStore.open(settings.db_path)
             # Orders every note edit of this device; starts past what it ever made or saw.
             note_clock = HybridClock(credentials.device_id, notes.clock_floor())
-            annotations = AnnotationSync(notes, client, self.clock, note_clock)
-            popular = SharedHighlights(notes, client, self.clock)
-            receipts = ReceiptSync(store, client, self.clock, profile)
+            annotations = AnnotationSync(
+                notes, client, self.clock, note_clock, windows, batch_window_s=batch_window_s
+            )
+            popular = SharedHighlights(
+                notes, client, self.clock, windows, batch_window_s=batch_window_s
+            )
+            receipts = ReceiptSync(store, client, self.clock, profile, windows)
 
             def library_changed() -> None:
                 delivery.wake()
@@ -176,21 +189,23 @@ class Daemon:
                 receipts.on_link_event(kind)
                 if kind == "online":
                     annotations.link_up()
-                    popular.wake()
+                    popular.link_up()
                 elif kind in ("annotations_changed", "poll"):
                     annotations.request()
 
-            sync = LibrarySync(store, client, self.clock, on_change=library_changed)
+            sync = LibrarySync(store, client, self.clock, windows, on_change=library_changed)
 
             def everything_now() -> None:
-                """A trip is being prepared (or a book asked for): every worker looks now."""
+                """A trip is being prepared (or a book asked for): every worker goes now."""
                 sync.request()
-                annotations.request()
+                annotations.link_up()
+                popular.link_up()
                 library_changed()
 
             self._connectivity = Connectivity(
                 client,
                 self.clock,
+                windows,
                 sync.request,
                 keepalive_s=profile.sync.keepalive_s,
                 poll_interval_s=profile.sync.poll_interval_s,
@@ -222,9 +237,10 @@ class Daemon:
             )
             sync.request()
             annotations.link_up()
-            popular.wake()
+            popular.link_up()
             try:
                 async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(windows.run(), name="radio windows")
                     tasks.create_task(sync.run(), name="library sync")
                     tasks.create_task(annotations.run(), name="annotation sync")
                     tasks.create_task(popular.run(), name="popular highlights")

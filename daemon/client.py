@@ -14,9 +14,10 @@ import gzip
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
 
@@ -51,6 +52,12 @@ class ClientLimits:
     connect_timeout_s: float = 15.0
     stall_timeout_s: float = 30.0  # no byte for this long: stalled
     min_rate_bytes_per_s: int = 1024  # slower than this over a whole frame: stalled too
+    # An idle pooled connection is kept this long: as long as the push channel's keep-alive
+    # period, which the profile sets under the carrier NAT's idle timeout. aiohttp's default
+    # (15 s) closed it between purchases, so each new purchase paid a new TCP handshake (on 3G,
+    # 0.57 s to "told" became 0.92 s); longer, a reused connection could have lost its NAT
+    # mapping and stall a request for stall_timeout_s.
+    idle_connection_s: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +110,30 @@ async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
     raise ServiceHTTPError(response.status, response.url.path, detail)
 
 
-def _session(connect_timeout_s: float, stall_timeout_s: float) -> aiohttp.ClientSession:
+def _session(
+    connect_timeout_s: float,
+    stall_timeout_s: float,
+    idle_connection_s: float = 15.0,
+    on_request: Callable[[], None] = lambda: None,
+) -> aiohttp.ClientSession:
     timeout = aiohttp.ClientTimeout(
         total=None, connect=connect_timeout_s, sock_read=stall_timeout_s
     )
+    trace = aiohttp.TraceConfig()
+
+    async def request_traced(
+        session: aiohttp.ClientSession, context: SimpleNamespace, params: object
+    ) -> None:
+        on_request()
+
+    trace.on_request_start.append(request_traced)
+    trace.on_request_end.append(request_traced)
     return aiohttp.ClientSession(
-        timeout=timeout, auto_decompress=False, headers={"Accept-Encoding": "identity"}
+        connector=aiohttp.TCPConnector(keepalive_timeout=idle_connection_s),
+        timeout=timeout,
+        auto_decompress=False,
+        headers={"Accept-Encoding": "identity"},
+        trace_configs=[trace],
     )
 
 
@@ -164,9 +189,16 @@ class AccountClient:
 class PackageBody:
     """A package byte range being read, frame by frame, under a stall watchdog."""
 
-    def __init__(self, response: aiohttp.ClientResponse, start: int, limits: ClientLimits):
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        start: int,
+        limits: ClientLimits,
+        on_radio: Callable[[], None],
+    ):
         self._response = response
         self._limits = limits
+        self._on_radio = on_radio
         self.position = start
 
     async def read_exactly(self, n: int) -> bytes:
@@ -184,17 +216,30 @@ class PackageBody:
         except (aiohttp.ClientError, OSError) as e:
             raise _transport_error("package", e) from e
         self.position += n
+        self._on_radio()  # a long download keeps the radio awake: due work may ride it
         return data
 
 
 class ServiceClient:
-    """The device's connection to the service, authenticated as this device."""
+    """The device's connection to the service, authenticated as this device.
 
-    def __init__(self, base_url: str, credentials: DeviceCredentials, limits: ClientLimits):
+    `on_radio` is called whenever the radio carries something: a request starts or ends, a
+    package frame or a push frame arrives (daemon/radio.py lets due work ride it)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        credentials: DeviceCredentials,
+        limits: ClientLimits,
+        on_radio: Callable[[], None] = lambda: None,
+    ):
         self.base_url = base_url.rstrip("/")
         self._auth = {"Authorization": f"Bearer {credentials.device_token}"}
         self._limits = limits
-        self._session = _session(limits.connect_timeout_s, limits.stall_timeout_s)
+        self._on_radio = on_radio
+        self._session = _session(
+            limits.connect_timeout_s, limits.stall_timeout_s, limits.idle_connection_s, on_radio
+        )
 
     async def close(self) -> None:
         await self._session.close()
@@ -278,17 +323,19 @@ class ServiceClient:
                         )
                 else:
                     raise ProtocolError(f"{path}: unexpected status {r.status}")
-                yield PackageBody(r, start, self._limits)
+                yield PackageBody(r, start, self._limits, self._on_radio)
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise _transport_error(f"GET {path}", e) from e
 
     @asynccontextmanager
-    async def push_channel(self, heartbeat_s: float) -> AsyncIterator[PushChannel]:
+    async def push_channel(self) -> AsyncIterator[PushChannel]:
+        """The push channel; its keep-alive is the caller's (`PushChannel.ping`), so that the
+        radio's owner decides when it goes."""
         try:
             async with self._session.ws_connect(
-                self.base_url + "/v1/push", headers=self._auth, heartbeat=heartbeat_s
+                self.base_url + "/v1/push", headers=self._auth, autoping=False
             ) as ws:
-                yield PushChannel(ws)
+                yield PushChannel(ws, self._on_radio)
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise _transport_error("push channel", e) from e
 
@@ -436,12 +483,39 @@ class NoticePage:
 
 
 class PushChannel:
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, on_radio: Callable[[], None]) -> None:
         self._ws = ws
+        self._on_radio = on_radio
+        self._pong = asyncio.Event()
+
+    async def ping(self, timeout_s: float) -> None:
+        """Ping the service and wait for its pong (read by `messages`, which must be running).
+
+        Raises:
+            StalledError: no pong within `timeout_s`: the channel is dead.
+            TransportError: the ping could not be sent.
+        """
+        self._pong.clear()
+        try:
+            self._on_radio()
+            await self._ws.ping()
+            async with asyncio.timeout(timeout_s):
+                await self._pong.wait()
+        except TimeoutError as e:
+            raise StalledError(f"push channel: no pong within {timeout_s:g} s") from e
+        except (aiohttp.ClientError, OSError) as e:
+            raise _transport_error("push channel ping", e) from e
 
     async def messages(self) -> AsyncIterator[dict[str, Any]]:
-        """Yield the service's messages until the channel closes."""
+        """Yield the service's messages until the channel closes; answers its pings."""
         async for message in self._ws:
+            self._on_radio()
+            if message.type == aiohttp.WSMsgType.PING:
+                await self._ws.pong(message.data)
+                continue
+            if message.type == aiohttp.WSMsgType.PONG:
+                self._pong.set()
+                continue
             if message.type != aiohttp.WSMsgType.TEXT:
                 break
             try:

@@ -1,21 +1,28 @@
 """Connectivity: the push channel from the service, and the online/offline state it implies.
 
 While the channel is up, every message from the service (including the hello on connect) asks
-for a library sync. When it drops, the daemon reconnects with jittered backoff and, meanwhile,
-polls the changes feed at the profile's poll interval, so a purchase still arrives when push is
-blocked (a captive portal, a proxy that drops WebSockets).
+for a library sync, and the channel is kept alive by a ping at least every `keepalive_s`. When it
+drops, the daemon reconnects with jittered backoff and, meanwhile, polls the changes feed at the
+profile's poll interval, so a purchase still arrives when push is blocked (a captive portal, a
+proxy that drops WebSockets).
+
+Radio: the keep-alive ping and the poll are the daemon's only idle wake-ups. Both go through the
+radio's owner (daemon/radio.py), so deferred work rides them; the ping may go up to half a period
+early, to ride a radio that is awake anyway.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
 from daemon.backoff import Backoff
-from daemon.client import ServiceClient
+from daemon.client import PushChannel, ServiceClient
 from daemon.clock import Clock
 from daemon.errors import TransportError
 from daemon.logs import log_event
+from daemon.radio import RadioWindows
 
 _LOG = logging.getLogger("shelfsync.connectivity")
 
@@ -25,6 +32,7 @@ class Connectivity:
         self,
         client: ServiceClient,
         clock: Clock,
+        windows: RadioWindows,
         request_sync: Callable[[], None],
         *,
         keepalive_s: float,
@@ -37,6 +45,7 @@ class Connectivity:
         # the annotation and popular-highlight workers sync on these.
         self._on_event = on_event
         self._clock = clock
+        self._windows = windows
         self._request_sync = request_sync
         self._keepalive_s = keepalive_s
         self._poll_interval_s = poll_interval_s
@@ -48,16 +57,13 @@ class Connectivity:
         failures = 0
         while True:
             try:
-                async with self._client.push_channel(self._keepalive_s) as channel:
+                async with self._client.push_channel() as channel:
                     self.online = True
                     self.push_connected_since = self._clock.wall()
                     failures = 0
                     log_event(_LOG, logging.INFO, "push_connected")
                     self._on_event("online")
-                    async for message in channel.messages():
-                        if message.get("type") in ("hello", "library_changed"):
-                            self._request_sync()
-                        self._on_event(str(message.get("type")))
+                    await self._serve(channel)
                 log_event(_LOG, logging.INFO, "push_closed")
             except TransportError as e:
                 level = logging.WARNING if failures == 0 else logging.DEBUG
@@ -68,4 +74,36 @@ class Connectivity:
             # Poll while push is down: the pull doubles as the probe for the link's return.
             self._request_sync()
             self._on_event("poll")
-            await self._clock.sleep(min(self._backoff.delay(failures), self._poll_interval_s))
+            # Its own time, not a range: the jittered backoff is what spreads a thousand devices.
+            poll_at = self._clock.monotonic() + min(
+                self._backoff.delay(failures), self._poll_interval_s
+            )
+            await self._windows.wait("poll", poll_at, poll_at)
+
+    async def _serve(self, channel: PushChannel) -> None:
+        """Act on the channel's messages and keep it alive, until it closes or its keep-alive
+        fails (raised: TransportError)."""
+        reader = asyncio.create_task(self._read(channel), name="push messages")
+        keepalive = asyncio.create_task(self._keep_alive(channel), name="push keep-alive")
+        try:
+            done, _ = await asyncio.wait((reader, keepalive), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (reader, keepalive):
+                task.cancel()
+            await asyncio.gather(reader, keepalive, return_exceptions=True)
+        for task in done:
+            task.result()
+
+    async def _read(self, channel: PushChannel) -> None:
+        async for message in channel.messages():
+            if message.get("type") in ("hello", "library_changed"):
+                self._request_sync()
+            self._on_event(str(message.get("type")))
+
+    async def _keep_alive(self, channel: PushChannel) -> None:
+        while True:
+            last = self._clock.monotonic()
+            await self._windows.wait(
+                "keepalive", last + self._keepalive_s / 2, last + self._keepalive_s
+            )
+            await channel.ping(timeout_s=self._keepalive_s / 2)

@@ -6,7 +6,9 @@ SHA-256 against the manifest before committing it on its own. A crash or a cut c
 most the frame in flight: the next attempt starts at the first frame not committed.
 
 The scheduler (`run`) asks the planner what to start, owns one task per running delivery, and
-cancels and awaits them all on shutdown.
+cancels and awaits them all on shutdown. A failed delivery is retried after its backoff: a new
+purchase's at that moment (the 60-second promise), any other's in a wake window at most the
+profile's batch window later (daemon/radio.py).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import asyncio
 import hashlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -40,7 +43,8 @@ from daemon.errors import (
 from daemon.killpoints import killpoint
 from daemon.logs import log_event
 from daemon.manifest import Manifest
-from daemon.models import FrameRow
+from daemon.models import DeliveryCandidate, FrameRow
+from daemon.radio import RadioWindows
 from daemon.store import Store
 from daemon.trust import verify_manifest
 
@@ -59,6 +63,7 @@ class DeliveryPolicy:
     concurrency: int
     quota_bytes: int
     reserve_bytes: int
+    batch_window_s: float  # how long a retry that is not a new purchase may wait for a window
     backoff: Backoff = field(default_factory=Backoff)
     disk_full_pause_s: float = DISK_FULL_PAUSE_S  # tests shorten it
 
@@ -82,6 +87,7 @@ class DeliveryWorker:
         pinned_key: Ed25519PublicKey,
         device_key: X25519PrivateKey,
         policy: DeliveryPolicy,
+        windows: RadioWindows,
         battery_restricted: Callable[[], bool] = lambda: False,
         archive_slots: Callable[[], int] = lambda: 0,
     ) -> None:
@@ -91,6 +97,7 @@ class DeliveryWorker:
         self._pinned_key = pinned_key
         self._device_key = device_key
         self._policy = policy
+        self._windows = windows
         self._battery_restricted = battery_restricted
         self._archive_slots = archive_slots
         self._wake = asyncio.Event()
@@ -163,23 +170,31 @@ class DeliveryWorker:
                         self._deliver_guarded(book_id), name=f"deliver {book_id}"
                     )
                 self.waiting = decided.waiting
-                wakeup = plan.next_retry(candidates, now, tasks.keys())
-                timeout = None if wakeup is None else max(0.05, wakeup - now)
-                if decided.waiting and timeout is None:
-                    timeout = RECHECK_S  # space may free up, a charger be plugged in
+                retry = self._retry_range(candidates, now, tasks.keys())
+                # Space may free up, a charger be plugged in: a local look, no radio.
+                timeout = RECHECK_S if decided.waiting and retry is None else None
                 paused_for = self._disk_full_until - self._clock.monotonic()
                 if paused_for > 0:  # resume when the pause ends, not at the next recheck
                     timeout = paused_for if timeout is None else min(timeout, paused_for)
-                waiter = asyncio.create_task(self._wake.wait(), name="delivery wake")
+                waiters: list[asyncio.Task[Any]] = [
+                    asyncio.create_task(self._wake.wait(), name="delivery wake")
+                ]
+                if retry is not None:
+                    waiters.append(
+                        asyncio.create_task(
+                            self._windows.wait("delivery", *retry), name="delivery retry window"
+                        )
+                    )
                 try:
                     await asyncio.wait(
-                        [waiter, *tasks.values()],
+                        [*waiters, *tasks.values()],
                         timeout=timeout,
                         return_when=asyncio.FIRST_COMPLETED,
                     )
                 finally:
-                    waiter.cancel()
-                    await asyncio.gather(waiter, return_exceptions=True)
+                    for waiter in waiters:
+                        waiter.cancel()
+                    await asyncio.gather(*waiters, return_exceptions=True)
                 self._wake.clear()
                 for book_id in [b for b, t in tasks.items() if t.done()]:
                     tasks.pop(book_id)
@@ -188,6 +203,24 @@ class DeliveryWorker:
             for task in tasks.values():
                 task.cancel()
             await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+    def _retry_range(
+        self, candidates: list[DeliveryCandidate], now: float, running: Collection[str]
+    ) -> tuple[float, float] | None:
+        """When the next retry may start and must start (monotonic s), or None if none waits."""
+        fresh = [c for c in candidates if plan.is_fresh(c, now)]
+        others = [c for c in candidates if not plan.is_fresh(c, now)]
+        fresh_at = plan.next_retry(fresh, now, running)
+        other_at = plan.next_retry(others, now, running)
+        if fresh_at is None and other_at is None:
+            return None
+        to_monotonic = self._clock.monotonic() - now
+        inf = float("inf")
+        fresh_at = inf if fresh_at is None else max(now + 0.05, fresh_at)
+        other_at = inf if other_at is None else max(now + 0.05, other_at)
+        not_before = min(fresh_at, other_at)
+        latest = min(fresh_at, other_at + self._policy.batch_window_s)
+        return not_before + to_monotonic, latest + to_monotonic
 
     async def _deliver_guarded(self, book_id: str) -> None:
         """Deliver one book; any failure is recorded with a backoff, never raised."""

@@ -1,6 +1,7 @@
 """Library sync: pulls the service's library changes feed into the store, page by page.
 
-Runs whenever asked (on start, on every push message, on every poll while push is down). Each page
+Runs whenever asked (on start, on every push message, on every poll while push is down): always
+urgent, as it is what announces a purchase; a failed pull is retried after its backoff. Each page
 is applied with the cursor in one transaction, so a crash between pages resumes at the next page
 and a page applied twice changes nothing. The delivery worker is woken after every page, so a
 purchase starts downloading while a large library is still paging in.
@@ -17,6 +18,7 @@ from daemon.client import ServiceClient
 from daemon.clock import Clock
 from daemon.errors import StoreError, TransportError
 from daemon.logs import log_event
+from daemon.radio import RadioWindows
 from daemon.store import Store
 
 _LOG = logging.getLogger("shelfsync.library")
@@ -29,12 +31,14 @@ class LibrarySync:
         store: Store,
         client: ServiceClient,
         clock: Clock,
+        windows: RadioWindows,
         on_change: Callable[[], None],
         backoff: Backoff | None = None,
     ) -> None:
         self._store = store
         self._client = client
         self._clock = clock
+        self._windows = windows
         self._on_change = on_change
         self._backoff = backoff or Backoff(base_s=2.0, cap_s=300.0)
         self._requested = asyncio.Event()
@@ -62,7 +66,9 @@ class LibrarySync:
                     detail=str(e),
                     retry_in_s=round(delay, 1),
                 )
-                await self._clock.sleep(delay)
+                # Exactly at its time, not deferred: this pull is what announces a purchase.
+                retry_at = self._clock.monotonic() + delay
+                await self._windows.wait("library", retry_at, retry_at)
                 self._requested.set()
 
     async def sync_once(self) -> int:

@@ -169,7 +169,8 @@ class SyncPolicy:
     """How the daemon hears about library changes."""
 
     poll_interval_s: float  # pull the changes feed this often while the push channel is down
-    keepalive_s: float  # ping the push channel this often (aiohttp's `heartbeat`)
+    keepalive_s: float  # ping the push channel at least this often (under NAT idle timeouts)
+    batch_window_s: float  # deferrable network work waits at most this long for a wake window
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +335,7 @@ def _sync(t: _Table) -> SyncPolicy:
     policy = SyncPolicy(
         poll_interval_s=t.number("poll_interval_s", 0.0, MAX_INTERVAL_S),
         keepalive_s=t.number("keepalive_s", 0.0, MAX_INTERVAL_S),
+        batch_window_s=t.number("batch_window_s", 0.0, MAX_INTERVAL_S, low_open=False),
     )
     t.finish()
     return policy

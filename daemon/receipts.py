@@ -9,10 +9,11 @@ a lost answer re-sends them and the service recognises the ids (exactly once). A
 acknowledged, and whenever the service announces one, the notices feed is pulled: that is how
 an apology for a broken promise reaches the reader (GET /v1/notices, `shelfsync status`).
 
-Radio: nothing here wakes the radio on its own. The worker runs when the link comes up, on each
-poll while push is down, when the service announces notices, and, while a delivery ordered in
-the last `WATCH_S` is under way (the radio is awake for it anyway), every `check_s` (a local
-query) to send a receipt just made.
+Radio: sending is deferrable work. The worker looks when the link comes up, on each poll while
+push is down, when the service announces notices, and, while a delivery ordered in the last
+`WATCH_S` is under way, every `check_s` (a local query); what it has to send then waits for a
+wake window (daemon/radio.py), which a delivery under way keeps open, and wakes the radio itself
+only after the profile's batch window. The link coming up and an announcement go at once.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from typing import Any
 from daemon import receipt_store
 from daemon.backoff import Backoff
 from daemon.client import ServiceClient
-from daemon.clock import Clock, sleep_or_until
+from daemon.clock import Clock
 from daemon.errors import StoreError, TransportError
 from daemon.logs import log_event
 from daemon.profile import DeviceProfile
+from daemon.radio import RadioWindows
 from daemon.store import Store
 
 _LOG = logging.getLogger("shelfsync.receipts")
@@ -53,6 +55,7 @@ class ReceiptSync:
         client: ServiceClient,
         clock: Clock,
         profile: DeviceProfile,
+        windows: RadioWindows,
         *,
         check_s: float = CHECK_S,
         backoff: Backoff | None = None,
@@ -60,6 +63,8 @@ class ReceiptSync:
         self._store = store
         self._client = client
         self._clock = clock
+        self._windows = windows
+        self._batch_window_s = profile.sync.batch_window_s
         self._device = device_description(profile)
         self._check_s = check_s
         self._backoff = backoff or Backoff(base_s=1.0, cap_s=600.0)
@@ -96,8 +101,10 @@ class ReceiptSync:
         while True:
             await self._next_round()
             self._requested.clear()
-            self._link_up.clear()
             try:
+                if not self._link_up.is_set() and self._has_network_work():
+                    await self._window(0.0)
+                self._link_up.clear()
                 await self.sync_once()
                 failures = 0
             except (TransportError, StoreError) as e:
@@ -111,8 +118,23 @@ class ReceiptSync:
                     detail=str(e),
                     retry_in_s=round(delay, 1),
                 )
-                await sleep_or_until(self._clock, delay, self._link_up)
+                await self._window(delay)
                 self._requested.set()
+
+    async def _window(self, delay_s: float) -> None:
+        """Wait `delay_s`, then for a wake window; at once if the link comes up meanwhile."""
+        due = self._clock.monotonic() + delay_s
+        await self._windows.wait("receipts", due, due + self._batch_window_s, unless=self._link_up)
+
+    def _has_network_work(self) -> bool:
+        """Whether a round now would use the network: a receipt to send, notices to pull."""
+        self._make_failed_receipts()
+        return self._pull_wanted or bool(receipt_store.unsent_receipts(self._store, 1))
+
+    def _make_failed_receipts(self) -> None:
+        made = receipt_store.make_failed_receipts(self._store, self._clock.wall(), PROMISE_S)
+        if made:
+            log_event(_LOG, logging.INFO, "delivery_failing_reported", receipts=made)
 
     async def _next_round(self) -> None:
         """Wait until asked, or `check_s` while a delivery is under way."""
@@ -129,9 +151,7 @@ class ReceiptSync:
     async def sync_once(self) -> tuple[int, int]:
         """Make due `failed` receipts, send every unsent receipt, then pull notices if any
         receipt went or the service announced some; (receipts sent, new notices)."""
-        made = receipt_store.make_failed_receipts(self._store, self._clock.wall(), PROMISE_S)
-        if made:
-            log_event(_LOG, logging.INFO, "delivery_failing_reported", receipts=made)
+        self._make_failed_receipts()
         sent = await self._send()
         new = 0
         if sent or self._pull_wanted:

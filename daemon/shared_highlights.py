@@ -3,8 +3,9 @@
 The service publishes, per passage, how many distinct readers highlighted it (never who). The
 device holds them for every book in its library: a book seen for the first time is fetched whole
 (`?book=`), then one account-wide feed keeps all of them current from a cursor, so a refresh of a
-library of any size is a request or two. Runs on start, when the library changes, when the link
-returns, and every REFRESH_S; a failure is retried with backoff.
+library of any size is a request or two. Runs at once on start and when the link returns; when the
+library changes, every REFRESH_S, and after a failure's backoff, it is deferrable work: it waits
+for a wake window (daemon/radio.py), at most the profile's batch window.
 
 Everything received is validated as strictly as the reader's own highlights (FAULTS.md #33): a
 passage with an over-long or malformed quote is skipped, and quotes are kept and served as text.
@@ -19,11 +20,12 @@ from typing import Any
 from daemon import merge
 from daemon.backoff import Backoff
 from daemon.client import ServiceClient
-from daemon.clock import Clock, sleep_or_until
+from daemon.clock import Clock
 from daemon.errors import AnnotationError, StoreError, TransportError
 from daemon.killpoints import killpoint
 from daemon.logs import log_event
 from daemon.notes_store import NotesStore, Passage
+from daemon.radio import RadioWindows
 
 _LOG = logging.getLogger("shelfsync.popular")
 PAGE = 500
@@ -50,27 +52,46 @@ class SharedHighlights:
         notes: NotesStore,
         client: ServiceClient,
         clock: Clock,
+        windows: RadioWindows,
         *,
+        batch_window_s: float,
         refresh_s: float = REFRESH_S,
         backoff: Backoff | None = None,
     ) -> None:
         self._notes = notes
         self._client = client
         self._clock = clock
+        self._windows = windows
+        self._batch_window_s = batch_window_s
         self._refresh_s = refresh_s
         self._backoff = backoff or Backoff(base_s=5.0, cap_s=600.0)
-        self._wake = asyncio.Event()
+        self._wanted = asyncio.Event()
+        self._now = asyncio.Event()
 
     def wake(self) -> None:
-        """The library changed or the link returned: refresh soon."""
-        self._wake.set()
+        """The library changed: refresh in the next wake window."""
+        self._wanted.set()
+
+    def link_up(self) -> None:
+        """The link returned (or the daemon started): refresh now."""
+        self._now.set()
+        self._wanted.set()
 
     async def run(self) -> None:
         failures = 0
         while True:
             delay = self._backoff.delay(failures) if failures else self._refresh_s
-            await sleep_or_until(self._clock, delay, self._wake)
-            self._wake.clear()
+            due = self._clock.monotonic() + delay
+            await self._windows.wait(
+                "popular", due, due + self._batch_window_s, unless=self._wanted
+            )
+            if self._wanted.is_set() and not self._now.is_set():
+                soon = self._clock.monotonic()
+                await self._windows.wait(
+                    "popular", soon, soon + self._batch_window_s, unless=self._now
+                )
+            self._wanted.clear()
+            self._now.clear()
             try:
                 await self.refresh_once()
                 failures = 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -127,6 +128,7 @@ class RequestRecord:
     range: str | None
     status: int
     bytes: int  # body bytes sent
+    at: float  # the stub's monotonic clock when the request arrived (when a device's radio woke)
 
     def to_doc(self) -> dict[str, Any]:
         return {
@@ -135,6 +137,7 @@ class RequestRecord:
             "range": self.range,
             "status": self.status,
             "bytes": self.bytes,
+            "at": self.at,
         }
 
 
@@ -263,6 +266,7 @@ async def fault_middleware(request: web.Request, handler: Handler) -> web.Stream
     route = _route_name(request)
     if route is not None and route.startswith("admin"):
         return await handler(request)  # the test harness' own calls are not logged
+    arrived = time.monotonic()
     injector = request.app[FAULTS]
     state = injector.take(route) if route else Fired()
     request[FIRED] = state
@@ -299,6 +303,7 @@ async def fault_middleware(request: web.Request, handler: Handler) -> web.Stream
                 range=request.headers.get(hdrs.RANGE),
                 status=status,
                 bytes=body_bytes or state.sent,
+                at=arrived,
             )
         )
 

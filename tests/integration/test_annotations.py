@@ -26,6 +26,7 @@ from daemon.errors import AnnotationError, DiskFullError
 from daemon.hlc import HybridClock
 from daemon.models import LibraryChange
 from daemon.notes_store import NotesStore
+from daemon.radio import RadioWindows
 from daemon.shared_highlights import SharedHighlights
 from daemon.store import Store
 from server_stub.annotations import passage_of
@@ -416,7 +417,10 @@ async def test_popular_refresh_follows_its_cursor(
         store = Store.open(tmp_path / "device.db")
         store.apply_library_changes([merge_change(book_id)], cursor=1, now=time.time())
         notes = NotesStore.open(tmp_path / "device.db")
-        worker = SharedHighlights(notes, mine.client, SystemClock())
+        clock = SystemClock()
+        worker = SharedHighlights(
+            notes, mine.client, clock, RadioWindows(clock), batch_window_s=0.0
+        )
         try:
             marks = []
             for r in readers[:2]:

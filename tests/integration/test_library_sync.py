@@ -16,6 +16,7 @@ from daemon.client import AccountClient, ClientLimits, ServiceClient
 from daemon.clock import SystemClock
 from daemon.crypto import public_key_to_text, x25519_public_text
 from daemon.library_sync import PAGE_SIZE, LibrarySync
+from daemon.radio import RadioWindows
 from daemon.store import Store
 from server_stub.app import running_stub
 from tests.conftest import StubImport
@@ -39,7 +40,10 @@ async def test_a_library_of_20000_books_syncs_in_bounded_pages(
         client = ServiceClient(stub.url, credentials, ClientLimits())
         wakes = []
         try:
-            sync = LibrarySync(store, client, SystemClock(), on_change=lambda: wakes.append(1))
+            clock = SystemClock()
+            sync = LibrarySync(
+                store, client, clock, RadioWindows(clock), on_change=lambda: wakes.append(1)
+            )
             applied = await sync.sync_once()
             assert await sync.sync_once() == 0  # nothing new: one request, no change
         finally:

@@ -201,6 +201,8 @@ async def test_request_log_and_rule_management(device: Device) -> None:
         await device.package()
     log = (await api.call("GET", "/v1/admin/requests"))["requests"]
     path = f"/v1/books/{device.book_id}/versions/2/package"
+    arrivals = [r.pop("at") for r in log]
+    assert arrivals == sorted(arrivals)
     assert log == [
         {"method": "GET", "path": path, "range": "bytes=0-99", "status": 206, "bytes": 100},
         {"method": "GET", "path": path, "range": None, "status": 200, "bytes": 10},
