@@ -60,10 +60,20 @@ class Idle:
     profile: str
     window_s: float
     cpu_s: float
+    radio_wakeups: int  # windows that woke the radio during the window (the daemon's count)
 
     @property
     def per_hour(self) -> float:
         return self.cpu_s * 3600 / self.window_s
+
+    @property
+    def wakeups_per_hour(self) -> float:
+        return self.radio_wakeups * 3600 / self.window_s
+
+    @property
+    def keepalive_floor_per_hour(self) -> float:
+        """Wake-ups an hour that the push channel's keep-alive alone needs: the floor."""
+        return 3600 / load_profile(self.profile).sync.keepalive_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,10 +126,23 @@ async def measure_idle(workdir: Path, stub: Stub, window_s: float) -> list[Idle]
         ]
         await asyncio.sleep(2)  # past the first sync
         start = {name: device.cpu_seconds() for name, device in devices}
+        woke = {name: await _radio_wakeups(device) for name, device in devices}
         began = time.monotonic()
         await asyncio.sleep(window_s)
         elapsed = time.monotonic() - began
-        return [Idle(name, elapsed, d.cpu_seconds() - start[name]) for name, d in devices]
+        return [
+            Idle(
+                name,
+                elapsed,
+                d.cpu_seconds() - start[name],
+                await _radio_wakeups(d) - woke[name],
+            )
+            for name, d in devices
+        ]
+
+
+async def _radio_wakeups(device: Device) -> int:
+    return int((await device.api.status())["daemon"]["radio_wakeups"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,19 +255,41 @@ def _memory_table(profile: str, runs: list[Memory], cmd: str) -> Table:
 
 def _idle_table(runs: list[Idle], cmd: str) -> Table:
     rows = [
-        [r.profile, f"{r.window_s:.0f} s", f"{r.cpu_s * 1000:.1f} ms", f"{r.per_hour:.2f} s"]
+        [
+            r.profile,
+            f"{r.window_s:.0f} s",
+            f"{r.cpu_s * 1000:.1f} ms",
+            f"{r.per_hour:.2f} s",
+            f"{r.radio_wakeups}",
+            f"{r.wakeups_per_hour:.0f}",
+            f"{r.keepalive_floor_per_hour:.0f}",
+            f"{r.wakeups_per_hour / r.keepalive_floor_per_hour:.2f}x",
+        ]
         for r in runs
     ]
     worst = max(runs, key=lambda r: r.per_hour)
+    most_awake = max(runs, key=lambda r: r.wakeups_per_hour / r.keepalive_floor_per_hour)
     meaning = (
         f"Idle and online, the daemon costs at most {worst.per_hour:.2f} CPU seconds an hour"
         f" ({worst.per_hour / 36:.3f}% of one core, {worst.profile}): the radio, not the"
-        " processor, is what an idle connection costs the battery."
+        " processor, is what an idle connection costs the battery. The daemon itself woke the"
+        f" radio at most {most_awake.wakeups_per_hour / most_awake.keepalive_floor_per_hour:.2f}x"
+        " as often as the push channel's keep-alive alone needs (everything else rode those"
+        " windows, or the service's own pings)."
     )
     return Table(
-        heading="CPU while idle (push channel up, nothing to deliver)",
+        heading="CPU and radio while idle (push channel up, nothing to deliver)",
         meaning=meaning,
-        columns=["profile", "window", "CPU in the window", "CPU per idle hour"],
+        columns=[
+            "profile",
+            "window",
+            "CPU in the window",
+            "CPU per idle hour",
+            "radio wake-ups",
+            "wake-ups per hour",
+            "keep-alive floor per hour",
+            "ratio to the floor",
+        ],
         rows=rows,
         command=cmd,
     )

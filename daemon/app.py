@@ -110,6 +110,8 @@ class Daemon:
             "downloads_paused": self._delivery.paused_reason if self._delivery else None,
             "trip": self._trip(),
             "power": power_report(self.power.read(), self.settings.profile.battery),
+            # Windows that woke a sleeping radio since the start: what the battery pays for.
+            "radio_wakeups": self.windows.wakeups if self.windows else 0,
         }
 
     def _trip(self) -> dict[str, Any] | None:
