@@ -175,36 +175,39 @@ async def _add(
     )
 
 
-async def buy(request: web.Request) -> web.Response:
+async def _add_for_account(request: web.Request, reason: str) -> web.Response:
+    """`{"book_id"}`: the book for every device of the account."""
     account_id = _account(request)
     book_id = need_str(await read_json_object(request), "book_id", 64)
-    return await _add(request, account_id, book_id, None, "bought")
+    return await _add(request, account_id, book_id, None, reason)
 
 
-async def send(request: web.Request) -> web.Response:
+async def _add_for_device(request: web.Request, reason: str) -> web.Response:
+    """`{"book_id", "device_id"}`: the book for one device of the account."""
     account_id = _account(request)
     doc = await read_json_object(request)
     book_id = need_str(doc, "book_id", 64)
     device_id = need_str(doc, "device_id", 64)
     _own_device(request, account_id, device_id)
-    return await _add(request, account_id, book_id, device_id, "sent")
+    return await _add(request, account_id, book_id, device_id, reason)
+
+
+async def buy(request: web.Request) -> web.Response:
+    return await _add_for_account(request, "bought")
+
+
+async def send(request: web.Request) -> web.Response:
+    return await _add_for_device(request, "sent")
 
 
 async def sample(request: web.Request) -> web.Response:
     """The reader asked the store for a sample on one device: a hint, not an order."""
-    account_id = _account(request)
-    doc = await read_json_object(request)
-    book_id = need_str(doc, "book_id", 64)
-    device_id = need_str(doc, "device_id", 64)
-    _own_device(request, account_id, device_id)
-    return await _add(request, account_id, book_id, device_id, "sample")
+    return await _add_for_device(request, "sample")
 
 
 async def wishlist(request: web.Request) -> web.Response:
     """The reader put a book on the wish list: a hint for every device of the account."""
-    account_id = _account(request)
-    book_id = need_str(await read_json_object(request), "book_id", 64)
-    return await _add(request, account_id, book_id, None, "wishlist")
+    return await _add_for_account(request, "wishlist")
 
 
 async def return_book(request: web.Request) -> web.Response:
