@@ -31,7 +31,6 @@ class Dictionary:
         self.sha256 = hashlib.sha256(data).hexdigest()
         self._zdict = zstandard.ZstdCompressionDict(data)
         self.dict_id = self._zdict.dict_id()
-        self._decompressors: dict[int, zstandard.ZstdDecompressor] = {}
 
     @classmethod
     def verified(cls, data: bytes, sha256: str) -> Dictionary:
@@ -44,12 +43,10 @@ class Dictionary:
         return zstandard.ZstdCompressor(level=level, dict_data=self._zdict, write_content_size=True)
 
     def decompressor(self, window_cap: int) -> zstandard.ZstdDecompressor:
-        # Digesting a dictionary costs more than a small frame's decode: keep one per cap.
-        if window_cap not in self._decompressors:
-            self._decompressors[window_cap] = zstandard.ZstdDecompressor(
-                dict_data=self._zdict, max_window_size=window_cap
-            )
-        return self._decompressors[window_cap]
+        """A decompressor of its own for each frame: its decompressobj()s share its context, so
+        two frames decoding by turns through one would corrupt each other. The digested
+        dictionary is kept inside `_zdict`, so a new one costs microseconds."""
+        return zstandard.ZstdDecompressor(dict_data=self._zdict, max_window_size=window_cap)
 
 
 def train_dictionary(samples: Sequence[bytes], size: int) -> Dictionary:

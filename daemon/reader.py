@@ -29,11 +29,14 @@ from daemon.models import ResourceRow
 from daemon.store import Store
 
 _CACHED_KEYS = 16  # content keys of the books read lately: unwrapping costs an X25519 exchange
-# The frames read lately, each decoded as far as it was read. A frame holds up to 2 MiB of many
-# small resources, and a reader turns pages through consecutive ones: decoding on from where the
-# last page ended is what makes a read as fast as unzipping one file. Bounded in bytes (plaintext,
-# plus zstd's window while a frame is part-decoded), not frames.
-PLAIN_CACHE_BYTES = 4 * 1024 * 1024
+# The frames read lately that hold more than the resource read, each decoded as far as it was
+# read. A frame holds up to 2 MiB of many small resources, and a reader turns pages through
+# consecutive ones: decoding on from where the last page ended is what makes a read as fast as
+# unzipping one file. Bounded in bytes, not frames: a 2 MiB frame part-decoded holds its
+# compressed bytes, the plaintext so far and zstd's window (up to ~4.5 MiB for text), and the
+# bound must keep it whole while the reader pages through it, or every page would decode the
+# frame again from its start.
+PLAIN_CACHE_BYTES = 6 * 1024 * 1024
 
 
 class FrameOpener:
@@ -126,7 +129,10 @@ def resource_pieces(store: Store, resource: ResourceRow, opener: FrameOpener) ->
         except DecodeError:
             opener.forget(frame.sha256)
             raise
-        opener.remember(frame.sha256, decoder)
+        if hi - lo < frame.plain_size:  # other resources share the frame: they may be next
+            opener.remember(frame.sha256, decoder)
+        else:  # a frame of one large resource (a picture): read once, kept it only crowds out
+            opener.forget(frame.sha256)
         yield piece
 
 

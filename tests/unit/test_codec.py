@@ -9,7 +9,7 @@ import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.codec import FrameDecoder, decode_frame, encode_frame
+from daemon.codec import FrameDecoder, decode_frame, encode_frame, train_dictionary
 from daemon.errors import DecodeError
 
 CAP = 8 * 1024 * 1024
@@ -122,3 +122,19 @@ def test_progressive_decoding_keeps_every_bound() -> None:
         truncated.slice(0, len(CHAPTERS))
     with pytest.raises(DecodeError, match="outside a frame"):
         FrameDecoder(b"abc", "raw", 3, CAP).slice(2, 4)
+
+
+def test_two_dictionary_frames_decoded_by_turns_do_not_mix() -> None:
+    # Regression: decompressobj()s of one zstandard decompressor share its context, so a reader
+    # paging through two frames of one dictionary in turn got "Unknown frame descriptor".
+    samples = [
+        b"<p class='c%d'>Chapter %d, a page of markup.</p>" % (i % 7, i) for i in range(3000)
+    ]
+    dictionary = train_dictionary(samples, 8192)
+    one, two = CHAPTERS, CHAPTERS.replace(b"stormy", b"starry")
+    frames = [dictionary.compressor(3).compress(plain) for plain in (one, two)]
+    first, second = (FrameDecoder(f, "zstd-dict", len(one), CAP, dictionary) for f in frames)
+    for start in range(0, len(one), 300_000):
+        end = min(len(one), start + 300_000)
+        assert first.slice(start, end) == one[start:end]
+        assert second.slice(start, end) == two[start:end]
