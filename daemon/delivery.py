@@ -31,6 +31,7 @@ from daemon.backoff import Backoff
 from daemon.client import ServiceClient
 from daemon.clock import Clock
 from daemon.codec import Dictionary
+from daemon.config import DISK_FULL_PAUSE_S
 from daemon.crypto import WRAP_ALG, unwrap_content_key
 from daemon.errors import (
     DictionaryError,
@@ -52,12 +53,6 @@ from daemon.trust import verify_manifest
 
 _LOG = logging.getLogger("shelfsync.delivery")
 RECHECK_S = 30.0  # while the planner holds books back, look again this often
-
-
-# How long downloads stay paused after the file system reported itself full, before the free
-# space is looked at again: whoever filled the flash gets time to finish, and a full disk is not
-# hammered with writes that fail.
-DISK_FULL_PAUSE_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -142,6 +142,9 @@ async def test_a_silent_push_channel_is_noticed_polled_around_and_replaced_once_
             back = time.monotonic()
             await until(lambda: runtime()["online"], timeout_s=2 * KEEPALIVE_S + 1.0)
             assert time.monotonic() - back < KEEPALIVE_S / 2 + 1.0 + 0.5
+        # Stopped, the daemon keeps no part of its run: no radio owner, not online.
+        assert device.daemon.windows is None
+        assert not runtime()["online"]
         log = (await admin(stub.url, "GET", "/v1/admin/requests"))["requests"]
         pushes = sorted(r["at"] for r in log if r["path"] == "/v1/push" and r["at"] < back)
         # Every silent channel cost the device a hello's wait and then its backoff before the
