@@ -255,6 +255,8 @@ class Daemon:
         finally:
             self._delivery = None
             self._store = None
+            self.windows = None
+            self._connectivity = None  # a stopped daemon is not online
             if self.api is not None:
                 await self.api.stop()
             if client is not None:

@@ -14,7 +14,7 @@ import gzip
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -506,7 +506,7 @@ class PushChannel:
         except (aiohttp.ClientError, OSError) as e:
             raise _transport_error("push channel ping", e) from e
 
-    async def messages(self) -> AsyncIterator[dict[str, Any]]:
+    async def messages(self) -> AsyncGenerator[dict[str, Any], None]:
         """Yield the service's messages until the channel closes; answers its pings."""
         async for message in self._ws:
             self._on_radio()

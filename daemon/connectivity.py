@@ -1,10 +1,12 @@
 """Connectivity: the push channel from the service, and the online/offline state it implies.
 
 While the channel is up, every message from the service (including the hello on connect) asks
-for a library sync, and the channel is kept alive by a ping at least every `keepalive_s`. When it
-drops, the daemon reconnects with jittered backoff and, meanwhile, polls the changes feed at the
-profile's poll interval, so a purchase still arrives when push is blocked (a captive portal, a
-proxy that drops WebSockets).
+for a library sync, and the channel is kept alive by a ping at least every `keepalive_s`; a ping
+without a pong within half a period, or a channel without its hello within that time, is dead (a
+NAT that dropped the mapping, a proxy that blackholes). The daemon is online from the hello on.
+When the channel drops or dies, the daemon reconnects with jittered backoff (reset only by a
+channel that spoke) and, meanwhile, polls the changes feed at the profile's poll interval, so a
+purchase still arrives when push is blocked (a captive portal, a proxy that drops WebSockets).
 
 Radio: the keep-alive ping and the poll are the daemon's only idle wake-ups. Both go through the
 radio's owner (daemon/radio.py), so deferred work rides them; the ping may go up to half a period
@@ -14,13 +16,15 @@ early, to ride a radio that is awake anyway.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from daemon.backoff import Backoff
 from daemon.client import PushChannel, ServiceClient
 from daemon.clock import Clock
-from daemon.errors import TransportError
+from daemon.errors import StalledError, TransportError
 from daemon.logs import log_event
 from daemon.radio import RadioWindows
 
@@ -50,35 +54,38 @@ class Connectivity:
         self._keepalive_s = keepalive_s
         self._poll_interval_s = poll_interval_s
         self._backoff = backoff or Backoff(base_s=1.0, cap_s=600.0)
-        self.online = False
+        self.online = False  # the channel is up and the service has spoken on it
         self.push_connected_since: float | None = None
+        self._failures = 0  # channels in a row that failed or never said a word
 
     async def run(self) -> None:
-        failures = 0
         while True:
             try:
                 async with self._client.push_channel() as channel:
-                    self.online = True
-                    self.push_connected_since = self._clock.wall()
-                    failures = 0
-                    log_event(_LOG, logging.INFO, "push_connected")
-                    self._on_event("online")
                     await self._serve(channel)
                 log_event(_LOG, logging.INFO, "push_closed")
             except TransportError as e:
-                level = logging.WARNING if failures == 0 else logging.DEBUG
+                level = logging.WARNING if self._failures == 0 else logging.DEBUG
                 log_event(_LOG, level, "push_unavailable", detail=str(e))
             self.online = False
             self.push_connected_since = None
-            failures += 1
+            self._failures += 1
             # Poll while push is down: the pull doubles as the probe for the link's return.
             self._request_sync()
             self._on_event("poll")
             # Its own time, not a range: the jittered backoff is what spreads a thousand devices.
             poll_at = self._clock.monotonic() + min(
-                self._backoff.delay(failures), self._poll_interval_s
+                self._backoff.delay(self._failures), self._poll_interval_s
             )
             await self._windows.wait("poll", poll_at, poll_at)
+
+    def _connected(self) -> None:
+        """The service spoke on the channel: push works, the backoff starts over."""
+        self.online = True
+        self.push_connected_since = self._clock.wall()
+        self._failures = 0
+        log_event(_LOG, logging.INFO, "push_connected")
+        self._on_event("online")
 
     async def _serve(self, channel: PushChannel) -> None:
         """Act on the channel's messages and keep it alive, until it closes or its keep-alive
@@ -95,10 +102,28 @@ class Connectivity:
             task.result()
 
     async def _read(self, channel: PushChannel) -> None:
-        async for message in channel.messages():
-            if message.get("type") in ("hello", "library_changed"):
-                self._request_sync()
-            self._on_event(str(message.get("type")))
+        # Online only once the service speaks (its hello comes first): a proxy may accept the
+        # upgrade and pass nothing on, and a channel that says nothing within a pong's wait is
+        # as dead as a ping without a pong.
+        async with contextlib.aclosing(channel.messages()) as messages:
+            try:
+                async with asyncio.timeout(self._keepalive_s / 2):
+                    message = await anext(messages, None)
+            except TimeoutError as e:
+                raise StalledError(
+                    f"push channel: no hello within {self._keepalive_s / 2:g} s"
+                ) from e
+            if message is None:
+                return  # closed before a word
+            self._connected()
+            self._act_on(message)
+            async for message in messages:
+                self._act_on(message)
+
+    def _act_on(self, message: dict[str, Any]) -> None:
+        if message.get("type") in ("hello", "library_changed"):
+            self._request_sync()
+        self._on_event(str(message.get("type")))
 
     async def _keep_alive(self, channel: PushChannel) -> None:
         while True:

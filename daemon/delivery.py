@@ -5,8 +5,10 @@ missing frames with one Range request per contiguous run, verifying each frame's
 SHA-256 against the manifest before committing it on its own. A crash or a cut connection loses at
 most the frame in flight: the next attempt starts at the first frame not committed.
 
-The scheduler (`run`) asks the planner what to start, owns one task per running delivery, and
-cancels and awaits them all on shutdown. A failed delivery is retried after its backoff: a new
+The scheduler (`run`) asks the planner what to start and what to pause, owns one task per running
+delivery, and cancels and awaits them all on shutdown. A download below the wanted books is paused
+while a new purchase is on its way: cancelled and awaited, its committed frames kept, resumed
+later at its first missing frame. A failed delivery is retried after its backoff: a new
 purchase's at that moment (the 60-second promise), any other's in a wake window at most the
 profile's batch window later (daemon/radio.py).
 """
@@ -29,6 +31,7 @@ from daemon.backoff import Backoff
 from daemon.client import ServiceClient
 from daemon.clock import Clock
 from daemon.codec import Dictionary
+from daemon.config import DISK_FULL_PAUSE_S
 from daemon.crypto import WRAP_ALG, unwrap_content_key
 from daemon.errors import (
     DictionaryError,
@@ -50,12 +53,6 @@ from daemon.trust import verify_manifest
 
 _LOG = logging.getLogger("shelfsync.delivery")
 RECHECK_S = 30.0  # while the planner holds books back, look again this often
-
-
-# How long downloads stay paused after the file system reported itself full, before the free
-# space is looked at again: whoever filled the flash gets time to finish, and a full disk is not
-# hammered with writes that fail.
-DISK_FULL_PAUSE_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +157,8 @@ class DeliveryWorker:
                     self._policy.concurrency,
                     archive_slots=self._archive_slots(),
                 )
+                await self._pause(decided.pause, tasks)
+                fresh.difference_update(decided.pause)
                 for book_id in decided.evict:
                     self._store.evict_book(book_id, now)
                     log_event(_LOG, logging.INFO, "book_evicted", book=book_id, reason="space")
@@ -203,6 +202,23 @@ class DeliveryWorker:
             for task in tasks.values():
                 task.cancel()
             await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+    async def _pause(self, book_ids: list[str], tasks: dict[str, asyncio.Task[None]]) -> None:
+        """Stop these downloads for a new purchase: cancelled between frames, their committed
+        frames stay, and each resumes at its first missing frame when the planner starts it
+        again (as after a crash). Not a failure: no backoff is recorded."""
+        if not book_ids:
+            return
+        paused = [tasks[b] for b in book_ids]
+        for book_id, task in zip(book_ids, paused, strict=True):
+            task.cancel(plan.PAUSED_FOR_PURCHASE)
+            log_event(_LOG, logging.INFO, "delivery_paused", book=book_id, reason="new purchase")
+        # Still owned by `tasks` while they wind down: a stop meanwhile cancels and awaits them.
+        await asyncio.wait(paused)
+        for book_id, task in zip(book_ids, paused, strict=True):
+            del tasks[book_id]
+            if not task.cancelled():
+                task.result()  # it ended by itself just before: only a bug raises here
 
     def _retry_range(
         self, candidates: list[DeliveryCandidate], now: float, running: Collection[str]

@@ -12,7 +12,8 @@ Policy, in priority order (docs/PLANNING.md says why):
 3. Books the reader is likely to open next: the service's hints (a sample, a wish-list item, the
    next book of a series the reader is in) and books the reader opened lately that were evicted.
    A hint is never a new purchase nor a wanted book, however recent, unless the reader asks
-   for it; while a new purchase is on its way, nothing below the wanted books starts.
+   for it; while a new purchase is on its way, nothing below the wanted books starts, and any
+   such download already running is paused (it resumes at its first missing frame later).
 4. Refreshes: new versions of books that are readable in an older version.
 5. The archive: books bought before this device joined, never opened here. They stay in the
    cloud, but for the `archive_slots` most recently ordered (trip mode sets it).
@@ -39,6 +40,7 @@ LIKELY_NEXT_REASONS = frozenset({"sample", "wishlist", "series_next"})
 
 FRESH, WANTED, LIKELY_NEXT, REFRESH, ARCHIVE = range(5)
 _CLASS_NAMES = ("new purchase", "wanted", "likely next", "new version", "archive")
+PAUSED_FOR_PURCHASE = "paused: a new purchase is downloading"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,7 @@ class Plan:
     start: list[str]  # deliveries to start now, in order
     evict: list[str]  # books to remove from the device first, to make room
     waiting: dict[str, str] = field(default_factory=dict)  # book -> why it does not start
+    pause: list[str] = field(default_factory=list)  # running deliveries to stop, keeping frames
 
 
 def is_fresh(c: DeliveryCandidate, now: float) -> bool:
@@ -131,7 +134,17 @@ def plan_deliveries(
     concurrency: int,
     archive_slots: int = 0,
 ) -> Plan:
-    """The deliveries to start now and the evictions that make room for them."""
+    """The deliveries to start now, the running ones to pause, and the evictions that make
+    room for them."""
+    # A purchase running, starting or retrying: what is only likely to be read must not share
+    # its link (the 60-second promise); it starts, or resumes, once the purchase is in.
+    purchase_on_its_way = any(is_fresh(c, now) for c in candidates)
+    pause = sorted(
+        c.book_id
+        for c in candidates
+        if purchase_on_its_way and c.book_id in running and priority_class(c, now) > WANTED
+    )
+    running = {b for b in running if b not in pause}
     used = sum(b.held_bytes for b in held)
     room = min(budget.quota_bytes - used, budget.fs_free_bytes - budget.reserve_bytes)
     evictable = sorted(
@@ -155,18 +168,19 @@ def plan_deliveries(
     express = 1 if running_fresh == 0 else 0
     start: list[str] = []
     purchase_blocked = False  # a purchase waiting for room: nothing else may take that room
-    # A purchase running, starting or retrying: what is only likely to be read must not share
-    # its link (the 60-second promise); it starts once the purchase is in.
-    purchase_on_its_way = any(is_fresh(c, now) for c in candidates)
+    waiting.update((b, PAUSED_FOR_PURCHASE) for b in pause)
     for c in sorted(candidates, key=lambda c: _order(c, now)):
-        if c.book_id in running:
+        if c.book_id in running or c.book_id in pause:
             continue
         cls = priority_class(c, now)
         if purchase_blocked and cls != FRESH:
             waiting[c.book_id] = "held back: a new purchase is waiting for space"
             continue
         if purchase_on_its_way and cls > WANTED:
-            waiting[c.book_id] = "held back: a new purchase is downloading"
+            # Partly on the device: a download paused for the purchase, resumed after it.
+            waiting[c.book_id] = (
+                PAUSED_FOR_PURCHASE if c.held_bytes else "held back: a new purchase is downloading"
+            )
             continue
         if c.retry_at > now:
             waiting[c.book_id] = "retrying after a failure"
@@ -207,7 +221,7 @@ def plan_deliveries(
         evict.extend(b.book_id for b in victims)
         room += freed - need
         start.append(c.book_id)
-    return Plan(start, evict, waiting)
+    return Plan(start, evict, waiting, pause)
 
 
 def _victim_class(book: HeldBook, now: float) -> int:

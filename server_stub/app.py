@@ -264,11 +264,15 @@ async def changes(request: web.Request) -> web.Response:
 async def push(request: web.Request) -> web.WebSocketResponse:
     device = _device(request)
     store = request.app[STORE]
+    injector = request.app.get(FAULTS)
+    silence = fired(request).first("silence")
     return await request.app[HUB].serve(
         request,
         device.account_id,
         device.device_id,
         lambda: store.latest_seq(device.account_id, device.device_id),
+        silence=injector.wait_released if silence and injector else None,
+        hello_first=bool(silence and silence.after_hello),
     )
 
 

@@ -4,7 +4,7 @@ Rules are appended through the admin API and each fires on the next `times` requ
 matches. A rule matches a request when its route does ("any" is every non-admin route) and its
 kind applies there: `ignore_range` to the package, `bad_signature`/`replay_manifest` to the
 manifest, body faults (pause, truncate, corrupt) to any route with a body (not the WebSocket),
-`error`/`delay` everywhere.
+`silence` to the push channel, `error`/`delay` everywhere.
 
 `fault_middleware` fires the rules, answers `error`, waits out `delay`, records every request,
 and applies body faults to plain responses; handlers that stream (the package) send their body
@@ -28,7 +28,10 @@ from aiohttp.typedefs import Handler
 from server_stub.api_errors import ApiError, error_response, read_json_object
 from server_stub.logs import kv
 
-# "push": `error` refuses the WebSocket handshake, `delay` holds it (a proxy that blocks push).
+# "push": `error` refuses the WebSocket handshake, `delay` holds it (a proxy that blocks push),
+# `silence` accepts it and then passes nothing either way until released (a NAT that dropped
+# the mapping, a proxy that blackholes): no hello (unless `after_hello`: a channel that worked,
+# then went silent), no notification, no pong, no heartbeat.
 ROUTES = ("package", "manifest", "dictionary", "changes", "push", "receipts", "notices", "any")
 BODY_KINDS = ("pause", "truncate", "corrupt")
 _APPLIES: dict[str, tuple[str, ...] | None] = {  # kind -> routes it acts on (None: all)
@@ -40,6 +43,7 @@ _APPLIES: dict[str, tuple[str, ...] | None] = {  # kind -> routes it acts on (No
     "delay": None,
     "bad_signature": ("manifest",),
     "replay_manifest": ("manifest",),
+    "silence": ("push",),
 }
 NO_BODY_ROUTES = ("push",)  # the WebSocket: its "body" is frames, not bytes to cut
 MAX_LOGGED_REQUESTS = 100_000  # the oldest are dropped beyond this
@@ -58,6 +62,7 @@ class FaultRule:
     status: int = 503
     seconds: float = 0.0
     version: int = 0
+    after_hello: bool = False
 
     def matches(self, route: str) -> bool:
         if self.remaining <= 0 or self.route not in ("any", route):
@@ -79,6 +84,8 @@ class FaultRule:
             doc["seconds"] = self.seconds
         elif self.kind == "replay_manifest":
             doc["version"] = self.version
+        elif self.kind == "silence":
+            doc["after_hello"] = self.after_hello
         return doc
 
 
@@ -118,6 +125,11 @@ def parse_rule(doc: Any) -> FaultRule:
         rule.seconds = float(seconds)
     elif kind == "replay_manifest":
         rule.version = _int(doc, "version", 1, 2**53)
+    elif kind == "silence":
+        after_hello = doc.get("after_hello", False)
+        if not isinstance(after_hello, bool):
+            raise ValueError("'after_hello' must be true or false")
+        rule.after_hello = after_hello
     return rule
 
 
@@ -183,7 +195,8 @@ class FaultInjector:
         return fired
 
     def release(self) -> int:
-        """Release every paused body; later pauses wait for the next release."""
+        """Release every paused body and silenced push channel; later ones wait for the next
+        release."""
         released = self.paused
         self._release.set()
         self._release = asyncio.Event()

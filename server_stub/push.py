@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import WSCloseCode, web
@@ -39,15 +39,30 @@ class PushHub:
         account_id: str,
         device_id: str,
         latest_cursor: Callable[[], int],
+        silence: Callable[[], Awaitable[None]] | None = None,
+        hello_first: bool = False,
     ) -> web.WebSocketResponse:
-        """Serve one device's socket until it closes: hello first, then notifications."""
+        """Serve one device's socket until it closes: hello first, then notifications.
+
+        With `silence` (fault injection), the socket is accepted (and says hello, if
+        `hello_first`) and then passes nothing until `silence()` returns, when it is closed: not
+        registered (no notification), not read (the device's pings go unanswered), no heartbeat
+        of ours."""
         ws = web.WebSocketResponse(
-            heartbeat=HEARTBEAT,
+            heartbeat=None if silence else HEARTBEAT,
             timeout=CLOSE_TIMEOUT,
             max_msg_size=MAX_INCOMING,
             compress=False,
         )
         await ws.prepare(request)
+        if silence is not None:
+            log.info(kv("push_silenced", account_id=account_id, device_id=device_id))
+            if hello_first:
+                await ws.send_json({"type": "hello", "cursor": latest_cursor()})
+            await silence()
+            with contextlib.suppress(ConnectionError):
+                await ws.close(code=WSCloseCode.GOING_AWAY, message=b"link back")
+            return ws
         devices = self._sockets.setdefault(account_id, {})
         devices.setdefault(device_id, set()).add(ws)
         log.info(kv("push_connected", account_id=account_id, device_id=device_id))

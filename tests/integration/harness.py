@@ -19,9 +19,8 @@ from daemon.api_client import LocalApiClient
 from daemon.app import Daemon
 from daemon.client import AccountClient
 from daemon.clock import Clock
-from daemon.config import Settings
+from daemon.config import DISK_FULL_PAUSE_S, Settings
 from daemon.crypto import public_key_from_text
-from daemon.delivery import DISK_FULL_PAUSE_S
 from daemon.power import FakePower, PowerSource
 from daemon.profile import load_profile
 from server_stub.app import RunningStub

@@ -219,6 +219,24 @@ async def test_request_log_and_rule_management(device: Device) -> None:
     assert (await device.package())[0] == 200
 
 
+@pytest.mark.parametrize("after_hello", [False, True])
+async def test_silence_passes_nothing_on_the_push_channel_until_released(
+    device: Device, after_hello: bool
+) -> None:
+    await device.faults({"route": "push", "kind": "silence", "after_hello": after_hello})
+    async with device.api.session.ws_connect(
+        f"{device.stub.url}/v1/push", headers=device.headers, autoping=False
+    ) as ws:
+        if after_hello:
+            assert (await ws.receive_json(timeout=5))["type"] == "hello"
+        await ws.ping()
+        with pytest.raises(TimeoutError):
+            await ws.receive(timeout=0.5)  # no pong, no hello, no heartbeat
+        released = await device.api.call("POST", "/v1/admin/release")
+        assert released == {"released": 1}
+        assert (await ws.receive(timeout=5)).type == aiohttp.WSMsgType.CLOSE
+
+
 @pytest.mark.parametrize(
     ("rule", "problem"),
     [
@@ -229,6 +247,8 @@ async def test_request_log_and_rule_management(device: Device) -> None:
         ({"route": "package", "kind": "error", "status": 200}, "'status' must be an integer"),
         ({"route": "any", "kind": "delay", "seconds": "1"}, "'seconds' must be a number"),
         ({"route": "any", "kind": "error", "times": 0}, "'times' must be an integer"),
+        ({"route": "package", "kind": "silence"}, "applies only to route push"),
+        ({"route": "push", "kind": "silence", "after_hello": 1}, "'after_hello' must be"),
     ],
 )
 async def test_bad_rules_are_refused(device: Device, rule: dict[str, Any], problem: str) -> None:

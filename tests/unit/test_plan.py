@@ -12,6 +12,7 @@ from daemon.plan import (
     FRESH_WINDOW_S,
     LIKELY_NEXT,
     LIKELY_NEXT_REASONS,
+    PAUSED_FOR_PURCHASE,
     WANTED,
     Budget,
     HeldBook,
@@ -92,6 +93,18 @@ def test_plan_invariants(
     plan = plan_deliveries(
         cands, held, budget, NOW, running, running_fresh, concurrency, archive_slots
     )
+    # A hint never delays a purchase: while one is on its way, nothing below the wanted books
+    # is left running, and a purchase never pauses another purchase nor a wanted book.
+    assert set(plan.pause) <= running
+    assert all(priority_class(by_id[b], NOW) > WANTED for b in plan.pause)
+    outcome = (running - set(plan.pause)) | set(plan.start)
+    if any(is_fresh(c, NOW) for c in cands):
+        assert all(priority_class(by_id[b], NOW) <= WANTED for b in outcome if b in by_id)
+        assert all(plan.waiting[b] == PAUSED_FOR_PURCHASE for b in plan.pause)
+    else:
+        assert plan.pause == []
+    assert not set(plan.start) & set(plan.pause), "a paused book does not start again at once"
+    running = running - set(plan.pause)  # a paused book's room is planned again on resume
     archived = [b for b in plan.start if priority_class(by_id[b], NOW) == ARCHIVE]
     assert len(archived) <= archive_slots, "the archive stays in the cloud but for a trip"
     held_by_id = {b.book_id: b for b in held}
@@ -197,6 +210,24 @@ def test_purchases_then_wanted_then_likely_next_then_refreshes_then_archive() ->
         assert plan.start == ["fresh", "wanted"][len(running) :]
         for book_id in ("sample", "refresh"):
             assert plan.waiting[book_id] == "held back: a new purchase is downloading"
+
+
+def test_a_purchase_pauses_a_running_hint_refresh_or_archive_book_but_no_order() -> None:
+    running = {
+        "sample": candidate("sample", reason="sample", wanted=False),
+        "refresh": candidate("refresh", has_readable_version=True),
+        "archive": candidate("archive", wanted=False),
+        "wanted": candidate("wanted"),
+        "older purchase": candidate("older purchase", ordered_at=NOW - 60),
+    }
+    fresh = candidate("fresh", ordered_at=NOW - 1)
+    plan = plan_deliveries([*running.values(), fresh], [], ROOMY, NOW, running.keys(), 1, 5, 1)
+    assert plan.pause == ["archive", "refresh", "sample"]
+    assert plan.start == ["fresh"]  # in a slot the paused downloads gave back
+    assert all(plan.waiting[b] == PAUSED_FOR_PURCHASE for b in plan.pause)
+    # Once the purchase is whole, they start again (at their first missing frame).
+    plan = plan_deliveries(list(running.values())[:3], [], ROOMY, NOW, set(), 0, 5, 1)  # a trip
+    assert (sorted(plan.start), plan.pause) == (["archive", "refresh", "sample"], [])
 
 
 def test_a_hint_is_likely_next_however_recent_until_the_reader_asks_for_it() -> None:
