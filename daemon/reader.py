@@ -1,8 +1,9 @@
 """Reading a resource back: its stored frames, verified, opened and decoded, sliced to it.
 
-Each frame is checked three ways before a byte of it is served: its SHA-256 against the signed
-manifest, its AEAD tag under the book's content key (unwrapped with this device's key only when
-the book is read), and a zstd decode bounded by the manifest's sizes and the device's window cap.
+Each frame is checked three ways before a byte of it is served: the nonce its bytes began with
+when they were committed (after their SHA-256 matched the signed manifest), its AEAD tag under the
+book's content key (unwrapped with this device's key only when the book is read), and a zstd
+decode bounded by the manifest's sizes and the device's window cap.
 Frames are loaded one at a time, so memory stays at one frame whatever the resource's size, and
 decoded only as far as the resource being read ends (`codec.FrameDecoder`): turning to the first
 chapter of a 2 MiB frame decodes that chapter, and the next page goes on from there.
@@ -17,10 +18,11 @@ from collections.abc import Iterator
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from daemon.codec import Dictionary, FrameDecoder
-from daemon.crypto import open_frame, unwrap_content_key
+from daemon.crypto import NONCE_BYTES, open_frame, unwrap_content_key
 from daemon.errors import (
     DecodeError,
     DictionaryError,
+    FrameAuthError,
     FrameHashError,
     KeyUnwrapError,
     NotOnDeviceError,
@@ -140,17 +142,26 @@ def _open_stored(
     store: Store, resource: ResourceRow, opener: FrameOpener, idx: int
 ) -> FrameDecoder:
     book_id, version = resource.book_id, resource.version
-    frame, data = store.frame(book_id, version, idx)
+    frame, data, seal_nonce = store.frame(book_id, version, idx)
     if data is None:
         raise NotOnDeviceError(book_id, resource.path, 1)
-    if hashlib.sha256(data).hexdigest() != frame.sha256:
-        raise FrameHashError(
-            f"stored frame {idx} of {book_id} v{version} no longer matches its manifest",
-            book_id,
-            version,
-            idx,
-        )
-    packed = open_frame(opener.content_key(store, book_id, version), book_id, data)
+
+    def altered(how: str) -> FrameHashError:
+        message = f"stored frame {idx} of {book_id} v{version} {how}"
+        return FrameHashError(message, book_id, version, idx)
+
+    # The nonce the bytes began with when committed (and hashed) binds them to this row; the
+    # AEAD tag vouches for the rest, so the whole frame is not hashed again on every read.
+    if seal_nonce is None or data[:NONCE_BYTES] != seal_nonce:
+        raise altered("is not the one committed (swapped or overwritten on the device)")
+    try:
+        packed = open_frame(opener.content_key(store, book_id, version), book_id, data)
+    except FrameAuthError as e:
+        # Altered at rest (fetch it again), or sealed wrong by the service (do not: it would
+        # come back the same): only the manifest's hash tells which.
+        if hashlib.sha256(data).hexdigest() != frame.sha256:
+            raise altered("no longer matches its manifest") from e
+        raise
     return FrameDecoder(
         packed,
         frame.codec,

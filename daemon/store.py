@@ -21,6 +21,7 @@ from typing import Any
 
 import apsw
 
+from daemon.crypto import NONCE_BYTES
 from daemon.errors import DiskFullError, SchemaTooNewError, StoreError
 from daemon.manifest import Manifest, WrappedKey, toc_to_doc
 from daemon.models import CommitResult, DeliveryCandidate, FrameRow, LibraryChange, ResourceRow
@@ -428,6 +429,11 @@ class Store:
                     " WHERE book_id = ? AND version = ?",
                     key,
                 )
+                db.execute(
+                    f"UPDATE frames SET seal_nonce = substr(data, 1, {NONCE_BYTES})"
+                    " WHERE book_id = ? AND version = ? AND data IS NOT NULL",
+                    key,
+                )
             db.execute(
                 "INSERT INTO trusted_versions (book_id, version) VALUES (?, ?)"
                 " ON CONFLICT (book_id) DO UPDATE SET version = max(version, excluded.version)",
@@ -499,8 +505,8 @@ class Store:
         """Store one verified frame; note first-chapter and completion times as they happen."""
         with self.transaction() as db:
             db.execute(
-                "UPDATE frames SET data = ? WHERE book_id = ? AND version = ? AND idx = ?"
-                " AND data IS NULL",
+                f"UPDATE frames SET data = ?1, seal_nonce = substr(?1, 1, {NONCE_BYTES})"
+                " WHERE book_id = ?2 AND version = ?3 AND idx = ?4 AND data IS NULL",
                 (data, book_id, version, idx),
             )
             if self._db.changes() == 0:
@@ -726,15 +732,19 @@ class Store:
             raise StoreError(f"{book_id} v{version} has no frame {idx}")
         return FrameRow(*row)
 
-    def frame(self, book_id: str, version: int, idx: int) -> tuple[FrameRow, bytes | None]:
+    def frame(
+        self, book_id: str, version: int, idx: int
+    ) -> tuple[FrameRow, bytes | None, bytes | None]:
+        """The frame's row, its stored bytes (None until committed) and the nonce they began
+        with when committed."""
         row = self.one(
-            f"SELECT {_FRAME_COLUMNS}, data FROM frames WHERE book_id = ? AND version = ?"
-            " AND idx = ?",
+            f"SELECT {_FRAME_COLUMNS}, data, seal_nonce FROM frames"
+            " WHERE book_id = ? AND version = ? AND idx = ?",
             (book_id, version, idx),
         )
         if row is None:
             raise StoreError(f"{book_id} v{version} has no frame {idx}")
-        return FrameRow(*row[:7]), row[7]
+        return FrameRow(*row[:7]), row[7], row[8]
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:

@@ -23,7 +23,13 @@ from daemon.errors import DictionaryError, ManifestError
 from daemon.manifest import encode_manifest
 from server_stub.epub import EpubError, read_epub
 from server_stub.logs import kv
-from server_stub.packaging import FRAME_SIZE, book_id_for, build_package, is_text
+from server_stub.packaging import (
+    FRAME_SIZE,
+    PACKAGE_LAYOUT,
+    book_id_for,
+    build_package,
+    is_text,
+)
 from server_stub.store import Change, NewVersion, Store
 
 log = logging.getLogger("server_stub.catalog")
@@ -77,11 +83,15 @@ def import_library(
         return report
     paths = sorted(p for p in library_dir.glob("*.epub") if p.is_file())
     dictionary = _dictionary(store, paths, clock)
+    repackage = store.package_layout() != PACKAGE_LAYOUT
+    if repackage:
+        log.info(kv("catalog_repackaged", layout_was=store.package_layout(), layout=PACKAGE_LAYOUT))
     for path in paths:
-        problem = _import_one(store, path, claimed, report, clock, settings, dictionary)
+        problem = _import_one(store, path, claimed, report, clock, settings, dictionary, repackage)
         if problem is not None:
             report.refused.append((path, problem))
             log.warning(kv("epub_refused", file=path, problem=problem))
+    store.set_package_layout(PACKAGE_LAYOUT)
     log.info(
         kv(
             "library_imported",
@@ -140,14 +150,16 @@ def _import_one(
     clock: Callable[[], float],
     settings: PackagingSettings,
     dictionary: Dictionary | None,
+    repackage: bool,
 ) -> str | None:
-    """Import one file; return the problem if it is refused."""
+    """Import one file; return the problem if it is refused. `repackage`: the catalog is in an
+    older packaging layout, so an EPUB already imported is packaged again all the same."""
     try:
         epub_sha256, epub_size = _file_sha256(path)
     except OSError as e:
         return f"cannot read the file ({e.strerror or e})"
 
-    known = store.book_for_epub(epub_sha256)
+    known = None if repackage else store.book_for_epub(epub_sha256)
     if known is not None:
         if known in claimed:
             return f"same book ({known}) as {claimed[known].name}"

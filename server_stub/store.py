@@ -935,6 +935,18 @@ class Store:
 
     # -- popular highlights ---------------------------------------------------------------------
 
+    def package_layout(self) -> int:
+        """The packaging layout the catalog's books are in (1: before the layout was recorded)."""
+        row = self._one("SELECT value FROM settings WHERE key = 'package_layout'")
+        return int(row[0]) if row else 1
+
+    def set_package_layout(self, layout: int) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO settings (key, value) VALUES ('package_layout', ?)",
+                (str(layout),),
+            )
+
     def popular_threshold(self) -> int:
         row = self._one("SELECT value FROM settings WHERE key = 'popular_threshold'")
         return int(row[0]) if row else POPULAR_THRESHOLD

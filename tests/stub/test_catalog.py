@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from server_stub.catalog import import_library
+from server_stub.catalog import PackagingSettings, import_library
+from server_stub.packaging import PACKAGE_LAYOUT
 from server_stub.store import Store
 from tests.conftest import StubImport
 from tests.stub.helpers import epub_files, write_epub
@@ -108,6 +109,34 @@ def test_changed_file_becomes_a_new_version_and_notifies_holders(tmp_path: Path)
         third = import_library(store, library)
         assert [b.version for b in third.unchanged] == [2]
         assert not third.updated
+        assert len(import_library(store, library).unchanged) == 1
+    finally:
+        store.close()
+
+
+def test_a_catalog_packaged_by_an_older_layout_is_repackaged_as_new_versions(
+    tmp_path: Path,
+) -> None:
+    """A stub data folder from before a packaging change (there: manifest format 1) must not keep
+    serving what devices can no longer read; devices fetch the new version as an update."""
+    library = tmp_path / "library"
+    write_epub(library / "book.epub", epub_files(text="Chapter " * 2000))
+    store = Store.open(tmp_path / "data")
+    try:
+        # Level 1 stands for the older layout: the same EPUB, other package bytes.
+        first = import_library(store, library, settings=PackagingSettings(level=1))
+        book_id = first.imported[0].book_id
+        holder, _ = store.create_account("holder", 1.0)
+        store.add_to_library(holder, book_id, None, "bought", 2.0)
+        assert len(import_library(store, library).unchanged) == 1  # same layout: nothing to do
+
+        store.set_package_layout(PACKAGE_LAYOUT - 1)
+        again = import_library(store, library, settings=PackagingSettings(level=3))
+        assert [(b.book_id, b.version) for b in again.updated] == [(book_id, 2)]
+        assert [(c.account_id, c.action, c.version) for c in again.changes] == [
+            (holder, "update", 2)
+        ]
+        assert store.package_layout() == PACKAGE_LAYOUT
         assert len(import_library(store, library).unchanged) == 1
     finally:
         store.close()

@@ -11,7 +11,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from daemon import receipt_store
-from daemon.errors import FrameAuthError, KeyUnwrapError, SchemaTooNewError, StoreError
+from daemon.errors import (
+    FrameAuthError,
+    FrameHashError,
+    KeyUnwrapError,
+    SchemaTooNewError,
+    StoreError,
+)
 from daemon.models import LibraryChange
 from daemon.plan import is_fresh
 from daemon.reader import FrameOpener, read_resource
@@ -156,6 +162,48 @@ def test_a_frame_sealed_for_another_book_is_never_served(tmp_path: Path) -> None
     resource = store.resource("bk_test", FILES[0][0])
     assert resource is not None
     with pytest.raises(FrameAuthError, match="failed authentication"):
+        read_resource(store, resource, opener())
+
+
+def complete_book(path: Path) -> Store:
+    store = Store.open(path)
+    manifest, package = make_manifest(FILES)
+    store.apply_library_changes([bought()], 1, NOW)
+    store.record_manifest(manifest, b"envelope", NOW)
+    for i, data in enumerate(frames_of(package, manifest.frames)):
+        store.commit_frame("bk_test", 1, i, data, NOW)
+    return store
+
+
+def test_frames_swapped_at_rest_are_refused_and_named_for_fetching_again(tmp_path: Path) -> None:
+    """FAULTS #19: both blobs authenticate (same book, same key); their nonces give them away."""
+    store = complete_book(tmp_path / "db")
+    raw = apsw.Connection(str(tmp_path / "db"))
+    blobs = dict(raw.execute("SELECT idx, data FROM frames WHERE idx IN (0, 1)"))
+    raw.execute("UPDATE frames SET data = ? WHERE idx = 0", (blobs[1],))
+    raw.execute("UPDATE frames SET data = ? WHERE idx = 1", (blobs[0],))
+    raw.close()
+    for idx in (0, 1):
+        resource = store.resource("bk_test", FILES[idx][0])
+        assert resource is not None
+        with pytest.raises(FrameHashError, match="is not the one committed") as caught:
+            read_resource(store, resource, opener())
+        assert (caught.value.book_id, caught.value.version, caught.value.idx) == ("bk_test", 1, idx)
+    resource = store.resource("bk_test", FILES[2][0])
+    assert resource is not None
+    assert read_resource(store, resource, opener()) == FILES[2][1]
+
+
+def test_a_byte_altered_at_rest_is_refused_and_named_for_fetching_again(tmp_path: Path) -> None:
+    store = complete_book(tmp_path / "db")
+    raw = apsw.Connection(str(tmp_path / "db"))
+    [(data,)] = raw.execute("SELECT data FROM frames WHERE idx = 1")
+    flipped = data[:40] + bytes([data[40] ^ 1]) + data[41:]
+    raw.execute("UPDATE frames SET data = ? WHERE idx = 1", (flipped,))
+    raw.close()
+    resource = store.resource("bk_test", FILES[1][0])
+    assert resource is not None
+    with pytest.raises(FrameHashError, match="no longer matches its manifest"):
         read_resource(store, resource, opener())
 
 
