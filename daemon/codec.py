@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Protocol
 
 import zstandard
 
@@ -84,26 +85,28 @@ def decode_bounded(data: bytes, max_size: int) -> bytes:
 
 
 def _frame_decompressor(
-    data: bytes,
+    header: bytes,
     codec: str,
     plain_size: int,
+    payload_size: int,
     window_cap: int,
     dictionary: Dictionary | None,
     max_plain: int,
 ) -> zstandard.ZstdDecompressor | None:
-    """The decompressor for one frame whose header passed every bound; None for a raw frame."""
+    """The decompressor for one frame of `payload_size` compressed bytes, beginning with
+    `header`, whose header passed every bound; None for a raw frame."""
     if not 0 < plain_size <= max_plain:
         raise DecodeError(f"declared plaintext size {plain_size} is outside (0, {max_plain}]")
     if codec == "raw":
-        if len(data) != plain_size:
-            raise DecodeError(f"raw frame is {len(data)} bytes, manifest says {plain_size}")
+        if payload_size != plain_size:
+            raise DecodeError(f"raw frame is {payload_size} bytes, manifest says {plain_size}")
         return None
     if codec not in ("zstd", "zstd-dict"):
         raise DecodeError(f"unknown codec {codec!r}")
     if codec == "zstd-dict" and dictionary is None:
         raise DictionaryError("the frame needs a dictionary that is not on the device")
     try:
-        params = zstandard.get_frame_parameters(data)
+        params = zstandard.get_frame_parameters(header)
     except zstandard.ZstdError as e:
         raise DecodeError(f"not a zstd frame: {e}") from e
     if params.content_size != plain_size:
@@ -143,7 +146,9 @@ def decode_frame(
     max_plain: int = MAX_FRAME_PLAIN,
 ) -> bytes:
     """Decode one frame that already matched its hash and authenticated; raise DecodeError."""
-    decompressor = _frame_decompressor(data, codec, plain_size, window_cap, dictionary, max_plain)
+    decompressor = _frame_decompressor(
+        data, codec, plain_size, len(data), window_cap, dictionary, max_plain
+    )
     if decompressor is None:
         return data
     decoder = decompressor.decompressobj()
@@ -155,11 +160,45 @@ def decode_frame(
     return plain
 
 
+class ChunkSource(Protocol):
+    """A frame's compressed bytes, authenticated a chunk at a time (daemon.crypto.SealedFrame)."""
+
+    @property
+    def chunk_size(self) -> int: ...  # bytes per chunk; the last one may be shorter
+
+    @property
+    def payload_size(self) -> int: ...  # compressed bytes in all
+
+    def chunk(self, index: int) -> bytes: ...
+
+
+class WholePayload:
+    """A ChunkSource of one chunk: compressed bytes already authenticated whole."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    @property
+    def chunk_size(self) -> int:
+        return max(1, len(self._data))
+
+    @property
+    def payload_size(self) -> int:
+        return len(self._data)
+
+    def chunk(self, index: int) -> bytes:
+        if index != 0:
+            raise DecodeError(f"a whole payload has no chunk {index}")
+        return self._data
+
+
 class FrameDecoder:
-    """One frame that already matched its hash and authenticated, decoded only as far as reads
-    need: a reader turning to the first chapter of a 2 MiB frame pays for that chapter, not for
+    """One frame, decoded only as far as reads need: a reader turning to the first chapter of a
+    2 MiB frame pays for that chapter (and the chunks of it that must be authenticated), not for
     the frame. Bounded exactly as `decode_frame` (the header is checked before any decoding, and
-    the end of the frame when it is reached); raises DecodeError.
+    the end of the frame when it is reached); raises DecodeError. Each read names the source of
+    the frame's chunks as it is now (a store read inside the caller's snapshot), so the decoder
+    holds decoding state only, never a database handle.
     """
 
     # Compressed bytes fed to zstd per step: small, so a read overshoots what it needs by little
@@ -168,20 +207,24 @@ class FrameDecoder:
 
     def __init__(
         self,
-        data: bytes,
+        source: ChunkSource,
         codec: str,
         plain_size: int,
         window_cap: int,
         dictionary: Dictionary | None = None,
     ) -> None:
-        decompressor = _frame_decompressor(
-            data, codec, plain_size, window_cap, dictionary, MAX_FRAME_PLAIN
-        )
         self.plain_size = plain_size
+        self._payload_size = source.payload_size
+        # A zstd frame's header is in its first chunk; a raw frame needs none of it yet.
+        first = b"" if codec == "raw" else source.chunk(0)
+        decompressor = _frame_decompressor(
+            first, codec, plain_size, source.payload_size, window_cap, dictionary, MAX_FRAME_PLAIN
+        )
         self._decoder = None if decompressor is None else decompressor.decompressobj()
-        self._data = b"" if decompressor is None else data  # compressed, still to be fed
+        self._raw = decompressor is None  # served chunk by chunk, as it is
+        self._pending = memoryview(first)  # authenticated, not yet fed to zstd
+        self._next_chunk = 1
         self._fed = 0
-        self._raw = data if decompressor is None else None  # served as it is
         self._plain = bytearray()  # decoded so far
 
     @property
@@ -191,31 +234,44 @@ class FrameDecoder:
     def memory_bytes(self) -> int:
         """What this decoder holds: the plaintext so far, plus zstd's window while decoding."""
         window = 0 if self._decoder is None else self.plain_size
-        return len(self._data) + len(self._raw or self._plain) + window
+        return len(self._pending) + len(self._plain) + window
 
-    def slice(self, start: int, end: int) -> bytes:
+    def slice(self, start: int, end: int, source: ChunkSource) -> bytes:
         """Plaintext bytes [start, end) of the frame, decoding as far as `end` first."""
         if not 0 <= start <= end <= self.plain_size:
             raise DecodeError(f"[{start}, {end}) is outside a frame of {self.plain_size} bytes")
-        if self._raw is not None:
-            return self._raw[start:end]
+        if self._raw:
+            if start == end:
+                return b""
+            size = source.chunk_size
+            first, last = start // size, (end - 1) // size
+            data = b"".join(source.chunk(i) for i in range(first, last + 1))
+            return data[start - first * size : end - first * size]
         if self._decoder is not None and len(self._plain) < end:
-            self._decode_to(self._decoder, end)
+            self._decode_to(self._decoder, end, source)
         with memoryview(self._plain) as view:
             return bytes(view[start:end])
 
-    def _decode_to(self, decoder: zstandard.ZstdDecompressionObj, end: int) -> None:
+    def _decode_to(
+        self, decoder: zstandard.ZstdDecompressionObj, end: int, source: ChunkSource
+    ) -> None:
         plain = self._plain
+        chunks = -(-self._payload_size // source.chunk_size) if self._payload_size else 1
+        # Asked for the whole rest of the frame: whole chunks at a time, which zstd does fastest.
+        step = source.chunk_size if end == self.plain_size else self.STEP
         try:
-            # Asked for the whole rest of the frame: one call, which zstd does fastest.
-            size = len(self._data) if end == self.plain_size else self.STEP
-            while len(plain) < end and self._fed < len(self._data) and not decoder.eof:
-                step = self._data[self._fed : self._fed + size]
-                self._fed += len(step)
-                plain += decoder.decompress(step)
+            while len(plain) < end and not decoder.eof:
+                if not self._pending:
+                    if self._next_chunk >= chunks:
+                        break
+                    self._pending = memoryview(source.chunk(self._next_chunk))
+                    self._next_chunk += 1
+                piece, self._pending = self._pending[:step], self._pending[step:]
+                self._fed += len(piece)
+                plain += decoder.decompress(piece)
         except zstandard.ZstdError as e:
             raise DecodeError(f"zstd frame is corrupt: {e}") from e
-        if decoder.eof or self._fed == len(self._data):
-            _check_end(decoder, len(plain), self.plain_size, len(self._data) - self._fed)
+        if decoder.eof or (self._next_chunk >= chunks and not self._pending):
+            _check_end(decoder, len(plain), self.plain_size, self._payload_size - self._fed)
             self._decoder = None  # frees zstd's window
-            self._data = b""
+            self._pending = memoryview(b"")

@@ -19,6 +19,7 @@ import binascii
 import hashlib
 import hmac
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -112,36 +113,117 @@ def open_envelope(envelope: bytes, pinned: Ed25519PublicKey) -> bytes:
 #
 # Each book has one content key (32 random bytes, kept by the service across versions). Every
 # frame is sealed once with ChaCha20-Poly1305 (fast in software on ARM cores without AES
-# instructions), so the package is the same for every device. The nonce is synthetic,
-# HMAC(content key, compressed frame)[:12]: the same frame seals to the same bytes in every
-# version (a revision re-sends only changed frames) and different frames never share a nonce.
-# The associated data binds a frame to its book; the manifest's per-frame SHA-256 binds it to its
-# place. The manifest carries the content key wrapped for one device: X25519 with an ephemeral
-# service key, HKDF-SHA256, ChaCha20-Poly1305.
+# instructions), so the package is the same for every device. A sealed frame is an 8-byte
+# synthetic nonce prefix, HMAC(content key, "nonce\0" ‖ compressed frame)[:8], then the
+# compressed frame in chunks of SEAL_CHUNK bytes, each sealed on its own with the nonce
+# prefix ‖ u32 (chunk index times 2, plus 1 for the last chunk): a read authenticates only the
+# chunks it needs (the first page of a 2 MiB frame, one small picture in a 1 MiB frame of
+# pictures), which on a slow ARM core is the difference between a millisecond and tens of them.
+# The index in the nonce fixes each chunk's place and the last-chunk bit its end, so chunks cannot
+# be reordered, dropped or moved between frames; the same frame seals to the same bytes in every
+# version (a revision re-sends only changed frames). The associated data binds a frame to its
+# book; the manifest's per-frame SHA-256 binds it to its place (in transit; at rest, the store
+# keeps the first bytes of each frame as committed). The manifest carries the content key wrapped
+# for one device: X25519 with an ephemeral service key, HKDF-SHA256, ChaCha20-Poly1305.
+#
+# Frames stored by a daemon before manifest format 2 were sealed whole (one AEAD message, a
+# 12-byte synthetic nonce, FRAME_AAD): `open_whole_frame` still reads them.
 
-FRAME_AAD = b"shelfsync-frame-v1\x00"
+CHUNK_AAD = b"shelfsync-chunk-v1\x00"
+FRAME_AAD = b"shelfsync-frame-v1\x00"  # of frames sealed whole, before manifest format 2
 WRAP_INFO = b"shelfsync-content-key-v1\x00"
 WRAP_ALG = "x25519-hkdf-sha256-chacha20poly1305"
-NONCE_BYTES = 12
+NONCE_BYTES = 12  # ChaCha20-Poly1305's
+NONCE_PREFIX_BYTES = 8  # of a frame's chunk nonces; the other 4 number the chunk
 TAG_BYTES = 16
-FRAME_OVERHEAD = NONCE_BYTES + TAG_BYTES
+SEAL_CHUNK = 64 * 1024  # bytes of compressed frame per sealed chunk
+_SEALED_CHUNK = SEAL_CHUNK + TAG_BYTES
 
 
 def new_content_key() -> bytes:
     return ChaCha20Poly1305.generate_key()
 
 
+def sealed_size(payload_size: int) -> int:
+    """Bytes of a sealed frame whose compressed frame is `payload_size` bytes."""
+    chunks = max(1, -(-payload_size // SEAL_CHUNK))
+    return NONCE_PREFIX_BYTES + payload_size + chunks * TAG_BYTES
+
+
+def _chunk_nonce(prefix: bytes, index: int, last: bool) -> bytes:
+    return prefix + (index * 2 + last).to_bytes(4, "big")
+
+
 def seal_frame(content_key: bytes, book_id: str, payload: bytes) -> bytes:
-    nonce = hmac.new(content_key, b"nonce\x00" + payload, hashlib.sha256).digest()[:NONCE_BYTES]
-    return nonce + ChaCha20Poly1305(content_key).encrypt(
-        nonce, payload, FRAME_AAD + book_id.encode()
-    )
+    prefix = hmac.new(content_key, b"nonce\x00" + payload, hashlib.sha256).digest()
+    prefix = prefix[:NONCE_PREFIX_BYTES]
+    aead, aad = ChaCha20Poly1305(content_key), CHUNK_AAD + book_id.encode()
+    starts = range(0, max(1, len(payload)), SEAL_CHUNK)
+    sealed = [prefix]
+    for index, start in enumerate(starts):
+        nonce = _chunk_nonce(prefix, index, index == len(starts) - 1)
+        sealed.append(aead.encrypt(nonce, payload[start : start + SEAL_CHUNK], aad))
+    return b"".join(sealed)
+
+
+class SealedFrame:
+    """A sealed frame, opened chunk by chunk (a `codec.ChunkSource`). `read(offset, size)` gives
+    bytes of the sealed frame (the store reads them incrementally); every chunk returned has
+    been authenticated."""
+
+    chunk_size = SEAL_CHUNK
+
+    def __init__(
+        self,
+        content_key: bytes,
+        book_id: str,
+        sealed_size: int,
+        read: Callable[[int, int], bytes],
+        prefix: bytes | None = None,  # its first bytes, when the caller read them already
+    ) -> None:
+        self.book_id = book_id
+        self._sealed_size = sealed_size
+        body = sealed_size - NONCE_PREFIX_BYTES
+        self.chunks = -(-body // _SEALED_CHUNK) if body > 0 else 0
+        self.payload_size = body - self.chunks * TAG_BYTES
+        if self.chunks == 0 or self.payload_size < (self.chunks - 1) * SEAL_CHUNK + (
+            self.chunks > 1
+        ):
+            raise FrameAuthError(f"a frame of {book_id} is {sealed_size} bytes: not a sealed frame")
+        self._aead = ChaCha20Poly1305(content_key)
+        self._aad = CHUNK_AAD + book_id.encode()
+        self._read = read
+        self._prefix = (prefix or read(0, NONCE_PREFIX_BYTES))[:NONCE_PREFIX_BYTES]
+
+    @classmethod
+    def in_memory(cls, content_key: bytes, book_id: str, sealed: bytes) -> SealedFrame:
+        return cls(content_key, book_id, len(sealed), lambda offset, n: sealed[offset : offset + n])
+
+    def chunk(self, index: int) -> bytes:
+        """Compressed bytes [index * SEAL_CHUNK, ...) of the frame, authenticated."""
+        if not 0 <= index < self.chunks:
+            raise FrameAuthError(f"a frame of {self.book_id} has no chunk {index}")
+        start = NONCE_PREFIX_BYTES + index * _SEALED_CHUNK
+        size = min(_SEALED_CHUNK, self._sealed_size - start)
+        nonce = _chunk_nonce(self._prefix, index, index == self.chunks - 1)
+        try:
+            return self._aead.decrypt(nonce, self._read(start, size), self._aad)
+        except InvalidTag as e:
+            raise FrameAuthError(
+                f"chunk {index} of a frame of {self.book_id} failed authentication"
+            ) from e
 
 
 def open_frame(content_key: bytes, book_id: str, sealed: bytes) -> bytes:
-    """The compressed frame inside `sealed`; raise FrameAuthError if it was not sealed by this
-    book's key (tampered, truncated, or taken from another book)."""
-    if len(sealed) < FRAME_OVERHEAD:
+    """The whole compressed frame inside `sealed`; raise FrameAuthError if it was not sealed by
+    this book's key (tampered, truncated, or taken from another book)."""
+    frame = SealedFrame.in_memory(content_key, book_id, sealed)
+    return b"".join(frame.chunk(i) for i in range(frame.chunks))
+
+
+def open_whole_frame(content_key: bytes, book_id: str, sealed: bytes) -> bytes:
+    """A frame sealed whole, as before manifest format 2; raise FrameAuthError."""
+    if len(sealed) < NONCE_BYTES + TAG_BYTES:
         raise FrameAuthError(f"frame of {book_id} is {len(sealed)} bytes, too short to be sealed")
     try:
         return ChaCha20Poly1305(content_key).decrypt(

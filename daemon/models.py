@@ -47,6 +47,16 @@ class FrameRow:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredFrame:
+    """Where a committed frame's bytes lie in the store, for incremental reads."""
+
+    blob_id: int  # the frames row's rowid
+    size: int  # bytes stored
+    seal_nonce: bytes | None  # its first bytes when committed (daemon/sql/0007)
+    sealed_in_chunks: bool  # False: sealed whole, by a daemon before manifest format 2
+
+
+@dataclass(frozen=True, slots=True)
 class ResourceRow:
     book_id: str
     version: int

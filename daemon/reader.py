@@ -17,8 +17,8 @@ from collections.abc import Iterator
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from daemon.codec import Dictionary, FrameDecoder
-from daemon.crypto import NONCE_BYTES, open_frame, unwrap_content_key
+from daemon.codec import ChunkSource, Dictionary, FrameDecoder, WholePayload
+from daemon.crypto import NONCE_BYTES, SealedFrame, open_whole_frame, unwrap_content_key
 from daemon.errors import (
     DecodeError,
     DictionaryError,
@@ -123,11 +123,24 @@ def resource_pieces(store: Store, resource: ResourceRow, opener: FrameOpener) ->
     end = resource.offset + resource.size
     for idx in range(resource.first_frame, resource.last_frame + 1):
         frame = store.frame_row(book_id, version, idx)
-        decoder = opener.cached(frame.sha256) or _open_stored(store, resource, opener, idx)
         lo = max(resource.offset, frame.plain_offset) - frame.plain_offset
         hi = min(end, frame.plain_offset + frame.plain_size) - frame.plain_offset
         try:
-            piece = decoder.slice(lo, hi)
+            source = _StoredChunks(store, resource, opener, idx)
+            decoder = opener.cached(frame.sha256) or FrameDecoder(
+                source,
+                frame.codec,
+                frame.plain_size,
+                opener.window_cap,
+                opener.dictionary(store, book_id, version),
+            )
+            piece = decoder.slice(lo, hi, source)
+        except FrameAuthError as e:
+            opener.forget(frame.sha256)
+            altered = _altered_at_rest(store, resource, idx)
+            if altered is None:
+                raise
+            raise altered from e
         except DecodeError:
             opener.forget(frame.sha256)
             raise
@@ -138,36 +151,73 @@ def resource_pieces(store: Store, resource: ResourceRow, opener: FrameOpener) ->
         yield piece
 
 
-def _open_stored(
-    store: Store, resource: ResourceRow, opener: FrameOpener, idx: int
-) -> FrameDecoder:
+class _StoredChunks:
+    """A stored frame's chunks (a ChunkSource), each authenticated as it is read. Opened only
+    when a read needs a chunk: a page already decoded in the cache costs no store read."""
+
+    def __init__(self, store: Store, resource: ResourceRow, opener: FrameOpener, idx: int) -> None:
+        self._store, self._resource, self._opener, self._idx = store, resource, opener, idx
+        self._opened: ChunkSource | None = None
+
+    @property
+    def chunk_size(self) -> int:
+        return self._open().chunk_size
+
+    @property
+    def payload_size(self) -> int:
+        return self._open().payload_size
+
+    def chunk(self, index: int) -> bytes:
+        return self._open().chunk(index)
+
+    def _open(self) -> ChunkSource:
+        if self._opened is None:
+            self._opened = self._open_stored()
+        return self._opened
+
+    def _open_stored(self) -> ChunkSource:
+        store, idx = self._store, self._idx
+        book_id, version = self._resource.book_id, self._resource.version
+        stored = store.stored_frame(book_id, version, idx)
+        if stored is None:
+            raise NotOnDeviceError(book_id, self._resource.path, 1)
+        # The first bytes as committed (just after their SHA-256 matched the manifest) bind the
+        # stored bytes to this row; the AEAD tags vouch for the rest, so nothing is hashed whole.
+        head = store.read_frame(stored, 0, NONCE_BYTES)
+        if stored.seal_nonce is None or head != stored.seal_nonce:
+            raise FrameHashError(
+                f"stored frame {idx} of {book_id} v{version} is not the one committed"
+                " (swapped or overwritten on the device)",
+                book_id,
+                version,
+                idx,
+            )
+        key = self._opener.content_key(store, book_id, version)
+        if not stored.sealed_in_chunks:  # stored before manifest format 2: sealed whole
+            whole = store.read_frame(stored, 0, stored.size)
+            return WholePayload(open_whole_frame(key, book_id, whole))
+        return SealedFrame(
+            key,
+            book_id,
+            stored.size,
+            lambda offset, size: store.read_frame(stored, offset, size),
+            prefix=head,
+        )
+
+
+def _altered_at_rest(store: Store, resource: ResourceRow, idx: int) -> FrameHashError | None:
+    """For a frame that failed authentication: the error to fetch it again if it was altered at
+    rest, or None if it is as the service sent it (sealed wrong: fetching it again would bring
+    the same bytes). Only the manifest's hash of the whole frame tells which."""
     book_id, version = resource.book_id, resource.version
-    frame, data, seal_nonce = store.frame(book_id, version, idx)
-    if data is None:
-        raise NotOnDeviceError(book_id, resource.path, 1)
-
-    def altered(how: str) -> FrameHashError:
-        message = f"stored frame {idx} of {book_id} v{version} {how}"
-        return FrameHashError(message, book_id, version, idx)
-
-    # The nonce the bytes began with when committed (and hashed) binds them to this row; the
-    # AEAD tag vouches for the rest, so the whole frame is not hashed again on every read.
-    if seal_nonce is None or data[:NONCE_BYTES] != seal_nonce:
-        raise altered("is not the one committed (swapped or overwritten on the device)")
-    try:
-        packed = open_frame(opener.content_key(store, book_id, version), book_id, data)
-    except FrameAuthError as e:
-        # Altered at rest (fetch it again), or sealed wrong by the service (do not: it would
-        # come back the same): only the manifest's hash tells which.
-        if hashlib.sha256(data).hexdigest() != frame.sha256:
-            raise altered("no longer matches its manifest") from e
-        raise
-    return FrameDecoder(
-        packed,
-        frame.codec,
-        frame.plain_size,
-        opener.window_cap,
-        opener.dictionary(store, book_id, version),
+    frame, data = store.frame(book_id, version, idx)
+    if data is not None and hashlib.sha256(data).hexdigest() == frame.sha256:
+        return None
+    return FrameHashError(
+        f"stored frame {idx} of {book_id} v{version} no longer matches its manifest",
+        book_id,
+        version,
+        idx,
     )
 
 

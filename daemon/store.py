@@ -24,7 +24,14 @@ import apsw
 from daemon.crypto import NONCE_BYTES
 from daemon.errors import DiskFullError, SchemaTooNewError, StoreError
 from daemon.manifest import Manifest, WrappedKey, toc_to_doc
-from daemon.models import CommitResult, DeliveryCandidate, FrameRow, LibraryChange, ResourceRow
+from daemon.models import (
+    CommitResult,
+    DeliveryCandidate,
+    FrameRow,
+    LibraryChange,
+    ResourceRow,
+    StoredFrame,
+)
 from daemon.plan import HeldBook
 
 _FRAME_COLUMNS = "idx, sha256, package_offset, length, plain_offset, plain_size, codec"
@@ -369,8 +376,8 @@ class Store:
                 db.execute(
                     "INSERT INTO manifests (book_id, version, envelope, title, authors, language,"
                     " toc, first_chapter, first_chapter_frames, frame_count, package_size,"
-                    " plain_size, expires_at, content_key, dictionary)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " plain_size, expires_at, content_key, dictionary, sealed_in_chunks)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1)",
                     (
                         *key,
                         envelope,
@@ -732,19 +739,39 @@ class Store:
             raise StoreError(f"{book_id} v{version} has no frame {idx}")
         return FrameRow(*row)
 
-    def frame(
-        self, book_id: str, version: int, idx: int
-    ) -> tuple[FrameRow, bytes | None, bytes | None]:
-        """The frame's row, its stored bytes (None until committed) and the nonce they began
-        with when committed."""
+    def frame(self, book_id: str, version: int, idx: int) -> tuple[FrameRow, bytes | None]:
+        """The frame's row and all its stored bytes (None until committed)."""
         row = self.one(
-            f"SELECT {_FRAME_COLUMNS}, data, seal_nonce FROM frames"
-            " WHERE book_id = ? AND version = ? AND idx = ?",
+            f"SELECT {_FRAME_COLUMNS}, data FROM frames WHERE book_id = ? AND version = ?"
+            " AND idx = ?",
             (book_id, version, idx),
         )
         if row is None:
             raise StoreError(f"{book_id} v{version} has no frame {idx}")
-        return FrameRow(*row[:7]), row[7], row[8]
+        return FrameRow(*row[:7]), row[7]
+
+    def stored_frame(self, book_id: str, version: int, idx: int) -> StoredFrame | None:
+        """Where a committed frame's bytes are, without reading them; None until committed."""
+        row = self.one(
+            "SELECT f.rowid, length(f.data), f.seal_nonce, m.sealed_in_chunks"
+            " FROM frames f JOIN manifests m USING (book_id, version)"
+            " WHERE f.book_id = ? AND f.version = ? AND f.idx = ? AND f.data IS NOT NULL",
+            (book_id, version, idx),
+        )
+        return None if row is None else StoredFrame(row[0], row[1], row[2], bool(row[3]))
+
+    def read_frame(self, frame: StoredFrame, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset + size) of a stored frame, read incrementally (apsw blob I/O):
+        a read of one chunk of a 2 MiB frame touches that chunk's pages only."""
+        try:
+            blob = self._db.blob_open("main", "frames", "data", frame.blob_id, False)
+            try:
+                blob.seek(offset)
+                return blob.read(size)
+            finally:
+                blob.close()
+        except apsw.Error as e:
+            raise StoreError(f"cannot read a stored frame: {e}") from e
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -33,12 +34,13 @@ def make_manifest(
     device_key: X25519PrivateKey = DEVICE_KEY,
     content_key: bytes = CONTENT_KEY,
     sealed_for: str | None = None,
+    seal: Callable[[bytes, str, bytes], bytes] = seal_frame,
 ) -> tuple[Manifest, bytes]:
     """A manifest with one sealed frame per file (tests do not need packing), and the package."""
     specs, package, resources, stream = [], b"", [], 0
     for path, data in files:
         codec, packed = encode_frame(data, level=3)
-        sealed = seal_frame(content_key, sealed_for or book_id, packed)
+        sealed = seal(content_key, sealed_for or book_id, packed)
         specs.append(
             (hashlib.sha256(sealed).hexdigest(), len(package), len(sealed), len(data), codec)
         )

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import pytest
 import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.codec import FrameDecoder, decode_frame, encode_frame, train_dictionary
+from daemon.codec import (
+    ChunkSource,
+    FrameDecoder,
+    WholePayload,
+    decode_frame,
+    encode_frame,
+    train_dictionary,
+)
 from daemon.errors import DecodeError
 
 CAP = 8 * 1024 * 1024
@@ -90,38 +98,78 @@ CHAPTERS = b"".join(
 CHAPTERS_FRAME = encode_frame(CHAPTERS, level=3)[1]
 
 
-def test_reading_the_first_page_of_a_frame_decodes_little_of_it() -> None:
-    decoder = FrameDecoder(CHAPTERS_FRAME, "zstd", len(CHAPTERS), CAP)
-    assert decoder.slice(0, 1000) == CHAPTERS[:1000]
+class Chunks:
+    """A ChunkSource over bytes in small chunks (the device's come from the store, sealed), with
+    a count of the chunks asked for."""
+
+    def __init__(self, data: bytes, chunk_size: int = 4096) -> None:
+        self.data, self.chunk_size, self.payload_size = data, chunk_size, len(data)
+        self.asked: list[int] = []
+
+    def chunk(self, index: int) -> bytes:
+        self.asked.append(index)
+        return self.data[index * self.chunk_size : (index + 1) * self.chunk_size]
+
+
+SOURCES = [pytest.param(WholePayload, id="whole"), pytest.param(Chunks, id="chunks")]
+
+
+@pytest.mark.parametrize("source_of", SOURCES)
+def test_reading_the_first_page_of_a_frame_decodes_little_of_it(
+    source_of: Callable[[bytes], ChunkSource],
+) -> None:
+    source = source_of(CHAPTERS_FRAME)
+    decoder = FrameDecoder(source, "zstd", len(CHAPTERS), CAP)
+    assert decoder.slice(0, 1000, source) == CHAPTERS[:1000]
     assert not decoder.complete
     assert decoder.memory_bytes() < len(CHAPTERS_FRAME) + len(CHAPTERS) + len(CHAPTERS) // 2
-    assert decoder.slice(len(CHAPTERS) - 10, len(CHAPTERS)) == CHAPTERS[-10:]
+    assert decoder.slice(len(CHAPTERS) - 10, len(CHAPTERS), source) == CHAPTERS[-10:]
     assert decoder.complete
-    assert decoder.slice(5, 17) == CHAPTERS[5:17]
+    assert decoder.slice(5, 17, source) == CHAPTERS[5:17]
+
+
+def test_only_the_chunks_a_read_needs_are_opened() -> None:
+    source = Chunks(CHAPTERS_FRAME)
+    decoder = FrameDecoder(source, "zstd", len(CHAPTERS), CAP)
+    decoder.slice(0, 1000, source)
+    assert source.asked == [0]  # the first page of the frame is in its first chunk
+    media = os.urandom(50_000)
+    source = Chunks(media)
+    decoder = FrameDecoder(source, "raw", len(media), CAP)
+    assert decoder.slice(20_000, 21_000, source) == media[20_000:21_000]
+    assert source.asked == [4, 5]  # a picture inside a frame of pictures: its own chunks only
 
 
 @given(st.lists(st.tuples(st.integers(0, len(CHAPTERS)), st.integers(0, 70_000)), max_size=12))
 def test_any_sequence_of_reads_returns_the_frame_bytes(reads: list[tuple[int, int]]) -> None:
-    decoder = FrameDecoder(CHAPTERS_FRAME, "zstd", len(CHAPTERS), CAP)
+    source = Chunks(CHAPTERS_FRAME)
+    decoder = FrameDecoder(source, "zstd", len(CHAPTERS), CAP)
     for start, length in reads:
         end = min(len(CHAPTERS), start + length)
-        assert decoder.slice(start, end) == CHAPTERS[start:end]
+        assert decoder.slice(start, end, source) == CHAPTERS[start:end]
 
 
-def test_progressive_decoding_keeps_every_bound() -> None:
+@pytest.mark.parametrize("source_of", SOURCES)
+def test_progressive_decoding_keeps_every_bound(
+    source_of: Callable[[bytes], ChunkSource],
+) -> None:
     with pytest.raises(DecodeError, match="declares"):
-        FrameDecoder(CHAPTERS_FRAME, "zstd", len(CHAPTERS) - 1, CAP)
+        FrameDecoder(source_of(CHAPTERS_FRAME), "zstd", len(CHAPTERS) - 1, CAP)
     with pytest.raises(DecodeError, match="window 2147483648 exceeds the cap"):
-        FrameDecoder(crafted_frame(31, b"x" * 1000), "zstd", 1000, CAP)
-    decoder = FrameDecoder(CHAPTERS_FRAME + b"junk", "zstd", len(CHAPTERS), CAP)
-    assert decoder.slice(0, 100) == CHAPTERS[:100]  # an authenticated prefix is served
+        FrameDecoder(source_of(crafted_frame(31, b"x" * 1000)), "zstd", 1000, CAP)
+    junk = source_of(CHAPTERS_FRAME + b"junk")
+    decoder = FrameDecoder(junk, "zstd", len(CHAPTERS), CAP)
+    assert decoder.slice(0, 100, junk) == CHAPTERS[:100]  # an authenticated prefix is served
     with pytest.raises(DecodeError, match="4 bytes follow the zstd frame"):
-        decoder.slice(0, len(CHAPTERS))
-    truncated = FrameDecoder(CHAPTERS_FRAME[:-50], "zstd", len(CHAPTERS), CAP)
+        decoder.slice(0, len(CHAPTERS), junk)
+    short = source_of(CHAPTERS_FRAME[:-50])
     with pytest.raises(DecodeError, match="truncated"):
-        truncated.slice(0, len(CHAPTERS))
+        FrameDecoder(short, "zstd", len(CHAPTERS), CAP).slice(0, len(CHAPTERS), short)
+    raw = source_of(b"abc")
     with pytest.raises(DecodeError, match="outside a frame"):
-        FrameDecoder(b"abc", "raw", 3, CAP).slice(2, 4)
+        FrameDecoder(raw, "raw", 3, CAP).slice(2, 4, raw)
+    with pytest.raises(DecodeError, match="raw frame is 3 bytes"):
+        FrameDecoder(raw, "raw", 4, CAP)
 
 
 def test_two_dictionary_frames_decoded_by_turns_do_not_mix() -> None:
@@ -132,9 +180,9 @@ def test_two_dictionary_frames_decoded_by_turns_do_not_mix() -> None:
     ]
     dictionary = train_dictionary(samples, 8192)
     one, two = CHAPTERS, CHAPTERS.replace(b"stormy", b"starry")
-    frames = [dictionary.compressor(3).compress(plain) for plain in (one, two)]
-    first, second = (FrameDecoder(f, "zstd-dict", len(one), CAP, dictionary) for f in frames)
+    sources = [Chunks(dictionary.compressor(3).compress(plain)) for plain in (one, two)]
+    first, second = (FrameDecoder(s, "zstd-dict", len(one), CAP, dictionary) for s in sources)
     for start in range(0, len(one), 300_000):
         end = min(len(one), start + 300_000)
-        assert first.slice(start, end) == one[start:end]
-        assert second.slice(start, end) == two[start:end]
+        assert first.slice(start, end, sources[0]) == one[start:end]
+        assert second.slice(start, end, sources[1]) == two[start:end]

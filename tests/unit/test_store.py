@@ -9,8 +9,10 @@ from pathlib import Path
 import apsw
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from daemon import receipt_store
+from daemon.crypto import FRAME_AAD
 from daemon.errors import (
     FrameAuthError,
     FrameHashError,
@@ -205,6 +207,30 @@ def test_a_byte_altered_at_rest_is_refused_and_named_for_fetching_again(tmp_path
     assert resource is not None
     with pytest.raises(FrameHashError, match="no longer matches its manifest"):
         read_resource(store, resource, opener())
+
+
+def seal_whole(content_key: bytes, book_id: str, payload: bytes) -> bytes:
+    """As a daemon before manifest format 2 stored frames: one AEAD message per frame."""
+    nonce = os.urandom(12)
+    return nonce + ChaCha20Poly1305(content_key).encrypt(
+        nonce, payload, FRAME_AAD + book_id.encode()
+    )
+
+
+def test_frames_stored_sealed_whole_before_schema_7_still_read(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "db")
+    manifest, package = make_manifest(FILES, seal=seal_whole)
+    store.apply_library_changes([bought()], 1, NOW)
+    store.record_manifest(manifest, b"envelope", NOW)
+    for i, data in enumerate(frames_of(package, manifest.frames)):
+        store.commit_frame("bk_test", 1, i, data, NOW)
+    raw = apsw.Connection(str(tmp_path / "db"))
+    raw.execute("UPDATE manifests SET sealed_in_chunks = 0")  # what migration 7 leaves them
+    raw.close()
+    for path, data in FILES:
+        resource = store.resource("bk_test", path)
+        assert resource is not None
+        assert read_resource(store, resource, opener()) == data
 
 
 def test_a_book_wrapped_for_another_device_cannot_be_read(tmp_path: Path) -> None:
