@@ -196,8 +196,20 @@ class DeliveryWorker:
                     await asyncio.gather(*waiters, return_exceptions=True)
                 self._wake.clear()
                 for book_id in [b for b, t in tasks.items() if t.done()]:
-                    tasks.pop(book_id)
+                    done = tasks.pop(book_id)
                     fresh.discard(book_id)
+                    crash = None if done.cancelled() else done.exception()
+                    if crash is not None:
+                        # A bug, not a fault of the link or the data (_deliver_guarded handles
+                        # those): say so loudly, and go on with the other books.
+                        log_event(
+                            _LOG,
+                            logging.ERROR,
+                            "delivery_crashed",
+                            exc=crash,
+                            book=book_id,
+                            error=type(crash).__name__,
+                        )
         finally:
             for task in tasks.values():
                 task.cancel()

@@ -24,8 +24,16 @@ def _value(v: Any) -> str:
     return text
 
 
-def log_event(logger: logging.Logger, level: int, event: str, **fields: Any) -> None:
-    """Log `event` with fields as key=value pairs on one line."""
+def log_event(
+    logger: logging.Logger,
+    level: int,
+    event: str,
+    *,
+    exc: BaseException | None = None,
+    **fields: Any,
+) -> None:
+    """Log `event` with fields as key=value pairs on one line; `exc`, an unexpected error, adds
+    its traceback below it."""
     if logger.isEnabledFor(level):
         pairs = " ".join(f"{k}={_value(v)}" for k, v in fields.items())
-        logger.log(level, "%s %s", event, pairs)
+        logger.log(level, "%s %s", event, pairs, exc_info=exc)

@@ -40,6 +40,9 @@ _CACHED_KEYS = 16  # content keys of the books read lately: unwrapping costs an 
 # bound must keep it whole while the reader pages through it, or every page would decode the
 # frame again from its start.
 PLAIN_CACHE_BYTES = 6 * 1024 * 1024
+# What an entry costs beyond the bytes it holds (its bookkeeping): frames of pictures hold none,
+# and must not pile up without bound either.
+_ENTRY_BYTES = 1024
 
 
 class FrameOpener:
@@ -73,7 +76,7 @@ class FrameOpener:
             self._frames[sha256] = frame
             self._charged[sha256] = 0
         self._frames.move_to_end(sha256)
-        size = frame.memory_bytes()
+        size = frame.memory_bytes() + _ENTRY_BYTES
         self._held_bytes += size - self._charged[sha256]
         self._charged[sha256] = size
         if size > self._cache_bytes:
