@@ -35,11 +35,11 @@ _CACHED_KEYS = 16  # content keys of the books read lately: unwrapping costs an 
 # The frames read lately that hold more than the resource read, each decoded as far as it was
 # read. A frame holds up to 2 MiB of many small resources, and a reader turns pages through
 # consecutive ones: decoding on from where the last page ended is what makes a read as fast as
-# unzipping one file. Bounded in bytes, not frames: a 2 MiB frame part-decoded holds its
-# compressed bytes, the plaintext so far and zstd's window (up to ~4.5 MiB for text), and the
-# bound must keep it whole while the reader pages through it, or every page would decode the
-# frame again from its start.
-PLAIN_CACHE_BYTES = 6 * 1024 * 1024
+# unzipping one file. Bounded in bytes, not frames: a 2 MiB frame part-decoded holds a chunk of
+# compressed bytes, the plaintext so far and zstd's window (up to ~4.1 MiB), and the bound must
+# keep it whole while the reader pages through it, or every page would decode the frame again
+# from its start; no more than that, on a device whose daemon has 64 MiB in all.
+PLAIN_CACHE_BYTES = 4608 * 1024
 # What an entry costs beyond the bytes it holds (its bookkeeping): frames of pictures hold none,
 # and must not pile up without bound either.
 _ENTRY_BYTES = 1024
