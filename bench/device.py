@@ -226,14 +226,19 @@ def _memory_table(profile: str, runs: list[Memory], cmd: str) -> Table:
     growth = max(m.read_peak_kib - m.idle_kib for m in runs) / 1024
     over_small = max(m.read_peak_kib - smallest.read_peak_kib for m in runs) / 1024
     peak = max(m.read_peak_kib for m in runs) / 1024
-    verdict = "within" if peak <= budget else "over"
     largest = max(m.book.size for m in runs)
     meaning = (
         f"Delivering and then reading a book {largest / smallest.book.size:,.0f}"
         f" times larger than the smallest raised the daemon's peak memory by at most {growth:.1f}"
         f" MiB over idle ({over_small:+.1f} MiB over the smallest book's); its highest peak,"
-        f" {peak:.1f} MiB, is {verdict} the {profile} budget of {budget} MiB, so the reader"
-        " software keeps its memory whatever the reader buys."
+        f" {peak:.1f} MiB, is "
+        + (
+            f"within the {profile} budget of {budget} MiB, so the reader software keeps its"
+            " memory whatever the reader buys."
+            if peak <= budget
+            else f"over the {profile} budget of {budget} MiB: reading"
+            f" {max(runs, key=lambda m: m.read_peak_kib).book.path.name} broke it."
+        )
     )
     return Table(
         heading=f"Peak memory (VmHWM) while delivering and reading, profile {profile}",
