@@ -19,7 +19,13 @@ from collections.abc import Iterator
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from daemon.codec import ChunkSource, Dictionary, FrameDecoder, WholePayload
-from daemon.crypto import NONCE_BYTES, SealedFrame, open_whole_frame, unwrap_content_key
+from daemon.crypto import (
+    NONCE_BYTES,
+    SEAL_CHUNK,
+    SealedFrame,
+    open_whole_frame,
+    unwrap_content_key,
+)
 from daemon.errors import (
     DecodeError,
     DictionaryError,
@@ -84,6 +90,18 @@ class FrameOpener:
         while self._held_bytes > self._cache_bytes:
             self.forget(next(iter(self._frames)))
 
+    def make_room(self, sha256: str, most_bytes: int) -> None:
+        """Evict the least recently used other frames until one that may grow to `most_bytes`
+        (the frame `sha256`, about to be decoded further) fits within the bound beside them,
+        so the bound holds while it decodes and not only after."""
+        others = self._held_bytes - self._charged.get(sha256, 0)
+        while others + most_bytes > self._cache_bytes:
+            oldest = next((s for s in self._frames if s != sha256), None)
+            if oldest is None:
+                return
+            others -= self._charged[oldest]
+            self.forget(oldest)
+
     def forget(self, sha256: str) -> None:
         if self._frames.pop(sha256, None) is not None:
             self._held_bytes -= self._charged.pop(sha256)
@@ -131,6 +149,10 @@ def resource_pieces(store: Store, resource: ResourceRow, opener: FrameOpener) ->
         hi = min(end, frame.plain_offset + frame.plain_size) - frame.plain_offset
         try:
             source = _StoredChunks(store, resource, opener, idx)
+            # Its worst case decoded to its end: plaintext, zstd's window and a chunk (a raw
+            # frame holds none of its bytes).
+            most = 0 if frame.codec == "raw" else 2 * frame.plain_size + SEAL_CHUNK
+            opener.make_room(frame.sha256, most + _ENTRY_BYTES)
             decoder = opener.cached(frame.sha256) or FrameDecoder(
                 source,
                 frame.codec,
