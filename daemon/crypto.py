@@ -177,19 +177,17 @@ class SealedFrame:
         self,
         content_key: bytes,
         book_id: str,
-        sealed_size: int,
+        total_size: int,
         read: Callable[[int, int], bytes],
         prefix: bytes | None = None,  # its first bytes, when the caller read them already
     ) -> None:
         self.book_id = book_id
-        self._sealed_size = sealed_size
-        body = sealed_size - NONCE_PREFIX_BYTES
-        self.chunks = -(-body // _SEALED_CHUNK) if body > 0 else 0
+        self._total_size = total_size
+        body = total_size - NONCE_PREFIX_BYTES
+        self.chunks = max(0, -(-body // _SEALED_CHUNK))
         self.payload_size = body - self.chunks * TAG_BYTES
-        if self.chunks == 0 or self.payload_size < (self.chunks - 1) * SEAL_CHUNK + (
-            self.chunks > 1
-        ):
-            raise FrameAuthError(f"a frame of {book_id} is {sealed_size} bytes: not a sealed frame")
+        if self.payload_size < 0 or sealed_size(self.payload_size) != total_size:
+            raise FrameAuthError(f"a frame of {book_id} is {total_size} bytes: not a sealed frame")
         self._aead = ChaCha20Poly1305(content_key)
         self._aad = CHUNK_AAD + book_id.encode()
         self._read = read
@@ -204,7 +202,7 @@ class SealedFrame:
         if not 0 <= index < self.chunks:
             raise FrameAuthError(f"a frame of {self.book_id} has no chunk {index}")
         start = NONCE_PREFIX_BYTES + index * _SEALED_CHUNK
-        size = min(_SEALED_CHUNK, self._sealed_size - start)
+        size = min(_SEALED_CHUNK, self._total_size - start)
         nonce = _chunk_nonce(self._prefix, index, index == self.chunks - 1)
         try:
             return self._aead.decrypt(nonce, self._read(start, size), self._aad)
