@@ -26,6 +26,7 @@ from aiohttp import web
 from daemon.api_library import LibraryApi
 from daemon.api_notes import NotesApi
 from daemon.api_notices import add_routes as add_notice_routes
+from daemon.codec import Buffer
 from daemon.errors import FrameHashError, NotOnDeviceError, VerificationError
 from daemon.logs import log_event
 from daemon.manifest import check_resource_path
@@ -36,8 +37,12 @@ from daemon.store import Store
 _LOG = logging.getLogger("shelfsync.api")
 _BOOK_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
+_WRITE_PART = 128 * 1024  # bytes of a resource handed to the transport at a time
 MAX_BODY_BYTES = 64 * 1024
-READERS = 4  # concurrent resource reads; more requests wait their turn (back-pressure)
+# Concurrent reads; more requests wait their turn (back-pressure). Reads run on the event loop's
+# one thread, so more connections add memory, not speed: two let one response stream to a slow
+# client while the next page is read.
+READERS = 2
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -47,31 +52,39 @@ def _error(status: int, code: str, detail: str, **extra: Any) -> web.Response:
 
 
 class ReaderPool:
-    """Read-only connections, one per request in flight: each read is its own snapshot."""
+    """Read-only connections, one per request in flight: each read is its own snapshot.
+
+    Opened as requests need them, up to `size`, then kept: a warm connection holds about
+    0.75 MiB (its page cache and schema), so an idle daemon keeps one, not `size`.
+    """
 
     def __init__(self, db_path: Path, size: int) -> None:
         self._db_path = db_path
-        self._size = size
-        self._idle: asyncio.Queue[Store] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(size)
+        self._idle: list[Store] = []
         self._all: list[Store] = []
 
     def open(self) -> None:
-        for _ in range(self._size):
-            store = Store.open(self._db_path, readonly=True)
-            self._all.append(store)
-            self._idle.put_nowait(store)
+        """Open the first connection now, so a database that cannot be read fails at start."""
+        self._idle.append(self._connect())
 
     def close(self) -> None:
         for store in self._all:
             store.close()
 
+    def _connect(self) -> Store:
+        store = Store.open(self._db_path, readonly=True)
+        self._all.append(store)
+        return store
+
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[Store]:
-        store = await self._idle.get()
-        try:
-            yield store
-        finally:
-            self._idle.put_nowait(store)
+        async with self._slots:
+            store = self._idle.pop() if self._idle else self._connect()
+            try:
+                yield store
+            finally:
+                self._idle.append(store)
 
 
 class LocalApi:
@@ -215,10 +228,10 @@ class LocalApi:
                 }
             )
             await response.prepare(request)
-            await response.write(first)
+            await _write_bounded(response, first)
             try:
                 for piece in pieces:
-                    await response.write(piece)
+                    await _write_bounded(response, piece)
             except VerificationError as e:
                 # Headers are gone: cut the connection so the reader sees a short body, never
                 # wrong bytes.
@@ -240,6 +253,18 @@ class LocalApi:
         )
         if isinstance(error, FrameHashError):
             self._on_corrupt(error)
+
+
+async def _write_bounded(response: web.StreamResponse, piece: Buffer) -> None:
+    """Write a piece in parts the transport can take: what the socket does not take at once is
+    copied into the transport's buffer, so a 2 MiB piece written whole cost another 2 MiB.
+    aiohttp drains between parts, which is the back-pressure of a slow reader."""
+    if len(piece) <= _WRITE_PART:
+        await response.write(piece)
+        return
+    view = memoryview(piece)  # parts share its bytes; the transport may hold one a while
+    for start in range(0, len(view), _WRITE_PART):
+        await response.write(view[start : start + _WRITE_PART])
 
 
 @asynccontextmanager

@@ -9,8 +9,9 @@ to produce more than the declared content size.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import zstandard
@@ -56,15 +57,46 @@ def train_dictionary(samples: Sequence[bytes], size: int) -> Dictionary:
     return Dictionary(zstandard.train_dictionary(size, buffers).as_bytes())
 
 
+def compress_frame(
+    plain: bytes,
+    level: int = COMPRESSION_LEVEL,
+    dictionary: Dictionary | None = None,
+    block_ends: Sequence[int] = (),
+) -> bytes:
+    """One zstd frame of `plain`, its size declared, with a block ending at each of
+    `block_ends` (offsets into `plain`). zstd decodes a block whole, so where blocks end bounds
+    what a read decodes beyond the resource it wants (server_stub.packaging chooses them); the
+    window still spans the frame, so matches reach across block ends and the ratio holds.
+    """
+    if dictionary is None:
+        compressor = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    else:
+        compressor = dictionary.compressor(level)
+    cuts = sorted({end for end in block_ends if 0 < end < len(plain)})
+    if not cuts:
+        return compressor.compress(plain)
+    stream = compressor.compressobj(size=len(plain))
+    out = []
+    with memoryview(plain) as view:
+        for start, end in zip([0, *cuts], [*cuts, len(plain)], strict=True):
+            out.append(stream.compress(view[start:end]))
+            if end < len(plain):
+                out.append(stream.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
+    out.append(stream.flush())
+    return b"".join(out)
+
+
 def encode_frame(
-    plain: bytes, level: int = COMPRESSION_LEVEL, dictionary: Dictionary | None = None
+    plain: bytes,
+    level: int = COMPRESSION_LEVEL,
+    dictionary: Dictionary | None = None,
+    block_ends: Sequence[int] = (),
 ) -> tuple[str, bytes]:
     """Compress one frame's plaintext the smallest way: with the dictionary (which helps small
     frames of markup), without it (which wins on large frames), or raw (JPEG, PNG)."""
-    plain_zstd = zstandard.ZstdCompressor(level=level, write_content_size=True).compress(plain)
-    candidates = [("raw", plain), ("zstd", plain_zstd)]
+    candidates = [("raw", plain), ("zstd", compress_frame(plain, level, None, block_ends))]
     if dictionary is not None:
-        candidates.append(("zstd-dict", dictionary.compressor(level).compress(plain)))
+        candidates.append(("zstd-dict", compress_frame(plain, level, dictionary, block_ends)))
     return min(candidates, key=lambda c: len(c[1]))
 
 
@@ -160,6 +192,10 @@ def decode_frame(
     return plain
 
 
+# Plaintext handed out without a copy: a whole decoded piece, or a view of part of one.
+Buffer = bytes | memoryview
+
+
 class ChunkSource(Protocol):
     """A frame's compressed bytes, authenticated a chunk at a time (daemon.crypto.SealedFrame)."""
 
@@ -199,6 +235,10 @@ class FrameDecoder:
     the end of the frame when it is reached); raises DecodeError. Each read names the source of
     the frame's chunks as it is now (a store read inside the caller's snapshot), so the decoder
     holds decoding state only, never a database handle.
+
+    The plaintext is kept as the pieces zstd gave, never copied into one growing buffer: growing
+    a 2 MiB bytearray step by step reallocates and copies it tens of times, which cost three
+    times the decoding itself and left the heap fragmented.
     """
 
     # Compressed bytes fed to zstd per step: small, so a read overshoots what it needs by little
@@ -225,53 +265,132 @@ class FrameDecoder:
         self._pending = memoryview(first)  # authenticated, not yet fed to zstd
         self._next_chunk = 1
         self._fed = 0
-        self._plain = bytearray()  # decoded so far
+        self._pieces: list[bytes] = []  # the plaintext decoded so far, in order
+        self._ends: list[int] = []  # where each piece ends in the frame
+        self._decoded = 0
 
     @property
     def complete(self) -> bool:
         return self._decoder is None
 
+    @property
+    def decoded(self) -> int:
+        """Plaintext bytes decoded and held so far."""
+        return self._decoded
+
     def memory_bytes(self) -> int:
         """What this decoder holds: the plaintext so far, plus zstd's window while decoding."""
         window = 0 if self._decoder is None else self.plain_size
-        return len(self._pending) + len(self._plain) + window
+        return len(self._pending) + self._decoded + window
 
     def slice(self, start: int, end: int, source: ChunkSource) -> bytes:
         """Plaintext bytes [start, end) of the frame, decoding as far as `end` first."""
+        segments = self.segments(start, end, source)
+        if len(segments) == 1 and isinstance(segments[0], bytes):
+            return segments[0]
+        return b"".join(segments)
+
+    def segments(self, start: int, end: int, source: ChunkSource) -> list[Buffer]:
+        """Bytes [start, end) as views of the pieces decoded, copying none: a 2 MiB chapter is
+        served from the pieces zstd gave, not from a second copy of them."""
         if not 0 <= start <= end <= self.plain_size:
             raise DecodeError(f"[{start}, {end}) is outside a frame of {self.plain_size} bytes")
         if self._raw:
-            if start == end:
-                return b""
-            size = source.chunk_size
-            first, last = start // size, (end - 1) // size
-            data = b"".join(source.chunk(i) for i in range(first, last + 1))
-            return data[start - first * size : end - first * size]
-        if self._decoder is not None and len(self._plain) < end:
+            return list(self._raw_pieces(start, end, source))
+        if self._decoder is not None and self._decoded < end:
             self._decode_to(self._decoder, end, source)
-        with memoryview(self._plain) as view:
-            return bytes(view[start:end])
+        if start == end:
+            return []
+        first = bisect.bisect_right(self._ends, start)
+        last = bisect.bisect_left(self._ends, end)
+        views: list[Buffer] = []
+        for i in range(first, last + 1):
+            piece, piece_end = self._pieces[i], self._ends[i]
+            base = piece_end - len(piece)
+            lo, hi = max(start, base) - base, min(end, piece_end) - base
+            views.append(piece if (lo, hi) == (0, len(piece)) else memoryview(piece)[lo:hi])
+        return views
 
-    def _decode_to(
-        self, decoder: zstandard.ZstdDecompressionObj, end: int, source: ChunkSource
-    ) -> None:
-        plain = self._plain
-        chunks = -(-self._payload_size // source.chunk_size) if self._payload_size else 1
-        # Asked for the whole rest of the frame: whole chunks at a time, which zstd does fastest.
-        step = source.chunk_size if end == self.plain_size else self.STEP
+    def stream(self, source: ChunkSource) -> Iterator[Buffer]:
+        """The whole frame, piece by piece as it decodes, keeping none of it: a frame that one
+        large resource fills (a picture, a long chapter) is read once, so holding it whole
+        would only double what serving it costs. Every bound is checked as in `slice`, the end
+        of the frame included, before the last piece is given."""
+        if self._raw:
+            yield from self._raw_pieces(0, self.plain_size, source)
+            return
+        if self._decoded or self._decoder is None:  # already decoded in part: serve from it
+            yield from self.segments(0, self.plain_size, source)
+            return
+        decoder = self._decoder
+        chunks = self._chunk_count(source)
+        held = b""  # one piece back, so the end check runs before the last piece is given
         try:
-            while len(plain) < end and not decoder.eof:
+            while not decoder.eof:
                 if not self._pending:
                     if self._next_chunk >= chunks:
                         break
                     self._pending = memoryview(source.chunk(self._next_chunk))
                     self._next_chunk += 1
-                piece, self._pending = self._pending[:step], self._pending[step:]
-                self._fed += len(piece)
-                plain += decoder.decompress(piece)
+                fed, self._pending = self._pending[: self.STEP], self._pending[self.STEP :]
+                self._fed += len(fed)
+                piece = decoder.decompress(fed)
+                self._decoded += len(piece)
+                if piece:
+                    if held:
+                        yield held
+                    held = piece
+        except zstandard.ZstdError as e:
+            raise DecodeError(f"zstd frame is corrupt: {e}") from e
+        self._finish(decoder, source, chunks)
+        self._decoded = 0  # none of it is kept
+        yield held
+
+    def _raw_pieces(self, start: int, end: int, source: ChunkSource) -> Iterator[Buffer]:
+        if start == end:
+            return
+        size = source.chunk_size
+        for index in range(start // size, (end - 1) // size + 1):
+            chunk, base = source.chunk(index), index * size
+            if start <= base and base + len(chunk) <= end:
+                yield chunk
+            else:
+                yield memoryview(chunk)[
+                    max(start, base) - base : min(end, base + len(chunk)) - base
+                ]
+
+    def _chunk_count(self, source: ChunkSource) -> int:
+        return -(-self._payload_size // source.chunk_size) if self._payload_size else 1
+
+    def _decode_to(
+        self, decoder: zstandard.ZstdDecompressionObj, end: int, source: ChunkSource
+    ) -> None:
+        chunks = self._chunk_count(source)
+        # Asked for the whole rest of the frame: whole chunks at a time, which zstd does fastest.
+        step = source.chunk_size if end == self.plain_size else self.STEP
+        try:
+            while self._decoded < end and not decoder.eof:
+                if not self._pending:
+                    if self._next_chunk >= chunks:
+                        break
+                    self._pending = memoryview(source.chunk(self._next_chunk))
+                    self._next_chunk += 1
+                fed, self._pending = self._pending[:step], self._pending[step:]
+                self._fed += len(fed)
+                piece = decoder.decompress(fed)
+                if piece:
+                    self._decoded += len(piece)
+                    self._pieces.append(piece)
+                    self._ends.append(self._decoded)
         except zstandard.ZstdError as e:
             raise DecodeError(f"zstd frame is corrupt: {e}") from e
         if decoder.eof or (self._next_chunk >= chunks and not self._pending):
-            _check_end(decoder, len(plain), self.plain_size, self._payload_size - self._fed)
-            self._decoder = None  # frees zstd's window
-            self._pending = memoryview(b"")
+            self._finish(decoder, source, chunks)
+
+    def _finish(
+        self, decoder: zstandard.ZstdDecompressionObj, source: ChunkSource, chunks: int
+    ) -> None:
+        unfed = self._payload_size - self._fed
+        _check_end(decoder, self._decoded, self.plain_size, unfed)
+        self._decoder = None  # frees zstd's window
+        self._pending = memoryview(b"")

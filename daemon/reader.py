@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from daemon.codec import ChunkSource, Dictionary, FrameDecoder, WholePayload
+from daemon.codec import Buffer, ChunkSource, Dictionary, FrameDecoder, WholePayload
 from daemon.crypto import (
     NONCE_BYTES,
     SEAL_CHUNK,
@@ -34,7 +34,7 @@ from daemon.errors import (
     KeyUnwrapError,
     NotOnDeviceError,
 )
-from daemon.models import ResourceRow
+from daemon.models import FrameRow, ResourceRow
 from daemon.store import Store
 
 _CACHED_KEYS = 16  # content keys of the books read lately: unwrapping costs an X25519 exchange
@@ -94,13 +94,17 @@ class FrameOpener:
         """Evict the least recently used other frames until one that may grow to `most_bytes`
         (the frame `sha256`, about to be decoded further) fits within the bound beside them,
         so the bound holds while it decodes and not only after."""
-        others = self._held_bytes - self._charged.get(sha256, 0)
+        others = self.held_bytes(besides=sha256)
         while others + most_bytes > self._cache_bytes:
             oldest = next((s for s in self._frames if s != sha256), None)
             if oldest is None:
                 return
             others -= self._charged[oldest]
             self.forget(oldest)
+
+    def held_bytes(self, besides: str | None = None) -> int:
+        """What the cached frames hold, but for the frame `besides`."""
+        return self._held_bytes - (self._charged.get(besides, 0) if besides else 0)
 
     def forget(self, sha256: str) -> None:
         if self._frames.pop(sha256, None) is not None:
@@ -138,29 +142,17 @@ def check_available(store: Store, resource: ResourceRow) -> None:
         raise NotOnDeviceError(resource.book_id, resource.path, missing)
 
 
-def resource_pieces(store: Store, resource: ResourceRow, opener: FrameOpener) -> Iterator[bytes]:
-    """Yield the resource's bytes frame by frame. Call inside `store.snapshot()`."""
+def resource_pieces(store: Store, resource: ResourceRow, opener: FrameOpener) -> Iterator[Buffer]:
+    """Yield the resource's bytes, a frame's share (or, of a frame it fills, about 100 KiB) at a
+    time. Call inside `store.snapshot()`."""
     check_available(store, resource)
-    book_id, version = resource.book_id, resource.version
     end = resource.offset + resource.size
     for idx in range(resource.first_frame, resource.last_frame + 1):
-        frame = store.frame_row(book_id, version, idx)
+        frame = store.frame_row(resource.book_id, resource.version, idx)
         lo = max(resource.offset, frame.plain_offset) - frame.plain_offset
         hi = min(end, frame.plain_offset + frame.plain_size) - frame.plain_offset
         try:
-            source = _StoredChunks(store, resource, opener, idx)
-            # Its worst case decoded to its end: plaintext, zstd's window and a chunk (a raw
-            # frame holds none of its bytes).
-            most = 0 if frame.codec == "raw" else 2 * frame.plain_size + SEAL_CHUNK
-            opener.make_room(frame.sha256, most + _ENTRY_BYTES)
-            decoder = opener.cached(frame.sha256) or FrameDecoder(
-                source,
-                frame.codec,
-                frame.plain_size,
-                opener.window_cap,
-                opener.dictionary(store, book_id, version),
-            )
-            piece = decoder.slice(lo, hi, source)
+            yield from _frame_pieces(store, resource, opener, frame, lo, hi)
         except FrameAuthError as e:
             opener.forget(frame.sha256)
             altered = _altered_at_rest(store, resource, idx)
@@ -170,11 +162,48 @@ def resource_pieces(store: Store, resource: ResourceRow, opener: FrameOpener) ->
         except DecodeError:
             opener.forget(frame.sha256)
             raise
-        if hi - lo < frame.plain_size:  # other resources share the frame: they may be next
-            opener.remember(frame.sha256, decoder)
-        else:  # a frame of one large resource (a picture): read once, kept it only crowds out
-            opener.forget(frame.sha256)
-        yield piece
+
+
+def _frame_pieces(
+    store: Store, resource: ResourceRow, opener: FrameOpener, frame: FrameRow, lo: int, hi: int
+) -> Iterator[Buffer]:
+    """Bytes [lo, hi) of one frame of the resource."""
+    source = _StoredChunks(store, resource, opener, frame.idx)
+    cached = opener.cached(frame.sha256)
+    fills_frame = lo == 0 and hi == frame.plain_size
+    if cached is None and fills_frame:
+        # A frame of one large resource (a picture, a long chapter) is read once: streamed out
+        # as it decodes, never kept, holding zstd's window and a piece in flight at most.
+        opener.make_room(frame.sha256, _streaming_bytes(frame))
+        yield from _new_decoder(store, resource, opener, frame, source).stream(source)
+        return
+    # Other resources share the frame: they may be next, so it is kept, decoded as far as read.
+    # Its worst case decoded to its end is the plaintext, zstd's window and a chunk.
+    opener.make_room(frame.sha256, _decoding_bytes(frame) + _ENTRY_BYTES)
+    decoder = cached or _new_decoder(store, resource, opener, frame, source)
+    segments = decoder.segments(lo, hi, source)
+    opener.remember(frame.sha256, decoder)
+    yield from segments
+
+
+def _decoding_bytes(frame: FrameRow) -> int:
+    return 0 if frame.codec == "raw" else 2 * frame.plain_size + SEAL_CHUNK
+
+
+def _streaming_bytes(frame: FrameRow) -> int:
+    return SEAL_CHUNK if frame.codec == "raw" else frame.plain_size + 2 * SEAL_CHUNK
+
+
+def _new_decoder(
+    store: Store, resource: ResourceRow, opener: FrameOpener, frame: FrameRow, source: ChunkSource
+) -> FrameDecoder:
+    return FrameDecoder(
+        source,
+        frame.codec,
+        frame.plain_size,
+        opener.window_cap,
+        opener.dictionary(store, resource.book_id, resource.version),
+    )
 
 
 class _StoredChunks:

@@ -35,6 +35,9 @@ from daemon.models import (
 from daemon.plan import HeldBook
 
 READER_PAGE_CACHE_KIB = 256
+# The writer's pages are mostly frames it writes once and never reads: SQLite's default 2 MiB
+# cache only kept the last frame written resident after a delivery.
+WRITER_PAGE_CACHE_KIB = 512
 _FRAME_COLUMNS = "idx, sha256, package_offset, length, plain_offset, plain_size, codec"
 # A library row is this device's to fetch (not just archived in the cloud): ordered since the
 # device joined the account, or asked for by the reader.
@@ -86,6 +89,7 @@ class Store:
                 # 256 KiB keeps the tables' and indexes' hot pages.
                 db.execute(f"PRAGMA cache_size = -{READER_PAGE_CACHE_KIB}")
             else:
+                db.execute(f"PRAGMA cache_size = -{WRITER_PAGE_CACHE_KIB}")
                 # Takes effect only on a new, empty database: freed pages (a removed book)
                 # go back to the file system at `PRAGMA incremental_vacuum`.
                 db.execute("PRAGMA auto_vacuum = INCREMENTAL")

@@ -13,7 +13,14 @@ from daemon.codec import DEFAULT_WINDOW_CAP, Dictionary, decode_frame
 from daemon.crypto import WRAP_ALG, open_frame
 from daemon.manifest import WrappedKey, encode_manifest, parse_manifest
 from server_stub.epub import read_epub
-from server_stub.packaging import FRAME_SIZE, book_id_for, build_package, cut_frames, stamp
+from server_stub.packaging import (
+    FRAME_SIZE,
+    block_ends_in,
+    book_id_for,
+    build_package,
+    cut_frames,
+    stamp,
+)
 from server_stub.store import Store
 from tests.builders import CONTENT_KEY
 from tests.conftest import StubImport
@@ -39,6 +46,31 @@ def test_cut_frames_packs_small_resources_whole_and_splits_large_ones(sizes: lis
             crossing = [s for s in starts if offset < s < offset + len(piece)]
             assert not crossing, (sizes, piece[:1], offset)
         offset += len(piece)
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=200), max_size=30),
+    st.integers(min_value=1, max_value=100),
+)
+def test_blocks_end_only_where_resources_end_and_at_least_so_far_apart(
+    sizes: list[int], least: int
+) -> None:
+    pieces = [b"x" * n for n in sizes]
+    frames = cut_frames(pieces, 128)
+    resource_ends = {sum(sizes[: i + 1]) for i in range(len(sizes))}
+    start = 0
+    for frame, ends in zip(frames, block_ends_in(frames, pieces, least), strict=True):
+        assert ends == sorted(ends)
+        assert all(0 < end < len(frame) for end in ends)  # the frame's own end is not listed
+        assert all(start + end in resource_ends for end in ends)
+        assert all(b - a >= least for a, b in zip([0, *ends], ends, strict=False))
+        # No resource end is skipped once a block has reached `least` bytes.
+        last = 0
+        for end in sorted(e - start for e in resource_ends if start < e < start + len(frame)):
+            if end - last >= least:
+                assert end in ends
+                last = end
+        start += len(frame)
 
 
 def test_cut_frames_examples() -> None:

@@ -14,6 +14,7 @@ from daemon.codec import (
     ChunkSource,
     FrameDecoder,
     WholePayload,
+    compress_frame,
     decode_frame,
     encode_frame,
     train_dictionary,
@@ -186,3 +187,50 @@ def test_two_dictionary_frames_decoded_by_turns_do_not_mix() -> None:
         end = min(len(one), start + 300_000)
         assert first.slice(start, end, sources[0]) == one[start:end]
         assert second.slice(start, end, sources[1]) == two[start:end]
+
+
+# Chapters of about 1,000 bytes each: the service ends a zstd block at chapter ends.
+CHAPTER_ENDS = [i * 1_000 for i in range(1, len(CHAPTERS) // 1_000)]
+
+
+def test_blocks_ended_at_chapters_make_a_page_turn_decode_its_chapter_not_a_block() -> None:
+    whole = Chunks(compress_frame(CHAPTERS, 3))
+    ended = Chunks(compress_frame(CHAPTERS, 3, block_ends=CHAPTER_ENDS[:50]))
+    assert decode_frame(ended.data, "zstd", len(CHAPTERS), CAP) == CHAPTERS
+    at_whole = FrameDecoder(whole, "zstd", len(CHAPTERS), CAP)
+    at_ended = FrameDecoder(ended, "zstd", len(CHAPTERS), CAP)
+    assert at_whole.slice(0, 1_000, whole) == at_ended.slice(0, 1_000, ended) == CHAPTERS[:1_000]
+    assert at_whole.decoded >= 100_000  # zstd's own block, most of 128 KiB, decoded whole
+    assert at_ended.decoded < 1_000 + FrameDecoder.STEP * 20  # the chapter and what one step holds
+    # Ending blocks costs little, even 50 of them on text this repetitive: the window spans
+    # the frame, so matches cross block ends (the corpus's cost: docs/BENCHMARKS.md).
+    assert len(ended.data) < len(whole.data) * 1.10
+
+
+def test_streaming_a_whole_frame_keeps_none_of_it_and_checks_its_end_first() -> None:
+    source = Chunks(CHAPTERS_FRAME, chunk_size=64 * 1024)
+    decoder = FrameDecoder(source, "zstd", len(CHAPTERS), CAP)
+    pieces = list(decoder.stream(source))
+    assert b"".join(pieces) == CHAPTERS
+    assert len(pieces) > 3  # given as it decodes, a step at a time
+    assert max(len(p) for p in pieces) < len(CHAPTERS) // 2
+    assert decoder.complete
+    assert decoder.memory_bytes() == 0
+    junk = Chunks(CHAPTERS_FRAME + b"junk", chunk_size=64 * 1024)
+    streamed = FrameDecoder(junk, "zstd", len(CHAPTERS), CAP).stream(junk)
+    given_out = [next(streamed)]
+    with pytest.raises(DecodeError, match="4 bytes follow the zstd frame"):
+        given_out.extend(streamed)
+    # The frame failed its end check before its last piece was given: a reader gets a short
+    # body, never a whole one from a frame that is not what it claims.
+    assert len(b"".join(given_out)) < len(CHAPTERS)
+
+
+def test_segments_are_views_of_the_decoded_pieces_not_copies() -> None:
+    source = Chunks(CHAPTERS_FRAME)
+    decoder = FrameDecoder(source, "zstd", len(CHAPTERS), CAP)
+    segments = decoder.segments(10, len(CHAPTERS) - 10, source)
+    assert len(segments) > 1
+    assert b"".join(segments) == CHAPTERS[10:-10]
+    assert any(isinstance(s, memoryview) for s in segments)
+    assert decoder.memory_bytes() == len(CHAPTERS)  # complete: the plaintext once, no window
