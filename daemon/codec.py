@@ -268,6 +268,7 @@ class FrameDecoder:
         self._pieces: list[bytes] = []  # the plaintext decoded so far, in order
         self._ends: list[int] = []  # where each piece ends in the frame
         self._decoded = 0
+        self._spent = False  # streamed out whole, holding nothing
 
     @property
     def complete(self) -> bool:
@@ -295,6 +296,8 @@ class FrameDecoder:
         served from the pieces zstd gave, not from a second copy of them."""
         if not 0 <= start <= end <= self.plain_size:
             raise DecodeError(f"[{start}, {end}) is outside a frame of {self.plain_size} bytes")
+        if self._spent:
+            raise ValueError("this frame was streamed out and kept nothing: decode it anew")
         if self._raw:
             return list(self._raw_pieces(start, end, source))
         if self._decoder is not None and self._decoded < end:
@@ -315,7 +318,8 @@ class FrameDecoder:
         """The whole frame, piece by piece as it decodes, keeping none of it: a frame that one
         large resource fills (a picture, a long chapter) is read once, so holding it whole
         would only double what serving it costs. Every bound is checked as in `slice`, the end
-        of the frame included, before the last piece is given."""
+        of the frame included, before the last piece is given. Spent afterwards: it holds
+        nothing to slice."""
         if self._raw:
             yield from self._raw_pieces(0, self.plain_size, source)
             return
@@ -342,8 +346,8 @@ class FrameDecoder:
                     held = piece
         except zstandard.ZstdError as e:
             raise DecodeError(f"zstd frame is corrupt: {e}") from e
-        self._finish(decoder, source, chunks)
-        self._decoded = 0  # none of it is kept
+        self._finish(decoder)
+        self._decoded, self._spent = 0, True  # none of it is kept
         yield held
 
     def _raw_pieces(self, start: int, end: int, source: ChunkSource) -> Iterator[Buffer]:
@@ -355,9 +359,8 @@ class FrameDecoder:
             if start <= base and base + len(chunk) <= end:
                 yield chunk
             else:
-                yield memoryview(chunk)[
-                    max(start, base) - base : min(end, base + len(chunk)) - base
-                ]
+                lo, hi = max(start, base) - base, min(end, base + len(chunk)) - base
+                yield memoryview(chunk)[lo:hi]
 
     def _chunk_count(self, source: ChunkSource) -> int:
         return -(-self._payload_size // source.chunk_size) if self._payload_size else 1
@@ -385,12 +388,9 @@ class FrameDecoder:
         except zstandard.ZstdError as e:
             raise DecodeError(f"zstd frame is corrupt: {e}") from e
         if decoder.eof or (self._next_chunk >= chunks and not self._pending):
-            self._finish(decoder, source, chunks)
+            self._finish(decoder)
 
-    def _finish(
-        self, decoder: zstandard.ZstdDecompressionObj, source: ChunkSource, chunks: int
-    ) -> None:
-        unfed = self._payload_size - self._fed
-        _check_end(decoder, self._decoded, self.plain_size, unfed)
+    def _finish(self, decoder: zstandard.ZstdDecompressionObj) -> None:
+        _check_end(decoder, self._decoded, self.plain_size, self._payload_size - self._fed)
         self._decoder = None  # frees zstd's window
         self._pending = memoryview(b"")

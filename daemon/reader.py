@@ -143,8 +143,8 @@ def check_available(store: Store, resource: ResourceRow) -> None:
 
 
 def resource_pieces(store: Store, resource: ResourceRow, opener: FrameOpener) -> Iterator[Buffer]:
-    """Yield the resource's bytes, a frame's share (or, of a frame it fills, about 100 KiB) at a
-    time. Call inside `store.snapshot()`."""
+    """Yield the resource's bytes in order, as views of what each frame decoded (no copies),
+    a piece at a time. Call inside `store.snapshot()`."""
     check_available(store, resource)
     end = resource.offset + resource.size
     for idx in range(resource.first_frame, resource.last_frame + 1):

@@ -216,6 +216,8 @@ def test_streaming_a_whole_frame_keeps_none_of_it_and_checks_its_end_first() -> 
     assert max(len(p) for p in pieces) < len(CHAPTERS) // 2
     assert decoder.complete
     assert decoder.memory_bytes() == 0
+    with pytest.raises(ValueError, match="kept nothing"):
+        decoder.slice(0, 10, source)
     junk = Chunks(CHAPTERS_FRAME + b"junk", chunk_size=64 * 1024)
     streamed = FrameDecoder(junk, "zstd", len(CHAPTERS), CAP).stream(junk)
     given_out = [next(streamed)]
