@@ -30,7 +30,7 @@ from daemon.codec import Buffer
 from daemon.errors import FrameHashError, NotOnDeviceError, VerificationError
 from daemon.logs import log_event
 from daemon.manifest import check_resource_path
-from daemon.reader import FrameOpener, check_available, resource_pieces
+from daemon.reader import FrameOpener, resource_pieces
 from daemon.status import build_status
 from daemon.store import Store
 
@@ -201,8 +201,9 @@ class LocalApi:
             resource = store.resource(book_id, path)
             if resource is None:
                 return _error(404, "no_such_resource", "no such resource in this book")
+            pieces = resource_pieces(store, resource, self._opener)
             try:
-                check_available(store, resource)
+                first = next(pieces, b"")
             except NotOnDeviceError as e:
                 return web.json_response(
                     {
@@ -213,9 +214,6 @@ class LocalApi:
                     status=503,
                     headers={"Retry-After": "2"},
                 )
-            pieces = resource_pieces(store, resource, self._opener)
-            try:
-                first = next(pieces, b"")
             except VerificationError as e:
                 self._unreadable(book_id, e)
                 return _error(

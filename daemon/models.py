@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from daemon.manifest import WrappedKey
+
 
 @dataclass(frozen=True, slots=True)
 class LibraryChange:
@@ -47,13 +49,20 @@ class FrameRow:
 
 
 @dataclass(frozen=True, slots=True)
+class ManifestSealing:
+    """How a held version's frames are sealed and compressed, from its manifest row."""
+
+    content_key: WrappedKey | None  # wrapped for this device
+    dictionary_sha256: str | None
+    sealed_in_chunks: bool  # False: sealed whole, by a daemon before manifest format 2
+
+
+@dataclass(frozen=True, slots=True)
 class StoredFrame:
     """Where a committed frame's bytes lie in the store, for incremental reads."""
 
     blob_id: int  # the frames row's rowid
     size: int  # bytes stored
-    seal_nonce: bytes | None  # its first bytes when committed (daemon/sql/0007)
-    sealed_in_chunks: bool  # False: sealed whole, by a daemon before manifest format 2
 
 
 @dataclass(frozen=True, slots=True)

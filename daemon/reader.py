@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -34,10 +35,10 @@ from daemon.errors import (
     KeyUnwrapError,
     NotOnDeviceError,
 )
-from daemon.models import FrameRow, ResourceRow
+from daemon.models import FrameRow, ResourceRow, StoredFrame
 from daemon.store import Store
 
-_CACHED_KEYS = 16  # content keys of the books read lately: unwrapping costs an X25519 exchange
+_CACHED_BOOKS = 16  # books read lately, their keys unwrapped: unwrapping costs an X25519 exchange
 # The frames read lately that hold more than the resource read, each decoded as far as it was
 # read. A frame holds up to 2 MiB of many small resources, and a reader turns pages through
 # consecutive ones: decoding on from where the last page ended is what makes a read as fast as
@@ -62,7 +63,7 @@ class FrameOpener:
     ) -> None:
         self._device_key = device_key
         self.window_cap = window_cap
-        self._keys: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._books: OrderedDict[tuple[str, int], OpenBook] = OrderedDict()
         self._dictionaries: dict[str, Dictionary] = {}
         # By the frame's SHA-256 in the signed manifest: verified when it was opened.
         self._frames: OrderedDict[str, FrameDecoder] = OrderedDict()
@@ -110,22 +111,29 @@ class FrameOpener:
         if self._frames.pop(sha256, None) is not None:
             self._held_bytes -= self._charged.pop(sha256)
 
-    def content_key(self, store: Store, book_id: str, version: int) -> bytes:
-        cached = self._keys.get((book_id, version))
+    def book(self, store: Store, book_id: str, version: int) -> OpenBook:
+        """What opening this book's frames takes, read from its manifest once: its row lies
+        past a signed envelope in overflow pages, too slow to read again for every page."""
+        cached = self._books.get((book_id, version))
         if cached is not None:
-            self._keys.move_to_end((book_id, version))
+            self._books.move_to_end((book_id, version))
             return cached
-        wrapped = store.wrapped_key(book_id, version)
-        if wrapped is None:
+        sealing = store.manifest_sealing(book_id, version)
+        if sealing is None or sealing.content_key is None:
             raise KeyUnwrapError(f"{book_id} v{version} has no content key on the device")
-        key = unwrap_content_key(self._device_key, wrapped.ephemeral, wrapped.wrapped, book_id)
-        self._keys[(book_id, version)] = key
-        if len(self._keys) > _CACHED_KEYS:
-            self._keys.popitem(last=False)
-        return key
+        wrapped = sealing.content_key
+        book = OpenBook(
+            unwrap_content_key(self._device_key, wrapped.ephemeral, wrapped.wrapped, book_id),
+            sealing.dictionary_sha256,
+            sealing.sealed_in_chunks,
+        )
+        self._books[(book_id, version)] = book
+        if len(self._books) > _CACHED_BOOKS:
+            self._books.popitem(last=False)
+        return book
 
     def dictionary(self, store: Store, book_id: str, version: int) -> Dictionary | None:
-        sha256 = store.manifest_dictionary(book_id, version)
+        sha256 = self.book(store, book_id, version).dictionary_sha256
         if sha256 is None:
             return None
         if sha256 not in self._dictionaries:
@@ -136,26 +144,32 @@ class FrameOpener:
         return self._dictionaries[sha256]
 
 
-def check_available(store: Store, resource: ResourceRow) -> None:
-    missing = store.count_missing(resource)
-    if missing:
-        raise NotOnDeviceError(resource.book_id, resource.path, missing)
+@dataclass(frozen=True, slots=True)
+class OpenBook:
+    content_key: bytes  # unwrapped with this device's key
+    dictionary_sha256: str | None
+    sealed_in_chunks: bool  # False: sealed whole, by a daemon before manifest format 2
 
 
 def resource_pieces(store: Store, resource: ResourceRow, opener: FrameOpener) -> Iterator[Buffer]:
     """Yield the resource's bytes in order, as views of what each frame decoded (no copies),
-    a piece at a time. Call inside `store.snapshot()`."""
-    check_available(store, resource)
+    a piece at a time; NotOnDeviceError first if a frame it needs is still to come. Call
+    inside `store.snapshot()`."""
+    frames = store.resource_frames(resource)
+    spanned = resource.last_frame - resource.first_frame + 1
+    missing = spanned - sum(stored is not None for _, stored in frames)
+    if missing:
+        raise NotOnDeviceError(resource.book_id, resource.path, missing)
     end = resource.offset + resource.size
-    for idx in range(resource.first_frame, resource.last_frame + 1):
-        frame = store.frame_row(resource.book_id, resource.version, idx)
+    for frame, stored in frames:
+        assert stored is not None  # checked above
         lo = max(resource.offset, frame.plain_offset) - frame.plain_offset
         hi = min(end, frame.plain_offset + frame.plain_size) - frame.plain_offset
         try:
-            yield from _frame_pieces(store, resource, opener, frame, lo, hi)
+            yield from _frame_pieces(store, resource, opener, frame, stored, lo, hi)
         except FrameAuthError as e:
             opener.forget(frame.sha256)
-            altered = _altered_at_rest(store, resource, idx)
+            altered = _altered_at_rest(store, resource, frame.idx)
             if altered is None:
                 raise
             raise altered from e
@@ -165,10 +179,16 @@ def resource_pieces(store: Store, resource: ResourceRow, opener: FrameOpener) ->
 
 
 def _frame_pieces(
-    store: Store, resource: ResourceRow, opener: FrameOpener, frame: FrameRow, lo: int, hi: int
+    store: Store,
+    resource: ResourceRow,
+    opener: FrameOpener,
+    frame: FrameRow,
+    stored: StoredFrame,
+    lo: int,
+    hi: int,
 ) -> Iterator[Buffer]:
     """Bytes [lo, hi) of one frame of the resource."""
-    source = _StoredChunks(store, resource, opener, frame.idx)
+    source = _StoredChunks(store, resource, opener, frame.idx, stored)
     cached = opener.cached(frame.sha256)
     fills_frame = lo == 0 and hi == frame.plain_size
     if cached is None and fills_frame:
@@ -210,8 +230,16 @@ class _StoredChunks:
     """A stored frame's chunks (a ChunkSource), each authenticated as it is read. Opened only
     when a read needs a chunk: a page already decoded in the cache costs no store read."""
 
-    def __init__(self, store: Store, resource: ResourceRow, opener: FrameOpener, idx: int) -> None:
-        self._store, self._resource, self._opener, self._idx = store, resource, opener, idx
+    def __init__(
+        self,
+        store: Store,
+        resource: ResourceRow,
+        opener: FrameOpener,
+        idx: int,
+        stored: StoredFrame,
+    ) -> None:
+        self._store, self._resource, self._opener = store, resource, opener
+        self._idx, self._stored = idx, stored
         self._opened: ChunkSource | None = None
 
     @property
@@ -231,32 +259,38 @@ class _StoredChunks:
         return self._opened
 
     def _open_stored(self) -> ChunkSource:
-        store, idx = self._store, self._idx
+        store, stored = self._store, self._stored
         book_id, version = self._resource.book_id, self._resource.version
-        stored = store.stored_frame(book_id, version, idx)
-        if stored is None:
-            raise NotOnDeviceError(book_id, self._resource.path, 1)
-        # The first bytes as committed (just after their SHA-256 matched the manifest) bind the
-        # stored bytes to this row; the AEAD tags vouch for the rest, so nothing is hashed whole.
-        head = store.read_frame(stored, 0, NONCE_BYTES)
-        if stored.seal_nonce is None or head != stored.seal_nonce:
-            raise FrameHashError(
-                f"stored frame {idx} of {book_id} v{version} is not the one committed"
-                " (swapped or overwritten on the device)",
-                book_id,
-                version,
-                idx,
-            )
-        key = self._opener.content_key(store, book_id, version)
-        if not stored.sealed_in_chunks:  # stored before manifest format 2: sealed whole
+        seal_nonce = store.seal_nonce(book_id, version, self._idx)
+        if seal_nonce is None:
+            raise self._not_committed()
+        book = self._opener.book(store, book_id, version)
+        key = book.content_key
+        if not book.sealed_in_chunks:  # stored before manifest format 2: sealed whole
             whole = store.read_frame(stored, 0, stored.size)
+            if whole[:NONCE_BYTES] != seal_nonce:  # its nonce binds it to this row
+                raise self._not_committed()
             return WholePayload(open_whole_frame(key, book_id, whole))
+        # The nonce prefix recorded at commit (just after the frame's SHA-256 matched the
+        # manifest) binds every chunk to this row: a chunk of any other frame, even of this
+        # book under this key, fails its tag. So nothing is hashed whole, and the stored
+        # prefix itself is never read.
         return SealedFrame(
             key,
             book_id,
             stored.size,
             lambda offset, size: store.read_frame(stored, offset, size),
-            prefix=head,
+            prefix=seal_nonce,
+        )
+
+    def _not_committed(self) -> FrameHashError:
+        book_id, version = self._resource.book_id, self._resource.version
+        return FrameHashError(
+            f"stored frame {self._idx} of {book_id} v{version} is not the one committed"
+            " (swapped or overwritten on the device)",
+            book_id,
+            version,
+            self._idx,
         )
 
 

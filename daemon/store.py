@@ -29,6 +29,7 @@ from daemon.models import (
     DeliveryCandidate,
     FrameRow,
     LibraryChange,
+    ManifestSealing,
     ResourceRow,
     StoredFrame,
 )
@@ -39,6 +40,9 @@ READER_PAGE_CACHE_KIB = 256
 # cache only kept the last frame written resident after a delivery.
 WRITER_PAGE_CACHE_KIB = 512
 _FRAME_COLUMNS = "idx, sha256, package_offset, length, plain_offset, plain_size, codec"
+_FRAME_COLUMNS_OF_F = ", ".join(f"f.{c}" for c in _FRAME_COLUMNS.split(", "))
+# Where a frame's bytes are (frames f joined to manifests m): its length without reading it.
+
 # A library row is this device's to fetch (not just archived in the cloud): ordered since the
 # device joined the account, or asked for by the reader.
 _FOR_DEVICE = (
@@ -481,21 +485,17 @@ class Store:
                 (book_id, version),
             )
 
-    def wrapped_key(self, book_id: str, version: int) -> WrappedKey | None:
+    def manifest_sealing(self, book_id: str, version: int) -> ManifestSealing | None:
+        """How a held version's frames are sealed and compressed: one read of its row."""
         row = self.one(
-            "SELECT content_key FROM manifests WHERE book_id = ? AND version = ?",
+            "SELECT content_key, dictionary, sealed_in_chunks FROM manifests"
+            " WHERE book_id = ? AND version = ?",
             (book_id, version),
         )
-        if row is None or not row[0]:
+        if row is None:
             return None
-        return WrappedKey(**json.loads(row[0]))
-
-    def manifest_dictionary(self, book_id: str, version: int) -> str | None:
-        row = self.one(
-            "SELECT dictionary FROM manifests WHERE book_id = ? AND version = ?",
-            (book_id, version),
-        )
-        return None if row is None else row[0]
+        key = WrappedKey(**json.loads(row[0])) if row[0] else None
+        return ManifestSealing(key, row[1], bool(row[2]))
 
     def dictionary(self, sha256: str) -> bytes | None:
         row = self.one("SELECT data FROM dictionaries WHERE sha256 = ?", (sha256,))
@@ -760,15 +760,31 @@ class Store:
             raise StoreError(f"{book_id} v{version} has no frame {idx}")
         return FrameRow(*row[:7]), row[7]
 
-    def stored_frame(self, book_id: str, version: int, idx: int) -> StoredFrame | None:
-        """Where a committed frame's bytes are, without reading them; None until committed."""
+    def resource_frames(self, resource: ResourceRow) -> list[tuple[FrameRow, StoredFrame | None]]:
+        """The frames a resource spans, in order, each with where its bytes are stored (None
+        until committed): one query per read, reading no blob. (`data IS NULL` as a result
+        column loads the blob, and ORDER BY here made SQLite read the rows 4x slower; length()
+        reads only the record header, and Python sorts the one or two rows.)"""
+        rows = self.query(
+            f"SELECT {_FRAME_COLUMNS}, rowid, length(data) FROM frames"
+            " WHERE book_id = ? AND version = ? AND idx BETWEEN ? AND ?",
+            (resource.book_id, resource.version, resource.first_frame, resource.last_frame),
+        )
+        return [
+            (FrameRow(*row[:7]), None if row[8] is None else StoredFrame(row[7], row[8]))
+            for row in sorted(rows)
+        ]
+
+    def seal_nonce(self, book_id: str, version: int, idx: int) -> bytes | None:
+        """A committed frame's first bytes as they were committed (daemon/sql/0007), from the
+        covering index (0008): the column lies past the blob, whose overflow pages SQLite
+        would otherwise walk to reach it."""
         row = self.one(
-            "SELECT f.rowid, length(f.data), f.seal_nonce, m.sealed_in_chunks"
-            " FROM frames f JOIN manifests m USING (book_id, version)"
-            " WHERE f.book_id = ? AND f.version = ? AND f.idx = ? AND f.data IS NOT NULL",
+            "SELECT seal_nonce FROM frames INDEXED BY frames_nonce"
+            " WHERE book_id = ? AND version = ? AND idx = ?",
             (book_id, version, idx),
         )
-        return None if row is None else StoredFrame(row[0], row[1], row[2], bool(row[3]))
+        return None if row is None else row[0]
 
     def read_frame(self, frame: StoredFrame, offset: int, size: int) -> bytes:
         """Bytes [offset, offset + size) of a stored frame, read incrementally (apsw blob I/O):
@@ -790,15 +806,6 @@ class Store:
         with self._db:
             self._db.execute("SELECT 1 FROM meta LIMIT 1")
             yield
-
-    def count_missing(self, resource: ResourceRow) -> int:
-        return int(
-            self.one(
-                "SELECT count(*) FROM frames WHERE book_id = ? AND version = ?"
-                " AND idx BETWEEN ? AND ? AND data IS NULL",
-                (resource.book_id, resource.version, resource.first_frame, resource.last_frame),
-            )[0]
-        )
 
     def shared_highlight_count(self) -> int:
         return int(self.one("SELECT count(*) FROM popular_passages")[0])

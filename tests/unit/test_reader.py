@@ -106,10 +106,12 @@ def test_the_cache_bound_holds_while_a_frame_decodes_not_only_after(
     bound = 3 * 1024 * 1024
     opener = FrameOpener(DEVICE_KEY, 1 << 23, plain_cache_bytes=bound)
     by_blob = {}
-    for idx, frame in enumerate(manifest.frames):
-        stored = store.stored_frame(manifest.book_id, 1, idx)
-        assert stored is not None
-        by_blob[stored.blob_id] = frame
+    for resource in manifest.resources:
+        row = store.resource(manifest.book_id, resource.path)
+        assert row is not None
+        for frame, stored in store.resource_frames(row):
+            assert stored is not None
+            by_blob[stored.blob_id] = frame
     seen = []
     read_frame = Store.read_frame
 

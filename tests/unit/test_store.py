@@ -178,7 +178,8 @@ def complete_book(path: Path) -> Store:
 
 
 def test_frames_swapped_at_rest_are_refused_and_named_for_fetching_again(tmp_path: Path) -> None:
-    """FAULTS #19: both blobs authenticate (same book, same key); their nonces give them away."""
+    """FAULTS #19: same book, same key, yet each blob's chunks fail their tags under the nonce
+    prefix committed for the row; the manifest's hash then says the row was altered."""
     store = complete_book(tmp_path / "db")
     raw = apsw.Connection(str(tmp_path / "db"))
     blobs = dict(raw.execute("SELECT idx, data FROM frames WHERE idx IN (0, 1)"))
@@ -188,7 +189,7 @@ def test_frames_swapped_at_rest_are_refused_and_named_for_fetching_again(tmp_pat
     for idx in (0, 1):
         resource = store.resource("bk_test", FILES[idx][0])
         assert resource is not None
-        with pytest.raises(FrameHashError, match="is not the one committed") as caught:
+        with pytest.raises(FrameHashError, match="no longer matches its manifest") as caught:
             read_resource(store, resource, opener())
         assert (caught.value.book_id, caught.value.version, caught.value.idx) == ("bk_test", 1, idx)
     resource = store.resource("bk_test", FILES[2][0])
