@@ -1,13 +1,14 @@
 """Reading a resource back: its stored frames, verified, opened and decoded, sliced to it.
 
-Each frame is checked three ways before a byte of it is served: the nonce its bytes began with
-when they were committed (after their SHA-256 matched the signed manifest), the AEAD tag of each
-64 KiB chunk read, under the book's content key (unwrapped with this device's key only when the
-book is read), and a zstd decode bounded by the manifest's sizes and the device's window cap.
-Only the chunks a read needs are read from the store and opened, and a frame is decoded only as
-far as the resource being read ends (`codec.FrameDecoder`): turning to the first chapter of a
-2 MiB frame costs that chapter, and the next page goes on from there. Memory stays at about one
-frame whatever the resource's size.
+Each frame is checked before a byte of it is served: the AEAD tag of each 64 KiB chunk read,
+under the book's content key (unwrapped with this device's key only when the book is read) and
+a nonce derived from the one recorded when the frame was committed (after its SHA-256 matched
+the signed manifest), so a chunk of any other frame fails; then a zstd decode bounded by the
+manifest's sizes and the device's window cap. Only the chunks a read needs are read from the
+store and opened, and a frame is decoded only as far as the resource being read ends
+(`codec.FrameDecoder`): turning to the first chapter of a 2 MiB frame costs that chapter, and
+the next page goes on from there. A frame that one resource fills is streamed out as it
+decodes and never kept, so memory stays at about one frame whatever the resource's size.
 """
 
 from __future__ import annotations
