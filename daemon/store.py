@@ -40,9 +40,6 @@ READER_PAGE_CACHE_KIB = 256
 # cache only kept the last frame written resident after a delivery.
 WRITER_PAGE_CACHE_KIB = 512
 _FRAME_COLUMNS = "idx, sha256, package_offset, length, plain_offset, plain_size, codec"
-_FRAME_COLUMNS_OF_F = ", ".join(f"f.{c}" for c in _FRAME_COLUMNS.split(", "))
-# Where a frame's bytes are (frames f joined to manifests m): its length without reading it.
-
 # A library row is this device's to fetch (not just archived in the cloud): ordered since the
 # device joined the account, or asked for by the reader.
 _FOR_DEVICE = (
