@@ -326,29 +326,14 @@ class FrameDecoder:
         if self._decoded or self._decoder is None:  # already decoded in part: serve from it
             yield from self.segments(0, self.plain_size, source)
             return
-        decoder = self._decoder
-        chunks = self._chunk_count(source)
-        held = b""  # one piece back, so the end check runs before the last piece is given
-        try:
-            while not decoder.eof:
-                if not self._pending:
-                    if self._next_chunk >= chunks:
-                        break
-                    self._pending = memoryview(source.chunk(self._next_chunk))
-                    self._next_chunk += 1
-                fed, self._pending = self._pending[: self.STEP], self._pending[self.STEP :]
-                self._fed += len(fed)
-                piece = decoder.decompress(fed)
-                self._decoded += len(piece)
-                if piece:
-                    if held:
-                        yield held
-                    held = piece
-        except zstandard.ZstdError as e:
-            raise DecodeError(f"zstd frame is corrupt: {e}") from e
-        self._finish(decoder)
+        held = None  # one piece back, so the end check runs before the last piece is given
+        for piece in self._decode_on(self._decoder, source, self.STEP, self.plain_size):
+            if held is not None:
+                yield held
+            held = piece
         self._decoded, self._spent = 0, True  # none of it is kept
-        yield held
+        if held is not None:
+            yield held
 
     def _raw_pieces(self, start: int, end: int, source: ChunkSource) -> Iterator[Buffer]:
         if start == end:
@@ -368,11 +353,22 @@ class FrameDecoder:
     def _decode_to(
         self, decoder: zstandard.ZstdDecompressionObj, end: int, source: ChunkSource
     ) -> None:
-        chunks = self._chunk_count(source)
         # Asked for the whole rest of the frame: whole chunks at a time, which zstd does fastest.
         step = source.chunk_size if end == self.plain_size else self.STEP
+        for piece in self._decode_on(decoder, source, step, end):
+            self._pieces.append(piece)
+            self._ends.append(self._decoded)
+
+    def _decode_on(
+        self, decoder: zstandard.ZstdDecompressionObj, source: ChunkSource, step: int, end: int
+    ) -> Iterator[bytes]:
+        """Feed zstd `step` compressed bytes at a time until `end` bytes are decoded (asked for
+        the frame's end, until zstd's frame ends too), yielding each piece it gives; the frame's
+        end is checked as soon as it is reached, before the caller goes on."""
+        chunks = self._chunk_count(source)
+        to_the_end = end == self.plain_size
         try:
-            while self._decoded < end and not decoder.eof:
+            while (self._decoded < end or to_the_end) and not decoder.eof:
                 if not self._pending:
                     if self._next_chunk >= chunks:
                         break
@@ -383,8 +379,7 @@ class FrameDecoder:
                 piece = decoder.decompress(fed)
                 if piece:
                     self._decoded += len(piece)
-                    self._pieces.append(piece)
-                    self._ends.append(self._decoded)
+                    yield piece
         except zstandard.ZstdError as e:
             raise DecodeError(f"zstd frame is corrupt: {e}") from e
         if decoder.eof or (self._next_chunk >= chunks and not self._pending):

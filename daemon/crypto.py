@@ -179,7 +179,9 @@ class SealedFrame:
         book_id: str,
         total_size: int,
         read: Callable[[int, int], bytes],
-        prefix: bytes | None = None,  # its first bytes, when the caller read them already
+        # The nonce prefix to open its chunks under (the store passes the one recorded at
+        # commit, so chunks of another frame fail); read from the frame itself when not given.
+        prefix: bytes | None = None,
     ) -> None:
         self.book_id = book_id
         self._total_size = total_size
