@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -39,10 +40,34 @@ class Book:
     size: int  # bytes of the .epub
 
 
-def corpus_dir() -> Path:
-    """The EPUB corpus: $SHELFSYNC_CORPUS, else ../shared/corpus/epub beside the checkout."""
+def corpus_location(checkout: Path = REPO) -> Path:
+    """Where the EPUB corpus should be: $SHELFSYNC_CORPUS, else ../shared/corpus/epub beside
+    the checkout, else beside the repository this one was cloned from on this machine (a
+    clean clone in /tmp, `git clone . /tmp/x`, finds the same corpus)."""
     configured = os.environ.get("SHELFSYNC_CORPUS")
-    path = Path(configured) if configured else REPO.parent / "shared" / "corpus" / "epub"
+    if configured:
+        return Path(configured)
+    beside = checkout.parent / "shared" / "corpus" / "epub"
+    if beside.is_dir():
+        return beside
+    try:
+        origin = subprocess.run(
+            ["git", "-C", str(checkout), "config", "--get", "remote.origin.url"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+    except OSError:  # no git: only the first two places count
+        return beside
+    source = Path(origin.removeprefix("file://"))
+    if origin and source.is_dir():
+        return source.resolve().parent / "shared" / "corpus" / "epub"
+    return beside
+
+
+def corpus_dir() -> Path:
+    """The EPUB corpus (`corpus_location`), refused if it holds no .epub."""
+    path = corpus_location()
     if not any(path.glob("*.epub")):
         raise BenchError(f"no EPUB corpus at {path}; set SHELFSYNC_CORPUS to a folder of .epub")
     return path

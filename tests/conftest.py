@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from bench.harness import corpus_location
 from server_stub.catalog import ImportReport, PackagingSettings, import_library
 from server_stub.signing import load_or_create_key
 from server_stub.store import Store
@@ -16,15 +16,11 @@ from server_stub.store import Store
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _corpus_dir() -> Path:
-    configured = os.environ.get("SHELFSYNC_CORPUS")
-    return Path(configured) if configured else REPO.parent / "shared" / "corpus" / "epub"
-
-
 @pytest.fixture(scope="session")
 def corpus_dir() -> Path:
-    """The real corpus (../shared/corpus/epub beside the checkout, or $SHELFSYNC_CORPUS)."""
-    path = _corpus_dir()
+    """The real corpus (`bench.harness.corpus_location`: $SHELFSYNC_CORPUS, or
+    ../shared/corpus/epub beside the checkout or beside the repository it was cloned from)."""
+    path = corpus_location(REPO)
     if not any(path.glob("*.epub")):
         pytest.fail(f"EPUB corpus not found at {path}; set SHELFSYNC_CORPUS")
     return path
