@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/shelfsync demo
+	$(BIN)/shelfsync-demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -2,7 +2,7 @@
 link returns; the time, the requests and the bytes it takes, on loopback and on slow links.
 
 Per link: the stub (a subprocess, with --faults for its request log) and the daemon (a
-subprocess) talk through a link emulator (server_stub.linkemu) with that profile's link. The
+subprocess) talk through a link emulator (devkit.linkemu) with that profile's link. The
 device gets a book; then the emulator is closed (no route: connections are refused) and the
 reader makes N highlights, a third of them with a note, through the local API, quoting the
 book's own text. The emulator is started again on the same port and the device is told the
@@ -35,10 +35,10 @@ from bench.harness import (
 )
 from bench.registry import Benchmark
 from bench.section import Section, Table, command
-from daemon.children import child, script
 from daemon.client import AccountClient
 from daemon.profile import list_profiles, load_profile
-from server_stub.linkemu import LinkEmulator, describe_link
+from devkit.children import child, script
+from devkit.linkemu import LinkEmulator, describe_link
 
 BOOK_FILE = "calibre_quick_start_eng.epub"
 DEFAULT_LINKS = ("emulator-loopback", "kindle-keyboard-3g")

@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from bench.harness import corpus_dir
 from bench.registry import Benchmark
 from bench.section import Section, Table, command
-from daemon.codec import COMPRESSION_LEVEL, Dictionary, FrameDecoder, train_dictionary
-from daemon.crypto import WRAP_ALG, SealedFrame, sealed_size, sign_envelope
-from daemon.manifest import Manifest, WrappedKey, encode_manifest
+from daemon.protocol.codec import COMPRESSION_LEVEL, Dictionary, FrameDecoder, train_dictionary
+from daemon.protocol.crypto import WRAP_ALG, SealedFrame, sealed_size, sign_envelope
+from daemon.protocol.manifest import Manifest, WrappedKey, encode_manifest
 from server_stub.catalog import (
     DICTIONARY_BYTES,
     DICTIONARY_SAMPLE_BYTES,

@@ -1,7 +1,7 @@
 """`python -m bench delivery`: from purchase to a complete book, through each profile's emulated
 link, side by side with a plain HTTP GET of the .epub and rsync -z of the library folder.
 
-Per profile, every peer sits behind its own link emulator (server_stub.linkemu) with the same
+Per profile, every peer sits behind its own link emulator (devkit.linkemu) with the same
 link, started together so their outages line up: the daemon (a subprocess) reaches the stub (a
 subprocess); an HTTP client in this process reaches a static server of the corpus folder; rsync
 reaches its own daemon on loopback, whose module is the corpus folder. Books go one at a time:
@@ -42,10 +42,10 @@ from bench.harness import (
 )
 from bench.registry import Benchmark
 from bench.section import Section, Table, command
-from daemon.children import child
 from daemon.client import AccountClient
 from daemon.profile import DeviceProfile, LinkProfile, list_profiles, load_profile
-from server_stub.linkemu import Direction, LinkEmulator, describe_link, down_seconds
+from devkit.children import child
+from devkit.linkemu import Direction, LinkEmulator, describe_link, down_seconds
 
 DEFAULT_PROFILES = ("kindle-keyboard-3g", "paperwhite-wifi")
 RSYNC_MISSING = "not measured: rsync is not installed (Debian: apt-get install -y rsync)"
@@ -431,7 +431,7 @@ def _side_by_side_table(profile: DeviceProfile, runs: list[BookRun], cmd: str) -
 
 
 METHOD = """\
-Each profile's link is emulated on loopback by `server_stub/linkemu.py` (rate, round trip with
+Each profile's link is emulated on loopback by `devkit/linkemu.py` (rate, round trip with
 jitter, loss as retransmission delay, outages; its docstring says what is and is not modelled).
 The daemon (`shelfsync run`, a subprocess, the profile's settings) reaches the stub (a
 subprocess, the whole corpus imported) through one emulator; a purchase is made on the stub

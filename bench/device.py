@@ -35,9 +35,9 @@ from bench.harness import (
 from bench.registry import Benchmark
 from bench.section import Section, Table, command
 from daemon.client import AccountClient
-from daemon.crypto import load_or_create_device_key
+from daemon.content.reader import FrameOpener, read_resource
+from daemon.device_key import load_or_create_device_key
 from daemon.profile import list_profiles, load_profile
-from daemon.reader import FrameOpener, read_resource
 from daemon.store import Store
 
 MIB = 1024 * 1024
@@ -151,14 +151,14 @@ class Reads:
     peak_kib: int  # the reading daemon's VmHWM after every read
 
 
-READ_METHODS = ("local API", "daemon.reader.read_resource", "zipfile, from the .epub")
+READ_METHODS = ("local API", "daemon.content.reader.read_resource", "zipfile, from the .epub")
 
 
 async def measure_reads(workdir: Path, stub: Stub, profile: str, books: list[Book]) -> Reads:
     """Every resource of every book, three passes: in reading order (first time through, then
     again), then all of them in a random order (a reader jumping about, where the cache of
     decoded frames rarely helps). Each read three ways: through the local API, through
-    daemon.reader directly (on the same database), and from the .epub with zipfile (each
+    daemon.content.reader directly (on the same database), and from the .epub with zipfile (each
     archive opened once)."""
     samples: dict[tuple[str, str], list[float]] = {}
     async with AsyncExitStack() as stack:
@@ -358,14 +358,14 @@ pings every 30 s), on-CPU time of all their threads from `/proc/<pid>/task/*/sch
 scaled to an hour. **Reads**: every corpus book delivered to
 one daemon, then every resource of every book, in reading order, read three ways one after the
 other: through the local API (an aiohttp client on the Unix socket, as reader software would),
-through `daemon.reader.read_resource` on the same database (verify, decrypt, decode, slice: the
-store's own cost), and with `zipfile` from the .epub opened once per book (what a reader that
-opens EPUBs directly does). Each book is read through twice: *first time through* is a reader
-paging through it (the daemon decodes a frame only as far as the page being read, and goes on
-from there for the next page; its cache of part-decoded frames helps within a frame, not across
-books), *again* a second pass; then *random order* reads every resource of the corpus once more
-in a shuffled order (seed 7), a reader jumping about, where a read usually finds its frame no
-longer cached and decodes it from the start as far as the resource ends. Every read is checked
+through `daemon.content.reader.read_resource` on the same database (verify, decrypt, decode, slice:
+the store's own cost), and with `zipfile` from the .epub opened once per book (what a reader that
+opens EPUBs directly does). Each book is read through twice: *first time through* is a reader paging
+through it (the daemon decodes a frame only as far as the page being read, and goes on from there
+for the next page; its cache of part-decoded frames helps within a frame, not across books), *again*
+a second pass; then *random order* reads every resource of the corpus once more in a shuffled order
+(seed 7), a reader jumping about, where a read usually finds its frame no longer cached and decodes
+it from the start as far as the resource ends. Every read is checked
 byte for byte."""
 
 

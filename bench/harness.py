@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.api_client import LocalApiClient
-from daemon.children import child, script
+from daemon.api.client import LocalApiClient
 from daemon.errors import ShelfsyncError
+from devkit.children import child, script
 from server_stub.epub import read_epub
 from server_stub.packaging import book_id_for
 

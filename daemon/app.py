@@ -17,28 +17,29 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from daemon.annotation_sync import AnnotationSync
-from daemon.api import LocalApi
-from daemon.api_library import LibraryApi
-from daemon.api_notes import NotesApi
+from daemon.api.library import LibraryApi
+from daemon.api.notes import NotesApi
+from daemon.api.server import LocalApi
 from daemon.client import AccountClient, ClientLimits, DeviceCredentials, ServiceClient
 from daemon.clock import Clock, SystemClock
 from daemon.config import Settings
-from daemon.connectivity import Connectivity
-from daemon.crypto import load_or_create_device_key, x25519_public_text
-from daemon.delivery import DeliveryPolicy, DeliveryWorker
+from daemon.content.delivery import DeliveryPolicy, DeliveryWorker
+from daemon.content.library_sync import LibrarySync
+from daemon.content.reader import FrameOpener
+from daemon.content.receipts import ReceiptSync
+from daemon.content.trip import archive_slots, trip_state
+from daemon.device_key import load_or_create_device_key
 from daemon.errors import ConfigError, FrameHashError
-from daemon.hlc import HybridClock
-from daemon.library_sync import LibrarySync
 from daemon.logs import log_event
-from daemon.notes_store import NotesStore
-from daemon.power import PowerSource, SysfsPower, power_report
-from daemon.radio import RadioWindows
-from daemon.reader import FrameOpener
-from daemon.receipts import ReceiptSync
-from daemon.shared_highlights import SharedHighlights
+from daemon.notes.annotation_sync import AnnotationSync
+from daemon.notes.shared_highlights import SharedHighlights
+from daemon.notes.store import NotesStore
+from daemon.protocol.crypto import x25519_public_text
+from daemon.protocol.hlc import HybridClock
+from daemon.radio.connectivity import Connectivity
+from daemon.radio.power import PowerSource, SysfsPower, power_report
+from daemon.radio.windows import RadioWindows
 from daemon.store import Store
-from daemon.trip import archive_slots, trip_state
 
 _LOG = logging.getLogger("shelfsync.app")
 

@@ -1,4 +1,4 @@
-"""`shelfsync`: the commands a device developer uses (run, status, demo, bench)."""
+"""`shelfsync`: the commands a device developer uses (run, status, trip, bench)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from typing import Any
 
 import aiohttp
 
-from daemon.api_client import LocalApiClient, LocalApiError
+from daemon.api.client import LocalApiClient, LocalApiError
+from daemon.api.status import build_status, format_status
 from daemon.app import Daemon
 from daemon.config import Settings, check_service_url, read_service_key
 from daemon.errors import ShelfsyncError
 from daemon.logs import setup_logging
 from daemon.profile import list_profiles, load_profile
-from daemon.status import build_status, format_status
 from daemon.store import Store
 
 DEFAULT_STATE = "~/.local/state/shelfsync"
@@ -81,18 +81,6 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds to wait for the device to be ready (default %(default)s)",
     )
 
-    demo = commands.add_parser(
-        "demo", help="stub + daemon + a purchase, then read the book back offline"
-    )
-    demo.add_argument(
-        "--workdir",
-        type=Path,
-        default=Path("demo-data"),
-        help="where the demo keeps its state (default %(default)s)",
-    )
-    demo.add_argument("--profile", default="paperwhite-wifi")
-    demo.add_argument("--book", help="title word of the sample book to buy (default: first)")
-
     # Listed for --help only: main hands everything after `bench` to the benchmarks.
     commands.add_parser(
         "bench",
@@ -112,11 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "status":
             return _status(args)
-        if args.command == "trip":
-            return asyncio.run(_trip(args))
-        from daemon.demo import run_demo
-
-        return asyncio.run(run_demo(args.workdir, args.profile, args.book))
+        return asyncio.run(_trip(args))
     except ShelfsyncError as e:
         print(f"shelfsync: {e}", file=sys.stderr)
         return 2

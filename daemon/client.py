@@ -23,8 +23,6 @@ from urllib.parse import quote
 
 import aiohttp
 
-from daemon import hlc, merge
-from daemon.crypto import MAX_ENVELOPE_BYTES
 from daemon.errors import (
     AnnotationError,
     ProtocolError,
@@ -34,8 +32,10 @@ from daemon.errors import (
     TransportError,
 )
 from daemon.logs import log_event
-from daemon.manifest import MAX_DICTIONARY_BYTES
 from daemon.models import LibraryChange
+from daemon.protocol import hlc, merge
+from daemon.protocol.crypto import MAX_ENVELOPE_BYTES
+from daemon.protocol.manifest import MAX_DICTIONARY_BYTES
 
 _LOG = logging.getLogger("shelfsync.client")
 _BOOK_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -224,7 +224,7 @@ class ServiceClient:
     """The device's connection to the service, authenticated as this device.
 
     `on_radio` is called whenever the radio carries something: a request starts or ends, a
-    package frame or a push frame arrives (daemon/radio.py lets due work ride it)."""
+    package frame or a push frame arrives (daemon/radio/windows.py lets due work ride it)."""
 
     def __init__(
         self,

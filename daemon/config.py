@@ -7,9 +7,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from daemon.crypto import public_key_from_text
 from daemon.errors import ConfigError
 from daemon.profile import DeviceProfile
+from daemon.protocol.crypto import public_key_from_text
 
 # How long downloads stay paused after the file system reported itself full, before the free
 # space is looked at again: whoever filled the flash gets time to finish, and a full disk is not

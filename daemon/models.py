@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from daemon.manifest import WrappedKey
+from daemon.protocol.manifest import WrappedKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,3 +81,19 @@ class ResourceRow:
 class CommitResult:
     first_chapter_ready: bool  # this commit made the first chapter readable
     complete: bool  # this commit completed the book version
+
+
+@dataclass(frozen=True, slots=True)
+class HeldBook:
+    """A book with bytes on the device (complete or partial)."""
+
+    book_id: str
+    held_bytes: int
+    complete: bool
+    pinned: bool
+    opened_at: float | None
+    ordered_at: float
+    reason: str
+    unsynced_notes: bool
+    wanted: bool = True  # ordered since this device joined, or asked for
+    requested: bool = False  # asked for on this device

@@ -62,7 +62,7 @@ class MemoryPolicy:
 
     @property
     def zstd_window_cap_bytes(self) -> int:
-        """The `window_cap` argument of `daemon.codec.decode_frame`."""
+        """The `window_cap` argument of `daemon.protocol.codec.decode_frame`."""
         return self.zstd_window_cap_kb * KIB
 
 

@@ -21,19 +21,19 @@ from typing import Any
 
 import apsw
 
-from daemon.crypto import NONCE_BYTES
 from daemon.errors import DiskFullError, SchemaTooNewError, StoreError
-from daemon.manifest import Manifest, WrappedKey, toc_to_doc
 from daemon.models import (
     CommitResult,
     DeliveryCandidate,
     FrameRow,
+    HeldBook,
     LibraryChange,
     ManifestSealing,
     ResourceRow,
     StoredFrame,
 )
-from daemon.plan import HeldBook
+from daemon.protocol.crypto import NONCE_BYTES
+from daemon.protocol.manifest import Manifest, WrappedKey, toc_to_doc
 
 READER_PAGE_CACHE_KIB = 256
 # The writer's pages are mostly frames it writes once and never reads: SQLite's default 2 MiB

@@ -2,10 +2,10 @@
 and "Popular highlights").
 
 Devices push batches of ops (each a small state to join, with a client-made op_id) and pull the
-account's changed annotation states from a cursor. The service applies each op_id once, merges
-with the same pure code as the devices (daemon/merge.py), and keeps a hybrid logical clock that
-every answer carries, so a device whose clock is wrong (1970) stamps its next edits after
-everything it has seen.
+account's changed annotation states from a cursor. The service applies each op_id once, merges with
+the same pure code as the devices (daemon/protocol/merge.py), and keeps a hybrid logical clock that
+every answer carries, so a device whose clock is wrong (1970) stamps its next edits after everything
+it has seen.
 
 Popular passages: every live highlight of an account that shares them counts towards its
 passage (the same resource and the same quoted words, whitespace and case aside). A passage is
@@ -22,9 +22,9 @@ from typing import Any
 
 from aiohttp import web
 
-from daemon import hlc, merge
 from daemon.errors import AnnotationError
-from daemon.merge import Item
+from daemon.protocol import hlc, merge
+from daemon.protocol.merge import Item
 from server_stub.api_errors import ApiError, read_json_object
 from server_stub.push import PushHub
 from server_stub.store import AnnotationOp, Device, Store

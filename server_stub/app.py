@@ -18,8 +18,8 @@ from pathlib import Path
 from aiohttp import hdrs, web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from daemon.crypto import WRAP_ALG, wrap_content_key, x25519_public_key
-from daemon.manifest import Manifest, WrappedKey, parse_manifest
+from daemon.protocol.crypto import WRAP_ALG, wrap_content_key, x25519_public_key
+from daemon.protocol.manifest import Manifest, WrappedKey, parse_manifest
 from server_stub.annotations import add_routes as add_annotation_routes
 from server_stub.api_errors import ApiError, error_middleware, need_str, read_json_object
 from server_stub.catalog import ImportReport, PackagingSettings, import_library

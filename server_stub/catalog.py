@@ -18,9 +18,9 @@ from pathlib import Path
 
 import zstandard
 
-from daemon.codec import COMPRESSION_LEVEL, Dictionary, train_dictionary
 from daemon.errors import DictionaryError, ManifestError
-from daemon.manifest import encode_manifest
+from daemon.protocol.codec import COMPRESSION_LEVEL, Dictionary, train_dictionary
+from daemon.protocol.manifest import encode_manifest
 from server_stub.epub import EpubError, read_epub
 from server_stub.logs import kv
 from server_stub.packaging import (

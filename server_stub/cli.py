@@ -12,8 +12,8 @@ import signal
 import sys
 from pathlib import Path
 
-from daemon.codec import COMPRESSION_LEVEL
 from daemon.errors import ShelfsyncError
+from daemon.protocol.codec import COMPRESSION_LEVEL
 from server_stub import logs
 from server_stub.app import running_stub
 from server_stub.catalog import ImportReport, PackagingSettings

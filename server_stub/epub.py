@@ -20,14 +20,14 @@ from urllib.parse import unquote, urlsplit
 from xml.etree import ElementTree as ET
 
 from daemon.errors import ShelfsyncError
-from daemon.manifest import TocEntry, check_resource_path
+from daemon.protocol.manifest import TocEntry, check_resource_path
 
 MIMETYPE = b"application/epub+zip"
 CONTAINER = "META-INF/container.xml"
 MIN_CHAPTER_BYTES = 2048  # PROTOCOL.md: first_chapter is the first linear item with >= 2 KiB
 MAX_ENTRIES = 50_000  # mahabharata has 2,020; far more is a hostile ZIP, not a book
 MAX_UNPACKED = 1024 * 1024 * 1024  # declared sizes, summed: a ZIP bomb stops here
-MAX_TOC_DEPTH = 16  # daemon.manifest refuses deeper tables of contents
+MAX_TOC_DEPTH = 16  # daemon.protocol.manifest refuses deeper tables of contents
 
 _EPUB_TYPE = "{http://www.idpf.org/2007/ops}type"
 # RFC 6838 type/subtype names; anything else in an OPF falls back to a guess by extension.

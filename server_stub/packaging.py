@@ -12,9 +12,9 @@ So a small resource never straddles two frames, and only a large resource spans 
 frame also closes where the stream passes between text (markup, styles, fonts: what zstd shrinks)
 and media that is already compressed (JPEG, PNG, audio), so neither dilutes the other.
 
-Each frame is compressed on its own with `daemon.codec.encode_frame` (text with the catalog's
-dictionary; a zstd block ends where each resource in the frame ends), then sealed with the
-book's content key (`daemon.crypto.seal_frame`).
+Each frame is compressed on its own with `daemon.protocol.codec.encode_frame` (text with the
+catalog's dictionary; a zstd block ends where each resource in the frame ends), then sealed with the
+book's content key (`daemon.protocol.crypto.seal_frame`).
 
 The manifest built here is a template: `issued_at`/`expires_at` are placeholders until `stamp`
 sets them when the service signs it (server_stub.signing).
@@ -26,9 +26,9 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass
 
-from daemon.codec import COMPRESSION_LEVEL, Dictionary, encode_frame
-from daemon.crypto import seal_frame
-from daemon.manifest import (
+from daemon.protocol.codec import COMPRESSION_LEVEL, Dictionary, encode_frame
+from daemon.protocol.crypto import seal_frame
+from daemon.protocol.manifest import (
     DictionaryRef,
     Manifest,
     Resource,

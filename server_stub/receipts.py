@@ -30,7 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from daemon.errors import ManifestError
-from daemon.manifest import parse_manifest
+from daemon.protocol.manifest import parse_manifest
 from server_stub.api_errors import ApiError, read_json_object
 from server_stub.logs import kv
 from server_stub.push import PushHub

@@ -2,8 +2,8 @@
 
 DATA/service.key holds the private key (PKCS#8 PEM, mode 0600), created on first start;
 DATA/service.pub holds the public key as base64 of the raw 32 bytes, which is what a device is
-provisioned with (daemon.crypto.public_key_from_text). Both are written temp -> fsync -> rename
--> fsync(dir), so a crash never leaves a half-written key.
+provisioned with (daemon.protocol.crypto.public_key_from_text). Both are written temp -> fsync ->
+rename -> fsync(dir), so a crash never leaves a half-written key.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from daemon.crypto import key_id, public_key_to_text, sign_envelope
 from daemon.errors import ShelfsyncError
-from daemon.manifest import Manifest, WrappedKey, encode_manifest
+from daemon.protocol.crypto import key_id, public_key_to_text, sign_envelope
+from daemon.protocol.manifest import Manifest, WrappedKey, encode_manifest
 from server_stub.packaging import stamp
 
 KEY_NAME = "service.key"

@@ -22,10 +22,10 @@ from typing import Any
 
 import apsw
 
-from daemon import merge
-from daemon.crypto import new_content_key
 from daemon.errors import SchemaTooNewError, StoreError
-from daemon.merge import Item, Position
+from daemon.protocol import merge
+from daemon.protocol.crypto import new_content_key
+from daemon.protocol.merge import Item, Position
 from server_stub.epub import SeriesEntry, series_key
 
 DATABASE_NAME = "stub.sqlite3"
@@ -61,7 +61,7 @@ MIGRATIONS: tuple[str, ...] = (
         id INTEGER PRIMARY KEY,            -- the rowid blob_open needs
         book_id TEXT NOT NULL REFERENCES books(book_id),
         version INTEGER NOT NULL,
-        manifest BLOB NOT NULL,            -- template bytes (daemon.manifest.encode_manifest)
+        manifest BLOB NOT NULL,            -- template bytes (protocol.manifest.encode_manifest)
         package BLOB NOT NULL,
         package_sha256 TEXT NOT NULL,
         package_size INTEGER NOT NULL,
@@ -114,8 +114,8 @@ MIGRATIONS: tuple[str, ...] = (
     # 3: annotation sync and popular highlights (server_stub/annotations.py).
     """
     -- Each annotation (or an account's reading position in a book: target 'position:<book>')
-    -- as the join of every op applied to it (daemon/merge.py). seq orders the changes feed;
-    -- last_device/other_seq let the feed skip what a device itself sent and already holds.
+    -- as the join of every op applied to it (daemon/protocol/merge.py). seq orders the changes
+    -- feed; last_device/other_seq let the feed skip what a device itself sent and already holds.
     CREATE TABLE annotation_items (
         account_id TEXT NOT NULL REFERENCES accounts(account_id),
         target TEXT NOT NULL,

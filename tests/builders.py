@@ -8,9 +8,9 @@ from collections.abc import Callable
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from daemon.codec import encode_frame
-from daemon.crypto import WRAP_ALG, seal_frame, sign_envelope, wrap_content_key
-from daemon.manifest import (
+from daemon.protocol.codec import encode_frame
+from daemon.protocol.crypto import WRAP_ALG, seal_frame, sign_envelope, wrap_content_key
+from daemon.protocol.manifest import (
     Manifest,
     Resource,
     TocEntry,

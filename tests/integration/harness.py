@@ -15,14 +15,14 @@ from typing import Any
 
 import aiohttp
 
-from daemon.api_client import LocalApiClient
+from daemon.api.client import LocalApiClient
 from daemon.app import Daemon
 from daemon.client import AccountClient
 from daemon.clock import Clock
 from daemon.config import DISK_FULL_PAUSE_S, Settings
-from daemon.crypto import public_key_from_text
-from daemon.power import FakePower, PowerSource
 from daemon.profile import load_profile
+from daemon.protocol.crypto import public_key_from_text
+from daemon.radio.power import FakePower, PowerSource
 from server_stub.app import RunningStub
 
 

@@ -10,10 +10,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from daemon import merge
 from daemon.client import AccountClient, ClientLimits, DeviceCredentials, ServiceClient
-from daemon.crypto import load_or_create_device_key, x25519_public_text
-from daemon.hlc import HybridClock
+from daemon.device_key import load_or_create_device_key
+from daemon.protocol import merge
+from daemon.protocol.crypto import x25519_public_text
+from daemon.protocol.hlc import HybridClock
 from tests.conftest import StubImport, import_into_stub
 
 BOOK_FILE = "calibre_quick_start_eng.epub"  # 22 KB: delivered in a blink

@@ -24,11 +24,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from daemon import merge
-from daemon.api_client import LocalApiClient
+from daemon.api.client import LocalApiClient
 from daemon.client import AccountClient
-from daemon.hlc import HybridClock
-from daemon.notes_store import NotesStore
+from daemon.notes.store import NotesStore
+from daemon.protocol import merge
+from daemon.protocol.hlc import HybridClock
 from daemon.store import Store
 from server_stub.app import RunningStub, running_stub
 from tests.conftest import StubImport

@@ -18,16 +18,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon import merge
-from daemon.api_notes import safe_dumps
+from daemon.api.notes import safe_dumps
 from daemon.client import AccountClient
 from daemon.clock import SystemClock
 from daemon.errors import AnnotationError, DiskFullError
-from daemon.hlc import HybridClock
 from daemon.models import LibraryChange
-from daemon.notes_store import NotesStore
-from daemon.radio import RadioWindows
-from daemon.shared_highlights import SharedHighlights
+from daemon.notes.shared_highlights import SharedHighlights
+from daemon.notes.store import NotesStore
+from daemon.protocol import merge
+from daemon.protocol.hlc import HybridClock
+from daemon.radio.windows import RadioWindows
 from daemon.store import Store
 from server_stub.annotations import passage_of
 from server_stub.app import RunningStub, running_stub

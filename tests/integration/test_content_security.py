@@ -7,7 +7,7 @@ from pathlib import Path
 import apsw
 import pytest
 
-from daemon.manifest import parse_manifest
+from daemon.protocol.manifest import parse_manifest
 from server_stub.app import RunningStub
 from tests.conftest import StubImport
 from tests.integration.harness import Device, admin

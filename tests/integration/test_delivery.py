@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from daemon.api_client import LocalApiClient
+from daemon.api.client import LocalApiClient
 from server_stub.app import running_stub
 from server_stub.epub import read_epub
 from server_stub.packaging import book_id_for

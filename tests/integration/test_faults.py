@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from daemon.manifest import Manifest, parse_manifest
+from daemon.protocol.manifest import Manifest, parse_manifest
 from server_stub.app import RunningStub
 from tests.conftest import StubImport
 from tests.integration.harness import Device, admin

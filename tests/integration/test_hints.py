@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from daemon.manifest import parse_manifest
+from daemon.protocol.manifest import parse_manifest
 from daemon.store import Store
 from server_stub.app import running_stub
 from server_stub.faults import FAULTS

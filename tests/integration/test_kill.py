@@ -10,9 +10,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from daemon.api_client import LocalApiClient
+from daemon.api.client import LocalApiClient
 from daemon.client import AccountClient
-from daemon.manifest import parse_manifest
+from daemon.protocol.manifest import parse_manifest
 from daemon.store import Store
 from server_stub.app import running_stub
 from tests.conftest import StubImport

@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from daemon.client import AccountClient, ClientLimits, ServiceClient
 from daemon.clock import SystemClock
-from daemon.crypto import public_key_to_text, x25519_public_text
-from daemon.library_sync import PAGE_SIZE, LibrarySync
-from daemon.radio import RadioWindows
+from daemon.content.library_sync import PAGE_SIZE, LibrarySync
+from daemon.protocol.crypto import public_key_to_text, x25519_public_text
+from daemon.radio.windows import RadioWindows
 from daemon.store import Store
 from server_stub.app import running_stub
 from tests.conftest import StubImport

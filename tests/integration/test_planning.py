@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from daemon.client import AccountClient
-from daemon.manifest import parse_manifest
-from daemon.power import FakePower
+from daemon.protocol.manifest import parse_manifest
+from daemon.radio.power import FakePower
 from daemon.store import Store
 from server_stub.app import running_stub
 from tests.conftest import StubImport

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from daemon import receipt_store
 from daemon.client import AccountClient, ClientLimits, ServiceClient
-from daemon.crypto import x25519_public_text
+from daemon.content import receipt_store
 from daemon.models import LibraryChange
+from daemon.protocol.crypto import x25519_public_text
 from daemon.store import Store
 from server_stub.app import running_stub
 from server_stub.receipts import Bounds, Receipt, judge, promise_bounds

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from daemon.client import AccountClient
-from daemon.manifest import parse_manifest
+from daemon.protocol.manifest import parse_manifest
 from server_stub.app import running_stub
 from server_stub.epub import read_epub
 from server_stub.packaging import book_id_for

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from daemon.radio import RIDE_S
+from daemon.radio.windows import RIDE_S
 from server_stub.app import running_stub
 from tests.conftest import REPO, StubImport
 from tests.integration.harness import Device, admin, running_device

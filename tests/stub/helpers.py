@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from daemon.crypto import x25519_public_text
+from daemon.protocol.crypto import x25519_public_text
 from tests.builders import DEVICE_KEY
 
 CONTAINER = b"""<?xml version="1.0"?>

@@ -10,8 +10,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from daemon.crypto import open_envelope, public_key_from_text
-from daemon.manifest import Manifest, parse_manifest
+from daemon.protocol.crypto import open_envelope, public_key_from_text
+from daemon.protocol.manifest import Manifest, parse_manifest
 from server_stub.app import HUB, RunningStub, running_stub
 from tests.conftest import StubImport
 from tests.stub.helpers import Api

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.manifest import TocEntry
+from daemon.protocol.manifest import TocEntry
 from server_stub.epub import EpubError, read_epub
 from tests.stub.helpers import EXPECTED_ORDER, OPF, epub_files, write_epub
 

@@ -10,9 +10,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from daemon.crypto import open_envelope, public_key_from_text
 from daemon.errors import SignatureError
-from daemon.manifest import parse_manifest
+from daemon.protocol.crypto import open_envelope, public_key_from_text
+from daemon.protocol.manifest import parse_manifest
 from server_stub.app import RunningStub, running_stub
 from tests.conftest import StubImport
 from tests.stub.helpers import Api

@@ -17,7 +17,7 @@ from typing import Self
 import pytest
 
 from daemon.profile import LinkProfile, Outage
-from server_stub.linkemu import (
+from devkit.linkemu import (
     LISTENING,
     MAX_PIECE,
     LinkEmulator,
@@ -326,7 +326,7 @@ async def test_the_command_relays_and_resets_on_sigusr1() -> None:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "server_stub.linkemu",
+            "devkit.linkemu",
             "--profile",
             "emulator-loopback",
             "--upstream",

@@ -9,9 +9,9 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.codec import DEFAULT_WINDOW_CAP, Dictionary, decode_frame
-from daemon.crypto import WRAP_ALG, open_frame
-from daemon.manifest import WrappedKey, encode_manifest, parse_manifest
+from daemon.protocol.codec import DEFAULT_WINDOW_CAP, Dictionary, decode_frame
+from daemon.protocol.crypto import WRAP_ALG, open_frame
+from daemon.protocol.manifest import WrappedKey, encode_manifest, parse_manifest
 from server_stub.epub import read_epub
 from server_stub.packaging import (
     FRAME_SIZE,

@@ -10,7 +10,8 @@ import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.codec import (
+from daemon.errors import DecodeError
+from daemon.protocol.codec import (
     ChunkSource,
     FrameDecoder,
     WholePayload,
@@ -19,7 +20,6 @@ from daemon.codec import (
     encode_frame,
     train_dictionary,
 )
-from daemon.errors import DecodeError
 
 CAP = 8 * 1024 * 1024
 

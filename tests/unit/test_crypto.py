@@ -10,11 +10,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from daemon.crypto import (
+from daemon.device_key import load_or_create_device_key
+from daemon.errors import ConfigError, FrameAuthError, KeyUnwrapError
+from daemon.protocol.crypto import (
     FRAME_AAD,
     SEAL_CHUNK,
     SealedFrame,
-    load_or_create_device_key,
     new_content_key,
     open_frame,
     open_whole_frame,
@@ -23,7 +24,6 @@ from daemon.crypto import (
     unwrap_content_key,
     wrap_content_key,
 )
-from daemon.errors import ConfigError, FrameAuthError, KeyUnwrapError
 
 KEY = new_content_key()
 FRAME = b"(compressed chapter bytes)" * 100

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon import hlc
-from daemon.hlc import HybridClock
+from daemon.protocol import hlc
+from daemon.protocol.hlc import HybridClock
 
 DAY_MS = 86_400_000
 NOW_MS = 1_764_000_000_000

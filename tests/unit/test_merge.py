@@ -17,10 +17,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon import hlc, merge
 from daemon.errors import AnnotationError
-from daemon.hlc import HybridClock
-from daemon.merge import Edit, Item, NewAnnotation, Position
+from daemon.protocol import hlc, merge
+from daemon.protocol.hlc import HybridClock
+from daemon.protocol.merge import Edit, Item, NewAnnotation, Position
 
 BOOK = "bk_0123456789abcdef"
 NOW_MS = 1_764_000_000_000

@@ -5,8 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.models import DeliveryCandidate
-from daemon.plan import (
+from daemon.content.plan import (
     ARCHIVE,
     FRESH,
     FRESH_WINDOW_S,
@@ -15,13 +14,13 @@ from daemon.plan import (
     PAUSED_FOR_PURCHASE,
     WANTED,
     Budget,
-    HeldBook,
     is_fresh,
     next_retry,
     plan_deliveries,
     priority_class,
     protected,
 )
+from daemon.models import DeliveryCandidate, HeldBook
 
 NOW = 1_000_000.0
 MB = 1_000_000

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.power import FakePower, PowerState, SysfsPower, power_report
 from daemon.profile import BatteryPolicy
+from daemon.radio.power import FakePower, PowerState, SysfsPower, power_report
 
 POLICY = BatteryPolicy(min_percent=20, charging_overrides=True)
 

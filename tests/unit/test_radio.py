@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from daemon.radio import RadioWindows
+from daemon.radio.windows import RadioWindows
 from tests.fake_clock import FakeClock, settle
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon.crypto import SEAL_CHUNK, WRAP_ALG, wrap_content_key
-from daemon.manifest import Manifest, WrappedKey
+from daemon.content.reader import FrameOpener, read_resource
 from daemon.models import LibraryChange, StoredFrame
-from daemon.reader import FrameOpener, read_resource
+from daemon.protocol.crypto import SEAL_CHUNK, WRAP_ALG, wrap_content_key
+from daemon.protocol.manifest import Manifest, WrappedKey
 from daemon.store import Store
 from server_stub.epub import read_epub
 from server_stub.packaging import BLOCK_PLAIN_SIZE, build_package

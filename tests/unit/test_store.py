@@ -11,8 +11,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from daemon import receipt_store
-from daemon.crypto import FRAME_AAD
+from daemon.content import receipt_store
+from daemon.content.plan import is_fresh
+from daemon.content.reader import FrameOpener, read_resource
 from daemon.errors import (
     FrameAuthError,
     FrameHashError,
@@ -21,8 +22,7 @@ from daemon.errors import (
     StoreError,
 )
 from daemon.models import LibraryChange
-from daemon.plan import is_fresh
-from daemon.reader import FrameOpener, read_resource
+from daemon.protocol.crypto import FRAME_AAD
 from daemon.store import Store, latest_schema_version
 from tests.builders import DEVICE_KEY, NOW, make_manifest
 

@@ -8,11 +8,11 @@ from dataclasses import replace
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from daemon.codec import compress_document, decode_bounded
-from daemon.crypto import ENVELOPE_MAGIC
+from daemon.content.trust import verify_manifest
 from daemon.errors import ExpiredError, ManifestError, RollbackError, SignatureError
-from daemon.manifest import MAX_MANIFEST_BYTES, encode_manifest, parse_manifest
-from daemon.trust import verify_manifest
+from daemon.protocol.codec import compress_document, decode_bounded
+from daemon.protocol.crypto import ENVELOPE_MAGIC
+from daemon.protocol.manifest import MAX_MANIFEST_BYTES, encode_manifest, parse_manifest
 from tests.builders import NOW, make_manifest, signed
 
 SERVICE_KEY = Ed25519PrivateKey.generate()

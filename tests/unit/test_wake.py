@@ -7,7 +7,7 @@ from itertools import combinations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.wake import Want, next_window
+from daemon.radio.wake import Want, next_window
 
 NOW = 10_000.0
 ASLEEP = float("-inf")

@@ -18,7 +18,7 @@ from daemon.client import ServiceClient
 from daemon.clock import Clock
 from daemon.errors import StoreError, TransportError
 from daemon.logs import log_event
-from daemon.radio import RadioWindows
+from daemon.radio.windows import RadioWindows
 from daemon.store import Store
 
 _LOG = logging.getLogger("shelfsync.library")

@@ -20,9 +20,9 @@ An item state holds:
 A reading position holds each device's last place (last-writer-wins per device) and the furthest
 place read on any device (the greatest progress; the stamp breaks ties).
 
-Stamps come from daemon.hlc: a node's stamps strictly increase and a stamp made after seeing
-another is greater, so one vector entry per node covers all of that node's earlier edits, and the
-order never depends on a device's wall clock alone (FAULTS.md #29).
+Stamps come from daemon.protocol.hlc: a node's stamps strictly increase and a stamp made after
+seeing another is greater, so one vector entry per node covers all of that node's earlier edits, and
+the order never depends on a device's wall clock alone (FAULTS.md #29).
 
 This module also validates everything that enters a state (local API bodies, wire documents), so
 the device and the service apply the same limits (FAULTS.md #32, #33).
@@ -37,9 +37,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from daemon import hlc
 from daemon.errors import AnnotationError
-from daemon.manifest import check_resource_path
+from daemon.protocol import hlc
+from daemon.protocol.manifest import check_resource_path
 
 KINDS = ("highlight", "note", "bookmark")
 COLORS = ("yellow", "green", "blue", "pink", "orange", "purple")

@@ -1,7 +1,7 @@
-"""`shelfsync demo`: the whole story on one machine, with real processes.
+"""`shelfsync-demo`: the whole story on one machine, with real processes.
 
 Starts the content service (server_stub) with its sample library and the daemon with a device
-profile, the daemon reaching the service through the link emulator (server_stub.linkemu) with the
+profile, the daemon reaching the service through the link emulator (devkit.linkemu) with the
 profile's link, so the times are the ones a reader on that device would see. Buys a book, prints
 when the device was told, when the first chapter became readable and when the book was complete,
 then stops the service and reads every resource of the book back through the daemon's local API,
@@ -10,20 +10,26 @@ comparing each byte with the original EPUB.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from daemon.api_client import LocalApiClient
-from daemon.children import child, script
+import server_stub
+from daemon.api.client import LocalApiClient
 from daemon.client import AccountClient
 from daemon.errors import ShelfsyncError
 from daemon.profile import load_profile
+from devkit.children import child, script
+from devkit.linkemu import LinkEmulator, describe_link, parse_address
+from server_stub.epub import read_epub
+from server_stub.packaging import book_id_for
 
-SAMPLE_LIBRARY = Path(__file__).resolve().parent.parent / "server_stub" / "sample_library"
+SAMPLE_LIBRARY = Path(server_stub.__file__).resolve().parent / "sample_library"
 DELIVERY_TIMEOUT_S = 120.0
 
 
@@ -55,11 +61,28 @@ def _pick_book(word: str | None) -> Path:
     return books[0]
 
 
-async def run_demo(workdir: Path, profile: str, book_word: str | None) -> int:
-    from server_stub.epub import read_epub
-    from server_stub.linkemu import LinkEmulator, describe_link, parse_address
-    from server_stub.packaging import book_id_for
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="shelfsync-demo",
+        description="stub + daemon + a purchase, then read the book back offline",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("demo-data"),
+        help="where the demo keeps its state (default %(default)s)",
+    )
+    parser.add_argument("--profile", default="paperwhite-wifi")
+    parser.add_argument("--book", help="title word of the sample book to buy (default: first)")
+    args = parser.parse_args(argv)
+    try:
+        return asyncio.run(run_demo(args.workdir, args.profile, args.book))
+    except ShelfsyncError as e:
+        print(f"shelfsync-demo: {e}", file=sys.stderr)
+        return 2
 
+
+async def run_demo(workdir: Path, profile: str, book_word: str | None) -> int:
     workdir = workdir.resolve()
     stub_dir, device_dir = workdir / "stub", workdir / "device"
     shutil.rmtree(device_dir, ignore_errors=True)  # a fresh device each run; the service keeps

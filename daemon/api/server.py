@@ -23,15 +23,15 @@ from typing import Any
 
 from aiohttp import web
 
-from daemon.api_library import LibraryApi
-from daemon.api_notes import NotesApi
-from daemon.api_notices import add_routes as add_notice_routes
-from daemon.codec import Buffer
+from daemon.api.library import LibraryApi
+from daemon.api.notes import NotesApi
+from daemon.api.notices import add_routes as add_notice_routes
+from daemon.api.status import build_status
+from daemon.content.reader import FrameOpener, resource_pieces
 from daemon.errors import FrameHashError, NotOnDeviceError, VerificationError
 from daemon.logs import log_event
-from daemon.manifest import check_resource_path
-from daemon.reader import FrameOpener, resource_pieces
-from daemon.status import build_status
+from daemon.protocol.codec import Buffer
+from daemon.protocol.manifest import check_resource_path
 from daemon.store import Store
 
 _LOG = logging.getLogger("shelfsync.api")

@@ -5,7 +5,7 @@ device holds them for every book in its library: a book seen for the first time 
 (`?book=`), then one account-wide feed keeps all of them current from a cursor, so a refresh of a
 library of any size is a request or two. Runs at once on start and when the link returns; when the
 library changes, every REFRESH_S, and after a failure's backoff, it is deferrable work: it waits
-for a wake window (daemon/radio.py), at most the profile's batch window.
+for a wake window (daemon/radio/windows.py), at most the profile's batch window.
 
 Everything received is validated as strictly as the reader's own highlights (FAULTS.md #33): a
 passage with an over-long or malformed quote is skipped, and quotes are kept and served as text.
@@ -17,15 +17,15 @@ import asyncio
 import logging
 from typing import Any
 
-from daemon import merge
 from daemon.backoff import Backoff
 from daemon.client import ServiceClient
 from daemon.clock import Clock
 from daemon.errors import AnnotationError, StoreError, TransportError
 from daemon.killpoints import killpoint
 from daemon.logs import log_event
-from daemon.notes_store import NotesStore, Passage
-from daemon.radio import RadioWindows
+from daemon.notes.store import NotesStore, Passage
+from daemon.protocol import merge
+from daemon.radio.windows import RadioWindows
 
 _LOG = logging.getLogger("shelfsync.popular")
 PAGE = 500

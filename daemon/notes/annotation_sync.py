@@ -1,11 +1,11 @@
 """Annotation sync: pushes the outbox to the service in batches, then pulls the service's changes.
 
-Runs when asked: after a local edit or when the push channel says another device changed
-something, as deferrable work (a moment later at the earliest, so a burst of highlights travels in
-one request, and in the next wake window, at most the profile's batch window later: see
-daemon/radio.py); and at once on start and when the link returns (or the reader asks). A failed
-round is retried after its jittered backoff, in a wake window too, cut short when the link
-returns. Nothing here looks at the battery: a note push runs whatever the charge.
+Runs when asked: after a local edit or when the push channel says another device changed something,
+as deferrable work (a moment later at the earliest, so a burst of highlights travels in one request,
+and in the next wake window, at most the profile's batch window later: see daemon/radio/windows.py);
+and at once on start and when the link returns (or the reader asks). A failed round is retried after
+its jittered backoff, in a wake window too, cut short when the link returns. Nothing here looks at
+the battery: a note push runs whatever the charge.
 
 Exactly once: each op carries its client-made op_id, and is deleted from the outbox only after
 the service acknowledged that id; a crash anywhere before the delete re-sends it, and the service
@@ -19,16 +19,16 @@ import asyncio
 import logging
 from collections.abc import Iterable
 
-from daemon import merge
 from daemon.backoff import Backoff
 from daemon.client import ServiceClient
 from daemon.clock import Clock
 from daemon.errors import ServiceHTTPError, StoreError, TransportError
-from daemon.hlc import HybridClock
 from daemon.killpoints import killpoint
 from daemon.logs import log_event
-from daemon.notes_store import NotesStore
-from daemon.radio import RadioWindows
+from daemon.notes.store import NotesStore
+from daemon.protocol import merge
+from daemon.protocol.hlc import HybridClock
+from daemon.radio.windows import RadioWindows
 
 _LOG = logging.getLogger("shelfsync.annotations")
 BATCH_OPS = 2000  # 10,000 offline edits go in 5 requests

@@ -17,7 +17,7 @@ from typing import Protocol
 import zstandard
 
 from daemon.errors import DecodeError, DictionaryError
-from daemon.manifest import MAX_DICTIONARY_BYTES, MAX_FRAME_PLAIN
+from daemon.protocol.manifest import MAX_DICTIONARY_BYTES, MAX_FRAME_PLAIN
 
 DEFAULT_WINDOW_CAP = 8 * 1024 * 1024  # bytes; profiles may lower it
 COMPRESSION_LEVEL = 19  # service side, once per book; decode speed does not depend on it
@@ -197,7 +197,7 @@ Buffer = bytes | memoryview
 
 
 class ChunkSource(Protocol):
-    """A frame's compressed bytes, authenticated a chunk at a time (daemon.crypto.SealedFrame)."""
+    """A frame's compressed bytes, authenticated a chunk at a time (protocol.crypto.SealedFrame)."""
 
     @property
     def chunk_size(self) -> int: ...  # bytes per chunk; the last one may be shorter

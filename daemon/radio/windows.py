@@ -1,7 +1,7 @@
 """The radio's owner: workers wait here for a wake window instead of on timers of their own.
 
 A worker with deferrable network work awaits `windows.wait(kind, not_before, latest)`; it returns
-when a window that serves the want opens (daemon/wake.py decides when). Urgent work does not
+when a window that serves the want opens (daemon/radio/wake.py decides when). Urgent work does not
 wait: it just goes, and the client tells this owner (`radio_used`) whenever it carries anything,
 so deferred work that is due rides the awake radio for `RIDE_S`. The owner's `run` task is the
 only place that sleeps for network work, so an idle daemon wakes the radio only for the wants
@@ -17,7 +17,7 @@ from typing import Any
 
 from daemon.clock import Clock, sleep_or_until
 from daemon.logs import log_event
-from daemon.wake import Want, next_window
+from daemon.radio.wake import Want, next_window
 
 _LOG = logging.getLogger("shelfsync.radio")
 # A cellular radio stays in its high-power state for several seconds after its last packet (the

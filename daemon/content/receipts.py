@@ -9,11 +9,11 @@ a lost answer re-sends them and the service recognises the ids (exactly once). A
 acknowledged, and whenever the service announces one, the notices feed is pulled: that is how
 an apology for a broken promise reaches the reader (GET /v1/notices, `shelfsync status`).
 
-Radio: sending is deferrable work. The worker looks when the link comes up, on each poll while
-push is down, when the service announces notices, and, while a delivery ordered in the last
-`WATCH_S` is under way, every `check_s` (a local query); what it has to send then waits for a
-wake window (daemon/radio.py), which a delivery under way keeps open, and wakes the radio itself
-only after the profile's batch window. The link coming up and an announcement go at once.
+Radio: sending is deferrable work. The worker looks when the link comes up, on each poll while push
+is down, when the service announces notices, and, while a delivery ordered in the last `WATCH_S` is
+under way, every `check_s` (a local query); what it has to send then waits for a wake window
+(daemon/radio/windows.py), which a delivery under way keeps open, and wakes the radio itself only
+after the profile's batch window. The link coming up and an announcement go at once.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ import asyncio
 import logging
 from typing import Any
 
-from daemon import receipt_store
 from daemon.backoff import Backoff
 from daemon.client import ServiceClient
 from daemon.clock import Clock
+from daemon.content import receipt_store
 from daemon.errors import StoreError, TransportError
 from daemon.logs import log_event
 from daemon.profile import DeviceProfile
-from daemon.radio import RadioWindows
+from daemon.radio.windows import RadioWindows
 from daemon.store import Store
 
 _LOG = logging.getLogger("shelfsync.receipts")

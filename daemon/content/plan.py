@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
-from daemon.models import DeliveryCandidate
+from daemon.models import DeliveryCandidate, HeldBook
 
 FRESH_WINDOW_S = 600.0
 RECENTLY_OPENED_S = 30 * 86400.0
@@ -41,22 +41,6 @@ LIKELY_NEXT_REASONS = frozenset({"sample", "wishlist", "series_next"})
 FRESH, WANTED, LIKELY_NEXT, REFRESH, ARCHIVE = range(5)
 _CLASS_NAMES = ("new purchase", "wanted", "likely next", "new version", "archive")
 PAUSED_FOR_PURCHASE = "paused: a new purchase is downloading"
-
-
-@dataclass(frozen=True, slots=True)
-class HeldBook:
-    """A book with bytes on the device (complete or partial)."""
-
-    book_id: str
-    held_bytes: int
-    complete: bool
-    pinned: bool
-    opened_at: float | None
-    ordered_at: float
-    reason: str
-    unsynced_notes: bool
-    wanted: bool = True  # ordered since this device joined, or asked for
-    requested: bool = False  # asked for on this device
 
 
 @dataclass(frozen=True, slots=True)

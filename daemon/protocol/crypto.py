@@ -1,7 +1,8 @@
 """Crypto: the only code that touches keys, signatures and ciphers.
 
 Manifest signatures (Ed25519), content-key wrapping (X25519 + HKDF + ChaCha20-Poly1305), frame
-sealing, and the device's own key file.
+sealing, and the text form of public keys: what the service seals and signs and the device opens.
+The device's own key file is daemon/device_key.py.
 
 The signed envelope is binary: ENVELOPE_MAGIC, the signing key's 8-byte id, the 64-byte
 signature, then one zstd frame of the manifest bytes. The manifest travels compressed (a book of
@@ -18,9 +19,7 @@ import base64
 import binascii
 import hashlib
 import hmac
-import os
 from collections.abc import Callable
-from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -30,12 +29,9 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
-    NoEncryption,
-    PrivateFormat,
     PublicFormat,
 )
 
-from daemon.codec import compress_document, decode_bounded
 from daemon.errors import (
     ConfigError,
     DecodeError,
@@ -44,7 +40,8 @@ from daemon.errors import (
     ManifestError,
     SignatureError,
 )
-from daemon.manifest import MAX_MANIFEST_BYTES
+from daemon.protocol.codec import compress_document, decode_bounded
+from daemon.protocol.manifest import MAX_MANIFEST_BYTES
 
 SIGNING_CONTEXT = b"shelfsync-manifest-v1\n"
 ENVELOPE_MAGIC = b"SSE2"  # shelfsync signed envelope, layout 2 (1 was JSON with base64)
@@ -271,40 +268,6 @@ def unwrap_content_key(
         raise KeyUnwrapError(
             f"the content key of {book_id} was not wrapped for this device's key"
         ) from e
-
-
-# -- the device's own key -------------------------------------------------------------------------
-
-
-def load_or_create_device_key(path: Path) -> X25519PrivateKey:
-    """This device's X25519 key, created on first use in a file only its owner can read.
-
-    A real device keeps it in a hardware keystore instead (docs/SECURITY.md).
-    """
-    if not path.exists():
-        raw = X25519PrivateKey.generate().private_bytes(
-            Encoding.Raw, PrivateFormat.Raw, NoEncryption()
-        )
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temp = path.with_name(path.name + ".tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise ConfigError(str(path), "device_key", f"readable by others (mode {mode:o}); chmod 600")
-    raw = path.read_bytes()
-    if len(raw) != 32:
-        raise ConfigError(str(path), "device_key", f"{len(raw)} bytes, an X25519 key is 32")
-    return X25519PrivateKey.from_private_bytes(raw)
 
 
 def x25519_public_key(text: str) -> X25519PublicKey:

@@ -20,14 +20,6 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from daemon.codec import Buffer, ChunkSource, Dictionary, FrameDecoder, WholePayload
-from daemon.crypto import (
-    NONCE_BYTES,
-    SEAL_CHUNK,
-    SealedFrame,
-    open_whole_frame,
-    unwrap_content_key,
-)
 from daemon.errors import (
     DecodeError,
     DictionaryError,
@@ -37,6 +29,14 @@ from daemon.errors import (
     NotOnDeviceError,
 )
 from daemon.models import FrameRow, ResourceRow, StoredFrame
+from daemon.protocol.codec import Buffer, ChunkSource, Dictionary, FrameDecoder, WholePayload
+from daemon.protocol.crypto import (
+    NONCE_BYTES,
+    SEAL_CHUNK,
+    SealedFrame,
+    open_whole_frame,
+    unwrap_content_key,
+)
 from daemon.store import Store
 
 _CACHED_BOOKS = 16  # books read lately, their keys unwrapped: unwrapping costs an X25519 exchange

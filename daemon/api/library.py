@@ -20,8 +20,8 @@ from typing import Any
 from aiohttp import web
 
 from daemon.clock import Clock
+from daemon.content.trip import MAX_TRIP_DAYS, readiness, start_trip, trip_state
 from daemon.store import Store
-from daemon.trip import MAX_TRIP_DAYS, readiness, start_trip, trip_state
 
 _BOOK_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 

@@ -1,7 +1,7 @@
 """The delivery worker: brings each book in the library onto the device, frame by frame.
 
-For one book: fetch the signed manifest, verify it (daemon.trust), record it, then stream the
-missing frames with one Range request per contiguous run, verifying each frame's length and
+For one book: fetch the signed manifest, verify it (daemon.content.trust), record it, then stream
+the missing frames with one Range request per contiguous run, verifying each frame's length and
 SHA-256 against the manifest before committing it on its own. A crash or a cut connection loses at
 most the frame in flight: the next attempt starts at the first frame not committed.
 
@@ -10,7 +10,7 @@ delivery, and cancels and awaits them all on shutdown. A download below the want
 while a new purchase is on its way: cancelled and awaited, its committed frames kept, resumed
 later at its first missing frame. A failed delivery is retried after its backoff: a new
 purchase's at that moment (the 60-second promise), any other's in a wake window at most the
-profile's batch window later (daemon/radio.py).
+profile's batch window later (daemon/radio/windows.py).
 """
 
 from __future__ import annotations
@@ -26,13 +26,12 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from daemon import plan
 from daemon.backoff import Backoff
 from daemon.client import ServiceClient
 from daemon.clock import Clock
-from daemon.codec import Dictionary
 from daemon.config import DISK_FULL_PAUSE_S
-from daemon.crypto import WRAP_ALG, unwrap_content_key
+from daemon.content import plan
+from daemon.content.trust import verify_manifest
 from daemon.errors import (
     DictionaryError,
     DiskFullError,
@@ -45,11 +44,12 @@ from daemon.errors import (
 )
 from daemon.killpoints import killpoint
 from daemon.logs import log_event
-from daemon.manifest import Manifest
 from daemon.models import DeliveryCandidate, FrameRow
-from daemon.radio import RadioWindows
+from daemon.protocol.codec import Dictionary
+from daemon.protocol.crypto import WRAP_ALG, unwrap_content_key
+from daemon.protocol.manifest import Manifest
+from daemon.radio.windows import RadioWindows
 from daemon.store import Store
-from daemon.trust import verify_manifest
 
 _LOG = logging.getLogger("shelfsync.delivery")
 RECHECK_S = 30.0  # while the planner holds books back, look again this often

@@ -23,10 +23,10 @@ from typing import Any
 
 import apsw
 
-from daemon import merge
 from daemon.errors import DiskFullError, StoreError
 from daemon.killpoints import killpoint
-from daemon.merge import Item, Position
+from daemon.protocol import merge
+from daemon.protocol.merge import Item, Position
 from daemon.store import Store
 
 SCHEMA_VERSION = 2  # the first schema holding these tables

@@ -13,9 +13,9 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from daemon.crypto import open_envelope
 from daemon.errors import ExpiredError, ManifestError, RollbackError
-from daemon.manifest import Manifest, parse_manifest
+from daemon.protocol.crypto import open_envelope
+from daemon.protocol.manifest import Manifest, parse_manifest
 
 
 def verify_manifest(

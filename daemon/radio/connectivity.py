@@ -9,8 +9,8 @@ channel that spoke) and, meanwhile, polls the changes feed at the profile's poll
 purchase still arrives when push is blocked (a captive portal, a proxy that drops WebSockets).
 
 Radio: the keep-alive ping and the poll are the daemon's only idle wake-ups. Both go through the
-radio's owner (daemon/radio.py), so deferred work rides them; the ping may go up to half a period
-early, to ride a radio that is awake anyway.
+radio's owner (daemon/radio/windows.py), so deferred work rides them; the ping may go up to half a
+period early, to ride a radio that is awake anyway.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from daemon.client import PushChannel, ServiceClient
 from daemon.clock import Clock
 from daemon.errors import StalledError, TransportError
 from daemon.logs import log_event
-from daemon.radio import RadioWindows
+from daemon.radio.windows import RadioWindows
 
 _LOG = logging.getLogger("shelfsync.connectivity")
 

@@ -4,8 +4,8 @@ that arrived late ("Your book 'Emma' took 94 s to arrive; we are sorry").
   GET /v1/notices    {"notices": [{seq, kind, book_id, title, message, at, received_at}]},
                      newest first (at most the last 100 the device keeps)
 
-Read from the store only, like every other route: the receipt worker (daemon/receipts.py) pulls
-the service's notices feed whenever the link allows.
+Read from the store only, like every other route: the receipt worker (daemon/content/receipts.py)
+pulls the service's notices feed whenever the link allows.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from contextlib import AbstractAsyncContextManager
 
 from aiohttp import web
 
-from daemon.receipt_store import KEEP_NOTICES, recent_notices
+from daemon.content.receipt_store import KEEP_NOTICES, recent_notices
 from daemon.store import Store
 
 Reader = Callable[[], AbstractAsyncContextManager[Store]]

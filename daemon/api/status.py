@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from daemon.notes_store import annotation_status
-from daemon.receipt_store import receipt_status, recent_notices
+from daemon.content.receipt_store import receipt_status, recent_notices
+from daemon.notes.store import annotation_status
 from daemon.store import Store
 
 STATUS_NOTICES = 5  # the newest notices shown; GET /v1/notices has them all

@@ -29,14 +29,14 @@ from typing import Any
 
 from aiohttp import web
 
-from daemon import merge
 from daemon.clock import Clock
 from daemon.errors import AnnotationError, StoreError
-from daemon.hlc import HybridClock
 from daemon.killpoints import killpoint
 from daemon.logs import log_event
-from daemon.merge import Item
-from daemon.notes_store import NotesStore
+from daemon.notes.store import NotesStore
+from daemon.protocol import merge
+from daemon.protocol.hlc import HybridClock
+from daemon.protocol.merge import Item
 
 _LOG = logging.getLogger("shelfsync.api.notes")
 Handler = Callable[[web.Request], Awaitable[web.Response]]

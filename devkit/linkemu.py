@@ -63,7 +63,7 @@ from daemon.errors import ShelfsyncError
 from daemon.profile import LinkProfile, list_profiles, load_profile
 from server_stub.logs import configure, kv
 
-log = logging.getLogger("server_stub.linkemu")
+log = logging.getLogger("devkit.linkemu")
 
 Direction = Literal["down", "up"]
 Observer = Callable[[Direction, int], None]  # called with each piece delivered: (direction, bytes)

@@ -2,7 +2,7 @@
 
 Pure: bytes in, values out, no I/O. The service (server_stub.packaging) builds manifests with
 `encode_manifest`; the device parses them with `parse_manifest` only after the signature over the
-exact bytes verified (daemon.crypto). The format is documented in docs/PROTOCOL.md.
+exact bytes verified (daemon.protocol.crypto). The format is documented in docs/PROTOCOL.md.
 
 A book's resources are laid end to end, in reading order, as one plaintext stream; frames cut that
 stream into consecutive pieces of at most `frame_size` bytes. A resource occupies
@@ -64,7 +64,7 @@ class TocEntry:
 
 @dataclass(frozen=True, slots=True)
 class WrappedKey:
-    """The book's content key, wrapped for one device (daemon.crypto.wrap_content_key)."""
+    """The book's content key, wrapped for one device (daemon.protocol.crypto.wrap_content_key)."""
 
     alg: str
     ephemeral: str  # base64 X25519 public key of the service's ephemeral key
