@@ -30,6 +30,7 @@ import aiohttp
 from aiohttp import web
 
 from bench.harness import (
+    POLL_S,
     BenchError,
     Book,
     Device,
@@ -46,6 +47,7 @@ from daemon.client import AccountClient
 from daemon.profile import DeviceProfile, LinkProfile, list_profiles, load_profile
 from devkit.children import child
 from devkit.linkemu import Direction, LinkEmulator, describe_link, down_seconds
+from server_stub.epub import read_epub
 
 DEFAULT_PROFILES = ("kindle-keyboard-3g", "paperwhite-wifi")
 RSYNC_MISSING = "not measured: rsync is not installed (Debian: apt-get install -y rsync)"
@@ -202,8 +204,11 @@ async def measure_shelfsync(
 ) -> Delivery:
     link = emulator.link
     log.clear()
+    epub = read_epub(book.path)
+    first_page = (epub.first_chapter, *epub.first_chapter_needs)
     ordered = await account.buy(book.book_id)
     timeout = 120 + 4 * book.size / link.down_bytes_per_s
+    first_page_at = await _wait_first_page(device, book.book_id, first_page, timeout)
     state = await device.wait_complete(book.book_id, timeout)
 
     def timed(at: float) -> Timed:
@@ -215,9 +220,23 @@ async def measure_shelfsync(
     down, up = log.at(state["completed_at"])
     return Delivery(
         told=timed(state["notified_at"]),
-        first_chapter=timed(state["first_chapter_at"]),
+        first_chapter=timed(first_page_at),
         complete=Transfer(timed(state["completed_at"]), down, up),
     )
+
+
+async def _wait_first_page(
+    device: Device, book_id: str, paths: tuple[str, ...], timeout_s: float
+) -> float:
+    """When the first chapter and every resource its first page shows (PROTOCOL.md,
+    `first_chapter_needs`) are served 200 through the local API, as a reader app would ask."""
+    deadline = time.monotonic() + timeout_s
+    for path in paths:
+        while (await device.api.resource(book_id, path))[0] != 200:
+            if device.proc.returncode is not None or time.monotonic() > deadline:
+                raise BenchError(f"{book_id}: {path} never served; see {device.log}")
+            await asyncio.sleep(POLL_S)
+    return time.time()
 
 
 def _measured(
@@ -436,9 +455,12 @@ jitter, loss as retransmission delay, outages; its docstring says what is and is
 The daemon (`shelfsync run`, a subprocess, the profile's settings) reaches the stub (a
 subprocess, the whole corpus imported) through one emulator; a purchase is made on the stub
 directly, as on the store's website, once the daemon's push channel is up. *told* is when the
-daemon recorded the purchase, *first chapter* when the book became readable, *complete* when its
-last frame was committed: the daemon's own timestamps (`GET /v1/library`) less the service's
-purchase time. Beside it, through emulators with the same link and the same outage clock: a
+daemon recorded the purchase and *complete* when its last frame was committed (the daemon's own
+timestamps, `GET /v1/library`); *first chapter* is when the local API first served 200 for the
+first chapter and for every resource its first page shows (stylesheets, fonts, images, a fixed
+layout book's facing page and cover: the manifest's `first_chapter_needs`), polled every
+0.1 s as a reader app would ask; each less the service's purchase time. Beside it, through
+emulators with the same link and the same outage clock: a
 fresh aiohttp connection GETs the .epub from a static HTTP server of the corpus folder (what an
 OPDS client such as KOReader does), and `rsync -z` fetches it from rsync's own daemon on
 loopback (module = the corpus folder) into an empty folder; each timed to the complete, verified

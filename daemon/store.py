@@ -34,6 +34,7 @@ from daemon.models import (
 )
 from daemon.protocol.crypto import NONCE_BYTES
 from daemon.protocol.manifest import Manifest, WrappedKey, toc_to_doc
+from daemon.protocol.reading import Reading, reading_to_doc
 
 READER_PAGE_CACHE_KIB = 256
 # The writer's pages are mostly frames it writes once and never reads: SQLite's default 2 MiB
@@ -387,8 +388,8 @@ class Store:
                 db.execute(
                     "INSERT INTO manifests (book_id, version, envelope, title, authors, language,"
                     " toc, first_chapter, first_chapter_frames, frame_count, package_size,"
-                    " plain_size, expires_at, content_key, dictionary, sealed_in_chunks)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1)",
+                    " plain_size, expires_at, content_key, dictionary, sealed_in_chunks, reading)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1,?)",
                     (
                         *key,
                         envelope,
@@ -404,6 +405,7 @@ class Store:
                         m.expires_at,
                         json.dumps(dataclasses.asdict(m.content_key)) if m.content_key else "",
                         m.dictionary.sha256 if m.dictionary else None,
+                        json.dumps(reading_to_doc(m.reading), ensure_ascii=False),
                     ),
                 )
                 db.executemany(
@@ -684,9 +686,9 @@ class Store:
         version = self.readable_version(book_id)
         if version is None or not self.in_library(book_id):
             return None
-        title, authors, language, toc, first_chapter, complete = self.one(
-            "SELECT title, authors, language, toc, first_chapter, complete FROM manifests"
-            " WHERE book_id = ? AND version = ?",
+        title, authors, language, toc, first_chapter, complete, reading = self.one(
+            "SELECT title, authors, language, toc, first_chapter, complete, reading"
+            " FROM manifests WHERE book_id = ? AND version = ?",
             (book_id, version),
         )
         held = {
@@ -714,6 +716,8 @@ class Store:
             "complete": bool(complete),
             "first_chapter": first_chapter,
             "toc": json.loads(toc),
+            **reading_to_doc(Reading()),  # packages before layout 4 carried none
+            **json.loads(reading),
             "resources": resources,
         }
 

@@ -14,17 +14,26 @@ import re
 import zipfile
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 from xml.etree import ElementTree as ET
 
 from daemon.errors import ShelfsyncError
 from daemon.protocol.manifest import TocEntry, check_resource_path
+from daemon.protocol.reading import (
+    LAYOUTS,
+    SPREADS,
+    Landmark,
+    Page,
+    Reading,
+    Series,
+    SpineItem,
+)
+from server_stub.first_page import BookFacts, SpineDocument, first_page
 
 MIMETYPE = b"application/epub+zip"
 CONTAINER = "META-INF/container.xml"
-MIN_CHAPTER_BYTES = 2048  # PROTOCOL.md: first_chapter is the first linear item with >= 2 KiB
 MAX_ENTRIES = 50_000  # mahabharata has 2,020; far more is a hostile ZIP, not a book
 MAX_UNPACKED = 1024 * 1024 * 1024  # declared sizes, summed: a ZIP bomb stops here
 MAX_TOC_DEPTH = 16  # daemon.protocol.manifest refuses deeper tables of contents
@@ -98,6 +107,8 @@ class Epub:
     first_chapter: str
     toc: tuple[TocEntry, ...]
     series: tuple[SeriesEntry, ...] = ()  # usually one; EPUB 3 allows several
+    first_chapter_needs: tuple[str, ...] = ()  # what its first page shows (first_page.py)
+    reading: Reading = field(default_factory=Reading)  # how to lay it out (PROTOCOL.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +117,7 @@ class _Item:
     path: str | None  # full path in the ZIP; None for a remote resource
     media_type: str | None
     properties: frozenset[str]
+    media_overlay: str | None = None  # the manifest id of the SMIL that narrates it
 
 
 def read_epub(path: Path) -> Epub:
@@ -305,18 +317,41 @@ def _read_publication(path: Path, entries: dict[str, bytes]) -> Epub:
     for item in items:
         if item.media_type == "text/css":
             add(item.path)
-    # A small cover comes before the text, for the library view; a large one (a 570 KB SVG, a
-    # full-page JPEG) right after the first chapter, which it would otherwise hold up.
-    cover = _cover_path(metadata, items, by_id)
-    first_chapter = _first_chapter(
-        spine, entries, _marked_start(path, package, opf_dir, navs, entries)
+    spine_element = _first(package, "spine")
+    direction = (
+        spine_element.get("page-progression-direction") if spine_element is not None else None
     )
+    layout = _meta_property(metadata, "rendition:layout")
+    spread = _meta_property(metadata, "rendition:spread")
+    series = _series(metadata)
+    # What the first page shows goes first, in the order it needs it (first_page.py). A small
+    # cover comes before the text, for the library view; a large one (a 570 KB SVG, a full-page
+    # JPEG) right after the first chapter, which it would otherwise hold up.
+    cover = _cover_path(metadata, items, by_id)
+    toc = _toc(path, navs, ncxs, entries)
+    first = first_page(
+        BookFacts(
+            spine=tuple(SpineDocument(i.path or "", i.id, linear, p) for i, linear, p in spine),
+            entries=entries,
+            marked_start=_marked_start(path, package, opf_dir, navs, entries),
+            guide_types=_guide_types(package, opf_dir),
+            toc_start=toc[0].href.split("#", 1)[0] if toc else None,
+            nav_documents=frozenset(i.path for i in navs if i.path),
+            fixed_layout=layout == "pre-paginated",
+            cover_image=cover,
+        )
+    )
+    for need in first.needs:
+        if media_types.get(need) == "text/css" or need.lower().endswith(_FONT_EXTENSIONS):
+            add(need)
     if cover is not None and len(entries.get(cover, b"")) <= SMALL_COVER_BYTES:
         add(cover)
-    for spine_item, _ in spine:
+    add(first.chapter)
+    for need in first.needs:
+        add(need)
+    add(cover)
+    for spine_item, _, _ in spine:
         add(spine_item.path)
-        if spine_item.path == first_chapter:
-            add(cover)
     for item in items:
         add(item.path)
     for name in entries:
@@ -336,9 +371,28 @@ def _read_publication(path: Path, entries: dict[str, bytes]) -> Epub:
         authors=tuple(dict.fromkeys(c for c in creators if c)),
         language=language or "und",
         files=files,
-        first_chapter=first_chapter,
-        toc=_toc(path, navs, ncxs, entries),
-        series=_series(metadata),
+        first_chapter=first.chapter,
+        toc=toc,
+        series=series,
+        first_chapter_needs=first.needs,
+        reading=Reading(
+            direction=direction if direction in ("ltr", "rtl") else "default",
+            layout=layout if layout in LAYOUTS else "reflowable",
+            spread=spread if spread in SPREADS else "auto",
+            cover=cover,
+            spine=tuple(
+                SpineItem(
+                    item.path or "",
+                    linear,
+                    tuple(sorted(properties)),
+                    by_id[item.media_overlay].path if item.media_overlay in by_id else None,
+                )
+                for item, linear, properties in spine
+            ),
+            landmarks=_landmarks(path, package, opf_dir, navs, entries),
+            page_list=_page_list(path, navs, ncxs, entries),
+            series=tuple(Series(s.name, s.position) for s in series),
+        ),
     )
 
 
@@ -421,7 +475,9 @@ def _manifest_items(
             if full not in entries:
                 missing.append(full)
         properties = frozenset((element.get("properties") or "").split())
-        items.append(_Item(item_id, full, _clean_media_type(element.get("media-type")), properties))
+        media_type = _clean_media_type(element.get("media-type"))
+        overlay = element.get("media-overlay")
+        items.append(_Item(item_id, full, media_type, properties, overlay))
     if missing:
         shown = ", ".join(repr(m) for m in missing[:5])
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -433,19 +489,21 @@ def _manifest_items(
 
 def _spine(
     path: Path, opf_path: str, package: ET.Element, by_id: dict[str, _Item]
-) -> list[tuple[_Item, bool]]:
-    """The spine's local items in order, each with whether it is linear."""
+) -> list[tuple[_Item, bool, frozenset[str]]]:
+    """The spine's local items in order, each with whether it is linear and its itemref's
+    properties (page-spread-left, ...)."""
     spine_element = _first(package, "spine")
     if spine_element is None:
         raise EpubError(path, f"{opf_path} has no <spine>")
-    spine: list[tuple[_Item, bool]] = []
+    spine: list[tuple[_Item, bool, frozenset[str]]] = []
     for ref in _children(spine_element, "itemref"):
         idref = ref.get("idref", "")
         item = by_id.get(idref)
         if item is None:
             raise EpubError(path, f"{opf_path}: the spine names unknown manifest item {idref!r}")
         if item.path is not None:
-            spine.append((item, ref.get("linear", "yes") != "no"))
+            properties = frozenset((ref.get("properties") or "").split())
+            spine.append((item, ref.get("linear", "yes") != "no", properties))
     if not spine:
         raise EpubError(path, f"{opf_path}: the spine is empty")
     return spine
@@ -464,6 +522,7 @@ def _cover_path(metadata: ET.Element, items: list[_Item], by_id: dict[str, _Item
 
 
 SMALL_COVER_BYTES = 64 * 1024
+_FONT_EXTENSIONS = (".otf", ".ttf", ".woff", ".woff2")
 
 
 def _marked_start(
@@ -486,20 +545,104 @@ def _marked_start(
     return None
 
 
-def _first_chapter(
-    spine: list[tuple[_Item, bool]], entries: dict[str, bytes], marked: str | None = None
-) -> str:
-    """The chapter a reader lands on: where the publisher marked the text's start, else the
-    first linear spine item of some length."""
-    if marked is not None and any(item.path == marked for item, _ in spine):
-        return marked
-    for item, linear in spine:
-        assert item.path is not None  # _spine keeps local items only
-        if linear and len(entries[item.path]) >= MIN_CHAPTER_BYTES:
-            return item.path
-    first = spine[0][0].path
-    assert first is not None
-    return first
+def _guide_types(package: ET.Element, opf_dir: str) -> dict[str, str]:
+    """The EPUB 2 guide's type of each document it names whole (cover, toc, title-page, ...): a
+    reference to a fragment names a part of a document (Gutenberg's contents inside its first
+    chapter), not what the document is."""
+    guide = _first(package, "guide")
+    types: dict[str, str] = {}
+    for reference in guide.iter() if guide is not None else ():
+        href = reference.get("href", "")
+        target = _resolve(opf_dir, href)
+        if _local(reference.tag) == "reference" and target and "#" not in href:
+            types.setdefault(target, reference.get("type") or "")
+    return types
+
+
+def _landmarks(
+    path: Path, package: ET.Element, opf_dir: str, navs: list[_Item], entries: dict[str, bytes]
+) -> tuple[Landmark, ...]:
+    """The navigation document's landmarks, else the EPUB 2 guide; local targets only."""
+    for nav in navs:
+        assert nav.path is not None
+        found = [
+            Landmark(kind, label, href)
+            for kind, label, href in _nav_links(path, nav.path, entries, "landmarks")
+            if href.split("#", 1)[0] in entries
+        ]
+        if found:
+            return tuple(found)
+    guide = _first(package, "guide")
+    found = []
+    for reference in guide.iter() if guide is not None else ():
+        href = _toc_href(opf_dir, reference.get("href", ""))
+        if _local(reference.tag) == "reference" and href.split("#", 1)[0] in entries:
+            found.append(Landmark(reference.get("type") or "", reference.get("title") or "", href))
+    return tuple(found)
+
+
+def _page_list(
+    path: Path, navs: list[_Item], ncxs: list[_Item], entries: dict[str, bytes]
+) -> tuple[Page, ...]:
+    """The print edition's pages: the navigation document's page-list, else the NCX's."""
+    for nav in navs:
+        assert nav.path is not None
+        pages = [
+            Page(label, href)
+            for _, label, href in _nav_links(path, nav.path, entries, "page-list")
+            if href.split("#", 1)[0] in entries
+        ]
+        if pages:
+            return tuple(pages)
+    for ncx in ncxs:
+        assert ncx.path is not None
+        try:
+            root = _parse_xml(path, ncx.path, entries[ncx.path])
+        except EpubError:
+            continue
+        pages = []
+        for target in root.iter():
+            if _local(target.tag) != "pageTarget":
+                continue
+            label = next((_text(e) for e in target.iter() if _local(e.tag) == "navLabel"), "")
+            content = next((e for e in target.iter() if _local(e.tag) == "content"), None)
+            href = (
+                _toc_href(posixpath.dirname(ncx.path), content.get("src", ""))
+                if content is not None
+                else ""
+            )
+            if href and href.split("#", 1)[0] in entries:
+                pages.append(Page(label, href))
+        if pages:
+            return tuple(pages)
+    return ()
+
+
+def _nav_links(
+    path: Path, nav_path: str, entries: dict[str, bytes], kind: str
+) -> list[tuple[str, str, str]]:
+    """(epub:type, label, href) of each link in the navigation document's <nav> of `kind`."""
+    try:
+        root = _parse_xml(path, nav_path, entries[nav_path])
+    except EpubError:
+        return []
+    base = posixpath.dirname(nav_path)
+    for nav in root.iter():
+        if _local(nav.tag) == "nav" and kind in (nav.get(_EPUB_TYPE) or "").split():
+            return [
+                ((a.get(_EPUB_TYPE) or "").strip(), _text(a), _toc_href(base, a.get("href", "")))
+                for a in nav.iter()
+                if _local(a.tag) == "a" and a.get("href") and not _is_remote(a.get("href", ""))
+            ]
+    return []
+
+
+def _meta_property(metadata: ET.Element, name: str) -> str | None:
+    """An EPUB 3 `<meta property=...>` of the whole publication (refinements aside)."""
+    for meta in metadata.iter():
+        if _local(meta.tag) == "meta" and meta.get("property") == name and not meta.get("refines"):
+            return _text(meta)
+    return None
 
 
 def _toc(

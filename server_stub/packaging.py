@@ -47,9 +47,10 @@ from server_stub.epub import Epub, EpubFile
 # Media is already compressed and gains nothing from large frames: it stays at 1 MiB, which
 # bounds what a download holds in memory per frame. Why these numbers: docs/BENCHMARKS.md.
 # Bumped whenever packaging turns an unchanged EPUB into other bytes (2: manifest format 2, text
-# frames of 2 MiB; 3: zstd blocks end at resource ends, BLOCK_PLAIN_SIZE apart): a catalog
-# packaged by an older layout repackages every book, as new versions.
-PACKAGE_LAYOUT = 3
+# frames of 2 MiB; 3: zstd blocks end at resource ends, BLOCK_PLAIN_SIZE apart; 4: what the
+# first page shows comes first, and the manifest lists it): a catalog packaged by an older layout
+# repackages every book, as new versions.
+PACKAGE_LAYOUT = 4
 FIRST_FRAME_SIZE = 64 * 1024
 FRAME_SIZE = 2 * 1024 * 1024
 MEDIA_FRAME_SIZE = 1024 * 1024
@@ -218,6 +219,8 @@ def build_package(
         resources=tuple(resources),
         toc=epub.toc,
         first_chapter=epub.first_chapter,
+        first_chapter_needs=epub.first_chapter_needs,
+        reading=epub.reading,
         package_size=len(data),
         content_key=None,  # wrapped for each device when the manifest is signed
         dictionary=None

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.errors import ManifestError
+from daemon.protocol.reading import Reading, parse_reading, reading_to_doc
 
 # 2: resources carry no SHA-256 of their own (the signed frame hashes cover every byte; the
 # per-resource hashes were half of a large book's manifest, all of it before the first chapter).
@@ -96,6 +97,10 @@ class Manifest:
     package_size: int
     content_key: WrappedKey | None  # None only in the service's unsigned templates
     dictionary: DictionaryRef | None
+    # What the first chapter's first page shows besides it (stylesheets, fonts, images, the
+    # facing page of a spread): the book is readable only once these are in too.
+    first_chapter_needs: tuple[str, ...] = ()
+    reading: Reading = field(default_factory=Reading)  # direction, layout, cover, landmarks...
     _resource_index: dict[str, Resource] = field(repr=False, compare=False, default_factory=dict)
 
     def resource(self, path: str) -> Resource | None:
@@ -113,11 +118,15 @@ class Manifest:
         return range(first, last + 1)
 
     def first_chapter_frames(self) -> int:
-        """How many leading frames must be stored before the first chapter reads."""
-        chapter = self.resource(self.first_chapter)
-        assert chapter is not None  # parse_manifest checked it
-        needed = self.frames_for(chapter)
-        return needed.stop if needed else 0
+        """How many leading frames must be stored before the first chapter reads: those holding
+        the chapter and everything its first page shows (the service packs them first)."""
+        stop = 0
+        for path in (self.first_chapter, *self.first_chapter_needs):
+            resource = self.resource(path)
+            assert resource is not None  # parse_manifest checked it
+            needed = self.frames_for(resource)
+            stop = max(stop, needed.stop if needed else 0)
+        return stop
 
     @property
     def plain_size(self) -> int:
@@ -157,6 +166,8 @@ def encode_manifest(m: Manifest) -> bytes:
         ],
         "toc": [toc_to_doc(t) for t in m.toc],
         "first_chapter": m.first_chapter,
+        **({"first_chapter_needs": list(m.first_chapter_needs)} if m.first_chapter_needs else {}),
+        **({"reading": reading_to_doc(m.reading)} if m.reading != Reading() else {}),
         "package_size": m.package_size,
         "content_key": None
         if m.content_key is None
@@ -290,6 +301,15 @@ def _parse_doc(doc: Any, template: bool) -> Manifest:
     first_chapter = _need(doc, "first_chapter", str)
     if first_chapter not in seen:
         raise ManifestError(f"first_chapter {first_chapter!r} is not a resource")
+    raw_needs = doc.get("first_chapter_needs", [])  # absent from packages before layout 4
+    if not isinstance(raw_needs, list) or not all(
+        isinstance(n, str) and n in seen and n != first_chapter for n in raw_needs
+    ):
+        raise ManifestError("first_chapter_needs: expected a list of the book's other resources")
+    needs = tuple(raw_needs)
+    reading = parse_reading(doc["reading"], seen) if "reading" in doc else Reading()
+    if len(set(needs)) != len(needs):
+        raise ManifestError("first_chapter_needs lists a resource twice")
     authors = tuple(_need(doc, "authors", list))
     if not all(isinstance(a, str) for a in authors):
         raise ManifestError("authors: expected a list of strings")
@@ -327,6 +347,8 @@ def _parse_doc(doc: Any, template: bool) -> Manifest:
         package_size=package_size,
         content_key=content_key,
         dictionary=dictionary,
+        first_chapter_needs=needs,
+        reading=reading,
     )
 
 

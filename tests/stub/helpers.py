@@ -90,9 +90,9 @@ EXPECTED_ORDER = [
     "OEBPS/toc.ncx",
     "OEBPS/style.css",
     "OEBPS/images/cover.png",
+    "OEBPS/text/ch1.xhtml",  # the first chapter, and what it shows, before the spine
     "OEBPS/text/title.xhtml",
     "OEBPS/text/notes.xhtml",
-    "OEBPS/text/ch1.xhtml",
     "OEBPS/text/ch2.xhtml",
     "OEBPS/images/fig 1.png",
     "OEBPS/extra.txt",

@@ -72,7 +72,7 @@ def test_reading_order_media_types_first_chapter_and_toc(tmp_path: Path) -> None
     assert types["OEBPS/content.opf"] == "application/oebps-package+xml"
     assert types["OEBPS/images/fig 1.png"] == "image/png"
     assert types["OEBPS/extra.txt"] == "text/plain"
-    # title.xhtml is under 2 KiB and notes.xhtml is not linear.
+    # title.xhtml is a title page (its name says so) and notes.xhtml is not linear.
     assert epub.first_chapter == "OEBPS/text/ch1.xhtml"
     assert epub.authors == ("Ada Author", "Bo Writer")
     assert epub.toc == (
