@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import aiohttp
 
@@ -56,6 +56,8 @@ THUMBNAIL_RELS = ("http://opds-spec.org/image/thumbnail", "x-stanza-cover-image-
 SCHEMES = ("http", "https")
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp", "image/svg+xml")
 CHUNK = 64 * 1024
+# What a feed reader wants, for servers that negotiate between a feed and an HTML page.
+FEED_TYPES = "application/atom+xml, application/opds+json;q=0.9, application/json;q=0.5"
 
 
 class OpdsError(ShelfsyncError):
@@ -110,8 +112,21 @@ def parse_feed(data: bytes, url: str, content_type: str = "") -> OpdsPage:
     return _parse_opds1(data, url)
 
 
+def _public(url: str) -> str:
+    """The URL without its user and password (`http://user:password@host/opds` is how a
+    catalog behind HTTP basic authentication is named): never logged, never stored."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def _shown(url: str) -> str:
-    """A URL as logs show it: a data: URI or a pathological link is not worth 1 MB of log."""
+    """A URL as logs and reports show it: without credentials, and a data: URI or a
+    pathological link is not worth 1 MB of log."""
+    url = _public(url)
     return url if len(url) <= 200 else url[:200] + "..."
 
 
@@ -246,12 +261,13 @@ async def _get(
     cap: int,
     limits: OpdsLimits,
     sink: BinaryIO | None = None,
+    accept: str = "*/*",
 ) -> tuple[bytes, str]:
     """GET `url`, following at most `limits.max_redirects` http(s) redirects, reading at most
     `cap` bytes (into `sink`, a binary file, if given). Returns (body or b"", content type)."""
     for _ in range(limits.max_redirects + 1):
         try:
-            async with http.get(url, allow_redirects=False) as response:
+            async with http.get(url, allow_redirects=False, headers={"Accept": accept}) as response:
                 if response.status in (301, 302, 303, 307, 308):
                     target = _http_url(url, response.headers.get("Location", ""))
                     if target is None:
@@ -292,15 +308,19 @@ async def read_catalog(
     url: str | None = feed_url
     while url is not None and url not in seen:
         if len(seen) == limits.max_pages:
-            problems.append((url, f"not read: the catalog has more than {limits.max_pages} pages"))
+            problems.append(
+                (_shown(url), f"not read: the catalog has more than {limits.max_pages} pages")
+            )
             log.warning(kv("opds_pages_limited", feed=_shown(feed_url), pages=limits.max_pages))
             break
         seen.add(url)
         try:
-            data, content_type = await _get(http, url, limits.max_feed_bytes, limits)
+            data, content_type = await _get(
+                http, url, limits.max_feed_bytes, limits, accept=FEED_TYPES
+            )
             page = parse_feed(data, url, content_type)
         except OpdsError as e:
-            problems.append((url, e.problem))
+            problems.append((_shown(url), e.problem))
             log.warning(kv("opds_page_refused", url=_shown(url), problem=e.problem))
             break
         log.info(
@@ -313,7 +333,7 @@ async def read_catalog(
             )
         )
         for title, why in page.skipped:
-            problems.append((url, f"entry {title!r}: {why}"))
+            problems.append((_shown(url), f"entry {title!r}: {why}"))
             log.warning(kv("opds_entry_skipped", url=_shown(url), title=title, problem=why))
         books += page.books
         url = page.next_url
@@ -349,7 +369,7 @@ async def import_opds(
     limits = limits or OpdsLimits()
     report = ImportReport()
     if urlsplit(feed_url).scheme not in SCHEMES:
-        report.refused_links.append((feed_url, "not an http or https URL"))
+        report.refused_links.append((_shown(feed_url), "not an http or https URL"))
         log.warning(kv("opds_refused", feed=_shown(feed_url), problem="not http or https"))
         return report
     timeout = aiohttp.ClientTimeout(
@@ -368,11 +388,11 @@ async def import_opds(
                     with path.open("wb") as sink:
                         await _get(http, book.epub_url, limits.max_epub_bytes, limits, sink)
                 except OpdsError as e:
-                    report.refused_links.append((book.epub_url, e.problem))
+                    report.refused_links.append((_shown(book.epub_url), e.problem))
                     log.warning(kv("epub_refused", file=_shown(book.epub_url), problem=e.problem))
                     continue
                 cover = await _cover(http, book.cover_url, limits) if book.cover_url else None
-                sources.append(EpubSource(path, book.epub_url, cover))
+                sources.append(EpubSource(path, _public(book.epub_url), cover))
         imported = await asyncio.to_thread(import_epubs, store, sources, clock, settings)
     report.merge(imported)
     log.info(

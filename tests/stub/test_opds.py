@@ -17,7 +17,7 @@ from aiohttp import web
 
 from server_stub.app import running_stub
 from server_stub.catalog import PackagingSettings
-from server_stub.cli import LISTENING
+from server_stub.cli import LISTENING, SAMPLE_LIBRARY
 from server_stub.opds import OpdsError, OpdsLimits, import_opds, parse_feed
 from server_stub.store import Store
 from tests.stub.helpers import Api
@@ -433,3 +433,47 @@ async def test_shelfsync_stub_imports_the_catalogs_named_with_opds(
     assert process.returncode == 0
     assert b"event=opds_imported" in stderr
     assert b"Traceback" not in stderr
+
+
+async def test_a_catalog_behind_basic_authentication_never_shows_its_password(
+    origin: Origin, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """calibre-web asks OPDS readers for HTTP basic authentication: the password rides in the
+    URL, and stays out of the logs, the report and the catalog."""
+    feed = _wiki(origin)
+    served = dict(origin.routes)
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Authorization") != aiohttp.encode_basic_auth("reader", "s3cret"):
+            raise web.HTTPUnauthorized()
+        return await served[request.path](request)
+
+    for path in served:
+        origin.routes[path] = guarded
+    caplog.set_level(logging.INFO)
+    with_password = feed.replace("http://", "http://reader:s3cret@")
+    report = await import_opds(store, with_password, settings=FAST)
+    [book] = report.imported
+    assert book.url == origin.url + "/content/free/4561.epub"
+    stored = store.book(book.book_id)
+    assert stored is not None
+    assert stored.source == book.url
+    assert not any("s3cret" in r.getMessage() for r in caplog.records)
+    unauthorized = await import_opds(store, feed, settings=FAST)
+    assert unauthorized.refused_links == [(feed, "HTTP 401 Unauthorized")]
+
+
+async def test_a_folder_books_own_cover_is_listed(tmp_path: Path) -> None:
+    async with (
+        running_stub(tmp_path / "stub", library_dir=SAMPLE_LIBRARY, packaging=FAST) as stub,
+        aiohttp.ClientSession() as http,
+    ):
+        api = Api(http, stub.url)
+        token = await api.account()
+        books = (await api.call("GET", "/v1/catalog", token))["books"]
+    covers = {b["title"].split(";")[0]: b["cover"] for b in books}
+    carol = covers["A Christmas Carol in Prose"]
+    assert carol["origin"] == "epub"
+    assert carol["resource"] == "OEBPS/7861183851723336211_cover.jpg"
+    assert carol["sha256"] == _sha(image(CAROL, "OEBPS/7861183851723336211_cover.jpg"))
+    assert {c["media_type"] for c in covers.values()} == {"image/jpeg", "image/svg+xml"}

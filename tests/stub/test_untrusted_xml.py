@@ -63,15 +63,17 @@ def test_a_doctype_naming_the_ncx_dtd_is_still_read(tmp_path: Path) -> None:
     assert original.toc
 
 
-def test_the_ncx_with_an_external_entity_is_refused_on_import_with_a_log_line(
+def test_hostile_books_are_refused_on_import_with_a_log_line_each(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The bug: such an NCX was skipped as 'broken', and the book imported with an empty table
-    of contents and no word in the log."""
+    """An NCX with an external entity was the bug: skipped as 'broken', the book imported with an
+    empty table of contents and no word in the log. Beside it, a billion laughs in a package
+    document; the good book beside them imports."""
     library = tmp_path / "library"
     library.mkdir()
-    hostile = hostile_epub(library, "ncx", XXE, "&xxe;")
-    shutil.copy(SAMPLE_LIBRARY / "epubjs_alice.epub", library)
+    xxe = hostile_epub(library, "ncx", XXE, "&xxe;")
+    laughs = hostile_epub(library, "opf", BILLION_LAUGHS, "&lol9;")
+    shutil.copy(SAMPLE_LIBRARY / "se_h-g-wells_the-time-machine.epub", library)
     caplog.set_level(logging.WARNING, logger="server_stub.catalog")
     store = Store.open(tmp_path / "data")
     try:
@@ -79,14 +81,18 @@ def test_the_ncx_with_an_external_entity_is_refused_on_import_with_a_log_line(
         titles = [b.title for b in store.catalog()]
     finally:
         store.close()
-    assert [p for p, _ in report.refused] == [hostile]
-    assert "OEBPS/toc.ncx is refused" in report.refused[0][1]
-    assert [b.path.name for b in report.imported] == ["epubjs_alice.epub"]
-    assert len(titles) == 1  # the hostile book is not in the catalog at all
-    lines = [r.getMessage() for r in caplog.records if "epub_refused" in r.getMessage()]
-    assert len(lines) == 1
-    for needle in (hostile.name, "OEBPS/toc.ncx", "'xxe'"):
+    refused = dict(report.refused)
+    assert sorted(refused) == sorted([xxe, laughs])
+    assert "OEBPS/toc.ncx is refused: it declares the XML entity 'xxe'" in refused[xxe]
+    assert "OPS/package.opf is refused: it declares the XML entity 'lol'" in refused[laughs]
+    assert [b.path.name for b in report.imported] == ["se_h-g-wells_the-time-machine.epub"]
+    assert titles == ["The Time Machine"]  # the hostile books are not in the catalog at all
+    lines = sorted(r.getMessage() for r in caplog.records if "epub_refused" in r.getMessage())
+    assert len(lines) == 2  # sorted by file name: the NCX's book first
+    for needle in (xxe.name, "OEBPS/toc.ncx", "'xxe'"):
         assert needle in lines[0]
+    for needle in (laughs.name, "OPS/package.opf", "'lol'"):
+        assert needle in lines[1]
 
 
 def test_a_broken_but_harmless_ncx_is_skipped_with_a_log_line_rather_than_refusing_the_book(
