@@ -10,7 +10,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,7 @@ from server_stub.api_errors import ApiError, error_middleware, need_str, read_js
 from server_stub.catalog import ImportReport, PackagingSettings, import_library
 from server_stub.faults import FAULTS, FaultInjector, fault_middleware, fired, write_body
 from server_stub.faults import install as install_faults
+from server_stub.opds import import_opds
 from server_stub.push import PushHub
 from server_stub.receipts import add_routes as add_receipt_routes
 from server_stub.signing import ServiceKey, load_or_create_key, sign_manifest
@@ -133,6 +134,15 @@ async def catalog(request: web.Request) -> web.Response:
             "package_size": b.package_size,
             "epub_size": b.epub_size,
             "series": [{"name": s.name, "position": _position_doc(s.position)} for s in b.series],
+            "cover": None
+            if b.cover is None
+            else {
+                "media_type": b.cover.media_type,
+                "size": b.cover.size,
+                "sha256": b.cover.sha256,
+                "origin": b.cover.origin,
+                "resource": b.cover.resource,
+            },
         }
         for b in request.app[STORE].catalog()
     ]
@@ -325,6 +335,20 @@ async def manifest(request: web.Request) -> web.Response:
     )
 
 
+async def cover(request: web.Request) -> web.Response:
+    """The book's cover for a library view: catalog data, like `/v1/catalog`."""
+    _account_or_device(request)
+    book_id = request.match_info["book_id"]
+    found = request.app[STORE].cover(book_id)
+    if found is None:
+        raise ApiError(404, "no_cover", f"{book_id} has no cover in the catalog")
+    return web.Response(
+        body=found.data,
+        content_type=found.media_type,
+        headers={hdrs.ETAG: f'"{found.sha256}"', hdrs.CACHE_CONTROL: "private, max-age=86400"},
+    )
+
+
 async def dictionary(request: web.Request) -> web.Response:
     """A compression dictionary by content address: immutable, cacheable anywhere."""
     _device(request)
@@ -440,6 +464,7 @@ def make_app(
     r.add_get("/v1/library/changes", changes, name="changes")
     r.add_get("/v1/push", push, name="push", allow_head=False)
     r.add_get("/v1/books/{book_id}/manifest", manifest, name="manifest")
+    r.add_get("/v1/books/{book_id}/cover", cover, name="cover")
     r.add_get("/v1/dictionaries/{sha256}", dictionary, name="dictionary")
     r.add_get("/v1/books/{book_id}/versions/{version}/package", package, name="package")
     add_annotation_routes(app, store, app[HUB], _device, _account, clock)
@@ -484,6 +509,7 @@ async def running_stub(
     data_dir: Path,
     *,
     library_dir: Path | None = None,
+    opds_urls: Sequence[str] = (),
     host: str = "127.0.0.1",
     port: int = 0,
     faults: bool = False,
@@ -494,14 +520,18 @@ async def running_stub(
     """Run the stub on `host:port` (0 picks a free port) until the block exits.
 
     `data_dir` holds the database and the service key (created if missing). `library_dir`, if
-    given, is imported first (unchanged files are skipped); without it the stored catalog is
-    served as is. `faults` enables fault injection and the admin routes."""
+    given, is imported first (unchanged files are skipped), then each OPDS catalog of `opds_urls`;
+    without either the stored catalog is served as is. `faults` enables fault injection and the
+    admin routes."""
     store = await asyncio.to_thread(Store.open, data_dir)
     try:
         key = await asyncio.to_thread(load_or_create_key, data_dir)
         report = None
         if library_dir is not None:
             report = await asyncio.to_thread(import_library, store, library_dir, clock, packaging)
+        for url in opds_urls:
+            report = report or ImportReport()
+            report.merge(await import_opds(store, url, clock, packaging))
         app = make_app(store, key, faults_enabled=faults, clock=clock)
         runner = web.AppRunner(
             app,

@@ -41,6 +41,14 @@ def _parser() -> argparse.ArgumentParser:
         default=SAMPLE_LIBRARY,
         help="folder of .epub files to import at start (default: the bundled sample library)",
     )
+    parser.add_argument(
+        "--opds",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="an OPDS 1.2 or 2.0 catalog (calibre, calibre-web, Kavita) whose free EPUBs are "
+        "imported at start, after --library; repeatable",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     parser.add_argument(
         "--port", type=int, default=8080, help="port to bind; 0 picks a free one (default: 8080)"
@@ -64,12 +72,15 @@ def _parser() -> argparse.ArgumentParser:
 def _print_report(report: ImportReport | None) -> None:
     if report is None:
         return
+    refused = len(report.refused) + len(report.refused_links)
     print(
         f"imported {len(report.imported)}, updated {len(report.updated)}, "
-        f"unchanged {len(report.unchanged)}, refused {len(report.refused)}"
+        f"unchanged {len(report.unchanged)}, refused {refused}"
     )
     for path, problem in report.refused:
         print(f"refused {path}: {problem}")
+    for url, problem in report.refused_links:
+        print(f"refused {url}: {problem}")
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -80,6 +91,7 @@ async def _serve(args: argparse.Namespace) -> None:
     async with running_stub(
         args.data,
         library_dir=args.library,
+        opds_urls=args.opds,
         host=args.host,
         port=args.port,
         faults=args.faults,

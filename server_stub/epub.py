@@ -31,6 +31,7 @@ from daemon.protocol.reading import (
     SpineItem,
 )
 from server_stub.first_page import BookFacts, SpineDocument, first_page
+from server_stub.safe_xml import MalformedXml, UnsafeXml, parse_xml
 
 MIMETYPE = b"application/epub+zip"
 CONTAINER = "META-INF/container.xml"
@@ -79,6 +80,16 @@ class EpubError(ShelfsyncError):
         self.problem = problem
 
 
+class UnsafeXmlError(EpubError):
+    """An XML file of the EPUB (`member`) declares or references entities: an XXE or an entity
+    bomb, never a book's need. The whole EPUB is refused, not only that file."""
+
+    def __init__(self, path: Path, member: str, reason: str) -> None:
+        super().__init__(path, f"{member} is refused: {reason} (XML entities are not accepted)")
+        self.member = member
+        self.reason = reason
+
+
 @dataclass(frozen=True, slots=True)
 class EpubFile:
     """One file of the EPUB, with the bytes exactly as the publisher wrote them."""
@@ -109,6 +120,11 @@ class Epub:
     series: tuple[SeriesEntry, ...] = ()  # usually one; EPUB 3 allows several
     first_chapter_needs: tuple[str, ...] = ()  # what its first page shows (first_page.py)
     reading: Reading = field(default_factory=Reading)  # how to lay it out (PROTOCOL.md)
+    cover: str | None = None  # the cover image's path, if the package document names one
+    toc_problems: tuple[str, ...] = ()  # navigation documents skipped as unreadable, and why
+
+    def file(self, path: str) -> EpubFile | None:
+        return next((f for f in self.files if f.path == path), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,17 +214,12 @@ def _text(element: ET.Element) -> str:
     return " ".join("".join(element.itertext()).split())
 
 
-_ENTITY_MARKERS = tuple("<!ENTITY".encode(enc) for enc in ("utf-8", "utf-16-le", "utf-16-be"))
-
-
 def _parse_xml(path: Path, name: str, data: bytes) -> ET.Element:
-    # ElementTree expands internal entities; refusing declarations outright stops entity bombs
-    # (no EPUB needs them: XHTML entities come from the DTD, which expat never loads).
-    if any(marker in data for marker in _ENTITY_MARKERS):
-        raise EpubError(path, f"{name} declares XML entities, which are refused")
     try:
-        return ET.fromstring(data)  # noqa: S314 -- entity declarations refused just above
-    except ET.ParseError as e:
+        return parse_xml(data)
+    except UnsafeXml as e:
+        raise UnsafeXmlError(path, name, str(e)) from e
+    except MalformedXml as e:
         raise EpubError(path, f"{name} is not well-formed XML ({e})") from e
 
 
@@ -328,7 +339,7 @@ def _read_publication(path: Path, entries: dict[str, bytes]) -> Epub:
     # cover comes before the text, for the library view; a large one (a 570 KB SVG, a full-page
     # JPEG) right after the first chapter, which it would otherwise hold up.
     cover = _cover_path(metadata, items, by_id)
-    toc = _toc(path, navs, ncxs, entries)
+    toc, toc_problems = _toc(path, navs, ncxs, entries)
     first = first_page(
         BookFacts(
             spine=tuple(SpineDocument(i.path or "", i.id, linear, p) for i, linear, p in spine),
@@ -364,6 +375,7 @@ def _read_publication(path: Path, entries: dict[str, bytes]) -> Epub:
     creators = [_text(e) for e in metadata.iter() if _local(e.tag) == "creator"]
     title = next((_text(e) for e in metadata.iter() if _local(e.tag) == "title"), "")
     language = next((_text(e) for e in metadata.iter() if _local(e.tag) == "language"), "")
+    toc, toc_problems = _toc(path, navs, ncxs, entries)
     return Epub(
         source=path,
         identifier=identifier,
@@ -393,6 +405,8 @@ def _read_publication(path: Path, entries: dict[str, bytes]) -> Epub:
             page_list=_page_list(path, navs, ncxs, entries),
             series=tuple(Series(s.name, s.position) for s in series),
         ),
+        cover=cover if cover in entries else None,
+        toc_problems=toc_problems,
     )
 
 
@@ -647,30 +661,39 @@ def _meta_property(metadata: ET.Element, name: str) -> str | None:
 
 def _toc(
     path: Path, navs: list[_Item], ncxs: list[_Item], entries: dict[str, bytes]
-) -> tuple[TocEntry, ...]:
-    """The EPUB 3 navigation document's toc, else the NCX's; a broken one is skipped, as
-    reading systems do, rather than refusing an otherwise readable book."""
+) -> tuple[tuple[TocEntry, ...], tuple[str, ...]]:
+    """The EPUB 3 navigation document's toc, else the NCX's, and the problem of each one
+    skipped on the way: a broken one is skipped, as reading systems do, rather than refusing an
+    otherwise readable book. One with entities is not broken but hostile: UnsafeXmlError
+    refuses the book."""
+    problems: list[str] = []
     for nav in navs:
         assert nav.path is not None
         try:
             root = _parse_xml(path, nav.path, entries[nav.path])
-        except EpubError:
+        except UnsafeXmlError:
+            raise
+        except EpubError as e:
+            problems.append(e.problem)
             continue
         toc = _nav_toc(root, posixpath.dirname(nav.path))
         if toc:
-            return toc
+            return toc, tuple(problems)
     for ncx in ncxs:
         assert ncx.path is not None
         try:
             root = _parse_xml(path, ncx.path, entries[ncx.path])
-        except EpubError:
+        except UnsafeXmlError:
+            raise
+        except EpubError as e:
+            problems.append(e.problem)
             continue
         nav_map = _first(root, "navMap")
         if nav_map is not None:
             toc = _ncx_points(nav_map, posixpath.dirname(ncx.path), 0)
             if toc:
-                return toc
-    return ()
+                return toc, tuple(problems)
+    return (), tuple(problems)
 
 
 def _nav_toc(root: ET.Element, base_dir: str) -> tuple[TocEntry, ...]:

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 from xml.etree import ElementTree as ET
 
+from server_stub.safe_xml import MalformedXml, UnsafeXml, parse_xml
+
 EPUB_TYPE = "{http://www.idpf.org/2007/ops}type"
 XLINK_HREF = "{http://www.w3.org/1999/xlink}href"
 BODY_TYPES = frozenset({"bodymatter", "chapter", "part"})
@@ -196,12 +198,12 @@ def _name_words(document: SpineDocument) -> set[str]:
 
 
 def _parse(data: bytes) -> ET.Element | None:
-    if b"<!ENTITY" in data:  # epub.py refuses these; never expand them here
-        return None
+    """A content document's tree, parsed as untrusted (safe_xml: no entity ever expands); None
+    for HTML that is not XML, or that declares entities, for the fallbacks below."""
     try:
-        return ET.fromstring(data)  # noqa: S314 -- entity declarations refused just above
-    except ET.ParseError:
-        return None  # HTML that is not XML: the regular-expression fallbacks below
+        return parse_xml(data)
+    except (MalformedXml, UnsafeXml):
+        return None
 
 
 def _local(tag: object) -> str:

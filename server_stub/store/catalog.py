@@ -1,9 +1,10 @@
 """The catalog: books, their packaged versions and package blobs, content keys, dictionaries,
-series, and the packaging settings. Packages are read with incremental blob I/O, a slice at a
-time, so serving a 100 MB package never loads it whole."""
+series, covers, and the packaging settings. Packages are read with incremental blob I/O, a slice
+at a time, so serving a 100 MB package never loads it whole."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,31 @@ from daemon.errors import StoreError
 from daemon.protocol.crypto import new_content_key
 from server_stub.epub import SeriesEntry, series_key
 from server_stub.store.feed import Change, ChangesFeed
+
+
+@dataclass(frozen=True, slots=True)
+class Cover:
+    """A book's cover image as the catalog keeps it (bytes bounded by the importer)."""
+
+    origin: str  # 'opds': the catalog it came from gave it; 'epub': the book's own
+    media_type: str
+    data: bytes
+    resource: str | None = None  # its path in the book, when the book's own
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class CoverInfo:
+    """What the catalog listing says of a cover, without its bytes."""
+
+    origin: str
+    media_type: str
+    size: int
+    sha256: str
+    resource: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +52,7 @@ class Book:
     source: str
     package_size: int  # of the current version
     series: tuple[SeriesEntry, ...] = ()
+    cover: CoverInfo | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +85,12 @@ _PRIMARY_LANGUAGE = "lower(substr({0}.language, 1, instr({0}.language || '-', '-
 _BOOK_COLUMNS = (
     "b.book_id, b.title, b.authors, b.language, b.version, b.epub_sha256, b.epub_size,"
     " b.source, v.package_size, (SELECT json_group_array(json_array(s.name, s.position))"
-    "   FROM book_series s WHERE s.book_id = b.book_id)"
+    "   FROM book_series s WHERE s.book_id = b.book_id),"
+    " c.origin, c.media_type, length(c.data), c.sha256, c.resource"
+)
+_BOOK_TABLES = (
+    "books b JOIN book_versions v ON v.book_id = b.book_id AND v.version = b.version"
+    " LEFT JOIN book_covers c ON c.book_id = b.book_id"
 )
 
 
@@ -74,6 +106,7 @@ def _book(row: Any) -> Book:
         source,
         package_size,
         series,
+        *cover,
     ) = row
     return Book(
         book_id,
@@ -86,6 +119,7 @@ def _book(row: Any) -> Book:
         source,
         package_size,
         tuple(SeriesEntry(name, position) for name, position in sorted(json.loads(series))),
+        CoverInfo(*cover) if cover[0] is not None else None,
     )
 
 
@@ -118,16 +152,14 @@ class Catalog(ChangesFeed):
 
     def book(self, book_id: str) -> Book | None:
         row = self._one(
-            f"SELECT {_BOOK_COLUMNS} FROM books b JOIN book_versions v"
-            " ON v.book_id = b.book_id AND v.version = b.version WHERE b.book_id = ?",
+            f"SELECT {_BOOK_COLUMNS} FROM {_BOOK_TABLES} WHERE b.book_id = ?",
             (book_id,),
         )
         return _book(row) if row else None
 
     def catalog(self) -> list[Book]:
         rows = self._query(
-            f"SELECT {_BOOK_COLUMNS} FROM books b JOIN book_versions v"
-            " ON v.book_id = b.book_id AND v.version = b.version ORDER BY b.title, b.book_id"
+            f"SELECT {_BOOK_COLUMNS} FROM {_BOOK_TABLES} ORDER BY b.title, b.book_id"
         )
         return [_book(r) for r in rows]
 
@@ -236,6 +268,38 @@ class Catalog(ChangesFeed):
             ((book_id, series_key(e.name), e.name, e.position) for e in series),
         )
         self._db.execute("UPDATE books SET series_read = 1 WHERE book_id = ?", (book_id,))
+
+    def cover_read(self, book_id: str) -> bool:
+        """Whether the book's cover was looked for (not so for books imported before the
+        catalog kept covers)."""
+        row = self._one("SELECT cover_read FROM books WHERE book_id = ?", (book_id,))
+        return bool(row and row[0])
+
+    def set_cover(self, book_id: str, cover: Cover | None) -> None:
+        """The book's cover from now on; None: it has none."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM book_covers WHERE book_id = ?", (book_id,))
+            if cover is not None:
+                db.execute(
+                    "INSERT INTO book_covers (book_id, origin, media_type, data, sha256, resource)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        book_id,
+                        cover.origin,
+                        cover.media_type,
+                        cover.data,
+                        cover.sha256,
+                        cover.resource,
+                    ),
+                )
+            db.execute("UPDATE books SET cover_read = 1 WHERE book_id = ?", (book_id,))
+
+    def cover(self, book_id: str) -> Cover | None:
+        row = self._one(
+            "SELECT origin, media_type, data, resource FROM book_covers WHERE book_id = ?",
+            (book_id,),
+        )
+        return None if row is None else Cover(row[0], row[1], bytes(row[2]), row[3])
 
     def manifest_template(self, book_id: str, version: int) -> bytes | None:
         row = self._one(

@@ -179,7 +179,7 @@ MALFORMED: dict[str, tuple[Callable[[Path], Path], str]] = {
             b'<?xml version="1.0"?><!DOCTYPE p [<!ENTITY a "aaaaaaaaaa">'
             b'<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]>' + _opf().split(b"?>", 1)[1],
         ),
-        "declares XML entities",
+        "declares the XML entity .a.",
     ),
     "unsafe entry": (_with("../evil.txt", b"x"), "unsafe path"),
 }
