@@ -4,20 +4,26 @@ the service serves the device offline. Real processes, a real datagram socket.""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import re
 import signal
 import socket
 from pathlib import Path
+
+import aiohttp
 
 from daemon.api.client import LocalApiClient
 from daemon.client import AccountClient
 from daemon.notes.store import NotesStore
 from daemon.protocol.merge import note_versions
 from daemon.store import Store
+from devkit.children import child, script
 from server_stub.app import running_stub
 from server_stub.catalog import PackagingSettings
-from server_stub.cli import SAMPLE_LIBRARY
+from server_stub.cli import LISTENING, SAMPLE_LIBRARY
 from server_stub.epub import read_epub
+from server_stub.packaging import book_id_for
 from server_stub.signing import load_or_create_key
 from tests.integration.notes_helpers import eventually
 from tests.integration.service_helpers import (
@@ -188,3 +194,104 @@ async def test_with_the_service_unreachable_a_new_device_keeps_trying_and_still_
 
 async def _lines(log: Path, event: str) -> list[str]:
     return log_lines(log, event)
+
+
+async def test_no_log_holds_a_token_a_key_or_the_books_text(tmp_path: Path) -> None:
+    """A demo's flow with every log at debug: the service and the daemon as processes, a book
+    bought, delivered and read back over the token-guarded TCP API, a note made on it."""
+    stub_log, device_log = tmp_path / "stub.log", tmp_path / "device.log"
+    state = tmp_path / "state"
+    epub = read_epub(SAMPLE_LIBRARY / SAMPLE_BOOK)
+    stub_args = [script("shelfsync-stub"), "--data", str(tmp_path / "stub"), "--port", "0"]
+    async with child([*stub_args, "--zstd-level", "3"], stub_log, pipe_stdout=True) as stub:
+        url = await _listening_url(stub)
+        account = AccountClient(url)
+        token_file = tmp_path / "account-token"
+        token_file.write_text(await account.create_account("reader"))
+        token_file.chmod(0o600)
+        book_id = book_id_for(epub.identifier, epub.language)
+        config = write_config(
+            tmp_path / "config.toml",
+            service_url=url,
+            service_key=str(tmp_path / "stub" / "service.pub"),
+            profile="emulator-loopback",
+            account_token_file="account-token",
+            state_dir="state",
+            tcp_port=_free_port(),
+            log_level="debug",
+        )
+        async with daemon_process(config, device_log, None) as daemon:
+            await eventually(lambda: _exists(state / "api-token"))
+            api_token = (state / "api-token").read_text().strip()
+            await account.buy(book_id)
+            async with LocalApiClient(state / "api.sock") as api:
+                await eventually(lambda: _delivered(api), timeout_s=60)
+                status, note = await api.send(
+                    "POST", f"/v1/books/{book_id}/annotations", _note(book_id)
+                )
+                assert status == 201, note
+            port = int(config.read_text().split("tcp_port = ")[1].split()[0])
+            async with aiohttp.ClientSession(
+                headers={"Authorization": f"Bearer {api_token}"}
+            ) as session:
+                for f in epub.files:
+                    resource = f"http://127.0.0.1:{port}/v1/books/{book_id}/resources/{f.path}"
+                    async with session.get(resource) as r:
+                        assert (r.status, await r.read()) == (200, f.data)
+            assert await terminate(daemon) == 0
+    db = Store.open(state / "shelfsync.db", readonly=True)
+    try:
+        device_token = db.get_meta("device_token")
+    finally:
+        db.close()
+    device_key = (state / "device.key").read_bytes()
+    service_key = (tmp_path / "stub" / "service.key").read_bytes()
+    secrets = {
+        "account token": account.account_token,
+        "device token": device_token,
+        "api token": api_token,
+        "device key (base64)": base64.b64encode(device_key).decode(),
+        "device key (hex)": device_key.hex(),
+        "service signing key": service_key.decode(errors="replace").strip(),
+        "the book's text": BOOK_SENTENCE,
+        "the note's text": NOTE_TEXT,
+    }
+    assert BOOK_SENTENCE.encode() in next(f.data for f in epub.files if f.path.endswith("-1.xhtml"))
+    for log in (stub_log, device_log):
+        text = log.read_text()
+        assert "event=delivery_complete" in text or "event=book_imported" in text
+        leaked = [what for what, secret in secrets.items() if secret and secret in text]
+        assert not leaked, f"{log.name} holds {leaked}"
+        # One format, one line per event: the time, the level, the logger, the event.
+        for line in text.splitlines():
+            assert LINE.match(line), f"{log.name}: {line}"
+
+
+LINE = re.compile(
+    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+ event=\w+( |$)"
+)
+
+
+def _note(book_id: str) -> dict[str, object]:
+    return {
+        "kind": "note",
+        "note": NOTE_TEXT,
+        "anchor": {
+            "resource": "epub/text/chapter-1.xhtml",
+            "start": 10,
+            "end": 10 + len(BOOK_SENTENCE),
+            "quote": {"exact": BOOK_SENTENCE},
+        },
+    }
+
+
+async def _exists(path: Path) -> bool:
+    return path.exists()
+
+
+async def _listening_url(proc: asyncio.subprocess.Process) -> str:
+    assert proc.stdout is not None
+    while line := await asyncio.wait_for(proc.stdout.readline(), 60):
+        if line.startswith(LISTENING.encode()):
+            return line.decode().split()[-1]
+    raise AssertionError("the stub exited before listening")
