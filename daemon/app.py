@@ -146,6 +146,8 @@ class Daemon:
         last = store.get_meta("last_sync_at")
         when = datetime.fromtimestamp(float(last)).astimezone().strftime("%H:%M") if last else None
         parts = [f"{coming} book{'s' * (coming != 1)} downloading"] if coming else []
+        if self._delivery is not None and self._delivery.paused_reason:
+            parts = [f"{coming} book{'s' * (coming != 1)} waiting: the disk is full"]
         parts.append(f"{states.count('complete')} on the device")
         parts.append(f"last sync {when or 'never'}")
         link = "online" if self._connectivity and self._connectivity.online else "offline"

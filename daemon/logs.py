@@ -1,8 +1,9 @@
 """Structured logs to stderr: one line per event (daemon/protocol/logline.py has the format).
 
 Under journald (stderr is the stream $JOURNAL_STREAM names) each line starts with its sd-daemon
-`<N>` priority and no timestamp, so `journalctl -p warning` works; `--log-format json` gives
-tools one JSON object per line. Never secrets or book text: callers log ids, counts and paths.
+`<N>` priority (and text lines leave the time to journald), so `journalctl -p warning` works;
+`--log-format json` gives tools one JSON object per line. Never secrets or book text: callers
+log ids, counts and paths.
 """
 
 from __future__ import annotations
@@ -33,9 +34,8 @@ def under_journald(environ: Mapping[str, str] = os.environ) -> bool:
 
 def setup_logging(level: str = "info", log_format: str = "text") -> None:
     """`level` in LEVELS and `log_format` in FORMATS, already checked (daemon/config.py)."""
-    style = "json" if log_format == "json" else "journal" if under_journald() else "text"
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(LineFormatter(style))
+    handler.setFormatter(LineFormatter(log_format, journal=under_journald()))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     set_level(level)

@@ -20,10 +20,10 @@ def kv(event: str, **fields: object) -> Event:
     return Event(event, fields)
 
 
-def configure(level: int = logging.INFO, style: str = "text") -> None:
+def configure(level: int = logging.INFO) -> None:
     """Log to stderr, one line per event, for the console script."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(LineFormatter(style))
+    handler.setFormatter(LineFormatter("text"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

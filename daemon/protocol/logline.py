@@ -1,12 +1,16 @@
 """The log line the daemon and the service both write: one line per event, with its level.
 
 A format both sides share, so one tool (or one person) reads the two processes' logs the same
-way; pure: a log record in, one line of text out. Three renderings of the same event:
+way; pure: a log record in, one line of text out. Two styles of the same event:
 
   text     2026-12-03T12:04:05.123Z INFO shelfsync.app event=daemon_started device=dv_1
-  journal  <6>shelfsync.app event=daemon_started device=dv_1    (journald stamps the time)
   json     {"ts": "2026-12-03T12:04:05.123Z", "level": "info", "logger": "shelfsync.app",
             "event": "daemon_started", "device": "dv_1"}                  (on one line)
+
+and for journald either one starts with the sd-daemon priority, which journald takes off and
+files as the line's level; text then leaves out the time, which journald stamps itself:
+
+  <6>shelfsync.app event=daemon_started device=dv_1
 
 A record that is not an `Event` (aiohttp's, asyncio's) becomes `event=log message="..."`. A
 traceback stays on its event's line: `traceback="Traceback ...\\n..."`, escaped. Callers pass ids,
@@ -20,7 +24,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-STYLES = ("text", "journal", "json")
+STYLES = ("text", "json")
 # sd-daemon(3) priorities, as journald reads them from a `<N>` prefix.
 _JOURNAL_PRIORITY = {
     logging.CRITICAL: 2,
@@ -59,13 +63,14 @@ def _priority(level: int) -> int:
 
 
 class LineFormatter(logging.Formatter):
-    """Formats every record as one line in one of `STYLES`."""
+    """Formats every record as one line in one of `STYLES`, for journald if `journal`."""
 
-    def __init__(self, style: str = "text") -> None:
+    def __init__(self, style: str = "text", *, journal: bool = False) -> None:
         if style not in STYLES:
             raise ValueError(f"log style {style!r} is not one of {', '.join(STYLES)}")
         super().__init__()
         self.style_name = style
+        self.journal = journal
 
     def format(self, record: logging.LogRecord) -> str:
         if isinstance(record.msg, Event) and not record.args:
@@ -77,21 +82,21 @@ class LineFormatter(logging.Formatter):
         if record.stack_info:
             fields["stack"] = self.formatStack(record.stack_info)
         if self.style_name == "json":
-            doc = {
+            doc: dict[str, Any] = {
                 "ts": _timestamp(record.created),
                 "level": record.levelname.lower(),
                 "logger": record.name,
                 "event": name,
-                **{
-                    k: v if isinstance(v, int | float | bool) or v is None else str(v)
-                    for k, v in fields.items()
-                },
             }
-            return json.dumps(doc, ensure_ascii=False)
-        line = str(Event(name, fields))
-        if self.style_name == "journal":
-            return f"<{_priority(record.levelno)}>{record.name} {line}"
-        return f"{_timestamp(record.created)} {record.levelname} {record.name} {line}"
+            for key, value in fields.items():  # a field never hides the line's own keys
+                plain = isinstance(value, int | float | bool) or value is None
+                doc.setdefault(key, value if plain else str(value))
+            line = json.dumps(doc, ensure_ascii=False)
+        else:
+            line = f"{record.name} {Event(name, fields)}"
+            if not self.journal:
+                line = f"{_timestamp(record.created)} {record.levelname} {line}"
+        return f"<{_priority(record.levelno)}>{line}" if self.journal else line
 
 
 def _timestamp(created: float) -> str:

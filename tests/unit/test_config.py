@@ -120,10 +120,10 @@ def test_a_token_file_others_can_read_is_refused(tmp_path: Path) -> None:
 
 
 def _config_command(
-    *args: str, env: dict[str, str] | None = None
+    *args: str, env: dict[str, str] | None = None, command: str = "config"
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "daemon", "config", *args],
+        [sys.executable, "-m", "daemon", command, *args],
         capture_output=True,
         text=True,
         check=False,
@@ -182,3 +182,27 @@ def test_every_mistake_is_one_line_and_exit_code_2(
     assert done.stderr.count("\n") == 1, done.stderr
     assert "Traceback" not in done.stderr
     assert message.format(tmp=tmp_path) in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--log-level=verbose", "field 'log_level': 'verbose' is not one of"),
+        ("--state={tmp}/a-file/state", "field 'state_dir': not writable: Not a directory"),
+        ("--service-key={tmp}/no-such.pub", "field 'service_key': no such file"),
+    ],
+)
+def test_run_refuses_the_same_mistakes_in_one_line_before_starting(
+    tmp_path: Path, service_pub: Path, flag: str, message: str
+) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    args = {
+        "--service": "http://127.0.0.1:9",
+        "--service-key": str(service_pub),
+        "--state": str(tmp_path / "state"),
+    }
+    given = flag.format(tmp=tmp_path)
+    args[given.split("=")[0]] = given.split("=", 1)[1]
+    done = _config_command(*(f"{k}={v}" for k, v in args.items()), command="run")
+    assert (done.returncode, done.stderr.count("\n")) == (2, 1), done.stderr
+    assert message in done.stderr

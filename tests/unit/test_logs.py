@@ -40,7 +40,7 @@ def test_an_event_is_one_text_line_with_time_level_logger_and_fields() -> None:
 
 
 def test_under_journald_the_line_starts_with_its_sd_daemon_priority_and_has_no_time() -> None:
-    formatter = LineFormatter("journal")
+    formatter = LineFormatter("text", journal=True)
     lines = {
         level: formatter.format(_record(Event("x", {}), level))
         for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
@@ -68,14 +68,21 @@ def test_json_lines_carry_the_same_fields_for_tools() -> None:
     }
 
 
-@pytest.mark.parametrize("style", ["text", "journal", "json"])
-def test_a_traceback_stays_on_its_events_line(style: str) -> None:
-    line = LineFormatter(style).format(_record(Event("crashed", {}), logging.ERROR, exc=True))
+@pytest.mark.parametrize(("style", "journal"), [("text", False), ("text", True), ("json", False)])
+def test_a_traceback_stays_on_its_events_line(style: str, journal: bool) -> None:
+    formatter = LineFormatter(style, journal=journal)
+    line = formatter.format(_record(Event("crashed", {}), logging.ERROR, exc=True))
     assert "\n" not in line
     assert "ValueError: a bug" in line
     assert "Traceback (most recent call last)" in line
     if style == "json":
         assert json.loads(line)["traceback"].endswith("ValueError: a bug\nover two lines")
+
+
+def test_under_journald_json_lines_carry_the_priority_too() -> None:
+    line = LineFormatter("json", journal=True).format(_record(Event("x", {}), logging.ERROR))
+    assert line.startswith("<3>{")
+    assert json.loads(line[3:])["level"] == "error"
 
 
 def test_a_message_that_is_not_an_event_is_quoted_on_one_line() -> None:
@@ -136,3 +143,28 @@ def test_the_daemon_writes_sd_daemon_prefixes_when_its_stderr_is_the_journal_str
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     )
     assert done.stderr == "<4>shelfsync.app event=disk_full free=0\n"
+
+
+def test_log_format_json_gives_a_tool_one_object_per_line() -> None:
+    script = (
+        "import logging\n"
+        "from daemon.logs import setup_logging, log_event\n"
+        "setup_logging('info', 'json')\n"
+        "log = logging.getLogger('shelfsync.app')\n"
+        "log_event(log, logging.INFO, 'daemon_started', device='dev_1')\n"
+        "log_event(log, logging.DEBUG, 'not_at_info')\n"
+        "try:\n"
+        "    1 / 0\n"
+        "except ZeroDivisionError as e:\n"
+        "    log_event(log, logging.ERROR, 'worker_crashed', exc=e)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [(d["level"], d["event"]) for d in lines] == [
+        ("info", "daemon_started"),
+        ("error", "worker_crashed"),
+    ]
+    assert lines[0]["device"] == "dev_1"
+    assert lines[1]["traceback"].endswith("ZeroDivisionError: division by zero")
