@@ -225,10 +225,10 @@ def read_service_key(value: str) -> Ed25519PublicKey:
     try:
         return public_key_from_text(value, "--service-key")
     except ConfigError as e:
-        # Neither a file nor key text: most likely a path with a typo, so say that first.
-        raise ConfigError(
-            value, "service_key", "no such file (nor base64 Ed25519 public key text)"
-        ) from e
+        if "/" in value or value.startswith(("~", ".")) or value.endswith(".pub"):
+            # Meant as a file (key text never ends in .pub): say the file is missing.
+            raise ConfigError(value, "service_key", "no such file") from e
+        raise
 
 
 def check_service_url(url: str) -> str:

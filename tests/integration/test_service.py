@@ -210,6 +210,7 @@ async def test_no_log_holds_a_token_a_key_or_the_books_text(tmp_path: Path) -> N
         token_file.write_text(await account.create_account("reader"))
         token_file.chmod(0o600)
         book_id = book_id_for(epub.identifier, epub.language)
+        port = _free_port()
         config = write_config(
             tmp_path / "config.toml",
             service_url=url,
@@ -217,11 +218,12 @@ async def test_no_log_holds_a_token_a_key_or_the_books_text(tmp_path: Path) -> N
             profile="emulator-loopback",
             account_token_file="account-token",
             state_dir="state",
-            tcp_port=_free_port(),
+            tcp_port=port,
             log_level="debug",
         )
-        async with daemon_process(config, device_log, None) as daemon:
-            await eventually(lambda: _exists(state / "api-token"))
+        manager = ServiceManager(tmp_path / "notify")
+        async with daemon_process(config, device_log, manager) as daemon:
+            await manager.expect("READY=1")
             api_token = (state / "api-token").read_text().strip()
             await account.buy(book_id)
             async with LocalApiClient(state / "api.sock") as api:
@@ -230,7 +232,6 @@ async def test_no_log_holds_a_token_a_key_or_the_books_text(tmp_path: Path) -> N
                     "POST", f"/v1/books/{book_id}/annotations", _note(book_id)
                 )
                 assert status == 201, note
-            port = int(config.read_text().split("tcp_port = ")[1].split()[0])
             async with aiohttp.ClientSession(
                 headers={"Authorization": f"Bearer {api_token}"}
             ) as session:
@@ -239,6 +240,7 @@ async def test_no_log_holds_a_token_a_key_or_the_books_text(tmp_path: Path) -> N
                     async with session.get(resource) as r:
                         assert (r.status, await r.read()) == (200, f.data)
             assert await terminate(daemon) == 0
+        manager.close()
     db = Store.open(state / "shelfsync.db", readonly=True)
     try:
         device_token = db.get_meta("device_token")
@@ -283,10 +285,6 @@ def _note(book_id: str) -> dict[str, object]:
             "quote": {"exact": BOOK_SENTENCE},
         },
     }
-
-
-async def _exists(path: Path) -> bool:
-    return path.exists()
 
 
 async def _listening_url(proc: asyncio.subprocess.Process) -> str:
