@@ -155,6 +155,10 @@ async def device_process(
     state: Path, service_url: str, stub: Stub, profile: str, account_token: str, log: Path
 ) -> AsyncIterator[Device]:
     """`shelfsync run` with a fresh state, registered with the account, until the block ends."""
+    state.mkdir(parents=True, exist_ok=True)
+    token_file = state / "account-token"  # a file, not argv: every user can read `ps`
+    token_file.touch(mode=0o600)
+    token_file.write_text(account_token)
     args = [
         script("shelfsync"),
         "run",
@@ -166,7 +170,8 @@ async def device_process(
         str(stub.key_path),
         "--profile",
         profile,
-        f"--account-token={account_token}",
+        "--account-token-file",
+        str(token_file),
         "--device-name",
         "bench e-reader",
     ]

@@ -7,6 +7,7 @@ The rooms (docs/ARCHITECTURE.md has the rules and a walk through them):
   radio/     the link: push channel, radio wake windows, battery
   api/       the local API the reader software calls, the status report, a client of it
 and at the top the process level: app (composition root), cli, config, profile, store and models,
-client (the only HTTP to the service), device_key, clock, logs, errors, backoff, killpoints.
+client (the only HTTP to the service), device_key, clock, logs, notify (systemd's sd_notify, the
+only raw socket), errors, backoff, killpoints; systemd/ holds the unit and an example config.
 Nothing here imports server_stub, devkit, bench or tests (tests/unit/test_layers.py).
 """

@@ -4,7 +4,8 @@ Tasks: the radio's wake windows, library sync, delivery (which owns one task per
 download), delivery receipts, connectivity, annotation sync and popular highlights, in one
 TaskGroup. A stop request or a
 crash of any of them cancels the others; the local API stops last so the reader keeps reading
-until the end.
+until the end. Beside them, from the start to the end, the service manager's task
+(daemon/notify.py): watchdog pings and the status line.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import asyncio
 import logging
 import os
 import secrets
-from typing import Any
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from daemon.api.library import LibraryApi
 from daemon.api.notes import NotesApi
 from daemon.api.server import LocalApi
+from daemon.backoff import Backoff
 from daemon.client import AccountClient, ClientLimits, DeviceCredentials, ServiceClient
 from daemon.clock import Clock, SystemClock
 from daemon.config import Settings
@@ -29,11 +33,18 @@ from daemon.content.reader import FrameOpener
 from daemon.content.receipts import ReceiptSync
 from daemon.content.trip import archive_slots, trip_state
 from daemon.device_key import load_or_create_device_key
-from daemon.errors import ConfigError, FrameHashError
+from daemon.errors import (
+    ConfigError,
+    FrameHashError,
+    ServiceHTTPError,
+    ShelfsyncError,
+    TransportError,
+)
 from daemon.logs import log_event
 from daemon.notes.annotation_sync import AnnotationSync
 from daemon.notes.shared_highlights import SharedHighlights
 from daemon.notes.store import NotesStore
+from daemon.notify import Notifier
 from daemon.protocol.crypto import x25519_public_text
 from daemon.protocol.hlc import HybridClock
 from daemon.radio.connectivity import Connectivity
@@ -42,6 +53,10 @@ from daemon.radio.windows import RadioWindows
 from daemon.store import Store
 
 _LOG = logging.getLogger("shelfsync.app")
+_T = TypeVar("_T")
+# Registering while the service is unreachable: retried from 2 s up to every 5 minutes.
+REGISTER_BACKOFF = Backoff(base_s=2.0, cap_s=300.0)
+DOWNLOADING = ("queued", "downloading", "retrying")
 
 
 class _Stop(Exception):
@@ -86,11 +101,17 @@ def _api_token(settings: Settings) -> str | None:
 
 class Daemon:
     def __init__(
-        self, settings: Settings, clock: Clock | None = None, power: PowerSource | None = None
+        self,
+        settings: Settings,
+        clock: Clock | None = None,
+        power: PowerSource | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.power = power or SysfsPower()  # battery and charging, for the planner and status
+        self.notifier = notifier or Notifier(None)  # systemd, when it started us
+        self._phase: str | None = "starting"  # the status line before the workers run
         self.api: LocalApi | None = None
         self._connectivity: Connectivity | None = None
         self.windows: RadioWindows | None = None  # the radio's owner, while running
@@ -115,6 +136,60 @@ class Daemon:
             "radio_wakeups": self.windows.wakeups if self.windows else 0,
         }
 
+    def status_line(self) -> str:
+        """The short state systemd shows (`systemctl status`): what is coming, what is here."""
+        store = self._store
+        if self._phase is not None or store is None:
+            return self._phase or "stopping"
+        states = [b["state"] for b in store.library_view()]
+        coming = sum(1 for s in states if s in DOWNLOADING)
+        last = store.get_meta("last_sync_at")
+        when = datetime.fromtimestamp(float(last)).astimezone().strftime("%H:%M") if last else None
+        parts = [f"{coming} book{'s' * (coming != 1)} downloading"] if coming else []
+        if self._delivery is not None and self._delivery.paused_reason:
+            parts = [f"{coming} book{'s' * (coming != 1)} waiting: the disk is full"]
+        parts.append(f"{states.count('complete')} on the device")
+        parts.append(f"last sync {when or 'never'}")
+        link = "online" if self._connectivity and self._connectivity.online else "offline"
+        return f"{link}; " + ", ".join(parts)
+
+    def reload(self, reconfigure: Callable[[], None]) -> None:
+        """SIGHUP: `reconfigure` applies what can change while running; systemd is told
+        RELOADING=1 before and READY=1 after. A bad new configuration keeps the old one."""
+        self.notifier.reloading(int(self.clock.monotonic() * 1e6))
+        try:
+            reconfigure()
+        except ShelfsyncError as e:
+            log_event(_LOG, logging.ERROR, "config_reload_failed", error=e)
+        if self._phase is None:
+            self.notifier.ready(self.status_line())
+
+    async def _register(
+        self, store: Store, device_key: X25519PrivateKey, stop: asyncio.Event
+    ) -> DeviceCredentials | None:
+        """This device's credentials; with the service unreachable, retried until it answers
+        or a stop (None). A refusal (a wrong account token) is an error at once."""
+        failures = 0
+        while True:
+            try:
+                return await _unless_stopped(
+                    stop, device_credentials(store, self.settings, device_key, self.clock.wall())
+                )
+            except TransportError as e:
+                if isinstance(e, ServiceHTTPError) and not e.retryable:
+                    raise
+                failures += 1
+                delay = REGISTER_BACKOFF.delay(failures)
+                log_event(
+                    _LOG, logging.WARNING, "registration_failed", error=e, retry_in_s=round(delay)
+                )
+                self._phase = f"not registered yet: service unreachable, retrying in {delay:.0f} s"
+                self.notifier.status(self._phase)
+                self.notifier.extend_timeout(delay + 30)  # still starting, not hung
+                await _unless_stopped(stop, self.clock.sleep(delay))
+                if stop.is_set():
+                    return None
+
     def _trip(self) -> dict[str, Any] | None:
         trip = trip_state(self._store, self.clock.wall()) if self._store else None
         return None if trip is None else {"days": trip.days, "until": trip.until}
@@ -135,9 +210,15 @@ class Daemon:
         notes: NotesStore | None = None
         windows = self.windows = RadioWindows(self.clock)
         batch_window_s = profile.sync.batch_window_s
+        supervised = asyncio.create_task(
+            self.notifier.run(self.clock, self.status_line), name="service manager"
+        )
         try:
             device_key = load_or_create_device_key(settings.device_key_path)
-            credentials = await device_credentials(store, settings, device_key, self.clock.wall())
+            credentials = await self._register(store, device_key, stop)
+            if credentials is None:
+                return  # stopped before the service ever answered
+            self._phase = "starting"
             client = ServiceClient(
                 settings.service_url,
                 credentials,
@@ -230,6 +311,8 @@ class Daemon:
                 ),
             )
             await self.api.start()
+            self._phase = None
+            self.notifier.ready(self.status_line())
             log_event(
                 _LOG,
                 logging.INFO,
@@ -254,6 +337,11 @@ class Daemon:
             except* _Stop:
                 pass
         finally:
+            began = self.clock.monotonic()
+            self._phase = "stopping"
+            self.notifier.stopping()
+            supervised.cancel()
+            await asyncio.gather(supervised, return_exceptions=True)
             self._delivery = None
             self._store = None
             self.windows = None
@@ -265,9 +353,30 @@ class Daemon:
             if notes is not None:
                 notes.close()
             store.close()
-            log_event(_LOG, logging.INFO, "daemon_stopped")
+            self.notifier.close()
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            log_event(
+                _LOG,
+                logging.INFO,
+                "daemon_stopped",
+                stop_s=f"{self.clock.monotonic() - began:.3f}",
+                other_tasks=len(others),  # 0 in `shelfsync run`: nothing left running
+            )
 
 
 async def _raise_on(stop: asyncio.Event) -> None:
     await stop.wait()
     raise _Stop
+
+
+async def _unless_stopped(stop: asyncio.Event, work: Awaitable[_T]) -> _T | None:
+    """`work`'s result, or None if `stop` is set first (`work` is then cancelled)."""
+    task = asyncio.ensure_future(work)
+    waiter = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((task, waiter), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, waiter):
+            pending.cancel()
+        await asyncio.gather(task, waiter, return_exceptions=True)
+    return None if task.cancelled() else task.result()

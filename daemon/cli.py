@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +19,79 @@ import aiohttp
 from daemon.api.client import LocalApiClient, LocalApiError
 from daemon.api.status import build_status, format_status
 from daemon.app import Daemon
-from daemon.config import Settings, check_service_url, read_service_key
+from daemon.config import (
+    CREDENTIAL_NAME,
+    SYSTEM_CONFIG,
+    RunConfig,
+    Settings,
+    check_log_settings,
+    default_config_path,
+    default_state_dir,
+    merge,
+    read_config_file,
+    settings_from,
+)
 from daemon.errors import ShelfsyncError
-from daemon.logs import setup_logging
-from daemon.profile import list_profiles, load_profile
+from daemon.logs import LEVELS, log_event, setup_logging
+from daemon.notify import Notifier
+from daemon.profile import list_profiles
+from daemon.protocol.crypto import key_id
 from daemon.store import Store
 
-DEFAULT_STATE = "~/.local/state/shelfsync"
+_LOG = logging.getLogger("shelfsync.cli")
+
+UNIT_FILE = Path(__file__).resolve().parent / "systemd" / "shelfsync.service"
+
+
+def _state_default() -> str:
+    return os.environ.get("SHELFSYNC_STATE") or str(default_state_dir())
+
+
+def _run_flags(run: argparse.ArgumentParser) -> None:
+    """The flags of `run` (and `config`); each overrides the configuration file's key."""
+    run.add_argument(
+        "--config",
+        type=Path,
+        help="TOML configuration file (default $XDG_CONFIG_HOME/shelfsync/config.toml, else"
+        f" {SYSTEM_CONFIG}, if present)",
+    )
+    run.add_argument(
+        "--state",
+        type=Path,
+        default=os.environ.get("SHELFSYNC_STATE") or None,
+        help="directory for the database, the keys and the API socket (state_dir; default"
+        " $STATE_DIRECTORY, else $XDG_STATE_HOME/shelfsync)",
+    )
+    run.add_argument("--service", help="base URL of the content service (service_url)")
+    run.add_argument(
+        "--service-key",
+        help="the pinned service public key: a service.pub file or base64 text (service_key)",
+    )
+    profiles = ", ".join(list_profiles()) or "none shipped"
+    run.add_argument("--profile", help=f"device profile name or TOML path ({profiles})")
+    run.add_argument(
+        "--account-token-file",
+        type=Path,
+        help="file (mode 0600) holding the account token, needed once to register this device"
+        " (account_token_file; or $SHELFSYNC_ACCOUNT_TOKEN, or the systemd credential"
+        f" {CREDENTIAL_NAME})",
+    )
+    run.add_argument(
+        "--account-token",
+        help="the account token itself; every user can read it in the process list, so"
+        " prefer --account-token-file or $SHELFSYNC_ACCOUNT_TOKEN",
+    )
+    run.add_argument("--device-name", help="this device's name on the account (device_name)")
+    run.add_argument("--socket", type=Path, help="API socket path (default <state>/api.sock)")
+    run.add_argument(
+        "--tcp-port",
+        type=int,
+        help="development: also serve the API on 127.0.0.1:PORT (token in <state>/api-token)",
+    )
+    run.add_argument("--log-level", help=f"{', '.join(LEVELS)} (log_level; default info)")
+    run.add_argument(
+        "--log-format", help="text (sd-daemon <N> prefixes under journald) or json (log_format)"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,39 +100,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run the daemon until SIGINT/SIGTERM")
-    run.add_argument(
-        "--state",
-        default=os.environ.get("SHELFSYNC_STATE", DEFAULT_STATE),
-        help="directory for the database and the API socket (default %(default)s)",
+    run = commands.add_parser(
+        "run", help="run the daemon until SIGINT/SIGTERM; SIGHUP reloads the configuration"
     )
-    run.add_argument("--service", required=True, help="base URL of the content service")
-    run.add_argument(
-        "--service-key",
-        required=True,
-        help="the pinned service public key: a service.pub file or base64 text",
+    _run_flags(run)
+    config = commands.add_parser(
+        "config", help="check the configuration `run` would use and print it (no secrets)"
     )
-    run.add_argument(
-        "--profile",
-        default="paperwhite-wifi",
-        help=f"device profile name or TOML path ({', '.join(list_profiles())})",
-    )
-    run.add_argument(
-        "--account-token",
-        default=os.environ.get("SHELFSYNC_ACCOUNT_TOKEN"),
-        help="account token, needed once to register this device (or $SHELFSYNC_ACCOUNT_TOKEN)",
-    )
-    run.add_argument("--device-name", default="shelfsync device")
-    run.add_argument("--socket", type=Path, help="API socket path (default <state>/api.sock)")
-    run.add_argument(
-        "--tcp-port",
-        type=int,
-        help="development: also serve the API on 127.0.0.1:PORT (token in <state>/api-token)",
-    )
-    run.add_argument("--log-level", default="INFO")
+    _run_flags(config)
+    commands.add_parser("unit", help="print the systemd unit shipped with shelfsync")
 
     status = commands.add_parser("status", help="what is on the device and what is coming")
-    status.add_argument("--state", default=os.environ.get("SHELFSYNC_STATE", DEFAULT_STATE))
+    status.add_argument("--state", default=_state_default(), help="state directory")
     status.add_argument("--socket", type=Path, help="API socket path (default <state>/api.sock)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -72,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
         "trip", help="get the device ready for days offline, and say how ready it is"
     )
     trip.add_argument("--days", type=int, required=True, help="how long without a network")
-    trip.add_argument("--state", default=os.environ.get("SHELFSYNC_STATE", DEFAULT_STATE))
+    trip.add_argument("--state", default=_state_default(), help="state directory")
     trip.add_argument("--socket", type=Path, help="API socket path (default <state>/api.sock)")
     trip.add_argument(
         "--wait",
@@ -98,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "config":
+            return _check_config(args)
+        if args.command == "unit":
+            print(UNIT_FILE.read_text(), end="")
+            return 0
         if args.command == "status":
             return _status(args)
         return asyncio.run(_trip(args))
@@ -106,27 +158,101 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _run_config(args: argparse.Namespace) -> tuple[RunConfig, str]:
+    """The configuration file (if any) under the flags given, and where it came from."""
+    path = args.config or default_config_path()
+    config = read_config_file(path) if path is not None else RunConfig()
+    flags = {
+        "service_url": args.service,
+        "service_key": args.service_key,
+        "profile": args.profile,
+        "device_name": args.device_name,
+        "account_token_file": args.account_token_file,
+        "state_dir": args.state,
+        "socket": args.socket,
+        "tcp_port": args.tcp_port,
+        "log_level": args.log_level,
+        "log_format": args.log_format,
+    }
+    source = str(path) if path is not None else "command line"
+    config = merge(config, flags)
+    check_log_settings(config, source)
+    return config, source
+
+
+def _settings(args: argparse.Namespace, config: RunConfig, source: str) -> Settings:
+    settings = settings_from(config, source)
+    if args.account_token:
+        settings = replace(settings, account_token=args.account_token)
+    return settings
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config, source = _run_config(args)
+    settings = _settings(args, config, source)
+    shown = {
+        "service_url": settings.service_url,
+        "service_key": key_id(settings.service_key),
+        "profile": settings.profile.name,
+        "device_name": settings.device_name,
+        "account_token": "given" if settings.account_token else "none (device must be registered)",
+        "state_dir": str(settings.state_dir),
+        "socket": str(settings.api_socket),
+        "tcp_port": settings.tcp_port,
+        "log_level": config.log_level.lower(),
+        "log_format": config.log_format,
+    }
+    for name, value in shown.items():
+        print(f"{name} = {value}")
+    return 0
+
+
+# What SIGHUP applies to the running daemon; every other field needs a restart, since the parts
+# built from it (the HTTP client, the trust root, the database, the sockets, the profile's limits
+# inside each worker) hold it from the start.
+RELOADABLE = ("log_level", "log_format")
+
+
 def _run(args: argparse.Namespace) -> int:
-    setup_logging(args.log_level)
-    settings = Settings(
-        state_dir=Path(args.state).expanduser(),
-        service_url=check_service_url(args.service),
-        service_key=read_service_key(args.service_key),
-        profile=load_profile(args.profile),
-        device_name=args.device_name,
-        account_token=args.account_token,
-        socket_path=args.socket,
-        tcp_port=args.tcp_port,
-    )
+    config, source = _run_config(args)
+    setup_logging(config.log_level, config.log_format)
+    settings = _settings(args, config, source)
+    daemon = Daemon(settings, notifier=Notifier.from_environ())
+    running = [config]
+
+    def reconfigure() -> None:
+        new, _ = _run_config(args)
+        setup_logging(new.log_level, new.log_format)
+        restart = [
+            f.name
+            for f in fields(RunConfig)
+            if f.name not in RELOADABLE and getattr(new, f.name) != getattr(running[0], f.name)
+        ]
+        log_event(
+            _LOG,
+            logging.INFO,
+            "config_reloaded",
+            source=source,
+            log_level=new.log_level.lower(),
+            log_format=new.log_format,
+            needs_restart=",".join(restart) or "nothing",
+        )
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await Daemon(settings).run(stop)
+        loop.add_signal_handler(signal.SIGHUP, daemon.reload, reconfigure)
+        await daemon.run(stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except ShelfsyncError:
+        raise  # main prints it in one line
+    except Exception as e:  # noqa: BLE001 - a bug: its traceback goes to the log, on one line
+        log_event(_LOG, logging.CRITICAL, "daemon_crashed", exc=e)
+        return 1
     return 0
 
 

@@ -1,27 +1,49 @@
-"""Structured logs: one line per event, `event key=value ...`, never secrets or book text."""
+"""Structured logs to stderr: one line per event (daemon/protocol/logline.py has the format).
+
+Under journald (stderr is the stream $JOURNAL_STREAM names) each line starts with its sd-daemon
+`<N>` priority (and text lines leave the time to journald), so `journalctl -p warning` works;
+`--log-format json` gives tools one JSON object per line. Never secrets or book text: callers
+log ids, counts and paths.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
+from daemon.protocol.logline import Event, LineFormatter
 
-def setup_logging(level: str = "INFO") -> None:
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+LEVELS |= {"error": logging.ERROR}
+FORMATS = ("text", "json")
+
+
+def under_journald(environ: Mapping[str, str] = os.environ) -> bool:
+    """True when stderr is the journal stream systemd gave this process (sd-daemon(3)): the
+    variable alone is inherited by children whose stderr goes elsewhere."""
+    device, _, inode = environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return f"{st.st_dev}:{st.st_ino}" == f"{device}:{inode}"
+
+
+def setup_logging(level: str = "info", log_format: str = "text") -> None:
+    """`level` in LEVELS and `log_format` in FORMATS, already checked (daemon/config.py)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s", "%Y-%m-%dT%H:%M:%S")
-    )
+    handler.setFormatter(LineFormatter(log_format, journal=under_journald()))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    set_level(level)
 
 
-def _value(v: Any) -> str:
-    text = str(v)
-    if not text or any(c in text for c in ' ="\n'):
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    return text
+def set_level(level: str) -> None:
+    """Change the level of every logger at once (SIGHUP reloads it)."""
+    logging.getLogger().setLevel(LEVELS[level.lower()])
 
 
 def log_event(
@@ -33,7 +55,6 @@ def log_event(
     **fields: Any,
 ) -> None:
     """Log `event` with fields as key=value pairs on one line; `exc`, an unexpected error, adds
-    its traceback below it."""
+    its traceback to the same line."""
     if logger.isEnabledFor(level):
-        pairs = " ".join(f"{k}={_value(v)}" for k, v in fields.items())
-        logger.log(level, "%s %s", event, pairs, exc_info=exc)
+        logger.log(level, Event(event, fields), exc_info=exc)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import signal
 import sys
@@ -52,6 +53,15 @@ async def _wait_for(path: Path, proc: asyncio.subprocess.Process, what: str) -> 
         if proc.returncode is not None or time.monotonic() > deadline:
             raise DemoError(f"{what} did not start; see its log")
         await asyncio.sleep(0.05)
+
+
+def _private_file(path: Path, text: str) -> Path:
+    """`text` in a file of mode 0600 (replacing one a previous run left)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return path
 
 
 def _pick_book(word: str | None) -> Path:
@@ -96,7 +106,9 @@ async def run_demo(workdir: Path, profile: str, book_word: str | None) -> int:
         url = await _listening_url(stub)
         print(f"service: {url}, sample library from {SAMPLE_LIBRARY}")
         account = AccountClient(url)  # the buyer, on the store's website: not behind the link
-        await account.create_account("demo reader")
+        token_file = _private_file(
+            workdir / "account-token", await account.create_account("demo reader")
+        )
         socket_path = device_dir / "api.sock"
         link = load_profile(profile).link
         # The device reaches the service only through its profile's link, emulated on loopback.
@@ -113,7 +125,9 @@ async def run_demo(workdir: Path, profile: str, book_word: str | None) -> int:
                 str(stub_dir / "service.pub"),
                 "--profile",
                 profile,
-                f"--account-token={account.account_token}",
+                # A file only its owner reads: a token in argv is in every user's `ps`.
+                "--account-token-file",
+                str(token_file),
                 "--device-name",
                 "demo e-reader",
             ]

@@ -25,6 +25,7 @@ from server_stub.api_errors import ApiError, error_middleware, need_str, read_js
 from server_stub.catalog import ImportReport, PackagingSettings, import_library
 from server_stub.faults import FAULTS, FaultInjector, fault_middleware, fired, write_body
 from server_stub.faults import install as install_faults
+from server_stub.logs import AccessLogger
 from server_stub.opds import import_opds
 from server_stub.push import PushHub
 from server_stub.receipts import add_routes as add_receipt_routes
@@ -37,7 +38,6 @@ CHANGES_DEFAULT_LIMIT = 500
 CHANGES_MAX_LIMIT = 1000
 TEMPLATE_CACHE_SIZE = 64  # parsed manifest templates kept (mahabharata's is ~1 MB of JSON)
 SHUTDOWN_TIMEOUT = 5.0  # seconds for in-flight requests when the stub stops
-ACCESS_LOG_FORMAT = 'event=request remote=%a line="%r" status=%s bytes=%b seconds=%Tf'
 
 Clock = Callable[[], float]
 
@@ -536,7 +536,7 @@ async def running_stub(
         runner = web.AppRunner(
             app,
             access_log=logging.getLogger("server_stub.access"),
-            access_log_format=ACCESS_LOG_FORMAT,
+            access_log_class=AccessLogger,
             keepalive_timeout=keepalive_timeout,
             shutdown_timeout=SHUTDOWN_TIMEOUT,
         )

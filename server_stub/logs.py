@@ -1,4 +1,5 @@
-"""Structured logging: one `event=name key=value ...` line per event.
+"""Structured logging: one `event=name key=value ...` line per event, in the same format as the
+daemon's (daemon/protocol/logline.py).
 
 Callers pass ids, counts and paths; never book text, tokens or token hashes.
 """
@@ -8,22 +9,39 @@ from __future__ import annotations
 import logging
 import sys
 
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
-def kv(event: str, **fields: object) -> str:
-    """Format one event line; values with spaces, quotes or `=` are quoted."""
-    parts = [f"event={event}"]
-    for key, value in fields.items():
-        text = str(value)
-        if not text or any(c in text for c in ' "=\n\t'):
-            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-        parts.append(f"{key}={text}")
-    return " ".join(parts)
+from daemon.protocol.logline import Event, LineFormatter
+
+
+def kv(event: str, **fields: object) -> Event:
+    """One event for a logger call: `log.info(kv("book_imported", book_id=...))`."""
+    return Event(event, fields)
 
 
 def configure(level: int = logging.INFO) -> None:
     """Log to stderr, one line per event, for the console script."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(LineFormatter("text"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+class AccessLogger(AbstractAccessLogger):
+    """aiohttp's access log as events: `event=request method=GET path=/v1/... status=200`.
+    The path only, not the query string, which may carry a credential."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            kv(
+                "request",
+                remote=request.remote,
+                method=request.method,
+                path=request.path,
+                status=response.status,
+                bytes=response.body_length,
+                seconds=f"{time:.6f}",
+            )
+        )

@@ -120,6 +120,7 @@ async def spawn_daemon(
     """`shelfsync run` as a real subprocess (for kill tests): SIGKILLs itself at `kill_at`
     ("point:n", daemon/killpoints.py) when given. Its stderr is piped for the assertions."""
     env = {k: v for k, v in os.environ.items() if k != "SHELFSYNC_KILL_AT"}
+    env["SHELFSYNC_ACCOUNT_TOKEN"] = account_token  # not in argv, where every user can read it
     if kill_at:
         env["SHELFSYNC_KILL_AT"] = kill_at
     return await asyncio.create_subprocess_exec(
@@ -135,7 +136,6 @@ async def spawn_daemon(
         str(stub.pub_path),
         "--profile",
         "emulator-loopback",
-        f"--account-token={account_token}",  # a token may start with '-'
         "--log-level",
         "WARNING",
         env=env,

@@ -39,6 +39,7 @@ ROOMS = {
 COMPOSERS = ("daemon.app", "daemon.cli", "daemon.__main__")  # may import every room
 SQL_OWNERS = ("daemon.store", "daemon.notes.store", "server_stub.store")
 HTTP_CLIENTS = ("daemon.client", "daemon.api.client")
+NOTIFIER = "daemon.notify"  # the only raw socket in daemon/: datagrams to systemd
 CLIENT_NAMES = frozenset(
     {"ClientSession", "ClientTimeout", "TCPConnector", "UnixConnector", "BaseConnector", "request"}
 )
@@ -195,6 +196,17 @@ def test_only_the_clients_open_http_connections() -> None:
     assert not offenders, _broken(
         "only daemon.client and daemon.api.client use aiohttp's client", offenders
     )
+
+
+def test_only_the_notifier_speaks_to_the_service_manager() -> None:
+    """sd_notify's datagrams have one owner at the process level, as every effect does."""
+    offenders = [
+        i
+        for i in IMPORTS
+        if _within(i.importer, "daemon") and _within(i.target, "socket") and i.importer != NOTIFIER
+    ]
+    assert not offenders, _broken("only daemon.notify opens a raw socket in daemon/", offenders)
+    assert "." not in NOTIFIER.removeprefix("daemon."), "the notifier is process level"
 
 
 def test_the_import_graph_has_no_cycles() -> None:
