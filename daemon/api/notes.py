@@ -80,6 +80,8 @@ class NotesApi:
     def _guarded(handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.Response:
             item_id = request.match_info.get("item_id")
+            if item_id == "sync":  # /v1/annotations/sync, asked with another method than POST
+                raise web.HTTPMethodNotAllowed(request.method, ["POST"])
             if item_id is not None and not merge.ITEM_ID.match(item_id):
                 return error(400, "bad_id", "annotation ids are 8-64 letters, digits, _ or -")
             try:
