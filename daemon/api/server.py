@@ -1,5 +1,5 @@
 """The local API that the reader software calls: the library, books, resources, status, and
-the reading web app (daemon/api/web/, docs/READER.md).
+the reading web app (daemon/api/web/; README, "The reading web app").
 
 It reads the store only and never waits on the network. It listens on a Unix socket with 0600
 permissions (only the reader software's user may connect) and, for development and for the

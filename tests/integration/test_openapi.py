@@ -20,7 +20,7 @@ import pytest
 from server_stub.app import running_stub
 from tests.conftest import REPO, StubImport
 from tests.integration.harness import Device, running_device
-from tests.openapi import DOCUMENT, check_answer, operations
+from tests.openapi import LOCAL_API
 
 BOOK = "se_h-g-wells_the-time-machine.epub"
 EXAMPLES_PER_ROUTE = int(os.environ.get("SHELFSYNC_FUZZ_EXAMPLES", "20"))
@@ -53,7 +53,7 @@ def test_every_route_is_described_and_every_described_route_exists(device: Devic
         for route in api.make_app().router.routes()
         if route.resource is not None and route.method != "HEAD"
     }
-    assert routes == operations()
+    assert routes == LOCAL_API.operations()
 
 
 def _template(canonical: str) -> str:
@@ -67,9 +67,9 @@ async def test_the_served_document_is_the_repositorys(device: Device) -> None:
         session.get(base_url(device) + "/v1/openapi.json") as r,
     ):
         assert r.status == 200
-        assert await r.json() == DOCUMENT
+        assert await r.json() == LOCAL_API.document
     assert (REPO / "daemon" / "api" / "openapi.json").read_text() == json.dumps(
-        DOCUMENT, indent=1
+        LOCAL_API.document, indent=1
     ) + "\n"
 
 
@@ -97,7 +97,7 @@ class Checked:
             allow_redirects=False,
         ) as r:
             raw = await r.read()
-        check_answer(method, template, r.status, r.content_type, raw)
+        LOCAL_API.check_answer(method, template, r.status, r.content_type, raw)
         doc = json.loads(raw) if r.content_type == "application/json" else raw
         return r.status, doc, r
 
@@ -207,7 +207,9 @@ async def test_every_answer_of_every_route_is_as_described(
         call = Checked(session, base_url(device))
         assert (await call("GET", "/v1/status"))[0] == 401
         link = await device.api.post_json("/v1/login-links")  # on the socket
-        check_answer("POST", "/v1/login-links", 201, "application/json", json.dumps(link).encode())
+        LOCAL_API.check_answer(
+            "POST", "/v1/login-links", 201, "application/json", json.dumps(link).encode()
+        )
         status, _, answer = await call("GET", "/login", link["url"].split(base_url(device))[1])
         assert (status, answer.headers["Location"]) == (303, "/app/")
 
@@ -258,6 +260,6 @@ async def test_schemathesis_finds_no_5xx_and_no_unauthenticated_2xx(
     ]
     print(f"schemathesis: {len(entries)} requests, {sum(s >= 500 for s in statuses)} 5xx")
     assert fuzz.returncode == 0, text[-6000:]
-    assert len(entries) > 10 * len(operations())
+    assert len(entries) > 10 * len(LOCAL_API.operations())
     assert [s for s in statuses if s >= 500] == []
     assert unauthenticated_2xx == []
