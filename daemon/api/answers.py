@@ -7,11 +7,14 @@ reader pastes it (FAULTS.md #33).
 
 A body is refused before it is read when it declares more than MAX_BODY_BYTES (a client that
 declares 10 MB and sends 2 bytes gets its 413 at once instead of holding the connection), and
-refused unparsed when its JSON nests deeper than MAX_JSON_DEPTH (Python's parser recurses).
+refused unparsed when its JSON nests deeper than MAX_JSON_DEPTH (Python's parser recurses). A
+body that trickles in slower than BODY_TIMEOUT_S for the whole of it is refused with 408, so a
+client cannot hold a connection and its handler open by sending a byte at a time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -19,6 +22,7 @@ from aiohttp import web
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 32  # an annotation's anchor is four deep; nothing the API takes is deeper
+BODY_TIMEOUT_S = 10.0  # 64 KiB in 10 s is 6.5 KB/s: far below any local client
 
 
 def safe_dumps(doc: Any) -> str:
@@ -56,9 +60,14 @@ async def read_json(request: web.Request, default: Any = None) -> Any:
     if declared is not None and declared > MAX_BODY_BYTES:
         raise too_large()
     try:
-        raw = await request.read()
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge as e:
         raise too_large() from e
+    except TimeoutError as e:
+        slow = error(408, "body_too_slow", f"the body did not arrive within {BODY_TIMEOUT_S:g} s")
+        slow.force_close()
+        raise Refused(slow) from e
     if not raw.strip() and default is not None:
         return default
     if json_depth(raw) > MAX_JSON_DEPTH:

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from daemon.api import answers
 from server_stub.app import running_stub
 from tests.conftest import StubImport
 from tests.integration.harness import Device, running_device
@@ -63,8 +64,9 @@ async def raw(device: Device, request: bytes, *, tcp: bool = False) -> Answer:
 
 
 def request(method: str, target: str, body: bytes = b"", **headers: str) -> bytes:
-    fields = {"Host": "127.0.0.1", "Content-Length": str(len(body)), **headers}
-    head = "".join(f"{k.replace('_', '-')}: {v}\r\n" for k, v in fields.items())
+    given = {name.replace("_", "-"): value for name, value in headers.items()}
+    fields = {"Host": "127.0.0.1", "Content-Length": str(len(body)), **given}
+    head = "".join(f"{name}: {value}\r\n" for name, value in fields.items())
     return f"{method} {target} HTTP/1.1\r\n{head}\r\n".encode() + body
 
 
@@ -109,8 +111,16 @@ async def test_odd_methods_are_refused_in_the_one_shape(
 
 async def test_a_body_declared_large_and_never_sent_is_a_quick_413(device: Device) -> None:
     declared = request("POST", "/v1/trip", Content_Length=str(10 * 1024 * 1024))
-    answer = await raw(device, declared.replace(b"Content-Length: 0\r\n", b"") + b"{}")
+    answer = await raw(device, declared + b"{}")
     assert (answer.status, answer.error()["error"]) == (413, "body_too_large")
+
+
+async def test_a_body_that_trickles_in_is_refused(
+    device: Device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(answers, "BODY_TIMEOUT_S", 0.5)
+    answer = await raw(device, request("POST", "/v1/trip", Content_Length="1000") + b'{"da')
+    assert (answer.status, answer.error()["error"]) == (408, "body_too_slow")
 
 
 async def test_a_malformed_header_is_not_reflected(device: Device) -> None:

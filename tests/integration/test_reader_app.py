@@ -5,6 +5,7 @@ service back, the highlight reaches it. Screenshots go to the test's tmp folder.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from daemon.client import AccountClient
 from server_stub.app import running_stub
 from tests.conftest import StubImport
 from tests.integration.chromium import INSTALL, Page, chromium_page, chromium_path
@@ -19,6 +21,7 @@ from tests.integration.harness import Device, running_device
 from tests.integration.notes_helpers import eventually
 
 BOOK = "se_h-g-wells_the-time-machine.epub"
+ARCHIVED = "epubjs_alice.epub"  # bought before the device joined: it stays in the cloud
 CHROMIUM = chromium_path()
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason=f"needs Chromium: {INSTALL}")
 
@@ -66,20 +69,30 @@ async def test_a_highlight_made_in_the_browser_survives_the_service_going_away(
 ) -> None:
     shots = tmp_path / "screenshots"
     book_id = stub_corpus_import.book_ids[BOOK]
+    archived_id = stub_corpus_import.book_ids[ARCHIVED]
     async with AsyncExitStack() as service:
         stub = await service.enter_async_context(running_stub(corpus_stub_data, port=0))
+        account = AccountClient(stub.url)
+        await account.create_account("reader")
+        account_id = stub.store.account_for_token(account.account_token)
+        assert account_id is not None
+        stub.store.seed_library(account_id, [archived_id], at=time.time() - 86400)
         async with running_device(
-            stub.url, stub.public_key_text, tmp_path / "device", tcp_port=0
+            stub.url, stub.public_key_text, tmp_path / "device", tcp_port=0, account=account
         ) as device:
             await device.account.buy(book_id)
             await device.wait_complete(book_id)
+            await device.wait_for(archived_id, lambda b: b["state"] == "in_cloud")
             link = await device.api.post_json("/v1/login-links")
             await browser.goto(link["url"])
             card = f"[data-book={book_id}]"
-            await browser.wait_for(f"document.querySelector('{card} img[src]') !== null")
+            await browser.wait_for(f"document.querySelector('{card} img.cover')?.naturalWidth > 0")
             await browser.screenshot(shots / "library.png")
             assert "On device" in await browser.evaluate(
                 f"document.querySelector('{card}').textContent"
+            )
+            assert "In the cloud" in await browser.evaluate(
+                f"document.querySelector('[data-book={archived_id}]').textContent"
             )
 
             await click(browser, f"{card} a")

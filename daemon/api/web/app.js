@@ -76,7 +76,7 @@ function bookCard(book) {
   }
   return el("li", { "data-book": book.book_id },
     el("a", { href: `#/book/${enc(book.book_id)}` }, cover,
-      el("span", { class: "title" }, book.title || book.book_id)),
+      el("span", { class: "title" }, book.title || "A book in your cloud library")),
     el("span", {}, (book.authors || []).join(", ")), stateOf(book));
 }
 
@@ -109,7 +109,8 @@ function chaptersOf(details) {
 async function showBook(bookId) {
   const entry = await api("GET", `/v1/library/${enc(bookId)}`);
   where.textContent = entry.title || bookId;
-  const parts = [el("h1", {}, entry.title || bookId), el("p", {}, (entry.authors || []).join(", ")),
+  // A book never delivered has no manifest here, so no title yet: say so rather than guess.
+  const parts = [el("h1", {}, entry.title || "A book in your cloud library"), el("p", {}, (entry.authors || []).join(", ")),
     stateOf(entry)];
   if (!entry.readable) {
     if (["in_cloud", "evicted"].includes(entry.state)) {
