@@ -46,6 +46,7 @@ from daemon.api.status import build_status
 from daemon.content.reader import FrameOpener, resource_pieces
 from daemon.errors import FrameHashError, NotOnDeviceError, VerificationError
 from daemon.logs import log_event
+from daemon.models import ResourceRow
 from daemon.protocol.codec import Buffer
 from daemon.protocol.manifest import check_resource_path
 from daemon.protocol.merge import BOOK_ID
@@ -342,7 +343,7 @@ class LocalApi:
             return await self._send_resource(request, store, resource, etag)
 
     async def _send_resource(
-        self, request: web.Request, store: Store, resource: Any, etag: str
+        self, request: web.Request, store: Store, resource: ResourceRow, etag: str
     ) -> web.StreamResponse:
         headers = {
             "ETag": etag,
