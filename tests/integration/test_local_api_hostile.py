@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
@@ -193,6 +194,27 @@ async def test_a_login_link_works_once(device: Device) -> None:
         async with session.get(link["url"], allow_redirects=False) as r:
             assert r.status == 401
             assert (await r.json())["error"] == "bad_login_link"
+
+
+async def test_shelfsync_open_prints_a_link_that_logs_in(device: Device) -> None:
+    command = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "daemon",
+        "open",
+        "--socket",
+        str(device.daemon.settings.api_socket),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    printed, _ = await command.communicate()
+    assert command.returncode == 0
+    url = printed.decode().split()[-1]
+    async with (
+        aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session,
+        session.get(url, allow_redirects=False) as r,
+    ):
+        assert (r.status, r.headers["Location"]) == (303, "/app/")
+        assert "shelfsync_session=" in r.headers["Set-Cookie"]
 
 
 async def test_login_links_are_made_on_the_socket_only(device: Device, token: str) -> None:
