@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -418,8 +419,10 @@ class LocalApi:
 
 
 def _is_tcp(request: web.Request) -> bool:
-    # The Unix socket has no peer name; TCP always has one.
-    return request.transport is not None and bool(request.transport.get_extra_info("peername"))
+    # By the socket's family: a Unix client that binds its own socket has a peer name too.
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    return sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
 
 
 async def _common_headers(request: web.Request, response: web.StreamResponse) -> None:

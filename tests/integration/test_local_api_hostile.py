@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -215,6 +216,19 @@ async def test_shelfsync_open_prints_a_link_that_logs_in(device: Device) -> None
     ):
         assert (r.status, r.headers["Location"]) == (303, "/app/")
         assert "shelfsync_session=" in r.headers["Set-Cookie"]
+
+
+async def test_a_unix_client_with_a_bound_socket_is_a_socket_client(
+    device: Device, tmp_path: Path
+) -> None:
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.bind(str(tmp_path / "client.sock"))  # now the daemon sees a peer name
+    client.connect(str(device.daemon.settings.api_socket))
+    reader, writer = await asyncio.open_unix_connection(sock=client)
+    writer.write(request("GET", "/v1/status", Connection="close"))
+    status_line = await asyncio.wait_for(reader.readline(), 30)
+    writer.close()
+    assert int(status_line.split()[1]) == 200
 
 
 async def test_login_links_are_made_on_the_socket_only(device: Device, token: str) -> None:
