@@ -60,6 +60,13 @@ _WRITE_PART = 128 * 1024  # bytes of a resource handed to the transport at a tim
 # one thread, so more connections add memory, not speed: two let one response stream to a slow
 # client while the next page is read.
 READERS = 2
+# Connections each listener holds at once, far below a device's 256 open files: past it a new
+# connection is closed at once, so a flood of idle sockets on one listener starves neither the
+# daemon nor the other listener (issue 21).
+MAX_CONNECTIONS = 64
+# Idle seconds before a connection that sends no (next) request is closed: reader software
+# asks again within seconds or reconnects.
+IDLE_TIMEOUT_S = 15.0
 SESSION_COOKIE = "shelfsync_session"
 LOGIN_CODE_TTL_S = 120.0
 _MAX_LOGIN_CODES = 8  # unused codes kept; older ones are forgotten
@@ -171,7 +178,12 @@ class LocalApi:
 
     async def start(self) -> None:
         self._readers.open()
-        self._runner = _Runner(self.make_app(), access_log=None, handle_signals=False)
+        self._runner = _Runner(
+            self.make_app(),
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=IDLE_TIMEOUT_S,
+        )
         await self._runner.setup()
         # TCP first: the Unix socket appearing is the sign that the API is ready, whole.
         if self.tcp_port is not None:
@@ -420,9 +432,7 @@ class LocalApi:
 
 def _is_tcp(request: web.Request) -> bool:
     # By the socket's family: a Unix client that binds its own socket has a peer name too.
-    transport = request.transport
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    return sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
+    return _family(request.transport) in (socket.AF_INET, socket.AF_INET6)
 
 
 async def _common_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -476,7 +486,27 @@ def _within(pieces: Iterator[Buffer], start: int, end: int) -> Iterator[Buffer]:
 
 class _Protocol(RequestHandler):
     """aiohttp's connection handler, answering what its parser refused (a malformed request
-    line or header) in the one error shape: its own page reflects the raw header."""
+    line or header) in the one error shape (its own page reflects the raw header), and closing
+    at once a connection over its listener's cap."""
+
+    _refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server = self._manager
+        family = _family(transport)
+        if isinstance(server, _Server):
+            held = sum(_family(h.transport) == family for h in server.connections)
+            if held >= MAX_CONNECTIONS:
+                self._refused = True
+                transport.close()  # no answer: the cheapest refusal there is
+                server.refusing(family, True)
+                return
+            server.refusing(family, False)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self._refused:  # a refused connection never started
+            super().connection_lost(exc)
 
     def handle_error(
         self,
@@ -494,8 +524,26 @@ class _Protocol(RequestHandler):
 
 
 class _Server(web.Server):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._refusing: set[int] = set()  # families of the listeners refusing connections
+
     def __call__(self) -> RequestHandler:
         return _Protocol(self, loop=self._loop, **self._kwargs)
+
+    def refusing(self, family: int | None, refused: bool) -> None:
+        """Log once when a listener starts refusing connections, and once when it stops."""
+        if family is None or refused == (family in self._refusing):
+            return
+        self._refusing.symmetric_difference_update({family})
+        transport = "unix" if family == socket.AF_UNIX else "tcp"
+        event = "api_connections_refused" if refused else "api_connections_accepted_again"
+        log_event(_LOG, logging.WARNING, event, transport=transport, cap=MAX_CONNECTIONS)
+
+
+def _family(transport: asyncio.BaseTransport | None) -> int | None:
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    return None if sock is None else int(sock.family)
 
 
 class _Runner(web.AppRunner):

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from daemon.api import answers
+from daemon.api import answers, server
 from server_stub.app import running_stub
 from tests.conftest import StubImport
 from tests.integration.harness import Device, running_device
@@ -229,6 +229,37 @@ async def test_a_unix_client_with_a_bound_socket_is_a_socket_client(
     status_line = await asyncio.wait_for(reader.readline(), 30)
     writer.close()
     assert int(status_line.split()[1]) == 200
+
+
+@pytest.fixture
+async def small_device(
+    tmp_path: Path, corpus_stub_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Device]:
+    """A device whose listeners hold 4 connections each and close idle ones after 0.5 s."""
+    monkeypatch.setattr(server, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(server, "IDLE_TIMEOUT_S", 0.5)
+    async with (
+        running_stub(corpus_stub_data, port=0) as stub,
+        running_device(stub.url, stub.public_key_text, tmp_path / "d", tcp_port=0) as device,
+    ):
+        yield device
+
+
+async def test_a_flood_of_idle_tcp_sockets_starves_nobody(small_device: Device) -> None:
+    api = small_device.daemon.api
+    assert api is not None
+    assert api.tcp_port is not None
+    held = [await asyncio.open_connection("127.0.0.1", api.tcp_port) for _ in range(4)]
+    reader, writer = await asyncio.open_connection("127.0.0.1", api.tcp_port)
+    writer.write(request("GET", "/v1/status"))  # accepted, it would answer (401: no token)
+    assert await asyncio.wait_for(reader.read(), 30) == b""  # the fifth is closed unanswered
+    writer.close()
+    answer = await raw(small_device, request("GET", "/v1/status"))  # the socket still serves
+    assert answer.status == 200
+    for idle_reader, _ in held:  # and the idle ones are closed after the idle timeout
+        assert await asyncio.wait_for(idle_reader.read(), 30) == b""
+    for _, idle_writer in held:
+        idle_writer.close()
 
 
 async def test_login_links_are_made_on_the_socket_only(device: Device, token: str) -> None:
