@@ -64,9 +64,9 @@ READERS = 2
 # connection is closed at once, so a flood of idle sockets on one listener starves neither the
 # daemon nor the other listener (issue 21).
 MAX_CONNECTIONS = 64
-# Idle seconds before a connection that sends no (next) request is closed: reader software
-# asks again within seconds or reconnects.
-IDLE_TIMEOUT_S = 15.0
+# Idle seconds before a connection that sends no (next) request is closed: longer than
+# aiohttp's client keeps an idle connection (15 s), so a client never reuses one as it closes.
+IDLE_TIMEOUT_S = 30.0
 SESSION_COOKIE = "shelfsync_session"
 LOGIN_CODE_TTL_S = 120.0
 _MAX_LOGIN_CODES = 8  # unused codes kept; older ones are forgotten
