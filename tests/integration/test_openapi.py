@@ -245,6 +245,7 @@ async def test_schemathesis_finds_no_5xx_and_no_unauthenticated_2xx(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "SCHEMATHESIS_HOOKS": ""},
+        cwd=tmp_path,  # its cache of found failures stays out of the checkout
     )
     output, _ = await fuzz.communicate()
     text = output.decode(errors="replace")
