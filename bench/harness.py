@@ -127,7 +127,7 @@ class Device:
     async def book(self, book_id: str) -> dict[str, Any] | None:
         if self.proc.returncode is not None:
             raise BenchError(f"the daemon exited ({self.proc.returncode}); see {self.log}")
-        return next((b for b in await self.api.library() if b["book_id"] == book_id), None)
+        return await self.api.library_entry(book_id)
 
     async def wait_online(self, timeout_s: float = 120) -> None:
         """Until the push channel is up: a reader's device is online before the purchase."""

@@ -1,4 +1,4 @@
-"""`shelfsync`: the commands a device developer uses (run, status, trip, bench)."""
+"""`shelfsync`: the commands a device developer uses (run, status, trip, open, bench)."""
 
 from __future__ import annotations
 
@@ -128,6 +128,12 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds to wait for the device to be ready (default %(default)s)",
     )
 
+    opener = commands.add_parser(
+        "open", help="print a one-time link that opens the reading web app in a browser"
+    )
+    opener.add_argument("--state", default=_state_default(), help="state directory")
+    opener.add_argument("--socket", type=Path, help="API socket path (default <state>/api.sock)")
+
     # Listed for --help only: main hands everything after `bench` to the benchmarks.
     commands.add_parser(
         "bench",
@@ -152,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "status":
             return _status(args)
+        if args.command == "open":
+            return asyncio.run(_open(args))
         return asyncio.run(_trip(args))
     except ShelfsyncError as e:
         print(f"shelfsync: {e}", file=sys.stderr)
@@ -293,6 +301,24 @@ async def _trip(args: argparse.Namespace) -> int:
             return 2
     print(report["sentence"])
     return 0 if report["ready"] else 1
+
+
+async def _open(args: argparse.Namespace) -> int:
+    """Ask the running daemon, over its private socket, for a one-time login link."""
+    socket_path = args.socket or Path(args.state).expanduser() / "api.sock"
+    try:
+        async with LocalApiClient(socket_path, timeout_s=5) as api:
+            link = await api.post_json("/v1/login-links")
+    except (aiohttp.ClientError, OSError, TimeoutError) as e:
+        print(f"shelfsync: the daemon is not running ({e})", file=sys.stderr)
+        return 2
+    except LocalApiError as e:
+        detail = e.body.get("detail", e) if isinstance(e.body, dict) else e
+        print(f"shelfsync: {detail}", file=sys.stderr)
+        return 2
+    print(f"Open this link in a browser on this device within {link['expires_in_s']:.0f} s:")
+    print(link["url"])
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -38,7 +38,7 @@ from daemon.protocol.crypto import MAX_ENVELOPE_BYTES
 from daemon.protocol.manifest import MAX_DICTIONARY_BYTES
 
 _LOG = logging.getLogger("shelfsync.client")
-_BOOK_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_BOOK_ID = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 MAX_JSON_BYTES = 4 * 1024 * 1024  # a changes page of 1,000 entries is ~150 KB
 # An annotation page is ~1 MiB (the service stops adding states past that), but one state with

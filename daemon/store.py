@@ -602,8 +602,17 @@ class Store:
         )
         return None if row is None else int(row[0])
 
-    def library_view(self) -> list[dict[str, Any]]:
-        """Every book in the library with its delivery state, newest order first."""
+    def library_view(
+        self,
+        after: tuple[float, str] | None = None,
+        limit: int | None = None,
+        book_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The books in the library with their delivery state, newest order first (then by id):
+        all of them, or `limit` of them from just after the (ordered_at, book_id) `after`, or
+        the one `book_id`."""
+        page = "" if after is None else " AND (l.ordered_at, l.book_id) < (?, ?)"
+        page += "" if book_id is None else " AND l.book_id = ?"
         rows = self.query(
             "SELECT l.book_id, l.reason, l.ordered_at, l.notified_at, l.wanted_version,"
             " m.version, m.title, m.authors, m.language, m.frame_count, m.complete,"
@@ -620,7 +629,8 @@ class Store:
             "   FROM manifests m2 WHERE m2.book_id = l.book_id ORDER BY m2.complete DESC,"
             "   m2.version DESC LIMIT 1)"
             " LEFT JOIN deliveries d ON d.book_id = l.book_id"
-            " WHERE l.in_library ORDER BY l.ordered_at DESC"
+            f" WHERE l.in_library{page} ORDER BY l.ordered_at DESC, l.book_id DESC LIMIT ?",
+            (*(after or ()), *(() if book_id is None else (book_id,)), limit or -1),  # -1: all
         )
         books = []
         for r in rows:

@@ -172,9 +172,9 @@ async def _wait_delivered(
     while time.monotonic() < deadline:
         if device.returncode is not None:
             raise DemoError("the daemon exited; see device.log")
-        for book in await api.library():
-            if book["book_id"] == book_id and book["completed_at"]:
-                return book
+        book = await api.library_entry(book_id)
+        if book is not None and book["completed_at"]:
+            return book
         await asyncio.sleep(0.02)
     raise DemoError(f"{book_id} was not delivered within {DELIVERY_TIMEOUT_S:.0f} s")
 

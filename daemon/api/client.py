@@ -1,6 +1,6 @@
 """A client of the daemon's local API over its Unix socket, as reader software would use it.
 
-Used by `shelfsync status`, the demo and the tests.
+Used by `shelfsync status`, `shelfsync open`, the demo, the benchmarks and the tests.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 from typing import Any, Self
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 
@@ -44,8 +44,37 @@ class LocalApiClient:
         result: dict[str, Any] = await self.get_json("/v1/status")
         return result
 
-    async def library(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = (await self.get_json("/v1/library"))["books"]
+    async def library_page(
+        self, limit: int = 100, cursor: str | None = None, states: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        """One page of the library: {"books": [...], "next_cursor": str | None}."""
+        query = {"limit": str(limit)}
+        if cursor is not None:
+            query["cursor"] = cursor
+        if states:
+            query["state"] = ",".join(states)
+        result: dict[str, Any] = await self.get_json("/v1/library?" + urlencode(query))
+        return result
+
+    async def library(self, states: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """Every book in the library (or those in `states`), page by page."""
+        books: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            page = await self.library_page(500, cursor, states)
+            books.extend(page["books"])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return books
+
+    async def library_entry(self, book_id: str) -> dict[str, Any] | None:
+        """One book's library entry (state, progress), or None when it is not in the library."""
+        try:
+            result: dict[str, Any] = await self.get_json(f"/v1/library/{quote(book_id, safe='')}")
+        except LocalApiError as e:
+            if e.status == 404:
+                return None
+            raise
         return result
 
     async def book(self, book_id: str) -> dict[str, Any]:

@@ -1,6 +1,11 @@
 """The local API for managing the books on the device: pin, opened, download, trip.
 
 Routes:
+  GET  /v1/library                    a page of the library, newest first:
+                                      ?limit=1..500 (100), ?cursor= (the last page's
+                                      next_cursor), ?state=complete,downloading,... ->
+                                      {"books": [...], "next_cursor": str | null}
+  GET  /v1/library/{book_id}          that book's entry alone
   POST /v1/books/{book_id}/pin        {"pinned": bool}  never evict it (or allow it again)
   POST /v1/books/{book_id}/opened     the reader opened it: it is protected while open, and
                                       counts as likely to be read again
@@ -12,31 +17,87 @@ Each write is one small transaction on the daemon's store; the planner is woken 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
 
+from daemon.api.answers import Refused, error, json_answer, read_json
 from daemon.clock import Clock
 from daemon.content.trip import MAX_TRIP_DAYS, readiness, start_trip, trip_state
+from daemon.protocol.merge import BOOK_ID
 from daemon.store import Store
 
-_BOOK_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+STATES = ("queued", "downloading", "retrying", "complete", "evicted", "in_cloud")
+DEFAULT_PAGE = 100
+MAX_PAGE = 500
+_SCAN = 200  # rows read at a time while a state filter looks for a page's books
 
 
-def _error(status: int, code: str, detail: str) -> web.Response:
-    return web.json_response({"error": code, "detail": detail}, status=status)
+def library_page(store: Store, query: Mapping[str, str]) -> dict[str, Any]:
+    """One page of GET /v1/library; Refused (400) for a bad limit, cursor or state."""
+    limit = _limit(query.get("limit"))
+    after = _cursor(query.get("cursor"))
+    states = _states(query.get("state"))
+    books: list[dict[str, Any]] = []
+    last, exhausted = after, False
+    while len(books) < limit and not exhausted:
+        want = _SCAN if states else limit - len(books)
+        chunk = store.library_view(after=last, limit=want)
+        exhausted = len(chunk) < want
+        for book in chunk:
+            last = (book["ordered_at"], book["book_id"])
+            if states is None or book["state"] in states:
+                books.append(book)
+                if len(books) == limit:
+                    break
+    # A full page points on when anything follows (with a state filter, the next page may
+    # turn out empty); a short page is the end.
+    more = len(books) == limit and last is not None and store.library_view(after=last, limit=1)
+    return {"books": books, "next_cursor": _encode_cursor(last) if more and last else None}
 
 
-async def _body(request: web.Request) -> dict[str, Any] | web.Response:
+def _limit(text: str | None) -> int:
+    if text is None:
+        return DEFAULT_PAGE
+    if not text.isdecimal() or not 1 <= int(text) <= MAX_PAGE:
+        raise Refused(error(400, "bad_query", f"limit must be a number from 1 to {MAX_PAGE}"))
+    return int(text)
+
+
+def _states(text: str | None) -> set[str] | None:
+    if text is None:
+        return None
+    states = set(text.split(","))
+    if not states <= set(STATES):
+        raise Refused(error(400, "bad_query", f"state must be among {', '.join(STATES)}"))
+    return states
+
+
+def _encode_cursor(last: tuple[float, str]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(last)).encode()).decode().rstrip("=")
+
+
+def _cursor(text: str | None) -> tuple[float, str] | None:
+    """The (ordered_at, book_id) a cursor names; it is opaque to clients."""
+    if text is None:
+        return None
     try:
-        doc = json.loads(await request.read() or b"{}")
-    except ValueError:
-        return _error(400, "bad_json", "the body is not JSON")
+        ordered_at, book_id = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        if isinstance(ordered_at, int | float) and isinstance(book_id, str):
+            return float(ordered_at), book_id
+    except (ValueError, TypeError, binascii.Error):
+        pass
+    raise Refused(error(400, "bad_cursor", "cursor must be a next_cursor this API gave"))
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    doc = await read_json(request, default={})
     if not isinstance(doc, dict):
-        return _error(400, "bad_json", "the body must be a JSON object")
+        raise Refused(error(400, "bad_json", "the body must be a JSON object"))
     return doc
 
 
@@ -56,6 +117,7 @@ class LibraryApi:
         self._free_bytes = free_bytes  # room left for books: quota and file system both
 
     def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/v1/library/{book_id}", self.entry)
         app.router.add_post("/v1/books/{book_id}/pin", self.pin)
         app.router.add_post("/v1/books/{book_id}/opened", self.opened)
         app.router.add_post("/v1/books/{book_id}/download", self.download)
@@ -64,51 +126,54 @@ class LibraryApi:
 
     def _book_id(self, request: web.Request) -> str | None:
         book_id = request.match_info["book_id"]
-        return book_id if _BOOK_ID.match(book_id) else None
+        return book_id if BOOK_ID.match(book_id) else None
+
+    async def entry(self, request: web.Request) -> web.Response:
+        book_id = self._book_id(request)
+        found = [] if book_id is None else self._store.library_view(book_id=book_id)
+        if not found:
+            return error(404, "no_such_book", "this book is not in the library")
+        return json_answer(found[0])
 
     async def pin(self, request: web.Request) -> web.Response:
         body = await _body(request)
-        if isinstance(body, web.Response):
-            return body
         pinned = body.get("pinned")
         if not isinstance(pinned, bool):
-            return _error(400, "bad_field", "'pinned' must be true or false")
+            return error(400, "bad_field", "'pinned' must be true or false")
         book_id = self._book_id(request)
         if book_id is None or not self._store.set_pinned(book_id, pinned):
-            return _error(404, "no_such_book", "this book is not in the library")
-        return web.json_response({"book_id": book_id, "pinned": pinned})
+            return error(404, "no_such_book", "this book is not in the library")
+        return json_answer({"book_id": book_id, "pinned": pinned})
 
     async def opened(self, request: web.Request) -> web.Response:
         book_id = self._book_id(request)
         if book_id is None or not self._store.mark_opened(book_id, self._clock.wall()):
-            return _error(404, "no_such_book", "this book is not in the library")
-        return web.json_response({"book_id": book_id})
+            return error(404, "no_such_book", "this book is not in the library")
+        return json_answer({"book_id": book_id})
 
     async def download(self, request: web.Request) -> web.Response:
         book_id = self._book_id(request)
         if book_id is None or not self._store.request_download(book_id, self._clock.wall()):
-            return _error(404, "no_such_book", "this book is not in the library")
+            return error(404, "no_such_book", "this book is not in the library")
         self._wake()
-        return web.json_response({"book_id": book_id, "requested": True}, status=202)
+        return json_answer({"book_id": book_id, "requested": True}, status=202)
 
     async def start_trip(self, request: web.Request) -> web.Response:
         body = await _body(request)
-        if isinstance(body, web.Response):
-            return body
         days = body.get("days")
         if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= MAX_TRIP_DAYS:
-            return _error(
+            return error(
                 400, "bad_field", f"'days' must be a whole number from 1 to {MAX_TRIP_DAYS}"
             )
         start_trip(self._store, days, self._clock.wall())
         self._wake()
-        return web.json_response(self._readiness(days), status=202)
+        return json_answer(self._readiness(days), status=202)
 
     async def trip(self, request: web.Request) -> web.Response:
         trip = trip_state(self._store, self._clock.wall())
         if trip is None:
-            return _error(404, "no_trip", 'no trip is planned; POST /v1/trip {"days": N}')
-        return web.json_response(self._readiness(trip.days))
+            return error(404, "no_trip", 'no trip is planned; POST /v1/trip {"days": N}')
+        return json_answer(self._readiness(trip.days))
 
     def _readiness(self, days: int) -> dict[str, Any]:
         return readiness(

@@ -3,7 +3,7 @@
 Reads and writes go to the notes store only, never to the network. A write is answered once
 the annotation and its outbox entry are committed together with synchronous=FULL, so what the
 API confirmed survives a crash or a power cut; the sync worker is only nudged. Bodies are capped
-(64 KiB, by the application) and validated before anything is stored: a malformed or oversized
+(64 KiB, daemon/api/answers.py) and validated before anything is stored: a malformed or oversized
 body gets a 4xx naming the field and changes nothing (FAULTS.md #32). JSON answers escape <, >
 and & so a quote holding markup stays text wherever it is pasted (FAULTS.md #33).
 
@@ -21,14 +21,13 @@ Routes (docs/ANNOTATIONS.md has the bodies):
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 
+from daemon.api.answers import error, json_answer, read_json
 from daemon.clock import Clock
 from daemon.errors import AnnotationError, StoreError
 from daemon.killpoints import killpoint
@@ -42,42 +41,8 @@ _LOG = logging.getLogger("shelfsync.api.notes")
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
-def safe_dumps(doc: Any) -> str:
-    """JSON with <, > and & escaped: quoted markup stays text wherever a reader puts it."""
-    text = json.dumps(doc, ensure_ascii=False)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
-def _json(doc: Any, status: int = 200) -> web.Response:
-    return web.json_response(doc, status=status, dumps=safe_dumps)
-
-
-def _error(status: int, code: str, detail: str, **extra: Any) -> web.Response:
-    return _json({"error": code, "detail": detail, **extra}, status)
-
-
-class _Refused(Exception):
-    """A request refused before anything changed; carries the answer."""
-
-    def __init__(self, response: web.Response) -> None:
-        super().__init__(response.status)
-        self.response = response
-
-
-async def _body(request: web.Request) -> Any:
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge as e:
-        limit = request.client_max_size
-        raise _Refused(_error(413, "body_too_large", f"bodies are at most {limit} bytes")) from e
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError) as e:
-        raise _Refused(_error(400, "bad_json", "the body is not JSON")) from e
-
-
 def _bad(e: AnnotationError) -> web.Response:
-    return _error(400, "bad_annotation", str(e), field=e.field)
+    return error(400, "bad_annotation", str(e), field=e.field)
 
 
 def _new_id(prefix: str) -> str:
@@ -115,16 +80,16 @@ class NotesApi:
     def _guarded(handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.Response:
             item_id = request.match_info.get("item_id")
+            if item_id == "sync":  # /v1/annotations/sync, asked with another method than POST
+                raise web.HTTPMethodNotAllowed(request.method, ["POST"])
             if item_id is not None and not merge.ITEM_ID.match(item_id):
-                return _error(400, "bad_id", "annotation ids are 8-64 letters, digits, _ or -")
+                return error(400, "bad_id", "annotation ids are 8-64 letters, digits, _ or -")
             try:
                 response = await handler(request)
-            except _Refused as e:
-                return e.response
             except StoreError as e:
                 # Disk full or a failing flash: the write did not happen, and the reader is told.
                 log_event(_LOG, logging.ERROR, "note_not_saved", error=type(e).__name__)
-                return _error(507, "not_saved", f"nothing was saved: {e}")
+                return error(507, "not_saved", f"nothing was saved: {e}")
             return response
 
         return guarded
@@ -144,23 +109,23 @@ class NotesApi:
         include_deleted = request.query.get("include_deleted") in ("1", "true")
         kind = request.query.get("kind")
         if kind is not None and kind not in merge.KINDS:
-            return _error(400, "bad_query", f"kind must be one of {', '.join(merge.KINDS)}")
+            return error(400, "bad_query", f"kind must be one of {', '.join(merge.KINDS)}")
         views = [
             merge.item_view(item, pending)
             for item, pending in self._notes.items(book_id, include_deleted)
         ]
         if kind is not None:
             views = [v for v in views if v["kind"] == kind]
-        return _json({"book_id": book_id, "annotations": views})
+        return json_answer({"book_id": book_id, "annotations": views})
 
     async def create(self, request: web.Request) -> web.Response:
         book_id = request.match_info["book_id"]
         try:
-            new = merge.parse_new(await _body(request))
+            new = merge.parse_new(await read_json(request))
         except AnnotationError as e:
             return _bad(e)
         if not self._notes.book_on_device(book_id):
-            return _error(404, "no_such_book", "this book is not on the device")
+            return error(404, "no_such_book", "this book is not on the device")
         if new.item_id is not None:
             existing = self._notes.item(new.item_id)
             if existing is not None:
@@ -171,7 +136,7 @@ class NotesApi:
         item = self._notes.commit_item_edit(delta, _new_id("op_"), stamp, self._clock.wall())
         self._committed()
         log_event(_LOG, logging.INFO, "annotation_created", item=item_id, book=book_id)
-        return _json(merge.item_view(item, True), 201)
+        return json_answer(merge.item_view(item, True), 201)
 
     def _repeated_create(
         self, existing: Item, book_id: str, new: merge.NewAnnotation
@@ -186,32 +151,32 @@ class NotesApi:
             view["note"],
         ) == (new.kind, new.anchor, new.color, new.note)
         if not same:
-            return _error(409, "id_in_use", "another annotation already has this id")
-        return _json(view, 200)
+            return error(409, "id_in_use", "another annotation already has this id")
+        return json_answer(view, 200)
 
     def _live(self, item_id: str) -> Item | web.Response:
         """The annotation, or the answer for one that is deleted (410) or unknown (404)."""
         item = self._notes.item(item_id)
         if item is None or not merge.is_created(item):
-            return _error(
+            return error(
                 404,
                 "not_received",
                 "no annotation with this id has reached this device (yet)",
             )
         if merge.is_deleted(item):
             view = merge.item_view(item, self._notes.is_pending(item_id))
-            return _error(410, "deleted", "this annotation was deleted", annotation=view)
+            return error(410, "deleted", "this annotation was deleted", annotation=view)
         return item
 
     async def get(self, request: web.Request) -> web.Response:
         item = self._live(request.match_info["item_id"])
         if isinstance(item, web.Response):
             return item
-        return _json(merge.item_view(item, self._notes.is_pending(item.item_id)))
+        return json_answer(merge.item_view(item, self._notes.is_pending(item.item_id)))
 
     async def edit(self, request: web.Request) -> web.Response:
         try:
-            edit = merge.parse_edit(await _body(request))
+            edit = merge.parse_edit(await read_json(request))
         except AnnotationError as e:
             return _bad(e)
         item = self._live(request.match_info["item_id"])
@@ -220,7 +185,7 @@ class NotesApi:
         if edit.replaces is not None:
             unknown = set(edit.replaces) - merge.known_versions(item)
             if unknown:
-                return _error(
+                return error(
                     409,
                     "unknown_version",
                     "replaces names a note version this device has not seen",
@@ -230,14 +195,14 @@ class NotesApi:
         delta = merge.edit_delta(item, stamp, edit)
         merged = self._notes.commit_item_edit(delta, _new_id("op_"), stamp, self._clock.wall())
         self._committed()
-        return _json(merge.item_view(merged, True))
+        return json_answer(merge.item_view(merged, True))
 
     async def delete(self, request: web.Request) -> web.Response:
         item_id = request.match_info["item_id"]
         item = self._notes.item(item_id)
         if item is not None and merge.is_created(item) and merge.is_deleted(item):
             # Deleting again (a retry): the same answer, and no second op.
-            return _json(merge.item_view(item, self._notes.is_pending(item_id)))
+            return json_answer(merge.item_view(item, self._notes.is_pending(item_id)))
         found = self._live(item_id)
         if isinstance(found, web.Response):
             return found
@@ -245,37 +210,37 @@ class NotesApi:
         delta = merge.delete_delta(found, stamp)
         merged = self._notes.commit_item_edit(delta, _new_id("op_"), stamp, self._clock.wall())
         self._committed()
-        return _json(merge.item_view(merged, True))
+        return json_answer(merge.item_view(merged, True))
 
     # -- reading position -----------------------------------------------------------------------
 
     async def get_position(self, request: web.Request) -> web.Response:
         book_id = request.match_info["book_id"]
         position = self._notes.position(book_id)
-        return _json(merge.position_view(position, book_id, self._hlc.node))
+        return json_answer(merge.position_view(position, book_id, self._hlc.node))
 
     async def set_position(self, request: web.Request) -> web.Response:
         book_id = request.match_info["book_id"]
         try:
-            place = merge.parse_place(await _body(request))
+            place = merge.parse_place(await read_json(request))
         except AnnotationError as e:
             return _bad(e)
         if not self._notes.book_on_device(book_id):
-            return _error(404, "no_such_book", "this book is not on the device")
+            return error(404, "no_such_book", "this book is not on the device")
         stamp = self._stamp()
         delta = merge.position_delta(book_id, stamp, place)
         merged = self._notes.commit_position(delta, _new_id("op_"), stamp, self._clock.wall())
         self._committed()
-        return _json(merge.position_view(merged, book_id, self._hlc.node))
+        return json_answer(merge.position_view(merged, book_id, self._hlc.node))
 
     async def sync(self, request: web.Request) -> web.Response:
         """Start a sync at once, without waiting for it: the reader pressed "sync", or the
         system said the network is back. The status tells when it is done."""
         self._sync_now()
-        return _json({"started": True}, 202)
+        return json_answer({"started": True}, 202)
 
     # -- popular highlights ---------------------------------------------------------------------
 
     async def popular(self, request: web.Request) -> web.Response:
         book_id = request.match_info["book_id"]
-        return _json({"book_id": book_id, "passages": self._notes.popular(book_id)})
+        return json_answer({"book_id": book_id, "passages": self._notes.popular(book_id)})

@@ -1,54 +1,97 @@
-"""The local API that the reader software calls: the library, books, resources, status.
+"""The local API that the reader software calls: the library, books, resources, status, and
+the reading web app (daemon/api/web/; README, "The reading web app").
 
 It reads the store only and never waits on the network. It listens on a Unix socket with 0600
-permissions (only the reader software's user may connect) and, for development, optionally on a
-loopback TCP port, where every request needs the token in `<state>/api-token` and a Host header
-naming loopback (so a web page cannot reach it by DNS rebinding).
+permissions (only the reader software's user may connect) and, for development and for the
+reading web app, optionally on a loopback TCP port, where every request needs a Host header
+naming loopback (so a web page cannot reach it by DNS rebinding) and either the token in
+`<state>/api-token` or the session cookie a one-time login link set (`shelfsync open`). No route
+answers a cross-site request: a browser's `Origin` must be this origin and `Sec-Fetch-Site`
+same-origin (or none: the reader typed or pasted the address).
 
-A resource is answered whole or not at all: if any of its frames is not on the device yet, the
-answer is 503 `not_yet_on_device` with Retry-After, never a wait and never partial bytes.
+A resource is answered whole or in the byte range asked for, with an ETag that names the book
+version's bytes; if any of its frames is not on the device yet, the answer is 503
+`not_yet_on_device` with Retry-After, never a wait and never partial bytes. Its answer carries a
+Content-Security-Policy that runs no script and loads nothing from outside the device, so a
+book's own scripts cannot reach the API (the web app also frames it sandboxed).
+
+Every error, whoever refused, has the one shape of daemon/api/answers.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from http import HTTPStatus
+from importlib import resources as package_files
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
-from daemon.api.library import LibraryApi
+from daemon.api.answers import MAX_BODY_BYTES, Refused, error, json_answer, too_large
+from daemon.api.library import LibraryApi, library_page
 from daemon.api.notes import NotesApi
 from daemon.api.notices import add_routes as add_notice_routes
 from daemon.api.status import build_status
 from daemon.content.reader import FrameOpener, resource_pieces
 from daemon.errors import FrameHashError, NotOnDeviceError, VerificationError
 from daemon.logs import log_event
+from daemon.models import ResourceRow
 from daemon.protocol.codec import Buffer
 from daemon.protocol.manifest import check_resource_path
+from daemon.protocol.merge import BOOK_ID
 from daemon.store import Store
 
 _LOG = logging.getLogger("shelfsync.api")
-_BOOK_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
 _WRITE_PART = 128 * 1024  # bytes of a resource handed to the transport at a time
-MAX_BODY_BYTES = 64 * 1024
 # Concurrent reads; more requests wait their turn (back-pressure). Reads run on the event loop's
 # one thread, so more connections add memory, not speed: two let one response stream to a slow
 # client while the next page is read.
 READERS = 2
+# Connections each listener holds at once, far below a device's 256 open files: past it a new
+# connection is closed at once, so a flood of idle sockets on one listener starves neither the
+# daemon nor the other listener (issue 21).
+MAX_CONNECTIONS = 64
+# Idle seconds before a connection that sends no (next) request is closed: longer than
+# aiohttp's client keeps an idle connection (15 s), so a client never reuses one as it closes.
+IDLE_TIMEOUT_S = 30.0
+SESSION_COOKIE = "shelfsync_session"
+LOGIN_CODE_TTL_S = 120.0
+_MAX_LOGIN_CODES = 8  # unused codes kept; older ones are forgotten
+_MAX_SESSIONS = 16  # browser sessions kept; the oldest is logged out first
+_WEB_FILES = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "app.css": "text/css; charset=utf-8",
+}
+# The web app: its own files only, the book in a frame of this origin, nothing from outside.
+_APP_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';"
+    " connect-src 'self'; frame-src 'self'; base-uri 'none'; form-action 'none';"
+    " frame-ancestors 'none'"
+)
+# A book's resource: no script at all, nothing from outside the device, only framed by the
+# app. `sandbox allow-same-origin` keeps the app able to read the reader's selection.
+_BOOK_POLICY = (
+    "default-src 'none'; img-src 'self' data:; style-src 'self' 'unsafe-inline';"
+    " font-src 'self' data:; media-src 'self'; sandbox allow-same-origin;"
+    " frame-ancestors 'self'"
+)
+_RANGE = re.compile(r"\Abytes=(\d*)-(\d*)\Z")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _error(status: int, code: str, detail: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": code, "detail": detail, **extra}, status=status)
 
 
 class ReaderPool:
@@ -101,23 +144,31 @@ class LocalApi:
         library: LibraryApi | None = None,
     ) -> None:
         self._readers = ReaderPool(db_path, READERS)
-        self._notes = notes  # the reader's annotations: routes of their own (api_notes.py)
-        self._library = library  # pin, opened, download, trip (api_library.py)
+        self._notes = notes  # the reader's annotations: routes of their own (api/notes.py)
+        self._library = library  # pin, opened, download, trip (api/library.py)
         self._opener = opener
         self._runtime = runtime
         self._on_corrupt = on_corrupt
         self.socket_path = socket_path
         self.tcp_port = tcp_port
         self._token = token
+        self._login_codes: dict[str, float] = {}  # one-time code -> monotonic expiry
+        self._sessions: dict[str, None] = {}  # browser sessions, oldest first
         self._runner: web.AppRunner | None = None
 
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._guard])
+        app.on_response_prepare.append(_common_headers)
         app.router.add_get("/v1/status", self.status)
         app.router.add_get("/v1/library", self.library)
         app.router.add_get("/v1/books/{book_id}", self.book)
         app.router.add_get("/v1/books/{book_id}/toc", self.toc)
         app.router.add_get("/v1/books/{book_id}/resources/{path:.+}", self.resource)
+        app.router.add_get("/v1/openapi.json", self.openapi)
+        app.router.add_post("/v1/login-links", self.login_link)
+        app.router.add_get("/login", self.login)
+        app.router.add_get("/", self.home)
+        app.router.add_get("/app/{name:[a-z.]*}", self.web_file)
         add_notice_routes(app, self._readers.reader)
         if self._notes is not None:
             self._notes.add_routes(app)
@@ -127,7 +178,12 @@ class LocalApi:
 
     async def start(self) -> None:
         self._readers.open()
-        self._runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
+        self._runner = _Runner(
+            self.make_app(),
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=IDLE_TIMEOUT_S,
+        )
         await self._runner.setup()
         # TCP first: the Unix socket appearing is the sign that the API is ready, whole.
         if self.tcp_port is not None:
@@ -156,89 +212,210 @@ class LocalApi:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.transport is not None and request.transport.get_extra_info("peername"):
-            # TCP (the Unix socket has no peer name): loopback Host and the token, or nothing.
+        try:
+            refusal = self._refusal(request)
+            if refusal is not None:
+                return refusal
+            return await handler(request)
+        except Refused as e:
+            return e.response
+        except web.HTTPException as e:
+            if e.status < 400:
+                raise  # a redirect
+            return _http_error(e)
+
+    def _refusal(self, request: web.Request) -> web.Response | None:
+        """Why this request is refused before its route runs, or None."""
+        fetch_site = request.headers.get("Sec-Fetch-Site", "same-origin")
+        origin = request.headers.get("Origin")
+        if fetch_site not in ("same-origin", "none") or (
+            origin is not None and origin != f"http://{request.host}"
+        ):
+            return error(403, "cross_site", "the local API answers its own pages only")
+        if _is_tcp(request):
             host = (request.host or "").rsplit(":", 1)[0]
             if host not in _LOOPBACK_HOSTS:
-                return _error(403, "forbidden_host", "the local API answers loopback hosts only")
-            given = request.headers.get("Authorization", "").removeprefix("Bearer ")
-            if not self._token or not hmac.compare_digest(given, self._token):
-                return _error(401, "unauthorized", "missing or wrong API token")
+                return error(403, "forbidden_host", "the local API answers loopback hosts only")
+            if request.path != "/login" and not self._authorised(request):
+                return error(
+                    401,
+                    "unauthorized",
+                    "missing or wrong API token; in a browser, open the link `shelfsync open`"
+                    " prints",
+                )
+        declared = request.content_length
+        if declared is not None and declared > MAX_BODY_BYTES:
+            return too_large().response  # at once, without waiting for a body never sent
         book_id = request.match_info.get("book_id")
-        if book_id is not None and not _BOOK_ID.match(book_id):
-            return _error(400, "bad_book_id", "book ids are letters, digits, '_' and '-'")
-        return await handler(request)
+        if book_id is not None and not BOOK_ID.match(book_id):
+            return error(400, "bad_book_id", "book ids are letters, digits, '_' and '-'")
+        return None
+
+    def _authorised(self, request: web.Request) -> bool:
+        session = request.cookies.get(SESSION_COOKIE)
+        if session is not None and session in self._sessions:
+            return True
+        given = request.headers.get("Authorization", "")
+        if not self._token or not given.startswith("Bearer ") or not given.isascii():
+            return False
+        return hmac.compare_digest(given.removeprefix("Bearer ").encode(), self._token.encode())
+
+    # -- the reader's browser: a one-time link, then a session cookie --------------------------
+
+    async def login_link(self, request: web.Request) -> web.Response:
+        """A one-time login link for the web app (`shelfsync open`): minted on the Unix socket
+        only, so only the daemon's user can have one."""
+        if _is_tcp(request):
+            return error(403, "socket_only", "login links are made on the API socket only")
+        if self.tcp_port is None:
+            return error(
+                409, "no_tcp_listener", "the daemon serves no web app: run it with --tcp-port"
+            )
+        now = time.monotonic()
+        self._login_codes = {c: t for c, t in self._login_codes.items() if t > now}
+        while len(self._login_codes) >= _MAX_LOGIN_CODES:
+            del self._login_codes[next(iter(self._login_codes))]
+        code = secrets.token_urlsafe(24)
+        self._login_codes[code] = now + LOGIN_CODE_TTL_S
+        url = f"http://127.0.0.1:{self.tcp_port}/login?code={code}"
+        return json_answer({"url": url, "expires_in_s": LOGIN_CODE_TTL_S}, 201)
+
+    async def login(self, request: web.Request) -> web.Response:
+        code = request.query.get("code", "")
+        expiry = self._login_codes.pop(code, None)
+        if expiry is None or expiry < time.monotonic():
+            return error(401, "bad_login_link", "this login link is used or expired")
+        session = secrets.token_urlsafe(32)
+        self._sessions[session] = None
+        while len(self._sessions) > _MAX_SESSIONS:
+            del self._sessions[next(iter(self._sessions))]
+        log_event(_LOG, logging.INFO, "web_login")
+        response = web.Response(status=303, headers={"Location": "/app/"})
+        response.set_cookie(SESSION_COOKIE, session, httponly=True, samesite="Strict", path="/")
+        return response
+
+    async def home(self, request: web.Request) -> web.Response:
+        return web.Response(status=303, headers={"Location": "/app/"})
+
+    async def web_file(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"] or "index.html"
+        media_type = _WEB_FILES.get(name)
+        if media_type is None:
+            return error(404, "not_found", "no such page")
+        body = package_files.files("daemon.api").joinpath("web", name).read_bytes()
+        return web.Response(
+            body=body,
+            headers={
+                "Content-Type": media_type,
+                "Content-Security-Policy": _APP_POLICY,
+                "Cache-Control": "no-cache",
+            },
+        )
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        body = package_files.files("daemon.api").joinpath("openapi.json").read_bytes()
+        return web.Response(body=body, content_type="application/json")
+
+    # -- the library and its books ----------------------------------------------------------------
 
     async def status(self, request: web.Request) -> web.Response:
         async with self._readers.reader() as store:
-            return web.json_response(build_status(store, self._runtime()))
+            return json_answer(build_status(store, self._runtime()))
 
     async def library(self, request: web.Request) -> web.Response:
         async with self._readers.reader() as store:
-            return web.json_response({"books": store.library_view()})
+            return json_answer(library_page(store, request.query))
 
     async def book(self, request: web.Request) -> web.Response:
         async with self._readers.reader() as store:
             details = store.book_details(request.match_info["book_id"])
         if details is None:
-            return _error(404, "no_such_book", "this book is not on the device")
-        return web.json_response(details)
+            return error(404, "no_such_book", "this book is not on the device")
+        return json_answer(details)
 
     async def toc(self, request: web.Request) -> web.Response:
         async with self._readers.reader() as store:
             details = store.book_details(request.match_info["book_id"])
         if details is None:
-            return _error(404, "no_such_book", "this book is not on the device")
-        return web.json_response({"book_id": details["book_id"], "toc": details["toc"]})
+            return error(404, "no_such_book", "this book is not on the device")
+        return json_answer({"book_id": details["book_id"], "toc": details["toc"]})
 
     async def resource(self, request: web.Request) -> web.StreamResponse:
         book_id, path = request.match_info["book_id"], request.match_info["path"]
         try:
             check_resource_path(path)
         except ValueError as e:
-            return _error(400, "bad_path", f"not a path inside a book: {e}")
+            return error(400, "bad_path", f"not a path inside a book: {e}")
         async with self._readers.reader() as store, _snapshot(store):
             resource = store.resource(book_id, path)
             if resource is None:
-                return _error(404, "no_such_resource", "no such resource in this book")
-            pieces = resource_pieces(store, resource, self._opener)
-            try:
-                first = next(pieces, b"")
-            except NotOnDeviceError as e:
-                return web.json_response(
-                    {
-                        "error": "not_yet_on_device",
-                        "detail": str(e),
-                        "missing_frames": e.missing_frames,
-                    },
-                    status=503,
-                    headers={"Retry-After": "2"},
-                )
-            except VerificationError as e:
-                self._unreadable(book_id, e)
-                return _error(
-                    500, "corrupt_on_device", "stored bytes failed verification; fetching again"
-                )
-            response = web.StreamResponse(
-                headers={
-                    "Content-Type": resource.media_type,
-                    "Content-Length": str(resource.size),
-                }
+                return error(404, "no_such_resource", "no such resource in this book")
+            # A book version's bytes never change: its id, version and path name them.
+            name = f"{book_id}\0{resource.version}\0{path}".encode()
+            etag = f'"{hashlib.sha256(name).hexdigest()[:32]}"'
+            return await self._send_resource(request, store, resource, etag)
+
+    async def _send_resource(
+        self, request: web.Request, store: Store, resource: ResourceRow, etag: str
+    ) -> web.StreamResponse:
+        headers = {
+            "ETag": etag,
+            "Cache-Control": "private, no-cache",  # revalidated: a new version changes it
+            "Accept-Ranges": "bytes",
+            "Content-Security-Policy": _BOOK_POLICY,
+        }
+        if etag in _tags(request.headers.get("If-None-Match", "")):
+            return web.Response(status=304, headers=headers)
+        wanted = _byte_range(request.headers.get("Range"), resource.size)
+        if wanted is None:
+            return error(
+                416,
+                "bad_range",
+                "the range is not within the resource",
+                headers={"Content-Range": f"bytes */{resource.size}"},
             )
-            await response.prepare(request)
-            await _write_bounded(response, first)
-            try:
-                for piece in pieces:
-                    await _write_bounded(response, piece)
-            except VerificationError as e:
-                # Headers are gone: cut the connection so the reader sees a short body, never
-                # wrong bytes.
-                self._unreadable(book_id, e)
-                if request.transport is not None:
-                    request.transport.close()
-                return response
-            await response.write_eof()
+        pieces = resource_pieces(store, resource, self._opener)
+        try:
+            first = next(pieces, b"")
+        except NotOnDeviceError as e:
+            return error(
+                503,
+                "not_yet_on_device",
+                str(e),
+                headers={"Retry-After": "2"},
+                missing_frames=e.missing_frames,
+            )
+        except VerificationError as e:
+            self._unreadable(resource.book_id, e)
+            return error(
+                500, "corrupt_on_device", "stored bytes failed verification; fetching again"
+            )
+        start, end = wanted
+        status = 200
+        if (start, end) != (0, resource.size):
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{resource.size}"
+        response = web.StreamResponse(
+            status=status,
+            headers={
+                **headers,
+                "Content-Type": resource.media_type,
+                "Content-Length": str(end - start),
+            },
+        )
+        await response.prepare(request)
+        try:
+            for piece in _within(_chain(first, pieces), start, end):
+                await _write_bounded(response, piece)
+        except VerificationError as e:
+            # Headers are gone: cut the connection so the reader sees a short body, never
+            # wrong bytes.
+            self._unreadable(resource.book_id, e)
+            if request.transport is not None:
+                request.transport.close()
             return response
+        await response.write_eof()
+        return response
 
     def _unreadable(self, book_id: str, error: VerificationError) -> None:
         log_event(
@@ -251,6 +428,134 @@ class LocalApi:
         )
         if isinstance(error, FrameHashError):
             self._on_corrupt(error)
+
+
+def _is_tcp(request: web.Request) -> bool:
+    # By the socket's family: a Unix client that binds its own socket has a peer name too.
+    return _family(request.transport) in (socket.AF_INET, socket.AF_INET6)
+
+
+async def _common_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+
+
+def _http_error(e: web.HTTPException) -> web.Response:
+    """The router's and aiohttp's refusals (404, 405, 413, ...) in the one error shape."""
+    code = e.reason.lower().replace(" ", "_").replace("-", "_")
+    headers = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else None
+    return error(e.status, code, f"{e.reason}", headers=headers)
+
+
+def _tags(header: str) -> set[str]:
+    return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """[start, end) of the one range asked for; the whole resource when none (or one this does
+    not parse, which RFC 9110 says to ignore); None when it lies outside the resource."""
+    whole = (0, size)
+    match = _RANGE.match(header or "")
+    if match is None or match.groups() == ("", ""):
+        return whole
+    first, last = match.groups()
+    if not first:  # the last N bytes
+        return (max(0, size - int(last)), size) if int(last) > 0 else None
+    start = int(first)
+    end = min(size, int(last) + 1) if last else size
+    if start >= size or start >= end:
+        return None
+    return start, end
+
+
+def _chain(first: Buffer, rest: Iterator[Buffer]) -> Iterator[Buffer]:
+    yield first
+    yield from rest
+
+
+def _within(pieces: Iterator[Buffer], start: int, end: int) -> Iterator[Buffer]:
+    """The parts of consecutive pieces that lie in [start, end), as views (no copies)."""
+    at = 0
+    for piece in pieces:
+        lo, hi = max(start - at, 0), min(end - at, len(piece))
+        at += len(piece)
+        if lo < hi:
+            yield memoryview(piece)[lo:hi]
+        if at >= end:
+            return
+
+
+class _Protocol(RequestHandler):
+    """aiohttp's connection handler, answering what its parser refused (a malformed request
+    line or header) in the one error shape (its own page reflects the raw header), and closing
+    at once a connection over its listener's cap."""
+
+    _refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server = self._manager
+        family = _family(transport)
+        if isinstance(server, _Server):
+            held = sum(_family(h.transport) == family for h in server.connections)
+            if held >= MAX_CONNECTIONS:
+                self._refused = True
+                transport.close()  # no answer: the cheapest refusal there is
+                server.refusing(family, True)
+                return
+            server.refusing(family, False)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self._refused:  # a refused connection never started
+            super().connection_lost(exc)
+
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            log_event(_LOG, logging.ERROR, "api_failed", error=type(exc).__name__)
+        code = "bad_request" if status < 500 else "internal_error"
+        response = error(status, code, HTTPStatus(status).phrase)
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._refusing: set[int] = set()  # families of the listeners refusing connections
+
+    def __call__(self) -> RequestHandler:
+        return _Protocol(self, loop=self._loop, **self._kwargs)
+
+    def refusing(self, family: int | None, refused: bool) -> None:
+        """Log once when a listener starts refusing connections, and once when it stops."""
+        if family is None or refused == (family in self._refusing):
+            return
+        self._refusing.symmetric_difference_update({family})
+        transport = "unix" if family == socket.AF_UNIX else "tcp"
+        event = "api_connections_refused" if refused else "api_connections_accepted_again"
+        log_event(_LOG, logging.WARNING, event, transport=transport, cap=MAX_CONNECTIONS)
+
+
+def _family(transport: asyncio.BaseTransport | None) -> int | None:
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    return None if sock is None else int(sock.family)
+
+
+class _Runner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        return _Server(
+            server.request_handler,
+            request_factory=server.request_factory,
+            handler_cancellation=server.handler_cancellation,
+            loop=server._loop,
+            **server._kwargs,
+        )
 
 
 async def _write_bounded(response: web.StreamResponse, piece: Buffer) -> None:

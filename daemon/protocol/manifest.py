@@ -29,7 +29,7 @@ CODECS = ("zstd", "zstd-dict", "raw")  # zstd-dict: compressed with the manifest
 MAX_DICTIONARY_BYTES = 1024 * 1024
 _B64 = re.compile(r"^[A-Za-z0-9+/]{1,200}={0,2}$")
 
-_BOOK_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_BOOK_ID = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$")
 

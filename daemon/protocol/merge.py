@@ -54,9 +54,10 @@ MAX_LIVE_TEXTS = 1024
 MAX_REPLACED = 100_000
 MAX_NODES = 1024
 
-ITEM_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
-BOOK_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_CFI = re.compile(r"^[\x20-\x7e]+$")
+# \A and \Z, never ^ and $: $ also matches before a final newline ("X\n" would pass).
+ITEM_ID = re.compile(r"\A[A-Za-z0-9_-]{8,64}\Z")
+BOOK_ID = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
+_CFI = re.compile(r"\A[\x20-\x7e]+\Z")
 
 
 # -- validation ---------------------------------------------------------------------------------

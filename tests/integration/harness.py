@@ -34,10 +34,7 @@ class Device:
     state_dir: Path
 
     async def book_state(self, book_id: str) -> dict[str, Any] | None:
-        for book in await self.api.library():
-            if book["book_id"] == book_id:
-                return book
-        return None
+        return await self.api.library_entry(book_id)
 
     async def wait_for(
         self, book_id: str, done: Callable[[dict[str, Any]], bool], timeout_s: float = 60

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.api.notes import safe_dumps
+from daemon.api.answers import safe_dumps
 from daemon.client import AccountClient
 from daemon.clock import SystemClock
 from daemon.errors import AnnotationError, DiskFullError
