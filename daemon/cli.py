@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shelfsync", description="Offline content sync daemon for e-readers."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('shelfsync')}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the daemon until SIGINT/SIGTERM")
