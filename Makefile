@@ -32,4 +32,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench all
 
 clean:
-	rm -rf $(VENV) demo-data .pytest_cache .mypy_cache .ruff_cache .hypothesis .schemathesis
+	rm -rf $(VENV) demo-data build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis .schemathesis

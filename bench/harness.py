@@ -40,16 +40,34 @@ class Book:
     size: int  # bytes of the .epub
 
 
-def corpus_location(checkout: Path = REPO) -> Path:
-    """Where the EPUB corpus should be: $SHELFSYNC_CORPUS, else ../shared/corpus/epub beside
-    the checkout, else beside the repository this one was cloned from on this machine (a
-    clean clone in /tmp, `git clone . /tmp/x`, finds the same corpus)."""
-    configured = os.environ.get("SHELFSYNC_CORPUS")
+CORPUS_VARIABLE = "SHELFSYNC_CORPUS"
+
+
+class CorpusError(BenchError):
+    """$SHELFSYNC_CORPUS names no folder of EPUB files: refused, never silently replaced."""
+
+
+def corpus_location(checkout: Path = REPO) -> tuple[Path, str] | None:
+    """The full EPUB corpus and where it was found: $SHELFSYNC_CORPUS, else
+    ../shared/corpus/epub beside the checkout, else beside the repository this one was cloned
+    from on this machine (`git clone . /tmp/x` finds the same corpus); None when no place holds
+    one.
+
+    Raises:
+        CorpusError: $SHELFSYNC_CORPUS is set but is not a folder holding .epub files. A wrong
+            path is a mistake to report, not a reason to test against another corpus.
+    """
+    configured = os.environ.get(CORPUS_VARIABLE)
     if configured:
-        return Path(configured)
+        path = Path(configured).expanduser()
+        if not path.is_dir():
+            raise CorpusError(f"{CORPUS_VARIABLE}={configured}: no such folder")
+        if not any(path.glob("*.epub")):
+            raise CorpusError(f"{CORPUS_VARIABLE}={configured}: the folder holds no .epub file")
+        return path, f"${CORPUS_VARIABLE}"
     beside = checkout.parent / "shared" / "corpus" / "epub"
-    if beside.is_dir():
-        return beside
+    if any(beside.glob("*.epub")):
+        return beside, "beside the checkout"
     try:
         origin = subprocess.run(
             ["git", "-C", str(checkout), "config", "--get", "remote.origin.url"],
@@ -58,19 +76,24 @@ def corpus_location(checkout: Path = REPO) -> Path:
             check=False,
         ).stdout.strip()
     except OSError:  # no git: only the first two places count
-        return beside
+        return None
     source = Path(origin.removeprefix("file://"))
     if origin and source.is_dir():
-        return source.resolve().parent / "shared" / "corpus" / "epub"
-    return beside
+        beside_origin = source.resolve().parent / "shared" / "corpus" / "epub"
+        if any(beside_origin.glob("*.epub")):
+            return beside_origin, f"beside {source.resolve()}, the clone's origin"
+    return None
 
 
 def corpus_dir() -> Path:
-    """The EPUB corpus (`corpus_location`), refused if it holds no .epub."""
-    path = corpus_location()
-    if not any(path.glob("*.epub")):
-        raise BenchError(f"no EPUB corpus at {path}; set SHELFSYNC_CORPUS to a folder of .epub")
-    return path
+    """The full EPUB corpus (`corpus_location`): the benchmarks' figures are about all of it."""
+    found = corpus_location()
+    if found is None:
+        raise BenchError(
+            f"no EPUB corpus: set {CORPUS_VARIABLE} to a folder of .epub files, or put the"
+            " corpus at ../shared/corpus/epub beside the checkout"
+        )
+    return found[0]
 
 
 def book_of(path: Path) -> Book:

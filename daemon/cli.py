@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from dataclasses import fields, replace
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shelfsync", description="Offline content sync daemon for e-readers."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('shelfsync')}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser(

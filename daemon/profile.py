@@ -1,11 +1,13 @@
 """Device profiles: what one class of e-reader lets the daemon spend (RAM, flash, radio, battery).
 
-One TOML file per device class lives in device_profiles/. The daemon and the link emulator read
+One TOML file per device class lives in device_profiles/ (in an installed wheel,
+daemon/device_profiles/: `shipped_profiles_dir`). The daemon and the link emulator read
 the same file, so each number means the same thing to both; docs/PROFILES.md documents every field.
 
 Parsing is strict and pure: a profile with an unknown, missing, mistyped or out-of-range field is
 refused with a ConfigError naming the dotted field (`link.down_kbps`) and the reason, rather than
-guessed at on a device nobody can debug. Only `load_profile` touches the file system.
+guessed at on a device nobody can debug. Only reading the files (`load_profile`, `list_profiles`,
+`shipped_profiles_dir`) touches the file system.
 
 Units: MB means MiB and kb (in `zstd_window_cap_kb`) means KiB, as memory and flash are counted;
 kbps means 1000 bits per second, as links are rated.
@@ -23,7 +25,17 @@ from pathlib import Path
 
 from daemon.errors import ConfigError
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "device_profiles"
+
+def shipped_profiles_dir() -> Path:
+    """The shipped profiles: daemon/device_profiles/ in an installed wheel (pyproject.toml maps
+    the repository's top-level folder there), else device_profiles/ beside daemon/ (a checkout,
+    an editable install)."""
+    package = Path(__file__).resolve().parent
+    installed = package / "device_profiles"
+    return installed if installed.is_dir() else package.parent / "device_profiles"
+
+
+PROFILES_DIR = shipped_profiles_dir()
 
 KIB = 1024
 MIB = 1024 * 1024

@@ -17,6 +17,7 @@ import shutil
 import signal
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="shelfsync-demo",
         description="stub + daemon + a purchase, then read the book back offline",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('shelfsync')}")
     parser.add_argument(
         "--workdir",
         type=Path,

@@ -57,6 +57,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from importlib.metadata import version
 from typing import Literal, Self
 
 from daemon.errors import ShelfsyncError
@@ -458,6 +459,7 @@ def _parser() -> argparse.ArgumentParser:
         f"'{LISTENING} 127.0.0.1:PORT' when ready. Faults on demand: SIGUSR1 resets every open "
         "connection (RST); SIGUSR2 stalls every connection, and resumes them when sent again.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('shelfsync')}")
     parser.add_argument(
         "--profile",
         required=True,

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 from daemon.errors import ShelfsyncError
@@ -29,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
         "built from a folder of EPUB files, signed manifests, packages with Range, the changes "
         "feed and the push channel (docs/PROTOCOL.md).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('shelfsync')}")
     parser.add_argument(
         "--data",
         type=Path,

@@ -1,4 +1,12 @@
-"""Fixtures shared by every test: where the real EPUB corpus lives, and a stub catalog of it."""
+"""Fixtures shared by every test: which EPUB corpus the tests read, and a stub catalog of it.
+
+Two corpora. The shipped one, tests/corpus/ (ten real books, SOURCES.md), is enough for every
+kind of test, so a clone with nothing beside it passes `make test`. The full developer corpus
+(`bench.harness.corpus_location`: $SHELFSYNC_CORPUS, or ../shared/corpus/epub beside the checkout
+or beside the repository it was cloned from) is used whenever it is there; it holds every shipped
+book and more. A test that needs a book only the full corpus holds says so with
+`@pytest.mark.needs_books(name, ...)` and skips, with the reason, on the shipped one.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +16,101 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness import corpus_location
+from bench.harness import CORPUS_VARIABLE, CorpusError, corpus_location
 from server_stub.catalog import ImportReport, PackagingSettings, import_library
 from server_stub.signing import load_or_create_key
 from server_stub.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
+SHIPPED_CORPUS = REPO / "tests" / "corpus"
+
+
+@dataclass(frozen=True)
+class Corpus:
+    path: Path
+    where: str  # how it was found, for the report header
+    shipped: bool  # the small corpus in tests/corpus, not the full one
+
+    def describe(self) -> str:
+        books = len(list(self.path.glob("*.epub")))
+        malformed = len(list(self.path.glob("malformed/*.epub")))
+        kind = "the shipped test corpus" if self.shipped else "the full corpus"
+        line = f"corpus: {self.path} ({kind}, {self.where}: {books} books + {malformed} malformed)"
+        if self.shipped:
+            line += f"; tests needing the full corpus skip (point ${CORPUS_VARIABLE} at it)"
+        return line
+
+
+def find_corpus() -> Corpus:
+    """The full corpus if there is one, else the shipped one.
+
+    Raises:
+        CorpusError: $SHELFSYNC_CORPUS names no folder of EPUB files, or one that lacks books of
+            the shipped corpus (the tests buy those by name).
+    """
+    found = corpus_location(REPO)
+    if found is None:
+        return Corpus(SHIPPED_CORPUS, "no full corpus found", shipped=True)
+    path, where = found
+    if path.resolve() == SHIPPED_CORPUS.resolve():
+        return Corpus(SHIPPED_CORPUS, where, shipped=True)
+    lacking = [
+        book.relative_to(SHIPPED_CORPUS).as_posix()
+        for book in sorted(SHIPPED_CORPUS.rglob("*.epub"))
+        if not (path / book.relative_to(SHIPPED_CORPUS)).is_file()
+    ]
+    if lacking:
+        raise CorpusError(
+            f"the corpus at {path} ({where}) lacks books of the shipped corpus that the tests"
+            f" read: {', '.join(lacking)}"
+        )
+    return Corpus(path, where, shipped=False)
+
+
+_CORPUS = pytest.StashKey[Corpus]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        config.stash[_CORPUS] = find_corpus()
+    except CorpusError as e:
+        raise pytest.UsageError(
+            f"{e}. Unset {CORPUS_VARIABLE} to use the corpus beside the checkout, or else the"
+            " shipped one (tests/corpus)."
+        ) from e
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return config.stash[_CORPUS].describe()
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    if config.get_verbosity() < 0:  # -q (make test) shows no header: say it at the end instead
+        terminalreporter.write_line(config.stash[_CORPUS].describe())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip (with the reason, at the test's own line) what needs books this corpus lacks."""
+    corpus = config.stash[_CORPUS]
+    for item in items:
+        for marker in item.iter_markers("needs_books"):
+            missing = ", ".join(name for name in marker.args if not (corpus.path / name).is_file())
+            if missing:
+                reason = (
+                    f"needs {missing}, which only the full corpus holds"
+                    f" (point ${CORPUS_VARIABLE} at it)"
+                    if corpus.shipped
+                    else f"needs {missing}, which the corpus at {corpus.path} lacks"
+                )
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(scope="session")
-def corpus_dir() -> Path:
-    """The real corpus (`bench.harness.corpus_location`: $SHELFSYNC_CORPUS, or
-    ../shared/corpus/epub beside the checkout or beside the repository it was cloned from)."""
-    path = corpus_location(REPO)
-    if not any(path.glob("*.epub")):
-        pytest.fail(f"EPUB corpus not found at {path}; set SHELFSYNC_CORPUS")
-    return path
+def corpus_dir(pytestconfig: pytest.Config) -> Path:
+    """The corpus the tests read (`find_corpus`): the full one if found, else tests/corpus."""
+    return pytestconfig.stash[_CORPUS].path
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +140,7 @@ def import_into_stub(data_dir: Path, library: Path) -> ImportReport:
 
 @pytest.fixture(scope="session")
 def stub_corpus_import(tmp_path_factory: pytest.TempPathFactory, corpus_dir: Path) -> StubImport:
-    """The whole corpus imported into a stub data directory, once per session (~2 s)."""
+    """The whole corpus imported into a stub data directory, once per session."""
     data_dir = tmp_path_factory.mktemp("stub-corpus")
     report = import_into_stub(data_dir, corpus_dir)
     books = (*report.imported, *report.updated, *report.unchanged)

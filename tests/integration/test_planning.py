@@ -186,7 +186,7 @@ async def test_trip_mode_fetches_from_the_archive_and_reports_readiness(
     archive = [
         "calibre_quick_start_eng.epub",
         "idpf_wasteland.epub",
-        "sigil_plugin_framework_rev15.epub",
+        "idpf_regime-anticancer-arabic.epub",
     ]
     async with running_stub(corpus_stub_data, port=0) as stub:
         account = AccountClient(stub.url)

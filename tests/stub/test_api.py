@@ -316,6 +316,7 @@ async def test_state_survives_a_restart(
         assert await api.buy(account, small_import.book_ids[TEST_BOOK]) > seq
 
 
+@pytest.mark.needs_books("idpf_mahabharata.epub")
 async def test_the_largest_book_over_http(
     corpus_stub_data: Path, http: aiohttp.ClientSession, stub_corpus_import: StubImport
 ) -> None:
