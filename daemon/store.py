@@ -115,17 +115,26 @@ class Store:
             with self._db:
                 yield self._db
         except apsw.Error as e:
-            # On a full disk SQLite may roll back by itself; apsw's own rollback then fails
-            # with "no transaction is active" and the FullError is only its cause.
-            full = next(
-                (x for x in (e, e.__cause__, e.__context__) if isinstance(x, apsw.FullError)), None
-            )
-            if full is None:
-                raise
-            raise DiskFullError(f"the disk is full: {full}") from e
+            raise _typed(e) from e
+
+    @contextmanager
+    def durable_transaction(self) -> Iterator[apsw.Connection]:
+        """A transaction on flash when it returns: this connection's NORMAL lets a power cut
+        take its last commits (FAULTS.md #5), fine for a frame fetched again, not for the
+        trusted version, which must never go back (a replayed older manifest would then be
+        accepted). FULL syncs the WAL at this commit, and with it every commit before."""
+        self._db.execute("PRAGMA synchronous = FULL")
+        try:
+            with self.transaction() as db:
+                yield db
+        finally:
+            self._db.execute("PRAGMA synchronous = NORMAL")
 
     def query(self, sql: str, bindings: Any = ()) -> list[Any]:
-        return list(self._db.execute(sql, bindings))
+        try:
+            return list(self._db.execute(sql, bindings))
+        except apsw.Error as e:
+            raise _typed(e) from e
 
     def one(self, sql: str, bindings: Any = ()) -> Any:
         rows = self.query(sql, bindings)
@@ -382,7 +391,7 @@ class Store:
         """
         m = manifest
         key = (m.book_id, m.version)
-        with self.transaction() as db:
+        with self.durable_transaction() as db:
             if not self.one("SELECT 1 FROM manifests WHERE book_id = ? AND version = ?", key):
                 db.execute(
                     "INSERT INTO manifests (book_id, version, envelope, title, authors, language,"
@@ -815,6 +824,17 @@ class Store:
 
     def integrity_check(self) -> str:
         return str(self.one("PRAGMA integrity_check")[0])
+
+
+def _typed(e: apsw.Error) -> StoreError:
+    """SQLite's error as ours: a full disk, or any other failure (an I/O error, FAULTS.md #6),
+    after which the transaction was rolled back and nothing of it stays."""
+    # On a full disk SQLite may roll back by itself; apsw's own rollback then fails with
+    # "no transaction is active" and the FullError is only its cause.
+    full = next((x for x in (e, e.__cause__, e.__context__) if isinstance(x, apsw.FullError)), None)
+    if full is not None:
+        return DiskFullError(f"the disk is full: {full}")
+    return StoreError(f"the database failed: {type(e).__name__}: {e}")
 
 
 def _state(
