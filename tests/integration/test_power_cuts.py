@@ -18,6 +18,7 @@ reader was promised:
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import shutil
 import zipfile
@@ -42,8 +43,9 @@ from tests.integration.notes_helpers import BOOK_FILE, anchor
 from tests.reliability import Figures
 
 BOOK_ID = "bk_power"
-CUTS = 1000
-SEED = 20261203
+# `python -m bench faults --soak` sets 10,000; each CI run makes this seeded thousand.
+CUTS = int(os.environ.get("SHELFSYNC_POWER_CUTS", "1000"))
+SEED = int(os.environ.get("SHELFSYNC_FAULTS_SEED", "20261203"))
 
 
 @dataclass(frozen=True)
