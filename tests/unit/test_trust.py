@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from daemon.content.trust import verify_manifest
 from daemon.errors import ExpiredError, ManifestError, RollbackError, SignatureError
 from daemon.protocol.codec import compress_document, decode_bounded
-from daemon.protocol.crypto import ENVELOPE_MAGIC
+from daemon.protocol.crypto import ENVELOPE_MAGIC, SIGNING_CONTEXT
 from daemon.protocol.manifest import MAX_MANIFEST_BYTES, encode_manifest, parse_manifest
 from tests.builders import NOW, make_manifest, signed
 
@@ -58,12 +58,20 @@ def test_a_changed_byte_breaks_the_signature() -> None:
 
 
 @pytest.mark.faults(23)
-def test_a_manifest_that_inflates_past_the_limit_is_refused_before_decoding() -> None:
+def test_an_unsigned_bomb_is_refused_before_a_byte_is_decoded() -> None:
     manifest, _ = make_manifest(FILES)
-    bomb = compress_document(b" " * (MAX_MANIFEST_BYTES + 1))
+    bomb = compress_document(b" " * MAX_MANIFEST_BYTES)
     assert len(bomb) < 4096
-    with pytest.raises(ManifestError, match="the limit is"):
+    with pytest.raises(SignatureError):  # the signature is over the compressed bytes
         verify(signed(manifest, SERVICE_KEY)[:HEADER] + bomb)
+
+
+@pytest.mark.faults(23)
+def test_a_signed_manifest_that_inflates_past_the_limit_is_refused_before_decoding() -> None:
+    bomb = compress_document(b" " * (MAX_MANIFEST_BYTES + 1))
+    signature = SERVICE_KEY.sign(SIGNING_CONTEXT + bomb)
+    with pytest.raises(ManifestError, match="the limit is"):
+        verify(ENVELOPE_MAGIC + bytes(8) + signature + bomb)
 
 
 @pytest.mark.faults(22)
