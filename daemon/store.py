@@ -36,6 +36,7 @@ from daemon.protocol.crypto import NONCE_BYTES
 from daemon.protocol.manifest import Manifest, WrappedKey, toc_to_doc
 
 READER_PAGE_CACHE_KIB = 256
+FLOOR_STEP_S = 86_400  # how far past max(clock, floor) one verified manifest moves the floor
 # The writer's pages are mostly frames it writes once and never reads: SQLite's default 2 MiB
 # cache only kept the last frame written resident after a delivery.
 WRITER_PAGE_CACHE_KIB = 512
@@ -597,11 +598,15 @@ class Store:
                 " ON CONFLICT (book_id) DO UPDATE SET version = max(version, excluded.version)",
                 key,
             )
+            # The floor follows verified issue times, but a day at most past what the device
+            # already believes the time is: one manifest issued ten years ahead (a service's
+            # clock or key gone wrong) would otherwise make every later one expired, for good
+            # (issue 24 #6).
             db.execute(
-                "INSERT INTO meta (key, value) VALUES ('time_floor', ?) ON CONFLICT (key)"
-                " DO UPDATE SET value"
-                " = max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
-                (str(m.issued_at),),
+                "INSERT INTO meta (key, value) VALUES ('time_floor', ?1) ON CONFLICT (key)"
+                " DO UPDATE SET value = max(CAST(value AS INTEGER),"
+                "   min(?1, max(?2, CAST(value AS INTEGER)) + ?3))",
+                (min(m.issued_at, int(now) + FLOOR_STEP_S), int(now), FLOOR_STEP_S),
             )
             db.execute(
                 "UPDATE deliveries SET version = ?, started_at = COALESCE(started_at, ?)"
