@@ -332,9 +332,10 @@ class ServiceClient:
 
     @asynccontextmanager
     async def package(
-        self, book_id: str, version: int, start: int, end: int
+        self, book_id: str, version: int, start: int, end: int, size: int | None = None
     ) -> AsyncIterator[PackageBody]:
-        """Open bytes [start, end] (inclusive) of a package; never splices a mismatched range."""
+        """Open bytes [start, end] (inclusive) of a package of `size` bytes (as its manifest
+        says); never splices a mismatched range, nor one of a package of another size."""
         path = f"/v1/books/{quote(book_id, safe='')}/versions/{int(version)}/package"
         headers = {**self._auth, "Range": f"bytes={start}-{end}"}
         try:
@@ -348,7 +349,12 @@ class ServiceClient:
                         raise RangeError(f"{path}: asked for bytes {start}-{end}, got the whole")
                 elif r.status == 206:
                     match = _CONTENT_RANGE.match(r.headers.get("Content-Range", ""))
-                    if not match or (int(match[1]), int(match[2])) != (start, end):
+                    total = None if not match or match[3] == "*" else int(match[3])
+                    if (
+                        not match
+                        or (int(match[1]), int(match[2])) != (start, end)
+                        or (size is not None and total not in (None, size))
+                    ):
                         raise RangeError(
                             f"{path}: asked for bytes {start}-{end}, got"
                             f" {r.headers.get('Content-Range')!r}"
