@@ -6,8 +6,9 @@ it replaced. A power cut (`arm_cut`) stops the disk at the Nth write, sync or tr
 and every later one fail, as the machine would have stopped there. `apply_cut` then rewrites the
 real files the way flash may have kept them: every unsynced write dropped, a random subset kept
 (a later write on flash before an earlier one), or the last one torn after a whole number of
-512-byte sectors. The -shm file goes too: it lives in memory on a device. What an `xSync` covered
-is never touched, which is all SQLite assumes of a disk.
+512-byte sectors; the -shm file goes too, as it lives in memory on a device. Or, for a process
+killed at that op (SIGKILL), every write is kept, -shm included. What an `xSync` covered is
+never touched, which is all SQLite assumes of a disk.
 
 `arm_failure` instead fails the Nth read, write, sync or truncate with SQLITE_IOERR, once or from
 then on, as SQLite's own I/O-error tests do (`ioerr.test`).
@@ -31,6 +32,7 @@ SECTOR = 512
 
 
 class CutMode(Enum):
+    CRASH = "crash"  # the process died, the machine did not: the page cache keeps every write
     DROP = "drop"  # nothing unsynced reached the flash
     SUBSET = "subset"  # each unsynced write independently kept or lost
     TORN = "torn"  # all kept but the last, which stopped after a random number of sectors
@@ -146,6 +148,10 @@ class FaultDisk(apsw.VFS):
 
     def apply_cut(self, mode: CutMode, rng: random.Random) -> None:
         """Rewrite the real files as the flash kept them (call once every connection closed)."""
+        if mode is CutMode.CRASH:  # the files are as the process left them, -shm included
+            for log in self.files.values():
+                log.pending.clear()
+            return
         for log in self.files.values():
             if log.pending and os.path.exists(log.path):
                 _rewrite(log, mode, rng)

@@ -1,4 +1,5 @@
-"""Power cuts and I/O errors under the daemon's own stores (FAULTS.md rows 5 and 6).
+"""Power cuts and I/O errors under the daemon's own stores (FAULTS.md rows 5 and 6, and 1 to 4 at
+every write: a process killed there keeps all it wrote).
 
 A SIGKILL (test_kill.py, test_annotation_kills.py) keeps the page cache; a power cut does not.
 Each scenario here runs the store calls that delivery and annotation sync make (a manifest
@@ -214,7 +215,7 @@ def run_cuts(
 # With the power gone, closing a connection still tries to checkpoint and remove the WAL;
 # SQLite ignores those failures and apsw reports each one as unraisable.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-@pytest.mark.faults(5)
+@pytest.mark.faults(1, 2, 3, 4, 5)
 def test_power_cuts_anywhere_lose_no_note_serve_no_wrong_byte_and_never_roll_trust_back(
     tmp_path: Path, book: Book, fault_figures: Figures
 ) -> None:
