@@ -185,8 +185,13 @@ async def fetch(client: ServiceClient) -> bytes:
         return await body.read_exactly(END - START + 1)
 
 
-@pytest.mark.faults(8, 9, 11, 13, 23)
-@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        pytest.param(name, marks=pytest.mark.faults(row), id=name)
+        for name, (row, _, _) in SCENARIOS.items()
+    ],
+)
 async def test_a_hostile_range_answer_is_refused_typed_then_an_honest_one_is_taken(
     stand_in: tuple[list[Answer], ServiceClient], scenario: str, fault_figures: Figures
 ) -> None:
