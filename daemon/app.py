@@ -11,6 +11,7 @@ until the end. Beside them, from the start to the end, the service manager's tas
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import secrets
@@ -50,7 +51,7 @@ from daemon.protocol.hlc import HybridClock
 from daemon.radio.connectivity import Connectivity
 from daemon.radio.power import PowerSource, SysfsPower, power_report
 from daemon.radio.windows import RadioWindows
-from daemon.store import Store
+from daemon.store import Store, check_at_start
 
 _LOG = logging.getLogger("shelfsync.app")
 _T = TypeVar("_T")
@@ -205,6 +206,9 @@ class Daemon:
     async def run(self, stop: asyncio.Event) -> None:
         settings, profile = self.settings, self.settings.profile
         self._started_at = self.clock.wall()
+        quarantine = check_at_start(settings.db_path, self._started_at)
+        if quarantine is not None:
+            log_event(_LOG, logging.ERROR, "database_set_aside", **dataclasses.asdict(quarantine))
         store = self._store = Store.open(settings.db_path)
         client: ServiceClient | None = None
         notes: NotesStore | None = None

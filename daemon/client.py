@@ -39,6 +39,54 @@ from daemon.protocol.manifest import MAX_DICTIONARY_BYTES
 
 _LOG = logging.getLogger("shelfsync.client")
 _BOOK_ID = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
+# The changes feed is not signed: every field is bounded before it reaches the store, where an
+# integer past 2^63 or a NaN once ended the daemon at every restart (issue 24 #3).
+_MAX_SEQ = 2**53  # seqs, cursors and versions: far beyond any catalog, exact in a float too
+_MAX_PACKAGE_BYTES = 2**40
+_MAX_AT = 2.0**40  # seconds since 1970: year 36812
+
+
+def _bounded(value: Any, low: int, high: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{what} {str(value)[:40]} is outside [{low}, {high}]")
+    return value
+
+
+def _changes_page(doc: Any, asked: int) -> ChangesPage:
+    """A page of the changes feed, checked: bounded fields, seqs after the cursor asked for
+    and increasing, and a cursor that is the last seq sent (or the one asked for on an empty
+    page): a page that claims more to come but does not advance is refused, not re-asked
+    forever, and a forged cursor is never stored."""
+    changes: list[LibraryChange] = []
+    for c in doc["changes"]:
+        at = float(c["at"])
+        if not 0 <= at <= _MAX_AT:  # NaN fails this too
+            raise ValueError(f"change time {at} is out of range")
+        size = c.get("package_size")
+        change = LibraryChange(
+            seq=_bounded(c["seq"], 1, _MAX_SEQ, "seq"),
+            book_id=str(c["book_id"]),
+            action=str(c["action"]),
+            reason=str(c["reason"])[:64],
+            version=_bounded(c["version"], 1, _MAX_SEQ, "version"),
+            at=at,
+            package_size=None if not size else _bounded(size, 1, _MAX_PACKAGE_BYTES, "size"),
+        )
+        if not _BOOK_ID.match(change.book_id) or change.action not in ("add", "update", "remove"):
+            raise ValueError(f"change {change.seq}: {change.book_id[:80]!r} {change.action!r}")
+        if change.seq <= (changes[-1].seq if changes else asked):
+            raise ValueError(f"change {change.seq} does not come after {asked} and the rest")
+        changes.append(change)
+    cursor = _bounded(doc["cursor"], 0, _MAX_SEQ, "cursor")
+    expected = changes[-1].seq if changes else asked
+    if cursor != expected:
+        raise ValueError(f"cursor {cursor} is not where the page ends ({expected})")
+    has_more = doc["has_more"]
+    if not isinstance(has_more, bool) or (has_more and not changes):
+        raise ValueError("the page says more follow but brings none")
+    return ChangesPage(changes, cursor, has_more)
+
+
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 MAX_JSON_BYTES = 4 * 1024 * 1024  # a changes page of 1,000 entries is ~150 KB
 # An annotation page is ~1 MiB (the service stops adding states past that), but one state with
@@ -259,25 +307,9 @@ class ServiceClient:
             "/v1/library/changes", {"cursor": str(cursor), "limit": str(limit)}
         )
         try:
-            changes = [
-                LibraryChange(
-                    seq=int(c["seq"]),
-                    book_id=str(c["book_id"]),
-                    action=str(c["action"]),
-                    reason=str(c["reason"]),
-                    version=int(c["version"]),
-                    at=float(c["at"]),
-                    package_size=int(c["package_size"]) if c.get("package_size") else None,
-                )
-                for c in doc["changes"]
-            ]
-            page = ChangesPage(changes, int(doc["cursor"]), bool(doc["has_more"]))
-        except (KeyError, TypeError, ValueError) as e:
+            return _changes_page(doc, cursor)
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise ProtocolError(f"malformed changes page: {type(e).__name__}: {e}") from e
-        for c in changes:
-            if not _BOOK_ID.match(c.book_id) or c.action not in ("add", "update", "remove"):
-                raise ProtocolError(f"malformed change {c.seq}: {c.book_id[:80]!r} {c.action!r}")
-        return page
 
     async def manifest_envelope(self, book_id: str) -> bytes:
         path = f"/v1/books/{quote(book_id, safe='')}/manifest"
@@ -300,9 +332,10 @@ class ServiceClient:
 
     @asynccontextmanager
     async def package(
-        self, book_id: str, version: int, start: int, end: int
+        self, book_id: str, version: int, start: int, end: int, size: int | None = None
     ) -> AsyncIterator[PackageBody]:
-        """Open bytes [start, end] (inclusive) of a package; never splices a mismatched range."""
+        """Open bytes [start, end] (inclusive) of a package of `size` bytes (as its manifest
+        says); never splices a mismatched range, nor one of a package of another size."""
         path = f"/v1/books/{quote(book_id, safe='')}/versions/{int(version)}/package"
         headers = {**self._auth, "Range": f"bytes={start}-{end}"}
         try:
@@ -316,7 +349,12 @@ class ServiceClient:
                         raise RangeError(f"{path}: asked for bytes {start}-{end}, got the whole")
                 elif r.status == 206:
                     match = _CONTENT_RANGE.match(r.headers.get("Content-Range", ""))
-                    if not match or (int(match[1]), int(match[2])) != (start, end):
+                    total = None if not match or match[3] == "*" else int(match[3])
+                    if (
+                        not match
+                        or (int(match[1]), int(match[2])) != (start, end)
+                        or (size is not None and total not in (None, size))
+                    ):
                         raise RangeError(
                             f"{path}: asked for bytes {start}-{end}, got"
                             f" {r.headers.get('Content-Range')!r}"

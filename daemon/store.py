@@ -14,7 +14,7 @@ import dataclasses
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from importlib import resources as package_files
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from daemon.protocol.manifest import Manifest, WrappedKey, toc_to_doc
 from daemon.protocol.reading import Reading, reading_to_doc
 
 READER_PAGE_CACHE_KIB = 256
+FLOOR_STEP_S = 86_400  # how far past max(clock, floor) one verified manifest moves the floor
 # The writer's pages are mostly frames it writes once and never reads: SQLite's default 2 MiB
 # cache only kept the last frame written resident after a delivery.
 WRITER_PAGE_CACHE_KIB = 512
@@ -60,6 +61,137 @@ def _migrations() -> list[tuple[int, str]]:
 
 def latest_schema_version() -> int:
     return _migrations()[-1][0]
+
+
+# What a rebuilt database keeps of a corrupt one, if it can still be read: who the device is,
+# what it trusted (so a rollback stays refused), and the reader's notes.
+_SALVAGED_META = ("device_id", "device_token", "registered_at", "time_floor")
+_NOTE_TABLES = {
+    "outbox": "op_id, target, body, created_at, rejected",
+    "annotations": "item_id, book_id, state, created, deleted, updated",
+    "positions": "book_id, state",
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Quarantine:
+    """A database found damaged at start and set aside (renamed, never deleted)."""
+
+    reason: str
+    set_aside: Path  # the damaged file, renamed; its -wal and -shm beside it likewise
+    notes_export: Path  # the outbox, annotations and positions that could be read, as JSON
+    notes_exported: int  # rows of those tables in the export
+    notes_requeued: int  # of them, back in the rebuilt database (sent on from there)
+
+
+def check_at_start(path: Path, now: float) -> Quarantine | None:
+    """`PRAGMA quick_check` before the daemon opens its database (FAULTS.md #25).
+
+    A damaged database is set aside, not repaired in place: first what can still be read of the
+    reader's notes goes to a JSON file a person can read, then the files are renamed, and a new
+    database gets the device's identity, its trusted versions and time floor, and the notes
+    (their op ids make a re-send a no-op on the service). The library then comes back from the
+    service: the changes feed starts again from 0 and the books are fetched again. A -wal lost
+    after a crash is no damage of its own: SQLite reads the database as of its last checkpoint.
+    """
+    if not path.exists():
+        return None
+    try:
+        db = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE)
+    except apsw.Error as e:
+        return _quarantine(path, None, f"cannot open: {e}", now)
+    try:
+        db.set_busy_timeout(5000)
+        verdict = [str(r[0]) for r in db.execute("PRAGMA quick_check(20)")]
+    except apsw.Error as e:
+        verdict = [f"{type(e).__name__}: {e}"]
+    if verdict == ["ok"]:
+        db.close()
+        return None
+    return _quarantine(path, db, "; ".join(verdict)[:500], now)
+
+
+def _readable(db: apsw.Connection | None, sql: str, bindings: Any = ()) -> list[Any]:
+    if db is None:
+        return []
+    try:
+        return list(db.execute(sql, bindings))
+    except apsw.Error:
+        return []  # that table is on a damaged page: what else can be read still is
+
+
+def _quarantine(path: Path, db: apsw.Connection | None, reason: str, now: float) -> Quarantine:
+    notes = {
+        table: _readable(db, f"SELECT {cols} FROM {table}") for table, cols in _NOTE_TABLES.items()
+    }
+    meta = _readable(
+        db,
+        f"SELECT key, value FROM meta WHERE key IN ({', '.join('?' * len(_SALVAGED_META))})",
+        _SALVAGED_META,
+    )
+    trusted = _readable(db, "SELECT book_id, version FROM trusted_versions")
+    clock = _readable(db, "SELECT key, value FROM notes_meta WHERE key = 'hlc'")
+    if db is not None:
+        # Closing a damaged file can fail; the renames below do not need it closed.
+        with suppress(apsw.Error):
+            db.close()
+    stamp = f"{int(now)}"
+    export = path.with_name(f"{path.name}.notes-{stamp}.json")
+    doc = {
+        "why": f"{path} was found damaged at start ({reason}) and set aside",
+        "at": now,
+        **{
+            table: [dict(zip(cols.split(", "), row, strict=True)) for row in notes[table]]
+            for table, cols in _NOTE_TABLES.items()
+        },
+    }
+    _write_durably(export, json.dumps(doc, ensure_ascii=False, indent=1).encode("utf-8"))
+    set_aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        damaged = Path(f"{path}{suffix}")
+        if damaged.exists():
+            os.replace(damaged, Path(f"{set_aside}{suffix}"))
+    _sync_dir(path.parent)
+    rebuilt = Store.open(path)
+    try:
+        with rebuilt.durable_transaction() as new:
+            new.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", meta)
+            new.executemany("INSERT OR REPLACE INTO notes_meta (key, value) VALUES (?, ?)", clock)
+            new.executemany("INSERT OR IGNORE INTO trusted_versions VALUES (?, ?)", trusted)
+            for table, cols in _NOTE_TABLES.items():
+                marks = ", ".join("?" * len(cols.split(", ")))
+                new.executemany(
+                    f"INSERT OR IGNORE INTO {table} ({cols}) VALUES ({marks})", notes[table]
+                )
+            requeued = int(rebuilt.one("SELECT count(*) FROM outbox")[0])
+            new.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('database_set_aside', ?)",
+                (json.dumps({"at": now, "reason": reason, "file": str(set_aside)}),),
+            )
+    finally:
+        rebuilt.close()
+    return Quarantine(reason, set_aside, export, sum(map(len, notes.values())), requeued)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """temp, fsync, rename, fsync(dir): the file is whole or absent after any crash."""
+    temp = path.with_name(path.name + ".tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
+    _sync_dir(path.parent)
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Store:
@@ -116,17 +248,26 @@ class Store:
             with self._db:
                 yield self._db
         except apsw.Error as e:
-            # On a full disk SQLite may roll back by itself; apsw's own rollback then fails
-            # with "no transaction is active" and the FullError is only its cause.
-            full = next(
-                (x for x in (e, e.__cause__, e.__context__) if isinstance(x, apsw.FullError)), None
-            )
-            if full is None:
-                raise
-            raise DiskFullError(f"the disk is full: {full}") from e
+            raise _typed(e) from e
+
+    @contextmanager
+    def durable_transaction(self) -> Iterator[apsw.Connection]:
+        """A transaction on flash when it returns: this connection's NORMAL lets a power cut
+        take its last commits (FAULTS.md #5), fine for a frame fetched again, not for the
+        trusted version, which must never go back (a replayed older manifest would then be
+        accepted). FULL syncs the WAL at this commit, and with it every commit before."""
+        self._db.execute("PRAGMA synchronous = FULL")
+        try:
+            with self.transaction() as db:
+                yield db
+        finally:
+            self._db.execute("PRAGMA synchronous = NORMAL")
 
     def query(self, sql: str, bindings: Any = ()) -> list[Any]:
-        return list(self._db.execute(sql, bindings))
+        try:
+            return list(self._db.execute(sql, bindings))
+        except apsw.Error as e:
+            raise _typed(e) from e
 
     def one(self, sql: str, bindings: Any = ()) -> Any:
         rows = self.query(sql, bindings)
@@ -383,7 +524,7 @@ class Store:
         """
         m = manifest
         key = (m.book_id, m.version)
-        with self.transaction() as db:
+        with self.durable_transaction() as db:
             if not self.one("SELECT 1 FROM manifests WHERE book_id = ? AND version = ?", key):
                 db.execute(
                     "INSERT INTO manifests (book_id, version, envelope, title, authors, language,"
@@ -459,11 +600,15 @@ class Store:
                 " ON CONFLICT (book_id) DO UPDATE SET version = max(version, excluded.version)",
                 key,
             )
+            # The floor follows verified issue times, but a day at most past what the device
+            # already believes the time is: one manifest issued ten years ahead (a service's
+            # clock or key gone wrong) would otherwise make every later one expired, for good
+            # (issue 24 #6).
             db.execute(
-                "INSERT INTO meta (key, value) VALUES ('time_floor', ?) ON CONFLICT (key)"
-                " DO UPDATE SET value"
-                " = max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
-                (str(m.issued_at),),
+                "INSERT INTO meta (key, value) VALUES ('time_floor', ?1) ON CONFLICT (key)"
+                " DO UPDATE SET value = max(CAST(value AS INTEGER),"
+                "   min(?1, max(?2, CAST(value AS INTEGER)) + ?3))",
+                (min(m.issued_at, int(now) + FLOOR_STEP_S), int(now), FLOOR_STEP_S),
             )
             db.execute(
                 "UPDATE deliveries SET version = ?, started_at = COALESCE(started_at, ?)"
@@ -829,6 +974,17 @@ class Store:
 
     def integrity_check(self) -> str:
         return str(self.one("PRAGMA integrity_check")[0])
+
+
+def _typed(e: apsw.Error) -> StoreError:
+    """SQLite's error as ours: a full disk, or any other failure (an I/O error, FAULTS.md #6),
+    after which the transaction was rolled back and nothing of it stays."""
+    # On a full disk SQLite may roll back by itself; apsw's own rollback then fails with
+    # "no transaction is active" and the FullError is only its cause.
+    full = next((x for x in (e, e.__cause__, e.__context__) if isinstance(x, apsw.FullError)), None)
+    if full is not None:
+        return DiskFullError(f"the disk is full: {full}")
+    return StoreError(f"the database failed: {type(e).__name__}: {e}")
 
 
 def _state(

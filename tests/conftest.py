@@ -22,6 +22,7 @@ from server_stub.signing import load_or_create_key
 from server_stub.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
+pytest_plugins = ["tests.reliability"]
 SHIPPED_CORPUS = REPO / "tests" / "corpus"
 
 

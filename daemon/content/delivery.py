@@ -340,7 +340,7 @@ class DeliveryWorker:
         first = 0 if book_id in self._whole_package else run[0].idx
         end = run[-1].package_offset + run[-1].length - 1
         async with self._client.package(
-            book_id, manifest.version, manifest.frames[first].offset, end
+            book_id, manifest.version, manifest.frames[first].offset, end, manifest.package_size
         ) as body:
             for idx in range(first, run[-1].idx + 1):
                 data = await body.read_exactly(manifest.frames[idx].length)

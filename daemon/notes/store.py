@@ -92,7 +92,12 @@ class NotesStore:
             raise StoreError(f"the notes database failed: {type(e).__name__}: {e}") from e
 
     def _query(self, sql: str, bindings: Any = ()) -> list[Any]:
-        return list(self._db.execute(sql, bindings))
+        try:
+            return list(self._db.execute(sql, bindings))
+        except apsw.Error as e:
+            if isinstance(e, apsw.FullError):
+                raise DiskFullError(f"the disk is full, nothing was saved: {e}") from e
+            raise StoreError(f"the notes database failed: {type(e).__name__}: {e}") from e
 
     def _one(self, sql: str, bindings: Any = ()) -> Any:
         rows = self._query(sql, bindings)
@@ -223,7 +228,7 @@ class NotesStore:
         """The oldest pending ops, at most `max_ops` and about `max_bytes` (at least one)."""
         batch: list[OutboxOp] = []
         size = 0
-        for op_id, body in self._db.execute(
+        for op_id, body in self._query(
             "SELECT op_id, body FROM outbox WHERE rejected IS NULL ORDER BY seq LIMIT ?",
             (max_ops,),
         ):

@@ -156,6 +156,66 @@ def _frame_decompressor(
     return zstandard.ZstdDecompressor(max_window_size=window_cap)
 
 
+# A zstd block decodes to at most 128 KiB, but a 4-byte RLE block does that too: a 32 KB frame
+# of them decodes to 1 GiB, and zstd checks the size its header declares only at the frame's
+# end, so one decompress call fed the whole frame grew the process by a GiB before any error
+# (issue 24 #1, #2). Each call is fed at most this many blocks, and the plaintext is counted
+# against the declared size after every call.
+BLOCK_PLAIN_MAX = 128 * 1024
+_BLOCKS_PER_FEED = 8
+
+
+class _BlockFence:
+    """Where a zstd frame's blocks begin, read from their 3-byte headers as the compressed
+    bytes go by, to cut each feed after `_BLOCKS_PER_FEED` blocks."""
+
+    def __init__(self, frame_start: bytes) -> None:
+        descriptor = frame_start[4]
+        single_segment = bool(descriptor & 0x20)
+        self._next = (  # where the first block header begins: after the frame header
+            5
+            + (0 if single_segment else 1)
+            + (0, 1, 2, 4)[descriptor & 3]
+            + (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6]
+        )
+        self._fed = 0
+        self._held = b""  # the start of a block header fed already, the rest still to come
+        self._ended = False  # the last block is fed: a checksum, or trailing bytes, follow
+
+    def allowance(self, view: memoryview, most: int) -> int:
+        """How many bytes of `view` (which goes on where the last feed ended) to feed next,
+        at most `most`; the caller feeds exactly that many."""
+        limit = cut = min(most, len(view))
+        blocks = 0
+        while not self._ended:
+            at = self._next - self._fed  # < 0 while a header began in an earlier feed
+            if at >= limit:
+                break
+            header = self._held + bytes(view[max(at, 0) : at + 3])
+            if len(header) < 3:  # the header goes on past this view
+                if at > 0:
+                    cut = at
+                else:
+                    self._held = header
+                break
+            blocks += 1
+            if blocks > _BLOCKS_PER_FEED:
+                cut = at
+                break
+            bits = int.from_bytes(header, "little")
+            kind, size = (bits >> 1) & 3, bits >> 3
+            self._next += 3 + (1 if kind == 1 else size)  # an RLE block holds one byte
+            self._held = b""
+            self._ended = bool(bits & 1)
+        self._fed += cut
+        return cut
+
+
+def _counted(decoded: int, plain_size: int) -> None:
+    if decoded > plain_size:
+        raise DecodeError(f"zstd frame decodes past the {plain_size} bytes it declares")
+
+
 def _check_end(
     decoder: zstandard.ZstdDecompressionObj, decoded: int, plain_size: int, unfed: int = 0
 ) -> None:
@@ -184,12 +244,20 @@ def decode_frame(
     if decompressor is None:
         return data
     decoder = decompressor.decompressobj()
+    fence = _BlockFence(data)
+    pieces, decoded, rest = [], 0, memoryview(data)
     try:
-        plain = decoder.decompress(data)
+        while rest and not decoder.eof:
+            n = fence.allowance(rest, len(rest))
+            piece = decoder.decompress(rest[:n])
+            rest = rest[n:]
+            decoded += len(piece)
+            _counted(decoded, plain_size)
+            pieces.append(piece)
     except zstandard.ZstdError as e:
         raise DecodeError(f"zstd frame is corrupt: {e}") from e
-    _check_end(decoder, len(plain), plain_size)
-    return plain
+    _check_end(decoder, decoded, plain_size, len(rest))
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 # Plaintext handed out without a copy: a whole decoded piece, or a view of part of one.
@@ -261,6 +329,7 @@ class FrameDecoder:
             first, codec, plain_size, source.payload_size, window_cap, dictionary, MAX_FRAME_PLAIN
         )
         self._decoder = None if decompressor is None else decompressor.decompressobj()
+        self._fence = None if decompressor is None else _BlockFence(first)
         self._raw = decompressor is None  # served chunk by chunk, as it is
         self._pending = memoryview(first)  # authenticated, not yet fed to zstd
         self._next_chunk = 1
@@ -374,11 +443,14 @@ class FrameDecoder:
                         break
                     self._pending = memoryview(source.chunk(self._next_chunk))
                     self._next_chunk += 1
-                fed, self._pending = self._pending[:step], self._pending[step:]
+                assert self._fence is not None  # a zstd frame has one
+                n = self._fence.allowance(self._pending, step)
+                fed, self._pending = self._pending[:n], self._pending[n:]
                 self._fed += len(fed)
                 piece = decoder.decompress(fed)
                 if piece:
                     self._decoded += len(piece)
+                    _counted(self._decoded, self.plain_size)
                     yield piece
         except zstandard.ZstdError as e:
             raise DecodeError(f"zstd frame is corrupt: {e}") from e

@@ -7,9 +7,10 @@ The device's own key file is daemon/device_key.py.
 The signed envelope is binary: ENVELOPE_MAGIC, the signing key's 8-byte id, the 64-byte
 signature, then one zstd frame of the manifest bytes. The manifest travels compressed (a book of
 2,000 files has a 440 KB manifest that zstd makes 22 KB: seconds saved on 3G before the first
-chapter) and not in base64 (which would add a third), and its decoding is bounded by
-MAX_MANIFEST_BYTES before the signature is checked. The signature covers SIGNING_CONTEXT + the
-manifest bytes, so no JSON canonicalisation is needed to verify, and a signature over anything
+chapter) and not in base64 (which would add a third). The signature covers SIGNING_CONTEXT + the
+compressed bytes, so it is checked before a byte is decoded: an unsigned 32 KB frame that
+decodes to 16 MiB costs a hash, not 16 MiB (issue 24 #1); what is signed is still decoded within
+MAX_MANIFEST_BYTES. No JSON canonicalisation is needed to verify, and a signature over anything
 else cannot be replayed here.
 """
 
@@ -43,8 +44,9 @@ from daemon.errors import (
 from daemon.protocol.codec import compress_document, decode_bounded
 from daemon.protocol.manifest import MAX_MANIFEST_BYTES
 
-SIGNING_CONTEXT = b"shelfsync-manifest-v1\n"
-ENVELOPE_MAGIC = b"SSE2"  # shelfsync signed envelope, layout 2 (1 was JSON with base64)
+SIGNING_CONTEXT = b"shelfsync-manifest-v2\n"
+# shelfsync signed envelope, layout 3 (2 signed the manifest decoded, 1 was JSON with base64)
+ENVELOPE_MAGIC = b"SSE3"
 KEY_ID_BYTES = 8
 SIGNATURE_BYTES = 64
 _ENVELOPE_HEADER = len(ENVELOPE_MAGIC) + KEY_ID_BYTES + SIGNATURE_BYTES
@@ -71,14 +73,10 @@ def public_key_from_text(text: str, source: str = "service key") -> Ed25519Publi
 
 def sign_envelope(private_key: Ed25519PrivateKey, manifest_bytes: bytes) -> bytes:
     """The service side: wrap manifest bytes in a signed envelope."""
-    signature = private_key.sign(SIGNING_CONTEXT + manifest_bytes)
+    compressed = compress_document(manifest_bytes)
+    signature = private_key.sign(SIGNING_CONTEXT + compressed)
     return b"".join(
-        (
-            ENVELOPE_MAGIC,
-            bytes.fromhex(key_id(private_key.public_key())),
-            signature,
-            compress_document(manifest_bytes),
-        )
+        (ENVELOPE_MAGIC, bytes.fromhex(key_id(private_key.public_key())), signature, compressed)
     )
 
 
@@ -92,18 +90,18 @@ def open_envelope(envelope: bytes, pinned: Ed25519PublicKey) -> bytes:
         )
     named_key = envelope[len(ENVELOPE_MAGIC) : len(ENVELOPE_MAGIC) + KEY_ID_BYTES].hex()
     signature = envelope[_ENVELOPE_HEADER - SIGNATURE_BYTES : _ENVELOPE_HEADER]
+    compressed = envelope[_ENVELOPE_HEADER:]
     try:
-        manifest_bytes = decode_bounded(envelope[_ENVELOPE_HEADER:], MAX_MANIFEST_BYTES)
-    except DecodeError as e:
-        raise ManifestError(f"malformed signed manifest: {type(e).__name__}: {e}") from e
-    try:
-        pinned.verify(signature, SIGNING_CONTEXT + manifest_bytes)
+        pinned.verify(signature, SIGNING_CONTEXT + compressed)
     except InvalidSignature as e:
         raise SignatureError(
             f"manifest signature does not verify with the pinned service key {key_id(pinned)}"
             f" (envelope names key {named_key})"
         ) from e
-    return manifest_bytes
+    try:
+        return decode_bounded(compressed, MAX_MANIFEST_BYTES)
+    except DecodeError as e:
+        raise ManifestError(f"malformed signed manifest: {type(e).__name__}: {e}") from e
 
 
 # -- content keys and frames ----------------------------------------------------------------------

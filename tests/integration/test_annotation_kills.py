@@ -237,6 +237,7 @@ async def rig_for(one_book: StubImport, tmp_path: Path) -> AsyncIterator[Rig]:
             await peer.client.close()
 
 
+@pytest.mark.faults(3)
 @pytest.mark.parametrize("point", list(POINTS))
 async def test_killed_while_syncing_notes_loses_nothing_and_applies_nothing_twice(
     one_book: StubImport, tmp_path: Path, point: str

@@ -180,6 +180,7 @@ async def test_annotations_travel_between_devices_and_deletes_are_told_apart(
         assert stub.store.annotation_op_count(account_id) == 3  # create, recolor, delete
 
 
+@pytest.mark.faults(27)
 async def test_offline_edits_on_two_devices_keep_both_texts_and_edit_beats_delete(
     tmp_path: Path, stub_data: Path, book_id: str
 ) -> None:
@@ -265,6 +266,7 @@ async def restartable(data_dir: Path) -> AsyncIterator[Restartable]:
             await service.stop()
 
 
+@pytest.mark.faults(29)
 async def test_reading_position_here_latest_and_furthest_with_a_skewed_clock(
     tmp_path: Path, stub_data: Path, book_id: str
 ) -> None:
@@ -297,6 +299,7 @@ async def test_reading_position_here_latest_and_furthest_with_a_skewed_clock(
         assert (await b.api.get_json(path))["here"]["position"]["progress"] == 0.3
 
 
+@pytest.mark.faults(32)
 async def test_bad_bodies_are_refused_and_change_nothing(
     tmp_path: Path, stub_data: Path, book_id: str
 ) -> None:
@@ -460,6 +463,7 @@ async def raw_get(socket_path: Path, target: str) -> bytes:
         return await r.read()
 
 
+@pytest.mark.faults(28)
 async def test_an_op_sent_twice_in_any_order_is_applied_once(
     tmp_path: Path, stub_data: Path, book_id: str
 ) -> None:
@@ -494,6 +498,7 @@ async def test_an_op_sent_twice_in_any_order_is_applied_once(
 SAFE_TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=200)
 
 
+@pytest.mark.faults(33)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(note=SAFE_TEXT, quote=SAFE_TEXT.filter(bool))
 def test_any_text_comes_back_exactly_and_as_text_through_the_service(note: str, quote: str) -> None:
@@ -527,6 +532,7 @@ def test_any_text_comes_back_exactly_and_as_text_through_the_service(note: str, 
     assert (view["note"], view["anchor"]["quote"]["exact"]) == (note, quote)
 
 
+@pytest.mark.faults(33)
 def test_oversized_text_is_refused_by_the_service_too() -> None:
     stamp = HybridClock("dev_writer").tick(int(time.time() * 1000))
     delta = merge.create_delta(
@@ -541,6 +547,7 @@ def test_oversized_text_is_refused_by_the_service_too() -> None:
         merge.item_from_doc(doc)
 
 
+@pytest.mark.faults(24)
 def test_a_full_disk_refuses_the_note_visibly_and_keeps_what_was_saved(tmp_path: Path) -> None:
     """FAULTS.md #24: the save fails with DiskFullError (the API answers 507), nothing half
     written, and every note saved before is still there."""

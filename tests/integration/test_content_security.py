@@ -27,6 +27,7 @@ def device(corpus_device: Device) -> Device:
     return corpus_device
 
 
+@pytest.mark.faults(19)
 async def test_a_dictionary_that_does_not_match_its_hash_is_refused(
     stub: RunningStub, device: Device, stub_corpus_import: StubImport, corpus_dir: Path
 ) -> None:
@@ -48,6 +49,7 @@ async def test_a_dictionary_that_does_not_match_its_hash_is_refused(
     await assert_reads_back(device.api, corpus_dir / SMALL)
 
 
+@pytest.mark.faults(21)
 async def test_bytes_altered_on_the_device_are_never_served_and_are_fetched_again(
     device: Device, stub_corpus_import: StubImport, corpus_dir: Path
 ) -> None:

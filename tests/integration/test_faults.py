@@ -85,6 +85,7 @@ async def test_first_chapter_is_served_while_the_rest_is_still_downloading(
     await assert_reads_back(device.api, corpus_dir / BOOK)
 
 
+@pytest.mark.faults(14)
 async def test_a_tampered_frame_is_refused_and_fetched_again(
     stub: RunningStub, device: Device, book_id: str, corpus_dir: Path
 ) -> None:
@@ -102,6 +103,7 @@ async def test_a_tampered_frame_is_refused_and_fetched_again(
     await assert_reads_back(device.api, corpus_dir / BOOK)
 
 
+@pytest.mark.faults(20)
 async def test_a_manifest_signed_by_another_key_is_refused_and_nothing_is_stored(
     stub: RunningStub, device: Device, book_id: str, corpus_dir: Path
 ) -> None:
@@ -116,6 +118,7 @@ async def test_a_manifest_signed_by_another_key_is_refused_and_nothing_is_stored
     await assert_reads_back(device.api, corpus_dir / BOOK)
 
 
+@pytest.mark.faults(10)
 async def test_a_truncated_body_resumes_where_it_stopped(
     stub: RunningStub, device: Device, book_id: str
 ) -> None:
@@ -131,6 +134,7 @@ async def test_a_truncated_body_resumes_where_it_stopped(
     assert book["bytes_fetched"] == manifest.package_size
 
 
+@pytest.mark.faults(13)
 async def test_a_server_that_ignores_range_is_never_spliced(
     stub: RunningStub, device: Device, book_id: str, corpus_dir: Path
 ) -> None:
@@ -150,6 +154,7 @@ async def test_a_server_that_ignores_range_is_never_spliced(
     await assert_reads_back(device.api, corpus_dir / BOOK)
 
 
+@pytest.mark.faults(7)
 async def test_service_errors_are_retried(stub: RunningStub, device: Device, book_id: str) -> None:
     await add_fault(stub, route="manifest", kind="error", status=503, times=2)
     await device.account.buy(book_id)

@@ -40,6 +40,7 @@ async def stop(proc: asyncio.subprocess.Process) -> None:
     await asyncio.wait_for(proc.communicate(), 30)
 
 
+@pytest.mark.faults(1, 2)
 @pytest.mark.parametrize(
     ("point", "nth", "frames_kept"),
     [("after_frame_commit", 5, 5), ("before_frame_commit", 4, 3), ("after_frame_commit", 1, 1)],

@@ -39,6 +39,7 @@ async def device(tmp_path: Path, corpus_stub_data: Path) -> AsyncIterator[Device
         yield device
 
 
+@pytest.mark.faults(30)
 async def test_the_socket_is_private_to_the_daemons_user(device: Device) -> None:
     socket_path = device.daemon.settings.api_socket
     mode = os.stat(socket_path).st_mode
@@ -63,6 +64,7 @@ def connect_as(uid: int, socket_path: str) -> int:
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
+@pytest.mark.faults(30)
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
 def test_another_user_cannot_connect(device: Device) -> None:
     assert connect_as(65534, str(device.daemon.settings.api_socket)) == 13
@@ -82,6 +84,7 @@ def test_another_user_cannot_connect(device: Device) -> None:
         "/v1/books/{id}/resources/./" + BOOK_PATH,
     ],
 )
+@pytest.mark.faults(31)
 async def test_paths_that_try_to_leave_a_book_are_refused(
     device: Device, stub_corpus_import: StubImport, target: str
 ) -> None:
@@ -93,6 +96,7 @@ async def test_paths_that_try_to_leave_a_book_are_refused(
     assert await raw_get(socket_path, target.replace("{id}", book_id)) in (400, 404)
 
 
+@pytest.mark.faults(30)
 async def test_loopback_tcp_needs_the_token_and_a_loopback_host(device: Device) -> None:
     api = device.daemon.api
     assert api is not None

@@ -101,6 +101,7 @@ def small_filesystem(path: Path, size: str) -> Iterator[Path]:
 DISK_FULL_PAUSE_S = 5.0  # the daemon's 60 s, shortened: long enough to look while paused
 
 
+@pytest.mark.faults(24)
 @pytest.mark.skipif(sys.platform != "linux", reason="tmpfs")
 async def test_a_full_disk_pauses_downloads_damages_nothing_and_resumes_by_itself(
     tmp_path: Path, corpus_stub_data: Path, stub_corpus_import: StubImport, corpus_dir: Path

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
 from daemon.client import AccountClient
 from daemon.protocol.manifest import parse_manifest
 from server_stub.app import running_stub
@@ -29,6 +31,7 @@ def revise_epub(src: Path, dst: Path, path: str, old: bytes, new: bytes) -> None
     rewrite_epub(src, dst, correct)
 
 
+@pytest.mark.faults(2, 16)
 async def test_a_revision_fetches_only_changed_frames_and_a_replayed_old_one_is_refused(
     tmp_path: Path, corpus_dir: Path
 ) -> None:

@@ -39,12 +39,14 @@ def test_incompressible_bytes_stay_raw() -> None:
     assert decode_frame(data, "raw", len(plain), CAP) == plain
 
 
+@pytest.mark.faults(23)
 def test_a_frame_claiming_more_than_the_manifest_is_refused() -> None:
     bomb = zstandard.ZstdCompressor(write_content_size=True).compress(b"\0" * 3_000_000)
     with pytest.raises(DecodeError, match="declares 3000000 bytes, manifest says 1000"):
         decode_frame(bomb, "zstd", 1000, CAP)
 
 
+@pytest.mark.faults(23)
 def test_a_frame_without_declared_size_is_refused() -> None:
     chunker = zstandard.ZstdCompressor(write_content_size=False)
     streamed = chunker.compressobj()
@@ -63,6 +65,7 @@ def crafted_frame(window_log: int, content: bytes) -> bytes:
     return b"\x28\xb5\x2f\xfd" + bytes([descriptor, window]) + size + block + content
 
 
+@pytest.mark.faults(23)
 def test_a_window_over_the_device_cap_is_refused() -> None:
     content = b"x" * 1000
     assert decode_frame(crafted_frame(17, content), "zstd", 1000, CAP) == content
@@ -70,6 +73,7 @@ def test_a_window_over_the_device_cap_is_refused() -> None:
         decode_frame(crafted_frame(31, content), "zstd", 1000, CAP)
 
 
+@pytest.mark.faults(23)
 def test_trailing_bytes_after_the_frame_are_refused() -> None:
     codec, data = encode_frame(b"chapter one " * 100)
     with pytest.raises(DecodeError, match="follow the zstd frame"):

@@ -37,12 +37,14 @@ def test_a_sealed_frame_opens_and_seals_the_same_way_every_time() -> None:
     assert seal_frame(KEY, "bk_a", FRAME + b"!")[:8] != sealed[:8]  # a new nonce
 
 
+@pytest.mark.faults(19)
 def test_a_frame_moved_to_another_book_is_refused() -> None:
     sealed = seal_frame(KEY, "bk_a", FRAME)
     with pytest.raises(FrameAuthError, match="bk_b"):
         open_frame(KEY, "bk_b", sealed)
 
 
+@pytest.mark.faults(14, 21)
 @pytest.mark.parametrize("position", [0, 12, 100, -1])
 def test_a_flipped_bit_anywhere_is_refused(position: int) -> None:
     sealed = bytearray(seal_frame(KEY, "bk_a", FRAME))
@@ -56,6 +58,7 @@ def test_a_flipped_bit_anywhere_is_refused(position: int) -> None:
 BIG = os.urandom(3 * SEAL_CHUNK + 100)  # four chunks
 
 
+@pytest.mark.faults(19)
 def test_a_frame_opens_a_chunk_at_a_time_and_each_chunk_only_in_its_place() -> None:
     sealed = seal_frame(KEY, "bk_a", BIG)
     frame = SealedFrame.in_memory(KEY, "bk_a", sealed)
@@ -86,6 +89,7 @@ def test_a_frame_sealed_whole_by_an_older_daemon_still_opens() -> None:
         open_whole_frame(KEY, "bk_b", sealed)
 
 
+@pytest.mark.faults(21)
 def test_a_content_key_opens_only_on_its_device_and_for_its_book() -> None:
     mine, other = X25519PrivateKey.generate(), X25519PrivateKey.generate()
     ephemeral, wrapped = wrap_content_key(mine.public_key(), KEY, "bk_a")

@@ -77,6 +77,7 @@ def test_a_stamp_made_after_seeing_another_is_greater(
         past[receiver] = made
 
 
+@pytest.mark.faults(26)
 def test_a_clock_at_1970_stamps_after_what_it_saw() -> None:
     """The device's clock was reset to 1970: what it writes after syncing still comes after."""
     right = HybridClock("right")

@@ -298,6 +298,7 @@ EPOCH = -(2**62)  # marks a device whose clock was reset to 1970
 SKEWS = [0, 5 * 60_000, -3_600_000, 3_600_000, DAY_MS, -DAY_MS, EPOCH]
 
 
+@pytest.mark.faults(27, 28)
 @settings(max_examples=300, deadline=None)
 @given(st.data())
 def test_any_interleaving_converges_without_losing_text(data: st.DataObject) -> None:
@@ -394,6 +395,7 @@ def test_an_edit_keeps_the_conflicts_it_did_not_show() -> None:
     assert [t for _, t in merge.note_versions(again)] == ["b2", "a"]
 
 
+@pytest.mark.faults(27)
 def test_edit_beats_a_concurrent_delete_and_loses_to_a_later_one() -> None:
     a, b = HybridClock("dev_a"), HybridClock("dev_b")
     created = merge.create_delta(
@@ -413,6 +415,7 @@ def test_edit_beats_a_concurrent_delete_and_loses_to_a_later_one() -> None:
     assert view["deleted_by"] == "dev_b"
 
 
+@pytest.mark.faults(26, 29)
 def test_a_device_at_1970_orders_its_edit_after_what_it_had_seen() -> None:
     right, wrong = HybridClock("dev_right"), HybridClock("dev_1970")
     created = merge.create_delta(
@@ -470,6 +473,7 @@ def deltas(draw: st.DrawFn) -> list[Item]:
     return out
 
 
+@pytest.mark.faults(28)
 @given(deltas(), st.randoms(use_true_random=False))
 def test_join_is_commutative_associative_and_idempotent(parts: list[Item], rnd: Any) -> None:
     def fold(items: list[Item]) -> Item:
@@ -509,6 +513,7 @@ def test_join_is_commutative_associative_and_idempotent(parts: list[Item], rnd: 
         ([], "body"),
     ],
 )
+@pytest.mark.faults(33)
 def test_malformed_or_oversized_annotations_are_refused(body: Any, field: str) -> None:
     with pytest.raises(AnnotationError) as caught:
         merge.parse_new(body)

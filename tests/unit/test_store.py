@@ -154,6 +154,7 @@ def test_a_new_version_reuses_unchanged_frames_and_replaces_the_old(tmp_path: Pa
     assert read_resource(store, resource, opener()) == revised[1][1]
 
 
+@pytest.mark.faults(19)
 def test_a_frame_sealed_for_another_book_is_never_served(tmp_path: Path) -> None:
     """Its hash matches the (signed) manifest, but the AEAD binds it to the other book."""
     store = Store.open(tmp_path / "db")
@@ -177,6 +178,7 @@ def complete_book(path: Path) -> Store:
     return store
 
 
+@pytest.mark.faults(19, 21)
 def test_frames_swapped_at_rest_are_refused_and_named_for_fetching_again(tmp_path: Path) -> None:
     """FAULTS #19: same book, same key, yet each blob's chunks fail their tags under the nonce
     prefix committed for the row; the manifest's hash then says the row was altered."""
@@ -197,6 +199,7 @@ def test_frames_swapped_at_rest_are_refused_and_named_for_fetching_again(tmp_pat
     assert read_resource(store, resource, opener()) == FILES[2][1]
 
 
+@pytest.mark.faults(21)
 def test_a_byte_altered_at_rest_is_refused_and_named_for_fetching_again(tmp_path: Path) -> None:
     store = complete_book(tmp_path / "db")
     raw = apsw.Connection(str(tmp_path / "db"))
@@ -234,6 +237,7 @@ def test_frames_stored_sealed_whole_before_schema_7_still_read(tmp_path: Path) -
         assert read_resource(store, resource, opener()) == data
 
 
+@pytest.mark.faults(21)
 def test_a_book_wrapped_for_another_device_cannot_be_read(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "db")
     manifest, package = make_manifest(FILES[:1], device_key=X25519PrivateKey.generate())

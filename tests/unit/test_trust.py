@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from daemon.content.trust import verify_manifest
 from daemon.errors import ExpiredError, ManifestError, RollbackError, SignatureError
 from daemon.protocol.codec import compress_document, decode_bounded
-from daemon.protocol.crypto import ENVELOPE_MAGIC
+from daemon.protocol.crypto import ENVELOPE_MAGIC, SIGNING_CONTEXT
 from daemon.protocol.manifest import MAX_MANIFEST_BYTES, encode_manifest, parse_manifest
 from tests.builders import NOW, make_manifest, signed
 
@@ -37,6 +37,7 @@ def test_a_good_manifest_is_trusted() -> None:
     assert verify(signed(manifest, SERVICE_KEY)) == manifest
 
 
+@pytest.mark.faults(20)
 def test_another_key_is_refused() -> None:
     manifest, _ = make_manifest(FILES)
     with pytest.raises(SignatureError, match="pinned service key"):
@@ -46,6 +47,7 @@ def test_another_key_is_refused() -> None:
 HEADER = len(ENVELOPE_MAGIC) + 8 + 64  # magic, key id, signature
 
 
+@pytest.mark.faults(20)
 def test_a_changed_byte_breaks_the_signature() -> None:
     manifest, _ = make_manifest(FILES)
     envelope = signed(manifest, SERVICE_KEY)
@@ -55,14 +57,24 @@ def test_a_changed_byte_breaks_the_signature() -> None:
         verify(envelope[:HEADER] + compress_document(raw))
 
 
-def test_a_manifest_that_inflates_past_the_limit_is_refused_before_decoding() -> None:
+@pytest.mark.faults(23)
+def test_an_unsigned_bomb_is_refused_before_a_byte_is_decoded() -> None:
     manifest, _ = make_manifest(FILES)
-    bomb = compress_document(b" " * (MAX_MANIFEST_BYTES + 1))
+    bomb = compress_document(b" " * MAX_MANIFEST_BYTES)
     assert len(bomb) < 4096
-    with pytest.raises(ManifestError, match="the limit is"):
+    with pytest.raises(SignatureError):  # the signature is over the compressed bytes
         verify(signed(manifest, SERVICE_KEY)[:HEADER] + bomb)
 
 
+@pytest.mark.faults(23)
+def test_a_signed_manifest_that_inflates_past_the_limit_is_refused_before_decoding() -> None:
+    bomb = compress_document(b" " * (MAX_MANIFEST_BYTES + 1))
+    signature = SERVICE_KEY.sign(SIGNING_CONTEXT + bomb)
+    with pytest.raises(ManifestError, match="the limit is"):
+        verify(ENVELOPE_MAGIC + bytes(8) + signature + bomb)
+
+
+@pytest.mark.faults(22)
 @pytest.mark.parametrize(
     "envelope",
     [b"", ENVELOPE_MAGIC, b'{"manifest_zstd": "", "signature": ""}', b"SSE2" + bytes(200)],
@@ -72,24 +84,28 @@ def test_what_is_not_a_signed_envelope_is_refused_by_name(envelope: bytes) -> No
         verify(envelope)
 
 
+@pytest.mark.faults(19)
 def test_a_manifest_for_another_book_is_refused() -> None:
     manifest, _ = make_manifest(FILES, book_id="bk_other")
     with pytest.raises(ManifestError, match="got one for bk_other"):
         verify(signed(manifest, SERVICE_KEY))
 
 
+@pytest.mark.faults(16)
 def test_a_rolled_back_version_is_refused() -> None:
     manifest, _ = make_manifest(FILES, version=2)
     with pytest.raises(RollbackError, match="version 2 is older than the trusted version 3"):
         verify(signed(manifest, SERVICE_KEY), trusted_version=3)
 
 
+@pytest.mark.faults(19)
 def test_a_held_version_cannot_be_redefined() -> None:
     manifest, _ = make_manifest(FILES)
     with pytest.raises(ManifestError, match="differs from the one already held"):
         verify(signed(manifest, SERVICE_KEY), held_frame_hashes=lambda v: ["0" * 64] * 2)
 
 
+@pytest.mark.faults(17, 26)
 def test_expiry_uses_the_time_floor_when_the_clock_is_set_back() -> None:
     manifest, _ = make_manifest(FILES, issued_at=NOW, lifetime_s=3600)
     envelope = signed(manifest, SERVICE_KEY)
@@ -100,6 +116,7 @@ def test_expiry_uses_the_time_floor_when_the_clock_is_set_back() -> None:
         verify(envelope, now=0, time_floor=NOW + 7200)
 
 
+@pytest.mark.faults(22)
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -116,6 +133,7 @@ def test_inconsistent_manifests_are_refused(change: dict[str, object], message: 
         parse_manifest(json.dumps(doc).encode())
 
 
+@pytest.mark.faults(22)
 @pytest.mark.parametrize("path", ["../etc/passwd", "/abs", "a/../../b", "a\x00b", "a\\b", ""])
 def test_resource_paths_that_leave_the_book_are_refused(path: str) -> None:
     manifest, _ = make_manifest(FILES)
@@ -126,6 +144,7 @@ def test_resource_paths_that_leave_the_book_are_refused(path: str) -> None:
         parse_manifest(encode_manifest(bad))
 
 
+@pytest.mark.faults(22)
 def test_garbage_is_a_manifest_error_not_a_crash() -> None:
     for data in (b"", b"[]", b"{", b'{"format": 1}', b"\xff\xfe", b"[" * 100_000):
         with pytest.raises(ManifestError):

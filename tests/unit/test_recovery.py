@@ -1,0 +1,206 @@
+"""A database damaged on flash, found at start (FAULTS.md #25): set aside, notes exported first,
+the device's identity, trust and notes carried into a new database; a -wal lost after a crash."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import shutil
+from pathlib import Path
+
+import apsw
+import pytest
+
+from daemon.content.reader import FrameOpener, read_resource
+from daemon.errors import ShelfsyncError
+from daemon.models import LibraryChange
+from daemon.notes.store import NotesStore
+from daemon.protocol import merge
+from daemon.protocol.hlc import HybridClock
+from daemon.store import Store, check_at_start
+from tests.builders import DEVICE_KEY, NOW, make_manifest
+from tests.reliability import Figures
+
+BOOK = "bk_damaged"
+FILES = [(f"OEBPS/ch{i}.xhtml", f"<p>chapter {i}</p>".encode() * (600 + 300 * i)) for i in range(6)]
+NOTES = 5
+TRIALS = 40
+ANCHOR = {"resource": "OEBPS/ch1.xhtml", "start": 3, "end": 10, "quote": {"exact": "chapter"}}
+
+
+def note_text(i: int) -> str:
+    return f"note {i}: what the reader wrote"
+
+
+def device_db(path: Path) -> Path:
+    """A device with a whole book, trusted at version 3, and notes not yet sent."""
+    db = path / "db"
+    store = Store.open(db)
+    store.set_meta("device_id", "dev_damaged")
+    store.set_meta("device_token", "token-kept")
+    store.apply_library_changes([LibraryChange(1, BOOK, "add", "bought", 3, NOW)], 1, NOW)
+    manifest, package = make_manifest(FILES, book_id=BOOK, version=3)
+    store.record_manifest(manifest, b"envelope", NOW)
+    for f, row in zip(manifest.frames, store.missing_frames(BOOK, 3), strict=True):
+        store.commit_frame(BOOK, 3, row.idx, package[f.offset : f.offset + f.length], NOW)
+    notes = NotesStore.open(db)
+    clock = HybridClock("dev_damaged")
+    for i in range(NOTES):
+        stamp = clock.tick(NOW * 1000 + i)
+        new = merge.parse_new({"kind": "note", "anchor": ANCHOR, "note": note_text(i)})
+        notes.commit_item_edit(
+            merge.create_delta(f"note_{i:04d}", BOOK, stamp, new), f"op_{i}", stamp, NOW
+        )
+    notes.close()
+    store.close()
+    return db
+
+
+def pages_of(db: Path, tables: tuple[str, ...] | None) -> list[int]:
+    """The pages that hold `tables` and their indexes (all pages but the first if None)."""
+    conn = apsw.Connection(str(db))
+    try:
+        if tables is None:
+            count = int(next(conn.execute("PRAGMA page_count"))[0])
+            return list(range(2, count + 1))
+        return [
+            int(r[0])
+            for r in conn.execute(
+                "SELECT d.pageno FROM dbstat d JOIN sqlite_schema s ON s.name = d.name"
+                " WHERE s.tbl_name IN (SELECT value FROM json_each(?))",
+                (json.dumps(tables),),
+            )
+        ]
+    finally:
+        conn.close()
+
+
+def overwrite_page(db: Path, page: int, rng: random.Random) -> None:
+    size = 4096
+    with open(db, "r+b") as f:
+        f.seek((page - 1) * size)
+        f.write(rng.randbytes(size))
+
+
+def read_everything(db: Path) -> int:
+    """Serve every resource; returns how many came back wrong (a typed refusal is right)."""
+    store = Store.open(db)
+    wrong = 0
+    try:
+        version = store.readable_version(BOOK)
+        for resource in store.resources(BOOK, version) if version else []:
+            with contextlib.suppress(ShelfsyncError):  # refused by name, fetched again
+                wrong += (
+                    read_resource(store, resource, FrameOpener(DEVICE_KEY, 1 << 23))
+                    != dict(FILES)[resource.path]
+                )
+    finally:
+        store.close()
+    return wrong
+
+
+@pytest.mark.faults(25)
+def test_a_damaged_page_sets_the_database_aside_and_the_notes_trust_and_identity_survive(
+    tmp_path: Path, fault_figures: Figures
+) -> None:
+    template = device_db(tmp_path / "template")
+    book_pages = pages_of(template, ("frames", "resources", "manifests"))
+    rng = random.Random(25)
+    lost = wrong = quarantined = 0
+    for trial in range(TRIALS):
+        db = tmp_path / f"trial{trial}" / "db"
+        db.parent.mkdir()
+        shutil.copy(template, db)
+        overwrite_page(db, rng.choice(book_pages), rng)
+        damaged = db.read_bytes()
+
+        found = check_at_start(db, NOW + trial)
+        if found is None:  # quick_check saw a whole structure: the blobs' own checks remain
+            wrong += read_everything(db)
+            continue
+        quarantined += 1
+        assert found.set_aside.read_bytes() == damaged  # set aside, as it was
+        exported = json.loads(found.notes_export.read_text(encoding="utf-8"))
+        assert "damaged" in exported["why"]
+        store, notes = Store.open(db), NotesStore.open(db)
+        try:
+            assert store.integrity_check() == "ok"
+            assert store.get_meta("device_token") == "token-kept"
+            assert store.trusted_version(BOOK) == 3  # a replayed v2 stays refused
+            assert store.library_cursor() == 0  # the library comes back from the service
+            assert store.notes_pending() == NOTES == found.notes_requeued
+            for i in range(NOTES):
+                item = notes.item(f"note_{i:04d}")
+                in_export = any(note_text(i) in a["state"] for a in exported["annotations"])
+                lost += (
+                    not in_export
+                    or item is None
+                    or note_text(i) not in dict(merge.note_versions(item)).values()
+                )
+        finally:
+            notes.close()
+            store.close()
+        assert check_at_start(db, NOW + trial) is None  # the new one is whole
+    fault_figures.record(runs=TRIALS, lost_notes=lost, wrong_resources=wrong)
+    assert quarantined > TRIALS // 2
+    assert (lost, wrong) == (0, 0)
+
+
+@pytest.mark.faults(25)
+def test_any_page_damaged_even_the_first_never_stops_the_daemon_from_starting(
+    tmp_path: Path, fault_figures: Figures
+) -> None:
+    """Wherever the damage falls (the header, the schema, the notes' own pages) the start-up
+    check ends with a database that opens whole; notes on a destroyed page are beyond saving,
+    every other one is exported and carried over."""
+    template = device_db(tmp_path / "template")
+    rng = random.Random(2525)
+    pages = [1, *pages_of(template, None)]
+    for trial in range(TRIALS):
+        db = tmp_path / f"trial{trial}" / "db"
+        db.parent.mkdir()
+        shutil.copy(template, db)
+        overwrite_page(db, pages[trial] if trial < 3 else rng.choice(pages), rng)
+        found = check_at_start(db, NOW)
+        store = Store.open(db)
+        try:
+            assert store.integrity_check() == "ok"
+        finally:
+            store.close()
+        if found is not None:
+            exported = json.loads(found.notes_export.read_text(encoding="utf-8"))
+            assert found.notes_exported == sum(
+                len(exported[t]) for t in ("outbox", "annotations", "positions")
+            )
+    fault_figures.record(runs=TRIALS)
+
+
+@pytest.mark.faults(25)
+def test_a_wal_deleted_after_a_crash_leaves_the_last_checkpoint_whole(tmp_path: Path) -> None:
+    db = device_db(tmp_path / "device")
+    store, notes = Store.open(db), NotesStore.open(db)
+    clock = HybridClock("dev_damaged", notes.clock_floor())
+    stamp = clock.tick(NOW * 1000 + 99)
+    new = merge.parse_new({"kind": "note", "anchor": ANCHOR, "note": "only in the WAL"})
+    notes.commit_item_edit(
+        merge.create_delta("note_wal_only", BOOK, stamp, new), "op_wal", stamp, NOW
+    )
+    assert Path(f"{db}-wal").stat().st_size > 0
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    for suffix in ("", "-shm"):  # the crash left the files; someone deleted the -wal
+        shutil.copy(f"{db}{suffix}", f"{crashed / 'db'}{suffix}")
+    notes.close()
+    store.close()
+
+    assert check_at_start(crashed / "db", NOW) is None
+    store, notes = Store.open(crashed / "db"), NotesStore.open(crashed / "db")
+    try:
+        assert store.integrity_check() == "ok"
+        assert notes.item("note_0000") is not None  # checkpointed before the crash
+        assert store.trusted_version(BOOK) == 3
+    finally:
+        notes.close()
+        store.close()
+    assert read_everything(crashed / "db") == 0
