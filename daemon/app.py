@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import secrets
+from types import MappingProxyType
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -107,7 +108,8 @@ class Daemon:
             "online": bool(c and c.online),
             "push_connected_since": c.push_connected_since if c else None,
             "profile": self.settings.profile.name,
-            "waiting": dict(self._delivery.waiting) if self._delivery else {},
+            # A view, not a copy: with a large library it holds thousands of reasons.
+            "waiting": MappingProxyType(self._delivery.waiting) if self._delivery else {},
             "downloads_paused": self._delivery.paused_reason if self._delivery else None,
             "trip": self._trip(),
             "power": power_report(self.power.read(), self.settings.profile.battery),
