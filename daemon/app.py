@@ -133,6 +133,8 @@ class Daemon:
         settings, profile = self.settings, self.settings.profile
         self._started_at = self.clock.wall()
         store = self._store = Store.open(settings.db_path)
+        caches = profile.memory.caches
+        store.set_page_cache_kib(caches.writer_page_cache_kib)
         client: ServiceClient | None = None
         notes: NotesStore | None = None
         windows = self.windows = RadioWindows(self.clock)
@@ -175,6 +177,7 @@ class Daemon:
                 delivery.wake()
 
             notes = NotesStore.open(settings.db_path)
+            notes.set_page_cache_kib(caches.notes_page_cache_kib)
             # Orders every note edit of this device; starts past what it ever made or saw.
             note_clock = HybridClock(credentials.device_id, notes.clock_floor())
             annotations = AnnotationSync(
@@ -218,7 +221,9 @@ class Daemon:
             )
             self.api = LocalApi(
                 settings.db_path,
-                FrameOpener(device_key, profile.memory.zstd_window_cap_bytes),
+                FrameOpener(
+                    device_key, profile.memory.zstd_window_cap_bytes, caches.frame_cache_bytes
+                ),
                 self.runtime,
                 refetch,
                 settings.api_socket,
@@ -230,6 +235,7 @@ class Daemon:
                 library=LibraryApi(
                     store, self.clock, everything_now, self.runtime, delivery.free_bytes
                 ),
+                page_cache_kib=caches.reader_page_cache_kib,
             )
             await self.api.start()
             log_event(

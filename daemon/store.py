@@ -124,6 +124,10 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
+    def set_page_cache_kib(self, kib: int) -> None:
+        """Size this connection's page cache (the profile's memory budget decides how much)."""
+        self._db.execute(f"PRAGMA cache_size = -{max(64, int(kib))}")
+
     @contextmanager
     def transaction(self) -> Iterator[apsw.Connection]:
         try:
