@@ -113,7 +113,7 @@ class Run:
     status_text_bytes: int = 0
     status_json_bytes: int = 0
     library_bytes: int = 0
-    status_peak_kib: int = 0  # VmHWM after the status answers, before GET /v1/library
+    status_peak_kib: int = 0  # VmHWM after the status answers and deliveries, before the library
     answers_rss_kib: int = 0
     delivered_s: float = 0.0
     delivered_cpu_s: float = 0.0
@@ -243,13 +243,7 @@ async def measure(
             run.status_text_lines = len(text.splitlines())
             run.status_text_bytes = len(text.encode())
             run.status_json_bytes = len(await asyncio.to_thread(_cli_status, state, "--json"))
-            run.status_peak_kib = device.status()["VmHWM"]
             run.steps.append(step)
-            step = "GET /v1/library"
-            run.library_bytes = len(await _get_bytes(socket_path, "/v1/library"))
-            run.answers_rss_kib = device.status()["VmRSS"]
-            run.steps.append(step)
-
             step = "deliveries"
             wanted = {b.book_id for b in to_deliver}
             cpu0, t0 = device.cpu_seconds(), time.monotonic()
@@ -264,8 +258,14 @@ async def measure(
             await watch.wait_for(device, all_complete, 600, "while delivering")
             run.delivered_s = time.monotonic() - t0
             run.delivered_cpu_s = device.cpu_seconds() - cpu0
+            run.status_peak_kib = device.status()["VmHWM"]
+            run.steps.append(step)
+            step = "GET /v1/library"
+            run.library_bytes = len(await _get_bytes(socket_path, "/v1/library"))
+            run.answers_rss_kib = device.status()["VmRSS"]
             run.peak_kib = device.status()["VmHWM"]
             run.steps.append(step)
+
         except (BenchError, OSError, aiohttp.ClientError, TimeoutError) as e:
             if cap is None:
                 raise
@@ -306,13 +306,14 @@ def _sync_table(runs: list[Run], profile: str, cmd: str) -> Table:
         f"The first sync of {big.books:,} archived books took {big.sync_s:.2f} s and"
         f" {big.sync_cpu_s:.2f} CPU-s in {big.requests} requests (the empty library:"
         f" {runs[0].sync_s:.2f} s, {runs[0].sync_cpu_s:.2f} CPU-s). The highest peak RSS of any"
-        f" run through sync, idle and the status answers was {highest:.1f} MiB, "
+        f" run through sync, idle, the status answers and the deliveries was {highest:.1f} MiB, "
         + (
             f"within the {profile} budget of {budget} MiB"
             if highest <= budget
             else f"over the {profile} budget of {budget} MiB"
         )
-        + f"; with GET /v1/library and the deliveries after it, {overall:.1f} MiB."
+        + f"; with GET /v1/library (one answer of the whole library) after them,"
+        f" {overall:.1f} MiB."
     )
     return Table(
         heading=f"First library sync, profile {profile}",
@@ -324,8 +325,8 @@ def _sync_table(runs: list[Run], profile: str, cmd: str) -> Table:
             "requests",
             "books/s",
             "peak RSS after sync",
-            "after status",
-            "after library and deliveries",
+            "after status and deliveries",
+            "after GET /v1/library",
         ],
         rows=rows,
         command=cmd,
@@ -389,7 +390,7 @@ def _answers_table(runs: list[Run], cmd: str) -> Table:
         f"With {big.books:,} books, GET /v1/status answered {_bytes(big.status_bytes)} and"
         f" `shelfsync status` printed {big.status_text_lines} lines; GET /v1/library (its"
         f" first answer) {_bytes(big.library_bytes)}. The RSS column is what the daemon held"
-        " after answering them, beside before."
+        " after the library answer, beside what it held idle."
     )
     return Table(
         heading="Answer sizes",
@@ -401,7 +402,7 @@ def _answers_table(runs: list[Run], cmd: str) -> Table:
             "status text",
             "status --json",
             "GET /v1/library",
-            "RSS after the answers",
+            "RSS after GET /v1/library",
         ],
         rows=rows,
         command=cmd,
@@ -422,9 +423,10 @@ def _delivery_table(runs: list[Run], cmd: str) -> Table:
     low, high = runs[0], runs[-1]
     meaning = (
         f"{DELIVERED} small corpus books bought at once were delivered at"
-        f" {high.books_per_s:.1f} books/s beside a library of {high.books:,} books, against"
-        f" {low.books_per_s:.1f} books/s with an empty one: the planner's cost per step beside"
-        " the library it plans over."
+        f" {high.books_per_s:.1f} books/s beside a library of {high.books:,} archived books,"
+        f" using {high.delivered_cpu_s:.2f} CPU-s, against {low.books_per_s:.1f} books/s and"
+        f" {low.delivered_cpu_s:.2f} CPU-s with an empty one: what each scheduling step costs"
+        " beside the library it plans over. On loopback the wall time is mostly the stub's."
     )
     return Table(
         heading="Deliveries beside a large library",
@@ -460,7 +462,8 @@ def _cap_table(runs: list[Run], unavailable: str | None, cmd: str) -> Table:
     survived = [r for r in runs if r.died_during is None]
     meaning = (
         f"{len(survived)} of {len(runs)} capped daemons lived through every step (first sync,"
-        f" {CAPPED_IDLE_S:g} s idle, the status and library answers, {DELIVERED} deliveries)."
+        f" {CAPPED_IDLE_S:g} s idle, the status answers, {DELIVERED} deliveries, then"
+        " GET /v1/library in one answer)."
         " The cgroup's charge counts the page cache of the files it reads as well as the"
         " process's memory; the kernel reclaims the former before it kills."
     )
