@@ -11,7 +11,7 @@ import math
 import os
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,9 +175,16 @@ class Device:
 
 @asynccontextmanager
 async def device_process(
-    state: Path, service_url: str, stub: Stub, profile: str, account_token: str, log: Path
+    state: Path,
+    service_url: str,
+    stub: Stub,
+    profile: str,
+    account_token: str,
+    log: Path,
+    wrap: Callable[[list[str]], list[str]] | None = None,
 ) -> AsyncIterator[Device]:
-    """`shelfsync run` with a fresh state, registered with the account, until the block ends."""
+    """`shelfsync run` with a fresh state, registered with the account, until the block ends;
+    `wrap` turns the command into the one to run (inside a memory cgroup, say)."""
     state.mkdir(parents=True, exist_ok=True)
     token_file = state / "account-token"  # a file, not argv: every user can read `ps`
     token_file.touch(mode=0o600)
@@ -199,7 +206,7 @@ async def device_process(
         "bench e-reader",
     ]
     socket_path = state / "api.sock"
-    async with child(args, log) as proc:
+    async with child(wrap(args) if wrap else args, log) as proc:
         deadline = time.monotonic() + 60
         while not socket_path.exists():
             if proc.returncode is not None or time.monotonic() > deadline:

@@ -17,6 +17,7 @@ import os
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -129,7 +130,8 @@ class Daemon:
             "online": bool(c and c.online),
             "push_connected_since": c.push_connected_since if c else None,
             "profile": self.settings.profile.name,
-            "waiting": dict(self._delivery.waiting) if self._delivery else {},
+            # A view, not a copy: with a large library it holds thousands of reasons.
+            "waiting": MappingProxyType(self._delivery.waiting) if self._delivery else {},
             "downloads_paused": self._delivery.paused_reason if self._delivery else None,
             "trip": self._trip(),
             "power": power_report(self.power.read(), self.settings.profile.battery),
@@ -210,6 +212,8 @@ class Daemon:
         if quarantine is not None:
             log_event(_LOG, logging.ERROR, "database_set_aside", **dataclasses.asdict(quarantine))
         store = self._store = Store.open(settings.db_path)
+        caches = profile.memory.caches
+        store.set_page_cache_kib(caches.writer_page_cache_kib)
         client: ServiceClient | None = None
         notes: NotesStore | None = None
         windows = self.windows = RadioWindows(self.clock)
@@ -258,6 +262,7 @@ class Daemon:
                 delivery.wake()
 
             notes = NotesStore.open(settings.db_path)
+            notes.set_page_cache_kib(caches.notes_page_cache_kib)
             # Orders every note edit of this device; starts past what it ever made or saw.
             note_clock = HybridClock(credentials.device_id, notes.clock_floor())
             annotations = AnnotationSync(
@@ -301,7 +306,9 @@ class Daemon:
             )
             self.api = LocalApi(
                 settings.db_path,
-                FrameOpener(device_key, profile.memory.zstd_window_cap_bytes),
+                FrameOpener(
+                    device_key, profile.memory.zstd_window_cap_bytes, caches.frame_cache_bytes
+                ),
                 self.runtime,
                 refetch,
                 settings.api_socket,
@@ -313,6 +320,7 @@ class Daemon:
                 library=LibraryApi(
                     store, self.clock, everything_now, self.runtime, delivery.free_bytes
                 ),
+                page_cache_kib=caches.reader_page_cache_kib,
             )
             await self.api.start()
             self._phase = None

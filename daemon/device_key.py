@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from daemon.errors import ConfigError
 
@@ -17,9 +16,7 @@ def load_or_create_device_key(path: Path) -> X25519PrivateKey:
     A real device keeps it in a hardware keystore instead (docs/SECURITY.md).
     """
     if not path.exists():
-        raw = X25519PrivateKey.generate().private_bytes(
-            Encoding.Raw, PrivateFormat.Raw, NoEncryption()
-        )
+        raw = X25519PrivateKey.generate().private_bytes_raw()
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         temp = path.with_name(path.name + ".tmp")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -15,7 +15,6 @@ kbps means 1000 bits per second, as links are rated.
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 import tomllib
@@ -76,6 +75,30 @@ class MemoryPolicy:
     def zstd_window_cap_bytes(self) -> int:
         """The `window_cap` argument of `daemon.protocol.codec.decode_frame`."""
         return self.zstd_window_cap_kb * KIB
+
+    @property
+    def caches(self) -> CacheSizes:
+        """The caches the budget pays for (docs/PROFILES.md): on a 64 MiB device they are
+        the ones measured to fit beside the interpreter and its libraries (about 54 MiB)."""
+        budget = self.ram_budget_bytes
+        return CacheSizes(
+            frame_cache_bytes=min(max(budget // 16, FRAME_CACHE_MIN_BYTES), 32 * MIB),
+            writer_page_cache_kib=budget // 128 // KIB,
+            reader_page_cache_kib=budget // 256 // KIB,
+            notes_page_cache_kib=budget // 256 // KIB,
+        )
+
+
+# One 2 MiB frame part-decoded, kept whole while a reader pages through it (content/reader.py).
+FRAME_CACHE_MIN_BYTES = 4608 * KIB
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSizes:
+    frame_cache_bytes: int  # decoded frames kept for the next page (content/reader.py)
+    writer_page_cache_kib: int  # SQLite page cache of the store's writer connection
+    reader_page_cache_kib: int  # of each of the local API's read-only connections
+    notes_page_cache_kib: int  # of the notes' connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,6 +400,8 @@ class _Table:
     def required(self, key: str) -> object:
         if key not in self._data:
             unknown = [k for k in self._unread if isinstance(k, str)]
+            import difflib  # only a broken profile needs it: not loaded on every start
+
             close = difflib.get_close_matches(key, unknown, n=1)
             hint = f" (is {close[0]!r} a misspelling of it?)" if close else ""
             raise self.error(key, f"missing{hint}")

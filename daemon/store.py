@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager, suppress
 from importlib import resources as package_files
 from pathlib import Path
@@ -47,6 +47,21 @@ _FRAME_COLUMNS = "idx, sha256, package_offset, length, plain_offset, plain_size,
 _FOR_DEVICE = (
     "(l.requested_at IS NOT NULL OR l.ordered_at >= CAST(COALESCE((SELECT value FROM meta"
     " WHERE key = 'registered_at'), 0) AS REAL))"
+)
+# Not complete at the version wanted, and singled out by the reader or the service (the hints
+# are content.plan's LIKELY_NEXT_REASONS): the conditions of daemon/sql/0009's partial indexes.
+_PENDING = "in_library AND complete_version < wanted_version"
+_TOUCHED = (
+    "(requested_at IS NOT NULL OR opened_at IS NOT NULL OR evicted_at IS NOT NULL"
+    " OR reason IN ('sample', 'wishlist', 'series_next') OR complete_version > 0)"
+)
+# A library row's state, as `_state` names it, in SQL over library l and deliveries d.
+_STATE_SQL = (
+    "CASE WHEN l.complete_version >= l.wanted_version THEN 'complete'"
+    " WHEN coalesce(d.last_error, '') <> '' THEN 'retrying'"
+    " WHEN EXISTS (SELECT 1 FROM manifests m WHERE m.book_id = l.book_id) THEN 'downloading'"
+    " WHEN l.evicted_at IS NOT NULL THEN 'evicted'"
+    f" WHEN {_FOR_DEVICE} THEN 'queued' ELSE 'in_cloud' END"
 )
 _RESOURCE_COLUMNS = "book_id, version, path, media_type, size, offset, first_frame, last_frame"
 
@@ -242,6 +257,10 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
+    def set_page_cache_kib(self, kib: int) -> None:
+        """Size this connection's page cache (the profile's memory budget decides how much)."""
+        self._db.execute(f"PRAGMA cache_size = -{max(64, int(kib))}")
+
     @contextmanager
     def transaction(self) -> Iterator[apsw.Connection]:
         try:
@@ -394,37 +413,74 @@ class Store:
                 (row[0], now, now, now, book_id),
             )
 
-    def delivery_candidates(self) -> list[DeliveryCandidate]:
-        """Books in the library not complete on the device at the version wanted."""
-        estimate = self._typical_package_size()
+    def delivery_candidates(
+        self,
+        running: Collection[str] = (),
+        archive_slots: int = 0,
+        fresh_since: float | None = None,
+    ) -> list[DeliveryCandidate]:
+        """Books in the library not complete on the device at the version wanted, that the
+        planner could act on: those ordered since the device joined (or since `fresh_since`,
+        the fresh window's start, if earlier), those the reader or the service singled out, the
+        `running` ones, and, only while a trip wants `archive_slots` of the archive, enough of
+        its newest books to fill them. The rest of the archive stays in the cloud unless asked
+        for, so a library of any size costs a look what is pending (daemon/sql/0009)."""
+        registered = float(self.get_meta("registered_at") or 0)
+        since = registered if fresh_since is None else min(registered, fresh_since)
+        archive = 0
+        if archive_slots > 0:
+            # Enough of the archive's newest that, whichever of them are singled out or wait
+            # for a retry (skipped without taking a slot), the planner still sees its picks.
+            skipped = self.one(
+                f"SELECT (SELECT count(*) FROM library INDEXED BY library_pending_touched"
+                f"   WHERE {_PENDING} AND {_TOUCHED}),"
+                " (SELECT count(*) FROM deliveries WHERE retry_at > 0)"
+            )
+            archive = archive_slots + int(skipped[0]) + int(skipped[1])
+        estimate = None
         rows = self.query(
-            "SELECT l.book_id, l.reason, l.ordered_at, COALESCE(d.retry_at, 0),"
-            " EXISTS (SELECT 1 FROM manifests m WHERE m.book_id = l.book_id AND m.complete),"
-            " l.opened_at,"
+            "WITH picked (book_id) AS ("
+            f"   SELECT book_id FROM library INDEXED BY library_pending WHERE {_PENDING}"
+            "     AND ordered_at >= ?1"
+            f"   UNION SELECT book_id FROM library INDEXED BY library_pending_touched"
+            f"     WHERE {_PENDING} AND {_TOUCHED}"
+            "   UNION SELECT value FROM json_each(?2)"
+            "   UNION SELECT * FROM (SELECT book_id FROM library INDEXED BY library_pending"
+            f"     WHERE {_PENDING} AND ordered_at < ?1"
+            "     ORDER BY ordered_at DESC, book_id LIMIT ?3))"
+            " SELECT l.book_id, l.reason, l.ordered_at, COALESCE(d.retry_at, 0),"
+            " l.complete_version > 0, l.opened_at,"
             " COALESCE((SELECT max(m.package_size) FROM manifests m WHERE m.book_id = l.book_id),"
             "   l.expected_size),"
             " (SELECT total(length(f.data)) FROM frames f WHERE f.book_id = l.book_id),"
             f" {_FOR_DEVICE}, l.evicted_at IS NOT NULL, l.requested_at IS NOT NULL"
-            " FROM library l LEFT JOIN deliveries d ON d.book_id = l.book_id"
-            " WHERE l.in_library AND NOT EXISTS (SELECT 1 FROM manifests m"
-            "   WHERE m.book_id = l.book_id AND m.complete AND m.version >= l.wanted_version)"
+            " FROM picked JOIN library l ON l.book_id = picked.book_id"
+            " LEFT JOIN deliveries d ON d.book_id = l.book_id"
+            f" WHERE {_PENDING}",  # still pending (a running book may have completed)
+            (since, json.dumps(list(running)), archive),
         )
-        return [
-            DeliveryCandidate(
-                book_id=r[0],
-                reason=r[1],
-                ordered_at=r[2],
-                retry_at=r[3],
-                has_readable_version=bool(r[4]),
-                opened_at=r[5],
-                expected_bytes=int(r[6] if r[6] is not None else estimate),
-                held_bytes=int(r[7]),
-                wanted=bool(r[8]),
-                evicted=bool(r[9]),
-                requested=bool(r[10]),
+        candidates = []
+        for r in rows:
+            size = r[6]
+            if size is None:  # no manifest yet, and the feed gave no size
+                estimate = self._typical_package_size() if estimate is None else estimate
+                size = estimate
+            candidates.append(
+                DeliveryCandidate(
+                    book_id=r[0],
+                    reason=r[1],
+                    ordered_at=r[2],
+                    retry_at=r[3],
+                    has_readable_version=bool(r[4]),
+                    opened_at=r[5],
+                    expected_bytes=int(size),
+                    held_bytes=int(r[7]),
+                    wanted=bool(r[8]),
+                    evicted=bool(r[9]),
+                    requested=bool(r[10]),
+                )
             )
-            for r in rows
-        ]
+        return candidates
 
     def _typical_package_size(self) -> int:
         """A guess at a book's size before its manifest is known: the median held, or 1 MB."""
@@ -836,6 +892,66 @@ class Store:
                 }
             )
         return books
+
+    def library_counts(self) -> dict[str, int]:
+        """How many books of the library are in each state (as library_view names them), in
+        one pass that holds no row: what the status report says of a library of any size."""
+        rows = self.query(
+            f"SELECT {_STATE_SQL} AS state, count(*) FROM library l"
+            " LEFT JOIN deliveries d ON d.book_id = l.book_id WHERE l.in_library GROUP BY state"
+        )
+        return {state: int(n) for state, n in rows}
+
+    def books_not_delivered(self, limit: int) -> list[dict[str, Any]]:
+        """The books not on the device that the reader may be waiting for, the ones that matter
+        first (downloading, then failing, then the rest, newest order first), at most `limit`:
+        the status report's few lines. GET /v1/library lists them all."""
+        rows = self.query(
+            "SELECT b.book_id, b.state, m.title, m.frame_count,"
+            " (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id"
+            "   AND f.version = m.version AND f.data IS NOT NULL),"
+            " (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id AND f.version = m.version"
+            "   AND f.data IS NULL AND f.idx < m.first_chapter_frames),"
+            " b.last_error, b.retries, b.retry_at"
+            # The few first, then what they show: the subqueries run for those rows alone.
+            " FROM (SELECT * FROM (SELECT l.book_id, l.ordered_at, d.last_error, d.retries,"
+            f"     d.retry_at, {_STATE_SQL} AS state"
+            "     FROM library l LEFT JOIN deliveries d ON d.book_id = l.book_id"
+            "     WHERE l.in_library)"
+            "   WHERE state NOT IN ('complete', 'in_cloud')"
+            "   ORDER BY CASE state WHEN 'downloading' THEN 0 WHEN 'retrying' THEN 1 ELSE 2 END,"
+            "   ordered_at DESC, book_id LIMIT ?) b"
+            " LEFT JOIN manifests m ON m.book_id = b.book_id AND m.version = (SELECT m2.version"
+            "   FROM manifests m2 WHERE m2.book_id = b.book_id ORDER BY m2.complete DESC,"
+            "   m2.version DESC LIMIT 1)"
+            " ORDER BY CASE b.state WHEN 'downloading' THEN 0 WHEN 'retrying' THEN 1 ELSE 2 END,"
+            " b.ordered_at DESC, b.book_id",
+            (limit,),
+        )
+        return [
+            {
+                "book_id": book_id,
+                "title": title,
+                "state": state,
+                "readable": frame_count is not None and first_missing == 0,
+                "frames_held": frames_held or 0,
+                "frames_total": frame_count or 0,
+                "last_error": last_error,
+                "retries": retries or 0,
+                "retry_at": retry_at or None,
+            }
+            for (
+                book_id,
+                state,
+                title,
+                frame_count,
+                frames_held,
+                first_missing,
+                last_error,
+                retries,
+                retry_at,
+            ) in rows
+        ]
 
     def book_details(self, book_id: str) -> dict[str, Any] | None:
         version = self.readable_version(book_id)

@@ -101,8 +101,9 @@ class ReaderPool:
     0.75 MiB (its page cache and schema), so an idle daemon keeps one, not `size`.
     """
 
-    def __init__(self, db_path: Path, size: int) -> None:
+    def __init__(self, db_path: Path, size: int, page_cache_kib: int | None = None) -> None:
         self._db_path = db_path
+        self._page_cache_kib = page_cache_kib
         self._slots = asyncio.Semaphore(size)
         self._idle: list[Store] = []
         self._all: list[Store] = []
@@ -117,6 +118,8 @@ class ReaderPool:
 
     def _connect(self) -> Store:
         store = Store.open(self._db_path, readonly=True)
+        if self._page_cache_kib is not None:
+            store.set_page_cache_kib(self._page_cache_kib)
         self._all.append(store)
         return store
 
@@ -142,8 +145,9 @@ class LocalApi:
         token: str | None = None,
         notes: NotesApi | None = None,
         library: LibraryApi | None = None,
+        page_cache_kib: int | None = None,
     ) -> None:
-        self._readers = ReaderPool(db_path, READERS)
+        self._readers = ReaderPool(db_path, READERS, page_cache_kib)
         self._notes = notes  # the reader's annotations: routes of their own (api/notes.py)
         self._library = library  # pin, opened, download, trip (api/library.py)
         self._opener = opener

@@ -1,7 +1,9 @@
 """The status report: what is on the device, what is coming, and why not yet.
 
 Built from the store alone, so `shelfsync status` tells the same story whether it asks the
-running daemon or, with the daemon stopped, reads the database itself.
+running daemon or, with the daemon stopped, reads the database itself. Bounded whatever the
+library: counts by state and the few books that matter (downloading, failing, then the rest
+not delivered), at most STATUS_BOOKS of them; GET /v1/library pages through every book.
 """
 
 from __future__ import annotations
@@ -13,16 +15,20 @@ from daemon.notes.store import annotation_status
 from daemon.store import Store
 
 STATUS_NOTICES = 5  # the newest notices shown; GET /v1/notices has them all
+STATUS_BOOKS = 10  # books not delivered listed by name; GET /v1/library has them all
+LIBRARY_ROUTE = "/v1/library"
+_DELIVERED = ("complete", "in_cloud")  # states the report counts but does not list
 
 
 def build_status(store: Store, runtime: dict[str, Any] | None = None) -> dict[str, Any]:
-    books = store.library_view()
+    counts = store.library_counts()
+    books = store.books_not_delivered(STATUS_BOOKS)
     last_sync = store.get_meta("last_sync_at")
-    counts: dict[str, int] = {}
-    for b in books:
-        counts[b["state"]] = counts.get(b["state"], 0) + 1
+    # The planner's reason for every book it holds back is for the listed books' "why" only:
+    # with a large library it is thousands of entries.
+    daemon = {k: v for k, v in (runtime or {"running": False}).items() if k != "waiting"}
     return {
-        "daemon": runtime or {"running": False},
+        "daemon": daemon,
         "device_id": store.get_meta("device_id"),
         "last_sync_at": float(last_sync) if last_sync else None,
         "last_sync_error": store.get_meta("last_sync_error") or None,
@@ -41,8 +47,9 @@ def build_status(store: Store, runtime: dict[str, Any] | None = None) -> dict[st
                 "retry_at": b["retry_at"],
             }
             for b in books
-            if b["state"] not in ("complete", "in_cloud")
         ],
+        "not_delivered_total": sum(n for state, n in counts.items() if state not in _DELIVERED),
+        "library_route": LIBRARY_ROUTE,  # every book, paged
         "downloads_paused": (runtime or {}).get("downloads_paused"),
         "power": (runtime or {}).get("power"),  # only a running daemon knows its battery policy
         "receipts": receipt_status(store),
@@ -115,10 +122,15 @@ def format_status(status: dict[str, Any]) -> str:
             or "none"
         )
     )
-    for b in status["not_delivered"]:
+    listed = status["not_delivered"]
+    for b in listed:
         title = b["title"] or b["book_id"]
         readable = ", first chapter readable" if b["readable"] else ""
         lines.append(f"  {title}: {b['state']} {b['progress']:.0%}{readable} ({b['why']})")
+    more = status.get("not_delivered_total", len(listed)) - len(listed)
+    if more > 0:
+        route = status.get("library_route", LIBRARY_ROUTE)
+        lines.append(f"  ... and {more:,} more not delivered (every book: GET {route})")
     for notice in status.get("notices") or []:
         lines.append(f"notice ({when(notice['at'])}): {notice['message']}")
     return "\n".join(lines)

@@ -142,7 +142,10 @@ class DeliveryWorker:
         try:
             while True:
                 now = self._clock.wall()
-                candidates = self._store.delivery_candidates()
+                archive_slots = self._archive_slots()
+                candidates = self._store.delivery_candidates(
+                    tasks.keys(), archive_slots, fresh_since=now - plan.FRESH_WINDOW_S
+                )
                 by_id = {c.book_id: c for c in candidates}
                 for book_id in [b for b in tasks if b not in by_id]:
                     tasks.pop(book_id).cancel()  # returned or removed while downloading
@@ -155,7 +158,7 @@ class DeliveryWorker:
                     tasks.keys(),
                     len(fresh & tasks.keys()),
                     self._policy.concurrency,
-                    archive_slots=self._archive_slots(),
+                    archive_slots=archive_slots,
                 )
                 await self._pause(decided.pause, tasks)
                 fresh.difference_update(decided.pause)
@@ -170,8 +173,9 @@ class DeliveryWorker:
                     )
                 self.waiting = decided.waiting
                 retry = self._retry_range(candidates, now, tasks.keys())
-                # Space may free up, a charger be plugged in: a local look, no radio.
-                timeout = RECHECK_S if decided.waiting and retry is None else None
+                # Space may free up, a charger be plugged in: a local look, no radio. Anything
+                # else that waits is woken by an event (a download ending, the library changing).
+                timeout = RECHECK_S if decided.recheck and retry is None else None
                 paused_for = self._disk_full_until - self._clock.monotonic()
                 if paused_for > 0:  # resume when the pause ends, not at the next recheck
                     timeout = paused_for if timeout is None else min(timeout, paused_for)

@@ -57,6 +57,9 @@ class Plan:
     evict: list[str]  # books to remove from the device first, to make room
     waiting: dict[str, str] = field(default_factory=dict)  # book -> why it does not start
     pause: list[str] = field(default_factory=list)  # running deliveries to stop, keeping frames
+    # A book waits on something that changes without an event (space freeing, a charger): the
+    # caller looks again later. Books queued, retrying or in the cloud wait for an event.
+    recheck: bool = False
 
 
 def is_fresh(c: DeliveryCandidate, now: float) -> bool:
@@ -152,6 +155,7 @@ def plan_deliveries(
     express = 1 if running_fresh == 0 else 0
     start: list[str] = []
     purchase_blocked = False  # a purchase waiting for room: nothing else may take that room
+    recheck = False
     waiting.update((b, PAUSED_FOR_PURCHASE) for b in pause)
     for c in sorted(candidates, key=lambda c: _order(c, now)):
         if c.book_id in running or c.book_id in pause:
@@ -159,6 +163,7 @@ def plan_deliveries(
         cls = priority_class(c, now)
         if purchase_blocked and cls != FRESH:
             waiting[c.book_id] = "held back: a new purchase is waiting for space"
+            recheck = True
             continue
         if purchase_on_its_way and cls > WANTED:
             # Partly on the device: a download paused for the purchase, resumed after it.
@@ -176,6 +181,7 @@ def plan_deliveries(
             archive_slots -= 1
         if budget.battery_restricted and cls != FRESH:
             waiting[c.book_id] = "battery low: only new purchases download until charging"
+            recheck = True
             continue
         need = max(0, c.expected_bytes - c.held_bytes)
         victims: list[HeldBook] = []
@@ -190,6 +196,7 @@ def plan_deliveries(
                 freed += book.held_bytes
         if need > room + freed:
             purchase_blocked = purchase_blocked or cls == FRESH
+            recheck = True
             waiting[c.book_id] = (
                 f"not enough space: needs {need / 1e6:.1f} MB, {max(room, 0) / 1e6:.1f} MB free"
                 " within the storage quota"
@@ -205,7 +212,7 @@ def plan_deliveries(
         evict.extend(b.book_id for b in victims)
         room += freed - need
         start.append(c.book_id)
-    return Plan(start, evict, waiting, pause)
+    return Plan(start, evict, waiting, pause, recheck)
 
 
 def _victim_class(book: HeldBook, now: float) -> int:

@@ -58,6 +58,11 @@ class NotesStore:
         self._db = connection
         self.path = path
 
+    def set_page_cache_kib(self, kib: int) -> None:
+        """Size this connection's page cache: SQLite's default 2 MiB held pages of a few small
+        tables on a 64 MiB device."""
+        self._db.execute(f"PRAGMA cache_size = -{max(64, int(kib))}")
+
     @classmethod
     def open(cls, path: Path) -> NotesStore:
         """Open the (already migrated) database for annotation reads and durable writes."""
@@ -281,7 +286,17 @@ class NotesStore:
     # -- popular highlights ---------------------------------------------------------------------
 
     def books_on_device(self) -> list[str]:
-        return [r[0] for r in self._query("SELECT book_id FROM library WHERE in_library")]
+        """The books whose popular passages the device keeps: those held, and those ordered
+        for it since it joined the account or asked for (so a purchase's passages come with it).
+        Not the archive left in the cloud: each new book is a fetch of its own, and a library
+        bought over years is thousands of them."""
+        rows = self._query(
+            "SELECT book_id FROM library l WHERE in_library AND (requested_at IS NOT NULL"
+            " OR ordered_at >= CAST(coalesce((SELECT value FROM meta"
+            "   WHERE key = 'registered_at'), 0) AS REAL)"
+            " OR EXISTS (SELECT 1 FROM manifests m WHERE m.book_id = l.book_id))"
+        )
+        return [r[0] for r in rows]
 
     def book_on_device(self, book_id: str) -> bool:
         row = self._one("SELECT in_library FROM library WHERE book_id = ?", (book_id,))

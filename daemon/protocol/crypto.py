@@ -28,10 +28,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    PublicFormat,
-)
 
 from daemon.errors import (
     ConfigError,
@@ -54,12 +50,12 @@ MAX_ENVELOPE_BYTES = MAX_MANIFEST_BYTES + 4096  # even if zstd could not shrink 
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
-    raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    raw = public_key.public_bytes_raw()
     return hashlib.sha256(raw).hexdigest()[: KEY_ID_BYTES * 2]
 
 
 def public_key_to_text(public_key: Ed25519PublicKey) -> str:
-    return base64.b64encode(public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+    return base64.b64encode(public_key.public_bytes_raw()).decode()
 
 
 def public_key_from_text(text: str, source: str = "service key") -> Ed25519PublicKey:
@@ -242,8 +238,8 @@ def wrap_content_key(
 ) -> tuple[str, str]:
     """The service side: (ephemeral public key, wrapped key), both base64, for one device."""
     ephemeral = X25519PrivateKey.generate()
-    ephemeral_raw = ephemeral.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    device_raw = device_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    ephemeral_raw = ephemeral.public_key().public_bytes_raw()
+    device_raw = device_key.public_bytes_raw()
     kek = _kek(ephemeral.exchange(device_key), ephemeral_raw, device_raw, book_id)
     # A fresh ephemeral key makes every kek single-use, so a fixed nonce is safe.
     wrapped = ChaCha20Poly1305(kek).encrypt(bytes(NONCE_BYTES), content_key, book_id.encode())
@@ -259,7 +255,7 @@ def unwrap_content_key(
         ephemeral_raw = base64.b64decode(ephemeral_b64, validate=True)
         ephemeral = X25519PublicKey.from_public_bytes(ephemeral_raw)
         wrapped = base64.b64decode(wrapped_b64, validate=True)
-        device_raw = device_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        device_raw = device_key.public_key().public_bytes_raw()
         kek = _kek(device_key.exchange(ephemeral), ephemeral_raw, device_raw, book_id)
         return ChaCha20Poly1305(kek).decrypt(bytes(NONCE_BYTES), wrapped, book_id.encode())
     except (binascii.Error, ValueError, InvalidTag) as e:
@@ -281,4 +277,4 @@ def x25519_public_key(text: str) -> X25519PublicKey:
 
 def x25519_public_text(key: X25519PrivateKey | X25519PublicKey) -> str:
     public = key.public_key() if isinstance(key, X25519PrivateKey) else key
-    return base64.b64encode(public.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+    return base64.b64encode(public.public_bytes_raw()).decode()
