@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -72,11 +73,15 @@ class LogWatch:
         self._partial = lines.pop()
         events = []
         for line in lines:
-            words = line.split(" ")
-            if len(words) < 4:
+            # `TIME LEVEL logger event=NAME key=value ...`, a value with spaces JSON-quoted
+            # (daemon/protocol/logline.py)
+            try:
+                words = shlex.split(line)
+            except ValueError:
                 continue
-            fields = dict(w.split("=", 1) for w in words[4:] if "=" in w)
-            events.append((words[3], fields))
+            fields = dict(w.split("=", 1) for w in words[3:] if "=" in w)
+            if "event" in fields:
+                events.append((fields.pop("event"), fields))
         return events
 
     async def wait_for(
