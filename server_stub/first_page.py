@@ -175,7 +175,7 @@ def _front_or_back(document: SpineDocument, book: BookFacts) -> bool:
     data = book.entries[document.path]
     if document.path in book.nav_documents:
         return True
-    if book.guide_types.get(document.path, "").lower() in FRONT_OR_BACK_TYPES | {"title-page"}:
+    if book.guide_types.get(document.path, "").lower() in FRONT_OR_BACK_TYPES:
         return True
     types = _body_types(data)
     if types & BODY_TYPES:
