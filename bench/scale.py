@@ -60,6 +60,7 @@ class LogWatch:
         self._path = path
         self._offset = 0
         self._partial = ""
+        self._pending: list[tuple[str, dict[str, str]]] = []
 
     def new_events(self) -> list[tuple[str, dict[str, str]]]:
         try:
@@ -94,9 +95,11 @@ class LogWatch:
         """Read events into `done(event, fields)` until it returns True."""
         deadline = time.monotonic() + timeout_s
         while True:
-            for event, fields in self.new_events():
+            self._pending += self.new_events()
+            while self._pending:
+                event, fields = self._pending.pop(0)
                 if done(event, fields):
-                    return
+                    return  # the events after it wait for the next wait_for
             if device.proc.returncode is not None:
                 raise BenchError(f"the daemon exited ({device.proc.returncode}) {what}")
             if time.monotonic() > deadline:
