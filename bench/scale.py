@@ -489,7 +489,7 @@ def _cap_table(runs: list[Run], unavailable: str | None, cmd: str) -> Table:
     meaning = (
         f"{len(survived)} of {len(runs)} capped daemons lived through every step (first sync,"
         f" {CAPPED_IDLE_S:g} s idle, the status answers, {DELIVERED} deliveries, then"
-        " GET /v1/library in one answer)."
+        " every page of GET /v1/library)."
         " The cgroup's charge counts the page cache of the files it reads as well as the"
         " process's memory; the kernel reclaims the former before it kills."
     )
