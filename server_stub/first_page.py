@@ -135,7 +135,7 @@ class BookFacts:
 class FirstPage:
     chapter: str
     needs: tuple[str, ...]  # other resources the page shows, in the order it needs them
-    why: str  # which rule chose the chapter, for logs and tests
+    why: str  # which rule chose the chapter: what to read first when a choice looks wrong
 
 
 def first_page(book: BookFacts) -> FirstPage:

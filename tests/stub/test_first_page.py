@@ -156,7 +156,11 @@ def test_the_table_of_contents_says_where_the_text_begins() -> None:
 
 def test_the_publishers_mark_wins_whatever_the_document() -> None:
     documents = {"ch1.xhtml": _xhtml(f"<body>{TEXT}</body>"), "tiny.xhtml": _xhtml("<body/>")}
-    assert first_page(_facts(documents, marked_start="tiny.xhtml")).chapter == "tiny.xhtml"
+    chosen = first_page(_facts(documents, marked_start="tiny.xhtml"))
+    assert (chosen.chapter, chosen.why) == (
+        "tiny.xhtml",
+        "marked by the publisher (landmarks or guide)",
+    )
 
 
 def test_a_fixed_layout_book_opens_on_its_first_spread_with_the_cover() -> None:
@@ -175,7 +179,7 @@ def test_a_fixed_layout_book_opens_on_its_first_spread_with_the_cover() -> None:
         SpineDocument("p3.xhtml", "p3", True, frozenset({"page-spread-left"})),
     )
     chosen = first_page(_facts(documents, spine=spine, fixed_layout=True, cover_image="cover.jpg"))
-    assert chosen.chapter == "p1.xhtml"
+    assert (chosen.chapter, chosen.why) == ("p1.xhtml", "fixed layout: the first page")
     assert chosen.needs == ("1.jpg", "p2.xhtml", "2.jpg", "cover.jpg")
 
 
