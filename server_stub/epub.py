@@ -552,24 +552,29 @@ def _marked_start(
             kinds = (element.get(_EPUB_TYPE) or "").split()
             if _local(element.tag) == "a" and "bodymatter" in kinds and element.get("href"):
                 return _resolve(base, element.get("href", "").split("#", 1)[0])
+    return next(
+        (g.href.split("#", 1)[0] for g in _guide(package, opf_dir) if g.kind == "text"), None
+    )
+
+
+def _guide(package: ET.Element, opf_dir: str) -> list[Landmark]:
+    """The EPUB 2 guide's references, in order: type, title, href resolved (fragment kept)."""
     guide = _first(package, "guide")
-    for reference in guide.iter() if guide is not None else ():
-        if _local(reference.tag) == "reference" and reference.get("type") == "text":
-            return _resolve(opf_dir, reference.get("href", "").split("#", 1)[0])
-    return None
+    return [
+        Landmark(r.get("type") or "", r.get("title") or "", _toc_href(opf_dir, r.get("href", "")))
+        for r in (guide.iter() if guide is not None else ())
+        if _local(r.tag) == "reference" and r.get("href")
+    ]
 
 
 def _guide_types(package: ET.Element, opf_dir: str) -> dict[str, str]:
     """The EPUB 2 guide's type of each document it names whole (cover, toc, title-page, ...): a
     reference to a fragment names a part of a document (Gutenberg's contents inside its first
     chapter), not what the document is."""
-    guide = _first(package, "guide")
     types: dict[str, str] = {}
-    for reference in guide.iter() if guide is not None else ():
-        href = reference.get("href", "")
-        target = _resolve(opf_dir, href)
-        if _local(reference.tag) == "reference" and target and "#" not in href:
-            types.setdefault(target, reference.get("type") or "")
+    for reference in _guide(package, opf_dir):
+        if reference.href and "#" not in reference.href:
+            types.setdefault(reference.href, reference.kind)
     return types
 
 
@@ -586,13 +591,7 @@ def _landmarks(
         ]
         if found:
             return tuple(found)
-    guide = _first(package, "guide")
-    found = []
-    for reference in guide.iter() if guide is not None else ():
-        href = _toc_href(opf_dir, reference.get("href", ""))
-        if _local(reference.tag) == "reference" and href.split("#", 1)[0] in entries:
-            found.append(Landmark(reference.get("type") or "", reference.get("title") or "", href))
-    return tuple(found)
+    return tuple(g for g in _guide(package, opf_dir) if g.href.split("#", 1)[0] in entries)
 
 
 def _page_list(
