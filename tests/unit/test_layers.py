@@ -181,19 +181,27 @@ def test_only_the_store_modules_speak_sql() -> None:
     assert not offenders, _broken("apsw is imported only by the store modules", offenders)
 
 
+def _uses(module: str, tree: ast.Module, library: str, names: frozenset[str]) -> list[Import]:
+    """Where `module` uses one of `library`'s `names`: `library.name`, or imported by name."""
+    found = []
+    for node in ast.walk(tree):
+        name = None
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            name = node.attr if node.value.id == library else None
+        elif isinstance(node, ast.ImportFrom) and node.module == library:
+            name = next((a.name for a in node.names if a.name in names), None)
+        if name in names:
+            found.append(Import(module, f"{library}.{name}", node.lineno))
+    return found
+
+
 def test_only_the_clients_open_http_connections() -> None:
-    offenders = []
-    for module, tree in SOURCES.items():
-        if _within(module, HTTP_CLIENTS) or not _within(module, ("daemon", "devkit")):
-            continue
-        for node in ast.walk(tree):
-            name = None
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-                name = node.attr if node.value.id == "aiohttp" else None
-            elif isinstance(node, ast.ImportFrom) and node.module == "aiohttp":
-                name = next((a.name for a in node.names if a.name in CLIENT_NAMES), None)
-            if name in CLIENT_NAMES:
-                offenders.append(Import(module, f"aiohttp.{name}", node.lineno))
+    offenders = [
+        use
+        for module, tree in SOURCES.items()
+        if _within(module, ("daemon", "devkit")) and not _within(module, HTTP_CLIENTS)
+        for use in _uses(module, tree, "aiohttp", CLIENT_NAMES)
+    ]
     assert not offenders, _broken(
         "only daemon.client and daemon.api.client use aiohttp's client", offenders
     )
@@ -202,18 +210,12 @@ def test_only_the_clients_open_http_connections() -> None:
 def test_only_the_notifier_speaks_to_the_service_manager() -> None:
     """sd_notify's datagrams have one owner at the process level, as every effect does: only
     daemon.notify opens a raw socket (reading socket's constants, AF_UNIX, is no effect)."""
-    offenders = []
-    for module, tree in SOURCES.items():
-        if not _within(module, "daemon") or module == NOTIFIER:
-            continue
-        for node in ast.walk(tree):
-            name = None
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-                name = node.attr if node.value.id == "socket" else None
-            elif isinstance(node, ast.ImportFrom) and node.module == "socket":
-                name = next((a.name for a in node.names if a.name in RAW_SOCKETS), None)
-            if name in RAW_SOCKETS:
-                offenders.append(Import(module, f"socket.{name}", node.lineno))
+    offenders = [
+        use
+        for module, tree in SOURCES.items()
+        if _within(module, "daemon") and module != NOTIFIER
+        for use in _uses(module, tree, "socket", RAW_SOCKETS)
+    ]
     assert not offenders, _broken("only daemon.notify opens a raw socket in daemon/", offenders)
     assert "." not in NOTIFIER.removeprefix("daemon."), "the notifier is process level"
 
