@@ -100,14 +100,6 @@ class EpubFile:
 
 
 @dataclass(frozen=True, slots=True)
-class SeriesEntry:
-    """The book's place in a series, as the package document states it."""
-
-    name: str
-    position: float | None  # 1 for the first book; None when the publisher gave none
-
-
-@dataclass(frozen=True, slots=True)
 class Epub:
     source: Path
     identifier: str  # the OPF's unique identifier
@@ -117,7 +109,7 @@ class Epub:
     files: tuple[EpubFile, ...]  # every file once, in reading order
     first_chapter: str
     toc: tuple[TocEntry, ...]
-    series: tuple[SeriesEntry, ...] = ()  # usually one; EPUB 3 allows several
+    series: tuple[Series, ...] = ()  # usually one; EPUB 3 allows several
     first_chapter_needs: tuple[str, ...] = ()  # what its first page shows (first_page.py)
     reading: Reading = field(default_factory=Reading)  # how to lay it out (PROTOCOL.md)
     cover: str | None = None  # the cover image's path, if the package document names one
@@ -403,14 +395,14 @@ def _read_publication(path: Path, entries: dict[str, bytes]) -> Epub:
             ),
             landmarks=_landmarks(path, package, opf_dir, navs, entries),
             page_list=_page_list(path, navs, ncxs, entries),
-            series=tuple(Series(s.name, s.position) for s in series),
+            series=series,
         ),
         cover=cover if cover in entries else None,
         toc_problems=toc_problems,
     )
 
 
-def _series(metadata: ET.Element) -> tuple[SeriesEntry, ...]:
+def _series(metadata: ET.Element) -> tuple[Series, ...]:
     """Series from EPUB 3 collections (`belongs-to-collection` refined by `collection-type`
     series and `group-position`) and from calibre's `calibre:series` / `calibre:series_index`.
 
@@ -422,7 +414,7 @@ def _series(metadata: ET.Element) -> tuple[SeriesEntry, ...]:
         refines, prop = meta.get("refines", ""), meta.get("property")
         if refines.startswith("#") and prop:
             refinements.setdefault(refines[1:], {}).setdefault(prop, _text(meta))
-    found: dict[str, SeriesEntry] = {}
+    found: dict[str, Series] = {}
     for meta in metas:
         if meta.get("property") != "belongs-to-collection" or meta.get("refines"):
             continue
@@ -430,12 +422,12 @@ def _series(metadata: ET.Element) -> tuple[SeriesEntry, ...]:
         name = _text(meta)
         if name and details.get("collection-type") == "series":
             position = _position(details.get("group-position"))
-            found.setdefault(series_key(name), SeriesEntry(name, position))
+            found.setdefault(series_key(name), Series(name, position))
     names = {m.get("name"): " ".join((m.get("content") or "").split()) for m in metas}
     calibre_name = names.get("calibre:series")
     if calibre_name:
         position = _position(names.get("calibre:series_index"))
-        found.setdefault(series_key(calibre_name), SeriesEntry(calibre_name, position))
+        found.setdefault(series_key(calibre_name), Series(calibre_name, position))
     return tuple(found.values())
 
 

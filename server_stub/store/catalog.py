@@ -11,7 +11,8 @@ from typing import Any
 
 from daemon.errors import StoreError
 from daemon.protocol.crypto import new_content_key
-from server_stub.epub import SeriesEntry, series_key
+from daemon.protocol.reading import Series
+from server_stub.epub import series_key
 from server_stub.store.feed import Change, ChangesFeed
 
 
@@ -51,7 +52,7 @@ class Book:
     epub_size: int
     source: str
     package_size: int  # of the current version
-    series: tuple[SeriesEntry, ...] = ()
+    series: tuple[Series, ...] = ()
     cover: CoverInfo | None = None
 
 
@@ -70,7 +71,7 @@ class NewVersion:
     epub_sha256: str
     epub_size: int
     source: str
-    series: tuple[SeriesEntry, ...] = ()
+    series: tuple[Series, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +119,7 @@ def _book(row: Any) -> Book:
         epub_size,
         source,
         package_size,
-        tuple(SeriesEntry(name, position) for name, position in sorted(json.loads(series))),
+        tuple(Series(name, position) for name, position in sorted(json.loads(series))),
         CoverInfo(*cover) if cover[0] is not None else None,
     )
 
@@ -239,7 +240,7 @@ class Catalog(ChangesFeed):
         epub_sha256: str,
         epub_size: int,
         source: str,
-        series: tuple[SeriesEntry, ...],
+        series: tuple[Series, ...],
     ) -> None:
         """Record a changed file whose package is identical, so the next start skips it (its
         series may still have changed: they live in the package document's metadata)."""
@@ -256,11 +257,11 @@ class Catalog(ChangesFeed):
         row = self._one("SELECT series_read FROM books WHERE book_id = ?", (book_id,))
         return bool(row and row[0])
 
-    def set_series(self, book_id: str, series: tuple[SeriesEntry, ...]) -> None:
+    def set_series(self, book_id: str, series: tuple[Series, ...]) -> None:
         with self._transaction():
             self._put_series(book_id, series)
 
-    def _put_series(self, book_id: str, series: tuple[SeriesEntry, ...]) -> None:
+    def _put_series(self, book_id: str, series: tuple[Series, ...]) -> None:
         self._db.execute("DELETE FROM book_series WHERE book_id = ?", (book_id,))
         self._db.executemany(
             "INSERT OR IGNORE INTO book_series (book_id, series_key, name, position)"

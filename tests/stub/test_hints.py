@@ -10,9 +10,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from daemon.protocol.reading import Series
 from server_stub.app import RunningStub, running_stub
 from server_stub.catalog import import_library
-from server_stub.epub import SeriesEntry, read_epub
+from server_stub.epub import read_epub
 from server_stub.store import Store
 from tests.conftest import StubImport, import_into_stub
 from tests.stub.helpers import Api, series_metadata, with_metadata, with_series
@@ -35,7 +36,7 @@ def test_series_is_read_from_the_package_document(
 ) -> None:
     assert read_epub(corpus_dir / name).series == ()
     book = with_series(corpus_dir / name, tmp_path / name, "The  Voyagers ", "2", style)
-    assert read_epub(book).series == (SeriesEntry("The Voyagers", 2.0),)
+    assert read_epub(book).series == (Series("The Voyagers", 2.0),)
 
 
 @pytest.mark.parametrize(
@@ -44,12 +45,12 @@ def test_series_is_read_from_the_package_document(
         # calibre writes both forms into EPUB 3: one series.
         (
             series_metadata(SERIES, "3") + series_metadata("the voyagers", "3.0", "calibre"),
-            (SeriesEntry(SERIES, 3.0),),
+            (Series(SERIES, 3.0),),
         ),
         # A novella between two books; a position that is not a number is no position.
-        (series_metadata(SERIES, "1.5"), (SeriesEntry(SERIES, 1.5),)),
-        (series_metadata(SERIES, "two", "calibre"), (SeriesEntry(SERIES, None),)),
-        (series_metadata(SERIES, "-1"), (SeriesEntry(SERIES, None),)),
+        (series_metadata(SERIES, "1.5"), (Series(SERIES, 1.5),)),
+        (series_metadata(SERIES, "two", "calibre"), (Series(SERIES, None),)),
+        (series_metadata(SERIES, "-1"), (Series(SERIES, None),)),
         # A set is a collection but not a series.
         (series_metadata(SERIES, "1").replace(b">series<", b">set<"), ()),
         # A collection refining another describes that collection, not this book.
@@ -62,12 +63,12 @@ def test_series_is_read_from_the_package_document(
         (
             series_metadata(SERIES, "4")
             + series_metadata("Voyages, by date", "1").replace(b"series-1", b"series-2"),
-            (SeriesEntry(SERIES, 4.0), SeriesEntry("Voyages, by date", 1.0)),
+            (Series(SERIES, 4.0), Series("Voyages, by date", 1.0)),
         ),
     ],
 )
 def test_series_metadata_edge_cases(
-    tmp_path: Path, corpus_dir: Path, extra: bytes, expected: tuple[SeriesEntry, ...]
+    tmp_path: Path, corpus_dir: Path, extra: bytes, expected: tuple[Series, ...]
 ) -> None:
     book = with_metadata(corpus_dir / WELLS, tmp_path / WELLS, extra)
     assert read_epub(book).series == expected
@@ -299,6 +300,6 @@ def test_a_catalog_imported_before_series_reads_them_without_repackaging(
         assert report.imported == report.updated == []
         book = store.book(series_import.book_ids[WELLS])
         assert book is not None
-        assert book.series == (SeriesEntry(SERIES, 1.0),)
+        assert book.series == (Series(SERIES, 1.0),)
     finally:
         store.close()
