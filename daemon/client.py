@@ -35,8 +35,8 @@ from daemon.errors import (
 from daemon.logs import log_event
 from daemon.models import LibraryChange
 from daemon.protocol import hlc, merge
-from daemon.protocol.crypto import MAX_ENVELOPE_BYTES
-from daemon.protocol.manifest import MAX_DICTIONARY_BYTES
+from daemon.protocol.crypto import ENVELOPE_SLACK
+from daemon.protocol.manifest import MAX_DICTIONARY_BYTES, MAX_MANIFEST_BYTES
 
 _LOG = logging.getLogger("shelfsync.client")
 _BOOK_ID = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
@@ -369,9 +369,12 @@ class ServiceClient:
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise ProtocolError(f"malformed changes page: {type(e).__name__}: {e}") from e
 
-    async def manifest_envelope(self, book_id: str) -> bytes:
+    async def manifest_envelope(
+        self, book_id: str, max_manifest_bytes: int = MAX_MANIFEST_BYTES
+    ) -> bytes:
+        """The signed manifest, cut as soon as it is longer than a manifest the device takes."""
         path = f"/v1/books/{quote(book_id, safe='')}/manifest"
-        return await self._body("GET", path, MAX_ENVELOPE_BYTES)
+        return await self._body("GET", path, max_manifest_bytes + ENVELOPE_SLACK)
 
     async def dictionary(self, sha256: str) -> bytes:
         """A compression dictionary by its hash (the caller verifies the bytes)."""

@@ -47,7 +47,7 @@ from daemon.logs import log_event
 from daemon.models import DeliveryCandidate, FrameRow
 from daemon.protocol.codec import Dictionary
 from daemon.protocol.crypto import WRAP_ALG, unwrap_content_key
-from daemon.protocol.manifest import Manifest
+from daemon.protocol.manifest import PROTOCOL_LIMITS, Manifest, ManifestLimits
 from daemon.radio.windows import RadioWindows
 from daemon.store import Store
 
@@ -63,6 +63,7 @@ class DeliveryPolicy:
     batch_window_s: float  # how long a retry that is not a new purchase may wait for a window
     backoff: Backoff = field(default_factory=Backoff)
     disk_full_pause_s: float = DISK_FULL_PAUSE_S  # tests shorten it
+    manifest_limits: ManifestLimits = PROTOCOL_LIMITS  # the device's, from its RAM budget
 
 
 def contiguous_run(missing: list[FrameRow]) -> list[FrameRow]:
@@ -293,7 +294,8 @@ class DeliveryWorker:
                 )
 
     async def deliver(self, book_id: str) -> None:
-        envelope = await self._client.manifest_envelope(book_id)
+        limits = self._policy.manifest_limits
+        envelope = await self._client.manifest_envelope(book_id, limits.max_bytes)
         manifest = verify_manifest(
             envelope,
             pinned_key=self._pinned_key,
@@ -302,6 +304,7 @@ class DeliveryWorker:
             held_frame_hashes=lambda version: self._store.frame_hashes(book_id, version),
             time_floor=self._store.time_floor(),
             now=self._clock.wall(),
+            limits=limits,
         )
         self._check_content_key(manifest)
         await self._ensure_dictionary(manifest)
