@@ -558,6 +558,13 @@ class Store:
 
     # -- manifests and frames -------------------------------------------------------------------
 
+    def wanted_version(self, book_id: str) -> int:
+        """The version the library wants on the device (0 if the book is not in the library)."""
+        row = self.one(
+            "SELECT wanted_version FROM library WHERE book_id = ? AND in_library", (book_id,)
+        )
+        return 0 if row is None else int(row[0])
+
     def trusted_version(self, book_id: str) -> int:
         row = self.one("SELECT version FROM trusted_versions WHERE book_id = ?", (book_id,))
         return 0 if row is None else int(row[0])

@@ -41,6 +41,7 @@ from daemon.errors import (
     ShelfsyncError,
     StoreError,
     VerificationError,
+    VersionMissingError,
 )
 from daemon.killpoints import killpoint
 from daemon.logs import log_event
@@ -320,6 +321,14 @@ class DeliveryWorker:
         )
         while missing := self._store.missing_frames(book_id, manifest.version):
             await self._fetch_run(manifest, contiguous_run(missing))
+        wanted = self._store.wanted_version(book_id)
+        if manifest.version < wanted:
+            # Taken as a success, the book would be pending still and started again at once:
+            # 2,966 manifest requests in 30 s for a forged update, and after every restart.
+            raise VersionMissingError(
+                f"{book_id}: the library lists version {wanted}, the service serves"
+                f" version {manifest.version}"
+            )
 
     def _check_content_key(self, manifest: Manifest) -> None:
         """Refuse, before storing anything, a manifest whose key this device cannot unwrap."""
