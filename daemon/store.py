@@ -453,7 +453,8 @@ class Store:
             " COALESCE((SELECT max(m.package_size) FROM manifests m WHERE m.book_id = l.book_id),"
             "   l.expected_size),"
             " (SELECT total(length(f.data)) FROM frames f WHERE f.book_id = l.book_id),"
-            f" {_FOR_DEVICE}, l.evicted_at IS NOT NULL, l.requested_at IS NOT NULL"
+            f" {_FOR_DEVICE}, l.evicted_at IS NOT NULL, l.requested_at IS NOT NULL,"
+            " EXISTS (SELECT 1 FROM manifests m WHERE m.book_id = l.book_id)"
             " FROM picked JOIN library l ON l.book_id = picked.book_id"
             " LEFT JOIN deliveries d ON d.book_id = l.book_id"
             f" WHERE {_PENDING}",  # still pending (a running book may have completed)
@@ -478,6 +479,7 @@ class Store:
                     wanted=bool(r[8]),
                     evicted=bool(r[9]),
                     requested=bool(r[10]),
+                    size_proven=bool(r[11]),
                 )
             )
         return candidates

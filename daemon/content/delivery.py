@@ -173,6 +173,11 @@ class DeliveryWorker:
                     tasks[book_id] = asyncio.create_task(
                         self._deliver_guarded(book_id), name=f"deliver {book_id}"
                     )
+                for book_id in decided.probe:  # planned again, with its size, once it ends
+                    tasks[book_id] = asyncio.create_task(
+                        self._deliver_guarded(book_id, manifest_only=True),
+                        name=f"manifest of {book_id}",
+                    )
                 self.waiting = decided.waiting
                 retry = self._retry_range(candidates, now, tasks.keys())
                 # Space may free up, a charger be plugged in: a local look, no radio. Anything
@@ -256,10 +261,10 @@ class DeliveryWorker:
         latest = min(fresh_at, other_at + self._policy.batch_window_s)
         return not_before + to_monotonic, latest + to_monotonic
 
-    async def _deliver_guarded(self, book_id: str) -> None:
+    async def _deliver_guarded(self, book_id: str, manifest_only: bool = False) -> None:
         """Deliver one book; any failure is recorded with a backoff, never raised."""
         try:
-            await self.deliver(book_id)
+            await self.deliver(book_id, manifest_only)
         except DiskFullError as e:
             # Nothing committed is lost (the transaction rolled back); writing a failure
             # record could fail the same way, so the pause lives in memory.
@@ -294,7 +299,9 @@ class DeliveryWorker:
                     error=str(store_error),
                 )
 
-    async def deliver(self, book_id: str) -> None:
+    async def deliver(self, book_id: str, manifest_only: bool = False) -> None:
+        """Bring a book onto the device; with `manifest_only`, verify and record its signed
+        manifest and stop there (the planner then knows its true size)."""
         limits = self._policy.manifest_limits
         envelope = await self._client.manifest_envelope(book_id, limits.max_bytes)
         manifest = verify_manifest(
@@ -319,6 +326,8 @@ class DeliveryWorker:
             frames=len(manifest.frames),
             package_bytes=manifest.package_size,
         )
+        if manifest_only:
+            return
         while missing := self._store.missing_frames(book_id, manifest.version):
             await self._fetch_run(manifest, contiguous_run(missing))
         wanted = self._store.wanted_version(book_id)
