@@ -112,10 +112,17 @@ async def admin(stub_url: str, method: str, path: str, body: Any = None) -> Any:
 
 
 async def spawn_daemon(
-    stub: RunningStub, state: Path, account_token: str, kill_at: str | None
+    stub: RunningStub,
+    state: Path,
+    account_token: str,
+    kill_at: str | None,
+    *,
+    service_url: str | None = None,
+    profile: str = "emulator-loopback",
 ) -> asyncio.subprocess.Process:
     """`shelfsync run` as a real subprocess (for kill tests): SIGKILLs itself at `kill_at`
-    ("point:n", daemon/killpoints.py) when given. Its stderr is piped for the assertions."""
+    ("point:n", daemon/killpoints.py) when given. Its stderr is piped for the assertions.
+    `service_url` puts something (a hostile proxy) between it and the stub."""
     env = {k: v for k, v in os.environ.items() if k != "SHELFSYNC_KILL_AT"}
     env["SHELFSYNC_ACCOUNT_TOKEN"] = account_token  # not in argv, where every user can read it
     if kill_at:
@@ -128,11 +135,11 @@ async def spawn_daemon(
         "--state",
         str(state),
         "--service",
-        stub.url,
+        service_url or stub.url,
         "--service-key",
         str(stub.pub_path),
         "--profile",
-        "emulator-loopback",
+        profile,
         "--log-level",
         "WARNING",
         env=env,
