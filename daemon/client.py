@@ -55,9 +55,10 @@ def _bounded(value: Any, low: int, high: int, what: str) -> int:
 
 def _changes_page(doc: Any, asked: int) -> ChangesPage:
     """A page of the changes feed, checked: bounded fields, seqs after the cursor asked for
-    and increasing, and a cursor that is the last seq sent (or the one asked for on an empty
-    page): a page that claims more to come but does not advance is refused, not re-asked
-    forever, and a forged cursor is never stored."""
+    and increasing, and a cursor that is the last seq sent (on an empty page, the one asked for,
+    or the feed's end if that is lower: the asked cursor is ahead of the feed): a page that
+    claims more to come but does not advance is refused, not re-asked forever, and a forged
+    cursor is never stored."""
     changes: list[LibraryChange] = []
     for c in doc["changes"]:
         at = float(c["at"])
@@ -80,7 +81,7 @@ def _changes_page(doc: Any, asked: int) -> ChangesPage:
         changes.append(change)
     cursor = _bounded(doc["cursor"], 0, _MAX_SEQ, "cursor")
     expected = changes[-1].seq if changes else asked
-    if cursor != expected:
+    if cursor != expected and (changes or cursor > asked):
         raise ValueError(f"cursor {cursor} is not where the page ends ({expected})")
     has_more = doc["has_more"]
     if not isinstance(has_more, bool) or (has_more and not changes):

@@ -262,6 +262,8 @@ async def changes(request: web.Request) -> web.Response:
     # One row more than the page tells whether another page follows, without a count.
     rows = request.app[STORE].changes(device.account_id, device.device_id, cursor, limit + 1)
     page = rows[:limit]
+    if not page:  # a cursor past the feed's end (a forged one the device stored) rewinds
+        cursor = min(cursor, request.app[STORE].latest_seq(device.account_id, device.device_id))
     return web.json_response(
         {
             "changes": [c.to_doc() for c in page],

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from daemon.backoff import Backoff
 from daemon.client import ServiceClient
 from daemon.clock import Clock
-from daemon.errors import StoreError, TransportError
+from daemon.errors import ProtocolError, StoreError, TransportError
 from daemon.logs import log_event
 from daemon.radio.windows import RadioWindows
 from daemon.store import Store
@@ -76,9 +76,19 @@ class LibrarySync:
         cursor = self._store.library_cursor()
         applied = 0
         requests = 0
+        rewound = False
         while True:
             page = await self._client.library_changes(cursor, PAGE_SIZE)
             requests += 1
+            if page.cursor < cursor:
+                # The feed ends before our cursor: a forged entry (the feed is unsigned) moved
+                # it past every later change. Pull again from the start: changes already
+                # applied are skipped by their seq, so only the ones missed are applied.
+                if rewound:  # once per pull: a service that keeps saying so is not believed
+                    raise ProtocolError(f"the changes feed rewound twice, to {page.cursor}")
+                log_event(_LOG, logging.WARNING, "library_cursor_ahead", cursor=cursor)
+                cursor, rewound = 0, True
+                continue
             removed = self._store.apply_library_changes(
                 page.changes, page.cursor, self._clock.wall()
             )

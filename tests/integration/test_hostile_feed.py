@@ -44,7 +44,7 @@ FORGED = {
     "time past the year 36812": page([change(at=1e300)]),
     "negative cursor": page([], cursor=-1),
     "cursor beyond what was sent": page([change()], cursor=10**15),
-    "cursor going back": page([], cursor=3),
+    "cursor going back on a page with changes": page([change()], cursor=3),
     "more to come, forever, never advancing": page([], has_more=True),
     "seq at or before the cursor asked": page([change(seq=ASKED)]),
     "seqs out of order": page([change(seq=13), change(seq=12, book_id="bk_other")]),
@@ -103,3 +103,6 @@ async def test_an_honest_page_after_them_is_taken(
     assert honest.changes[1].package_size is None
     served.append(page([]))
     assert (await client.library_changes(ASKED)).cursor == ASKED
+    # An empty page ending before the cursor asked: the feed ends there, the cursor is ahead.
+    served.append(page([], cursor=3))
+    assert (await client.library_changes(ASKED)).cursor == 3

@@ -5,6 +5,7 @@ purchase made meanwhile still arrives."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from daemon.profile import PROFILES_DIR
+from daemon.store import Store
 from server_stub.app import HUB, RunningStub
 from tests.conftest import StubImport
 from tests.integration.harness import admin, running_device
@@ -94,3 +96,26 @@ async def test_an_update_to_a_version_the_service_lacks_backs_off_and_says_why(
         assert book is not None
         assert book["state"] == "retrying"  # after a restart too, and status says why
         assert "version 99" in book["last_error"]
+
+
+@pytest.mark.faults(22)
+async def test_a_cursor_forged_past_the_feed_rewinds_and_later_purchases_still_arrive(
+    faulty_stub: RunningStub, stub_corpus_import: StubImport, tmp_path: Path
+) -> None:
+    """A forged page can be consistent: one change at seq 10^15 with the cursor there. Once
+    stored, every pull asked for changes after 10^15 and no purchase arrived again (issue 24
+    #3); the service now says where its feed ends, and the device pulls again from 0."""
+    book_id = stub_corpus_import.book_ids[BOOK]
+    async with running_device(
+        faulty_stub.url, faulty_stub.public_key_text, tmp_path / "device"
+    ) as device:
+        while (await device.api.status())["last_sync_at"] is None:
+            await asyncio.sleep(0.02)  # the first pull is done: nothing overwrites the cursor
+        store = Store.open(device.daemon.settings.db_path)
+        try:
+            store.set_meta("library_cursor", str(10**15))  # what the forged page left
+            await device.account.buy(book_id)
+            await device.wait_complete(book_id)
+            assert store.library_cursor() < 10**15
+        finally:
+            store.close()
