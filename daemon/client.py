@@ -34,7 +34,7 @@ from daemon.errors import (
 from daemon.logs import log_event
 from daemon.models import LibraryChange
 from daemon.protocol import hlc, merge
-from daemon.protocol.crypto import MAX_ENVELOPE_BYTES
+from daemon.protocol.crypto import MAX_ENVELOPE_BYTES, MAX_ROOT_ENVELOPE_BYTES
 from daemon.protocol.manifest import MAX_DICTIONARY_BYTES
 
 _LOG = logging.getLogger("shelfsync.client")
@@ -317,6 +317,18 @@ class ServiceClient:
             async with self._session.get(self.base_url + path, headers=self._auth) as r:
                 await _raise_for_status(r)
                 return await _read_capped(r, MAX_ENVELOPE_BYTES)
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise _transport_error(f"GET {path}", e) from e
+
+    async def trust_root(self, version: int) -> bytes | None:
+        """The service's trust root envelope of `version`, or None if it has none (yet)."""
+        path = f"/v1/roots/{int(version)}"
+        try:
+            async with self._session.get(self.base_url + path, headers=self._auth) as r:
+                if r.status == 404:
+                    return None
+                await _raise_for_status(r)
+                return await _read_capped(r, MAX_ROOT_ENVELOPE_BYTES)
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise _transport_error(f"GET {path}", e) from e
 

@@ -1,0 +1,11 @@
+-- The trust roots verified after the pinned one (version 1, the provisioned service key), each
+-- against the one before (daemon/protocol/root.py). The newest is the one trusted. `time_floor`
+-- is the floor the root started from: a root with new signing keys starts its own (its issue
+-- time), so a floor pushed far ahead under the old keys stops binding. The current root's floor
+-- is meta 'time_floor', which verified manifests move.
+CREATE TABLE trust_roots (
+    version INTEGER PRIMARY KEY,
+    envelope BLOB NOT NULL,
+    time_floor INTEGER NOT NULL,
+    trusted_at REAL NOT NULL
+) STRICT;
