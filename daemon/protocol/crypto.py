@@ -89,13 +89,12 @@ def open_envelope(envelope: bytes, trusted: Ed25519PublicKey | Sequence[Ed25519P
     signature = envelope[_ENVELOPE_HEADER - SIGNATURE_BYTES : _ENVELOPE_HEADER]
     compressed = envelope[_ENVELOPE_HEADER:]
     keys = [trusted] if isinstance(trusted, Ed25519PublicKey) else list(trusted)
-    # One trusted key is tried whatever the envelope names (the name is not signed); of
-    # several, the one named.
+    # The id is not signed: one trusted key is tried whatever it says; of several, the one named.
     named = [k for k in keys if key_id(k) == named_key] if len(keys) > 1 else keys
     if not named:
         raise SignatureError(
-            f"manifest is signed by key {named_key}, which the trusted root does not name"
-            f" (it names {', '.join(key_id(k) for k in keys) or 'none'})"
+            f"manifest is signed by key {named_key}, not by a pinned service key (the trusted"
+            f" root names {', '.join(key_id(k) for k in keys) or 'none'})"
         )
     try:
         named[0].verify(signature, SIGNING_CONTEXT + compressed)
