@@ -22,6 +22,8 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+from aiohttp import ClientRequest, ClientResponse, hdrs
+from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
 
 from daemon.errors import (
     AnnotationError,
@@ -34,7 +36,7 @@ from daemon.errors import (
 from daemon.logs import log_event
 from daemon.models import LibraryChange
 from daemon.protocol import hlc, merge
-from daemon.protocol.crypto import MAX_ENVELOPE_BYTES
+from daemon.protocol.crypto import MAX_ENVELOPE_BYTES, MAX_ROOT_ENVELOPE_BYTES
 from daemon.protocol.manifest import MAX_DICTIONARY_BYTES
 
 _LOG = logging.getLogger("shelfsync.client")
@@ -158,12 +160,35 @@ async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
     raise ServiceHTTPError(response.status, response.url.path, detail)
 
 
+def _fresh_when_stale(fresh: aiohttp.ClientSession) -> ClientMiddlewareType:
+    """A GET met by a pooled connection the server had closed (its keep-alive timer fired as the
+    request went out: aiohttp #9138) is sent once more on a new connection. aiohttp's own retry
+    takes the next pooled one, which the same timer has closed too (FAULTS.md #15). POSTs carry
+    op and receipt ids: their workers send them again, a no-op on the service."""
+
+    async def middleware(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        try:
+            return await handler(request)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+            upgrade = hdrs.UPGRADE in request.headers  # the push channel: its own reconnects
+            if request.method != "GET" or upgrade or isinstance(e, aiohttp.ClientConnectorError):
+                raise
+            log_event(_LOG, logging.INFO, "stale_connection", path=request.url.path)
+            return await fresh.get(request.url, headers=request.headers)
+
+    return middleware
+
+
 def _session(
     connect_timeout_s: float,
     stall_timeout_s: float,
     idle_connection_s: float = 15.0,
     on_request: Callable[[], None] = lambda: None,
+    fresh: aiohttp.ClientSession | None = None,
+    force_close: bool = False,
 ) -> aiohttp.ClientSession:
+    """A session; with `fresh` (one made with `force_close`: a new connection for every
+    request), one whose GETs refused by a stale pooled connection are sent again through it."""
     timeout = aiohttp.ClientTimeout(
         total=None, connect=connect_timeout_s, sock_read=stall_timeout_s
     )
@@ -177,11 +202,14 @@ def _session(
     trace.on_request_start.append(request_traced)
     trace.on_request_end.append(request_traced)
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(keepalive_timeout=idle_connection_s),
+        connector=aiohttp.TCPConnector(force_close=True)
+        if force_close
+        else aiohttp.TCPConnector(keepalive_timeout=idle_connection_s),
         timeout=timeout,
         auto_decompress=False,
         headers={"Accept-Encoding": "identity"},
         trace_configs=[trace],
+        middlewares=() if fresh is None else (_fresh_when_stale(fresh),),
     )
 
 
@@ -285,12 +313,20 @@ class ServiceClient:
         self._auth = {"Authorization": f"Bearer {credentials.device_token}"}
         self._limits = limits
         self._on_radio = on_radio
+        self._fresh = _session(
+            limits.connect_timeout_s, limits.stall_timeout_s, on_request=on_radio, force_close=True
+        )
         self._session = _session(
-            limits.connect_timeout_s, limits.stall_timeout_s, limits.idle_connection_s, on_radio
+            limits.connect_timeout_s,
+            limits.stall_timeout_s,
+            limits.idle_connection_s,
+            on_radio,
+            fresh=self._fresh,
         )
 
     async def close(self) -> None:
         await self._session.close()
+        await self._fresh.close()
 
     async def _get_json(self, path: str, params: dict[str, str] | None = None) -> Any:
         try:
@@ -317,6 +353,18 @@ class ServiceClient:
             async with self._session.get(self.base_url + path, headers=self._auth) as r:
                 await _raise_for_status(r)
                 return await _read_capped(r, MAX_ENVELOPE_BYTES)
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise _transport_error(f"GET {path}", e) from e
+
+    async def trust_root(self, version: int) -> bytes | None:
+        """The service's trust root envelope of `version`, or None if it has none (yet)."""
+        path = f"/v1/roots/{int(version)}"
+        try:
+            async with self._session.get(self.base_url + path, headers=self._auth) as r:
+                if r.status == 404:
+                    return None
+                await _raise_for_status(r)
+                return await _read_capped(r, MAX_ROOT_ENVELOPE_BYTES)
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise _transport_error(f"GET {path}", e) from e
 

@@ -2,9 +2,9 @@
 
 Rules are appended through the admin API and each fires on the next `times` requests it
 matches. A rule matches a request when its route does ("any" is every non-admin route) and its
-kind applies there: `ignore_range` to the package, `bad_signature`/`replay_manifest` to the
-manifest, body faults (pause, truncate, corrupt) to any route with a body (not the WebSocket),
-`silence` to the push channel, `error`/`delay` everywhere.
+kind applies there: `ignore_range` to the package, `bad_signature`/`replay_manifest`/
+`forge_version` to the manifest, body faults (pause, truncate, corrupt) to any route with a body
+(not the WebSocket), `silence` to the push channel, `error`/`delay` everywhere.
 
 `fault_middleware` fires the rules, answers `error`, waits out `delay`, records every request,
 and applies body faults to plain responses; handlers that stream (the package) send their body
@@ -43,6 +43,7 @@ _APPLIES: dict[str, tuple[str, ...] | None] = {  # kind -> routes it acts on (No
     "delay": None,
     "bad_signature": ("manifest",),
     "replay_manifest": ("manifest",),
+    "forge_version": ("manifest",),
     "silence": ("push",),
 }
 NO_BODY_ROUTES = ("push",)  # the WebSocket: its "body" is frames, not bytes to cut
@@ -82,7 +83,7 @@ class FaultRule:
             doc["status"] = self.status
         elif self.kind == "delay":
             doc["seconds"] = self.seconds
-        elif self.kind == "replay_manifest":
+        elif self.kind in ("replay_manifest", "forge_version"):
             doc["version"] = self.version
         elif self.kind == "silence":
             doc["after_hello"] = self.after_hello
@@ -123,8 +124,8 @@ def parse_rule(doc: Any) -> FaultRule:
         if not 0 <= seconds <= MAX_DELAY:
             raise ValueError(f"'seconds' must be in [0, {MAX_DELAY}]")
         rule.seconds = float(seconds)
-    elif kind == "replay_manifest":
-        rule.version = _int(doc, "version", 1, 2**53)
+    elif kind in ("replay_manifest", "forge_version"):
+        rule.version = _int(doc, "version", 1, 2**53 - 1)
     elif kind == "silence":
         after_hello = doc.get("after_hello", False)
         if not isinstance(after_hello, bool):
