@@ -14,7 +14,6 @@ import asyncio
 import dataclasses
 import logging
 import os
-import secrets
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from types import MappingProxyType
@@ -34,7 +33,7 @@ from daemon.content.library_sync import LibrarySync
 from daemon.content.reader import FrameOpener
 from daemon.content.receipts import ReceiptSync
 from daemon.content.trip import archive_slots, trip_state
-from daemon.device_key import load_or_create_device_key
+from daemon.device_key import load_or_create_api_token, load_or_create_device_key
 from daemon.errors import (
     ConfigError,
     FrameHashError,
@@ -93,12 +92,7 @@ async def device_credentials(
 def _api_token(settings: Settings) -> str | None:
     if settings.tcp_port is None:
         return None
-    path = settings.api_token_path
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32))
-    return path.read_text().strip()
+    return load_or_create_api_token(settings.api_token_path)
 
 
 class Daemon:
