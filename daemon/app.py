@@ -51,7 +51,7 @@ from daemon.protocol.hlc import HybridClock
 from daemon.radio.connectivity import Connectivity
 from daemon.radio.power import PowerSource, SysfsPower, power_report
 from daemon.radio.windows import RadioWindows
-from daemon.store import Store, check_at_start
+from daemon.store import DiskWatch, Store, check_at_start
 
 _LOG = logging.getLogger("shelfsync.app")
 _T = TypeVar("_T")
@@ -113,6 +113,7 @@ class Daemon:
         self.windows: RadioWindows | None = None  # the radio's owner, while running
         self._delivery: DeliveryWorker | None = None
         self._store: Store | None = None
+        self._disk = DiskWatch(settings.state_dir, self.clock.wall)
         self._started_at = 0.0
 
     def runtime(self) -> dict[str, Any]:
@@ -131,6 +132,7 @@ class Daemon:
             "power": power_report(self.power.read(), self.settings.profile.battery),
             # Windows that woke a sleeping radio since the start: what the battery pays for.
             "radio_wakeups": self.windows.wakeups if self.windows else 0,
+            "storage": self._disk.report(),
         }
 
     def status_line(self) -> str:
@@ -205,7 +207,8 @@ class Daemon:
         quarantine = check_at_start(settings.db_path, self._started_at)
         if quarantine is not None:
             log_event(_LOG, logging.ERROR, "database_set_aside", **dataclasses.asdict(quarantine))
-        store = self._store = Store.open(settings.db_path)
+        store = self._store = Store.open(settings.db_path, on_full=self._disk.full)
+        self._disk.at_start()
         caches = profile.memory.caches
         store.set_page_cache_kib(caches.writer_page_cache_kib)
         client: ServiceClient | None = None
@@ -255,7 +258,7 @@ class Daemon:
                 store.discard_frame(error.book_id, error.version, error.idx)
                 delivery.wake()
 
-            notes = NotesStore.open(settings.db_path)
+            notes = NotesStore.open(settings.db_path, on_full=self._disk.full)
             notes.set_page_cache_kib(caches.notes_page_cache_kib)
             # Orders every note edit of this device; starts past what it ever made or saw.
             note_clock = HybridClock(credentials.device_id, notes.clock_floor())

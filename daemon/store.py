@@ -10,10 +10,12 @@ interleave inside one.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
+import logging
 import os
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, suppress
 from importlib import resources as package_files
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import Any
 import apsw
 
 from daemon.errors import DiskFullError, SchemaTooNewError, StoreError
+from daemon.logs import log_event
 from daemon.models import (
     CommitResult,
     DeliveryCandidate,
@@ -36,7 +39,12 @@ from daemon.protocol.crypto import NONCE_BYTES
 from daemon.protocol.manifest import Manifest, WrappedKey, toc_to_doc
 from daemon.protocol.reading import Reading, reading_to_doc
 
+_LOG = logging.getLogger("shelfsync.store")
 READER_PAGE_CACHE_KIB = 256
+# Free space below which the disk counts as full, and at or above which it has room again.
+ROOM_BYTES = 1 << 20
+# The -wal file a checkpoint leaves is cut back to this; kept, not deleted (see _keep_wal).
+WAL_KEPT_BYTES = 1 << 20
 FLOOR_STEP_S = 86_400  # how far past max(clock, floor) one verified manifest moves the floor
 # The writer's pages are mostly frames it writes once and never reads: SQLite's default 2 MiB
 # cache only kept the last frame written resident after a delivery.
@@ -117,6 +125,7 @@ def check_at_start(path: Path, now: float) -> Quarantine | None:
         return _quarantine(path, None, f"cannot open: {e}", now)
     try:
         db.set_busy_timeout(5000)
+        keep_wal(db)  # the last to close otherwise deletes the -shm a full disk cannot remake
         verdict = [str(r[0]) for r in db.execute("PRAGMA quick_check(20)")]
     except apsw.Error as e:
         verdict = [f"{type(e).__name__}: {e}"]
@@ -209,14 +218,82 @@ def _sync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class DiskWatch:
+    """Whether the file system under the database is full (issue 21 #9), for status: told by
+    every SQLITE_FULL a store meets, and at start by the free space; looked at again at every
+    report, so it clears by itself once another program frees room.
+
+    While it is full the daemon is read-mostly: every book and note it holds still reads (the
+    WAL and its index outlive each run, so even a start on a full disk needs no room to read),
+    saves are refused visibly (507), downloads pause.
+    """
+
+    def __init__(self, directory: Path, wall: Callable[[], float]) -> None:
+        self._directory = directory
+        self._wall = wall
+        self.reason: str | None = None
+        self.since: float | None = None
+
+    def free_bytes(self) -> int:
+        try:
+            fs = os.statvfs(self._directory)
+        except OSError:
+            return 0
+        return fs.f_bavail * fs.f_frsize
+
+    def at_start(self) -> None:
+        free = self.free_bytes()
+        if free < ROOM_BYTES:
+            self.full(f"{free // 1024} KiB free at start")
+
+    def full(self, detail: str) -> None:
+        if self.reason is None:
+            self.since = self._wall()
+            log_event(_LOG, logging.WARNING, "disk_full", detail=detail, mode="read_mostly")
+        self.reason = (
+            f"the disk is full ({detail}): every book and note on the device still reads;"
+            " saves are refused and downloads wait until space frees"
+        )
+
+    def report(self) -> dict[str, Any]:
+        if self.reason is not None and self.free_bytes() >= ROOM_BYTES:
+            log_event(_LOG, logging.INFO, "disk_space_back", free_bytes=self.free_bytes())
+            self.reason = self.since = None
+        return {
+            "full": self.reason is not None,
+            "mode": "normal" if self.reason is None else "read_mostly",
+            "reason": self.reason,
+            "full_since": self.since,
+        }
+
+
+def keep_wal(db: apsw.Connection) -> None:
+    """Keep the -wal and -shm files when the last connection closes (SQLITE_FCNTL_PERSIST_WAL):
+    a WAL database cannot even be read without its -shm, and on a full disk a new one cannot be
+    made, so a daemon started on a full disk served nothing (issue 21 #9). The -wal is cut back
+    to WAL_KEPT_BYTES at each checkpoint."""
+    keep = ctypes.c_int(1)
+    db.file_control("main", apsw.SQLITE_FCNTL_PERSIST_WAL, ctypes.addressof(keep))
+    db.execute(f"PRAGMA journal_size_limit = {WAL_KEPT_BYTES}")
+
+
 class Store:
-    def __init__(self, connection: apsw.Connection, path: Path) -> None:
+    def __init__(
+        self,
+        connection: apsw.Connection,
+        path: Path,
+        on_full: Callable[[str], None] | None = None,
+    ) -> None:
         self._db = connection
         self.path = path
+        self._on_full = on_full
 
     @classmethod
-    def open(cls, path: Path, *, readonly: bool = False) -> Store:
-        """Open (creating if needed, with owner-only permissions) and migrate the database."""
+    def open(
+        cls, path: Path, *, readonly: bool = False, on_full: Callable[[str], None] | None = None
+    ) -> Store:
+        """Open (creating if needed, with owner-only permissions) and migrate the database.
+        `on_full` is told of every full disk a write meets (DiskWatch.full)."""
         try:
             if readonly:
                 flags = apsw.SQLITE_OPEN_READONLY
@@ -232,6 +309,7 @@ class Store:
                     os.umask(old_umask)
             db.setbusytimeout(5000)
             db.execute("PRAGMA foreign_keys = ON")
+            keep_wal(db)
             if readonly:
                 # Readers serve frames, each read once per decode: a page cache of the default
                 # 2 MiB per reader only held their pages (4 readers, 8 MiB of a 64 MiB budget).
@@ -240,14 +318,16 @@ class Store:
             else:
                 db.execute(f"PRAGMA cache_size = -{WRITER_PAGE_CACHE_KIB}")
                 # Takes effect only on a new, empty database: freed pages (a removed book)
-                # go back to the file system at `PRAGMA incremental_vacuum`.
-                db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+                # go back to the file system at `PRAGMA incremental_vacuum`. Not asked of an
+                # existing one: the PRAGMA writes, and fails on a full disk (issue 21 #9).
+                if int(next(db.execute("PRAGMA page_count"))[0]) == 0:
+                    db.execute("PRAGMA auto_vacuum = INCREMENTAL")
                 db.execute("PRAGMA journal_mode = WAL")
                 # NORMAL survives a process crash; a frame lost to power loss is re-fetched.
                 db.execute("PRAGMA synchronous = NORMAL")
         except apsw.Error as e:
             raise StoreError(f"cannot open the database {path}: {e}") from e
-        store = cls(db, path)
+        store = cls(db, path, on_full)
         if readonly:
             store._check_version()
         else:
@@ -267,7 +347,7 @@ class Store:
             with self._db:
                 yield self._db
         except apsw.Error as e:
-            raise _typed(e) from e
+            raise self._typed(e) from e
 
     @contextmanager
     def durable_transaction(self) -> Iterator[apsw.Connection]:
@@ -286,7 +366,13 @@ class Store:
         try:
             return list(self._db.execute(sql, bindings))
         except apsw.Error as e:
-            raise _typed(e) from e
+            raise self._typed(e) from e
+
+    def _typed(self, e: apsw.Error) -> StoreError:
+        typed = _typed(e)
+        if isinstance(typed, DiskFullError) and self._on_full is not None:
+            self._on_full(str(e))
+        return typed
 
     def one(self, sql: str, bindings: Any = ()) -> Any:
         rows = self.query(sql, bindings)

@@ -18,6 +18,8 @@ STATUS_NOTICES = 5  # the newest notices shown; GET /v1/notices has them all
 STATUS_BOOKS = 10  # books not delivered listed by name; GET /v1/library has them all
 LIBRARY_ROUTE = "/v1/library"
 _DELIVERED = ("complete", "in_cloud")  # states the report counts but does not list
+# A stopped daemon writes nothing: its disk is no one's concern until it runs again.
+_STOPPED_STORAGE = {"full": False, "mode": "stopped", "reason": None, "full_since": None}
 
 
 def build_status(store: Store, runtime: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -52,6 +54,7 @@ def build_status(store: Store, runtime: dict[str, Any] | None = None) -> dict[st
         "library_route": LIBRARY_ROUTE,  # every book, paged
         "downloads_paused": (runtime or {}).get("downloads_paused"),
         "power": (runtime or {}).get("power"),  # only a running daemon knows its battery policy
+        "storage": (runtime or {}).get("storage", _STOPPED_STORAGE),
         "receipts": receipt_status(store),
         "notices": recent_notices(store, STATUS_NOTICES),
     }
@@ -94,6 +97,9 @@ def format_status(status: dict[str, Any]) -> str:
     ]
     if status["last_sync_error"]:
         lines.append(f"last sync error: {status['last_sync_error']}")
+    storage = status.get("storage") or {}
+    if storage.get("reason"):
+        lines.append(f"storage: {storage['mode'].replace('_', '-')}: {storage['reason']}")
     if status.get("downloads_paused"):
         lines.append(f"downloads paused: {status['downloads_paused']}")
     notes = status.get("annotations")
