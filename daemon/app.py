@@ -41,6 +41,7 @@ from daemon.errors import (
     ShelfsyncError,
     TransportError,
 )
+from daemon.idle_check import IdleCheck
 from daemon.logs import log_event
 from daemon.notes.annotation_sync import AnnotationSync
 from daemon.notes.shared_highlights import SharedHighlights
@@ -320,6 +321,13 @@ class Daemon:
                 page_cache_kib=caches.reader_page_cache_kib,
             )
             await self.api.start()
+            api = self.api
+            idle_check = IdleCheck(
+                store,
+                self.clock,
+                busy=lambda: delivery.downloading > 0 or api.answering > 0,
+                on_damage=self._disk.damaged,
+            )
             self._phase = None
             self.notifier.ready(self.status_line())
             log_event(
@@ -342,6 +350,7 @@ class Daemon:
                     tasks.create_task(delivery.run(), name="delivery")
                     tasks.create_task(receipts.run(), name="delivery receipts")
                     tasks.create_task(self._connectivity.run(), name="connectivity")
+                    tasks.create_task(idle_check.run(), name="idle integrity check")
                     tasks.create_task(_raise_on(stop), name="stop watcher")
             except* _Stop:
                 pass

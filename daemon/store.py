@@ -71,6 +71,8 @@ _STATE_SQL = (
     " WHEN l.evicted_at IS NOT NULL THEN 'evicted'"
     f" WHEN {_FOR_DEVICE} THEN 'queued' ELSE 'in_cloud' END"
 )
+_INTEGRITY_KEY = "integrity_checked"  # meta: the last idle check's IntegrityRecord, as JSON
+_SET_ASIDE_KEY = "database_set_aside"  # meta: the damaged database this one replaced
 _RESOURCE_COLUMNS = "book_id, version, path, media_type, size, offset, first_frame, last_frame"
 
 
@@ -130,8 +132,14 @@ def check_at_start(path: Path, now: float) -> Quarantine | None:
     except apsw.Error as e:
         verdict = [f"{type(e).__name__}: {e}"]
     if verdict == ["ok"]:
-        db.close()
-        return None
+        # The quick check misses what only the whole one sees (an index out of step with its
+        # table): a damage the idle check found is set aside too.
+        found = _readable(db, "SELECT value FROM meta WHERE key = ?", (_INTEGRITY_KEY,))
+        last = IntegrityRecord(**json.loads(found[0][0])) if found else None
+        if last is None or last.ok:
+            db.close()
+            return None
+        verdict = [f"the idle integrity check found: {last.verdict}"]
     return _quarantine(path, db, "; ".join(verdict)[:500], now)
 
 
@@ -188,9 +196,16 @@ def _quarantine(path: Path, db: apsw.Connection | None, reason: str, now: float)
                     f"INSERT OR IGNORE INTO {table} ({cols}) VALUES ({marks})", notes[table]
                 )
             requeued = int(rebuilt.one("SELECT count(*) FROM outbox")[0])
+            marker = {
+                "at": now,
+                "reason": reason,
+                "file": str(set_aside),
+                "notes_export": str(export),
+                "notes_exported": sum(map(len, notes.values())),
+            }
             new.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('database_set_aside', ?)",
-                (json.dumps({"at": now, "reason": reason, "file": str(set_aside)}),),
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                (_SET_ASIDE_KEY, json.dumps(marker)),
             )
     finally:
         rebuilt.close()
@@ -218,6 +233,18 @@ def _sync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class IntegrityRecord:
+    """The last idle integrity check (daemon/idle_check.py): when, and its verdict."""
+
+    at: float
+    verdict: str  # "ok", or the first problems found
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict == "ok"
+
+
 class DiskWatch:
     """Whether the file system under the database is full (issue 21 #9), for status: told by
     every SQLITE_FULL a store meets, and at start by the free space; looked at again at every
@@ -233,6 +260,7 @@ class DiskWatch:
         self._wall = wall
         self.reason: str | None = None
         self.since: float | None = None
+        self.damage: str | None = None
 
     def free_bytes(self) -> int:
         try:
@@ -255,6 +283,13 @@ class DiskWatch:
             " saves are refused and downloads wait until space frees"
         )
 
+    def damaged(self, found: str) -> None:
+        """The database was found damaged while running (the idle check)."""
+        self.damage = (
+            f"the database is damaged ({found[:200]}): at the next start it is set aside, the"
+            " notes exported first, and the library rebuilt from the service"
+        )
+
     def report(self) -> dict[str, Any]:
         if self.reason is not None and self.free_bytes() >= ROOM_BYTES:
             log_event(_LOG, logging.INFO, "disk_space_back", free_bytes=self.free_bytes())
@@ -264,6 +299,7 @@ class DiskWatch:
             "mode": "normal" if self.reason is None else "read_mostly",
             "reason": self.reason,
             "full_since": self.since,
+            "damaged": self.damage,
         }
 
 
@@ -409,6 +445,19 @@ class Store:
     def set_meta(self, key: str, value: str) -> None:
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def integrity_record(self) -> IntegrityRecord | None:
+        raw = self.get_meta(_INTEGRITY_KEY)
+        return None if raw is None else IntegrityRecord(**json.loads(raw))
+
+    def record_integrity(self, record: IntegrityRecord) -> None:
+        self.set_meta(_INTEGRITY_KEY, json.dumps(dataclasses.asdict(record)))
+
+    def set_aside_marker(self) -> dict[str, Any] | None:
+        """The database this one replaced at start, if it was set aside as damaged: when, why,
+        and where the damaged file and the notes exported from it are."""
+        raw = self.get_meta(_SET_ASIDE_KEY)
+        return None if raw is None else dict(json.loads(raw))
 
     def library_cursor(self) -> int:
         return int(self.get_meta("library_cursor") or 0)
@@ -1174,8 +1223,22 @@ class Store:
     def books_bytes(self) -> int:
         return int(self.one("SELECT total(length(data)) FROM frames")[0])
 
-    def integrity_check(self) -> str:
-        return str(self.one("PRAGMA integrity_check")[0])
+    def integrity_check(self, give_up: Callable[[], bool] | None = None) -> str | None:
+        """`PRAGMA integrity_check`'s verdict ("ok", or the first problems found), or None if
+        `give_up` said so first: it is asked every few thousand steps, so a check of a large
+        database stops at once when the daemon has other work (the idle check, issue 15)."""
+        if give_up is not None:
+            self._db.set_progress_handler(give_up, 4096)
+        try:
+            rows = self.query("PRAGMA integrity_check(20)")
+        except StoreError as e:
+            if isinstance(e.__cause__, apsw.InterruptError):
+                return None
+            return str(e)  # damaged where the check itself cannot read
+        finally:
+            if give_up is not None:
+                self._db.set_progress_handler(None)
+        return "; ".join(str(r[0]) for r in rows)[:500]
 
 
 def _typed(e: apsw.Error) -> StoreError:

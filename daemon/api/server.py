@@ -159,6 +159,7 @@ class LocalApi:
         self._login_codes: dict[str, float] = {}  # one-time code -> monotonic expiry
         self._sessions: dict[str, None] = {}  # browser sessions, oldest first
         self._runner: web.AppRunner | None = None
+        self.answering = 0  # requests being answered now (the idle integrity check waits)
 
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._guard])
@@ -216,6 +217,7 @@ class LocalApi:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self.answering += 1
         try:
             refusal = self._refusal(request)
             if refusal is not None:
@@ -227,6 +229,8 @@ class LocalApi:
             if e.status < 400:
                 raise  # a redirect
             return _http_error(e)
+        finally:
+            self.answering -= 1
 
     def _refusal(self, request: web.Request) -> web.Response | None:
         """Why this request is refused before its route runs, or None."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon.api.status import format_status
 from server_stub.app import running_stub
 from tests.integration.harness import running_device
 from tests.integration.notes_helpers import BOOK_FILE
@@ -32,6 +33,10 @@ async def test_a_damaged_database_is_set_aside_and_the_library_comes_back_from_t
         async with running_device(stub.url, stub.public_key_text, state, account=account) as device:
             await device.wait_complete(book_id)
             await assert_reads_back(device.api, corpus_dir / BOOK_FILE)
+            set_aside = (await device.api.status())["storage"]["set_aside"]
+            assert set_aside["file"].startswith(str(db))
+            assert set_aside["reason"]
+            assert format_status(await device.api.status()).count("set aside") == 1
     # The damaged file, with its -wal and -shm beside it.
     [set_aside] = [p for p in state.glob(f"{db.name}.corrupt-*") if p.name[-1].isdigit()]
     assert set_aside.stat().st_size > 0
