@@ -52,7 +52,7 @@ from daemon.protocol.hlc import HybridClock
 from daemon.radio.connectivity import Connectivity
 from daemon.radio.power import PowerSource, SysfsPower, power_report
 from daemon.radio.windows import RadioWindows
-from daemon.store import DiskWatch, Store, check_at_start
+from daemon.store import DiskWatch, Store, check_at_start, wal_lost_at_start
 
 _LOG = logging.getLogger("shelfsync.app")
 _T = TypeVar("_T")
@@ -205,6 +205,9 @@ class Daemon:
     async def run(self, stop: asyncio.Event) -> None:
         settings, profile = self.settings, self.settings.profile
         self._started_at = self.clock.wall()
+        wal_lost = wal_lost_at_start(settings.db_path, self._started_at)
+        if wal_lost is not None:
+            log_event(_LOG, logging.ERROR, "database_wal_lost", reason=wal_lost)
         quarantine = check_at_start(settings.db_path, self._started_at)
         if quarantine is not None:
             log_event(_LOG, logging.ERROR, "database_set_aside", **dataclasses.asdict(quarantine))

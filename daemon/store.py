@@ -73,6 +73,8 @@ _STATE_SQL = (
 )
 _INTEGRITY_KEY = "integrity_checked"  # meta: the last idle check's IntegrityRecord, as JSON
 _SET_ASIDE_KEY = "database_set_aside"  # meta: the damaged database this one replaced
+_WAL_KEPT_KEY = "wal_kept"  # meta: this database ran with its -wal kept (keep_wal)
+_WAL_LOST_KEY = "wal_lost"  # meta: a -wal found deleted at start (wal_lost_at_start)
 _RESOURCE_COLUMNS = "book_id, version, path, media_type, size, offset, first_frame, last_frame"
 
 
@@ -117,7 +119,8 @@ def check_at_start(path: Path, now: float) -> Quarantine | None:
     database gets the device's identity, its trusted versions and time floor, and the notes
     (their op ids make a re-send a no-op on the service). The library then comes back from the
     service: the changes feed starts again from 0 and the books are fetched again. A -wal lost
-    after a crash is no damage of its own: SQLite reads the database as of its last checkpoint.
+    after a crash is no damage of its own: SQLite reads the database as of its last checkpoint
+    (wal_lost_at_start says so).
     """
     if not path.exists():
         return None
@@ -141,6 +144,41 @@ def check_at_start(path: Path, now: float) -> Quarantine | None:
             return None
         verdict = [f"the idle integrity check found: {last.verdict}"]
     return _quarantine(path, db, "; ".join(verdict)[:500], now)
+
+
+def wal_lost_at_start(path: Path, now: float) -> str | None:
+    """Why the database lost its -wal since the last run, or None (issue 21 #11).
+
+    The -wal and -shm outlive every run (keep_wal), so a database that ran here before (its
+    meta says so, as of its last checkpoint) and has no -wal had it deleted, after a crash or
+    by hand: SQLite then reads it as of that checkpoint, silently, and notes saved after it and
+    not yet sent are gone. That cannot be undone; it is said, in the log and in status (kept in
+    meta). Call before anything else opens the database: opening makes a new, empty -wal.
+    """
+    if not path.exists() or Path(f"{path}-wal").exists():
+        return None
+    try:
+        db = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE)
+    except apsw.Error:
+        return None  # check_at_start sets aside what cannot be opened
+    try:
+        keep_wal(db)
+        if not _readable(db, "SELECT 1 FROM meta WHERE key = ?", (_WAL_KEPT_KEY,)):
+            return None  # never ran with a kept -wal (or checkpointed none yet): nothing to tell
+        reason = (
+            "the database's -wal file was gone at start (deleted after a crash?): the database"
+            " is as of its last checkpoint, and notes saved after it that had not reached the"
+            " service are lost"
+        )
+        with suppress(apsw.Error), db:
+            db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                (_WAL_LOST_KEY, json.dumps({"at": now, "reason": reason})),
+            )
+        return reason
+    finally:
+        with suppress(apsw.Error):
+            db.close()
 
 
 def _readable(db: apsw.Connection | None, sql: str, bindings: Any = ()) -> list[Any]:
@@ -435,6 +473,9 @@ class Store:
             with self.transaction() as db:
                 db.execute(sql)
                 db.execute(f"PRAGMA user_version = {int(version)}")
+        if self.get_meta(_WAL_KEPT_KEY) is None:
+            with suppress(DiskFullError):  # told at the next start with room
+                self.set_meta(_WAL_KEPT_KEY, "1")
 
     # -- small facts ----------------------------------------------------------------------------
 
@@ -457,6 +498,11 @@ class Store:
         """The database this one replaced at start, if it was set aside as damaged: when, why,
         and where the damaged file and the notes exported from it are."""
         raw = self.get_meta(_SET_ASIDE_KEY)
+        return None if raw is None else dict(json.loads(raw))
+
+    def wal_lost_marker(self) -> dict[str, Any] | None:
+        """When and why a -wal was found deleted at a start (wal_lost_at_start), if ever."""
+        raw = self.get_meta(_WAL_LOST_KEY)
         return None if raw is None else dict(json.loads(raw))
 
     def library_cursor(self) -> int:

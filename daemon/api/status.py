@@ -68,6 +68,7 @@ def _storage(store: Store, runtime: dict[str, Any] | None) -> dict[str, Any]:
     return {
         **(runtime or {}).get("storage", _STOPPED_STORAGE),
         "set_aside": store.set_aside_marker(),
+        "wal_lost": store.wal_lost_marker(),
         "integrity": None if record is None else {"at": record.at, "verdict": record.verdict},
     }
 
@@ -120,6 +121,9 @@ def format_status(status: dict[str, Any]) -> str:
             f"database set aside {when(set_aside['at'])} as damaged ({set_aside['reason']}):"
             f" {set_aside['file']}; its notes exported to {set_aside.get('notes_export')}"
         )
+    wal_lost = storage.get("wal_lost")
+    if wal_lost:
+        lines.append(f"storage ({when(wal_lost['at'])}): {wal_lost['reason']}")
     integrity = storage.get("integrity")
     if integrity and integrity["verdict"] != "ok":
         lines.append(f"integrity check: {integrity['verdict']} ({when(integrity['at'])})")

@@ -12,6 +12,7 @@ from pathlib import Path
 import apsw
 import pytest
 
+from daemon.api.status import build_status, format_status
 from daemon.content.reader import FrameOpener, read_resource
 from daemon.errors import ShelfsyncError
 from daemon.idle_check import IdleCheck
@@ -19,7 +20,7 @@ from daemon.models import LibraryChange
 from daemon.notes.store import NotesStore
 from daemon.protocol import merge
 from daemon.protocol.hlc import HybridClock
-from daemon.store import IntegrityRecord, Store, check_at_start
+from daemon.store import IntegrityRecord, Store, check_at_start, wal_lost_at_start
 from tests.builders import DEVICE_KEY, NOW, make_manifest
 from tests.fake_clock import FakeClock
 from tests.reliability import Figures
@@ -195,10 +196,18 @@ def test_a_wal_deleted_after_a_crash_leaves_the_last_checkpoint_whole(tmp_path: 
         shutil.copy(f"{db}{suffix}", f"{crashed / 'db'}{suffix}")
     notes.close()
     store.close()
+    assert wal_lost_at_start(db, NOW) is None  # its -wal outlived the run, as always
 
+    # Not silently (issue 21 #11): the loss is said at start, in the log and in status.
+    lost = wal_lost_at_start(crashed / "db", NOW)
+    assert lost is not None
+    assert "-wal" in lost
+    assert "notes" in lost
     assert check_at_start(crashed / "db", NOW) is None
     store, notes = Store.open(crashed / "db"), NotesStore.open(crashed / "db")
     try:
+        assert build_status(store)["storage"]["wal_lost"] == {"at": NOW, "reason": lost}
+        assert lost in format_status(build_status(store))
         assert store.integrity_check() == "ok"
         assert notes.item("note_0000") is not None  # checkpointed before the crash
         assert store.trusted_version(BOOK) == 3
