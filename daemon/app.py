@@ -39,6 +39,7 @@ from daemon.errors import (
     FrameHashError,
     ServiceHTTPError,
     ShelfsyncError,
+    StoreError,
     TransportError,
 )
 from daemon.idle_check import IdleCheck
@@ -211,7 +212,7 @@ class Daemon:
         quarantine = check_at_start(settings.db_path, self._started_at)
         if quarantine is not None:
             log_event(_LOG, logging.ERROR, "database_set_aside", **dataclasses.asdict(quarantine))
-        store = self._store = Store.open(settings.db_path, on_full=self._disk.full)
+        store = self._store = Store.open(settings.db_path, watch=self._disk)
         self._disk.at_start()
         caches = profile.memory.caches
         store.set_page_cache_kib(caches.writer_page_cache_kib)
@@ -259,10 +260,14 @@ class Daemon:
             self._delivery = delivery
 
             def refetch(error: FrameHashError) -> None:
-                store.discard_frame(error.book_id, error.version, error.idx)
+                try:
+                    store.discard_frame(error.book_id, error.version, error.idx)
+                except StoreError as e:  # on a damaged page itself: set aside at next start
+                    log_event(_LOG, logging.ERROR, "frame_not_discarded", error=e)
+                    return
                 delivery.wake()
 
-            notes = NotesStore.open(settings.db_path, on_full=self._disk.full)
+            notes = NotesStore.open(settings.db_path, watch=self._disk)
             notes.set_page_cache_kib(caches.notes_page_cache_kib)
             # Orders every note edit of this device; starts past what it ever made or saw.
             note_clock = HybridClock(credentials.device_id, notes.clock_floor())
@@ -322,6 +327,7 @@ class Daemon:
                     store, self.clock, everything_now, self.runtime, delivery.free_bytes
                 ),
                 page_cache_kib=caches.reader_page_cache_kib,
+                watch=self._disk,
             )
             await self.api.start()
             api = self.api

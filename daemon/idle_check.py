@@ -77,8 +77,7 @@ class IdleCheck:
         if record.ok:
             log_event(_LOG, logging.INFO, "integrity_checked", result="ok")
         else:
-            log_event(_LOG, logging.ERROR, "database_damaged", found=verdict)
-            self._on_damage(verdict)
+            self._on_damage(verdict)  # logs it
         return verdict
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import apsw
 
-from daemon.errors import DiskFullError, SchemaTooNewError, StoreError
+from daemon.errors import DatabaseDamagedError, DiskFullError, SchemaTooNewError, StoreError
 from daemon.logs import log_event
 from daemon.models import (
     CommitResult,
@@ -73,7 +73,6 @@ _STATE_SQL = (
 )
 _INTEGRITY_KEY = "integrity_checked"  # meta: the last idle check's IntegrityRecord, as JSON
 _SET_ASIDE_KEY = "database_set_aside"  # meta: the damaged database this one replaced
-_WAL_KEPT_KEY = "wal_kept"  # meta: this database ran with its -wal kept (keep_wal)
 _WAL_LOST_KEY = "wal_lost"  # meta: a -wal found deleted at start (wal_lost_at_start)
 _RESOURCE_COLUMNS = "book_id, version, path, media_type, size, offset, first_frame, last_frame"
 
@@ -149,36 +148,38 @@ def check_at_start(path: Path, now: float) -> Quarantine | None:
 def wal_lost_at_start(path: Path, now: float) -> str | None:
     """Why the database lost its -wal since the last run, or None (issue 21 #11).
 
-    The -wal and -shm outlive every run (keep_wal), so a database that ran here before (its
-    meta says so, as of its last checkpoint) and has no -wal had it deleted, after a crash or
-    by hand: SQLite then reads it as of that checkpoint, silently, and notes saved after it and
-    not yet sent are gone. That cannot be undone; it is said, in the log and in status (kept in
-    meta). Call before anything else opens the database: opening makes a new, empty -wal.
+    SQLite deletes the -wal and -shm together, at the last close after a checkpoint (and this
+    daemon keeps both, keep_wal). A -shm without its -wal is what a crash leaves once someone
+    deletes the -wal: SQLite then reads the database as of its last checkpoint, silently, and
+    notes saved after it and not yet sent are gone. That cannot be undone; it is said, in the
+    log and in status (kept in meta). Both gone cannot be told from a clean close by another
+    program (the sqlite3 shell), which loses nothing, so that is not reported. Call before
+    anything else opens the database: opening makes a new, empty -wal.
     """
-    if not path.exists() or Path(f"{path}-wal").exists():
+    if not path.exists() or Path(f"{path}-wal").exists() or not Path(f"{path}-shm").exists():
         return None
     try:
         db = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE)
     except apsw.Error:
         return None  # check_at_start sets aside what cannot be opened
+    reason = (
+        "the database's -wal file was gone at start (deleted after a crash?): the database is"
+        " as of its last checkpoint, and notes saved after it that had not reached the service"
+        " are lost"
+    )
     try:
         keep_wal(db)
-        if not _readable(db, "SELECT 1 FROM meta WHERE key = ?", (_WAL_KEPT_KEY,)):
-            return None  # never ran with a kept -wal (or checkpointed none yet): nothing to tell
-        reason = (
-            "the database's -wal file was gone at start (deleted after a crash?): the database"
-            " is as of its last checkpoint, and notes saved after it that had not reached the"
-            " service are lost"
-        )
-        with suppress(apsw.Error), db:
+        with db:
             db.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                 (_WAL_LOST_KEY, json.dumps({"at": now, "reason": reason})),
             )
-        return reason
+    except apsw.Error:
+        pass  # damaged or full: the log line still says it, and check_at_start looks next
     finally:
         with suppress(apsw.Error):
             db.close()
+    return reason
 
 
 def _readable(db: apsw.Connection | None, sql: str, bindings: Any = ()) -> list[Any]:
@@ -321,8 +322,17 @@ class DiskWatch:
             " saves are refused and downloads wait until space frees"
         )
 
+    def met(self, error: StoreError) -> None:
+        """A store met this error: a full disk or a damaged page is the watch's to tell."""
+        if isinstance(error, DiskFullError):
+            self.full(str(error.__cause__ or error))
+        elif isinstance(error, DatabaseDamagedError):
+            self.damaged(str(error.__cause__ or error))
+
     def damaged(self, found: str) -> None:
-        """The database was found damaged while running (the idle check)."""
+        """The database was found damaged while running (a read, the idle check)."""
+        if self.damage is None:
+            log_event(_LOG, logging.ERROR, "database_damaged", found=found[:500])
         self.damage = (
             f"the database is damaged ({found[:200]}): at the next start it is set aside, the"
             " notes exported first, and the library rebuilt from the service"
@@ -356,18 +366,16 @@ class Store:
         self,
         connection: apsw.Connection,
         path: Path,
-        on_full: Callable[[str], None] | None = None,
+        watch: DiskWatch | None = None,
     ) -> None:
         self._db = connection
         self.path = path
-        self._on_full = on_full
+        self._watch = watch
 
     @classmethod
-    def open(
-        cls, path: Path, *, readonly: bool = False, on_full: Callable[[str], None] | None = None
-    ) -> Store:
+    def open(cls, path: Path, *, readonly: bool = False, watch: DiskWatch | None = None) -> Store:
         """Open (creating if needed, with owner-only permissions) and migrate the database.
-        `on_full` is told of every full disk a write meets (DiskWatch.full)."""
+        `watch` is told of every full disk and damaged page met."""
         try:
             if readonly:
                 flags = apsw.SQLITE_OPEN_READONLY
@@ -401,7 +409,7 @@ class Store:
                 db.execute("PRAGMA synchronous = NORMAL")
         except apsw.Error as e:
             raise StoreError(f"cannot open the database {path}: {e}") from e
-        store = cls(db, path, on_full)
+        store = cls(db, path, watch)
         if readonly:
             store._check_version()
         else:
@@ -444,8 +452,8 @@ class Store:
 
     def _typed(self, e: apsw.Error) -> StoreError:
         typed = _typed(e)
-        if isinstance(typed, DiskFullError) and self._on_full is not None:
-            self._on_full(str(e))
+        if self._watch is not None:
+            self._watch.met(typed)
         return typed
 
     def one(self, sql: str, bindings: Any = ()) -> Any:
@@ -473,9 +481,6 @@ class Store:
             with self.transaction() as db:
                 db.execute(sql)
                 db.execute(f"PRAGMA user_version = {int(version)}")
-        if self.get_meta(_WAL_KEPT_KEY) is None:
-            with suppress(DiskFullError):  # told at the next start with room
-                self.set_meta(_WAL_KEPT_KEY, "1")
 
     # -- small facts ----------------------------------------------------------------------------
 
@@ -1250,7 +1255,7 @@ class Store:
             finally:
                 blob.close()
         except apsw.Error as e:
-            raise StoreError(f"cannot read a stored frame: {e}") from e
+            raise self._typed(e) from e
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -1295,6 +1300,8 @@ def _typed(e: apsw.Error) -> StoreError:
     full = next((x for x in (e, e.__cause__, e.__context__) if isinstance(x, apsw.FullError)), None)
     if full is not None:
         return DiskFullError(f"the disk is full: {full}")
+    if isinstance(e, apsw.CorruptError | apsw.NotADBError):
+        return DatabaseDamagedError(f"the database file is damaged: {type(e).__name__}: {e}")
     return StoreError(f"the database failed: {type(e).__name__}: {e}")
 
 
