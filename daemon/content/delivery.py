@@ -105,6 +105,7 @@ class DeliveryWorker:
         self._disk_full_until = 0.0
         self.waiting: dict[str, str] = {}  # book -> why the planner holds it back, for status
         self.paused_reason: str | None = None
+        self.downloading = 0  # downloads running now (the idle integrity check waits for none)
         # Books whose server ignored a Range request: fetched from byte 0 next time, and each
         # frame still verified, so nothing unverified is spliced in.
         self._whole_package: set[str] = set()
@@ -176,6 +177,7 @@ class DeliveryWorker:
                         self._deliver_guarded(book_id), name=f"deliver {book_id}"
                     )
                 self.waiting = decided.waiting
+                self.downloading = len(tasks)
                 retry = self._retry_range(candidates, now, tasks.keys())
                 # Space may free up, a charger be plugged in: a local look, no radio. Anything
                 # else that waits is woken by an event (a download ending, the library changing).
