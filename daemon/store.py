@@ -679,7 +679,8 @@ class Store:
             " COALESCE((SELECT max(m.package_size) FROM manifests m WHERE m.book_id = l.book_id),"
             "   l.expected_size),"
             " (SELECT total(length(f.data)) FROM frames f WHERE f.book_id = l.book_id),"
-            f" {_FOR_DEVICE}, l.evicted_at IS NOT NULL, l.requested_at IS NOT NULL"
+            f" {_FOR_DEVICE}, l.evicted_at IS NOT NULL, l.requested_at IS NOT NULL,"
+            " EXISTS (SELECT 1 FROM manifests m WHERE m.book_id = l.book_id)"
             " FROM picked JOIN library l ON l.book_id = picked.book_id"
             " LEFT JOIN deliveries d ON d.book_id = l.book_id"
             f" WHERE {_PENDING}",  # still pending (a running book may have completed)
@@ -704,6 +705,7 @@ class Store:
                     wanted=bool(r[8]),
                     evicted=bool(r[9]),
                     requested=bool(r[10]),
+                    size_proven=bool(r[11]),
                 )
             )
         return candidates
@@ -783,6 +785,13 @@ class Store:
         return bool(row and row[0])
 
     # -- manifests and frames -------------------------------------------------------------------
+
+    def wanted_version(self, book_id: str) -> int:
+        """The version the library wants on the device (0 if the book is not in the library)."""
+        row = self.one(
+            "SELECT wanted_version FROM library WHERE book_id = ? AND in_library", (book_id,)
+        )
+        return 0 if row is None else int(row[0])
 
     def trusted_version(self, book_id: str) -> int:
         row = self.one("SELECT version FROM trusted_versions WHERE book_id = ?", (book_id,))
