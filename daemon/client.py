@@ -23,6 +23,8 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+from aiohttp import ClientRequest, ClientResponse, hdrs
+from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
 
 from daemon.errors import (
     AnnotationError,
@@ -35,7 +37,7 @@ from daemon.errors import (
 from daemon.logs import log_event
 from daemon.models import LibraryChange
 from daemon.protocol import hlc, merge
-from daemon.protocol.crypto import ENVELOPE_SLACK
+from daemon.protocol.crypto import ENVELOPE_SLACK, MAX_ROOT_ENVELOPE_BYTES
 from daemon.protocol.manifest import MAX_DICTIONARY_BYTES, MAX_MANIFEST_BYTES
 
 _LOG = logging.getLogger("shelfsync.client")
@@ -89,7 +91,7 @@ def _changes_page(doc: Any, asked: int) -> ChangesPage:
     return ChangesPage(changes, cursor, has_more)
 
 
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_CONTENT_RANGE = re.compile(r"\Abytes (\d+)-(\d+)/(\d+|\*)\Z")
 MAX_JSON_BYTES = 4 * 1024 * 1024  # a changes page of 1,000 entries is ~150 KB
 # An annotation page is ~1 MiB (the service stops adding states past that), but one state with
 # many long conflicting note versions may be alone bigger.
@@ -198,12 +200,35 @@ async def _raise_for_status(
     raise ServiceHTTPError(response.status, response.url.path, detail)
 
 
+def _fresh_when_stale(fresh: aiohttp.ClientSession) -> ClientMiddlewareType:
+    """A GET met by a pooled connection the server had closed (its keep-alive timer fired as the
+    request went out: aiohttp #9138) is sent once more on a new connection. aiohttp's own retry
+    takes the next pooled one, which the same timer has closed too (FAULTS.md #15). POSTs carry
+    op and receipt ids: their workers send them again, a no-op on the service."""
+
+    async def middleware(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        try:
+            return await handler(request)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+            upgrade = hdrs.UPGRADE in request.headers  # the push channel: its own reconnects
+            if request.method != "GET" or upgrade or isinstance(e, aiohttp.ClientConnectorError):
+                raise
+            log_event(_LOG, logging.INFO, "stale_connection", path=request.url.path)
+            return await fresh.get(request.url, headers=request.headers)
+
+    return middleware
+
+
 def _session(
     connect_timeout_s: float,
     stall_timeout_s: float,
     idle_connection_s: float = 15.0,
     on_request: Callable[[], None] = lambda: None,
+    fresh: aiohttp.ClientSession | None = None,
+    force_close: bool = False,
 ) -> aiohttp.ClientSession:
+    """A session; with `fresh` (one made with `force_close`: a new connection for every
+    request), one whose GETs refused by a stale pooled connection are sent again through it."""
     timeout = aiohttp.ClientTimeout(
         total=None, connect=connect_timeout_s, sock_read=stall_timeout_s
     )
@@ -217,11 +242,14 @@ def _session(
     trace.on_request_start.append(request_traced)
     trace.on_request_end.append(request_traced)
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(keepalive_timeout=idle_connection_s),
+        connector=aiohttp.TCPConnector(force_close=True)
+        if force_close
+        else aiohttp.TCPConnector(keepalive_timeout=idle_connection_s),
         timeout=timeout,
         auto_decompress=False,
         headers={"Accept-Encoding": "identity"},
         trace_configs=[trace],
+        middlewares=() if fresh is None else (_fresh_when_stale(fresh),),
     )
 
 
@@ -325,12 +353,20 @@ class ServiceClient:
         self._auth = {"Authorization": f"Bearer {credentials.device_token}"}
         self._limits = limits
         self._on_radio = on_radio
+        self._fresh = _session(
+            limits.connect_timeout_s, limits.stall_timeout_s, on_request=on_radio, force_close=True
+        )
         self._session = _session(
-            limits.connect_timeout_s, limits.stall_timeout_s, limits.idle_connection_s, on_radio
+            limits.connect_timeout_s,
+            limits.stall_timeout_s,
+            limits.idle_connection_s,
+            on_radio,
+            fresh=self._fresh,
         )
 
     async def close(self) -> None:
         await self._session.close()
+        await self._fresh.close()
 
     async def _body(
         self,
@@ -376,6 +412,16 @@ class ServiceClient:
         """The signed manifest, cut as soon as it is longer than a manifest the device takes."""
         path = f"/v1/books/{quote(book_id, safe='')}/manifest"
         return await self._body("GET", path, max_manifest_bytes + ENVELOPE_SLACK)
+
+    async def trust_root(self, version: int) -> bytes | None:
+        """The service's trust root envelope of `version`, or None if it has none (yet)."""
+        path = f"/v1/roots/{int(version)}"
+        try:
+            return await self._body("GET", path, MAX_ROOT_ENVELOPE_BYTES)
+        except ServiceHTTPError as e:
+            if e.status == 404:
+                return None
+            raise
 
     async def dictionary(self, sha256: str) -> bytes:
         """A compression dictionary by its hash (the caller verifies the bytes)."""

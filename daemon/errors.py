@@ -4,6 +4,7 @@ ShelfsyncError
 ├── ConfigError                  a device profile or setting is malformed (names field and reason)
 ├── StoreError                   the local database cannot do what was asked
 │   ├── SchemaTooNewError        the database was written by a newer shelfsync
+│   ├── DatabaseDamagedError     a page of the database file is damaged: set aside at next start
 │   └── DiskFullError            the file system is full: downloads pause
 ├── VerificationError            bytes or metadata from the service are not trustworthy
 │   ├── SignatureError           manifest not signed by the pinned service key
@@ -49,6 +50,11 @@ class StoreError(ShelfsyncError):
 
 class SchemaTooNewError(StoreError):
     """The database schema is newer than this program understands; refusing to touch it."""
+
+
+class DatabaseDamagedError(StoreError):
+    """A page of the database file is damaged (SQLITE_CORRUPT): what lies on it cannot be read.
+    A frame there is fetched again; the file is set aside and rebuilt at the next start."""
 
 
 class DiskFullError(StoreError):

@@ -2,9 +2,9 @@
 
 Rules are appended through the admin API and each fires on the next `times` requests it
 matches. A rule matches a request when its route does ("any" is every non-admin route) and its
-kind applies there: `ignore_range` to the package, `bad_signature`/`replay_manifest` to the
-manifest, body faults (pause, truncate, corrupt, drip) to any route with a body (not the WebSocket),
-`silence` to the push channel, `error`/`delay` everywhere.
+kind applies there: `ignore_range` to the package, `bad_signature`/`replay_manifest`/
+`forge_version` to the manifest, body faults (pause, truncate, corrupt, drip) to any route with a
+body (not the WebSocket), `silence` to the push channel, `error`/`delay` everywhere.
 
 `fault_middleware` fires the rules, answers `error`, waits out `delay`, records every request,
 and applies body faults to plain responses; handlers that stream (the package) send their body
@@ -44,6 +44,7 @@ _APPLIES: dict[str, tuple[str, ...] | None] = {  # kind -> routes it acts on (No
     "delay": None,
     "bad_signature": ("manifest",),
     "replay_manifest": ("manifest",),
+    "forge_version": ("manifest",),
     "silence": ("push",),
 }
 NO_BODY_ROUTES = ("push",)  # the WebSocket: its "body" is frames, not bytes to cut
@@ -83,7 +84,7 @@ class FaultRule:
             doc["at_byte"] = self.at_byte
         elif self.kind == "error":
             doc["status"] = self.status
-        elif self.kind == "replay_manifest":
+        elif self.kind in ("replay_manifest", "forge_version"):
             doc["version"] = self.version
         elif self.kind == "silence":
             doc["after_hello"] = self.after_hello
@@ -124,8 +125,8 @@ def parse_rule(doc: Any) -> FaultRule:
         rule.at_byte = _int(doc, "at_byte", 0, 2**53)
     elif kind == "error":
         rule.status = _int(doc, "status", 400, 599, 503)
-    elif kind == "replay_manifest":
-        rule.version = _int(doc, "version", 1, 2**53)
+    elif kind in ("replay_manifest", "forge_version"):
+        rule.version = _int(doc, "version", 1, 2**53 - 1)
     elif kind == "silence":
         after_hello = doc.get("after_hello", False)
         if not isinstance(after_hello, bool):

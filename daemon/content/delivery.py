@@ -31,14 +31,17 @@ from daemon.client import ServiceClient
 from daemon.clock import Clock
 from daemon.config import DISK_FULL_PAUSE_S
 from daemon.content import plan
-from daemon.content.trust import verify_manifest
+from daemon.content.trust import verify_manifest, verify_root
 from daemon.errors import (
     DictionaryError,
     DiskFullError,
+    ExpiredError,
     FrameHashError,
     ManifestError,
     RangeError,
+    RollbackError,
     ShelfsyncError,
+    SignatureError,
     StoreError,
     VerificationError,
     VersionMissingError,
@@ -47,8 +50,9 @@ from daemon.killpoints import killpoint
 from daemon.logs import log_event
 from daemon.models import DeliveryCandidate, FrameRow
 from daemon.protocol.codec import Dictionary
-from daemon.protocol.crypto import WRAP_ALG, unwrap_content_key
+from daemon.protocol.crypto import WRAP_ALG, open_root_envelope, unwrap_content_key
 from daemon.protocol.manifest import PROTOCOL_LIMITS, Manifest, ManifestLimits
+from daemon.protocol.root import MAX_ROOT_ROTATIONS, Root, parse_root, pinned_root
 from daemon.radio.windows import RadioWindows
 from daemon.store import Store
 
@@ -103,6 +107,7 @@ class DeliveryWorker:
         self._disk_full_until = 0.0
         self.waiting: dict[str, str] = {}  # book -> why the planner holds it back, for status
         self.paused_reason: str | None = None
+        self.downloading = 0  # downloads running now (the idle integrity check waits for none)
         # Books whose server ignored a Range request: fetched from byte 0 next time, and each
         # frame still verified, so nothing unverified is spliced in.
         self._whole_package: set[str] = set()
@@ -179,6 +184,7 @@ class DeliveryWorker:
                         name=f"manifest of {book_id}",
                     )
                 self.waiting = decided.waiting
+                self.downloading = len(tasks)
                 retry = self._retry_range(candidates, now, tasks.keys())
                 # Space may free up, a charger be plugged in: a local look, no radio. Anything
                 # else that waits is woken by an event (a download ending, the library changing).
@@ -304,16 +310,14 @@ class DeliveryWorker:
         manifest and stop there (the planner then knows its true size)."""
         limits = self._policy.manifest_limits
         envelope = await self._client.manifest_envelope(book_id, limits.max_bytes)
-        manifest = verify_manifest(
-            envelope,
-            pinned_key=self._pinned_key,
-            book_id=book_id,
-            trusted_version=self._store.trusted_version(book_id),
-            held_frame_hashes=lambda version: self._store.frame_hashes(book_id, version),
-            time_floor=self._store.time_floor(),
-            now=self._clock.wall(),
-            limits=limits,
-        )
+        try:
+            manifest = self._verify(book_id, envelope, limits)
+        except (SignatureError, RollbackError, ExpiredError):
+            # Refused by what the trusted root's keys vouched for: the service may have
+            # rotated them (a key lost, or a device fast-forwarded by a broken one).
+            if not await self._refresh_trust_root():
+                raise
+            manifest = self._verify(book_id, envelope, limits)
         self._check_content_key(manifest)
         await self._ensure_dictionary(manifest)
         self._store.record_manifest(manifest, envelope, self._clock.wall())
@@ -338,6 +342,51 @@ class DeliveryWorker:
                 f"{book_id}: the library lists version {wanted}, the service serves"
                 f" version {manifest.version}"
             )
+
+    def _verify(self, book_id: str, envelope: bytes, limits: ManifestLimits) -> Manifest:
+        return verify_manifest(
+            envelope,
+            pinned_key=self._trust_root().signing_keys,
+            book_id=book_id,
+            trusted_version=self._store.trusted_version(book_id),
+            held_frame_hashes=lambda version: self._store.frame_hashes(book_id, version),
+            time_floor=self._store.time_floor(),
+            now=self._clock.wall(),
+            limits=limits,
+        )
+
+    def _trust_root(self) -> Root:
+        stored = self._store.trust_root_envelope()
+        if stored is None:
+            return pinned_root(self._pinned_key)
+        return parse_root(open_root_envelope(stored)[0])  # verified before it was stored
+
+    async def _refresh_trust_root(self) -> bool:
+        """Walk the service's root chain past the trusted root, each version verified against
+        the one before and stored in one transaction; True if a newer root is now trusted."""
+        trusted, rotated = self._trust_root(), False
+        for _ in range(MAX_ROOT_ROTATIONS):
+            envelope = await self._client.trust_root(trusted.version + 1)
+            if envelope is None:
+                break
+            root = verify_root(trusted, envelope)
+            new_keys = not root.same_signing_keys(trusted)
+            self._store.rotate_trust(
+                root.version,
+                envelope,
+                new_signing_keys=new_keys,
+                issued_at=root.issued_at,
+                now=self._clock.wall(),
+            )
+            log_event(
+                _LOG,
+                logging.WARNING,
+                "trust_root_rotated",
+                version=root.version,
+                signing_keys_changed=new_keys,
+            )
+            trusted, rotated = root, True
+        return rotated
 
     def _check_content_key(self, manifest: Manifest) -> None:
         """Refuse, before storing anything, a manifest whose key this device cannot unwrap."""

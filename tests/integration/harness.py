@@ -116,9 +116,9 @@ async def spawn_daemon(
     state: Path,
     account_token: str,
     kill_at: str | None,
+    profile: str = "emulator-loopback",
     *,
     service_url: str | None = None,
-    profile: str = "emulator-loopback",
 ) -> asyncio.subprocess.Process:
     """`shelfsync run` as a real subprocess (for kill tests): SIGKILLs itself at `kill_at`
     ("point:n", daemon/killpoints.py) when given. Its stderr is piped for the assertions.
