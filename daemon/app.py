@@ -43,6 +43,7 @@ from daemon.errors import (
     TransportError,
 )
 from daemon.logs import log_event
+from daemon.memory import keep_heap_small
 from daemon.notes.annotation_sync import AnnotationSync
 from daemon.notes.shared_highlights import SharedHighlights
 from daemon.notes.store import NotesStore
@@ -207,6 +208,7 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event) -> None:
         settings, profile = self.settings, self.settings.profile
+        keep_heap_small()
         self._started_at = self.clock.wall()
         quarantine = check_at_start(settings.db_path, self._started_at)
         if quarantine is not None:

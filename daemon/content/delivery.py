@@ -44,6 +44,7 @@ from daemon.errors import (
 )
 from daemon.killpoints import killpoint
 from daemon.logs import log_event
+from daemon.memory import give_back
 from daemon.models import DeliveryCandidate, FrameRow, HeldBook
 from daemon.protocol.codec import Dictionary
 from daemon.protocol.crypto import WRAP_ALG, unwrap_content_key
@@ -330,6 +331,7 @@ class DeliveryWorker:
         self._check_content_key(manifest)
         await self._ensure_dictionary(manifest)
         self._store.record_manifest(manifest, envelope, self._clock.wall())
+        give_back()  # a large manifest's parse leaves holes in the heap
         log_event(
             _LOG,
             logging.INFO,
@@ -400,6 +402,7 @@ class DeliveryWorker:
                 frame=idx,
             )
         if result.complete:
+            give_back()
             log_event(
                 _LOG,
                 logging.INFO,
