@@ -27,7 +27,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from daemon.backoff import Backoff
-from daemon.client import ServiceClient
 from daemon.clock import Clock
 from daemon.config import DISK_FULL_PAUSE_S
 from daemon.content import plan
@@ -49,6 +48,7 @@ from daemon.protocol.codec import Dictionary
 from daemon.protocol.crypto import WRAP_ALG, unwrap_content_key
 from daemon.protocol.manifest import Manifest
 from daemon.radio.windows import RadioWindows
+from daemon.service import ServiceAPI
 from daemon.store import Store
 
 _LOG = logging.getLogger("shelfsync.delivery")
@@ -79,7 +79,7 @@ class DeliveryWorker:
     def __init__(
         self,
         store: Store,
-        client: ServiceClient,
+        client: ServiceAPI,
         clock: Clock,
         pinned_key: Ed25519PublicKey,
         device_key: X25519PrivateKey,

@@ -14,11 +14,11 @@ import logging
 from collections.abc import Callable
 
 from daemon.backoff import Backoff
-from daemon.client import ServiceClient
 from daemon.clock import Clock
 from daemon.errors import StoreError, TransportError
 from daemon.logs import log_event
 from daemon.radio.windows import RadioWindows
+from daemon.service import ServiceAPI
 from daemon.store import Store
 
 _LOG = logging.getLogger("shelfsync.library")
@@ -29,7 +29,7 @@ class LibrarySync:
     def __init__(
         self,
         store: Store,
-        client: ServiceClient,
+        client: ServiceAPI,
         clock: Clock,
         windows: RadioWindows,
         on_change: Callable[[], None],

@@ -23,13 +23,13 @@ import logging
 from typing import Any
 
 from daemon.backoff import Backoff
-from daemon.client import ServiceClient
 from daemon.clock import Clock
 from daemon.content import receipt_store
 from daemon.errors import StoreError, TransportError
 from daemon.logs import log_event
 from daemon.profile import DeviceProfile
 from daemon.radio.windows import RadioWindows
+from daemon.service import ServiceAPI
 from daemon.store import Store
 
 _LOG = logging.getLogger("shelfsync.receipts")
@@ -52,7 +52,7 @@ class ReceiptSync:
     def __init__(
         self,
         store: Store,
-        client: ServiceClient,
+        client: ServiceAPI,
         clock: Clock,
         profile: DeviceProfile,
         windows: RadioWindows,

@@ -20,7 +20,6 @@ import logging
 from collections.abc import Iterable
 
 from daemon.backoff import Backoff
-from daemon.client import ServiceClient
 from daemon.clock import Clock
 from daemon.errors import ServiceHTTPError, StoreError, TransportError
 from daemon.killpoints import killpoint
@@ -29,6 +28,7 @@ from daemon.notes.store import NotesStore
 from daemon.protocol import merge
 from daemon.protocol.hlc import HybridClock
 from daemon.radio.windows import RadioWindows
+from daemon.service import ServiceAPI
 
 _LOG = logging.getLogger("shelfsync.annotations")
 BATCH_OPS = 2000  # 10,000 offline edits go in 5 requests
@@ -41,7 +41,7 @@ class AnnotationSync:
     def __init__(
         self,
         notes: NotesStore,
-        client: ServiceClient,
+        client: ServiceAPI,
         clock: Clock,
         hlc: HybridClock,
         windows: RadioWindows,

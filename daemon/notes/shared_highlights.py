@@ -18,7 +18,6 @@ import logging
 from typing import Any
 
 from daemon.backoff import Backoff
-from daemon.client import ServiceClient
 from daemon.clock import Clock
 from daemon.errors import AnnotationError, StoreError, TransportError
 from daemon.killpoints import killpoint
@@ -26,6 +25,7 @@ from daemon.logs import log_event
 from daemon.notes.store import NotesStore, Passage
 from daemon.protocol import merge
 from daemon.radio.windows import RadioWindows
+from daemon.service import ServiceAPI
 
 _LOG = logging.getLogger("shelfsync.popular")
 PAGE = 500
@@ -50,7 +50,7 @@ class SharedHighlights:
     def __init__(
         self,
         notes: NotesStore,
-        client: ServiceClient,
+        client: ServiceAPI,
         clock: Clock,
         windows: RadioWindows,
         *,

@@ -22,11 +22,11 @@ from collections.abc import Callable
 from typing import Any
 
 from daemon.backoff import Backoff
-from daemon.client import PushChannel, ServiceClient
 from daemon.clock import Clock
 from daemon.errors import StalledError, TransportError
 from daemon.logs import log_event
 from daemon.radio.windows import RadioWindows
+from daemon.service import PushStream, ServiceAPI
 
 _LOG = logging.getLogger("shelfsync.connectivity")
 
@@ -34,7 +34,7 @@ _LOG = logging.getLogger("shelfsync.connectivity")
 class Connectivity:
     def __init__(
         self,
-        client: ServiceClient,
+        client: ServiceAPI,
         clock: Clock,
         windows: RadioWindows,
         request_sync: Callable[[], None],
@@ -87,7 +87,7 @@ class Connectivity:
         log_event(_LOG, logging.INFO, "push_connected")
         self._on_event("online")
 
-    async def _serve(self, channel: PushChannel) -> None:
+    async def _serve(self, channel: PushStream) -> None:
         """Act on the channel's messages and keep it alive, until it closes or its keep-alive
         fails (raised: TransportError)."""
         reader = asyncio.create_task(self._read(channel), name="push messages")
@@ -101,7 +101,7 @@ class Connectivity:
         for task in done:
             task.result()
 
-    async def _read(self, channel: PushChannel) -> None:
+    async def _read(self, channel: PushStream) -> None:
         # Online only once the service speaks (its hello comes first): a proxy may accept the
         # upgrade and pass nothing on, and a channel that says nothing within a pong's wait is
         # as dead as a ping without a pong.
@@ -125,7 +125,7 @@ class Connectivity:
             self._request_sync()
         self._on_event(str(message.get("type")))
 
-    async def _keep_alive(self, channel: PushChannel) -> None:
+    async def _keep_alive(self, channel: PushStream) -> None:
         while True:
             last = self._clock.monotonic()
             await self._windows.wait(
