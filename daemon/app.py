@@ -52,6 +52,7 @@ from daemon.protocol.hlc import HybridClock
 from daemon.radio.connectivity import Connectivity
 from daemon.radio.power import PowerSource, SysfsPower, power_report
 from daemon.radio.windows import RadioWindows
+from daemon.retry import Comeback
 from daemon.store import Store, check_at_start
 
 _LOG = logging.getLogger("shelfsync.app")
@@ -218,6 +219,7 @@ class Daemon:
         notes: NotesStore | None = None
         windows = self.windows = RadioWindows(self.clock)
         batch_window_s = profile.sync.batch_window_s
+        comeback = Comeback()  # the service is back: every pending retry goes now
         supervised = asyncio.create_task(
             self.notifier.run(self.clock, self.status_line), name="service manager"
         )
@@ -254,6 +256,7 @@ class Daemon:
                 windows,
                 battery_restricted=lambda: self.power.read().restricted(profile.battery),
                 archive_slots=self._archive_slots,
+                comeback=comeback,
             )
             self._delivery = delivery
 
@@ -266,12 +269,18 @@ class Daemon:
             # Orders every note edit of this device; starts past what it ever made or saw.
             note_clock = HybridClock(credentials.device_id, notes.clock_floor())
             annotations = AnnotationSync(
-                notes, client, self.clock, note_clock, windows, batch_window_s=batch_window_s
+                notes,
+                client,
+                self.clock,
+                note_clock,
+                windows,
+                batch_window_s=batch_window_s,
+                comeback=comeback,
             )
             popular = SharedHighlights(
-                notes, client, self.clock, windows, batch_window_s=batch_window_s
+                notes, client, self.clock, windows, batch_window_s=batch_window_s, comeback=comeback
             )
-            receipts = ReceiptSync(store, client, self.clock, profile, windows)
+            receipts = ReceiptSync(store, client, self.clock, profile, windows, comeback=comeback)
 
             def library_changed() -> None:
                 delivery.wake()
@@ -279,6 +288,8 @@ class Daemon:
                 receipts.wake()
 
             def link_event(kind: str) -> None:
+                if kind != "poll":  # the channel came back, or the service spoke on it
+                    comeback.announce()
                 receipts.on_link_event(kind)
                 if kind == "online":
                     annotations.link_up()
@@ -286,7 +297,9 @@ class Daemon:
                 elif kind in ("annotations_changed", "poll"):
                     annotations.request()
 
-            sync = LibrarySync(store, client, self.clock, windows, on_change=library_changed)
+            sync = LibrarySync(
+                store, client, self.clock, windows, on_change=library_changed, comeback=comeback
+            )
 
             def everything_now() -> None:
                 """A trip is being prepared (or a book asked for): every worker goes now."""

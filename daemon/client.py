@@ -155,7 +155,9 @@ async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
     detail = ""
     with suppress(TransportError, AttributeError, aiohttp.ClientError):
         detail = str((await _json(response)).get("detail", ""))[:200]
-    raise ServiceHTTPError(response.status, response.url.path, detail)
+    raise ServiceHTTPError(
+        response.status, response.url.path, detail, response.headers.get("Retry-After")
+    )
 
 
 def _session(

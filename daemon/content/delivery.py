@@ -16,6 +16,7 @@ profile's batch window later (daemon/radio/windows.py).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import os
@@ -48,6 +49,7 @@ from daemon.protocol.codec import Dictionary
 from daemon.protocol.crypto import WRAP_ALG, unwrap_content_key
 from daemon.protocol.manifest import Manifest
 from daemon.radio.windows import RadioWindows
+from daemon.retry import Comeback, Retry, record_failure
 from daemon.service import ServiceAPI
 from daemon.store import Store
 
@@ -87,6 +89,7 @@ class DeliveryWorker:
         windows: RadioWindows,
         battery_restricted: Callable[[], bool] = lambda: False,
         archive_slots: Callable[[], int] = lambda: 0,
+        comeback: Comeback | None = None,
     ) -> None:
         self._store = store
         self._client = client
@@ -104,6 +107,11 @@ class DeliveryWorker:
         # Books whose server ignored a Range request: fetched from byte 0 next time, and each
         # frame still verified, so nothing unverified is spliced in.
         self._whole_package: set[str] = set()
+        # Each book keeps its own failures in the store; this holds the latest, for status.
+        self._comeback = comeback or Comeback()
+        self.retry = Retry("delivery", clock, policy.backoff, self._comeback)
+        self._cut_short = False  # the service came back since the last look
+        self._retry_now: set[str] = set()  # books whose pending retry the comeback made due
 
     def wake(self) -> None:
         """The library changed, or the link came back: look again at what to deliver."""
@@ -143,8 +151,11 @@ class DeliveryWorker:
             while True:
                 now = self._clock.wall()
                 archive_slots = self._archive_slots()
-                candidates = self._store.delivery_candidates(
-                    tasks.keys(), archive_slots, fresh_since=now - plan.FRESH_WINDOW_S
+                candidates = self._due_now(
+                    self._store.delivery_candidates(
+                        tasks.keys(), archive_slots, fresh_since=now - plan.FRESH_WINDOW_S
+                    ),
+                    now,
                 )
                 by_id = {c.book_id: c for c in candidates}
                 for book_id in [b for b in tasks if b not in by_id]:
@@ -166,6 +177,7 @@ class DeliveryWorker:
                     self._store.evict_book(book_id, now)
                     log_event(_LOG, logging.INFO, "book_evicted", book=book_id, reason="space")
                 for book_id in decided.start:
+                    self._retry_now.discard(book_id)
                     if plan.is_fresh(by_id[book_id], now):
                         fresh.add(book_id)
                     tasks[book_id] = asyncio.create_task(
@@ -179,8 +191,10 @@ class DeliveryWorker:
                 paused_for = self._disk_full_until - self._clock.monotonic()
                 if paused_for > 0:  # resume when the pause ends, not at the next recheck
                     timeout = paused_for if timeout is None else min(timeout, paused_for)
+                back = self._comeback.event
                 waiters: list[asyncio.Task[Any]] = [
-                    asyncio.create_task(self._wake.wait(), name="delivery wake")
+                    asyncio.create_task(self._wake.wait(), name="delivery wake"),
+                    asyncio.create_task(back.wait(), name="delivery comeback"),
                 ]
                 if retry is not None:
                     waiters.append(
@@ -199,6 +213,7 @@ class DeliveryWorker:
                         waiter.cancel()
                     await asyncio.gather(*waiters, return_exceptions=True)
                 self._wake.clear()
+                self._cut_short |= back.is_set()
                 for book_id in [b for b, t in tasks.items() if t.done()]:
                     done = tasks.pop(book_id)
                     fresh.discard(book_id)
@@ -218,6 +233,21 @@ class DeliveryWorker:
             for task in tasks.values():
                 task.cancel()
             await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+    def _due_now(self, candidates: list[DeliveryCandidate], now: float) -> list[DeliveryCandidate]:
+        """The service came back (a push, the channel): every retry that waits is due now, not
+        when a backoff scheduled during the outage falls due (issue 22 #1)."""
+        if self._cut_short:
+            self._cut_short = False
+            self._retry_now = {c.book_id for c in candidates if c.retry_at > now}
+            if self._retry_now:
+                log_event(_LOG, logging.INFO, "retries_cut_short", books=len(self._retry_now))
+        if not self._retry_now:
+            return candidates
+        return [
+            dataclasses.replace(c, retry_at=0.0) if c.book_id in self._retry_now else c
+            for c in candidates
+        ]
 
     async def _pause(self, book_ids: list[str], tasks: dict[str, asyncio.Task[None]]) -> None:
         """Stop these downloads for a new purchase: cancelled between frames, their committed
@@ -267,30 +297,32 @@ class DeliveryWorker:
         except (ShelfsyncError, OSError) as e:
             if isinstance(e, RangeError):
                 self._whole_package.add(book_id)
-            failures = self._store.delivery_failures(book_id) + 1
-            delay = self._policy.backoff.delay(failures)
+            try:
+                failures = self._store.delivery_failures(book_id) + 1
+            except StoreError:
+                failures = 1
+            decision = self.retry.failed(e, failures)
             level = logging.WARNING if isinstance(e, VerificationError) else logging.INFO
             log_event(
                 _LOG,
                 level,
                 "delivery_failed",
                 book=book_id,
-                error=type(e).__name__,
-                detail=str(e),
-                retry_in_s=round(delay, 1),
+                error=decision.kind,
+                detail=decision.detail,
+                retryable=decision.retryable,
+                retry_in_s=round(decision.delay_s, 1),
             )
-            try:
-                self._store.record_delivery_failure(
-                    book_id, f"{type(e).__name__}: {e}", self._clock.wall() + delay
-                )
-            except StoreError as store_error:
-                log_event(
-                    _LOG,
-                    logging.ERROR,
-                    "delivery_failure_not_recorded",
-                    book=book_id,
-                    error=str(store_error),
-                )
+            # Not before the service's Retry-After, nor before a refusal is looked at again.
+            record_failure(
+                "delivery",
+                self._store.record_delivery_failure,
+                book_id,
+                decision.error,
+                self._clock.wall() + decision.delay_s,
+            )
+        else:
+            self.retry.succeeded()
 
     async def deliver(self, book_id: str) -> None:
         envelope = await self._client.manifest_envelope(book_id)
