@@ -334,6 +334,7 @@ class Daemon:
                     store, self.clock, everything_now, self.runtime, delivery.free_bytes
                 ),
                 page_cache_kib=caches.reader_page_cache_kib,
+                clock=self.clock,
             )
             await self.api.start()
             self._phase = None

@@ -165,13 +165,15 @@ class Retry:
         await first_of(window(due, due + slack_s), back.wait(), *map(_set, unless))
 
 
-def record_failure(worker: str, write: Callable[..., object], *args: Any) -> None:
+def record_failure(worker: str, write: Callable[..., object], *args: Any) -> bool:
     """`write(*args)`: a failure's record to the store, surviving a store that fails too (a
-    full disk): the failure is logged either way, and the worker goes on."""
+    full disk): the failure is logged either way, and the worker goes on. Whether it was."""
     try:
         write(*args)
     except StoreError as e:
         log_event(_LOG, logging.WARNING, "failure_not_recorded", worker=worker, error=str(e))
+        return False
+    return True
 
 
 async def _set(event: asyncio.Event) -> None:

@@ -196,6 +196,10 @@ class DeliveryWorker:
                     asyncio.create_task(self._wake.wait(), name="delivery wake"),
                     asyncio.create_task(back.wait(), name="delivery comeback"),
                 ]
+                if timeout is not None:
+                    waiters.append(
+                        asyncio.create_task(self._clock.sleep(timeout), name="delivery recheck")
+                    )
                 if retry is not None:
                     waiters.append(
                         asyncio.create_task(
@@ -204,9 +208,7 @@ class DeliveryWorker:
                     )
                 try:
                     await asyncio.wait(
-                        [*waiters, *tasks.values()],
-                        timeout=timeout,
-                        return_when=asyncio.FIRST_COMPLETED,
+                        [*waiters, *tasks.values()], return_when=asyncio.FIRST_COMPLETED
                     )
                 finally:
                     for waiter in waiters:
@@ -291,9 +293,7 @@ class DeliveryWorker:
         except DiskFullError as e:
             # Nothing committed is lost (the transaction rolled back); writing a failure
             # record could fail the same way, so the pause lives in memory.
-            self._disk_full_until = self._clock.monotonic() + self._policy.disk_full_pause_s
-            self.paused_reason = f"the disk is full; downloads resume when space frees ({e})"
-            log_event(_LOG, logging.WARNING, "downloads_paused", book=book_id, reason="disk full")
+            self._pause_downloads(book_id, f"the disk is full ({e})")
         except (ShelfsyncError, OSError) as e:
             if isinstance(e, RangeError):
                 self._whole_package.add(book_id)
@@ -314,15 +314,23 @@ class DeliveryWorker:
                 retry_in_s=round(decision.delay_s, 1),
             )
             # Not before the service's Retry-After, nor before a refusal is looked at again.
-            record_failure(
+            recorded = record_failure(
                 "delivery",
                 self._store.record_delivery_failure,
                 book_id,
                 decision.error,
                 self._clock.wall() + decision.delay_s,
             )
+            if not recorded:  # no retry time holds the book back: rest, as on a full disk
+                self._pause_downloads(book_id, "the store cannot record a failed delivery")
         else:
             self.retry.succeeded()
+
+    def _pause_downloads(self, book_id: str, why: str) -> None:
+        """Rest every download for the pause, in memory (writing it could fail the same way)."""
+        self._disk_full_until = self._clock.monotonic() + self._policy.disk_full_pause_s
+        self.paused_reason = f"{why}; downloads resume when space frees"
+        log_event(_LOG, logging.WARNING, "downloads_paused", book=book_id, reason=why)
 
     async def deliver(self, book_id: str) -> None:
         envelope = await self._client.manifest_envelope(book_id)

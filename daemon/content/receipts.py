@@ -24,7 +24,7 @@ from functools import partial
 from typing import Any
 
 from daemon.backoff import Backoff
-from daemon.clock import Clock
+from daemon.clock import Clock, sleep_or_until
 from daemon.content import receipt_store
 from daemon.errors import ShelfsyncError, StoreError, TransportError
 from daemon.logs import log_event
@@ -149,12 +149,10 @@ class ReceiptSync:
         if self._requested.is_set():
             return
         watching = receipt_store.has_open_deliveries(self._store, self._clock.wall() - WATCH_S)
-        timeout = self._check_s if watching else None
-        try:
-            async with asyncio.timeout(timeout):
-                await self._requested.wait()
-        except TimeoutError:
-            pass
+        if watching:
+            await sleep_or_until(self._clock, self._check_s, self._requested)
+        else:
+            await self._requested.wait()
 
     async def sync_once(self) -> tuple[int, int]:
         """Make due `failed` receipts, send every unsent receipt, then pull notices if any

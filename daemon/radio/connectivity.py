@@ -24,7 +24,7 @@ from functools import partial
 from typing import Any
 
 from daemon.backoff import Backoff
-from daemon.clock import Clock
+from daemon.clock import Clock, within
 from daemon.errors import ShelfsyncError, StalledError, TransportError
 from daemon.logs import log_event
 from daemon.radio.windows import RadioWindows
@@ -120,8 +120,7 @@ class Connectivity:
         # as dead as a ping without a pong.
         async with contextlib.aclosing(channel.messages()) as messages:
             try:
-                async with asyncio.timeout(self._keepalive_s / 2):
-                    message = await anext(messages, None)
+                message = await within(self._clock, self._keepalive_s / 2, anext(messages, None))
             except TimeoutError as e:
                 raise StalledError(
                     f"push channel: no hello within {self._keepalive_s / 2:g} s"
