@@ -2,8 +2,9 @@
 
 Tasks: the radio's wake windows, library sync, delivery (which owns one task per running
 download), delivery receipts, connectivity, annotation sync and popular highlights, in one
-TaskGroup. A stop request or a
-crash of any of them cancels the others; the local API stops last so the reader keeps reading
+TaskGroup, each under the supervisor (daemon/supervisor.py): a worker that fails is logged,
+reported in status and restarted with backoff, so none ends the daemon. A stop request cancels
+them all; the local API stops last so the reader keeps reading
 until the end. Beside them, from the start to the end, the service manager's task
 (daemon/notify.py): watchdog pings and the status line.
 """
@@ -52,8 +53,9 @@ from daemon.protocol.hlc import HybridClock
 from daemon.radio.connectivity import Connectivity
 from daemon.radio.power import PowerSource, SysfsPower, power_report
 from daemon.radio.windows import RadioWindows
-from daemon.retry import Comeback
+from daemon.retry import Comeback, Retry
 from daemon.store import Store, check_at_start
+from daemon.supervisor import Supervisor
 
 _LOG = logging.getLogger("shelfsync.app")
 _T = TypeVar("_T")
@@ -121,6 +123,8 @@ class Daemon:
         self._delivery: DeliveryWorker | None = None
         self._store: Store | None = None
         self._started_at = 0.0
+        self.supervisor = Supervisor(self.clock)  # restarts a worker that fails
+        self._retries: list[Retry] = []  # each network worker's, for status
 
     def runtime(self) -> dict[str, Any]:
         c = self._connectivity
@@ -138,7 +142,19 @@ class Daemon:
             "power": power_report(self.power.read(), self.settings.profile.battery),
             # Windows that woke a sleeping radio since the start: what the battery pays for.
             "radio_wakeups": self.windows.wakeups if self.windows else 0,
+            "workers": self._worker_problems(),
         }
+
+    def _worker_problems(self) -> dict[str, dict[str, Any]]:
+        """Each worker whose last attempt failed (and why, and what it does about it), and
+        each that failed and was restarted."""
+        retries = [*self._retries, *([self._connectivity.retry] if self._connectivity else [])]
+        problems: dict[str, dict[str, Any]] = {
+            r.worker: report for r in retries if (report := r.report()) is not None
+        }
+        for name, failure in self.supervisor.report().items():
+            problems.setdefault(name, {})["crashed"] = failure
+        return problems
 
     def status_line(self) -> str:
         """The short state systemd shows (`systemctl status`): what is coming, what is here."""
@@ -308,6 +324,13 @@ class Daemon:
                 popular.link_up()
                 library_changed()
 
+            self._retries = [
+                sync.retry,
+                delivery.retry,
+                annotations.retry,
+                popular.retry,
+                receipts.retry,
+            ]
             self._connectivity = Connectivity(
                 client,
                 self.clock,
@@ -352,13 +375,17 @@ class Daemon:
             popular.link_up()
             try:
                 async with asyncio.TaskGroup() as tasks:
-                    tasks.create_task(windows.run(), name="radio windows")
-                    tasks.create_task(sync.run(), name="library sync")
-                    tasks.create_task(annotations.run(), name="annotation sync")
-                    tasks.create_task(popular.run(), name="popular highlights")
-                    tasks.create_task(delivery.run(), name="delivery")
-                    tasks.create_task(receipts.run(), name="delivery receipts")
-                    tasks.create_task(self._connectivity.run(), name="connectivity")
+                    workers = {
+                        "radio windows": windows.run,
+                        "library sync": sync.run,
+                        "annotation sync": annotations.run,
+                        "popular highlights": popular.run,
+                        "delivery": delivery.run,
+                        "delivery receipts": receipts.run,
+                        "connectivity": self._connectivity.run,
+                    }
+                    for name, work in workers.items():  # none ends the daemon: each restarts
+                        tasks.create_task(self.supervisor.keep_running(name, work), name=name)
                     tasks.create_task(_raise_on(stop), name="stop watcher")
             except* _Stop:
                 pass
