@@ -75,6 +75,7 @@ class FakeService:
     manifests: dict[str, bytes] = field(default_factory=dict)  # book -> signed envelope
     packages: dict[tuple[str, int], bytes] = field(default_factory=dict)
     dictionaries: dict[str, bytes] = field(default_factory=dict)
+    roots: dict[int, bytes] = field(default_factory=dict)  # trust root envelopes by version
     passages: list[dict[str, Any]] = field(default_factory=list)  # popular, cursor = index + 1
     notice_list: list[Notice] = field(default_factory=list)
     ops_received: list[dict[str, Any]] = field(default_factory=list)
@@ -137,11 +138,15 @@ class FakeService:
         page = after[:limit]
         return ChangesPage(page, page[-1].seq if page else cursor, len(after) > limit)
 
-    async def manifest_envelope(self, book_id: str) -> bytes:
+    async def manifest_envelope(self, book_id: str, max_manifest_bytes: int = 0) -> bytes:
         self._called("manifest_envelope")
         if book_id not in self.manifests:
             raise ServiceHTTPError(404, f"/v1/books/{book_id}/manifest", "no such book")
         return self.manifests[book_id]
+
+    async def trust_root(self, version: int) -> bytes | None:
+        self._called("trust_root")
+        return self.roots.get(version)
 
     async def dictionary(self, sha256: str) -> bytes:
         self._called("dictionary")

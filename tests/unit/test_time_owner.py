@@ -36,6 +36,10 @@ ALLOWED = {
         " beside aiohttp's connect and read timeouts that run on the loop's time too; the"
         " workers' tests replace the whole client by tests/fakes/service.py"
     ),
+    ("daemon/client.py", "loop.time"): (
+        "the minimum-rate watchdog over every request reschedules its asyncio.timeout, whose"
+        " deadlines are the loop's time: the same I/O deadline as above"
+    ),
     ("daemon/api/answers.py", "asyncio.timeout"): (
         "the local API's deadline on a slow request body: an I/O bound on a reader's socket,"
         " not a wait of the daemon's"
