@@ -60,7 +60,7 @@ def retry_after_s(error: BaseException, now_wall: float) -> float | None:
     value = (error.retry_after or "").strip()
     if not value:
         return None
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "¹" is a digit to str.isdigit, not to float
         seconds = float(value)
     else:
         try:

@@ -89,6 +89,11 @@ def test_any_retry_after_is_bounded(header: str) -> None:
     assert asked is None or 0 <= asked <= RETRY_AFTER_CAP_S
 
 
+@pytest.mark.parametrize("header", ["¹", "٣", "-5", "1e9", "soon", "Wed, 99 Foo 2026"])
+def test_a_retry_after_that_is_not_seconds_nor_a_date_is_ignored(header: str) -> None:
+    assert retry_after_s(ServiceHTTPError(503, "/x", retry_after=header), NOW) is None
+
+
 def test_retry_after_on_other_statuses_is_not_read() -> None:
     assert retry_after_s(ServiceHTTPError(500, "/x", retry_after="20"), NOW) is None
 
