@@ -174,11 +174,13 @@ def retryable(error: BaseException) -> bool:
     (5xx, 408, 429), the device's store (space frees, a lock goes), and bytes or a manifest that
     failed verification: each attempt is verified before anything is kept, and what a network
     altered on the way may arrive intact from the next one (FAULTS.md #16, #20: reject, keep
-    what is trusted, fetch again). Not: the service refusing this device (401, 403), a book or
-    version it does not have (404) and every other 4xx: it would answer the same again.
+    what is trusted, fetch again), and a 404: a book or version the service does not have yet (a
+    feed ahead of its catalog, a forged version a key rotation drops), on the growing backoff.
+    Not: the service refusing this device (401, 403) and every other 4xx: it would answer the
+    same again.
     """
     if isinstance(error, ServiceHTTPError):
-        return error.retryable
+        return error.retryable or error.status == 404
     return isinstance(error, TransportError | VerificationError | StoreError | OSError)
 
 

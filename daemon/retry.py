@@ -2,10 +2,10 @@
 
 The error is classified once (daemon.errors.retryable). A retryable one is tried again after the
 jittered backoff, or after the service's Retry-After when it sent one (429, 503), bounded so that
-no answer silences a device for long. One the service would answer the same way (401 or 403, a
-book it does not have, a malformed or untrustworthy answer) is not retried on a timer: it waits
-until the worker is asked again (a push, the link's return, the reader), or REFUSED_RECHECK_S, so
-that a service fixed meanwhile is found without a restart. Either way the error is kept for the
+no answer silences a device for long. One the service would answer the same way (401 or 403,
+any other 4xx but 404) is not retried on a timer: it waits until the worker is asked again (a
+push, the link's return, the reader), or REFUSED_RECHECK_S, so that a service fixed meanwhile is
+found without a restart. Either way the error is kept for the
 status report until an attempt succeeds.
 
 A push that arrives, or a push channel that comes back, means the service is there now: the

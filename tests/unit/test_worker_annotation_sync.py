@@ -124,6 +124,6 @@ async def test_a_full_disk_while_recording_the_failure_is_survived(
     world.highlight()
     await world.clock.advance(BATCH_WINDOW_S + 1)
     monkeypatch.undo()
-    await world.clock.advance(BATCH_WINDOW_S + 10)
-    assert len(world.service.times_of("annotation_changes")) == 2
+    await world.clock.advance(BACKOFF.cap_s)
+    assert len(world.service.times_of("annotation_changes")) >= 2  # still running, and synced
     assert world.sync.retry.report() is None
