@@ -2,8 +2,9 @@
 
 Tasks: the radio's wake windows, library sync, delivery (which owns one task per running
 download), delivery receipts, connectivity, annotation sync and popular highlights, in one
-TaskGroup. A stop request or a
-crash of any of them cancels the others; the local API stops last so the reader keeps reading
+TaskGroup, each under the supervisor (daemon/supervisor.py): a worker that fails is logged,
+reported in status and restarted with backoff, so none ends the daemon. A stop request cancels
+them all; the local API stops last so the reader keeps reading
 until the end. Beside them, from the start to the end, the service manager's task
 (daemon/notify.py): watchdog pings and the status line.
 """
@@ -55,7 +56,9 @@ from daemon.protocol.manifest import ManifestLimits
 from daemon.radio.connectivity import Connectivity
 from daemon.radio.power import PowerSource, SysfsPower, power_report
 from daemon.radio.windows import RadioWindows
+from daemon.retry import Comeback, Retry
 from daemon.store import DiskWatch, Store, check_at_start, wal_lost_at_start
+from daemon.supervisor import Supervisor
 
 _LOG = logging.getLogger("shelfsync.app")
 _T = TypeVar("_T")
@@ -119,6 +122,8 @@ class Daemon:
         self._store: Store | None = None
         self._disk = DiskWatch(settings.state_dir, self.clock.wall)
         self._started_at = 0.0
+        self.supervisor = Supervisor(self.clock)  # restarts a worker that fails
+        self._retries: list[Retry] = []  # each network worker's, for status
 
     def runtime(self) -> dict[str, Any]:
         c = self._connectivity
@@ -137,7 +142,19 @@ class Daemon:
             # Windows that woke a sleeping radio since the start: what the battery pays for.
             "radio_wakeups": self.windows.wakeups if self.windows else 0,
             "storage": self._disk.report(),
+            "workers": self._worker_problems(),
         }
+
+    def _worker_problems(self) -> dict[str, dict[str, Any]]:
+        """Each worker whose last attempt failed (and why, and what it does about it), and
+        each that failed and was restarted."""
+        retries = [*self._retries, *([self._connectivity.retry] if self._connectivity else [])]
+        problems: dict[str, dict[str, Any]] = {
+            r.worker: report for r in retries if (report := r.report()) is not None
+        }
+        for name, failure in self.supervisor.report().items():
+            problems.setdefault(name, {})["crashed"] = failure
+        return problems
 
     def status_line(self) -> str:
         """The short state systemd shows (`systemctl status`): what is coming, what is here."""
@@ -223,6 +240,7 @@ class Daemon:
         notes: NotesStore | None = None
         windows = self.windows = RadioWindows(self.clock)
         batch_window_s = profile.sync.batch_window_s
+        comeback = Comeback()  # the service is back: every pending retry goes now
         supervised = asyncio.create_task(
             self.notifier.run(self.clock, self.status_line), name="service manager"
         )
@@ -260,6 +278,7 @@ class Daemon:
                 windows,
                 battery_restricted=lambda: self.power.read().restricted(profile.battery),
                 archive_slots=self._archive_slots,
+                comeback=comeback,
             )
             self._delivery = delivery
 
@@ -276,12 +295,18 @@ class Daemon:
             # Orders every note edit of this device; starts past what it ever made or saw.
             note_clock = HybridClock(credentials.device_id, notes.clock_floor())
             annotations = AnnotationSync(
-                notes, client, self.clock, note_clock, windows, batch_window_s=batch_window_s
+                notes,
+                client,
+                self.clock,
+                note_clock,
+                windows,
+                batch_window_s=batch_window_s,
+                comeback=comeback,
             )
             popular = SharedHighlights(
-                notes, client, self.clock, windows, batch_window_s=batch_window_s
+                notes, client, self.clock, windows, batch_window_s=batch_window_s, comeback=comeback
             )
-            receipts = ReceiptSync(store, client, self.clock, profile, windows)
+            receipts = ReceiptSync(store, client, self.clock, profile, windows, comeback=comeback)
 
             def library_changed() -> None:
                 delivery.wake()
@@ -289,6 +314,8 @@ class Daemon:
                 receipts.wake()
 
             def link_event(kind: str) -> None:
+                if kind != "poll":  # the channel came back, or the service spoke on it
+                    comeback.announce()
                 receipts.on_link_event(kind)
                 if kind == "online":
                     annotations.link_up()
@@ -296,7 +323,9 @@ class Daemon:
                 elif kind in ("annotations_changed", "poll"):
                     annotations.request()
 
-            sync = LibrarySync(store, client, self.clock, windows, on_change=library_changed)
+            sync = LibrarySync(
+                store, client, self.clock, windows, on_change=library_changed, comeback=comeback
+            )
 
             def everything_now() -> None:
                 """A trip is being prepared (or a book asked for): every worker goes now."""
@@ -305,6 +334,13 @@ class Daemon:
                 popular.link_up()
                 library_changed()
 
+            self._retries = [
+                sync.retry,
+                delivery.retry,
+                annotations.retry,
+                popular.retry,
+                receipts.retry,
+            ]
             self._connectivity = Connectivity(
                 client,
                 self.clock,
@@ -332,6 +368,7 @@ class Daemon:
                 ),
                 page_cache_kib=caches.reader_page_cache_kib,
                 watch=self._disk,
+                clock=self.clock,
             )
             await self.api.start()
             api = self.api
@@ -356,14 +393,18 @@ class Daemon:
             popular.link_up()
             try:
                 async with asyncio.TaskGroup() as tasks:
-                    tasks.create_task(windows.run(), name="radio windows")
-                    tasks.create_task(sync.run(), name="library sync")
-                    tasks.create_task(annotations.run(), name="annotation sync")
-                    tasks.create_task(popular.run(), name="popular highlights")
-                    tasks.create_task(delivery.run(), name="delivery")
-                    tasks.create_task(receipts.run(), name="delivery receipts")
-                    tasks.create_task(self._connectivity.run(), name="connectivity")
-                    tasks.create_task(idle_check.run(), name="idle integrity check")
+                    workers = {
+                        "radio windows": windows.run,
+                        "library sync": sync.run,
+                        "annotation sync": annotations.run,
+                        "popular highlights": popular.run,
+                        "delivery": delivery.run,
+                        "delivery receipts": receipts.run,
+                        "connectivity": self._connectivity.run,
+                        "idle integrity check": idle_check.run,
+                    }
+                    for name, work in workers.items():  # none ends the daemon: each restarts
+                        tasks.create_task(self.supervisor.keep_running(name, work), name=name)
                     tasks.create_task(_raise_on(stop), name="stop watcher")
             except* _Stop:
                 pass

@@ -20,6 +20,7 @@ import aiohttp
 from daemon.api.client import LocalApiClient, LocalApiError
 from daemon.api.status import build_status, format_status
 from daemon.app import Daemon
+from daemon.clock import SystemClock
 from daemon.config import (
     CREDENTIAL_NAME,
     SYSTEM_CONFIG,
@@ -284,13 +285,13 @@ def _bench(argv: list[str]) -> int:
 async def _trip(args: argparse.Namespace) -> int:
     """Ask the running daemon to prepare the trip; print its readiness until ready."""
     socket_path = args.socket or Path(args.state).expanduser() / "api.sock"
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + args.wait
+    clock = SystemClock()
+    deadline = clock.monotonic() + args.wait
     async with LocalApiClient(socket_path) as api:
         try:
             report = await api.start_trip(args.days)
-            while not report["ready"] and loop.time() < deadline:
-                await asyncio.sleep(1.0)
+            while not report["ready"] and clock.monotonic() < deadline:
+                await clock.sleep(1.0)
                 report = await api.trip()
         except (aiohttp.ClientError, OSError) as e:
             print(f"shelfsync: the daemon is not running ({e})", file=sys.stderr)

@@ -218,7 +218,9 @@ async def _raise_for_status(
     with suppress(TransportError, AttributeError, aiohttp.ClientError):
         raw = await _read_capped(response, MAX_JSON_BYTES, arrived)
         detail = str(_parsed(raw, response.url.path).get("detail", ""))[:200]
-    raise ServiceHTTPError(response.status, response.url.path, detail)
+    raise ServiceHTTPError(
+        response.status, response.url.path, detail, response.headers.get("Retry-After")
+    )
 
 
 def _fresh_when_stale(fresh: aiohttp.ClientSession) -> ClientMiddlewareType:

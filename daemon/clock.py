@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol
+from collections.abc import Awaitable
+from typing import Protocol, TypeVar
+
+_T = TypeVar("_T")
 
 
 class Clock(Protocol):
@@ -26,6 +29,22 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+
+async def within(clock: Clock, seconds: float, work: Awaitable[_T]) -> _T:
+    """`work`'s result, if it ends within `seconds` by `clock`; else it is cancelled and
+    TimeoutError raised (asyncio.timeout's, on the clock a test moves)."""
+    task = asyncio.ensure_future(work)
+    timer = asyncio.ensure_future(clock.sleep(seconds))
+    try:
+        await asyncio.wait((task, timer), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, timer):
+            pending.cancel()
+        await asyncio.gather(task, timer, return_exceptions=True)
+    if task.cancelled():
+        raise TimeoutError(f"not done within {seconds:g} s")
+    return task.result()
 
 
 async def sleep_or_until(clock: Clock, seconds: float, event: asyncio.Event) -> None:

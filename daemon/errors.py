@@ -123,10 +123,13 @@ class TransportError(ShelfsyncError):
 class ServiceHTTPError(TransportError):
     """The service answered with an HTTP error status."""
 
-    def __init__(self, status: int, url: str, detail: str = "") -> None:
+    def __init__(
+        self, status: int, url: str, detail: str = "", retry_after: str | None = None
+    ) -> None:
         super().__init__(f"HTTP {status} from {url}" + (f": {detail}" if detail else ""))
         self.status = status
         self.url = url
+        self.retry_after = retry_after  # the Retry-After header as sent (daemon/retry.py reads it)
 
     @property
     def retryable(self) -> bool:
@@ -160,3 +163,28 @@ class NotOnDeviceError(ShelfsyncError):
         self.book_id = book_id
         self.path = path
         self.missing_frames = missing_frames
+
+
+def retryable(error: BaseException) -> bool:
+    """Whether trying the same again later may succeed; the one classification of every error
+    a worker meets (daemon/retry.py says what to do about each).
+
+    Retryable: the way to the service (timeouts, resets, stalls, cut bodies, an ignored Range,
+    an answer that is not the protocol's: a captive portal's page), the service's own trouble
+    (5xx, 408, 429), the device's store (space frees, a lock goes), and bytes or a manifest that
+    failed verification: each attempt is verified before anything is kept, and what a network
+    altered on the way may arrive intact from the next one (FAULTS.md #16, #20: reject, keep
+    what is trusted, fetch again), and a 404: a book or version the service does not have yet (a
+    feed ahead of its catalog, a forged version a key rotation drops), on the growing backoff.
+    Not: the service refusing this device (401, 403) and every other 4xx: it would answer the
+    same again.
+    """
+    if isinstance(error, ServiceHTTPError):
+        return error.retryable or error.status == 404
+    return isinstance(error, TransportError | VerificationError | StoreError | OSError)
+
+
+def refused_by_service(error: BaseException) -> bool:
+    """The service refused this device's credentials (401, 403): nothing works until it is
+    registered again or the service is fixed."""
+    return isinstance(error, ServiceHTTPError) and error.status in (401, 403)

@@ -62,6 +62,7 @@ class FaultRule:
     after_bytes: int = 0
     at_byte: int = 0
     status: int = 503
+    retry_after: int = 1  # seconds, sent as Retry-After with an error
     seconds: float = 0.0
     version: int = 0
     after_hello: bool = False
@@ -84,6 +85,7 @@ class FaultRule:
             doc["at_byte"] = self.at_byte
         elif self.kind == "error":
             doc["status"] = self.status
+            doc["retry_after"] = self.retry_after
         elif self.kind in ("replay_manifest", "forge_version"):
             doc["version"] = self.version
         elif self.kind == "silence":
@@ -125,6 +127,7 @@ def parse_rule(doc: Any) -> FaultRule:
         rule.at_byte = _int(doc, "at_byte", 0, 2**53)
     elif kind == "error":
         rule.status = _int(doc, "status", 400, 599, 503)
+        rule.retry_after = _int(doc, "retry_after", 0, 3600, 1)
     elif kind in ("replay_manifest", "forge_version"):
         rule.version = _int(doc, "version", 1, 2**53 - 1)
     elif kind == "silence":
@@ -306,7 +309,7 @@ async def fault_middleware(request: web.Request, handler: Handler) -> web.Stream
                 error.status,
                 "injected_fault",
                 f"fault injection answered {error.status}",
-                {hdrs.RETRY_AFTER: "1"},
+                {hdrs.RETRY_AFTER: str(error.retry_after)},
             )
         else:
             response = await handler(request)

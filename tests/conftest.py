@@ -10,7 +10,10 @@ book and more. A test that needs a book only the full corpus holds says so with
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import shutil
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +109,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                     else f"needs {missing}, which the corpus at {corpus.path} lacks"
                 )
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+STRAGGLERS_S = 2.0  # a task still running this long after its test is a leak, not a closing
+
+
+@pytest.fixture(autouse=True)
+def _no_task_left(request: pytest.FixtureRequest) -> None:
+    """Every async test ends with no task of its own still running (DESIGN.md: every task owned,
+    cancelled and awaited): set up before the test's other fixtures, checked after theirs."""
+    if inspect.iscoroutinefunction(getattr(request.node, "function", None)):
+        request.getfixturevalue("_tasks_checked")
+
+
+@pytest.fixture
+async def _tasks_checked() -> AsyncIterator[None]:
+    yield
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    if others:  # what was cancelled or closed just now (a server's handlers) may still be ending
+        await asyncio.wait(others, timeout=STRAGGLERS_S)
+    left = [t for t in others if not t.done()]
+    for task in left:
+        task.cancel()
+    await asyncio.gather(*left, return_exceptions=True)
+    assert not left, "the test left tasks running: " + ", ".join(
+        f"{t.get_name()} ({t.get_coro()})" for t in left
+    )
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,6 @@ import os
 import re
 import secrets
 import socket
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
@@ -44,6 +43,7 @@ from daemon.api.library import LibraryApi, library_page
 from daemon.api.notes import NotesApi
 from daemon.api.notices import add_routes as add_notice_routes
 from daemon.api.status import build_status
+from daemon.clock import Clock, SystemClock
 from daemon.content.reader import FrameOpener, resource_pieces
 from daemon.errors import FrameHashError, NotOnDeviceError, VerificationError
 from daemon.logs import log_event
@@ -67,6 +67,7 @@ MAX_CONNECTIONS = 64
 # Idle seconds before a connection that sends no (next) request is closed: longer than
 # aiohttp's client keeps an idle connection (15 s), so a client never reuses one as it closes.
 IDLE_TIMEOUT_S = 30.0
+LINGER_S = 1.0
 SESSION_COOKIE = "shelfsync_session"
 LOGIN_CODE_TTL_S = 120.0
 _MAX_LOGIN_CODES = 8  # unused codes kept; older ones are forgotten
@@ -154,7 +155,9 @@ class LocalApi:
         library: LibraryApi | None = None,
         page_cache_kib: int | None = None,
         watch: DiskWatch | None = None,
+        clock: Clock | None = None,
     ) -> None:
+        self._clock = clock or SystemClock()  # the login links' expiry
         self._readers = ReaderPool(db_path, READERS, page_cache_kib, watch)
         self._notes = notes  # the reader's annotations: routes of their own (api/notes.py)
         self._library = library  # pin, opened, download, trip (api/library.py)
@@ -196,6 +199,9 @@ class LocalApi:
             access_log=None,
             handle_signals=False,
             keepalive_timeout=IDLE_TIMEOUT_S,
+            # A refused body (413) is drained this long at most; aiohttp's 10 s outlived the
+            # daemon's stop, a task still reading a reader's socket after the API was closed.
+            lingering_time=LINGER_S,
         )
         await self._runner.setup()
         # TCP first: the Unix socket appearing is the sign that the API is ready, whole.
@@ -287,7 +293,7 @@ class LocalApi:
             return error(
                 409, "no_tcp_listener", "the daemon serves no web app: run it with --tcp-port"
             )
-        now = time.monotonic()
+        now = self._clock.monotonic()
         self._login_codes = {c: t for c, t in self._login_codes.items() if t > now}
         while len(self._login_codes) >= _MAX_LOGIN_CODES:
             del self._login_codes[next(iter(self._login_codes))]
@@ -299,7 +305,7 @@ class LocalApi:
     async def login(self, request: web.Request) -> web.Response:
         code = request.query.get("code", "")
         expiry = self._login_codes.pop(code, None)
-        if expiry is None or expiry < time.monotonic():
+        if expiry is None or expiry < self._clock.monotonic():
             return error(401, "bad_login_link", "this login link is used or expired")
         session = secrets.token_urlsafe(32)
         self._sessions[session] = None

@@ -110,6 +110,12 @@ def format_status(status: dict[str, Any]) -> str:
     ]
     if status["last_sync_error"]:
         lines.append(f"last sync error: {status['last_sync_error']}")
+    for worker, problem in (daemon.get("workers") or {}).items():
+        if "error" in problem:
+            lines.append(f"{worker}: {problem['error']} ({problem['doing']})")
+        if "crashed" in problem:
+            crash = problem["crashed"]
+            lines.append(f"{worker}: failed and restarted {crash['restarts']}x ({crash['error']})")
     storage = status.get("storage") or {}
     if storage.get("reason"):
         lines.append(f"storage: {storage['mode'].replace('_', '-')}: {storage['reason']}")

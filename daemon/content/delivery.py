@@ -16,6 +16,7 @@ profile's batch window later (daemon/radio/windows.py).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import os
@@ -27,7 +28,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from daemon.backoff import Backoff
-from daemon.client import ServiceClient
 from daemon.clock import Clock
 from daemon.config import DISK_FULL_PAUSE_S
 from daemon.content import plan
@@ -55,6 +55,8 @@ from daemon.protocol.crypto import WRAP_ALG, open_root_envelope, unwrap_content_
 from daemon.protocol.manifest import PROTOCOL_LIMITS, Manifest, ManifestLimits
 from daemon.protocol.root import MAX_ROOT_ROTATIONS, Root, parse_root, pinned_root
 from daemon.radio.windows import RadioWindows
+from daemon.retry import Comeback, Retry, record_failure
+from daemon.service import ServiceAPI
 from daemon.store import Store
 
 _LOG = logging.getLogger("shelfsync.delivery")
@@ -109,7 +111,7 @@ class DeliveryWorker:
     def __init__(
         self,
         store: Store,
-        client: ServiceClient,
+        client: ServiceAPI,
         clock: Clock,
         pinned_key: Ed25519PublicKey,
         device_key: X25519PrivateKey,
@@ -117,6 +119,7 @@ class DeliveryWorker:
         windows: RadioWindows,
         battery_restricted: Callable[[], bool] = lambda: False,
         archive_slots: Callable[[], int] = lambda: 0,
+        comeback: Comeback | None = None,
     ) -> None:
         self._store = store
         self._client = client
@@ -135,6 +138,11 @@ class DeliveryWorker:
         # Books whose server ignored a Range request: fetched from byte 0 next time, and each
         # frame still verified, so nothing unverified is spliced in.
         self._whole_package: set[str] = set()
+        # Each book keeps its own failures in the store; this holds the latest, for status.
+        self._comeback = comeback or Comeback()
+        self.retry = Retry("delivery", clock, policy.backoff, self._comeback)
+        self._cut_short = False  # the service came back since the last look
+        self._retry_now: set[str] = set()  # books whose pending retry the comeback made due
 
     def wake(self) -> None:
         """The library changed, or the link came back: look again at what to deliver."""
@@ -174,8 +182,11 @@ class DeliveryWorker:
             while True:
                 now = self._clock.wall()
                 archive_slots = self._archive_slots()
-                candidates = self._store.delivery_candidates(
-                    tasks.keys(), archive_slots, fresh_since=now - plan.FRESH_WINDOW_S
+                candidates = self._due_now(
+                    self._store.delivery_candidates(
+                        tasks.keys(), archive_slots, fresh_since=now - plan.FRESH_WINDOW_S
+                    ),
+                    now,
                 )
                 by_id = {c.book_id: c for c in candidates}
                 for book_id in [b for b in tasks if b not in by_id]:
@@ -198,6 +209,7 @@ class DeliveryWorker:
                     self._store.evict_book(book_id, now)
                     log_event(_LOG, logging.INFO, "book_evicted", book=book_id, reason="space")
                 for book_id in decided.start:
+                    self._retry_now.discard(book_id)
                     if plan.is_fresh(by_id[book_id], now):
                         fresh.add(book_id)
                     tasks[book_id] = asyncio.create_task(
@@ -217,9 +229,15 @@ class DeliveryWorker:
                 paused_for = self._disk_full_until - self._clock.monotonic()
                 if paused_for > 0:  # resume when the pause ends, not at the next recheck
                     timeout = paused_for if timeout is None else min(timeout, paused_for)
+                back = self._comeback.event
                 waiters: list[asyncio.Task[Any]] = [
-                    asyncio.create_task(self._wake.wait(), name="delivery wake")
+                    asyncio.create_task(self._wake.wait(), name="delivery wake"),
+                    asyncio.create_task(back.wait(), name="delivery comeback"),
                 ]
+                if timeout is not None:
+                    waiters.append(
+                        asyncio.create_task(self._clock.sleep(timeout), name="delivery recheck")
+                    )
                 if retry is not None:
                     waiters.append(
                         asyncio.create_task(
@@ -228,15 +246,14 @@ class DeliveryWorker:
                     )
                 try:
                     await asyncio.wait(
-                        [*waiters, *tasks.values()],
-                        timeout=timeout,
-                        return_when=asyncio.FIRST_COMPLETED,
+                        [*waiters, *tasks.values()], return_when=asyncio.FIRST_COMPLETED
                     )
                 finally:
                     for waiter in waiters:
                         waiter.cancel()
                     await asyncio.gather(*waiters, return_exceptions=True)
                 self._wake.clear()
+                self._cut_short |= back.is_set()
                 for book_id in [b for b, t in tasks.items() if t.done()]:
                     done = tasks.pop(book_id)
                     fresh.discard(book_id)
@@ -256,6 +273,21 @@ class DeliveryWorker:
             for task in tasks.values():
                 task.cancel()
             await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+    def _due_now(self, candidates: list[DeliveryCandidate], now: float) -> list[DeliveryCandidate]:
+        """The service came back (a push, the channel): every retry that waits is due now, not
+        when a backoff scheduled during the outage falls due (issue 22 #1)."""
+        if self._cut_short:
+            self._cut_short = False
+            self._retry_now = {c.book_id for c in candidates if c.retry_at > now}
+            if self._retry_now:
+                log_event(_LOG, logging.INFO, "retries_cut_short", books=len(self._retry_now))
+        if not self._retry_now:
+            return candidates
+        return [
+            dataclasses.replace(c, retry_at=0.0) if c.book_id in self._retry_now else c
+            for c in candidates
+        ]
 
     async def _pause(self, book_ids: list[str], tasks: dict[str, asyncio.Task[None]]) -> None:
         """Stop these downloads for a new purchase: cancelled between frames, their committed
@@ -299,36 +331,44 @@ class DeliveryWorker:
         except DiskFullError as e:
             # Nothing committed is lost (the transaction rolled back); writing a failure
             # record could fail the same way, so the pause lives in memory.
-            self._disk_full_until = self._clock.monotonic() + self._policy.disk_full_pause_s
-            self.paused_reason = f"the disk is full; downloads resume when space frees ({e})"
-            log_event(_LOG, logging.WARNING, "downloads_paused", book=book_id, reason="disk full")
+            self._pause_downloads(book_id, f"the disk is full ({e})")
         except (ShelfsyncError, OSError) as e:
             if isinstance(e, RangeError):
                 self._whole_package.add(book_id)
-            failures = self._store.delivery_failures(book_id) + 1
-            delay = self._policy.backoff.delay(failures)
+            try:
+                failures = self._store.delivery_failures(book_id) + 1
+            except StoreError:
+                failures = 1
+            decision = self.retry.failed(e, failures)
             level = logging.WARNING if isinstance(e, VerificationError) else logging.INFO
             log_event(
                 _LOG,
                 level,
                 "delivery_failed",
                 book=book_id,
-                error=type(e).__name__,
-                detail=str(e),
-                retry_in_s=round(delay, 1),
+                error=decision.kind,
+                detail=decision.detail,
+                retryable=decision.retryable,
+                retry_in_s=round(decision.delay_s, 1),
             )
-            try:
-                self._store.record_delivery_failure(
-                    book_id, f"{type(e).__name__}: {e}", self._clock.wall() + delay
-                )
-            except StoreError as store_error:
-                log_event(
-                    _LOG,
-                    logging.ERROR,
-                    "delivery_failure_not_recorded",
-                    book=book_id,
-                    error=str(store_error),
-                )
+            # Not before the service's Retry-After, nor before a refusal is looked at again.
+            recorded = record_failure(
+                "delivery",
+                self._store.record_delivery_failure,
+                book_id,
+                decision.error,
+                self._clock.wall() + decision.delay_s,
+            )
+            if not recorded:  # no retry time holds the book back: rest, as on a full disk
+                self._pause_downloads(book_id, "the store cannot record a failed delivery")
+        else:
+            self.retry.succeeded()
+
+    def _pause_downloads(self, book_id: str, why: str) -> None:
+        """Rest every download for the pause, in memory (writing it could fail the same way)."""
+        self._disk_full_until = self._clock.monotonic() + self._policy.disk_full_pause_s
+        self.paused_reason = f"{why}; downloads resume when space frees"
+        log_event(_LOG, logging.WARNING, "downloads_paused", book=book_id, reason=why)
 
     async def deliver(self, book_id: str, manifest_only: bool = False) -> None:
         """Bring a book onto the device; with `manifest_only`, verify and record its signed

@@ -12,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from contextlib import suppress
+from functools import partial
 
 from daemon.backoff import Backoff
-from daemon.client import ServiceClient
 from daemon.clock import Clock
-from daemon.errors import ProtocolError, StoreError, TransportError
+from daemon.errors import ProtocolError, ShelfsyncError
 from daemon.logs import log_event
 from daemon.radio.windows import RadioWindows
+from daemon.retry import Comeback, Retry, record_failure
+from daemon.service import ServiceAPI
 from daemon.store import Store
 
 _LOG = logging.getLogger("shelfsync.library")
@@ -30,49 +31,52 @@ class LibrarySync:
     def __init__(
         self,
         store: Store,
-        client: ServiceClient,
+        client: ServiceAPI,
         clock: Clock,
         windows: RadioWindows,
         on_change: Callable[[], None],
         backoff: Backoff | None = None,
+        comeback: Comeback | None = None,
     ) -> None:
         self._store = store
         self._client = client
         self._clock = clock
         self._windows = windows
         self._on_change = on_change
-        self._backoff = backoff or Backoff(base_s=2.0, cap_s=300.0)
+        self.retry = Retry(
+            "library sync", clock, backoff or Backoff(base_s=2.0, cap_s=300.0), comeback
+        )
         self._requested = asyncio.Event()
 
     def request(self) -> None:
         self._requested.set()
 
     async def run(self) -> None:
-        failures = 0
         while True:
             await self._requested.wait()
             self._requested.clear()
             try:
                 await self.sync_once()
-                failures = 0
-            except (TransportError, StoreError) as e:
-                failures += 1
-                delay = self._backoff.delay(failures)
-                # On a full disk recording the failure fails too: the log line still says it.
-                with suppress(StoreError):
-                    self._store.set_meta("last_sync_error", f"{type(e).__name__}: {e}"[:500])
-                log_event(
-                    _LOG,
-                    logging.INFO,
-                    "library_sync_failed",
-                    error=type(e).__name__,
-                    detail=str(e),
-                    retry_in_s=round(delay, 1),
-                )
-                # Exactly at its time, not deferred: this pull is what announces a purchase.
-                retry_at = self._clock.monotonic() + delay
-                await self._windows.wait("library", retry_at, retry_at)
-                self._requested.set()
+                self.retry.succeeded()
+                continue
+            except (ShelfsyncError, OSError) as e:
+                decision = self.retry.failed(e)
+            record_failure("library sync", self._store.set_meta, "last_sync_error", decision.error)
+            log_event(
+                _LOG,
+                logging.INFO,
+                "library_sync_failed",
+                error=decision.kind,
+                detail=decision.detail,
+                retryable=decision.retryable,
+                retry_in_s=round(decision.delay_s, 1),
+            )
+            # Exactly at its time, not deferred: this pull is what announces a purchase. Asked
+            # again meanwhile (a push, a poll, the reader), it goes at once.
+            await self.retry.wait(
+                decision, partial(self._windows.wait, "library"), unless=[self._requested]
+            )
+            self._requested.set()
 
     async def sync_once(self) -> int:
         """Pull every page after the stored cursor; returns the number of changes applied."""

@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import Any
 
 from daemon.backoff import Backoff
-from daemon.client import ServiceClient
-from daemon.clock import Clock
+from daemon.clock import Clock, sleep_or_until
 from daemon.content import receipt_store
-from daemon.errors import StoreError, TransportError
+from daemon.errors import ShelfsyncError, StoreError, TransportError
 from daemon.logs import log_event
 from daemon.profile import DeviceProfile
 from daemon.radio.windows import RadioWindows
+from daemon.retry import Comeback, Retry
+from daemon.service import ServiceAPI
 from daemon.store import Store
 
 _LOG = logging.getLogger("shelfsync.receipts")
@@ -52,13 +54,14 @@ class ReceiptSync:
     def __init__(
         self,
         store: Store,
-        client: ServiceClient,
+        client: ServiceAPI,
         clock: Clock,
         profile: DeviceProfile,
         windows: RadioWindows,
         *,
         check_s: float = CHECK_S,
         backoff: Backoff | None = None,
+        comeback: Comeback | None = None,
     ) -> None:
         self._store = store
         self._client = client
@@ -67,7 +70,7 @@ class ReceiptSync:
         self._batch_window_s = profile.sync.batch_window_s
         self._device = device_description(profile)
         self._check_s = check_s
-        self._backoff = backoff or Backoff(base_s=1.0, cap_s=600.0)
+        self.retry = Retry("receipts", clock, backoff or Backoff(base_s=1.0, cap_s=600.0), comeback)
         self._requested = asyncio.Event()
         self._link_up = asyncio.Event()
         self._pull_wanted = False
@@ -97,7 +100,6 @@ class ReceiptSync:
             log_event(_LOG, logging.WARNING, "link_up_not_recorded", error=str(e))
 
     async def run(self) -> None:
-        failures = 0
         while True:
             await self._next_round()
             self._requested.clear()
@@ -106,20 +108,26 @@ class ReceiptSync:
                     await self._window(0.0)
                 self._link_up.clear()
                 await self.sync_once()
-                failures = 0
-            except (TransportError, StoreError) as e:
-                failures += 1
-                delay = self._backoff.delay(failures)
-                log_event(
-                    _LOG,
-                    logging.INFO if failures == 1 else logging.DEBUG,
-                    "receipts_failed",
-                    error=type(e).__name__,
-                    detail=str(e),
-                    retry_in_s=round(delay, 1),
-                )
-                await self._window(delay)
-                self._requested.set()
+                self.retry.succeeded()
+                continue
+            except (ShelfsyncError, OSError) as e:
+                decision = self.retry.failed(e)
+            log_event(
+                _LOG,
+                logging.INFO if self.retry.failures == 1 else logging.DEBUG,
+                "receipts_failed",
+                error=decision.kind,
+                detail=decision.detail,
+                retryable=decision.retryable,
+                retry_in_s=round(decision.delay_s, 1),
+            )
+            await self.retry.wait(
+                decision,
+                partial(self._windows.wait, "receipts"),
+                slack_s=self._batch_window_s,
+                unless=[self._link_up],
+            )
+            self._requested.set()
 
     async def _window(self, delay_s: float) -> None:
         """Wait `delay_s`, then for a wake window; at once if the link comes up meanwhile."""
@@ -141,12 +149,10 @@ class ReceiptSync:
         if self._requested.is_set():
             return
         watching = receipt_store.has_open_deliveries(self._store, self._clock.wall() - WATCH_S)
-        timeout = self._check_s if watching else None
-        try:
-            async with asyncio.timeout(timeout):
-                await self._requested.wait()
-        except TimeoutError:
-            pass
+        if watching:
+            await sleep_or_until(self._clock, self._check_s, self._requested)
+        else:
+            await self._requested.wait()
 
     async def sync_once(self) -> tuple[int, int]:
         """Make due `failed` receipts, send every unsent receipt, then pull notices if any

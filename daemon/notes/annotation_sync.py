@@ -18,18 +18,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from contextlib import suppress
+from functools import partial
 
 from daemon.backoff import Backoff
-from daemon.client import ServiceClient
 from daemon.clock import Clock
-from daemon.errors import ServiceHTTPError, StoreError, TransportError
+from daemon.errors import ServiceHTTPError, ShelfsyncError, TransportError
 from daemon.killpoints import killpoint
 from daemon.logs import log_event
 from daemon.notes.store import NotesStore
 from daemon.protocol import merge
 from daemon.protocol.hlc import HybridClock
 from daemon.radio.windows import RadioWindows
+from daemon.retry import Comeback, Retry, record_failure
+from daemon.service import ServiceAPI
 
 _LOG = logging.getLogger("shelfsync.annotations")
 BATCH_OPS = 2000  # 10,000 offline edits go in 5 requests
@@ -42,7 +43,7 @@ class AnnotationSync:
     def __init__(
         self,
         notes: NotesStore,
-        client: ServiceClient,
+        client: ServiceAPI,
         clock: Clock,
         hlc: HybridClock,
         windows: RadioWindows,
@@ -50,6 +51,7 @@ class AnnotationSync:
         batch_window_s: float,
         settle_s: float = SETTLE_S,
         backoff: Backoff | None = None,
+        comeback: Comeback | None = None,
     ) -> None:
         self._notes = notes
         self._client = client
@@ -58,7 +60,9 @@ class AnnotationSync:
         self._windows = windows
         self._batch_window_s = batch_window_s
         self._settle_s = settle_s
-        self._backoff = backoff or Backoff(base_s=2.0, cap_s=600.0)
+        self.retry = Retry(
+            "annotation sync", clock, backoff or Backoff(base_s=2.0, cap_s=600.0), comeback
+        )
         self._requested = asyncio.Event()
         self._link_up = asyncio.Event()
         self._batch_ops = BATCH_OPS
@@ -74,7 +78,6 @@ class AnnotationSync:
         self._requested.set()
 
     async def run(self) -> None:
-        failures = 0
         while True:
             await self._requested.wait()
             await self._window(self._settle_s)
@@ -82,23 +85,27 @@ class AnnotationSync:
             self._link_up.clear()
             try:
                 await self.sync_once()
-                failures = 0
-            except (TransportError, StoreError) as e:
-                failures += 1
-                delay = self._backoff.delay(failures)
-                # On a full disk recording the failure fails too: the log line still says it.
-                with suppress(StoreError):
-                    self._notes.record_sync(None, f"{type(e).__name__}: {e}")
-                log_event(
-                    _LOG,
-                    logging.INFO if failures == 1 else logging.DEBUG,
-                    "annotation_sync_failed",
-                    error=type(e).__name__,
-                    detail=str(e),
-                    retry_in_s=round(delay, 1),
-                )
-                await self._window(delay)
-                self._requested.set()
+                self.retry.succeeded()
+                continue
+            except (ShelfsyncError, OSError) as e:
+                decision = self.retry.failed(e)
+            record_failure("annotation sync", self._notes.record_sync, None, decision.error)
+            log_event(
+                _LOG,
+                logging.INFO if self.retry.failures == 1 else logging.DEBUG,
+                "annotation_sync_failed",
+                error=decision.kind,
+                detail=decision.detail,
+                retryable=decision.retryable,
+                retry_in_s=round(decision.delay_s, 1),
+            )
+            await self.retry.wait(
+                decision,
+                partial(self._windows.wait, "annotations"),
+                slack_s=self._batch_window_s,
+                unless=[self._link_up],
+            )
+            self._requested.set()
 
     async def _window(self, delay_s: float) -> None:
         """Wait `delay_s`, then for a wake window; at once if the link returns meanwhile."""

@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import Any
 
 from daemon.backoff import Backoff
-from daemon.client import ServiceClient
 from daemon.clock import Clock
-from daemon.errors import AnnotationError, StoreError, TransportError
+from daemon.errors import AnnotationError, ShelfsyncError
 from daemon.killpoints import killpoint
 from daemon.logs import log_event
 from daemon.notes.store import NotesStore, Passage
 from daemon.protocol import merge
 from daemon.radio.windows import RadioWindows
+from daemon.retry import Comeback, Decision, Retry
+from daemon.service import ServiceAPI
 
 _LOG = logging.getLogger("shelfsync.popular")
 PAGE = 500
@@ -50,13 +52,14 @@ class SharedHighlights:
     def __init__(
         self,
         notes: NotesStore,
-        client: ServiceClient,
+        client: ServiceAPI,
         clock: Clock,
         windows: RadioWindows,
         *,
         batch_window_s: float,
         refresh_s: float = REFRESH_S,
         backoff: Backoff | None = None,
+        comeback: Comeback | None = None,
     ) -> None:
         self._notes = notes
         self._client = client
@@ -64,7 +67,9 @@ class SharedHighlights:
         self._windows = windows
         self._batch_window_s = batch_window_s
         self._refresh_s = refresh_s
-        self._backoff = backoff or Backoff(base_s=5.0, cap_s=600.0)
+        self.retry = Retry(
+            "popular highlights", clock, backoff or Backoff(base_s=5.0, cap_s=600.0), comeback
+        )
         self._wanted = asyncio.Event()
         self._now = asyncio.Event()
 
@@ -78,13 +83,20 @@ class SharedHighlights:
         self._wanted.set()
 
     async def run(self) -> None:
-        failures = 0
+        decision: Decision | None = None
         while True:
-            delay = self._backoff.delay(failures) if failures else self._refresh_s
-            due = self._clock.monotonic() + delay
-            await self._windows.wait(
-                "popular", due, due + self._batch_window_s, unless=self._wanted
-            )
+            if decision is None:
+                due = self._clock.monotonic() + self._refresh_s
+                await self._windows.wait(
+                    "popular", due, due + self._batch_window_s, unless=self._wanted
+                )
+            else:
+                await self.retry.wait(
+                    decision,
+                    partial(self._windows.wait, "popular"),
+                    slack_s=self._batch_window_s,
+                    unless=[self._wanted],
+                )
             if self._wanted.is_set() and not self._now.is_set():
                 soon = self._clock.monotonic()
                 await self._windows.wait(
@@ -94,16 +106,20 @@ class SharedHighlights:
             self._now.clear()
             try:
                 await self.refresh_once()
-                failures = 0
-            except (TransportError, StoreError) as e:
-                failures += 1
-                log_event(
-                    _LOG,
-                    logging.INFO if failures == 1 else logging.DEBUG,
-                    "popular_refresh_failed",
-                    error=type(e).__name__,
-                    detail=str(e),
-                )
+                self.retry.succeeded()
+                decision = None
+                continue
+            except (ShelfsyncError, OSError) as e:
+                decision = self.retry.failed(e)
+            log_event(
+                _LOG,
+                logging.INFO if self.retry.failures == 1 else logging.DEBUG,
+                "popular_refresh_failed",
+                error=decision.kind,
+                detail=decision.detail,
+                retryable=decision.retryable,
+                retry_in_s=round(decision.delay_s, 1),
+            )
 
     async def refresh_once(self) -> int:
         """Bring the passages of every book on the device up to date; returns changes applied."""

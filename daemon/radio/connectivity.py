@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from daemon.backoff import Backoff
-from daemon.client import PushChannel, ServiceClient
-from daemon.clock import Clock
-from daemon.errors import StalledError, TransportError
+from daemon.clock import Clock, within
+from daemon.errors import ShelfsyncError, StalledError, TransportError
 from daemon.logs import log_event
 from daemon.radio.windows import RadioWindows
+from daemon.retry import Retry
+from daemon.service import PushStream, ServiceAPI
 
 _LOG = logging.getLogger("shelfsync.connectivity")
 
@@ -34,7 +37,7 @@ _LOG = logging.getLogger("shelfsync.connectivity")
 class Connectivity:
     def __init__(
         self,
-        client: ServiceClient,
+        client: ServiceAPI,
         clock: Clock,
         windows: RadioWindows,
         request_sync: Callable[[], None],
@@ -53,41 +56,51 @@ class Connectivity:
         self._request_sync = request_sync
         self._keepalive_s = keepalive_s
         self._poll_interval_s = poll_interval_s
-        self._backoff = backoff or Backoff(base_s=1.0, cap_s=600.0)
+        # Failures: channels in a row that failed or never said a word.
+        self.retry = Retry("connectivity", clock, backoff or Backoff(base_s=1.0, cap_s=600.0))
         self.online = False  # the channel is up and the service has spoken on it
         self.push_connected_since: float | None = None
-        self._failures = 0  # channels in a row that failed or never said a word
 
     async def run(self) -> None:
         while True:
+            first = self.retry.failures == 0
             try:
                 async with self._client.push_channel() as channel:
                     await self._serve(channel)
                 log_event(_LOG, logging.INFO, "push_closed")
-            except TransportError as e:
-                level = logging.WARNING if self._failures == 0 else logging.DEBUG
-                log_event(_LOG, level, "push_unavailable", detail=str(e))
+                decision = self.retry.failed(TransportError("the push channel closed"))
+            except (ShelfsyncError, OSError) as e:
+                decision = self.retry.failed(e)
+                log_event(
+                    _LOG,
+                    logging.WARNING if first else logging.DEBUG,
+                    "push_unavailable",
+                    error=decision.kind,
+                    detail=decision.detail,
+                    retryable=decision.retryable,
+                )
             self.online = False
             self.push_connected_since = None
-            self._failures += 1
             # Poll while push is down: the pull doubles as the probe for the link's return.
             self._request_sync()
             self._on_event("poll")
             # Its own time, not a range: the jittered backoff is what spreads a thousand devices.
-            poll_at = self._clock.monotonic() + min(
-                self._backoff.delay(self._failures), self._poll_interval_s
-            )
-            await self._windows.wait("poll", poll_at, poll_at)
+            # A refusal (401, 403) is not retried on the poll's cadence but as the helper says.
+            if decision.retryable:
+                decision = dataclasses.replace(
+                    decision, delay_s=min(decision.delay_s, self._poll_interval_s)
+                )
+            await self.retry.wait(decision, partial(self._windows.wait, "poll"))
 
     def _connected(self) -> None:
         """The service spoke on the channel: push works, the backoff starts over."""
         self.online = True
         self.push_connected_since = self._clock.wall()
-        self._failures = 0
+        self.retry.succeeded()
         log_event(_LOG, logging.INFO, "push_connected")
         self._on_event("online")
 
-    async def _serve(self, channel: PushChannel) -> None:
+    async def _serve(self, channel: PushStream) -> None:
         """Act on the channel's messages and keep it alive, until it closes or its keep-alive
         fails (raised: TransportError)."""
         reader = asyncio.create_task(self._read(channel), name="push messages")
@@ -101,14 +114,13 @@ class Connectivity:
         for task in done:
             task.result()
 
-    async def _read(self, channel: PushChannel) -> None:
+    async def _read(self, channel: PushStream) -> None:
         # Online only once the service speaks (its hello comes first): a proxy may accept the
         # upgrade and pass nothing on, and a channel that says nothing within a pong's wait is
         # as dead as a ping without a pong.
         async with contextlib.aclosing(channel.messages()) as messages:
             try:
-                async with asyncio.timeout(self._keepalive_s / 2):
-                    message = await anext(messages, None)
+                message = await within(self._clock, self._keepalive_s / 2, anext(messages, None))
             except TimeoutError as e:
                 raise StalledError(
                     f"push channel: no hello within {self._keepalive_s / 2:g} s"
@@ -125,7 +137,7 @@ class Connectivity:
             self._request_sync()
         self._on_event(str(message.get("type")))
 
-    async def _keep_alive(self, channel: PushChannel) -> None:
+    async def _keep_alive(self, channel: PushStream) -> None:
         while True:
             last = self._clock.monotonic()
             await self._windows.wait(

@@ -82,7 +82,7 @@ async def _headers_then(request: web.Request, body: Callable[[web.StreamResponse
 
 async def silence_after_headers(request: web.Request) -> web.StreamResponse:
     async def nothing(response: web.StreamResponse) -> None:
-        await asyncio.sleep(30)  # cancelled when the client gives up and the stub stops
+        await asyncio.sleep(30)  # cancelled when the client gives up (handler_cancellation)
 
     result: web.StreamResponse = await _headers_then(request, nothing)
     return result
@@ -167,7 +167,7 @@ async def stand_in() -> AsyncIterator[tuple[list[Answer], ServiceClient]]:
 
     app = web.Application()
     app.router.add_get(PATH, package)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    runner = web.AppRunner(app, shutdown_timeout=0.1, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -225,7 +225,9 @@ async def test_request_log_and_rule_management(device: Device) -> None:
         body={"rules": [{"route": "package", "kind": "error", "times": 5}]},
         expect=201,
     )
-    assert rules["rules"] == [{"route": "package", "kind": "error", "times": 5, "status": 503}]
+    assert rules["rules"] == [
+        {"route": "package", "kind": "error", "times": 5, "status": 503, "retry_after": 1}
+    ]
     await api.call("DELETE", "/v1/admin/faults")
     assert (await device.package())[0] == 200
 

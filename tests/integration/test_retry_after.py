@@ -1,0 +1,37 @@
+"""A busy service's Retry-After is honoured (issue 24 #5: the device retried after 0.1-0.9 s
+against Retry-After: 20): a real daemon against the stub answering the changes feed 503."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from server_stub.app import running_stub
+from tests.conftest import StubImport
+from tests.integration.harness import admin, running_device
+
+RETRY_AFTER_S = 4  # above the library pull's first backoff (at most 2 s)
+
+
+async def test_a_503_with_retry_after_is_retried_no_sooner(
+    tmp_path: Path, corpus_stub_data: Path, stub_corpus_import: StubImport
+) -> None:
+    book_id = stub_corpus_import.book_ids["idpf_wasteland.epub"]
+    async with (
+        running_stub(corpus_stub_data, port=0, faults=True) as stub,
+        running_device(stub.url, stub.public_key_text, tmp_path / "d") as device,
+    ):
+        deadline = time.monotonic() + 20
+        while not device.daemon.runtime()["online"]:
+            assert time.monotonic() < deadline, "never online"
+            await asyncio.sleep(0.02)
+        rule = {"route": "changes", "kind": "error", "status": 503, "retry_after": RETRY_AFTER_S}
+        await admin(stub.url, "DELETE", "/v1/admin/requests")
+        await admin(stub.url, "POST", "/v1/admin/faults", {"rules": [rule]})
+        await device.account.buy(book_id)
+        await device.wait_for(book_id, lambda b: True)
+        log = (await admin(stub.url, "GET", "/v1/admin/requests"))["requests"]
+        pulls = [r for r in log if r["path"] == "/v1/library/changes"]
+        assert [r["status"] for r in pulls[:2]] == [503, 200]
+        assert pulls[1]["at"] - pulls[0]["at"] >= RETRY_AFTER_S
