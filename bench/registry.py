@@ -23,6 +23,7 @@ MODULES = (
     "throughput",
     "compression",
     "annotations",
+    "week",
     "faults",
 )
 

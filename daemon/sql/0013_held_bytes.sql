@@ -1,4 +1,4 @@
--- Schema version 12: the bytes of books on the device, kept as frames arrive and go.
+-- Schema version 13: the bytes of books on the device, kept as frames arrive and go.
 --
 -- The delivery worker planned each step with every held book and their frames summed: a
 -- library the device owns, delivered book by book, cost each step what was delivered before
