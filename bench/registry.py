@@ -20,6 +20,7 @@ MODULES = (
     "device",
     "scale",
     "stall",
+    "throughput",
     "compression",
     "annotations",
     "week",

@@ -343,6 +343,8 @@ async def measure_owned(
     delivered = catalog[: min(books, len(catalog))]
     run = Owned(books, len(delivered))
     name = f"owned-{books}"
+    shutil.rmtree(workdir / name, ignore_errors=True)  # a kept workdir: a fresh device again
+    (workdir / f"{name}.log").unlink(missing_ok=True)
     account = AccountClient(stub.url)
     await account.create_account(f"bench {name}")
     async with device_process(

@@ -161,14 +161,14 @@ class Daemon:
         store = self._store
         if self._phase is not None or store is None:
             return self._phase or "stopping"
-        states = [b["state"] for b in store.library_view()]
-        coming = sum(1 for s in states if s in DOWNLOADING)
+        counts = store.library_counts()  # one pass, no row held: a library of any size
+        coming = sum(n for state, n in counts.items() if state in DOWNLOADING)
         last = store.get_meta("last_sync_at")
         when = datetime.fromtimestamp(float(last)).astimezone().strftime("%H:%M") if last else None
         parts = [f"{coming} book{'s' * (coming != 1)} downloading"] if coming else []
         if self._delivery is not None and self._delivery.paused_reason:
             parts = [f"{coming} book{'s' * (coming != 1)} waiting: the disk is full"]
-        parts.append(f"{states.count('complete')} on the device")
+        parts.append(f"{counts.get('complete', 0)} on the device")
         parts.append(f"last sync {when or 'never'}")
         link = "online" if self._connectivity and self._connectivity.online else "offline"
         return f"{link}; " + ", ".join(parts)

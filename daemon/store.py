@@ -50,6 +50,7 @@ FLOOR_STEP_S = 86_400  # how far past max(clock, floor) one verified manifest mo
 # The writer's pages are mostly frames it writes once and never reads: SQLite's default 2 MiB
 # cache only kept the last frame written resident after a delivery.
 WRITER_PAGE_CACHE_KIB = 512
+PAGE_BYTES = 16 * 1024
 # Of the books ordered since the device joined, the planner sees this many of the new purchases
 # and of the wanted books at each step, oldest first, besides the running and failing ones: far
 # more than a step can start (a profile's concurrency is at most 16), and enough that books
@@ -407,10 +408,13 @@ class Store:
                 db.execute(f"PRAGMA cache_size = -{READER_PAGE_CACHE_KIB}")
             else:
                 db.execute(f"PRAGMA cache_size = -{WRITER_PAGE_CACHE_KIB}")
-                # Takes effect only on a new, empty database: freed pages (a removed book)
-                # go back to the file system at `PRAGMA incremental_vacuum`. Not asked of an
-                # existing one: the PRAGMA writes, and fails on a full disk (issue 21 #9).
+                # Both only for a new, empty database: freed pages (a removed book) go back to
+                # the file system at `PRAGMA incremental_vacuum`. Not asked of an existing one:
+                # the PRAGMA writes, and fails on a full disk (issue 21 #9). Frames are blobs of
+                # up to 2 MiB, each a chain of overflow pages: 4 KiB pages made a frame 512 of
+                # them, and frames committed at a third of the rate of 16 KiB pages (issue 22 #6).
                 if int(next(db.execute("PRAGMA page_count"))[0]) == 0:
+                    db.execute(f"PRAGMA page_size = {PAGE_BYTES}")
                     db.execute("PRAGMA auto_vacuum = INCREMENTAL")
                 db.execute("PRAGMA journal_mode = WAL")
                 # NORMAL survives a process crash; a frame lost to power loss is re-fetched.
@@ -829,6 +833,16 @@ class Store:
     def trusted_version(self, book_id: str) -> int:
         row = self.one("SELECT version FROM trusted_versions WHERE book_id = ?", (book_id,))
         return 0 if row is None else int(row[0])
+
+    def held_frame_hashes(self, book_id: str) -> dict[int, list[str]]:
+        """The frame hashes of every version of the book held, by version."""
+        held: dict[int, list[str]] = {}
+        for version, sha256 in self.query(
+            "SELECT version, sha256 FROM frames WHERE book_id = ? ORDER BY version, idx",
+            (book_id,),
+        ):
+            held.setdefault(version, []).append(sha256)
+        return held
 
     def frame_hashes(self, book_id: str, version: int) -> list[str] | None:
         """The frame hashes of a held manifest, or None if that version is not held."""

@@ -228,6 +228,9 @@ def build_frames(specs: list[tuple[str, int, int, int, str]]) -> tuple[Frame, ..
     return tuple(frames)
 
 
+_CONTROL = re.compile("[\x00-\x1f]")  # one search, not a loop a character: 2,000 paths a book
+
+
 def check_resource_path(path: str) -> str:
     """Return `path` if it is a safe, relative path inside a book; raise ValueError otherwise."""
     if not path or len(path) > 1024:
@@ -236,7 +239,7 @@ def check_resource_path(path: str) -> str:
         raise ValueError("NUL, backslash or absolute path")
     if any(part in ("", ".", "..") for part in path.split("/")):
         raise ValueError("empty, '.' or '..' path segment")
-    if any(ord(c) < 0x20 for c in path):
+    if _CONTROL.search(path):
         raise ValueError("control character in path")
     return path
 
