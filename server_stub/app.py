@@ -420,8 +420,9 @@ def _unsatisfiable(size: int) -> ApiError:
 
 
 def _slices(store: Store, info: PackageInfo, start: int, end: int) -> Iterator[bytes]:
-    for offset in range(start, end, CHUNK):
-        yield store.read_package(info.rowid, offset, min(CHUNK, end - offset))
+    with store.package_reader(info.rowid) as read:
+        for offset in range(start, end, CHUNK):
+            yield read(offset, min(CHUNK, end - offset))
 
 
 async def package(request: web.Request) -> web.StreamResponse:
