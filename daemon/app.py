@@ -286,7 +286,14 @@ class Daemon:
                 elif kind in ("annotations_changed", "poll"):
                     annotations.request()
 
-            sync = LibrarySync(store, client, self.clock, windows, on_change=library_changed)
+            sync = LibrarySync(
+                store,
+                client,
+                self.clock,
+                windows,
+                on_change=library_changed,
+                on_root=delivery.follow_root,
+            )
 
             def everything_now() -> None:
                 """A trip is being prepared (or a book asked for): every worker goes now."""
