@@ -15,7 +15,16 @@ from typing import Any
 
 from bench.section import Section
 
-MODULES = ("delivery", "device", "lowmem", "scale", "compression", "annotations", "faults")
+MODULES = (
+    "delivery",
+    "device",
+    "lowmem",
+    "scale",
+    "compression",
+    "annotations",
+    "week",
+    "faults",
+)
 
 
 @dataclass(frozen=True, slots=True)

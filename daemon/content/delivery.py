@@ -44,13 +44,14 @@ from daemon.errors import (
     SignatureError,
     StoreError,
     VerificationError,
+    VersionMissingError,
 )
 from daemon.killpoints import killpoint
 from daemon.logs import log_event
 from daemon.models import DeliveryCandidate, FrameRow
 from daemon.protocol.codec import Dictionary
 from daemon.protocol.crypto import WRAP_ALG, open_root_envelope, unwrap_content_key
-from daemon.protocol.manifest import Manifest
+from daemon.protocol.manifest import PROTOCOL_LIMITS, Manifest, ManifestLimits
 from daemon.protocol.root import MAX_ROOT_ROTATIONS, Root, parse_root, pinned_root
 from daemon.radio.windows import RadioWindows
 from daemon.store import Store
@@ -67,6 +68,7 @@ class DeliveryPolicy:
     batch_window_s: float  # how long a retry that is not a new purchase may wait for a window
     backoff: Backoff = field(default_factory=Backoff)
     disk_full_pause_s: float = DISK_FULL_PAUSE_S  # tests shorten it
+    manifest_limits: ManifestLimits = PROTOCOL_LIMITS  # the device's, from its RAM budget
 
 
 def contiguous_run(missing: list[FrameRow]) -> list[FrameRow]:
@@ -105,6 +107,7 @@ class DeliveryWorker:
         self._disk_full_until = 0.0
         self.waiting: dict[str, str] = {}  # book -> why the planner holds it back, for status
         self.paused_reason: str | None = None
+        self.downloading = 0  # downloads running now (the idle integrity check waits for none)
         # Books whose server ignored a Range request: fetched from byte 0 next time, and each
         # frame still verified, so nothing unverified is spliced in.
         self._whole_package: set[str] = set()
@@ -175,7 +178,13 @@ class DeliveryWorker:
                     tasks[book_id] = asyncio.create_task(
                         self._deliver_guarded(book_id), name=f"deliver {book_id}"
                     )
+                for book_id in decided.probe:  # planned again, with its size, once it ends
+                    tasks[book_id] = asyncio.create_task(
+                        self._deliver_guarded(book_id, manifest_only=True),
+                        name=f"manifest of {book_id}",
+                    )
                 self.waiting = decided.waiting
+                self.downloading = len(tasks)
                 retry = self._retry_range(candidates, now, tasks.keys())
                 # Space may free up, a charger be plugged in: a local look, no radio. Anything
                 # else that waits is woken by an event (a download ending, the library changing).
@@ -258,10 +267,10 @@ class DeliveryWorker:
         latest = min(fresh_at, other_at + self._policy.batch_window_s)
         return not_before + to_monotonic, latest + to_monotonic
 
-    async def _deliver_guarded(self, book_id: str) -> None:
+    async def _deliver_guarded(self, book_id: str, manifest_only: bool = False) -> None:
         """Deliver one book; any failure is recorded with a backoff, never raised."""
         try:
-            await self.deliver(book_id)
+            await self.deliver(book_id, manifest_only)
         except DiskFullError as e:
             # Nothing committed is lost (the transaction rolled back); writing a failure
             # record could fail the same way, so the pause lives in memory.
@@ -296,16 +305,19 @@ class DeliveryWorker:
                     error=str(store_error),
                 )
 
-    async def deliver(self, book_id: str) -> None:
-        envelope = await self._client.manifest_envelope(book_id)
+    async def deliver(self, book_id: str, manifest_only: bool = False) -> None:
+        """Bring a book onto the device; with `manifest_only`, verify and record its signed
+        manifest and stop there (the planner then knows its true size)."""
+        limits = self._policy.manifest_limits
+        envelope = await self._client.manifest_envelope(book_id, limits.max_bytes)
         try:
-            manifest = self._verify(book_id, envelope)
+            manifest = self._verify(book_id, envelope, limits)
         except (SignatureError, RollbackError, ExpiredError):
             # Refused by what the trusted root's keys vouched for: the service may have
             # rotated them (a key lost, or a device fast-forwarded by a broken one).
             if not await self._refresh_trust_root():
                 raise
-            manifest = self._verify(book_id, envelope)
+            manifest = self._verify(book_id, envelope, limits)
         self._check_content_key(manifest)
         await self._ensure_dictionary(manifest)
         self._store.record_manifest(manifest, envelope, self._clock.wall())
@@ -318,10 +330,20 @@ class DeliveryWorker:
             frames=len(manifest.frames),
             package_bytes=manifest.package_size,
         )
+        if manifest_only:
+            return
         while missing := self._store.missing_frames(book_id, manifest.version):
             await self._fetch_run(manifest, contiguous_run(missing))
+        wanted = self._store.wanted_version(book_id)
+        if manifest.version < wanted:
+            # Taken as a success, the book would be pending still and started again at once:
+            # 2,966 manifest requests in 30 s for a forged update, and after every restart.
+            raise VersionMissingError(
+                f"{book_id}: the library lists version {wanted}, the service serves"
+                f" version {manifest.version}"
+            )
 
-    def _verify(self, book_id: str, envelope: bytes) -> Manifest:
+    def _verify(self, book_id: str, envelope: bytes, limits: ManifestLimits) -> Manifest:
         return verify_manifest(
             envelope,
             pinned_key=self._trust_root().signing_keys,
@@ -330,6 +352,7 @@ class DeliveryWorker:
             held_frame_hashes=lambda version: self._store.frame_hashes(book_id, version),
             time_floor=self._store.time_floor(),
             now=self._clock.wall(),
+            limits=limits,
         )
 
     async def follow_root(self, version: int) -> None:

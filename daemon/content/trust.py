@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from daemon.errors import ExpiredError, ManifestError, RollbackError, SignatureError
 from daemon.protocol.crypto import key_id, open_envelope, open_root_envelope, root_signers
-from daemon.protocol.manifest import Manifest, parse_manifest
+from daemon.protocol.manifest import PROTOCOL_LIMITS, Manifest, ManifestLimits, parse_manifest
 from daemon.protocol.root import Root, parse_root
 
 
@@ -34,8 +34,9 @@ def verify_manifest(
     held_frame_hashes: Callable[[int], list[str] | None],
     time_floor: int,
     now: float,
+    limits: ManifestLimits = PROTOCOL_LIMITS,
 ) -> Manifest:
-    manifest = parse_manifest(open_envelope(envelope, pinned_key))
+    manifest = parse_manifest(open_envelope(envelope, pinned_key, limits.max_bytes), limits=limits)
     if manifest.book_id != book_id:
         raise ManifestError(f"asked for the manifest of {book_id}, got one for {manifest.book_id}")
     if manifest.version < trusted_version:

@@ -10,8 +10,8 @@ signature, then one zstd frame of the manifest bytes. The manifest travels compr
 chapter) and not in base64 (which would add a third). The signature covers SIGNING_CONTEXT + the
 compressed bytes, so it is checked before a byte is decoded: an unsigned 32 KB frame that
 decodes to 16 MiB costs a hash, not 16 MiB (issue 24 #1); what is signed is still decoded within
-MAX_MANIFEST_BYTES. No JSON canonicalisation is needed to verify, and a signature over anything
-else cannot be replayed here.
+the device's manifest limit (ManifestLimits.max_bytes, at most MAX_MANIFEST_BYTES). No JSON
+canonicalisation is needed to verify, and a signature over anything else cannot be replayed here.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ ENVELOPE_MAGIC = b"SSE3"
 KEY_ID_BYTES = 8
 SIGNATURE_BYTES = 64
 _ENVELOPE_HEADER = len(ENVELOPE_MAGIC) + KEY_ID_BYTES + SIGNATURE_BYTES
-MAX_ENVELOPE_BYTES = MAX_MANIFEST_BYTES + 4096  # even if zstd could not shrink it
+ENVELOPE_SLACK = 4096  # an envelope over its manifest, even if zstd could not shrink it
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -76,10 +76,15 @@ def sign_envelope(private_key: Ed25519PrivateKey, manifest_bytes: bytes) -> byte
     )
 
 
-def open_envelope(envelope: bytes, trusted: Ed25519PublicKey | Sequence[Ed25519PublicKey]) -> bytes:
+def open_envelope(
+    envelope: bytes,
+    trusted: Ed25519PublicKey | Sequence[Ed25519PublicKey],
+    max_manifest_bytes: int = MAX_MANIFEST_BYTES,
+) -> bytes:
     """Return the manifest bytes if the envelope is signed by the trusted key (or one of the
-    trusted root's signing keys, picked by the key id the envelope names); else raise."""
-    if len(envelope) > MAX_ENVELOPE_BYTES:
+    trusted root's signing keys, picked by the key id the envelope names) and decodes to at
+    most `max_manifest_bytes` (the frame's declared size says so before any is decoded)."""
+    if len(envelope) > max_manifest_bytes + ENVELOPE_SLACK:
         raise ManifestError(f"signed manifest is {len(envelope)} bytes, over the limit")
     if len(envelope) <= _ENVELOPE_HEADER or not envelope.startswith(ENVELOPE_MAGIC):
         raise ManifestError(
@@ -104,7 +109,7 @@ def open_envelope(envelope: bytes, trusted: Ed25519PublicKey | Sequence[Ed25519P
             f" {key_id(named[0])} (envelope names key {named_key})"
         ) from e
     try:
-        return decode_bounded(compressed, MAX_MANIFEST_BYTES)
+        return decode_bounded(compressed, max_manifest_bytes)
     except DecodeError as e:
         raise ManifestError(f"malformed signed manifest: {type(e).__name__}: {e}") from e
 
