@@ -20,6 +20,7 @@ MODULES = (
     "device",
     "lowmem",
     "scale",
+    "stall",
     "compression",
     "annotations",
     "week",
