@@ -114,9 +114,12 @@ class Stub:
 
 
 @asynccontextmanager
-async def stub_process(data_dir: Path, library: Path, log: Path) -> AsyncIterator[Stub]:
-    """`shelfsync-stub` serving `library` (imported first: a 100 MB book takes a while)."""
-    args = [script("shelfsync-stub"), "--data", str(data_dir), "--library", str(library)]
+async def stub_process(
+    data_dir: Path, library: Path, log: Path, *extra: str
+) -> AsyncIterator[Stub]:
+    """`shelfsync-stub` serving `library` (imported first: a 100 MB book takes a while), with
+    `extra` arguments."""
+    args = [script("shelfsync-stub"), "--data", str(data_dir), "--library", str(library), *extra]
     async with child([*args, "--port", "0"], log, pipe_stdout=True) as proc:
         assert proc.stdout is not None
         refused = []

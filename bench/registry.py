@@ -18,6 +18,7 @@ from bench.section import Section
 MODULES = (
     "delivery",
     "device",
+    "lowmem",
     "scale",
     "stall",
     "throughput",

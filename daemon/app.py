@@ -324,7 +324,13 @@ class Daemon:
                     annotations.request()
 
             sync = LibrarySync(
-                store, client, self.clock, windows, on_change=library_changed, comeback=comeback
+                store,
+                client,
+                self.clock,
+                windows,
+                on_change=library_changed,
+                comeback=comeback,
+                on_root=delivery.follow_root,
             )
 
             def everything_now() -> None:

@@ -109,7 +109,8 @@ def _changes_page(doc: Any, asked: int) -> ChangesPage:
     has_more = doc["has_more"]
     if not isinstance(has_more, bool) or (has_more and not changes):
         raise ValueError("the page says more follow but brings none")
-    return ChangesPage(changes, cursor, has_more)
+    root_version = _bounded(doc.get("root_version", 1), 1, _MAX_SEQ, "root_version")
+    return ChangesPage(changes, cursor, has_more, root_version)
 
 
 _CONTENT_RANGE = re.compile(r"\Abytes (\d+)-(\d+)/(\d+|\*)\Z")
@@ -138,6 +139,7 @@ class ChangesPage:
     changes: list[LibraryChange]
     cursor: int
     has_more: bool
+    root_version: int = 1  # the service's newest trust root (a hint: roots are signed)
 
 
 @dataclass(frozen=True, slots=True)

@@ -288,6 +288,7 @@ async def changes(request: web.Request) -> web.Response:
             "changes": [c.to_doc() for c in page],
             "cursor": page[-1].seq if page else cursor,
             "has_more": len(rows) > limit,
+            "root_version": request.app[TRUST].version,
         }
     )
 

@@ -436,6 +436,19 @@ class DeliveryWorker:
             limits=limits,
         )
 
+    async def follow_root(self, version: int) -> None:
+        """The changes feed names the service's newest trust root: walk to it if it is newer.
+        The feed is not signed, so a root that does not verify is logged and left."""
+        if version <= self._trust_root().version:
+            return
+        try:
+            rotated = await self._refresh_trust_root()
+        except VerificationError as e:
+            log_event(_LOG, logging.WARNING, "trust_root_refused", version=version, error=str(e))
+            return
+        if rotated:
+            self.wake()  # a fast-forwarded version dropped: its book is due again
+
     def _trust_root(self) -> Root:
         stored = self._store.trust_root_envelope()
         if stored is None:

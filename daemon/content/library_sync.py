@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 from daemon.backoff import Backoff
@@ -37,6 +37,7 @@ class LibrarySync:
         on_change: Callable[[], None],
         backoff: Backoff | None = None,
         comeback: Comeback | None = None,
+        on_root: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._client = client
@@ -46,6 +47,9 @@ class LibrarySync:
         self.retry = Retry(
             "library sync", clock, backoff or Backoff(base_s=2.0, cap_s=300.0), comeback
         )
+        # Told the service's newest trust root version with every page: a rotation reaches the
+        # device with the next pull, not only when a manifest is refused.
+        self._on_root = on_root
         self._requested = asyncio.Event()
 
     def request(self) -> None:
@@ -101,6 +105,8 @@ class LibrarySync:
             )
             for book_id in removed:
                 log_event(_LOG, logging.INFO, "book_removed", book=book_id)
+            if self._on_root is not None:
+                await self._on_root(page.root_version)
             cursor = page.cursor
             applied += len(page.changes)
             if page.changes:

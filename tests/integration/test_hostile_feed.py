@@ -52,6 +52,8 @@ FORGED = {
     "book id with a path in it": page([change(book_id="../../etc/passwd")]),
     "book id with a NUL": page([change(book_id="bk\x00x")]),
     "not a page": {"changes": "all of them"},
+    "trust root version past 2^53": page([], root_version=2**63),
+    "trust root version 0": page([], root_version=0),
 }
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 
@@ -47,3 +48,36 @@ async def test_a_fast_forwarded_device_recovers_when_the_service_rotates_its_key
             r["path"] for r in (await admin(stub.url, "GET", "/v1/admin/requests"))["requests"]
         ]
         assert "/v1/roots/2" in paths
+
+
+@pytest.mark.faults(18)
+async def test_a_rotation_reaches_the_device_with_the_next_changes_page(
+    tmp_path: Path, corpus_dir: Path
+) -> None:
+    library = tmp_path / "library"
+    library.mkdir()
+    shutil.copy(corpus_dir / BOOK, library / BOOK)
+    epub = read_epub(library / BOOK)
+    book_id = book_id_for(epub.identifier, epub.language)
+    async with (
+        running_stub(tmp_path / "stub-data", library_dir=library, port=0, faults=True) as stub,
+        running_device(stub.url, stub.public_key_text, tmp_path / "dev") as device,
+    ):
+        await device.account.buy(book_id)
+        await device.wait_complete(book_id)
+        await admin(stub.url, "DELETE", "/v1/admin/requests")
+        await admin(stub.url, "POST", "/v1/admin/rotate-key")
+        # A return is the next change: its page names root 2, which the device fetches
+        # although no manifest was refused (none was even asked for).
+        await device.account.return_book(book_id)
+        await device.wait_removed(book_id)
+        for _ in range(500):
+            requests = (await admin(stub.url, "GET", "/v1/admin/requests"))["requests"]
+            if "/v1/roots/2" in (paths := [r["path"] for r in requests]):
+                break
+            await asyncio.sleep(0.02)
+        assert "/v1/roots/2" in paths
+        assert not any(p.endswith("/manifest") for p in paths)
+        # Bought again, it is verified under the new key.
+        await device.account.buy(book_id)
+        assert (await device.wait_complete(book_id))["version"] == 1

@@ -5,23 +5,29 @@ floor, a fast-forwarded version) no longer binds."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import apsw
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from daemon.content.trust import verify_manifest, verify_root
-from daemon.errors import ExpiredError, ManifestError, RollbackError, SignatureError
+from daemon.errors import ExpiredError, ManifestError, RollbackError, SignatureError, StoreError
 from daemon.models import LibraryChange
 from daemon.protocol.crypto import sign_root_envelope
 from daemon.protocol.manifest import Manifest
 from daemon.protocol.root import Root, encode_root, pinned_root
 from daemon.store import Store
 from tests.builders import NOW, make_manifest, signed
+from tests.faultvfs import CutMode, FaultDisk
+from tests.reliability import Figures
 
 # Fixed keys: the kill test's child process must sign what the parent checks.
 OLD = Ed25519PrivateKey.from_private_bytes(bytes([1]) * 32)
@@ -228,3 +234,60 @@ def test_a_kill_at_any_step_of_a_rotation_leaves_the_old_trust_or_the_new(
     else:
         assert child.returncode == 0, child.stderr.decode()[-500:]
         assert after == (ROTATED, 0, NOW, False)
+
+
+# With the power gone, closing a connection still tries to checkpoint and remove the WAL;
+# SQLite ignores those failures and apsw reports each one as unraisable.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.faults(4, 5)
+def test_a_power_cut_at_any_write_of_a_rotation_leaves_the_old_trust_or_the_new(
+    tmp_path: Path, fault_figures: Figures
+) -> None:
+    template = tmp_path / "template.db"
+    fast_forwarded(template).close()
+    before = trust_state(template)
+    after = (ROTATED, 0, NOW, False)
+    rng = random.Random(4)
+    db = tmp_path / "device" / "db"
+    cuts = 0
+    with FaultDisk() as disk:
+
+        def fresh() -> None:
+            shutil.rmtree(db.parent, ignore_errors=True)
+            db.parent.mkdir()
+            shutil.copy(template, db)
+            disk.reset()
+
+        def rotated() -> bool:
+            """Rotate on the faulty disk; True if the rotation returned (acknowledged)."""
+            store = None
+            try:
+                store = Store.open(db)
+                rotate(store)
+                return True
+            except (StoreError, apsw.Error):
+                return False  # the power went
+            finally:
+                with contextlib.suppress(apsw.Error):
+                    if store is not None:
+                        store.close()
+
+        fresh()
+        assert rotated()
+        ops = disk.ops
+        for at_op in range(1, ops + 1):
+            for mode in CutMode:
+                fresh()
+                disk.arm_cut(at_op)
+                acknowledged = rotated()
+                if not disk.cut_happened:
+                    continue
+                disk.apply_cut(mode, rng)
+                disk.reset()
+                cuts += 1
+                state = trust_state(db)
+                assert state in (before, after), (at_op, mode)
+                if acknowledged:
+                    assert state == after, (at_op, mode)
+    fault_figures.record(runs=cuts)
+    assert cuts > 0
