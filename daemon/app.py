@@ -84,8 +84,10 @@ async def device_credentials(
     )
     store.set_meta("device_token", credentials.device_token)
     store.set_meta("device_id", credentials.device_id)
-    # Books ordered from now on are this device's to fetch; older ones stay in the cloud.
-    store.set_meta("registered_at", repr(now))
+    # Books ordered from now on are this device's to fetch; older ones stay in the cloud. Order
+    # times are the service's clock, so this is too (the device's own may be a day off).
+    registered_at = now if credentials.registered_at is None else credentials.registered_at
+    store.set_meta("registered_at", repr(registered_at))
     log_event(_LOG, logging.INFO, "device_registered", device=credentials.device_id)
     return credentials
 

@@ -84,7 +84,16 @@ def _changes_page(doc: Any, asked: int) -> ChangesPage:
     has_more = doc["has_more"]
     if not isinstance(has_more, bool) or (has_more and not changes):
         raise ValueError("the page says more follow but brings none")
-    return ChangesPage(changes, cursor, has_more)
+    return ChangesPage(changes, cursor, has_more, _service_time(doc.get("now")))
+
+
+def _service_time(value: Any) -> float | None:
+    """The service's clock as an answer gives it, or None if it gives none (an older service)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= _MAX_AT:
+        raise ValueError(f"service time {str(value)[:40]} is out of range")
+    return float(value)
 
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -113,12 +122,14 @@ class ChangesPage:
     changes: list[LibraryChange]
     cursor: int
     has_more: bool
+    service_now: float | None = None  # the service's clock when it made the page
 
 
 @dataclass(frozen=True, slots=True)
 class DeviceCredentials:
     device_id: str
     device_token: str
+    registered_at: float | None = None  # the service's clock at the registration
 
 
 def _transport_error(what: str, e: BaseException) -> TransportError:
@@ -216,7 +227,11 @@ class AccountClient:
     async def register_device(self, name: str, public_key: str) -> DeviceCredentials:
         """Register a device whose X25519 public key (base64) content keys are wrapped for."""
         doc = await self._post("/v1/devices", {"name": name, "public_key": public_key})
-        return DeviceCredentials(str(doc["device_id"]), str(doc["device_token"]))
+        try:
+            registered_at = _service_time(doc.get("registered_at"))
+        except ValueError as e:
+            raise ProtocolError(f"malformed registration answer: {e}") from e
+        return DeviceCredentials(str(doc["device_id"]), str(doc["device_token"]), registered_at)
 
     async def buy(self, book_id: str) -> float:
         """Buy a book; returns the service time of the purchase (the 60 s clock's start)."""

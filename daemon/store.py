@@ -327,6 +327,11 @@ class Store:
     def library_cursor(self) -> int:
         return int(self.get_meta("library_cursor") or 0)
 
+    def service_clock_offset(self) -> float:
+        """How far the service's clock is ahead of this device's (seconds; negative: behind),
+        as measured at the last changes page: order times are the service's clock."""
+        return float(self.get_meta("service_clock_offset") or 0.0)
+
     def time_floor(self) -> int:
         """The latest issue time of any verified manifest: a clock set back cannot go below it."""
         return int(self.get_meta("time_floor") or 0)
@@ -424,9 +429,14 @@ class Store:
         the fresh window's start, if earlier), those the reader or the service singled out, the
         `running` ones, and, only while a trip wants `archive_slots` of the archive, enough of
         its newest books to fill them. The rest of the archive stays in the cloud unless asked
-        for, so a library of any size costs a look what is pending (daemon/sql/0009)."""
+        for, so a library of any size costs a look what is pending (daemon/sql/0009).
+
+        `fresh_since` and the candidates' `ordered_at` are the device's clock (the feed's order
+        times, which are the service's, moved by `service_clock_offset`), so the planner
+        compares them with its own `now` whatever the two clocks say."""
+        offset = self.service_clock_offset()
         registered = float(self.get_meta("registered_at") or 0)
-        since = registered if fresh_since is None else min(registered, fresh_since)
+        since = registered if fresh_since is None else min(registered, fresh_since + offset)
         archive = 0
         if archive_slots > 0:
             # Enough of the archive's newest that, whichever of them are singled out or wait
@@ -469,7 +479,7 @@ class Store:
                 DeliveryCandidate(
                     book_id=r[0],
                     reason=r[1],
-                    ordered_at=r[2],
+                    ordered_at=r[2] - offset,
                     retry_at=r[3],
                     has_readable_version=bool(r[4]),
                     opened_at=r[5],
@@ -488,7 +498,9 @@ class Store:
         return int(sizes[len(sizes) // 2]) if sizes else 1_000_000
 
     def held_books(self) -> list[HeldBook]:
-        """Books with frames on the device, with what protects them from eviction."""
+        """Books with frames on the device, with what protects them from eviction; times are
+        the device's clock (as in `delivery_candidates`)."""
+        offset = self.service_clock_offset()
         rows = self.query(
             "SELECT l.book_id, (SELECT total(length(f.data)) FROM frames f"
             "   WHERE f.book_id = l.book_id),"
@@ -507,7 +519,7 @@ class Store:
                 bool(r[2]),
                 bool(r[3]),
                 r[4],
-                r[5],
+                r[5] - offset,
                 r[6],
                 bool(r[7]),
                 bool(r[8]),

@@ -79,6 +79,11 @@ class LibrarySync:
         while True:
             page = await self._client.library_changes(cursor, PAGE_SIZE)
             requests += 1
+            if page.service_now is not None:
+                # Before the page is applied and delivery woken: order times read on this
+                # device's clock decide what is a new purchase.
+                offset = page.service_now - self._clock.wall()
+                self._store.set_meta("service_clock_offset", repr(offset))
             removed = self._store.apply_library_changes(
                 page.changes, page.cursor, self._clock.wall()
             )
