@@ -317,7 +317,12 @@ class Daemon:
                 settings.tcp_port,
                 _api_token(settings),
                 notes=NotesApi(
-                    notes, note_clock, self.clock, annotations.request, annotations.link_up
+                    notes,
+                    note_clock,
+                    self.clock,
+                    annotations.request,
+                    annotations.link_up,
+                    store.service_clock_offset,
                 ),
                 library=LibraryApi(
                     store, self.clock, everything_now, self.runtime, delivery.free_bytes

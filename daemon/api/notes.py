@@ -57,12 +57,14 @@ class NotesApi:
         clock: Clock,
         on_write: Callable[[], None],
         sync_now: Callable[[], None],
+        service_offset: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self._notes = notes
         self._hlc = hlc
         self._clock = clock
         self._on_write = on_write
         self._sync_now = sync_now
+        self._service_offset = service_offset  # the service's clock minus this device's
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
@@ -95,7 +97,10 @@ class NotesApi:
         return guarded
 
     def _stamp(self) -> str:
-        return self._hlc.tick(int(self._clock.wall() * 1000))
+        # The device's clock as the service's would read it: a clock a day behind would
+        # otherwise stamp every offline edit with the last stamp it saw (the last sync), older
+        # than what another device did meanwhile.
+        return self._hlc.tick(int((self._clock.wall() + self._service_offset()) * 1000))
 
     def _committed(self) -> None:
         # Between the durable commit and the answer (FAULTS.md #3): a kill here loses nothing.

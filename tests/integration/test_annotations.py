@@ -300,6 +300,35 @@ async def test_reading_position_here_latest_and_furthest_with_a_skewed_clock(
 
 
 @pytest.mark.faults(32)
+async def test_a_position_read_offline_carries_the_time_it_was_read(
+    tmp_path: Path, stub_data: Path, book_id: str
+) -> None:
+    """Issue 23 #5: B's clock is a day behind. Offline, its hybrid clock stayed at the last
+    stamp it saw from the service, so every place B read after A, offline, was older than A's."""
+    async with restartable(stub_data) as service:
+        stub = await service.start()
+        a, b = await service.stack.enter_async_context(
+            devices(stub, tmp_path, book_id, None, SkewedClock(-DAY_S))
+        )
+        await eventually(lambda: synced(b))
+        await service.stop()
+        path = f"/v1/books/{book_id}/position"
+        place = {"resource": "text/the_main_gui_window.xhtml", "start": 300}
+        assert (await a.api.send("PUT", path, {**place, "progress": 0.5}))[0] == 200
+        assert (await b.api.send("PUT", path, {**place, "progress": 0.6}))[0] == 200  # later
+        await service.start()
+        b_id = await device_id(b)
+
+        async def a_sees_b_latest() -> Any:
+            view = await a.api.get_json(path)
+            return view if len(view["devices"]) == 2 else None
+
+        view = await eventually(a_sees_b_latest)
+        assert view["latest"]["device_id"] == b_id
+        assert view["latest"]["position"]["progress"] == 0.6
+        assert abs(view["latest"]["at"] - time.time()) < DAY_S / 2  # the service's time
+
+
 async def test_bad_bodies_are_refused_and_change_nothing(
     tmp_path: Path, stub_data: Path, book_id: str
 ) -> None:
