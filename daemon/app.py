@@ -290,6 +290,11 @@ class Daemon:
 
             sync = LibrarySync(store, client, self.clock, windows, on_change=library_changed)
 
+            def notes_now() -> None:
+                """The reader asked for a sync: their notes and other readers' passages."""
+                annotations.link_up()
+                popular.link_up()
+
             def everything_now() -> None:
                 """A trip is being prepared (or a book asked for): every worker goes now."""
                 sync.request()
@@ -321,7 +326,7 @@ class Daemon:
                     note_clock,
                     self.clock,
                     annotations.request,
-                    annotations.link_up,
+                    notes_now,
                     store.service_clock_offset,
                 ),
                 library=LibraryApi(

@@ -27,7 +27,8 @@ from aiohttp import web
 
 from daemon.api.answers import Refused, error, json_answer, read_json
 from daemon.clock import Clock
-from daemon.content.trip import MAX_TRIP_DAYS, readiness, start_trip, trip_state
+from daemon.content.trip import MAX_TRIP_DAYS, Trip, readiness, start_trip, trip_state
+from daemon.notes.store import annotation_status
 from daemon.protocol.merge import BOOK_ID
 from daemon.store import Store
 
@@ -165,22 +166,27 @@ class LibraryApi:
             return error(
                 400, "bad_field", f"'days' must be a whole number from 1 to {MAX_TRIP_DAYS}"
             )
-        start_trip(self._store, days, self._clock.wall())
+        trip = start_trip(self._store, days, self._clock.wall())
         self._wake()
-        return json_answer(self._readiness(days), status=202)
+        return json_answer(self._readiness(trip), status=202)
 
     async def trip(self, request: web.Request) -> web.Response:
         trip = trip_state(self._store, self._clock.wall())
         if trip is None:
             return error(404, "no_trip", 'no trip is planned; POST /v1/trip {"days": N}')
-        return json_answer(self._readiness(trip.days))
+        return json_answer(self._readiness(trip))
 
-    def _readiness(self, days: int) -> dict[str, Any]:
+    def _readiness(self, trip: Trip) -> dict[str, Any]:
+        runtime = self._runtime()
+        notes = annotation_status(self._store) or {}
+        refreshed_at = notes.get("popular_refreshed_at")
         return readiness(
-            days,
+            trip.days,
             self._store.library_view(),
-            self._runtime().get("waiting", {}),
+            runtime.get("waiting", {}),
             self._store.shared_highlight_count(),
             self._store.notes_pending(),
             self._free_bytes(),
+            highlights_refreshed=refreshed_at is not None and refreshed_at >= trip.started_at,
+            online=bool(runtime.get("online")),
         )
