@@ -44,11 +44,20 @@ _BOOK_ID = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
 _MAX_SEQ = 2**53  # seqs, cursors and versions: far beyond any catalog, exact in a float too
 _MAX_PACKAGE_BYTES = 2**40
 _MAX_AT = 2.0**40  # seconds since 1970: year 36812
+_MAX_TITLE_CHARS = 1000  # a title or an author's name, shown before the manifest is
 
 
 def _bounded(value: Any, low: int, high: int, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ValueError(f"{what} {str(value)[:40]} is outside [{low}, {high}]")
+    return value
+
+
+def _text(value: Any, max_chars: int, what: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > max_chars:
+        raise ValueError(f"{what} is not a string of at most {max_chars} characters")
     return value
 
 
@@ -71,6 +80,10 @@ def _changes_page(doc: Any, asked: int) -> ChangesPage:
             version=_bounded(c["version"], 1, _MAX_SEQ, "version"),
             at=at,
             package_size=None if not size else _bounded(size, 1, _MAX_PACKAGE_BYTES, "size"),
+            title=_text(c.get("title"), _MAX_TITLE_CHARS, "title"),
+            authors=tuple(
+                _text(a, _MAX_TITLE_CHARS, "author") or "" for a in c.get("authors", [])[:20]
+            ),
         )
         if not _BOOK_ID.match(change.book_id) or change.action not in ("add", "update", "remove"):
             raise ValueError(f"change {change.seq}: {change.book_id[:80]!r} {change.action!r}")

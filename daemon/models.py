@@ -18,6 +18,8 @@ class LibraryChange:
     version: int
     at: float  # service time of the purchase / send / return
     package_size: int | None = None  # of that version, when the service says
+    title: str | None = None  # the catalog's, until a verified manifest gives its own
+    authors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

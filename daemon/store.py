@@ -360,8 +360,11 @@ class Store:
                 # now buys) is a new purchase again.
                 db.execute(
                     "INSERT INTO library (book_id, in_library, wanted_version, reason, change_seq,"
-                    " ordered_at, notified_at, expected_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ordered_at, notified_at, expected_size, title, authors)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (book_id) DO UPDATE SET in_library = excluded.in_library,"
+                    " title = COALESCE(excluded.title, title),"
+                    " authors = COALESCE(excluded.authors, authors),"
                     " wanted_version = excluded.wanted_version,"
                     " reason = CASE WHEN ? = 'update' THEN reason ELSE excluded.reason END,"
                     " change_seq = excluded.change_seq, ordered_at = excluded.ordered_at,"
@@ -376,6 +379,8 @@ class Store:
                         change.at,
                         now,
                         change.package_size,
+                        change.title,
+                        None if change.title is None else json.dumps(list(change.authors)),
                         change.action,
                         change.action,
                     ),
@@ -828,8 +833,8 @@ class Store:
         page += "" if book_id is None else " AND l.book_id = ?"
         rows = self.query(
             "SELECT l.book_id, l.reason, l.ordered_at, l.notified_at, l.wanted_version,"
-            " m.version, m.title, m.authors, m.language, m.frame_count, m.complete,"
-            " m.package_size,"
+            " m.version, COALESCE(m.title, l.title), COALESCE(m.authors, l.authors), m.language,"
+            " m.frame_count, m.complete, m.package_size,"
             " (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id"
             "   AND f.version = m.version AND f.data IS NOT NULL),"
             " (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id AND f.version = m.version"
@@ -919,14 +924,15 @@ class Store:
         first (downloading, then failing, then the rest, newest order first), at most `limit`:
         the status report's few lines. GET /v1/library lists them all."""
         rows = self.query(
-            "SELECT b.book_id, b.state, m.title, m.frame_count,"
+            "SELECT b.book_id, b.state, COALESCE(m.title, b.title), m.frame_count,"
             " (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id"
             "   AND f.version = m.version AND f.data IS NOT NULL),"
             " (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id AND f.version = m.version"
             "   AND f.data IS NULL AND f.idx < m.first_chapter_frames),"
             " b.last_error, b.retries, b.retry_at"
             # The few first, then what they show: the subqueries run for those rows alone.
-            " FROM (SELECT * FROM (SELECT l.book_id, l.ordered_at, d.last_error, d.retries,"
+            " FROM (SELECT * FROM (SELECT l.book_id, l.title, l.ordered_at, d.last_error,"
+            " d.retries,"
             f"     d.retry_at, {_STATE_SQL} AS state"
             "     FROM library l LEFT JOIN deliveries d ON d.book_id = l.book_id"
             "     WHERE l.in_library)"
@@ -966,9 +972,28 @@ class Store:
         ]
 
     def book_details(self, book_id: str) -> dict[str, Any] | None:
-        version = self.readable_version(book_id)
-        if version is None or not self.in_library(book_id):
+        """A book of the library: its metadata, contents and resources, with its delivery
+        state; one not readable yet (queued, in the cloud) has what the feed told of it and no
+        resources. None for a book not in the library."""
+        entry = self.library_view(book_id=book_id)
+        if not entry:
             return None
+        state = {"state": entry[0]["state"], "readable": entry[0]["readable"]}
+        version = self.readable_version(book_id)
+        if version is None:
+            return {
+                "book_id": book_id,
+                "version": None,
+                "title": entry[0]["title"],
+                "authors": entry[0]["authors"],
+                "language": entry[0]["language"],
+                "complete": False,
+                "first_chapter": None,
+                "toc": [],
+                **reading_to_doc(Reading()),
+                "resources": [],
+                **state,
+            }
         title, authors, language, toc, first_chapter, complete, reading = self.one(
             "SELECT title, authors, language, toc, first_chapter, complete, reading"
             " FROM manifests WHERE book_id = ? AND version = ?",
@@ -1002,6 +1027,7 @@ class Store:
             **reading_to_doc(Reading()),  # packages before layout 4 carried none
             **json.loads(reading),
             "resources": resources,
+            **state,
         }
 
     def resources(self, book_id: str, version: int) -> list[ResourceRow]:

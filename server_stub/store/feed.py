@@ -6,6 +6,7 @@ devices read it from a cursor (PROTOCOL.md "Library changes feed")."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,8 @@ class Change:
     version: int
     at: float
     package_size: int | None = None  # of that version, when the catalog has it
+    title: str | None = None  # the catalog's, so a device names a book before its manifest
+    authors: tuple[str, ...] = ()
 
     def to_doc(self) -> dict[str, Any]:
         """The feed's JSON shape (PROTOCOL.md "Library changes feed")."""
@@ -36,6 +39,9 @@ class Change:
         }
         if self.package_size is not None:
             doc["package_size"] = self.package_size  # so a device plans its space up front
+        if self.title is not None:
+            doc["title"] = self.title
+            doc["authors"] = list(self.authors)
         return doc
 
 
@@ -70,12 +76,22 @@ class ChangesFeed(Database):
         """The device's changes after `cursor`, oldest first (an index range scan)."""
         rows = self._query(
             f"SELECT {_CHANGE_COLUMNS}, (SELECT v.package_size FROM book_versions v"
-            "   WHERE v.book_id = changes.book_id AND v.version = changes.version)"
+            "   WHERE v.book_id = changes.book_id AND v.version = changes.version),"
+            " (SELECT b.title FROM books b WHERE b.book_id = changes.book_id),"
+            " (SELECT b.authors FROM books b WHERE b.book_id = changes.book_id)"
             " FROM changes WHERE account_id = ? AND seq > ?"
             " AND (device_id IS NULL OR device_id = ?) ORDER BY seq LIMIT ?",
             (account_id, cursor, device_id, limit),
         )
-        return [dataclasses.replace(_change(r[:-1]), package_size=r[-1]) for r in rows]
+        return [
+            dataclasses.replace(
+                _change(r[:-3]),
+                package_size=r[-3],
+                title=r[-2],
+                authors=tuple(json.loads(r[-1])) if r[-1] else (),
+            )
+            for r in rows
+        ]
 
     def latest_seq(self, account_id: str, device_id: str) -> int:
         """The newest change the device can see, 0 if none."""
