@@ -173,22 +173,34 @@ class Daemon:
         self, store: Store, device_key: X25519PrivateKey, stop: asyncio.Event
     ) -> DeviceCredentials | None:
         """This device's credentials; with the service unreachable, retried until it answers
-        or a stop (None). A refusal (a wrong account token) is an error at once."""
+        or a stop (None). The service's refusal (a wrong account token) is an error at once;
+        an error from whatever answers without a network (a captive portal, a proxy) is not."""
         failures = 0
         while True:
             try:
-                return await _unless_stopped(
+                credentials = await _unless_stopped(
                     stop, device_credentials(store, self.settings, device_key, self.clock.wall())
                 )
+                if failures and credentials is not None:
+                    log_event(_LOG, logging.INFO, "registered_after_waiting", attempts=failures + 1)
+                return credentials
             except TransportError as e:
-                if isinstance(e, ServiceHTTPError) and not e.retryable:
+                if isinstance(e, ServiceHTTPError) and not e.retryable and e.from_service:
                     raise
                 failures += 1
                 delay = REGISTER_BACKOFF.delay(failures)
                 log_event(
-                    _LOG, logging.WARNING, "registration_failed", error=e, retry_in_s=round(delay)
+                    _LOG,
+                    logging.WARNING,
+                    "registration_waiting",
+                    detail="the service cannot be reached; this device registers when it can",
+                    error=e,
+                    retry_in_s=round(delay),
                 )
-                self._phase = f"not registered yet: service unreachable, retrying in {delay:.0f} s"
+                self._phase = (
+                    "not registered yet: waiting for the network (the service cannot be"
+                    f" reached); trying again in {delay:.0f} s"
+                )
                 self.notifier.status(self._phase)
                 self.notifier.extend_timeout(delay + 30)  # still starting, not hung
                 await _unless_stopped(stop, self.clock.sleep(delay))

@@ -176,10 +176,12 @@ async def _json(response: aiohttp.ClientResponse) -> Any:
 async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
     if response.status < 400:
         return
-    detail = ""
+    detail, from_service = "", False
     with suppress(TransportError, AttributeError, aiohttp.ClientError):
-        detail = str((await _json(response)).get("detail", ""))[:200]
-    raise ServiceHTTPError(response.status, response.url.path, detail)
+        doc = await _json(response)
+        detail = str(doc.get("detail", ""))[:200]
+        from_service = isinstance(doc.get("error"), str)  # the one error shape of the service
+    raise ServiceHTTPError(response.status, response.url.path, detail, from_service)
 
 
 def _session(

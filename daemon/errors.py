@@ -116,10 +116,13 @@ class TransportError(ShelfsyncError):
 class ServiceHTTPError(TransportError):
     """The service answered with an HTTP error status."""
 
-    def __init__(self, status: int, url: str, detail: str = "") -> None:
+    def __init__(self, status: int, url: str, detail: str = "", from_service: bool = True) -> None:
         super().__init__(f"HTTP {status} from {url}" + (f": {detail}" if detail else ""))
         self.status = status
         self.url = url
+        # The answer had the service's error shape. Without it, something between the device
+        # and the service answered (a captive portal, a proxy with no route out): no verdict.
+        self.from_service = from_service
 
     @property
     def retryable(self) -> bool:
