@@ -88,6 +88,7 @@ async def device_credentials(
     # times are the service's clock, so this is too (the device's own may be a day off).
     registered_at = now if credentials.registered_at is None else credentials.registered_at
     store.set_meta("registered_at", repr(registered_at))
+    store.set_meta("device_name", settings.device_name)  # the reader may rename it (PUT /v1/device)
     log_event(_LOG, logging.INFO, "device_registered", device=credentials.device_id)
     return credentials
 

@@ -151,3 +151,38 @@ class NotOnDeviceError(ShelfsyncError):
         self.book_id = book_id
         self.path = path
         self.missing_frames = missing_frames
+
+
+_IN_WORDS = {
+    "StalledError": "the connection to the service stalled",
+    "RangeError": "the service sent the wrong part of a book",
+    "ProtocolError": "the service's answer could not be understood",
+    "TransportError": "the service could not be reached",
+    "DiskFullError": "the device's storage is full",
+    "SchemaTooNewError": "the device's database is from a newer shelfsync",
+    "StoreError": "the device could not read or write its database",
+    "AnnotationError": "a note from the service was malformed and set aside",
+}
+
+
+def in_words(recorded: str) -> str:
+    """A failure as recorded ("TypeName: detail", as workers store it) in a reader's words,
+    without the exception text (which stays in the log and in the status's `*_detail`)."""
+    name, _, detail = recorded.partition(": ")
+    if name == "ServiceHTTPError":
+        status = detail.split()[1] if detail.startswith("HTTP ") else "?"
+        if status.startswith("5") or status in ("408", "429"):
+            return f"the service had a problem (HTTP {status}); trying again"
+        return f"the service refused the request (HTTP {status})"
+    if name in _IN_WORDS:
+        return _IN_WORDS[name]
+    if name.endswith("Error") and name in {c.__name__ for c in _verification_classes()}:
+        return "what the service sent failed its safety check and was refused"
+    return "something went wrong (the log has the details)"
+
+
+def _verification_classes() -> list[type[VerificationError]]:
+    found: list[type[VerificationError]] = [VerificationError]
+    for cls in found:
+        found.extend(c for c in cls.__subclasses__() if c not in found)
+    return found

@@ -135,13 +135,21 @@ class NotesApi:
             existing = self._notes.item(new.item_id)
             if existing is not None:
                 return self._repeated_create(existing, book_id, new)
-        item_id = new.item_id or _new_id("an_")
+            item_id = new.item_id
+        elif new.kind == "highlight":
+            # Named by its range: highlighting a passage already highlighted (here, or on
+            # another device) is that highlight again, recoloured, not a second one.
+            item_id = merge.highlight_id(book_id, new.anchor)
+        else:
+            item_id = _new_id("an_")
+        again = self._notes.item(item_id)
         stamp = self._stamp()
         delta = merge.create_delta(item_id, book_id, stamp, new)
         item = self._notes.commit_item_edit(delta, _new_id("op_"), stamp, self._clock.wall())
         self._committed()
         log_event(_LOG, logging.INFO, "annotation_created", item=item_id, book=book_id)
-        return json_answer(merge.item_view(item, True), 201)
+        known = again is not None and merge.is_created(again) and not merge.is_deleted(again)
+        return json_answer(merge.item_view(item, True), 200 if known else 201)
 
     def _repeated_create(
         self, existing: Item, book_id: str, new: merge.NewAnnotation

@@ -58,6 +58,7 @@ class LibrarySync:
                 failures += 1
                 delay = self._backoff.delay(failures)
                 self._store.set_meta("last_sync_error", f"{type(e).__name__}: {e}"[:500])
+                self._store.set_meta("last_sync_error_at", repr(self._clock.wall()))
                 log_event(
                     _LOG,
                     logging.INFO,

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from daemon.errors import in_words
 from daemon.store import Store
 
 DAYS_PER_BOOK = 2.0  # a reader on holiday finishes a book in two or three days
@@ -74,15 +75,20 @@ def readiness(
         {
             "book_id": b["book_id"],
             "title": b["title"] or "a book not yet described by the service",
-            "why": b["last_error"] or waiting.get(b["book_id"], "still downloading"),
+            "why": (
+                f"last attempt failed ({in_words(b['last_error'])}); retrying"
+                if b["last_error"]
+                else waiting.get(b["book_id"], "still downloading")
+            ),
         }
         for b in books
         if b["state"] != "complete" and (b["state"] != "in_cloud" or b["book_id"] in trip_archive)
     ]
     notes = (
-        "all notes synced"
+        "all highlights, notes and bookmarks synced"
         if notes_pending == 0
-        else f"{_count(notes_pending, 'note', 'notes')} not yet synced"
+        else f"{_count(notes_pending, 'change', 'changes')} to highlights, notes, bookmarks or"
+        " reading positions not yet synced"
     )
     free = (
         f"{free_bytes / 1e9:.1f} GB free"

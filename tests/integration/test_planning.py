@@ -223,7 +223,7 @@ async def test_trip_mode_fetches_from_the_archive_and_reports_readiness(
             )
             assert result.returncode == 0, result.stdout + result.stderr
             assert result.stdout.startswith("Ready for 4 days offline: 2 books,"), result.stdout
-            assert "all notes synced" in result.stdout
+            assert "all highlights, notes and bookmarks synced" in result.stdout
             # The two most recent orders of the archive came down; the oldest stayed up.
             states = {b["book_id"]: b["state"] for b in await device.api.library()}
             assert states[ids[archive[0]]] == states[ids[archive[1]]] == "complete"

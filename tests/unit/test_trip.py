@@ -35,7 +35,8 @@ def test_a_trip_waits_for_the_shared_highlights_refresh_it_asked_for() -> None:
     ready = readiness(1, [book(1, "complete")], {}, 3, 0, 10**9)
     assert ready["ready"]
     assert ready["sentence"] == (
-        "Ready for 1 day offline: 1 book, 3 shared highlights, all notes synced; 1.0 GB free"
+        "Ready for 1 day offline: 1 book, 3 shared highlights, all highlights, notes and"
+        " bookmarks synced; 1.0 GB free"
     )
 
 
