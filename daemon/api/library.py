@@ -193,6 +193,7 @@ class LibraryApi:
         runtime = self._runtime()
         notes = annotation_status(self._store) or {}
         refreshed_at = notes.get("popular_refreshed_at")
+        synced_at = float(self._store.get_meta("last_sync_at") or 0)
         return readiness(
             trip.days,
             self._store.library_view(),
@@ -201,5 +202,6 @@ class LibraryApi:
             self._store.notes_pending(),
             self._free_bytes(),
             highlights_refreshed=refreshed_at is not None and refreshed_at >= trip.started_at,
+            library_synced=synced_at >= trip.started_at,
             online=bool(runtime.get("online")),
         )

@@ -73,7 +73,10 @@ class LibrarySync:
                 self._requested.set()
 
     async def sync_once(self) -> int:
-        """Pull every page after the stored cursor; returns the number of changes applied."""
+        """Pull every page after the stored cursor; returns the number of changes applied.
+        The sync is recorded at its start: every change made before then is in (a trip is
+        ready only after a sync that began after it was asked for)."""
+        began = self._clock.wall()
         cursor = self._store.library_cursor()
         applied = 0
         requests = 0
@@ -96,8 +99,7 @@ class LibrarySync:
                 self._on_change()
             if not page.has_more:
                 break
-        now = self._clock.wall()
-        self._store.set_meta("last_sync_at", repr(now))
+        self._store.set_meta("last_sync_at", repr(began))
         self._store.set_meta("last_sync_error", "")
         log_event(
             _LOG, logging.INFO, "library_synced", changes=applied, requests=requests, cursor=cursor

@@ -59,13 +59,16 @@ def readiness(
     free_bytes: int,
     *,
     highlights_refreshed: bool = True,
+    library_synced: bool = True,
     online: bool = True,
 ) -> dict[str, Any]:
     """How ready the device is for `days` offline, with a sentence a reader understands.
 
-    `highlights_refreshed`: other readers' passages were refreshed since the trip was asked
-    for (until then the count may be old). `online`: the service can be reached; while it
-    cannot, the sentence says so first, since nothing missing can come until it can."""
+    `highlights_refreshed`, `library_synced`: other readers' passages were refreshed, and the
+    library pulled from the service, since the trip was asked for (until then a purchase made
+    just before may not be known yet, and the count of passages may be old). `online`: the
+    service can be reached; while it cannot, the sentence says so first, since nothing missing
+    can come until it can."""
     ready = [b for b in books if b["state"] == "complete"]
     # The archive books the trip brings down: the most recent orders (`books` is newest first).
     in_cloud = [b["book_id"] for b in books if b["state"] == "in_cloud"]
@@ -99,7 +102,7 @@ def readiness(
         f"{_count(len(ready), 'book', 'books')},"
         f" {_count(shared_highlights, 'shared highlight', 'shared highlights')}, {notes}; {free}"
     )
-    is_ready = not missing and notes_pending == 0 and highlights_refreshed
+    is_ready = not missing and notes_pending == 0 and highlights_refreshed and library_synced
     away = _count(days, "day", "days")
     if is_ready:
         sentence = f"Ready for {away} offline: {summary}"
@@ -107,6 +110,8 @@ def readiness(
         waits = []
         if not online:
             waits.append("the service cannot be reached (no network?); waiting for it")
+        if not library_synced:
+            waits.append("library: asking the service for new books")
         if missing:
             waits.append("missing: " + "; ".join(f"{m['title']}: {m['why']}" for m in missing))
         if not highlights_refreshed:
@@ -122,6 +127,7 @@ def readiness(
         "missing": missing,
         "shared_highlights": shared_highlights,
         "shared_highlights_refreshed": highlights_refreshed,
+        "library_synced": library_synced,
         "notes_pending": notes_pending,
         "free_bytes": free_bytes,
         "sentence": sentence,
