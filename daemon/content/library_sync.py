@@ -16,6 +16,7 @@ from collections.abc import Callable
 from daemon.backoff import Backoff
 from daemon.client import ServiceClient
 from daemon.clock import Clock
+from daemon.content import receipt_store
 from daemon.errors import StoreError, TransportError
 from daemon.logs import log_event
 from daemon.radio.windows import RadioWindows
@@ -53,8 +54,11 @@ class LibrarySync:
             self._requested.clear()
             try:
                 await self.sync_once()
+                receipt_store.mark_contact(self._store, self._clock.wall())
                 failures = 0
             except (TransportError, StoreError) as e:
+                if isinstance(e, TransportError):
+                    receipt_store.mark_contact_lost(self._store, self._clock.wall())
                 failures += 1
                 delay = self._backoff.delay(failures)
                 self._store.set_meta("last_sync_error", f"{type(e).__name__}: {e}"[:500])
