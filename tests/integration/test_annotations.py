@@ -316,6 +316,10 @@ async def test_a_position_read_offline_carries_the_time_it_was_read(
         path = f"/v1/books/{book_id}/position"
         place = {"resource": "text/the_main_gui_window.xhtml", "start": 300}
         assert (await a.api.send("PUT", path, {**place, "progress": 0.5}))[0] == 200
+        # A second later (read later, not a timing claim): more than the clock offset's
+        # measurement error, the time the changes page took to come (half of it, with NTP's
+        # midpoint), even on a loaded machine.
+        await asyncio.sleep(1.0)
         assert (await b.api.send("PUT", path, {**place, "progress": 0.6}))[0] == 200  # later
         await service.start()
         b_id = await device_id(b)
