@@ -144,7 +144,11 @@ class NotesApi:
             item_id = _new_id("an_")
         again = self._notes.item(item_id)
         stamp = self._stamp()
-        delta = merge.create_delta(item_id, book_id, stamp, new)
+        delta = (
+            merge.create_delta(item_id, book_id, stamp, new)
+            if again is None
+            else merge.recreate_delta(again, stamp, new)
+        )
         item = self._notes.commit_item_edit(delta, _new_id("op_"), stamp, self._clock.wall())
         self._committed()
         log_event(_LOG, logging.INFO, "annotation_created", item=item_id, book=book_id)

@@ -383,6 +383,19 @@ def create_delta(item_id: str, book_id: str, stamp: str, new: NewAnnotation) -> 
     return Item(item_id, book_id, fields, texts, edits={hlc.node_of(stamp): stamp})
 
 
+def recreate_delta(item: Item, stamp: str, new: NewAnnotation) -> Item:
+    """A create for an id this device holds already (a highlight of a range highlighted
+    before, here or elsewhere): the reader's new colour and anchor, and their note replacing
+    the one they see. A deleted one comes back as new: its old texts are not revived."""
+    delta = create_delta(item.item_id, item.book_id, stamp, new)
+    if is_deleted(item):
+        replaced = frozenset(item.texts)
+    else:
+        versions = note_versions(item)
+        replaced = frozenset([versions[0][0]] if new.note is not None and versions else [])
+    return Item(delta.item_id, delta.book_id, delta.fields, delta.texts, replaced, delta.edits)
+
+
 def edit_delta(item: Item, stamp: str, edit: Edit) -> Item:
     """The delta of `edit` made on `item` as this device sees it.
 

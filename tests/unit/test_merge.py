@@ -558,6 +558,28 @@ def test_one_range_highlighted_anywhere_is_one_highlight(
     assert view["color"] == latest.fields["color"][1]  # the later colour, on every replica
 
 
+def test_highlighting_a_range_again_replaces_its_note_and_revives_a_deleted_one_clean() -> None:
+    clock = HybridClock("dev_kindle")
+    item_id = merge.highlight_id(BOOK, ANCHOR)
+    first = merge.create_delta(
+        item_id, BOOK, clock.tick(NOW_MS), NewAnnotation(None, "highlight", ANCHOR, "blue", "one")
+    )
+    again = merge.recreate_delta(
+        first, clock.tick(NOW_MS), NewAnnotation(None, "highlight", ANCHOR, "pink", "two")
+    )
+    view = merge.item_view(merge.join_item(first, again), False)
+    assert (view["color"], view["note"], view["conflicts"]) == ("pink", "two", [])
+    gone = merge.join_item(first, merge.delete_delta(first, clock.tick(NOW_MS)))
+    back = merge.join_item(
+        gone,
+        merge.recreate_delta(
+            gone, clock.tick(NOW_MS), NewAnnotation(None, "highlight", ANCHOR, "green", None)
+        ),
+    )
+    view = merge.item_view(back, False)
+    assert (view["deleted"], view["color"], view["note"]) == (False, "green", None)
+
+
 @given(ranges, ranges)
 def test_different_ranges_are_different_highlights(a: dict[str, Any], b: dict[str, Any]) -> None:
     same = (a["resource"], a["start"], a["length"], a["book_version"]) == (
