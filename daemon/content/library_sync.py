@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from contextlib import suppress
 
 from daemon.backoff import Backoff
 from daemon.client import ServiceClient
@@ -54,15 +55,18 @@ class LibrarySync:
             self._requested.clear()
             try:
                 await self.sync_once()
-                receipt_store.mark_contact(self._store, self._clock.wall())
+                with suppress(StoreError):  # a full disk: the receipts' clock stays as it was
+                    receipt_store.mark_contact(self._store, self._clock.wall())
                 failures = 0
             except (TransportError, StoreError) as e:
-                if isinstance(e, TransportError):
-                    receipt_store.mark_contact_lost(self._store, self._clock.wall())
                 failures += 1
                 delay = self._backoff.delay(failures)
-                self._store.set_meta("last_sync_error", f"{type(e).__name__}: {e}"[:500])
-                self._store.set_meta("last_sync_error_at", repr(self._clock.wall()))
+                # On a full disk recording the failure fails too: the log line still says it.
+                with suppress(StoreError):
+                    self._store.set_meta("last_sync_error", f"{type(e).__name__}: {e}"[:500])
+                    self._store.set_meta("last_sync_error_at", repr(self._clock.wall()))
+                    if isinstance(e, TransportError):
+                        receipt_store.mark_contact_lost(self._store, self._clock.wall())
                 log_event(
                     _LOG,
                     logging.INFO,
