@@ -90,8 +90,11 @@ async def device_credentials(
     )
     store.set_meta("device_token", credentials.device_token)
     store.set_meta("device_id", credentials.device_id)
-    # Books ordered from now on are this device's to fetch; older ones stay in the cloud.
-    store.set_meta("registered_at", repr(now))
+    # Books ordered from now on are this device's to fetch; older ones stay in the cloud. Order
+    # times are the service's clock, so this is too (the device's own may be a day off).
+    registered_at = now if credentials.registered_at is None else credentials.registered_at
+    store.set_meta("registered_at", repr(registered_at))
+    store.set_meta("device_name", settings.device_name)  # the reader may rename it (PUT /v1/device)
     log_event(_LOG, logging.INFO, "device_registered", device=credentials.device_id)
     return credentials
 
@@ -188,22 +191,34 @@ class Daemon:
         self, store: Store, device_key: X25519PrivateKey, stop: asyncio.Event
     ) -> DeviceCredentials | None:
         """This device's credentials; with the service unreachable, retried until it answers
-        or a stop (None). A refusal (a wrong account token) is an error at once."""
+        or a stop (None). The service's refusal (a wrong account token) is an error at once;
+        an error from whatever answers without a network (a captive portal, a proxy) is not."""
         failures = 0
         while True:
             try:
-                return await _unless_stopped(
+                credentials = await _unless_stopped(
                     stop, device_credentials(store, self.settings, device_key, self.clock.wall())
                 )
+                if failures and credentials is not None:
+                    log_event(_LOG, logging.INFO, "registered_after_waiting", attempts=failures + 1)
+                return credentials
             except TransportError as e:
-                if isinstance(e, ServiceHTTPError) and not e.retryable:
+                if isinstance(e, ServiceHTTPError) and not e.retryable and e.from_service:
                     raise
                 failures += 1
                 delay = REGISTER_BACKOFF.delay(failures)
                 log_event(
-                    _LOG, logging.WARNING, "registration_failed", error=e, retry_in_s=round(delay)
+                    _LOG,
+                    logging.WARNING,
+                    "registration_waiting",
+                    detail="the service cannot be reached; this device registers when it can",
+                    error=e,
+                    retry_in_s=round(delay),
                 )
-                self._phase = f"not registered yet: service unreachable, retrying in {delay:.0f} s"
+                self._phase = (
+                    "not registered yet: waiting for the network (the service cannot be"
+                    f" reached); trying again in {delay:.0f} s"
+                )
                 self.notifier.status(self._phase)
                 self.notifier.extend_timeout(delay + 30)  # still starting, not hung
                 await _unless_stopped(stop, self.clock.sleep(delay))
@@ -333,6 +348,11 @@ class Daemon:
                 on_root=delivery.follow_root,
             )
 
+            def notes_now() -> None:
+                """The reader asked for a sync: their notes and other readers' passages."""
+                annotations.link_up()
+                popular.link_up()
+
             def everything_now() -> None:
                 """A trip is being prepared (or a book asked for): every worker goes now."""
                 sync.request()
@@ -367,7 +387,12 @@ class Daemon:
                 settings.tcp_port,
                 _api_token(settings),
                 notes=NotesApi(
-                    notes, note_clock, self.clock, annotations.request, annotations.link_up
+                    notes,
+                    note_clock,
+                    self.clock,
+                    annotations.request,
+                    notes_now,
+                    store.service_clock_offset,
                 ),
                 library=LibraryApi(
                     store, self.clock, everything_now, self.runtime, delivery.free_bytes

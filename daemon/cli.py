@@ -290,7 +290,11 @@ async def _trip(args: argparse.Namespace) -> int:
     async with LocalApiClient(socket_path) as api:
         try:
             report = await api.start_trip(args.days)
+            told = None
             while not report["ready"] and clock.monotonic() < deadline:
+                if report["sentence"] != told:  # what it waits for, as it changes
+                    told = report["sentence"]
+                    print(told, file=sys.stderr, flush=True)
                 await clock.sleep(1.0)
                 report = await api.trip()
         except (aiohttp.ClientError, OSError) as e:

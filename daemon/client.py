@@ -110,7 +110,16 @@ def _changes_page(doc: Any, asked: int) -> ChangesPage:
     if not isinstance(has_more, bool) or (has_more and not changes):
         raise ValueError("the page says more follow but brings none")
     root_version = _bounded(doc.get("root_version", 1), 1, _MAX_SEQ, "root_version")
-    return ChangesPage(changes, cursor, has_more, root_version)
+    return ChangesPage(changes, cursor, has_more, root_version, _service_time(doc.get("now")))
+
+
+def _service_time(value: Any) -> float | None:
+    """The service's clock as an answer gives it, or None if it gives none (an older service)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= _MAX_AT:
+        raise ValueError(f"service time {str(value)[:40]} is out of range")
+    return float(value)
 
 
 _CONTENT_RANGE = re.compile(r"\Abytes (\d+)-(\d+)/(\d+|\*)\Z")
@@ -140,12 +149,14 @@ class ChangesPage:
     cursor: int
     has_more: bool
     root_version: int = 1  # the service's newest trust root (a hint: roots are signed)
+    service_now: float | None = None  # the service's clock when it made the page
 
 
 @dataclass(frozen=True, slots=True)
 class DeviceCredentials:
     device_id: str
     device_token: str
+    registered_at: float | None = None  # the service's clock at the registration
 
 
 def _transport_error(what: str, e: BaseException) -> TransportError:
@@ -216,12 +227,18 @@ async def _raise_for_status(
 ) -> None:
     if response.status < 400:
         return
-    detail = ""
+    detail, from_service = "", False
     with suppress(TransportError, AttributeError, aiohttp.ClientError):
         raw = await _read_capped(response, MAX_JSON_BYTES, arrived)
-        detail = str(_parsed(raw, response.url.path).get("detail", ""))[:200]
+        doc = _parsed(raw, response.url.path)
+        detail = str(doc.get("detail", ""))[:200]
+        from_service = isinstance(doc.get("error"), str)  # the one error shape of the service
     raise ServiceHTTPError(
-        response.status, response.url.path, detail, response.headers.get("Retry-After")
+        response.status,
+        response.url.path,
+        detail,
+        response.headers.get("Retry-After"),
+        from_service=from_service,
     )
 
 
@@ -309,7 +326,11 @@ class AccountClient:
     async def register_device(self, name: str, public_key: str) -> DeviceCredentials:
         """Register a device whose X25519 public key (base64) content keys are wrapped for."""
         doc = await self._post("/v1/devices", {"name": name, "public_key": public_key})
-        return DeviceCredentials(str(doc["device_id"]), str(doc["device_token"]))
+        try:
+            registered_at = _service_time(doc.get("registered_at"))
+        except ValueError as e:
+            raise ProtocolError(f"malformed registration answer: {e}") from e
+        return DeviceCredentials(str(doc["device_id"]), str(doc["device_token"]), registered_at)
 
     async def buy(self, book_id: str) -> float:
         """Buy a book; returns the service time of the purchase (the 60 s clock's start)."""

@@ -124,12 +124,21 @@ class ServiceHTTPError(TransportError):
     """The service answered with an HTTP error status."""
 
     def __init__(
-        self, status: int, url: str, detail: str = "", retry_after: str | None = None
+        self,
+        status: int,
+        url: str,
+        detail: str = "",
+        retry_after: str | None = None,
+        *,
+        from_service: bool = True,
     ) -> None:
         super().__init__(f"HTTP {status} from {url}" + (f": {detail}" if detail else ""))
         self.status = status
         self.url = url
         self.retry_after = retry_after  # the Retry-After header as sent (daemon/retry.py reads it)
+        # The answer had the service's error shape. Without it, something between the device
+        # and the service answered (a captive portal, a proxy with no route out): no verdict.
+        self.from_service = from_service
 
     @property
     def retryable(self) -> bool:
@@ -180,11 +189,48 @@ def retryable(error: BaseException) -> bool:
     same again.
     """
     if isinstance(error, ServiceHTTPError):
-        return error.retryable or error.status == 404
+        # An answer without the service's error shape came from something on the way (a
+        # captive portal, a proxy with no route out): it says nothing of the service.
+        return error.retryable or error.status == 404 or not error.from_service
     return isinstance(error, TransportError | VerificationError | StoreError | OSError)
 
 
 def refused_by_service(error: BaseException) -> bool:
     """The service refused this device's credentials (401, 403): nothing works until it is
     registered again or the service is fixed."""
-    return isinstance(error, ServiceHTTPError) and error.status in (401, 403)
+    return isinstance(error, ServiceHTTPError) and error.status in (401, 403) and error.from_service
+
+
+_IN_WORDS = {
+    "StalledError": "the connection to the service stalled",
+    "RangeError": "the service sent the wrong part of a book",
+    "ProtocolError": "the service's answer could not be understood",
+    "TransportError": "the service could not be reached",
+    "DiskFullError": "the device's storage is full",
+    "SchemaTooNewError": "the device's database is from a newer shelfsync",
+    "StoreError": "the device could not read or write its database",
+    "AnnotationError": "a note from the service was malformed and set aside",
+}
+
+
+def in_words(recorded: str) -> str:
+    """A failure as recorded ("TypeName: detail", as workers store it) in a reader's words,
+    without the exception text (which stays in the log and in the status's `*_detail`)."""
+    name, _, detail = recorded.partition(": ")
+    if name == "ServiceHTTPError":
+        status = detail.split()[1] if detail.startswith("HTTP ") else "?"
+        if status.startswith("5") or status in ("408", "429"):
+            return f"the service had a problem (HTTP {status}); trying again"
+        return f"the service refused the request (HTTP {status})"
+    if name in _IN_WORDS:
+        return _IN_WORDS[name]
+    if name.endswith("Error") and name in {c.__name__ for c in _verification_classes()}:
+        return "what the service sent failed its safety check and was refused"
+    return "something went wrong (the log has the details)"
+
+
+def _verification_classes() -> list[type[VerificationError]]:
+    found: list[type[VerificationError]] = [VerificationError]
+    for cls in found:
+        found.extend(c for c in cls.__subclasses__() if c not in found)
+    return found

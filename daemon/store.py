@@ -525,6 +525,11 @@ class Store:
     def library_cursor(self) -> int:
         return int(self.get_meta("library_cursor") or 0)
 
+    def service_clock_offset(self) -> float:
+        """How far the service's clock is ahead of this device's (seconds; negative: behind),
+        as measured at the last changes page: order times are the service's clock."""
+        return float(self.get_meta("service_clock_offset") or 0.0)
+
     def time_floor(self) -> int:
         """The latest issue time of any manifest verified under the current trust root: a clock
         set back cannot go below it."""
@@ -669,8 +674,14 @@ class Store:
         its newest books to fill them. The rest of the archive stays in the cloud unless asked
         for, so a library of any size costs a look what is pending (daemon/sql/0009); and given
         `fresh_since`, of the books ordered since the device joined only a window of each
-        class, the oldest (PLAN_WINDOW), so an owned library of any size costs a look the same."""
+        class, the oldest (PLAN_WINDOW), so an owned library of any size costs a look the same.
+
+        `fresh_since` and the candidates' `ordered_at` are the device's clock (the feed's order
+        times, which are the service's, moved by `service_clock_offset`), so the planner
+        compares them with its own `now` whatever the two clocks say."""
+        offset = self.service_clock_offset()
         registered = float(self.get_meta("registered_at") or 0)
+        fresh_since = None if fresh_since is None else fresh_since + offset  # service's clock
         since = registered if fresh_since is None else min(registered, fresh_since)
         fresh_from = since if fresh_since is None else max(since, fresh_since)
         # Without the fresh window's start (a look from outside the planner), every one.
@@ -733,7 +744,7 @@ class Store:
                 DeliveryCandidate(
                     book_id=r[0],
                     reason=r[1],
-                    ordered_at=r[2],
+                    ordered_at=r[2] - offset,
                     retry_at=r[3],
                     has_readable_version=bool(r[4]),
                     opened_at=r[5],
@@ -753,7 +764,9 @@ class Store:
         return int(sizes[len(sizes) // 2]) if sizes else 1_000_000
 
     def held_books(self) -> list[HeldBook]:
-        """Books with frames on the device, with what protects them from eviction."""
+        """Books with frames on the device, with what protects them from eviction; times are
+        the device's clock (as in `delivery_candidates`)."""
+        offset = self.service_clock_offset()
         rows = self.query(
             "SELECT l.book_id, (SELECT total(length(f.data)) FROM frames f"
             "   WHERE f.book_id = l.book_id),"
@@ -772,7 +785,7 @@ class Store:
                 bool(r[2]),
                 bool(r[3]),
                 r[4],
-                r[5],
+                r[5] - offset,
                 r[6],
                 bool(r[7]),
                 bool(r[8]),
@@ -1239,9 +1252,28 @@ class Store:
         ]
 
     def book_details(self, book_id: str) -> dict[str, Any] | None:
-        version = self.readable_version(book_id)
-        if version is None or not self.in_library(book_id):
+        """A book of the library: its metadata, contents and resources, with its delivery
+        state; one not readable yet (queued, in the cloud) has what the feed told of it and no
+        resources. None for a book not in the library."""
+        entry = self.library_view(book_id=book_id)
+        if not entry:
             return None
+        state = {"state": entry[0]["state"], "readable": entry[0]["readable"]}
+        version = self.readable_version(book_id)
+        if version is None:
+            return {
+                "book_id": book_id,
+                "version": None,
+                "title": entry[0]["title"],
+                "authors": entry[0]["authors"],
+                "language": entry[0]["language"],
+                "complete": False,
+                "first_chapter": None,
+                "toc": [],
+                **reading_to_doc(Reading()),
+                "resources": [],
+                **state,
+            }
         title, authors, language, toc, first_chapter, complete, reading = self.one(
             "SELECT title, authors, language, toc, first_chapter, complete, reading"
             " FROM manifests WHERE book_id = ? AND version = ?",
@@ -1275,6 +1307,7 @@ class Store:
             **reading_to_doc(Reading()),  # packages before layout 4 carried none
             **json.loads(reading),
             "resources": resources,
+            **state,
         }
 
     def resources(self, book_id: str, version: int) -> list[ResourceRow]:

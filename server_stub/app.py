@@ -113,10 +113,12 @@ async def create_device(request: web.Request) -> web.Response:
         x25519_public_key(public_key)
     except ValueError as e:
         raise ApiError(400, "bad_public_key", f"public_key: {e}") from e
-    device_id, token = request.app[STORE].create_device(
-        account_id, name, public_key, request.app[CLOCK]()
+    now = request.app[CLOCK]()
+    device_id, token = request.app[STORE].create_device(account_id, name, public_key, now)
+    # The service's time: what the device's orders are measured against, whatever its clock.
+    return web.json_response(
+        {"device_id": device_id, "device_token": token, "registered_at": now}, status=201
     )
-    return web.json_response({"device_id": device_id, "device_token": token}, status=201)
 
 
 def _position_doc(position: float | None) -> float | int | None:
@@ -289,6 +291,7 @@ async def changes(request: web.Request) -> web.Response:
             "cursor": page[-1].seq if page else cursor,
             "has_more": len(rows) > limit,
             "root_version": request.app[TRUST].version,
+            "now": request.app[CLOCK](),  # lets a device read order times on its own clock
         }
     )
 

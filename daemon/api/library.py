@@ -12,6 +12,7 @@ Routes:
   POST /v1/books/{book_id}/download   bring a book from the cloud archive onto the device
   POST /v1/trip                       {"days": 1..90} get ready for days offline
   GET  /v1/trip                       how ready the device is, in a sentence
+  PUT  /v1/device                     {"name": str} what the reader calls this device (status)
 Each write is one small transaction on the daemon's store; the planner is woken to act on it.
 """
 
@@ -27,13 +28,15 @@ from aiohttp import web
 
 from daemon.api.answers import Refused, error, json_answer, read_json
 from daemon.clock import Clock
-from daemon.content.trip import MAX_TRIP_DAYS, readiness, start_trip, trip_state
+from daemon.content.trip import MAX_TRIP_DAYS, Trip, readiness, start_trip, trip_state
+from daemon.notes.store import annotation_status
 from daemon.protocol.merge import BOOK_ID
 from daemon.store import Store
 
 STATES = ("queued", "downloading", "retrying", "complete", "evicted", "in_cloud")
 DEFAULT_PAGE = 100
 MAX_PAGE = 500
+MAX_DEVICE_NAME = 64
 _SCAN = 200  # rows read at a time while a state filter looks for a page's books
 
 
@@ -123,6 +126,7 @@ class LibraryApi:
         app.router.add_post("/v1/books/{book_id}/download", self.download)
         app.router.add_post("/v1/trip", self.start_trip)
         app.router.add_get("/v1/trip", self.trip)
+        app.router.add_put("/v1/device", self.name_device)
 
     def _book_id(self, request: web.Request) -> str | None:
         book_id = request.match_info["book_id"]
@@ -165,22 +169,39 @@ class LibraryApi:
             return error(
                 400, "bad_field", f"'days' must be a whole number from 1 to {MAX_TRIP_DAYS}"
             )
-        start_trip(self._store, days, self._clock.wall())
+        trip = start_trip(self._store, days, self._clock.wall())
         self._wake()
-        return json_answer(self._readiness(days), status=202)
+        return json_answer(self._readiness(trip), status=202)
 
     async def trip(self, request: web.Request) -> web.Response:
         trip = trip_state(self._store, self._clock.wall())
         if trip is None:
             return error(404, "no_trip", 'no trip is planned; POST /v1/trip {"days": N}')
-        return json_answer(self._readiness(trip.days))
+        return json_answer(self._readiness(trip))
 
-    def _readiness(self, days: int) -> dict[str, Any]:
+    async def name_device(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        name = body.get("name")
+        if not isinstance(name, str) or not 1 <= len(name.strip()) <= MAX_DEVICE_NAME:
+            return error(400, "bad_field", f"'name' must be 1 to {MAX_DEVICE_NAME} characters")
+        if not name.isprintable():
+            return error(400, "bad_field", "'name' must be printable text")
+        self._store.set_meta("device_name", name.strip())
+        return json_answer({"device_id": self._store.get_meta("device_id"), "name": name.strip()})
+
+    def _readiness(self, trip: Trip) -> dict[str, Any]:
+        runtime = self._runtime()
+        notes = annotation_status(self._store) or {}
+        refreshed_at = notes.get("popular_refreshed_at")
+        synced_at = float(self._store.get_meta("last_sync_at") or 0)
         return readiness(
-            days,
+            trip.days,
             self._store.library_view(),
-            self._runtime().get("waiting", {}),
+            runtime.get("waiting", {}),
             self._store.shared_highlight_count(),
             self._store.notes_pending(),
             self._free_bytes(),
+            highlights_refreshed=refreshed_at is not None and refreshed_at >= trip.started_at,
+            library_synced=synced_at >= trip.started_at,
+            online=bool(runtime.get("online")),
         )

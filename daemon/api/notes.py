@@ -57,12 +57,14 @@ class NotesApi:
         clock: Clock,
         on_write: Callable[[], None],
         sync_now: Callable[[], None],
+        service_offset: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self._notes = notes
         self._hlc = hlc
         self._clock = clock
         self._on_write = on_write
         self._sync_now = sync_now
+        self._service_offset = service_offset  # the service's clock minus this device's
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
@@ -95,7 +97,10 @@ class NotesApi:
         return guarded
 
     def _stamp(self) -> str:
-        return self._hlc.tick(int(self._clock.wall() * 1000))
+        # The device's clock as the service's would read it: a clock a day behind would
+        # otherwise stamp every offline edit with the last stamp it saw (the last sync), older
+        # than what another device did meanwhile.
+        return self._hlc.tick(int((self._clock.wall() + self._service_offset()) * 1000))
 
     def _committed(self) -> None:
         # Between the durable commit and the answer (FAULTS.md #3): a kill here loses nothing.
@@ -130,13 +135,25 @@ class NotesApi:
             existing = self._notes.item(new.item_id)
             if existing is not None:
                 return self._repeated_create(existing, book_id, new)
-        item_id = new.item_id or _new_id("an_")
+            item_id = new.item_id
+        elif new.kind == "highlight":
+            # Named by its range: highlighting a passage already highlighted (here, or on
+            # another device) is that highlight again, recoloured, not a second one.
+            item_id = merge.highlight_id(book_id, new.anchor)
+        else:
+            item_id = _new_id("an_")
+        again = self._notes.item(item_id)
         stamp = self._stamp()
-        delta = merge.create_delta(item_id, book_id, stamp, new)
+        delta = (
+            merge.create_delta(item_id, book_id, stamp, new)
+            if again is None
+            else merge.recreate_delta(again, stamp, new)
+        )
         item = self._notes.commit_item_edit(delta, _new_id("op_"), stamp, self._clock.wall())
         self._committed()
         log_event(_LOG, logging.INFO, "annotation_created", item=item_id, book=book_id)
-        return json_answer(merge.item_view(item, True), 201)
+        known = again is not None and merge.is_created(again) and not merge.is_deleted(again)
+        return json_answer(merge.item_view(item, True), 200 if known else 201)
 
     def _repeated_create(
         self, existing: Item, book_id: str, new: merge.NewAnnotation

@@ -8,9 +8,11 @@ not delivered), at most STATUS_BOOKS of them; GET /v1/library pages through ever
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from daemon.content.receipt_store import receipt_status, recent_notices
+from daemon.errors import in_words
 from daemon.notes.store import annotation_status
 from daemon.store import Store
 
@@ -23,6 +25,17 @@ _STOPPED_STORAGE = {"full": False, "mode": "stopped", "reason": None, "full_sinc
 _STOPPED_STORAGE |= {"damaged": None}
 
 
+def _sync_error(store: Store, notes: dict[str, Any] | None) -> str | None:
+    """The library sync's last failure, unless a later sync succeeded (the library's clears
+    it; the notes' since the failure says the service answers again)."""
+    recorded = store.get_meta("last_sync_error")
+    if not recorded:
+        return None
+    failed_at = float(store.get_meta("last_sync_error_at") or 0)
+    notes_ok = (notes or {}).get("last_sync_at")
+    return None if notes_ok is not None and notes_ok > failed_at else recorded
+
+
 def build_status(store: Store, runtime: dict[str, Any] | None = None) -> dict[str, Any]:
     counts = store.library_counts()
     books = store.books_not_delivered(STATUS_BOOKS)
@@ -30,13 +43,23 @@ def build_status(store: Store, runtime: dict[str, Any] | None = None) -> dict[st
     # The planner's reason for every book it holds back is for the listed books' "why" only:
     # with a large library it is thousands of entries.
     daemon = {k: v for k, v in (runtime or {"running": False}).items() if k != "waiting"}
+    notes = annotation_status(store)
+    sync_error = _sync_error(store, notes)
+    if notes is not None and notes["last_sync_error"]:
+        notes = {
+            **notes,
+            "last_sync_error": in_words(notes["last_sync_error"]),
+            "last_sync_error_detail": notes["last_sync_error"],
+        }
     return {
         "daemon": daemon,
         "device_id": store.get_meta("device_id"),
+        "device_name": store.get_meta("device_name"),
         "last_sync_at": float(last_sync) if last_sync else None,
-        "last_sync_error": store.get_meta("last_sync_error") or None,
+        "last_sync_error": in_words(sync_error) if sync_error else None,
+        "last_sync_error_detail": sync_error,  # the exception, for a developer
         "library_cursor": store.library_cursor(),
-        "annotations": annotation_status(store),
+        "annotations": notes,
         "books": counts,
         "not_delivered": [
             {
@@ -80,7 +103,7 @@ def _progress(book: dict[str, Any]) -> float:
 
 def _why(book: dict[str, Any], runtime: dict[str, Any] | None) -> str:
     if book["last_error"]:
-        return f"last attempt failed ({book['last_error']}); retrying"
+        return f"last attempt failed ({in_words(book['last_error'])}); retrying"
     planned = (runtime or {}).get("waiting", {}).get(book["book_id"])
     if planned:
         return str(planned)
@@ -103,11 +126,19 @@ def format_status(status: dict[str, Any]) -> str:
         return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
     daemon = status["daemon"]
+    name = status.get("device_name")
     lines = [
+        f"device: {name} ({status['device_id']})" if name else f"device: {status['device_id']}",
         f"daemon: {'running' if daemon.get('running') else 'not running'}"
         + (f", {'online' if daemon.get('online') else 'offline'}" if daemon.get("running") else ""),
         f"last successful sync: {when(status['last_sync_at'])}",
     ]
+    trip = daemon.get("trip")
+    if trip:
+        lines.append(
+            f"trip: {trip['days']} day{'s' * (trip['days'] != 1)} offline, until"
+            f" {when(trip['until'])} (`shelfsync trip --days {trip['days']}` says how ready)"
+        )
     if status["last_sync_error"]:
         lines.append(f"last sync error: {status['last_sync_error']}")
     for worker, problem in (daemon.get("workers") or {}).items():
@@ -137,11 +168,7 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(f"downloads paused: {status['downloads_paused']}")
     notes = status.get("annotations")
     if notes:
-        lines.append(
-            f"notes: {notes['annotations']} on the device, {notes['outbox_depth']} edits waiting"
-            f" to sync, last synced {when(notes['last_sync_at'])}"
-            + (f", {notes['rejected']} refused by the service" if notes["rejected"] else "")
-        )
+        lines.append(_notes_line(notes, when))
     power = status.get("power")
     if power:
         percent = power["battery_percent"]
@@ -173,3 +200,38 @@ def format_status(status: dict[str, Any]) -> str:
     for notice in status.get("notices") or []:
         lines.append(f"notice ({when(notice['at'])}): {notice['message']}")
     return "\n".join(lines)
+
+
+def _counted(n: int, one: str, many: str) -> str:
+    return f"{n:,} {one if n == 1 else many}"
+
+
+def _notes_line(notes: dict[str, Any], when: Callable[[float | None], str]) -> str:
+    """The reader's highlights, notes and bookmarks by their names, and what waits to sync."""
+    kinds = notes.get("by_kind") or {}
+    held = ", ".join(
+        _counted(int(kinds.get(kind, 0)), kind, kind + "s")
+        for kind in ("highlight", "note", "bookmark")
+    )
+    positions = int(notes.get("outbox_positions", 0))
+    changes = int(notes["outbox_depth"]) - positions
+    waiting = [
+        *([_counted(changes, "change", "changes")] if changes else []),
+        *([_counted(positions, "reading position", "reading positions")] if positions else []),
+    ]
+    line = (
+        f"highlights, notes and bookmarks: {held} on the device; "
+        + (" and ".join(waiting) + " waiting to sync" if waiting else "all synced")
+        + f", last synced {when(notes['last_sync_at'])}"
+    )
+    if notes["rejected"]:
+        line += f", {notes['rejected']} refused by the service"
+    if notes.get("kept_despite_delete"):
+        n = notes["kept_despite_delete"]
+        line += (
+            f"; {_counted(n, 'annotation', 'annotations')} kept although another device deleted"
+            " it, because it was edited meanwhile"
+        )
+    if notes.get("last_sync_error"):
+        line += f"; last sync failed: {notes['last_sync_error']}"
+    return line

@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from functools import partial
 
 from daemon.backoff import Backoff
 from daemon.clock import Clock
-from daemon.errors import ProtocolError, ShelfsyncError
+from daemon.content import receipt_store
+from daemon.errors import ProtocolError, ShelfsyncError, StoreError, TransportError
 from daemon.logs import log_event
 from daemon.radio.windows import RadioWindows
 from daemon.retry import Comeback, Retry, record_failure
@@ -61,11 +63,18 @@ class LibrarySync:
             self._requested.clear()
             try:
                 await self.sync_once()
+                with suppress(StoreError):  # a full disk: the receipts' clock stays as it was
+                    receipt_store.mark_contact(self._store, self._clock.wall())
                 self.retry.succeeded()
                 continue
             except (ShelfsyncError, OSError) as e:
                 decision = self.retry.failed(e)
+                lost_contact = isinstance(e, TransportError)
+            now = self._clock.wall()
             record_failure("library sync", self._store.set_meta, "last_sync_error", decision.error)
+            record_failure("library sync", self._store.set_meta, "last_sync_error_at", repr(now))
+            if lost_contact:
+                record_failure("library sync", receipt_store.mark_contact_lost, self._store, now)
             log_event(
                 _LOG,
                 logging.INFO,
@@ -83,14 +92,24 @@ class LibrarySync:
             self._requested.set()
 
     async def sync_once(self) -> int:
-        """Pull every page after the stored cursor; returns the number of changes applied."""
+        """Pull every page after the stored cursor; returns the number of changes applied.
+        The sync is recorded at its start: every change made before then is in (a trip is
+        ready only after a sync that began after it was asked for)."""
+        began = self._clock.wall()
         cursor = self._store.library_cursor()
         applied = 0
         requests = 0
         rewound = False
         while True:
+            asked = self._clock.wall()
             page = await self._client.library_changes(cursor, PAGE_SIZE)
             requests += 1
+            if page.service_now is not None:
+                # Before the page is applied and delivery woken: order times read on this
+                # device's clock decide what is a new purchase. The service's clock was read
+                # between asking and hearing: the midpoint halves the error (as NTP does).
+                offset = page.service_now - (asked + self._clock.wall()) / 2
+                self._store.set_meta("service_clock_offset", repr(offset))
             if page.cursor < cursor:
                 # The feed ends before our cursor: a forged entry (the feed is unsigned) moved
                 # it past every later change. Pull again from the start: changes already
@@ -113,8 +132,7 @@ class LibrarySync:
                 self._on_change()
             if not page.has_more:
                 break
-        now = self._clock.wall()
-        self._store.set_meta("last_sync_at", repr(now))
+        self._store.set_meta("last_sync_at", repr(began))
         self._store.set_meta("last_sync_error", "")
         log_event(
             _LOG, logging.INFO, "library_synced", changes=applied, requests=requests, cursor=cursor

@@ -2,7 +2,10 @@
 
 Policy, in priority order (docs/PLANNING.md says why):
 1. Fresh orders: books bought or sent in the last FRESH_WINDOW_S that are not readable yet. They
-   carry the 60-second promise: first, oldest order first, they may use one slot beyond the
+   carry the 60-second promise: first, those still within it (ordered less than PROMISE_S ago)
+   before those that broke it already, and within each the smallest first, so that ten
+   purchases at once keep as many promises as the link allows (the largest first broke all
+   ten); they may use one slot beyond the
    profile's concurrency (the express lane), they run on a low battery, and they may evict any
    book that is not protected to make room.
    (Pending annotations and shared highlights are next in the product's order; they have their
@@ -36,6 +39,7 @@ from dataclasses import dataclass, field
 from daemon.models import DeliveryCandidate, HeldBook
 
 FRESH_WINDOW_S = 600.0
+PROMISE_S = 60.0  # a purchase is complete on the device within this (DESIGN.md, promise 1)
 RECENTLY_OPENED_S = 30 * 86400.0
 OPEN_NOW_S = 30 * 60.0  # opened in the last half hour: the book in the reader's hands
 LIKELY_NEXT_REASONS = frozenset({"sample", "wishlist", "series_next"})
@@ -99,11 +103,19 @@ def priority_class(c: DeliveryCandidate, now: float) -> int:
     return ARCHIVE
 
 
-def _order(c: DeliveryCandidate, now: float) -> tuple[int, float, str]:
+def fresh_order(c: DeliveryCandidate, now: float) -> tuple[bool, int, float]:
+    """Among fresh orders: those still within the promise, smallest (left to fetch) first."""
+    past_promise = now - c.ordered_at > PROMISE_S
+    return (past_promise, max(0, c.expected_bytes - c.held_bytes), c.ordered_at)
+
+
+def _order(c: DeliveryCandidate, now: float) -> tuple[int, tuple[bool, int, float], str]:
     cls = priority_class(c, now)
-    # Orders oldest first (the least time left); the rest newest first (likeliest read).
-    oldest_first = cls in (FRESH, WANTED)
-    return (cls, c.ordered_at if oldest_first else -(c.opened_at or c.ordered_at), c.book_id)
+    if cls == FRESH:
+        return (cls, fresh_order(c, now), c.book_id)
+    # Wanted books oldest first (waiting longest); the rest newest first (likeliest read).
+    when = c.ordered_at if cls == WANTED else -(c.opened_at or c.ordered_at)
+    return (cls, (False, 0, when), c.book_id)
 
 
 def protected(book: HeldBook, now: float) -> bool:

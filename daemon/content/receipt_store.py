@@ -147,7 +147,27 @@ def mark_sent(store: Store, acked: list[str], rejected: dict[str, str], now: flo
 def mark_link_up(store: Store, now: float) -> None:
     """The device's contact with the service begins now (the daemon started, push connected):
     orders learned from here on count from their order time (daemon/sql/0005_receipts.sql)."""
-    store.set_meta("link_up_at", repr(now))
+    with store.transaction() as db:
+        db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('link_up_at', ?)", (repr(now),)
+        )
+        db.execute("DELETE FROM meta WHERE key = 'contact_lost_at'")
+
+
+def mark_contact_lost(store: Store, now: float) -> None:
+    """A library sync could not reach the service: until an exchange succeeds again, an order
+    the device learns of counts from when it learned it (daemon/sql/0012_contact_since.sql)."""
+    with store.transaction() as db:
+        db.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('contact_lost_at', ?)", (repr(now),)
+        )
+
+
+def mark_contact(store: Store, now: float) -> None:
+    """An exchange with the service succeeded: if contact had been lost, it is back from now,
+    and orders learned later count from their order (or from now), not from the late pull."""
+    if store.get_meta("contact_lost_at"):
+        mark_link_up(store, now)
 
 
 def notice_cursor(store: Store) -> int:

@@ -167,6 +167,8 @@ class ReceiptSync:
             except (TransportError, StoreError):
                 self._pull_wanted = True
                 raise
+        if sent or new:
+            receipt_store.mark_contact(self._store, self._clock.wall())  # the link is back
         return sent, new
 
     async def _send(self) -> int:

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from daemon.errors import in_words
 from daemon.store import Store
 
 DAYS_PER_BOOK = 2.0  # a reader on holiday finishes a book in two or three days
@@ -45,6 +46,10 @@ def trip_state(store: Store, now: float) -> Trip | None:
     return trip if now < trip.until else None
 
 
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n:,} {one if n == 1 else many}"
+
+
 def readiness(
     days: int,
     books: list[dict[str, Any]],
@@ -52,8 +57,18 @@ def readiness(
     shared_highlights: int,
     notes_pending: int,
     free_bytes: int,
+    *,
+    highlights_refreshed: bool = True,
+    library_synced: bool = True,
+    online: bool = True,
 ) -> dict[str, Any]:
-    """How ready the device is for `days` offline, with a sentence a reader understands."""
+    """How ready the device is for `days` offline, with a sentence a reader understands.
+
+    `highlights_refreshed`, `library_synced`: other readers' passages were refreshed, and the
+    library pulled from the service, since the trip was asked for (until then a purchase made
+    just before may not be known yet, and the count of passages may be old). `online`: the
+    service can be reached; while it cannot, the sentence says so first, since nothing missing
+    can come until it can."""
     ready = [b for b in books if b["state"] == "complete"]
     # The archive books the trip brings down: the most recent orders (`books` is newest first).
     in_cloud = [b["book_id"] for b in books if b["state"] == "in_cloud"]
@@ -62,36 +77,57 @@ def readiness(
     missing = [
         {
             "book_id": b["book_id"],
-            "title": b["title"] or b["book_id"],
-            "why": b["last_error"] or waiting.get(b["book_id"], "still downloading"),
+            "title": b["title"] or "a book not yet described by the service",
+            "why": (
+                f"last attempt failed ({in_words(b['last_error'])}); retrying"
+                if b["last_error"]
+                else waiting.get(b["book_id"], "still downloading")
+            ),
         }
         for b in books
         if b["state"] != "complete" and (b["state"] != "in_cloud" or b["book_id"] in trip_archive)
     ]
-    notes = "all notes synced" if notes_pending == 0 else f"{notes_pending:,} notes not yet synced"
+    notes = (
+        "all highlights, notes and bookmarks synced"
+        if notes_pending == 0
+        else f"{_count(notes_pending, 'change', 'changes')} to highlights, notes, bookmarks or"
+        " reading positions not yet synced"
+    )
     free = (
         f"{free_bytes / 1e9:.1f} GB free"
         if free_bytes >= 1e9
         else f"{free_bytes / 1e6:.0f} MB free"
     )
-    n = len(ready)
     summary = (
-        f"{n:,} book{'s' if n != 1 else ''}, {shared_highlights:,} shared highlights, {notes}; "
-        f"{free}"
+        f"{_count(len(ready), 'book', 'books')},"
+        f" {_count(shared_highlights, 'shared highlight', 'shared highlights')}, {notes}; {free}"
     )
-    if not missing and notes_pending == 0:
-        sentence = f"Ready for {days} days offline: {summary}"
+    is_ready = not missing and notes_pending == 0 and highlights_refreshed and library_synced
+    away = _count(days, "day", "days")
+    if is_ready:
+        sentence = f"Ready for {away} offline: {summary}"
     else:
-        lacking = "; ".join(f"{m['title']}: {m['why']}" for m in missing[:5])
-        sentence = f"Not ready for {days} days offline yet: {summary}." + (
-            f" Missing: {lacking}" if lacking else ""
+        waits = []
+        if not online:
+            waits.append("the service cannot be reached (no network?); waiting for it")
+        if not library_synced:
+            waits.append("library: asking the service for new books")
+        if missing:
+            waits.append("missing: " + "; ".join(f"{m['title']}: {m['why']}" for m in missing))
+        if not highlights_refreshed:
+            waits.append("shared highlights: refreshing")
+        sentence = f"Not ready for {away} offline yet: {summary}. " + ". ".join(
+            w[0].upper() + w[1:] for w in waits
         )
     return {
         "days": days,
-        "ready": not missing and notes_pending == 0,
-        "books_ready": n,
+        "ready": is_ready,
+        "online": online,
+        "books_ready": len(ready),
         "missing": missing,
         "shared_highlights": shared_highlights,
+        "shared_highlights_refreshed": highlights_refreshed,
+        "library_synced": library_synced,
         "notes_pending": notes_pending,
         "free_bytes": free_bytes,
         "sentence": sentence,

@@ -5,7 +5,9 @@ device holds them for every book in its library: a book seen for the first time 
 (`?book=`), then one account-wide feed keeps all of them current from a cursor, so a refresh of a
 library of any size is a request or two. Runs at once on start and when the link returns; when the
 library changes, every REFRESH_S, and after a failure's backoff, it is deferrable work: it waits
-for a wake window (daemon/radio/windows.py), at most the profile's batch window.
+for a wake window (daemon/radio/windows.py), at most the profile's batch window. The reader's
+"sync now" (POST /v1/annotations/sync) and a trip refresh at once, and a trip is not ready until
+a refresh that began after it was asked for has run.
 
 Everything received is validated as strictly as the reader's own highlights (FAULTS.md #33): a
 passage with an over-long or malformed quote is skipped, and quotes are kept and served as text.
@@ -122,7 +124,9 @@ class SharedHighlights:
             )
 
     async def refresh_once(self) -> int:
-        """Bring the passages of every book on the device up to date; returns changes applied."""
+        """Bring the passages of every book on the device up to date; returns changes applied.
+        The refresh is recorded at its start: everything published before then is here."""
+        began = self._clock.wall()
         books = set(self._notes.books_on_device())
         self._notes.forget_popular(books)
         cursor = self._notes.popular_cursor()
@@ -132,7 +136,7 @@ class SharedHighlights:
             for book_id in sorted(books - self._notes.popular_books()):
                 changes += await self._pull(book_id, 0, books)
         changes += await self._pull(None, cursor, books)
-        self._notes.record_popular_refresh(self._clock.wall())
+        self._notes.record_popular_refresh(began)
         log_event(_LOG, logging.INFO, "popular_refreshed", books=len(books), changes=changes)
         return changes
 

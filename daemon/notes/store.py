@@ -370,19 +370,33 @@ def annotation_status(store: Store) -> dict[str, Any] | None:
     (so `shelfsync status` works with the daemon stopped); None before schema 2."""
     if store.schema_version() < SCHEMA_VERSION:
         return None
-    pending, pending_bytes, rejected = store.one(
+    pending, pending_positions, pending_bytes, rejected = store.one(
         "SELECT count(*) FILTER (WHERE rejected IS NULL),"
+        f" count(*) FILTER (WHERE rejected IS NULL AND target LIKE '{POSITION_TARGET}%'),"
         " coalesce(sum(length(body)) FILTER (WHERE rejected IS NULL), 0),"
         " count(*) FILTER (WHERE rejected IS NOT NULL) FROM outbox"
     )
     meta = dict(store.query("SELECT key, value FROM notes_meta"))
-    items = store.one("SELECT count(*) FROM annotations WHERE created AND NOT deleted")[0]
+    by_kind = dict.fromkeys(merge.KINDS, 0)
+    kept = 0
+    for kind, overruled, n in store.query(
+        "SELECT json_extract(state, '$.fields.kind[1]'),"
+        " json_extract(state, '$.deleted') IS NOT NULL, count(*)"
+        " FROM annotations WHERE created AND NOT deleted GROUP BY 1, 2"
+    ):
+        by_kind[str(kind)] = by_kind.get(str(kind), 0) + int(n)
+        kept += int(n) if overruled else 0
     last = meta.get("last_sync_at")
     return {
         "outbox_depth": int(pending),
+        "outbox_positions": int(pending_positions),  # of outbox_depth: reading positions
         "outbox_bytes": int(pending_bytes),  # JSON, before compression
         "rejected": int(rejected),
-        "annotations": int(items),
+        "annotations": sum(by_kind.values()),
+        "by_kind": by_kind,  # highlights, notes, bookmarks: each by its name in the status
+        # Edit beat delete: annotations another device deleted, kept because edited here or
+        # elsewhere without that device having seen it (merge.item_view's delete_overruled).
+        "kept_despite_delete": kept,
         "last_sync_at": float(last) if last else None,
         "last_sync_error": meta.get("last_sync_error") or None,
         "cursor": int(meta.get("annotation_cursor", 0)),

@@ -17,6 +17,14 @@ An item state holds:
   had seen. The item is deleted while every edit was observed by some delete; an edit no delete
   saw (a concurrent one) keeps the item alive: edit beats delete (FAULTS.md #27).
 
+Highlights the device names itself are named by their range (`highlight_id`: the book, the
+resource, the start and end offsets and the book version), so the same passage highlighted on
+two devices is one item on every replica: the two creates join as any two edits do (the colour
+is the later's), never two highlights side by side.
+
+An edit that beats a delete leaves a trace: the view's `delete_overruled` names the device and
+time of the delete that did not take, as `conflicts` names the losing note texts.
+
 A reading position holds each device's last place (last-writer-wins per device) and the furthest
 place read on any device (the greatest progress; the stamp breaks ties).
 
@@ -30,6 +38,7 @@ the device and the service apply the same limits (FAULTS.md #32, #33).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -360,10 +369,31 @@ def author_nodes(item: Item) -> set[str]:
     }
 
 
+def highlight_id(book_id: str, anchor: Mapping[str, Any]) -> str:
+    """The id of the highlight of this exact range: the same on every device, so two devices
+    highlighting the same passage make one item. Quote context, colour and cfi are not part of
+    it: they may differ between readers' software for the same offsets."""
+    key = [book_id, anchor["resource"], anchor["start"], anchor["end"], anchor.get("book_version")]
+    return "hl_" + hashlib.sha256(_canon(key).encode()).hexdigest()[:32]
+
+
 def create_delta(item_id: str, book_id: str, stamp: str, new: NewAnnotation) -> Item:
     fields = {"kind": (stamp, new.kind), "anchor": (stamp, new.anchor), "color": (stamp, new.color)}
     texts = {stamp: new.note} if new.note is not None else {}
     return Item(item_id, book_id, fields, texts, edits={hlc.node_of(stamp): stamp})
+
+
+def recreate_delta(item: Item, stamp: str, new: NewAnnotation) -> Item:
+    """A create for an id this device holds already (a highlight of a range highlighted
+    before, here or elsewhere): the reader's new colour and anchor, and their note replacing
+    the one they see. A deleted one comes back as new: its old texts are not revived."""
+    delta = create_delta(item.item_id, item.book_id, stamp, new)
+    if is_deleted(item):
+        replaced = frozenset(item.texts)
+    else:
+        versions = note_versions(item)
+        replaced = frozenset([versions[0][0]] if new.note is not None and versions else [])
+    return Item(delta.item_id, delta.book_id, delta.fields, delta.texts, replaced, delta.edits)
 
 
 def edit_delta(item: Item, stamp: str, edit: Edit) -> Item:
@@ -420,6 +450,13 @@ def item_view(item: Item, pending: bool) -> dict[str, Any]:
         "deleted": deleted,
         "deleted_at": _seconds(item.deleted) if deleted else None,
         "deleted_by": hlc.node_of(item.deleted) if deleted and item.deleted else None,
+        # Edit beat delete: the delete that did not take, so the reader knows the note came
+        # back because it was edited elsewhere meanwhile (FAULTS.md #27).
+        "delete_overruled": (
+            {"device_id": hlc.node_of(item.deleted), "at": hlc.seconds_of(item.deleted)}
+            if item.deleted is not None and not deleted
+            else None
+        ),
         "pending": pending,
     }
 

@@ -3,6 +3,7 @@ highlights, and bodies that must change nothing (issue 4; FAULTS.md #3, #27-#29,
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import tempfile
@@ -300,6 +301,39 @@ async def test_reading_position_here_latest_and_furthest_with_a_skewed_clock(
 
 
 @pytest.mark.faults(32)
+async def test_a_position_read_offline_carries_the_time_it_was_read(
+    tmp_path: Path, stub_data: Path, book_id: str
+) -> None:
+    """Issue 23 #5: B's clock is a day behind. Offline, its hybrid clock stayed at the last
+    stamp it saw from the service, so every place B read after A, offline, was older than A's."""
+    async with restartable(stub_data) as service:
+        stub = await service.start()
+        a, b = await service.stack.enter_async_context(
+            devices(stub, tmp_path, book_id, None, SkewedClock(-DAY_S))
+        )
+        await eventually(lambda: synced(b))
+        await service.stop()
+        path = f"/v1/books/{book_id}/position"
+        place = {"resource": "text/the_main_gui_window.xhtml", "start": 300}
+        assert (await a.api.send("PUT", path, {**place, "progress": 0.5}))[0] == 200
+        # A second later (read later, not a timing claim): more than the clock offset's
+        # measurement error, the time the changes page took to come (half of it, with NTP's
+        # midpoint), even on a loaded machine.
+        await asyncio.sleep(1.0)
+        assert (await b.api.send("PUT", path, {**place, "progress": 0.6}))[0] == 200  # later
+        await service.start()
+        b_id = await device_id(b)
+
+        async def a_sees_b_latest() -> Any:
+            view = await a.api.get_json(path)
+            return view if len(view["devices"]) == 2 else None
+
+        view = await eventually(a_sees_b_latest)
+        assert view["latest"]["device_id"] == b_id
+        assert view["latest"]["position"]["progress"] == 0.6
+        assert abs(view["latest"]["at"] - time.time()) < DAY_S / 2  # the service's time
+
+
 async def test_bad_bodies_are_refused_and_change_nothing(
     tmp_path: Path, stub_data: Path, book_id: str
 ) -> None:
@@ -402,6 +436,52 @@ async def test_popular_passages_count_sharing_readers_and_are_served_offline(
         assert b"<script>" not in raw
         assert b"\\u003cscript\\u003e" in raw
         assert (await device.api.get_json(path))["passages"] == passages
+
+
+async def test_shared_highlights_refresh_for_a_book_on_the_device_on_sync_and_before_a_trip(
+    tmp_path: Path, stub_data: Path, book_id: str
+) -> None:
+    """Issue 23 #2: a passage published after the device had the book came neither after
+    POST /v1/annotations/sync nor before the trip said "Ready"."""
+    async with AsyncExitStack() as stack:
+        stub = await stack.enter_async_context(running_stub(stub_data))
+        stub.store.set_popular_threshold(2)
+        readers = []
+        for i in range(2):
+            account = AccountClient(stub.url)
+            await account.create_account(f"reader {i}")
+            await account.share_highlights(True)
+            await account.buy(book_id)
+            readers.append(await BareDevice.register(stub.url, account, tmp_path / f"r{i}"))
+            stack.push_async_callback(readers[-1].client.close)
+        (device,) = await stack.enter_async_context(devices(stub, tmp_path, book_id, None))
+        path = f"/v1/books/{book_id}/popular-highlights"
+
+        async def refreshed() -> bool:
+            return (await notes_status(device))["popular_refreshed_at"] is not None
+
+        await eventually(refreshed)
+
+        async def publish(item: str, words: str) -> None:
+            for i, r in enumerate(readers):
+                _, op = r.highlight(f"an_{item}{i:06d}", book_id, words)
+                await r.client.push_annotation_ops([op])
+
+        async def passages(n: int) -> bool:
+            return len((await device.api.get_json(path))["passages"]) == n
+
+        await publish("first", "Calibre is a library manager")
+        assert (await device.api.send("POST", "/v1/annotations/sync"))[0] == 202
+        await eventually(partial(passages, 1))
+
+        await publish("second", "only the second passage")
+        report = await device.api.start_trip(1)
+        while not report["ready"]:
+            assert "Shared highlights: refreshing" in report["sentence"], report["sentence"]
+            await asyncio.sleep(0.05)
+            report = await device.api.trip()
+        assert report["shared_highlights"] == 2, report  # ready means refreshed
+        assert await passages(2)
 
 
 async def test_popular_refresh_follows_its_cursor(

@@ -223,7 +223,7 @@ async def test_trip_mode_fetches_from_the_archive_and_reports_readiness(
             )
             assert result.returncode == 0, result.stdout + result.stderr
             assert result.stdout.startswith("Ready for 4 days offline: 2 books,"), result.stdout
-            assert "all notes synced" in result.stdout
+            assert "all highlights, notes and bookmarks synced" in result.stdout
             # The two most recent orders of the archive came down; the oldest stayed up.
             states = {b["book_id"]: b["state"] for b in await device.api.library()}
             assert states[ids[archive[0]]] == states[ids[archive[1]]] == "complete"
@@ -263,3 +263,39 @@ async def test_on_a_low_battery_only_purchases_download_until_charging(
             power.set(12, charging=True)
             await device.api.post_json(f"/v1/books/{archived}/download")  # look again now
             await device.wait_complete(archived)
+
+
+async def test_a_book_not_on_the_device_answers_with_its_title_and_state(
+    tmp_path: Path, corpus_stub_data: Path, stub_corpus_import: StubImport
+) -> None:
+    """Issue 23 #8 and #7: a book listed in the library but not delivered answered 404 "not on
+    the device" on GET /v1/books/{id}, and had no title anywhere before its manifest came."""
+    ids = stub_corpus_import.book_ids
+    archived = ids["idpf_wasteland.epub"]
+    async with running_stub(corpus_stub_data, port=0) as stub:
+        account = AccountClient(stub.url)
+        await account.create_account("reader")
+        account_id = stub.store.account_for_token(account.account_token)
+        assert account_id is not None
+        stub.store.seed_library(account_id, [archived], at=time.time() - 86400)
+        catalog_book = stub.store.book(archived)
+        assert catalog_book is not None
+        title = catalog_book.title
+        async with running_device(
+            stub.url, stub.public_key_text, tmp_path / "d", account=account
+        ) as device:
+            entry = await device.wait_for(archived, lambda b: b["state"] == "in_cloud")
+            assert entry["title"] == title
+            status, book = await device.api.send("GET", f"/v1/books/{archived}")
+            assert status == 200, book
+            assert (book["title"], book["state"], book["readable"]) == (title, "in_cloud", False)
+            assert book["resources"] == []
+            assert book["version"] is None
+            report = await device.api.start_trip(2)  # the trip names it by its title too
+            assert title in report["sentence"]
+            assert archived not in report["sentence"]
+            await device.api.post_json(f"/v1/books/{archived}/download")
+            await device.wait_complete(archived)
+            status, book = await device.api.send("GET", f"/v1/books/{archived}")
+            assert (book["state"], book["readable"], book["version"]) == ("complete", True, 1)
+            assert (await device.api.send("GET", "/v1/books/bk_nosuchbook"))[0] == 404

@@ -139,6 +139,7 @@ def test_a_failing_delivery_is_reported_once_a_promise_after_the_device_heard_of
         }
         # The previous pull of the feed failed: the device was out of contact until this one.
         store.set_meta("last_sync_error", "TransportError: unreachable")
+        receipt_store.mark_contact_lost(store, 1900.0)  # as the library sync does
         back = LibraryChange(seq=3, book_id="bk_b", action="add", reason="sent", version=1, at=1500)
         store.apply_library_changes([back], cursor=3, now=2000.0)
         store.record_delivery_failure("bk_b", "StalledError: no byte", retry_at=2001.0)

@@ -180,10 +180,11 @@ async def test_with_the_service_unreachable_a_new_device_keeps_trying_and_still_
             config, log, manager, env={"SHELFSYNC_ACCOUNT_TOKEN": "acct-token-from-env"}
         ) as daemon:
             await manager.expect(
-                r"STATUS=not registered yet: service unreachable, retrying in \d+ s"
+                r"STATUS=not registered yet: waiting for the network \(the service cannot be"
+                r" reached\); trying again in \d+ s"
             )
             await manager.expect(r"EXTEND_TIMEOUT_USEC=\d+")  # systemd: still starting
-            assert await eventually(lambda: _lines(log, "registration_failed"))
+            assert await eventually(lambda: _lines(log, "registration_waiting"))
             assert daemon.returncode is None  # not an error: it waits for the service
             assert await terminate(daemon) == 0
     finally:

@@ -34,7 +34,7 @@ async def request_log(url: str) -> list[dict[str, Any]]:
 
 async def note(device: Device, book_id: str, text: str) -> float:
     """The reader writes a note; returns when (the stub's clock, the same process)."""
-    body = {"kind": "highlight", "anchor": anchor(), "note": text}
+    body = {"kind": "note", "anchor": anchor(), "note": text}  # one note each
     status, doc = await device.api.send("POST", f"/v1/books/{book_id}/annotations", body)
     assert status == 201, doc
     return time.monotonic()

@@ -407,12 +407,17 @@ def test_edit_beats_a_concurrent_delete_and_loses_to_a_later_one() -> None:
     both = merge.join_item(merge.join_item(created, deleted), edited)
     assert not merge.is_deleted(both)
     assert merge.item_view(both, False)["color"] == "pink"
+    # ... and says so (issue 23 #6): the delete that did not take, by whom and when.
+    overruled = merge.item_view(both, False)["delete_overruled"]
+    assert overruled == {"device_id": "dev_a", "at": hlc.seconds_of(deleted.deleted or "")}
+    assert merge.item_view(created, False)["delete_overruled"] is None
     # A delete made after seeing the edit wins.
     b.observe(merge.max_stamp(both))
     again = merge.join_item(both, merge.delete_delta(both, b.tick(NOW_MS + 2)))
     view = merge.item_view(again, False)
     assert view["deleted"]
     assert view["deleted_by"] == "dev_b"
+    assert view["delete_overruled"] is None  # this delete took
 
 
 @pytest.mark.faults(26, 29)
@@ -489,6 +494,103 @@ def test_join_is_commutative_associative_and_idempotent(parts: list[Item], rnd: 
     assert merge.item_from_doc(json.loads(json.dumps(merge.item_to_doc(fold(parts))))) == fold(
         parts
     )
+
+
+# -- the same passage highlighted on several devices (issue 23 #10) -----------------------------
+
+ranges = st.fixed_dictionaries(
+    {
+        "resource": st.sampled_from(["OPS/ch1.xhtml", "OPS/ch2.xhtml"]),
+        "start": st.integers(0, 50),
+        "length": st.integers(1, 30),
+        "book_version": st.none() | st.integers(1, 3),
+    }
+)
+readers_marks = st.lists(
+    st.tuples(
+        st.sampled_from(["dev_kindle", "dev_phone", "dev_tablet"]),
+        st.sampled_from(merge.COLORS),
+        st.text("abc ", max_size=5),  # quote context: readers' software differs
+        st.integers(-DAY_MS, DAY_MS),  # clock skew
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+def _anchor_of(r: dict[str, Any], context: str) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "resource": r["resource"],
+        "start": r["start"],
+        "end": r["start"] + r["length"],
+        "quote": {"exact": "x" * r["length"], "prefix": context, "suffix": context[::-1]},
+    }
+    if r["book_version"] is not None:
+        doc["book_version"] = r["book_version"]
+    return merge.parse_anchor(doc)
+
+
+@given(ranges, readers_marks, st.randoms(use_true_random=False))
+def test_one_range_highlighted_anywhere_is_one_highlight(
+    r: dict[str, Any], marks: list[tuple[str, str, str, int]], rnd: Any
+) -> None:
+    clocks = {node: HybridClock(node) for node, *_ in marks}
+    deltas = []
+    for node, color, context, skew in marks:
+        anchor = _anchor_of(r, context)
+        item_id = merge.highlight_id(BOOK, anchor)
+        new = NewAnnotation(None, "highlight", anchor, color, None)
+        deltas.append(merge.create_delta(item_id, BOOK, clocks[node].tick(NOW_MS + skew), new))
+    assert len({d.item_id for d in deltas}) == 1  # one id, whoever highlighted, however
+    assert merge.ITEM_ID.match(deltas[0].item_id)
+    shuffled = list(deltas)
+    rnd.shuffle(shuffled)
+    states = []
+    for order in (deltas, shuffled, shuffled + deltas):
+        state = order[0]
+        for delta in order[1:]:
+            state = merge.join_item(state, delta)
+        states.append(state)
+    assert states[0] == states[1] == states[2]
+    view = merge.item_view(states[0], False)
+    assert view["kind"] == "highlight"
+    latest = max(deltas, key=lambda d: d.fields["color"][0])
+    assert view["color"] == latest.fields["color"][1]  # the later colour, on every replica
+
+
+def test_highlighting_a_range_again_replaces_its_note_and_revives_a_deleted_one_clean() -> None:
+    clock = HybridClock("dev_kindle")
+    item_id = merge.highlight_id(BOOK, ANCHOR)
+    first = merge.create_delta(
+        item_id, BOOK, clock.tick(NOW_MS), NewAnnotation(None, "highlight", ANCHOR, "blue", "one")
+    )
+    again = merge.recreate_delta(
+        first, clock.tick(NOW_MS), NewAnnotation(None, "highlight", ANCHOR, "pink", "two")
+    )
+    view = merge.item_view(merge.join_item(first, again), False)
+    assert (view["color"], view["note"], view["conflicts"]) == ("pink", "two", [])
+    gone = merge.join_item(first, merge.delete_delta(first, clock.tick(NOW_MS)))
+    back = merge.join_item(
+        gone,
+        merge.recreate_delta(
+            gone, clock.tick(NOW_MS), NewAnnotation(None, "highlight", ANCHOR, "green", None)
+        ),
+    )
+    view = merge.item_view(back, False)
+    assert (view["deleted"], view["color"], view["note"]) == (False, "green", None)
+
+
+@given(ranges, ranges)
+def test_different_ranges_are_different_highlights(a: dict[str, Any], b: dict[str, Any]) -> None:
+    same = (a["resource"], a["start"], a["length"], a["book_version"]) == (
+        b["resource"],
+        b["start"],
+        b["length"],
+        b["book_version"],
+    )
+    ids = {merge.highlight_id(BOOK, _anchor_of(x, "")) for x in (a, b)}
+    assert len(ids) == (1 if same else 2)
+    assert merge.highlight_id("bk_other", _anchor_of(a, "")) not in ids
 
 
 # -- validation (FAULTS.md #32, #33) ------------------------------------------------------------

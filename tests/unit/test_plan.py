@@ -14,9 +14,11 @@ from daemon.content.plan import (
     LIKELY_NEXT,
     LIKELY_NEXT_REASONS,
     PAUSED_FOR_PURCHASE,
+    PROMISE_S,
     PROVING_SIZE,
     WANTED,
     Budget,
+    fresh_order,
     is_fresh,
     next_retry,
     plan_deliveries,
@@ -151,6 +153,12 @@ def test_plan_invariants(
     slots = max(0, concurrency - len(running))
     assert len(plan.start) <= slots + (1 if running_fresh == 0 else 0)
     assert all(is_fresh(by_id[b], NOW) for b in plan.start[slots:])
+    # Purchases still within the promise before those past it, smallest first (issue 23 #3):
+    # no purchase queued for want of a slot goes before one that started.
+    started = [by_id[b] for b in plan.start if is_fresh(by_id[b], NOW)]
+    for c in cands:
+        if is_fresh(c, NOW) and plan.waiting.get(c.book_id, "").startswith("queued"):
+            assert all(fresh_order(s, NOW) <= fresh_order(c, NOW) for s in started)
     # Every candidate not started and not running says why.
     for c in cands:
         if c.book_id not in running and c.book_id not in plan.start:
@@ -185,6 +193,19 @@ def held_book(book_id: str, size: int, **kw: object) -> HeldBook:
 ROOMY = Budget(
     quota_bytes=100 * MB, fs_free_bytes=1000 * MB, reserve_bytes=0, battery_restricted=False
 )
+
+
+def test_ten_purchases_at_once_start_smallest_first_within_the_promise() -> None:
+    """Issue 23 #3: the two largest of ten purchases went first, and all ten broke the promise."""
+    sizes = [9, 1, 7, 3, 5, 2, 8, 4, 6, 10]
+    cands = [
+        candidate(f"p{n}", ordered_at=NOW - 1 - n * 0.01, expected_bytes=n * MB) for n in sizes
+    ]
+    late = candidate("late", ordered_at=NOW - 2 * PROMISE_S, expected_bytes=MB // 2)
+    plan = plan_deliveries([*cands, late], [], ROOMY, NOW, set(), 0, 2)
+    assert plan.start == ["p1", "p2", "p3"]  # two slots and the express lane
+    order = sorted([*cands, late], key=lambda c: fresh_order(c, NOW))
+    assert [c.book_id for c in order][-1] == "late"  # its promise is broken already
 
 
 def test_a_new_purchase_overtakes_a_long_download_on_a_one_slot_device() -> None:
