@@ -276,6 +276,7 @@ class Reader:
         self.sessions_left = plan.days * len(plan.sessions) * len(devices)
         self._texts: dict[tuple[str, str], tuple[str, str]] = {}
         self.missing_events: list[str] = []
+        self.titles: dict[str, str] = {}
         self.skipped: list[str] = []
 
     async def _text(self, device: WeekDevice, book_id: str) -> tuple[str, str] | None:
@@ -326,18 +327,21 @@ class Reader:
         if not wanted:
             return
         device.sessions += 1
-        # The newest purchase first (the reader has waited for it), else through the library.
+        # The newest purchase first (the reader has waited for it), else on through the library;
+        # a book that is not there is an event the reader notices, and they pick another.
         newest = max(wanted, key=lambda b: self.expected_by[b])
-        book_id = (
-            newest
-            if self.expected_by[newest] > now - DAY
-            else wanted[(device.sessions + day) % len(wanted)]
-        )
-        await api.send("POST", f"/v1/books/{book_id}/opened")
-        text = await self._text(device, book_id)
-        if text is None:
+        turn = wanted[(device.sessions + day) % len(wanted)]
+        first = newest if self.expected_by[newest] > now - DAY else turn
+        text = None
+        for book_id in [first, *(b for b in wanted if b != first)]:
+            await api.send("POST", f"/v1/books/{book_id}/opened")
+            text = await self._text(device, book_id)
+            if text is not None:
+                break
             device.wanted_missing += 1
-            self.missing_events.append(f"day {day} {device.spec.key}: {book_id} not on the device")
+            title = self.titles.get(book_id, book_id)
+            self.missing_events.append(f"day {day} {device.spec.key}: '{title}' not on the device")
+        if text is None:
             return
         path, body = text
         progress = min(1.0, self.positions.get((device.spec.key, book_id), 0.0) + 0.07)
@@ -573,6 +577,7 @@ class Week:
             reader = Reader(self.devices, plan, self.seed)
             books = [book_of(p) for p in chosen]
             titles = {b.book_id: b.title for b in books}
+            reader.titles = titles
             arrivals: list[tuple[str, str, float | None]] = []
 
             # Day 0, at home: the purchases, then the trip while some still download.
