@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 TICK_S = 0.02  # how often due sleepers are woken as real time passes
+SETTLE_TURNS = 20  # event-loop turns a woken sleeper gets offline: a refused connect takes a few
 
 
 class Timeline:
@@ -55,16 +56,25 @@ class Timeline:
             if not woken.done():
                 woken.set_result(None)
 
-    async def run_until(self, target: float, quiet: Callable[[], bool]) -> None:
+    async def run_until(
+        self, target: float, quiet: Callable[[], bool], offline: Callable[[], bool]
+    ) -> None:
         """Let time pass until `target`, skipping to the next wake whenever `quiet()` says
-        nothing is happening that real time is needed for."""
+        nothing is happening that real time is needed for. While `offline()` (no link up:
+        whatever a woken sleeper tries fails at once), the woken only get a few turns of the
+        event loop before the next skip, not a tick of real time."""
         while (now := self.now()) < target:
-            if quiet():
+            skip = quiet()
+            if skip:
                 wake = self.next_wake()
                 jump_to = target if wake is None else min(target, wake)
                 self._skipped += max(0.0, jump_to - now)
             self._wake_due()
-            await asyncio.sleep(TICK_S)
+            if skip and offline():
+                for _ in range(SETTLE_TURNS):
+                    await asyncio.sleep(0)
+            else:
+                await asyncio.sleep(TICK_S)
         self._wake_due()
 
     async def keep_time(self) -> None:

@@ -52,6 +52,7 @@ HOME_LINK = "paperwhite-wifi"  # the home Wi-Fi, for both devices
 LEAVE_AFTER_READY_S = 600  # the reader leaves home ten minutes after the trip says "ready"
 MAX_BOOK_BYTES = 4_000_000  # the week's books: the corpus's ordinary ones, not its 11 MB atlas
 _TAG = re.compile(r"<[^>]+>")
+_LOG = logging.getLogger("bench.week")
 METHOD = __doc__.split("\n\n", 1)[1].replace("\n", " ").strip()
 
 
@@ -70,7 +71,9 @@ class Plan:
         (19.5 * HOUR, 600),
     )
     sessions: tuple[float, ...] = (7 * HOUR, 11 * HOUR, 16 * HOUR, 22 * HOUR)  # reading times
-    purchase_day: int = 3
+    purchase_day: int = 3  # the website purchase, at 10:00
+    edit_at: tuple[int, float] = (2, 7 * HOUR - 60)  # (day, time): both edit the same notes
+    delete_at: tuple[int, float] = (4, 7 * HOUR - 30)  # one deletes what the other edits
     skew_s: float = -DAY  # the second device's wall clock: a day behind
     profiles: tuple[str, str] = ("kindle-keyboard-3g", "oasis-4g")
     # Real seconds without a byte on any link that is up before the timeline skips ahead:
@@ -80,14 +83,16 @@ class Plan:
     @staticmethod
     def short() -> Plan:
         return Plan(
-            days=2,
+            days=1,
             books=2,
             notes=24,
             shared_edits=2,
             contested=2,
-            windows=((8 * HOUR, 300), (19.5 * HOUR, 300)),
+            windows=((8 * HOUR, 300), (13 * HOUR, 300), (19.5 * HOUR, 300)),
             sessions=(7 * HOUR, 16 * HOUR),
             purchase_day=1,
+            edit_at=(1, 11 * HOUR),
+            delete_at=(1, 16 * HOUR - 30),
             profiles=("emulator-loopback", "emulator-loopback"),
             quiet_s=0.5,
         )
@@ -271,6 +276,7 @@ class Reader:
         self.sessions_left = plan.days * len(plan.sessions) * len(devices)
         self._texts: dict[tuple[str, str], tuple[str, str]] = {}
         self.missing_events: list[str] = []
+        self.titles: dict[str, str] = {}
         self.skipped: list[str] = []
 
     async def _text(self, device: WeekDevice, book_id: str) -> tuple[str, str] | None:
@@ -321,18 +327,21 @@ class Reader:
         if not wanted:
             return
         device.sessions += 1
-        # The newest purchase first (the reader has waited for it), else through the library.
+        # The newest purchase first (the reader has waited for it), else on through the library;
+        # a book that is not there is an event the reader notices, and they pick another.
         newest = max(wanted, key=lambda b: self.expected_by[b])
-        book_id = (
-            newest
-            if self.expected_by[newest] > now - DAY
-            else wanted[(device.sessions + day) % len(wanted)]
-        )
-        await api.send("POST", f"/v1/books/{book_id}/opened")
-        text = await self._text(device, book_id)
-        if text is None:
+        turn = wanted[(device.sessions + day) % len(wanted)]
+        first = newest if self.expected_by[newest] > now - DAY else turn
+        text = None
+        for book_id in [first, *(b for b in wanted if b != first)]:
+            await api.send("POST", f"/v1/books/{book_id}/opened")
+            text = await self._text(device, book_id)
+            if text is not None:
+                break
             device.wanted_missing += 1
-            self.missing_events.append(f"day {day} {device.spec.key}: {book_id} not on the device")
+            title = self.titles.get(book_id, book_id)
+            self.missing_events.append(f"day {day} {device.spec.key}: '{title}' not on the device")
+        if text is None:
             return
         path, body = text
         progress = min(1.0, self.positions.get((device.spec.key, book_id), 0.0) + 0.07)
@@ -522,7 +531,9 @@ class Week:
         return idle > (self.plan.quiet_s if any(d.online for d in self.devices) else 0.05)
 
     async def _until(self, t: float) -> None:
-        await self.timeline.run_until(t, self._quiet)
+        await self.timeline.run_until(
+            t, self._quiet, lambda: not any(d.online for d in self.devices)
+        )
 
     def _library(self) -> tuple[Path, list[Path]]:
         ordinary = sorted(
@@ -566,6 +577,7 @@ class Week:
             reader = Reader(self.devices, plan, self.seed)
             books = [book_of(p) for p in chosen]
             titles = {b.book_id: b.title for b in books}
+            reader.titles = titles
             arrivals: list[tuple[str, str, float | None]] = []
 
             # Day 0, at home: the purchases, then the trip while some still download.
@@ -600,12 +612,19 @@ class Week:
                         events.append((day * DAY + at, "read", device))
                 if day == plan.purchase_day:
                     events.append((day * DAY + 10 * HOUR, "buy", None))
-                if day == 2:
-                    events.append((day * DAY + 7 * HOUR - 60, "edit_both", None))
-                if day == min(4, plan.days):
-                    events.append((day * DAY + 7 * HOUR - 30, "delete_edit", None))
+                if day == plan.edit_at[0]:
+                    events.append((day * DAY + plan.edit_at[1], "edit_both", None))
+                if day == plan.delete_at[0]:
+                    events.append((day * DAY + plan.delete_at[1], "delete_edit", None))
                 for at, what, target in sorted(events, key=lambda e: e[0]):
                     await self._until(at)
+                    _LOG.info(
+                        "event=week_event day=%d at_h=%.2f what=%s device=%s",
+                        day,
+                        (at - day * DAY) / HOUR,
+                        what,
+                        target.spec.key if target else "-",
+                    )
                     if what == "up" and target is not None:
                         length = dict(plan.windows)[at - day * DAY - target.spec.offset_s]
                         await target.link_up(target.spec.profile)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from bench.harness import CORPUS_VARIABLE, CorpusError, corpus_location
 from server_stub.catalog import ImportReport, PackagingSettings, import_library
@@ -25,6 +26,10 @@ from server_stub.signing import load_or_create_key
 from server_stub.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
+# `make arm-check` runs the tests under qemu-user, several times slower: there example generation
+# trips hypothesis's too-slow health check and examples its deadline, neither of which is what a
+# property test checks (speed claims are benchmarks). `--hypothesis-profile=emulated` lifts both.
+settings.register_profile("emulated", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 pytest_plugins = ["tests.reliability"]
 SHIPPED_CORPUS = REPO / "tests" / "corpus"
 
