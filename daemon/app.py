@@ -30,6 +30,7 @@ from daemon.client import AccountClient, ClientLimits, DeviceCredentials, Servic
 from daemon.clock import Clock, SystemClock
 from daemon.config import Settings
 from daemon.content.delivery import DeliveryPolicy, DeliveryWorker
+from daemon.content.dictionaries import Dictionaries
 from daemon.content.library_sync import LibrarySync
 from daemon.content.reader import FrameOpener
 from daemon.content.receipts import ReceiptSync
@@ -238,6 +239,7 @@ class Daemon:
                 ),
                 on_radio=windows.radio_used,
             )
+            dictionaries = Dictionaries(store, client)
             delivery = DeliveryWorker(
                 store,
                 client,
@@ -254,6 +256,7 @@ class Daemon:
                 windows,
                 battery_restricted=lambda: self.power.read().restricted(profile.battery),
                 archive_slots=self._archive_slots,
+                dictionaries=dictionaries,
             )
             self._delivery = delivery
 
@@ -286,7 +289,14 @@ class Daemon:
                 elif kind in ("annotations_changed", "poll"):
                     annotations.request()
 
-            sync = LibrarySync(store, client, self.clock, windows, on_change=library_changed)
+            sync = LibrarySync(
+                store,
+                client,
+                self.clock,
+                windows,
+                on_change=library_changed,
+                on_manifests=delivery.offer_manifests,
+            )
 
             def everything_now() -> None:
                 """A trip is being prepared (or a book asked for): every worker goes now."""
@@ -303,6 +313,8 @@ class Daemon:
                 keepalive_s=profile.sync.keepalive_s,
                 poll_interval_s=profile.sync.poll_interval_s,
                 on_event=link_event,
+                on_library_push=sync.apply_push,
+                on_dictionaries=dictionaries.prefetch,
             )
             self.api = LocalApi(
                 settings.db_path,
@@ -343,6 +355,7 @@ class Daemon:
                     tasks.create_task(annotations.run(), name="annotation sync")
                     tasks.create_task(popular.run(), name="popular highlights")
                     tasks.create_task(delivery.run(), name="delivery")
+                    tasks.create_task(dictionaries.run(), name="dictionaries")
                     tasks.create_task(receipts.run(), name="delivery receipts")
                     tasks.create_task(self._connectivity.run(), name="connectivity")
                     tasks.create_task(_raise_on(stop), name="stop watcher")

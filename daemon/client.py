@@ -87,6 +87,48 @@ def _changes_page(doc: Any, asked: int) -> ChangesPage:
     return ChangesPage(changes, cursor, has_more)
 
 
+PUSH_VERSION = 2  # the push protocol this daemon asks for (PROTOCOL.md "Push channel")
+MAX_PUSH_MESSAGE_BYTES = 4 + 4 * 1024 * 1024 + MAX_ENVELOPE_BYTES  # header, JSON, manifests
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryPush:
+    """A version 2 `library_changed`: the device's changes after seq `after` (what a pull from
+    `after` would bring, checked the same way) and the signed envelopes of the orders among
+    them, by book: unverified bytes, for the delivery worker to verify as if fetched."""
+
+    after: int
+    page: ChangesPage
+    envelopes: dict[str, bytes]
+
+
+def _library_push(data: bytes) -> LibraryPush:
+    """Parse `u32be(n) ‖ n bytes of JSON ‖ envelopes` (ValueError etc. if malformed)."""
+    size = int.from_bytes(data[:4], "big")
+    if len(data) < 4 or size > MAX_JSON_BYTES or len(data) < 4 + size:
+        raise ValueError(f"a header of {size} bytes in a message of {len(data)}")
+    doc = json.loads(data[4 : 4 + size])
+    if doc["type"] != "library_changed":
+        raise ValueError(f"binary message of type {str(doc['type'])[:40]!r}")
+    after = _bounded(doc["after"], 0, _MAX_SEQ, "after")
+    page = _changes_page(
+        {"changes": doc["changes"], "cursor": doc["cursor"], "has_more": False}, after
+    )
+    ordered = {c.book_id for c in page.changes if c.action == "add"}
+    envelopes: dict[str, bytes] = {}
+    offset = 4 + size
+    for entry in doc["manifests"]:
+        book_id = str(entry["book_id"])
+        length = _bounded(entry["length"], 1, MAX_ENVELOPE_BYTES, "manifest length")
+        if book_id not in ordered or book_id in envelopes:
+            raise ValueError(f"a manifest for {book_id[:80]!r}, which no change orders")
+        envelopes[book_id] = data[offset : offset + length]
+        offset += length
+    if offset != len(data):
+        raise ValueError(f"the manifests end at byte {offset} of {len(data)}")
+    return LibraryPush(after, page, envelopes)
+
+
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 MAX_JSON_BYTES = 4 * 1024 * 1024  # a changes page of 1,000 entries is ~150 KB
 # An annotation page is ~1 MiB (the service stops adding states past that), but one state with
@@ -367,11 +409,15 @@ class ServiceClient:
 
     @asynccontextmanager
     async def push_channel(self) -> AsyncIterator[PushChannel]:
-        """The push channel; its keep-alive is the caller's (`PushChannel.ping`), so that the
-        radio's owner decides when it goes."""
+        """The push channel (version 2: changes and manifests carried); its keep-alive is the
+        caller's (`PushChannel.ping`), so that the radio's owner decides when it goes."""
         try:
             async with self._session.ws_connect(
-                self.base_url + "/v1/push", headers=self._auth, autoping=False
+                self.base_url + "/v1/push",
+                params={"version": str(PUSH_VERSION)},
+                headers=self._auth,
+                autoping=False,
+                max_msg_size=MAX_PUSH_MESSAGE_BYTES,
             ) as ws:
                 yield PushChannel(ws, self._on_radio)
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
@@ -545,7 +591,9 @@ class PushChannel:
             raise _transport_error("push channel ping", e) from e
 
     async def messages(self) -> AsyncGenerator[dict[str, Any], None]:
-        """Yield the service's messages until the channel closes; answers its pings."""
+        """Yield the service's messages until the channel closes; answers its pings. A binary
+        `library_changed` is yielded as `{"type", "cursor", "carried": LibraryPush}`, or, when
+        malformed, without `carried` (the device pulls the feed instead)."""
         async for message in self._ws:
             self._on_radio()
             if message.type == aiohttp.WSMsgType.PING:
@@ -553,6 +601,15 @@ class PushChannel:
                 continue
             if message.type == aiohttp.WSMsgType.PONG:
                 self._pong.set()
+                continue
+            if message.type == aiohttp.WSMsgType.BINARY:
+                try:
+                    carried = _library_push(message.data)
+                except (KeyError, TypeError, ValueError, OverflowError) as e:
+                    log_event(_LOG, logging.WARNING, "push_message_malformed", detail=str(e))
+                    yield {"type": "library_changed"}
+                    continue
+                yield {"type": "library_changed", "cursor": carried.page.cursor, "carried": carried}
                 continue
             if message.type != aiohttp.WSMsgType.TEXT:
                 break

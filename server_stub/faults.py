@@ -3,8 +3,9 @@
 Rules are appended through the admin API and each fires on the next `times` requests it
 matches. A rule matches a request when its route does ("any" is every non-admin route) and its
 kind applies there: `ignore_range` to the package, `bad_signature`/`replay_manifest` to the
-manifest, body faults (pause, truncate, corrupt) to any route with a body (not the WebSocket),
-`silence` to the push channel, `error`/`delay` everywhere.
+manifest (and to `pushed_manifest`, the one a push carries), body faults (pause, truncate,
+corrupt) to any route with a body (not the WebSocket), `silence` to the push channel,
+`error`/`delay` everywhere.
 
 `fault_middleware` fires the rules, answers `error`, waits out `delay`, records every request,
 and applies body faults to plain responses; handlers that stream (the package) send their body
@@ -32,7 +33,20 @@ from server_stub.logs import kv
 # `silence` accepts it and then passes nothing either way until released (a NAT that dropped
 # the mapping, a proxy that blackholes): no hello (unless `after_hello`: a channel that worked,
 # then went silent), no notification, no pong, no heartbeat.
-ROUTES = ("package", "manifest", "dictionary", "changes", "push", "receipts", "notices", "any")
+# "pushed_manifest": the manifest a version 2 push carries with a purchase; not a request, so
+# only the manifest kinds act there, and "any" does not cover it.
+ROUTES = (
+    "package",
+    "manifest",
+    "pushed_manifest",
+    "dictionary",
+    "changes",
+    "push",
+    "receipts",
+    "notices",
+    "any",
+)
+MANIFEST_KINDS = ("bad_signature", "replay_manifest")
 BODY_KINDS = ("pause", "truncate", "corrupt")
 _APPLIES: dict[str, tuple[str, ...] | None] = {  # kind -> routes it acts on (None: all)
     "pause": None,
@@ -41,8 +55,8 @@ _APPLIES: dict[str, tuple[str, ...] | None] = {  # kind -> routes it acts on (No
     "ignore_range": ("package",),
     "error": None,
     "delay": None,
-    "bad_signature": ("manifest",),
-    "replay_manifest": ("manifest",),
+    "bad_signature": ("manifest", "pushed_manifest"),
+    "replay_manifest": ("manifest", "pushed_manifest"),
     "silence": ("push",),
 }
 NO_BODY_ROUTES = ("push",)  # the WebSocket: its "body" is frames, not bytes to cut
@@ -67,6 +81,8 @@ class FaultRule:
     def matches(self, route: str) -> bool:
         if self.remaining <= 0 or self.route not in ("any", route):
             return False
+        if route == "pushed_manifest":
+            return self.route == route and self.kind in MANIFEST_KINDS
         if self.kind in BODY_KINDS and route in NO_BODY_ROUTES:
             return False
         applies = _APPLIES[self.kind]
@@ -109,6 +125,8 @@ def parse_rule(doc: Any) -> FaultRule:
     applies = _APPLIES[kind]
     if applies is not None and route not in ("any", *applies):
         raise ValueError(f"{kind} applies only to route {' or '.join(applies)}")
+    if route == "pushed_manifest" and kind not in MANIFEST_KINDS:
+        raise ValueError(f"only {' and '.join(MANIFEST_KINDS)} apply to route pushed_manifest")
     rule = FaultRule(route=route, kind=kind, remaining=_int(doc, "times", 1, 1_000_000, 1))
     if kind in ("pause", "truncate"):
         rule.after_bytes = _int(doc, "after_bytes", 0, 2**53)

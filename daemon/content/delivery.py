@@ -1,6 +1,7 @@
 """The delivery worker: brings each book in the library onto the device, frame by frame.
 
-For one book: fetch the signed manifest, verify it (daemon.content.trust), record it, then stream
+For one book: fetch the signed manifest (or take the one a push carried with the purchase:
+`offer_manifests`), verify it (daemon.content.trust), record it, then stream
 the missing frames with one Range request per contiguous run, verifying each frame's length and
 SHA-256 against the manifest before committing it on its own. A crash or a cut connection loses at
 most the frame in flight: the next attempt starts at the first frame not committed.
@@ -31,9 +32,9 @@ from daemon.client import ServiceClient
 from daemon.clock import Clock
 from daemon.config import DISK_FULL_PAUSE_S
 from daemon.content import plan
+from daemon.content.dictionaries import Dictionaries
 from daemon.content.trust import verify_manifest
 from daemon.errors import (
-    DictionaryError,
     DiskFullError,
     FrameHashError,
     ManifestError,
@@ -45,7 +46,6 @@ from daemon.errors import (
 from daemon.killpoints import killpoint
 from daemon.logs import log_event
 from daemon.models import DeliveryCandidate, FrameRow
-from daemon.protocol.codec import Dictionary
 from daemon.protocol.crypto import WRAP_ALG, unwrap_content_key
 from daemon.protocol.manifest import Manifest
 from daemon.radio.windows import RadioWindows
@@ -53,6 +53,7 @@ from daemon.store import Store
 
 _LOG = logging.getLogger("shelfsync.delivery")
 RECHECK_S = 30.0  # while the planner holds books back, look again this often
+MAX_OFFERED = 64  # pushed manifests kept for deliveries not started yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +88,13 @@ class DeliveryWorker:
         windows: RadioWindows,
         battery_restricted: Callable[[], bool] = lambda: False,
         archive_slots: Callable[[], int] = lambda: 0,
+        dictionaries: Dictionaries | None = None,
     ) -> None:
         self._store = store
+        self._dictionaries = dictionaries or Dictionaries(store, client)
+        # Signed manifests a push carried, by book, not yet verified: the next attempt of
+        # that book's delivery takes its manifest from here instead of fetching it.
+        self._offered: dict[str, bytes] = {}
         self._client = client
         self._clock = clock
         self._pinned_key = pinned_key
@@ -108,6 +114,13 @@ class DeliveryWorker:
     def wake(self) -> None:
         """The library changed, or the link came back: look again at what to deliver."""
         self._wake.set()
+
+    def offer_manifests(self, envelopes: dict[str, bytes]) -> None:
+        """Manifest envelopes a push carried: each is verified when its delivery starts,
+        exactly as a fetched one (a refused one fails that attempt; the retry fetches)."""
+        self._offered.update(envelopes)
+        while len(self._offered) > MAX_OFFERED:
+            self._offered.pop(next(iter(self._offered)))
 
     def free_bytes(self) -> int:
         """Room left for books: within the quota and above the file system's reserve."""
@@ -293,7 +306,8 @@ class DeliveryWorker:
                 )
 
     async def deliver(self, book_id: str) -> None:
-        envelope = await self._client.manifest_envelope(book_id)
+        pushed = self._offered.pop(book_id, None)
+        envelope = pushed or await self._client.manifest_envelope(book_id)
         manifest = verify_manifest(
             envelope,
             pinned_key=self._pinned_key,
@@ -304,13 +318,15 @@ class DeliveryWorker:
             now=self._clock.wall(),
         )
         self._check_content_key(manifest)
-        await self._ensure_dictionary(manifest)
+        if manifest.dictionary is not None:
+            await self._dictionaries.ensure(manifest.dictionary.sha256, manifest.dictionary.size)
         self._store.record_manifest(manifest, envelope, self._clock.wall())
         log_event(
             _LOG,
             logging.INFO,
             "manifest_verified",
             book=book_id,
+            source="fetched" if pushed is None else "pushed",
             version=manifest.version,
             frames=len(manifest.frames),
             package_bytes=manifest.package_size,
@@ -324,20 +340,6 @@ class DeliveryWorker:
         if key is None or key.alg != WRAP_ALG:
             raise ManifestError(f"{manifest.book_id}: no content key this device can use")
         unwrap_content_key(self._device_key, key.ephemeral, key.wrapped, manifest.book_id)
-
-    async def _ensure_dictionary(self, manifest: Manifest) -> None:
-        """Fetch the manifest's dictionary once; every later book naming it shares it."""
-        ref = manifest.dictionary
-        if ref is None or self._store.dictionary(ref.sha256) is not None:
-            return
-        data = await self._client.dictionary(ref.sha256)
-        if len(data) != ref.size:
-            raise DictionaryError(
-                f"dictionary {ref.sha256[:16]} is {len(data)} bytes, not {ref.size}"
-            )
-        Dictionary.verified(data, ref.sha256)
-        self._store.put_dictionary(ref.sha256, data)
-        log_event(_LOG, logging.INFO, "dictionary_stored", sha256=ref.sha256[:16], bytes=len(data))
 
     async def _fetch_run(self, manifest: Manifest, run: list[FrameRow]) -> None:
         book_id = manifest.book_id
