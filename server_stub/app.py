@@ -381,12 +381,17 @@ def _signed_manifest(
         raise ApiError(404, "unknown_book", f"{book_id} is in the library but not in the catalog")
     fault_state = faults.take(route) if isinstance(faults, FaultInjector) else faults or Fired()
     replay = fault_state.first("replay_manifest")
-    template = _template(app, book_id, replay.version if replay else book.version)
+    swap = fault_state.first("swap_manifest")
+    if swap is not None:  # mix-and-match: another book's manifest, validly signed
+        book = app[STORE].book(swap.book_id)
+        if book is None:
+            raise ApiError(404, "unknown_book", f"the catalog has no book {swap.book_id!r}")
+    template = _template(app, book.book_id, replay.version if replay else book.version)
     key = app[SERVICE_KEY].private_key
     if fault_state.first("bad_signature"):
         key = Ed25519PrivateKey.generate()
     ephemeral, wrapped = wrap_content_key(
-        x25519_public_key(device.public_key), app[STORE].content_key(book_id), book_id
+        x25519_public_key(device.public_key), app[STORE].content_key(book.book_id), book.book_id
     )
     return sign_manifest(key, template, app[CLOCK](), WrappedKey(WRAP_ALG, ephemeral, wrapped))
 

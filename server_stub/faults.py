@@ -2,10 +2,10 @@
 
 Rules are appended through the admin API and each fires on the next `times` requests it
 matches. A rule matches a request when its route does ("any" is every non-admin route) and its
-kind applies there: `ignore_range` to the package, `bad_signature`/`replay_manifest` to the
-manifest (and to `pushed_manifest`, the one a push carries), body faults (pause, truncate,
-corrupt) to any route with a body (not the WebSocket), `silence` to the push channel,
-`error`/`delay` everywhere.
+kind applies there: `ignore_range` to the package; `bad_signature`, `replay_manifest` and
+`swap_manifest` to the manifest (and to `pushed_manifest`, the one a push carries); body faults
+(pause, truncate, corrupt) to any route with a body (not the WebSocket); `silence` to the push
+channel; `error`/`delay` everywhere.
 
 `fault_middleware` fires the rules, answers `error`, waits out `delay`, records every request,
 and applies body faults to plain responses; handlers that stream (the package) send their body
@@ -46,7 +46,7 @@ ROUTES = (
     "notices",
     "any",
 )
-MANIFEST_KINDS = ("bad_signature", "replay_manifest")
+MANIFEST_KINDS = ("bad_signature", "replay_manifest", "swap_manifest")
 BODY_KINDS = ("pause", "truncate", "corrupt")
 _APPLIES: dict[str, tuple[str, ...] | None] = {  # kind -> routes it acts on (None: all)
     "pause": None,
@@ -57,6 +57,7 @@ _APPLIES: dict[str, tuple[str, ...] | None] = {  # kind -> routes it acts on (No
     "delay": None,
     "bad_signature": ("manifest", "pushed_manifest"),
     "replay_manifest": ("manifest", "pushed_manifest"),
+    "swap_manifest": ("manifest", "pushed_manifest"),
     "silence": ("push",),
 }
 NO_BODY_ROUTES = ("push",)  # the WebSocket: its "body" is frames, not bytes to cut
@@ -77,6 +78,7 @@ class FaultRule:
     seconds: float = 0.0
     version: int = 0
     after_hello: bool = False
+    book_id: str = ""
 
     def matches(self, route: str) -> bool:
         if self.remaining <= 0 or self.route not in ("any", route):
@@ -100,6 +102,8 @@ class FaultRule:
             doc["seconds"] = self.seconds
         elif self.kind == "replay_manifest":
             doc["version"] = self.version
+        elif self.kind == "swap_manifest":
+            doc["book_id"] = self.book_id
         elif self.kind == "silence":
             doc["after_hello"] = self.after_hello
         return doc
@@ -143,6 +147,11 @@ def parse_rule(doc: Any) -> FaultRule:
         rule.seconds = float(seconds)
     elif kind == "replay_manifest":
         rule.version = _int(doc, "version", 1, 2**53)
+    elif kind == "swap_manifest":
+        book_id = doc.get("book_id")
+        if not isinstance(book_id, str) or not 0 < len(book_id) <= 64:
+            raise ValueError("'book_id' must be a book id")
+        rule.book_id = book_id
     elif kind == "silence":
         after_hello = doc.get("after_hello", False)
         if not isinstance(after_hello, bool):
