@@ -119,6 +119,7 @@ class Daemon:
         self._connectivity: Connectivity | None = None
         self.windows: RadioWindows | None = None  # the radio's owner, while running
         self._delivery: DeliveryWorker | None = None
+        self._dictionaries: Dictionaries | None = None
         self._store: Store | None = None
         self._started_at = 0.0
 
@@ -138,6 +139,7 @@ class Daemon:
             "power": power_report(self.power.read(), self.settings.profile.battery),
             # Windows that woke a sleeping radio since the start: what the battery pays for.
             "radio_wakeups": self.windows.wakeups if self.windows else 0,
+            "dictionaries_pending": self._dictionaries.pending if self._dictionaries else 0,
         }
 
     def status_line(self) -> str:
@@ -239,7 +241,7 @@ class Daemon:
                 ),
                 on_radio=windows.radio_used,
             )
-            dictionaries = Dictionaries(store, client)
+            dictionaries = self._dictionaries = Dictionaries(store, client)
             delivery = DeliveryWorker(
                 store,
                 client,
@@ -368,6 +370,7 @@ class Daemon:
             supervised.cancel()
             await asyncio.gather(supervised, return_exceptions=True)
             self._delivery = None
+            self._dictionaries = None
             self._store = None
             self.windows = None
             self._connectivity = None  # a stopped daemon is not online

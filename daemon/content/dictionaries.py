@@ -72,18 +72,25 @@ class Dictionaries:
                 and 0 < size <= MAX_DICTIONARY_BYTES
             ):
                 wanted.append((sha256, size))
-        self._wanted = wanted
-        if wanted:
+        self._wanted = [(h, n) for h, n in wanted if self._store.dictionary(h) is None]
+        if self._wanted:
             self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        """Dictionaries the last hello named that are not on the device yet (for status)."""
+        return len(self._wanted)
 
     async def run(self) -> None:
         """Fetch what the last hello named; a failure waits for the next hello."""
         while True:
             await self._wake.wait()
             self._wake.clear()
-            for sha256, size in self._wanted:
+            for sha256, size in list(self._wanted):
                 try:
                     await self.ensure(sha256, size)
+                    if (sha256, size) in self._wanted:  # a new hello may have named others
+                        self._wanted.remove((sha256, size))
                 except (ShelfsyncError, OSError) as e:
                     log_event(
                         _LOG,
