@@ -102,7 +102,7 @@ class LibraryPush:
     envelopes: dict[str, bytes]
 
 
-def _library_push(data: bytes) -> LibraryPush:
+def parse_library_push(data: bytes) -> LibraryPush:
     """Parse `u32be(n) ‖ n bytes of JSON ‖ envelopes` (ValueError etc. if malformed)."""
     size = int.from_bytes(data[:4], "big")
     if len(data) < 4 or size > MAX_JSON_BYTES or len(data) < 4 + size:
@@ -604,7 +604,7 @@ class PushChannel:
                 continue
             if message.type == aiohttp.WSMsgType.BINARY:
                 try:
-                    carried = _library_push(message.data)
+                    carried = parse_library_push(message.data)
                 except (KeyError, TypeError, ValueError, OverflowError) as e:
                     log_event(_LOG, logging.WARNING, "push_message_malformed", detail=str(e))
                     yield {"type": "library_changed"}
