@@ -254,6 +254,7 @@ class Daemon:
                     reserve_bytes=profile.storage.reserve_bytes,
                     batch_window_s=batch_window_s,
                     disk_full_pause_s=settings.disk_full_pause_s,
+                    span_gap_bytes=int(profile.link.down_bytes_per_s * profile.link.rtt_s),
                 ),
                 windows,
                 battery_restricted=lambda: self.power.read().restricted(profile.battery),

@@ -1,10 +1,11 @@
 """The delivery worker: brings each book in the library onto the device, frame by frame.
 
 For one book: fetch the signed manifest (or take the one a push carried with the purchase:
-`offer_manifests`), verify it (daemon.content.trust), record it, then stream
-the missing frames with one Range request per contiguous run, verifying each frame's length and
-SHA-256 against the manifest before committing it on its own. A crash or a cut connection loses at
-most the frame in flight: the next attempt starts at the first frame not committed.
+`offer_manifests`), verify it (daemon.content.trust), record it, then stream the missing frames
+with one Range request per run (runs a short gap apart share one: plan.fetch_span), verifying
+each frame's length and SHA-256 against the manifest before committing it on its own. A crash or
+a cut connection loses at most the frame in flight: the next attempt starts at the first frame
+not committed.
 
 The scheduler (`run`) asks the planner what to start and what to pause, owns one task per running
 delivery, and cancels and awaits them all on shutdown. A download below the wanted books is paused
@@ -64,16 +65,9 @@ class DeliveryPolicy:
     batch_window_s: float  # how long a retry that is not a new purchase may wait for a window
     backoff: Backoff = field(default_factory=Backoff)
     disk_full_pause_s: float = DISK_FULL_PAUSE_S  # tests shorten it
-
-
-def contiguous_run(missing: list[FrameRow]) -> list[FrameRow]:
-    """The leading frames of `missing` whose indexes follow each other: one Range request."""
-    run = missing[:1]
-    for frame in missing[1:]:
-        if frame.idx != run[-1].idx + 1:
-            break
-        run.append(frame)
-    return run
+    # Held frames a Range request may read past rather than pay another round trip: the link's
+    # bandwidth-delay product (plan.fetch_span). 0 requests each run of missing frames alone.
+    span_gap_bytes: int = 0
 
 
 class DeliveryWorker:
@@ -332,7 +326,7 @@ class DeliveryWorker:
             package_bytes=manifest.package_size,
         )
         while missing := self._store.missing_frames(book_id, manifest.version):
-            await self._fetch_run(manifest, contiguous_run(missing))
+            await self._fetch_run(manifest, plan.fetch_span(missing, self._policy.span_gap_bytes))
 
     def _check_content_key(self, manifest: Manifest) -> None:
         """Refuse, before storing anything, a manifest whose key this device cannot unwrap."""
@@ -345,12 +339,13 @@ class DeliveryWorker:
         book_id = manifest.book_id
         first = 0 if book_id in self._whole_package else run[0].idx
         end = run[-1].package_offset + run[-1].length - 1
+        wanted = {frame.idx for frame in run}
         async with self._client.package(
             book_id, manifest.version, manifest.frames[first].offset, end, manifest.package_size
         ) as body:
             for idx in range(first, run[-1].idx + 1):
                 data = await body.read_exactly(manifest.frames[idx].length)
-                if idx >= run[0].idx:  # below: already held, read past (whole-package fallback)
+                if idx in wanted:  # else already held, read past (a gap, or the whole package)
                     self._commit(manifest, idx, data)
         self._whole_package.discard(book_id)
 

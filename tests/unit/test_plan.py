@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,13 +16,14 @@ from daemon.content.plan import (
     PAUSED_FOR_PURCHASE,
     WANTED,
     Budget,
+    fetch_span,
     is_fresh,
     next_retry,
     plan_deliveries,
     priority_class,
     protected,
 )
-from daemon.models import DeliveryCandidate, HeldBook
+from daemon.models import DeliveryCandidate, FrameRow, HeldBook
 
 NOW = 1_000_000.0
 MB = 1_000_000
@@ -358,3 +361,29 @@ def test_next_retry_is_the_earliest_waiting_book() -> None:
     assert next_retry([a, b], NOW, set()) == NOW + 20
     assert next_retry([a, b], NOW, {"b"}) == NOW + 50
     assert next_retry([], NOW, set()) is None
+
+
+frame_sizes = st.lists(st.tuples(st.integers(1, 5000), st.booleans()), min_size=1, max_size=40)
+
+
+@given(frame_sizes, st.integers(0, 20_000))
+def test_a_span_is_the_missing_frames_up_to_the_first_gap_too_wide_to_read_past(
+    frames: list[tuple[int, bool]], max_gap: int
+) -> None:
+    rows, offset = [], 0
+    for idx, (length, held) in enumerate(frames):
+        rows.append((FrameRow(idx, "", offset, length, 0, length, "raw"), held))
+        offset += length
+    missing = [row for row, held in rows if not held]
+    span = fetch_span(missing, max_gap)
+    assert span == missing[: len(span)]
+    assert bool(span) == bool(missing)
+
+    def gap(a: FrameRow, b: FrameRow) -> int:
+        return b.package_offset - (a.package_offset + a.length)
+
+    assert all(gap(a, b) <= max_gap for a, b in itertools.pairwise(span))
+    if len(span) < len(missing):
+        assert gap(span[-1], missing[len(span)]) > max_gap
+    if max_gap == 0 and span:  # reading nothing held: exactly the first run of consecutive frames
+        assert [f.idx for f in span] == list(range(span[0].idx, span[0].idx + len(span)))
