@@ -188,7 +188,9 @@ async def test_a_server_that_ignores_range_is_never_spliced(
 
 @pytest.mark.faults(7)
 async def test_service_errors_are_retried(stub: RunningStub, device: Device, book_id: str) -> None:
-    await add_fault(stub, route="manifest", kind="error", status=503, times=2)
+    # The package: the manifest comes with the purchase's push (its errors are the push
+    # channel's, tests/integration/test_push_fallback.py).
+    await add_fault(stub, route="package", kind="error", status=503, times=2)
     await device.account.buy(book_id)
     book = await device.wait_complete(book_id, timeout_s=30)
     assert book["retries"] == 2
