@@ -307,8 +307,8 @@ async def test_a_slow_delivery_breaks_the_promise_and_the_reader_gets_an_apology
         running_stub(corpus_stub_data, port=0, faults=True) as stub,
         running_device(stub.url, stub.public_key_text, state) as device,
     ):
-        # The manifest takes 5.5 s: the first chapter cannot be readable within 5 s.
-        await fault(stub.url, route="manifest", kind="delay", seconds=5.5)
+        # The package takes 5.5 s to answer: the first chapter cannot be readable within 5 s.
+        await fault(stub.url, route="package", kind="delay", seconds=5.5)
         await device.account.buy(book_id)
         book = await device.wait_complete(book_id)
         assert book["first_chapter_at"] - book["ordered_at"] > 5.5
