@@ -129,7 +129,7 @@ def parse_library_push(data: bytes) -> LibraryPush:
     return LibraryPush(after, page, envelopes)
 
 
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_CONTENT_RANGE = re.compile(r"\Abytes (\d+)-(\d+)/(\d+|\*)\Z")
 MAX_JSON_BYTES = 4 * 1024 * 1024  # a changes page of 1,000 entries is ~150 KB
 # An annotation page is ~1 MiB (the service stops adding states past that), but one state with
 # many long conflicting note versions may be alone bigger.

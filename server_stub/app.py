@@ -49,7 +49,7 @@ HUB = web.AppKey("push_hub", PushHub)
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 TEMPLATES: web.AppKey[dict[tuple[str, int], Manifest]] = web.AppKey("manifest_templates")
 
-_RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
+_RANGE = re.compile(r"\Abytes=([0-9]*)-([0-9]*)\Z")
 
 
 # -- authentication -------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ MAX_TOC_DEPTH = 16  # daemon.protocol.manifest refuses deeper tables of contents
 
 _EPUB_TYPE = "{http://www.idpf.org/2007/ops}type"
 # RFC 6838 type/subtype names; anything else in an OPF falls back to a guess by extension.
-_MEDIA_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$")
+_MEDIA_TYPE = re.compile(r"\A[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}\Z")
 # Fixed table first, so the media types in a stored manifest do not depend on the host's
 # /etc/mime.types; `mimetypes` only for extensions an EPUB rarely carries.
 _BY_EXTENSION = {

@@ -27,11 +27,11 @@ MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # mahabharata (2,020 resources) needs ~1 
 MAX_FRAME_PLAIN = 4 * 1024 * 1024  # bytes: one frame's plaintext, the decode cap's upper bound
 CODECS = ("zstd", "zstd-dict", "raw")  # zstd-dict: compressed with the manifest's dictionary
 MAX_DICTIONARY_BYTES = 1024 * 1024
-_B64 = re.compile(r"^[A-Za-z0-9+/]{1,200}={0,2}$")
+_B64 = re.compile(r"\A[A-Za-z0-9+/]{1,200}={0,2}\Z")
 
 _BOOK_ID = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$")
+_SHA256 = re.compile(r"\A[0-9a-f]{64}\Z")
+_MEDIA_TYPE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*\Z")
 
 
 @dataclass(frozen=True, slots=True)
