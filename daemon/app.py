@@ -318,6 +318,7 @@ class Daemon:
                 on_event=link_event,
                 on_library_push=sync.apply_push,
                 on_dictionaries=dictionaries.prefetch,
+                prefix_room=delivery.free_bytes,
             )
             self.api = LocalApi(
                 settings.db_path,

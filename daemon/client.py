@@ -16,7 +16,7 @@ import logging
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
@@ -88,7 +88,9 @@ def _changes_page(doc: Any, asked: int) -> ChangesPage:
 
 
 PUSH_VERSION = 2  # the push protocol this daemon asks for (PROTOCOL.md "Push channel")
-MAX_PUSH_MESSAGE_BYTES = 4 + 4 * 1024 * 1024 + MAX_ENVELOPE_BYTES  # header, JSON, manifests
+MAX_PUSHED_PREFIX = 256 * 1024  # bytes of an order's first frames this daemon takes in a push
+# The header, its JSON, the manifests, and the first frames.
+MAX_PUSH_MESSAGE_BYTES = 4 + 4 * 1024 * 1024 + MAX_ENVELOPE_BYTES + MAX_PUSHED_PREFIX
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,8 @@ class LibraryPush:
     after: int
     page: ChangesPage
     envelopes: dict[str, bytes]
+    # By book: (version, the package's first bytes: the first chapter's frames), unverified.
+    prefixes: dict[str, tuple[int, bytes]] = field(default_factory=dict)
 
 
 def parse_library_push(data: bytes) -> LibraryPush:
@@ -124,9 +128,18 @@ def parse_library_push(data: bytes) -> LibraryPush:
             raise ValueError(f"a manifest for {book_id[:80]!r}, which no change orders")
         envelopes[book_id] = data[offset : offset + length]
         offset += length
+    prefixes: dict[str, tuple[int, bytes]] = {}
+    for entry in doc.get("frames", []):
+        book_id = str(entry["book_id"])
+        version = _bounded(entry["version"], 1, _MAX_SEQ, "version")
+        length = _bounded(entry["length"], 1, MAX_PUSHED_PREFIX, "frames length")
+        if book_id not in envelopes or book_id in prefixes:
+            raise ValueError(f"frames for {book_id[:80]!r}, whose manifest is not carried")
+        prefixes[book_id] = (version, data[offset : offset + length])
+        offset += length
     if offset != len(data):
-        raise ValueError(f"the manifests end at byte {offset} of {len(data)}")
-    return LibraryPush(after, page, envelopes)
+        raise ValueError(f"the manifests and frames end at byte {offset} of {len(data)}")
+    return LibraryPush(after, page, envelopes, prefixes)
 
 
 _CONTENT_RANGE = re.compile(r"\Abytes (\d+)-(\d+)/(\d+|\*)\Z")
@@ -408,13 +421,15 @@ class ServiceClient:
             raise _transport_error(f"GET {path}", e) from e
 
     @asynccontextmanager
-    async def push_channel(self) -> AsyncIterator[PushChannel]:
-        """The push channel (version 2: changes and manifests carried); its keep-alive is the
-        caller's (`PushChannel.ping`), so that the radio's owner decides when it goes."""
+    async def push_channel(self, prefix_room: int = 0) -> AsyncIterator[PushChannel]:
+        """The push channel (version 2: changes and manifests carried, and an order's first
+        frames when they fit `prefix_room` bytes); its keep-alive is the caller's
+        (`PushChannel.ping`), so that the radio's owner decides when it goes."""
+        room = max(0, min(prefix_room, MAX_PUSHED_PREFIX))
         try:
             async with self._session.ws_connect(
                 self.base_url + "/v1/push",
-                params={"version": str(PUSH_VERSION)},
+                params={"version": str(PUSH_VERSION), "first_chapter_bytes": str(room)},
                 headers=self._auth,
                 autoping=False,
                 max_msg_size=MAX_PUSH_MESSAGE_BYTES,

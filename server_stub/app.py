@@ -267,7 +267,8 @@ async def _library_changed(
         changes = store.changes(account_id, dev, after, CHANGES_MAX_LIMIT + 1)
         if device is None or len(changes) > CHANGES_MAX_LIMIT:
             continue  # more than a page: the plain notice, and the device pulls
-        manifests = []
+        manifests, prefixes = [], []
+        room = app[HUB].prefix_room(account_id, dev)
         for c in changes:
             if c.action != "add" or c.reason not in ORDER_REASONS:
                 continue  # a hint or a return: nothing to fetch at once
@@ -278,10 +279,32 @@ async def _library_changed(
             except ApiError:
                 continue  # no such version (a replay fault): the device fetches it
             manifests.append((c.book_id, envelope))
+            prefix = _first_frames(app, c.book_id, c.version, room)
+            if prefix is not None:
+                room -= len(prefix)
+                prefixes.append((c.book_id, c.version, prefix))
         whole[dev] = library_message(
-            changes[-1].seq if changes else after, after, [c.to_doc() for c in changes], manifests
+            changes[-1].seq if changes else after,
+            after,
+            [c.to_doc() for c in changes],
+            manifests,
+            prefixes,
         )
     await app[HUB].notify(account_id, device_id, cursor, whole=whole)
+
+
+def _first_frames(app: web.Application, book_id: str, version: int, room: int) -> bytes | None:
+    """The package's bytes up to the end of the first chapter's frames, if they fit `room`."""
+    store = app[STORE]
+    info = store.package_info(book_id, version)
+    if info is None:
+        return None
+    template = _template(app, book_id, version)
+    needed = template.first_chapter_frames()
+    end = template.frames[needed - 1].offset + template.frames[needed - 1].length if needed else 0
+    if not 0 < end <= room:
+        return None
+    return store.read_package(info.rowid, 0, end)
 
 
 def _dictionaries_doc(store: Store) -> list[dict[str, object]]:
@@ -340,6 +363,7 @@ async def push(request: web.Request) -> web.WebSocketResponse:
         hello_first=bool(silence and silence.after_hello),
         version=version,
         hello_extra={"dictionaries": _dictionaries_doc(store)},
+        prefix_room=_query_int(request, "first_chapter_bytes", 0, 0, 2**31),
     )
 
 

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import WSCloseCode, web
@@ -25,6 +25,7 @@ HEARTBEAT = 30.0  # seconds between WebSocket pings; a device that misses a pong
 CLOSE_TIMEOUT = 2.0  # seconds to wait for a device's close reply on shutdown
 MAX_INCOMING = 64 * 1024  # bytes: devices send nothing the service acts on
 VERSIONS = (1, 2)  # the push protocols served (PROTOCOL.md "Push channel")
+MAX_PUSHED_PREFIX = 256 * 1024  # bytes of an order's first frames a push may carry
 
 log = logging.getLogger("server_stub.push")
 
@@ -34,6 +35,14 @@ class PushHub:
         # account_id -> device_id -> the device's live sockets
         self._sockets: dict[str, dict[str, set[web.WebSocketResponse]]] = {}
         self._versions: dict[web.WebSocketResponse, int] = {}  # each live socket's protocol
+        # Each version 2 socket's room for an order's first frames (what the device said).
+        self._room: dict[web.WebSocketResponse, int] = {}
+
+    def prefix_room(self, account_id: str, device_id: str) -> int:
+        """The bytes of first frames every version 2 socket of the device has room for."""
+        sockets = self._sockets.get(account_id, {}).get(device_id, set())
+        rooms = [self._room.get(ws, 0) for ws in sockets if self._versions.get(ws) == 2]
+        return min(rooms, default=0)
 
     def carrying(self, account_id: str, device_id: str | None) -> list[str]:
         """The devices (one, or every device of the account for None) with a live socket of
@@ -60,6 +69,7 @@ class PushHub:
         hello_first: bool = False,
         version: int = 1,
         hello_extra: Mapping[str, Any] | None = None,
+        prefix_room: int = 0,
     ) -> web.WebSocketResponse:
         """Serve one device's socket until it closes: hello first, then notifications.
 
@@ -88,6 +98,7 @@ class PushHub:
         devices = self._sockets.setdefault(account_id, {})
         devices.setdefault(device_id, set()).add(ws)
         self._versions[ws] = version
+        self._room[ws] = min(prefix_room, MAX_PUSHED_PREFIX)
         log.info(kv("push_connected", account_id=account_id, device_id=device_id, version=version))
         try:
             # Registered before the cursor is read, so no change falls between hello and the
@@ -99,6 +110,7 @@ class PushHub:
             pass  # the device went away mid-send; the finally below forgets the socket
         finally:
             self._versions.pop(ws, None)
+            self._room.pop(ws, None)
             sockets = devices.get(device_id, set())
             sockets.discard(ws)
             if not sockets:
@@ -156,14 +168,21 @@ class PushHub:
 
 
 def library_message(
-    cursor: int, after: int, changes: list[dict[str, Any]], manifests: list[tuple[str, bytes]]
+    cursor: int,
+    after: int,
+    changes: list[dict[str, Any]],
+    manifests: list[tuple[str, bytes]],
+    prefixes: Sequence[tuple[str, int, bytes]] = (),
 ) -> bytes:
-    """Version 2's `library_changed`: `u32be(n) ‖ n bytes of JSON ‖ each manifest envelope`.
+    """Version 2's `library_changed`: `u32be(n) ‖ n bytes of JSON ‖ each manifest envelope ‖
+    each first-frames prefix`.
 
     The JSON is `{"type": "library_changed", "cursor", "after", "changes": [feed entries],
-    "manifests": [{"book_id", "length"}]}`: the device's changes after seq `after` up to `cursor`
-    (what a pull from `after` would bring), then the signed envelopes, raw (base64 would add a
-    third to what arrives before the first chapter)."""
+    "manifests": [{"book_id", "length"}], "frames": [{"book_id", "version", "length"}]}`: the
+    device's changes after seq `after` up to `cursor` (what a pull from `after` would bring),
+    then the signed envelopes, raw (base64 would add a third to what arrives before the first
+    chapter), then for an order whose first chapter fits the device's room, the package's bytes
+    from 0 to the end of the first chapter's frames."""
     header = json.dumps(
         {
             "type": "library_changed",
@@ -171,7 +190,15 @@ def library_message(
             "after": after,
             "changes": changes,
             "manifests": [{"book_id": b, "length": len(e)} for b, e in manifests],
+            "frames": [{"book_id": b, "version": v, "length": len(d)} for b, v, d in prefixes],
         },
         separators=(",", ":"),
     ).encode()
-    return len(header).to_bytes(4, "big") + header + b"".join(e for _, e in manifests)
+    return b"".join(
+        (
+            len(header).to_bytes(4, "big"),
+            header,
+            *(e for _, e in manifests),
+            *(d for _, _, d in prefixes),
+        )
+    )

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from daemon.backoff import Backoff
-from daemon.client import ServiceClient
+from daemon.client import LibraryPush, ServiceClient
 from daemon.clock import Clock
 from daemon.config import DISK_FULL_PAUSE_S
 from daemon.content import plan
@@ -89,6 +89,8 @@ class DeliveryWorker:
         # Signed manifests a push carried, by book, not yet verified: the next attempt of
         # that book's delivery takes its manifest from here instead of fetching it.
         self._offered: dict[str, bytes] = {}
+        # The package's first bytes a push carried, by book: (version, bytes).
+        self._offered_frames: dict[str, tuple[int, bytes]] = {}
         self._client = client
         self._clock = clock
         self._pinned_key = pinned_key
@@ -109,12 +111,15 @@ class DeliveryWorker:
         """The library changed, or the link came back: look again at what to deliver."""
         self._wake.set()
 
-    def offer_manifests(self, envelopes: dict[str, bytes]) -> None:
-        """Manifest envelopes a push carried: each is verified when its delivery starts,
-        exactly as a fetched one (a refused one fails that attempt; the retry fetches)."""
-        self._offered.update(envelopes)
-        while len(self._offered) > MAX_OFFERED:
-            self._offered.pop(next(iter(self._offered)))
+    def offer_manifests(self, push: LibraryPush) -> None:
+        """Manifest envelopes and first frames a push carried: each manifest is verified when
+        its delivery starts, exactly as a fetched one (a refused one fails that attempt; the
+        retry fetches), and each frame is checked against it as a fetched frame is."""
+        self._offered.update(push.envelopes)
+        self._offered_frames.update(push.prefixes)
+        for offered in (self._offered, self._offered_frames):
+            while len(offered) > MAX_OFFERED:
+                offered.pop(next(iter(offered)))
 
     def free_bytes(self) -> int:
         """Room left for books: within the quota and above the file system's reserve."""
@@ -325,8 +330,22 @@ class DeliveryWorker:
             frames=len(manifest.frames),
             package_bytes=manifest.package_size,
         )
+        self._commit_pushed_frames(manifest)
         while missing := self._store.missing_frames(book_id, manifest.version):
             await self._fetch_run(manifest, plan.fetch_span(missing, self._policy.span_gap_bytes))
+
+    def _commit_pushed_frames(self, manifest: Manifest) -> None:
+        """Commit the leading frames a push carried for this version, each verified as a
+        fetched frame (a frame that fails its hash fails the attempt, as on the Range path)."""
+        version, data = self._offered_frames.pop(manifest.book_id, (0, b""))
+        if version != manifest.version:
+            return
+        missing = {f.idx for f in self._store.missing_frames(manifest.book_id, version)}
+        for idx, frame in enumerate(manifest.frames):
+            if frame.offset + frame.length > len(data):
+                break  # only whole frames: the rest comes by Range
+            if idx in missing:
+                self._commit(manifest, idx, data[frame.offset : frame.offset + frame.length])
 
     def _check_content_key(self, manifest: Manifest) -> None:
         """Refuse, before storing anything, a manifest whose key this device cannot unwrap."""

@@ -8,13 +8,15 @@ purchase starts downloading while a large library is still paging in.
 
 A push that carries the changes (push version 2) is applied at once, as the pull from its `after`
 would have been, when the stored cursor has reached `after` (else a change was missed, and a pull
-is asked for); the order's signed manifests it carried go to the delivery worker, which verifies
-them as if it had fetched them. The purchase then costs no round trip before its package request.
+is asked for); the order's signed manifests (and first frames) it carried go to the delivery
+worker, which verifies them as if it had fetched them. The purchase then costs no round trip
+before its package request (and none before its first chapter, when the push carried its frames).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 
@@ -39,7 +41,7 @@ class LibrarySync:
         windows: RadioWindows,
         on_change: Callable[[], None],
         backoff: Backoff | None = None,
-        on_manifests: Callable[[dict[str, bytes]], None] = lambda envelopes: None,
+        on_manifests: Callable[[LibraryPush], None] = lambda push: None,
     ) -> None:
         self._store = store
         self._client = client
@@ -97,7 +99,13 @@ class LibrarySync:
         self._store.set_meta("last_sync_at", repr(self._clock.wall()))
         self._store.set_meta("last_sync_error", "")
         held = {c.book_id for c in fresh}
-        self._on_manifests({b: e for b, e in push.envelopes.items() if b in held})
+        self._on_manifests(
+            dataclasses.replace(
+                push,
+                envelopes={b: e for b, e in push.envelopes.items() if b in held},
+                prefixes={b: f for b, f in push.prefixes.items() if b in held},
+            )
+        )
         if fresh:
             self._on_change()
         log_event(

@@ -49,12 +49,14 @@ class Connectivity:
         on_event: Callable[[str], None] = lambda kind: None,
         on_library_push: Callable[[LibraryPush], None] | None = None,
         on_dictionaries: Callable[[list[Any]], None] = lambda refs: None,
+        prefix_room: Callable[[], int] = lambda: 0,
     ) -> None:
         self._client = client
         # A change the push carried whole (else a pull is asked for), and the dictionaries
         # the hello names (fetched while idle, off the first purchase's path).
         self._on_library_push = on_library_push
         self._on_dictionaries = on_dictionaries
+        self._prefix_room = prefix_room  # room for an order's first frames, said on connect
         # Told "online" when the channel connects, each message's type, and "poll" while down:
         # the annotation and popular-highlight workers sync on these.
         self._on_event = on_event
@@ -71,7 +73,7 @@ class Connectivity:
     async def run(self) -> None:
         while True:
             try:
-                async with self._client.push_channel() as channel:
+                async with self._client.push_channel(self._prefix_room()) as channel:
                     await self._serve(channel)
                 log_event(_LOG, logging.INFO, "push_closed")
             except TransportError as e:

@@ -94,11 +94,19 @@ async def test_a_purchase_arrives_whole_on_the_push_channel(
         running_stub(corpus_stub_data, port=0, faults=True) as stub,
         running_device(stub.url, stub.public_key_text, tmp_path / "d") as device,
     ):
-        # The change and its signed manifest came with the push, the dictionary before the
-        # purchase: the first request is the package's.
+        # The change, its signed manifest and the first chapter's frame came with the push,
+        # the dictionary before the purchase: the one request is for the package's rest.
         assert await _requests_after_purchase(stub, device, book_id) == [
             f"/v1/books/{book_id}/versions/1/package"
         ]
+        manifest = parse_manifest(stub.store.manifest_template(book_id, 1) or b"", template=True)
+        assert manifest.first_chapter_frames() == 1
+        log = (await admin(stub.url, "GET", "/v1/admin/requests"))["requests"]
+        [package] = [r for r in log if r["path"].endswith("/package")]
+        assert package["range"] == f"bytes={manifest.frames[1].offset}-{manifest.package_size - 1}"
+        book = await device.api.library_entry(book_id)
+        assert book is not None
+        assert book["bytes_fetched"] == manifest.package_size  # pushed frames count as fetched
 
 
 async def test_a_service_that_speaks_push_version_1_only_still_delivers(

@@ -264,7 +264,7 @@ async def test_push_version_2_carries_the_change_and_the_manifest_made_for_the_d
     _, device = await api.device(account)
     first = await api.buy(account, small_import.book_ids[ALICE])
     headers = {"Authorization": f"Bearer {device}"}
-    url = f"{stub.url}/v1/push?version=2"
+    url = f"{stub.url}/v1/push?version=2&first_chapter_bytes=262144"
     async with api.session.ws_connect(url, headers=headers) as ws:
         hello = await ws.receive_json(timeout=5)
         dictionary = stub.store.current_dictionary()
@@ -287,12 +287,20 @@ async def test_push_version_2_carries_the_change_and_the_manifest_made_for_the_d
         assert [(c["seq"], c["book_id"], c["action"]) for c in header["changes"]] == [
             (second, book_id, "add")
         ]
-        envelope = data[4 + size :]
-        assert header["manifests"] == [{"book_id": book_id, "length": len(envelope)}]
+        [entry] = header["manifests"]
+        envelope = data[4 + size : 4 + size + entry["length"]]
         key = public_key_from_text(stub.public_key_text)
         manifest = parse_manifest(open_envelope(envelope, key))
         assert manifest.book_id == book_id
         assert manifest.content_key is not None  # wrapped for this device
+        # The first chapter fits the room the device said it has: its frames follow.
+        last = manifest.frames[manifest.first_chapter_frames() - 1]
+        end = last.offset + last.length
+        version = manifest.version
+        assert header["frames"] == [{"book_id": book_id, "version": version, "length": end}]
+        info = stub.store.package_info(book_id, version)
+        assert info is not None
+        assert data[4 + size + entry["length"] :] == stub.store.read_package(info.rowid, 0, end)
 
         # A return travels whole too, with nothing to fetch.
         returned = await api.call("POST", "/v1/library/return", account, {"book_id": book_id}, 201)

@@ -28,6 +28,13 @@ def test_a_change_with_its_manifest_is_read_whole() -> None:
     assert push.envelopes == {"bk_a": b"SSE3 signed bytes"}
 
 
+def test_an_orders_first_frames_follow_its_manifest() -> None:
+    frames = [{"book_id": "bk_a", "version": 1, "length": 5}]
+    push = parse_library_push(message({"frames": frames}, b"SSE3 signed bytes") + b"frame")
+    assert push.envelopes == {"bk_a": b"SSE3 signed bytes"}
+    assert push.prefixes == {"bk_a": (1, b"frame")}
+
+
 @pytest.mark.parametrize(
     ("data", "problem"),
     [
@@ -36,6 +43,14 @@ def test_a_change_with_its_manifest_is_read_whole() -> None:
         (message({"manifests": [{"book_id": "bk_b", "length": 3}]}, b"abc"), "no change orders"),
         (message({"manifests": [{"book_id": "bk_a", "length": 9}]}, b"abc"), "end at byte"),
         (message({}, b"abc") + b"trailing", "end at byte"),
+        (
+            message({"frames": [{"book_id": "bk_a", "version": 1, "length": 2}]}) + b"ab",
+            "whose manifest is not carried",
+        ),
+        (
+            message({"frames": [{"book_id": "bk_a", "version": 1, "length": 2**20}]}, b"x"),
+            "outside",
+        ),
         (message({"type": "hello"}), "binary message of type"),
         (b"\xff\xff\xff\xff{}", "a header of"),
         (message({"changes": [{**ORDER, "seq": 2**60}], "cursor": 2**60}), "outside"),
