@@ -14,7 +14,6 @@ import asyncio
 import dataclasses
 import logging
 import os
-import secrets
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from types import MappingProxyType
@@ -35,25 +34,29 @@ from daemon.content.library_sync import LibrarySync
 from daemon.content.reader import FrameOpener
 from daemon.content.receipts import ReceiptSync
 from daemon.content.trip import archive_slots, trip_state
-from daemon.device_key import load_or_create_device_key
+from daemon.device_key import load_or_create_api_token, load_or_create_device_key
 from daemon.errors import (
     ConfigError,
     FrameHashError,
     ServiceHTTPError,
     ShelfsyncError,
+    StoreError,
     TransportError,
 )
+from daemon.idle_check import IdleCheck
 from daemon.logs import log_event
+from daemon.memory import keep_heap_small
 from daemon.notes.annotation_sync import AnnotationSync
 from daemon.notes.shared_highlights import SharedHighlights
 from daemon.notes.store import NotesStore
 from daemon.notify import Notifier
 from daemon.protocol.crypto import x25519_public_text
 from daemon.protocol.hlc import HybridClock
+from daemon.protocol.manifest import ManifestLimits
 from daemon.radio.connectivity import Connectivity
 from daemon.radio.power import PowerSource, SysfsPower, power_report
 from daemon.radio.windows import RadioWindows
-from daemon.store import Store, check_at_start
+from daemon.store import DiskWatch, Store, check_at_start, wal_lost_at_start
 
 _LOG = logging.getLogger("shelfsync.app")
 _T = TypeVar("_T")
@@ -94,12 +97,7 @@ async def device_credentials(
 def _api_token(settings: Settings) -> str | None:
     if settings.tcp_port is None:
         return None
-    path = settings.api_token_path
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32))
-    return path.read_text().strip()
+    return load_or_create_api_token(settings.api_token_path)
 
 
 class Daemon:
@@ -121,6 +119,7 @@ class Daemon:
         self._delivery: DeliveryWorker | None = None
         self._dictionaries: Dictionaries | None = None
         self._store: Store | None = None
+        self._disk = DiskWatch(settings.state_dir, self.clock.wall)
         self._started_at = 0.0
 
     def runtime(self) -> dict[str, Any]:
@@ -140,6 +139,7 @@ class Daemon:
             # Windows that woke a sleeping radio since the start: what the battery pays for.
             "radio_wakeups": self.windows.wakeups if self.windows else 0,
             "dictionaries_pending": self._dictionaries.pending if self._dictionaries else 0,
+            "storage": self._disk.report(),
         }
 
     def status_line(self) -> str:
@@ -210,11 +210,16 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event) -> None:
         settings, profile = self.settings, self.settings.profile
+        keep_heap_small()
         self._started_at = self.clock.wall()
+        wal_lost = wal_lost_at_start(settings.db_path, self._started_at)
+        if wal_lost is not None:
+            log_event(_LOG, logging.ERROR, "database_wal_lost", reason=wal_lost)
         quarantine = check_at_start(settings.db_path, self._started_at)
         if quarantine is not None:
             log_event(_LOG, logging.ERROR, "database_set_aside", **dataclasses.asdict(quarantine))
-        store = self._store = Store.open(settings.db_path)
+        store = self._store = Store.open(settings.db_path, watch=self._disk)
+        self._disk.at_start()
         caches = profile.memory.caches
         store.set_page_cache_kib(caches.writer_page_cache_kib)
         client: ServiceClient | None = None
@@ -255,6 +260,7 @@ class Daemon:
                     batch_window_s=batch_window_s,
                     disk_full_pause_s=settings.disk_full_pause_s,
                     span_gap_bytes=int(profile.link.down_bytes_per_s * profile.link.rtt_s),
+                    manifest_limits=ManifestLimits.for_ram_budget(profile.memory.ram_budget_bytes),
                 ),
                 windows,
                 battery_restricted=lambda: self.power.read().restricted(profile.battery),
@@ -264,10 +270,14 @@ class Daemon:
             self._delivery = delivery
 
             def refetch(error: FrameHashError) -> None:
-                store.discard_frame(error.book_id, error.version, error.idx)
+                try:
+                    store.discard_frame(error.book_id, error.version, error.idx)
+                except StoreError as e:  # on a damaged page itself: set aside at next start
+                    log_event(_LOG, logging.ERROR, "frame_not_discarded", error=e)
+                    return
                 delivery.wake()
 
-            notes = NotesStore.open(settings.db_path)
+            notes = NotesStore.open(settings.db_path, watch=self._disk)
             notes.set_page_cache_kib(caches.notes_page_cache_kib)
             # Orders every note edit of this device; starts past what it ever made or saw.
             note_clock = HybridClock(credentials.device_id, notes.clock_floor())
@@ -337,8 +347,16 @@ class Daemon:
                     store, self.clock, everything_now, self.runtime, delivery.free_bytes
                 ),
                 page_cache_kib=caches.reader_page_cache_kib,
+                watch=self._disk,
             )
             await self.api.start()
+            api = self.api
+            idle_check = IdleCheck(
+                store,
+                self.clock,
+                busy=lambda: delivery.downloading > 0 or api.answering > 0,
+                on_damage=self._disk.damaged,
+            )
             self._phase = None
             self.notifier.ready(self.status_line())
             log_event(
@@ -362,6 +380,7 @@ class Daemon:
                     tasks.create_task(dictionaries.run(), name="dictionaries")
                     tasks.create_task(receipts.run(), name="delivery receipts")
                     tasks.create_task(self._connectivity.run(), name="connectivity")
+                    tasks.create_task(idle_check.run(), name="idle integrity check")
                     tasks.create_task(_raise_on(stop), name="stop watcher")
             except* _Stop:
                 pass

@@ -16,6 +16,7 @@ Every mistake is a ConfigError naming its source and field, in one line.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import tomllib
 from collections.abc import Mapping
@@ -26,7 +27,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from daemon.errors import ConfigError
-from daemon.logs import FORMATS, LEVELS
+from daemon.logs import FORMATS, LEVELS, log_event
 from daemon.profile import DeviceProfile, load_profile
 from daemon.protocol.crypto import public_key_from_text
 
@@ -36,6 +37,8 @@ from daemon.protocol.crypto import public_key_from_text
 DISK_FULL_PAUSE_S = 60.0
 SYSTEM_CONFIG = Path("/etc/shelfsync/config.toml")
 CREDENTIAL_NAME = "account-token"  # LoadCredential=account-token:... in the unit
+
+_LOG = logging.getLogger("shelfsync.config")
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +183,12 @@ def prepare_state_dir(path: Path) -> Path:
     path = path.expanduser()
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        mode = path.stat().st_mode & 0o777
+        if mode != 0o700:
+            # It holds the device's key and token: a directory made by hand (0755, 0777) would
+            # let others list it and reach whatever a later mistake leaves readable.
+            os.chmod(path, 0o700)
+            log_event(_LOG, logging.WARNING, "state_dir_mode_repaired", path=path, mode=f"{mode:o}")
         probe = path / ".writable"
         probe.touch()
         probe.unlink()

@@ -4,6 +4,7 @@ ShelfsyncError
 ├── ConfigError                  a device profile or setting is malformed (names field and reason)
 ├── StoreError                   the local database cannot do what was asked
 │   ├── SchemaTooNewError        the database was written by a newer shelfsync
+│   ├── DatabaseDamagedError     a page of the database file is damaged: set aside at next start
 │   └── DiskFullError            the file system is full: downloads pause
 ├── VerificationError            bytes or metadata from the service are not trustworthy
 │   ├── SignatureError           manifest not signed by the pinned service key
@@ -20,6 +21,7 @@ ShelfsyncError
 ├── TransportError               the service could not be reached or answered badly (retryable)
 │   ├── ServiceHTTPError         an HTTP error status, with the status code
 │   ├── ProtocolError            an answer that does not follow docs/PROTOCOL.md
+│   │   └── VersionMissingError  the library lists a version the service does not serve
 │   ├── RangeError               the service ignored or mangled a Range request
 │   └── StalledError             a download stopped making progress
 └── NotOnDeviceError             a resource exists but its frames are not downloaded yet
@@ -48,6 +50,11 @@ class StoreError(ShelfsyncError):
 
 class SchemaTooNewError(StoreError):
     """The database schema is newer than this program understands; refusing to touch it."""
+
+
+class DatabaseDamagedError(StoreError):
+    """A page of the database file is damaged (SQLITE_CORRUPT): what lies on it cannot be read.
+    A frame there is fetched again; the file is set aside and rebuilt at the next start."""
 
 
 class DiskFullError(StoreError):
@@ -128,6 +135,11 @@ class ServiceHTTPError(TransportError):
 
 class ProtocolError(TransportError):
     """The service's answer does not follow docs/PROTOCOL.md."""
+
+
+class VersionMissingError(ProtocolError):
+    """The library lists a version of a book that the service does not serve: retried after a
+    growing backoff (a forged or premature changes-feed entry), never in a loop."""
 
 
 class RangeError(TransportError):

@@ -18,6 +18,10 @@ class LibraryChange:
     version: int
     at: float  # service time of the purchase / send / return
     package_size: int | None = None  # of that version, when the service says
+    # What a library view shows before the manifest arrives (the manifest's, once held).
+    title: str | None = None
+    authors: tuple[str, ...] = ()
+    cover_size: int | None = None  # bytes of the service's cover image, if it has one
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +39,8 @@ class DeliveryCandidate:
     wanted: bool = True  # ordered since this device joined, or asked for: not just archived
     evicted: bool = False  # it was on the device and was removed to make room
     requested: bool = False  # the reader asked for it on this device (a hint they want now)
+    # expected_bytes is a signed manifest's, not only what the unsigned feed claims (or a guess)
+    size_proven: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,10 +10,12 @@ interleave inside one.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
+import logging
 import os
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, suppress
 from importlib import resources as package_files
 from pathlib import Path
@@ -21,7 +23,9 @@ from typing import Any
 
 import apsw
 
-from daemon.errors import DiskFullError, SchemaTooNewError, StoreError
+from daemon.errors import DatabaseDamagedError, DiskFullError, SchemaTooNewError, StoreError
+from daemon.killpoints import killpoint
+from daemon.logs import log_event
 from daemon.models import (
     CommitResult,
     DeliveryCandidate,
@@ -36,11 +40,21 @@ from daemon.protocol.crypto import NONCE_BYTES
 from daemon.protocol.manifest import Manifest, WrappedKey, toc_to_doc
 from daemon.protocol.reading import Reading, reading_to_doc
 
+_LOG = logging.getLogger("shelfsync.store")
 READER_PAGE_CACHE_KIB = 256
+# Free space below which the disk counts as full, and at or above which it has room again.
+ROOM_BYTES = 1 << 20
+# The -wal file a checkpoint leaves is cut back to this; kept, not deleted (see _keep_wal).
+WAL_KEPT_BYTES = 1 << 20
 FLOOR_STEP_S = 86_400  # how far past max(clock, floor) one verified manifest moves the floor
 # The writer's pages are mostly frames it writes once and never reads: SQLite's default 2 MiB
 # cache only kept the last frame written resident after a delivery.
 WRITER_PAGE_CACHE_KIB = 512
+# Of the books ordered since the device joined, the planner sees this many of the new purchases
+# and of the wanted books at each step, oldest first, besides the running and failing ones: far
+# more than a step can start (a profile's concurrency is at most 16), and enough that books
+# too large for the room left are passed over for ones that fit.
+PLAN_WINDOW = 64
 _FRAME_COLUMNS = "idx, sha256, package_offset, length, plain_offset, plain_size, codec"
 # A library row is this device's to fetch (not just archived in the cloud): ordered since the
 # device joined the account, or asked for by the reader.
@@ -63,6 +77,9 @@ _STATE_SQL = (
     " WHEN l.evicted_at IS NOT NULL THEN 'evicted'"
     f" WHEN {_FOR_DEVICE} THEN 'queued' ELSE 'in_cloud' END"
 )
+_INTEGRITY_KEY = "integrity_checked"  # meta: the last idle check's IntegrityRecord, as JSON
+_SET_ASIDE_KEY = "database_set_aside"  # meta: the damaged database this one replaced
+_WAL_LOST_KEY = "wal_lost"  # meta: a -wal found deleted at start (wal_lost_at_start)
 _RESOURCE_COLUMNS = "book_id, version, path, media_type, size, offset, first_frame, last_frame"
 
 
@@ -104,10 +121,11 @@ def check_at_start(path: Path, now: float) -> Quarantine | None:
 
     A damaged database is set aside, not repaired in place: first what can still be read of the
     reader's notes goes to a JSON file a person can read, then the files are renamed, and a new
-    database gets the device's identity, its trusted versions and time floor, and the notes
-    (their op ids make a re-send a no-op on the service). The library then comes back from the
-    service: the changes feed starts again from 0 and the books are fetched again. A -wal lost
-    after a crash is no damage of its own: SQLite reads the database as of its last checkpoint.
+    database gets the device's identity, its trust roots, trusted versions and time floor, and
+    the notes (their op ids make a re-send a no-op on the service). The library then comes back
+    from the service: the changes feed starts again from 0 and the books are fetched again. A
+    -wal lost after a crash is no damage of its own: SQLite reads the database as of its last
+    checkpoint (wal_lost_at_start says so).
     """
     if not path.exists():
         return None
@@ -117,13 +135,57 @@ def check_at_start(path: Path, now: float) -> Quarantine | None:
         return _quarantine(path, None, f"cannot open: {e}", now)
     try:
         db.set_busy_timeout(5000)
+        keep_wal(db)  # the last to close otherwise deletes the -shm a full disk cannot remake
         verdict = [str(r[0]) for r in db.execute("PRAGMA quick_check(20)")]
     except apsw.Error as e:
         verdict = [f"{type(e).__name__}: {e}"]
     if verdict == ["ok"]:
-        db.close()
-        return None
+        # The quick check misses what only the whole one sees (an index out of step with its
+        # table): a damage the idle check found is set aside too.
+        found = _readable(db, "SELECT value FROM meta WHERE key = ?", (_INTEGRITY_KEY,))
+        last = IntegrityRecord(**json.loads(found[0][0])) if found else None
+        if last is None or last.ok:
+            db.close()
+            return None
+        verdict = [f"the idle integrity check found: {last.verdict}"]
     return _quarantine(path, db, "; ".join(verdict)[:500], now)
+
+
+def wal_lost_at_start(path: Path, now: float) -> str | None:
+    """Why the database lost its -wal since the last run, or None (issue 21 #11).
+
+    SQLite deletes the -wal and -shm together, at the last close after a checkpoint (and this
+    daemon keeps both, keep_wal). A -shm without its -wal is what a crash leaves once someone
+    deletes the -wal: SQLite then reads the database as of its last checkpoint, silently, and
+    notes saved after it and not yet sent are gone. That cannot be undone; it is said, in the
+    log and in status (kept in meta). Both gone cannot be told from a clean close by another
+    program (the sqlite3 shell), which loses nothing, so that is not reported. Call before
+    anything else opens the database: opening makes a new, empty -wal.
+    """
+    if not path.exists() or Path(f"{path}-wal").exists() or not Path(f"{path}-shm").exists():
+        return None
+    try:
+        db = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE)
+    except apsw.Error:
+        return None  # check_at_start sets aside what cannot be opened
+    reason = (
+        "the database's -wal file was gone at start (deleted after a crash?): the database is"
+        " as of its last checkpoint, and notes saved after it that had not reached the service"
+        " are lost"
+    )
+    try:
+        keep_wal(db)
+        with db:
+            db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                (_WAL_LOST_KEY, json.dumps({"at": now, "reason": reason})),
+            )
+    except apsw.Error:
+        pass  # damaged or full: the log line still says it, and check_at_start looks next
+    finally:
+        with suppress(apsw.Error):
+            db.close()
+    return reason
 
 
 def _readable(db: apsw.Connection | None, sql: str, bindings: Any = ()) -> list[Any]:
@@ -145,6 +207,7 @@ def _quarantine(path: Path, db: apsw.Connection | None, reason: str, now: float)
         _SALVAGED_META,
     )
     trusted = _readable(db, "SELECT book_id, version FROM trusted_versions")
+    roots = _readable(db, "SELECT version, envelope, time_floor, trusted_at FROM trust_roots")
     clock = _readable(db, "SELECT key, value FROM notes_meta WHERE key = 'hlc'")
     if db is not None:
         # Closing a damaged file can fail; the renames below do not need it closed.
@@ -173,15 +236,23 @@ def _quarantine(path: Path, db: apsw.Connection | None, reason: str, now: float)
             new.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", meta)
             new.executemany("INSERT OR REPLACE INTO notes_meta (key, value) VALUES (?, ?)", clock)
             new.executemany("INSERT OR IGNORE INTO trusted_versions VALUES (?, ?)", trusted)
+            new.executemany("INSERT OR IGNORE INTO trust_roots VALUES (?, ?, ?, ?)", roots)
             for table, cols in _NOTE_TABLES.items():
                 marks = ", ".join("?" * len(cols.split(", ")))
                 new.executemany(
                     f"INSERT OR IGNORE INTO {table} ({cols}) VALUES ({marks})", notes[table]
                 )
             requeued = int(rebuilt.one("SELECT count(*) FROM outbox")[0])
+            marker = {
+                "at": now,
+                "reason": reason,
+                "file": str(set_aside),
+                "notes_export": str(export),
+                "notes_exported": sum(map(len, notes.values())),
+            }
             new.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('database_set_aside', ?)",
-                (json.dumps({"at": now, "reason": reason, "file": str(set_aside)}),),
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                (_SET_ASIDE_KEY, json.dumps(marker)),
             )
     finally:
         rebuilt.close()
@@ -209,14 +280,110 @@ def _sync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class IntegrityRecord:
+    """The last idle integrity check (daemon/idle_check.py): when, and its verdict."""
+
+    at: float
+    verdict: str  # "ok", or the first problems found
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict == "ok"
+
+
+class DiskWatch:
+    """Whether the file system under the database is full (issue 21 #9), for status: told by
+    every SQLITE_FULL a store meets, and at start by the free space; looked at again at every
+    report, so it clears by itself once another program frees room.
+
+    While it is full the daemon is read-mostly: every book and note it holds still reads (the
+    WAL and its index outlive each run, so even a start on a full disk needs no room to read),
+    saves are refused visibly (507), downloads pause.
+    """
+
+    def __init__(self, directory: Path, wall: Callable[[], float]) -> None:
+        self._directory = directory
+        self._wall = wall
+        self.reason: str | None = None
+        self.since: float | None = None
+        self.damage: str | None = None
+
+    def free_bytes(self) -> int:
+        try:
+            fs = os.statvfs(self._directory)
+        except OSError:
+            return 0
+        return fs.f_bavail * fs.f_frsize
+
+    def at_start(self) -> None:
+        free = self.free_bytes()
+        if free < ROOM_BYTES:
+            self.full(f"{free // 1024} KiB free at start")
+
+    def full(self, detail: str) -> None:
+        if self.reason is None:
+            self.since = self._wall()
+            log_event(_LOG, logging.WARNING, "disk_full", detail=detail, mode="read_mostly")
+        self.reason = (
+            f"the disk is full ({detail}): every book and note on the device still reads;"
+            " saves are refused and downloads wait until space frees"
+        )
+
+    def met(self, error: StoreError) -> None:
+        """A store met this error: a full disk or a damaged page is the watch's to tell."""
+        if isinstance(error, DiskFullError):
+            self.full(str(error.__cause__ or error))
+        elif isinstance(error, DatabaseDamagedError):
+            self.damaged(str(error.__cause__ or error))
+
+    def damaged(self, found: str) -> None:
+        """The database was found damaged while running (a read, the idle check)."""
+        if self.damage is None:
+            log_event(_LOG, logging.ERROR, "database_damaged", found=found[:500])
+        self.damage = (
+            f"the database is damaged ({found[:200]}): at the next start it is set aside, the"
+            " notes exported first, and the library rebuilt from the service"
+        )
+
+    def report(self) -> dict[str, Any]:
+        if self.reason is not None and self.free_bytes() >= ROOM_BYTES:
+            log_event(_LOG, logging.INFO, "disk_space_back", free_bytes=self.free_bytes())
+            self.reason = self.since = None
+        return {
+            "full": self.reason is not None,
+            "mode": "normal" if self.reason is None else "read_mostly",
+            "reason": self.reason,
+            "full_since": self.since,
+            "damaged": self.damage,
+        }
+
+
+def keep_wal(db: apsw.Connection) -> None:
+    """Keep the -wal and -shm files when the last connection closes (SQLITE_FCNTL_PERSIST_WAL):
+    a WAL database cannot even be read without its -shm, and on a full disk a new one cannot be
+    made, so a daemon started on a full disk served nothing (issue 21 #9). The -wal is cut back
+    to WAL_KEPT_BYTES at each checkpoint."""
+    keep = ctypes.c_int(1)
+    db.file_control("main", apsw.SQLITE_FCNTL_PERSIST_WAL, ctypes.addressof(keep))
+    db.execute(f"PRAGMA journal_size_limit = {WAL_KEPT_BYTES}")
+
+
 class Store:
-    def __init__(self, connection: apsw.Connection, path: Path) -> None:
+    def __init__(
+        self,
+        connection: apsw.Connection,
+        path: Path,
+        watch: DiskWatch | None = None,
+    ) -> None:
         self._db = connection
         self.path = path
+        self._watch = watch
 
     @classmethod
-    def open(cls, path: Path, *, readonly: bool = False) -> Store:
-        """Open (creating if needed, with owner-only permissions) and migrate the database."""
+    def open(cls, path: Path, *, readonly: bool = False, watch: DiskWatch | None = None) -> Store:
+        """Open (creating if needed, with owner-only permissions) and migrate the database.
+        `watch` is told of every full disk and damaged page met."""
         try:
             if readonly:
                 flags = apsw.SQLITE_OPEN_READONLY
@@ -232,6 +399,7 @@ class Store:
                     os.umask(old_umask)
             db.setbusytimeout(5000)
             db.execute("PRAGMA foreign_keys = ON")
+            keep_wal(db)
             if readonly:
                 # Readers serve frames, each read once per decode: a page cache of the default
                 # 2 MiB per reader only held their pages (4 readers, 8 MiB of a 64 MiB budget).
@@ -240,14 +408,16 @@ class Store:
             else:
                 db.execute(f"PRAGMA cache_size = -{WRITER_PAGE_CACHE_KIB}")
                 # Takes effect only on a new, empty database: freed pages (a removed book)
-                # go back to the file system at `PRAGMA incremental_vacuum`.
-                db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+                # go back to the file system at `PRAGMA incremental_vacuum`. Not asked of an
+                # existing one: the PRAGMA writes, and fails on a full disk (issue 21 #9).
+                if int(next(db.execute("PRAGMA page_count"))[0]) == 0:
+                    db.execute("PRAGMA auto_vacuum = INCREMENTAL")
                 db.execute("PRAGMA journal_mode = WAL")
                 # NORMAL survives a process crash; a frame lost to power loss is re-fetched.
                 db.execute("PRAGMA synchronous = NORMAL")
         except apsw.Error as e:
             raise StoreError(f"cannot open the database {path}: {e}") from e
-        store = cls(db, path)
+        store = cls(db, path, watch)
         if readonly:
             store._check_version()
         else:
@@ -267,7 +437,7 @@ class Store:
             with self._db:
                 yield self._db
         except apsw.Error as e:
-            raise _typed(e) from e
+            raise self._typed(e) from e
 
     @contextmanager
     def durable_transaction(self) -> Iterator[apsw.Connection]:
@@ -286,7 +456,13 @@ class Store:
         try:
             return list(self._db.execute(sql, bindings))
         except apsw.Error as e:
-            raise _typed(e) from e
+            raise self._typed(e) from e
+
+    def _typed(self, e: apsw.Error) -> StoreError:
+        typed = _typed(e)
+        if self._watch is not None:
+            self._watch.met(typed)
+        return typed
 
     def one(self, sql: str, bindings: Any = ()) -> Any:
         rows = self.query(sql, bindings)
@@ -324,12 +500,67 @@ class Store:
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
+    def integrity_record(self) -> IntegrityRecord | None:
+        raw = self.get_meta(_INTEGRITY_KEY)
+        return None if raw is None else IntegrityRecord(**json.loads(raw))
+
+    def record_integrity(self, record: IntegrityRecord) -> None:
+        self.set_meta(_INTEGRITY_KEY, json.dumps(dataclasses.asdict(record)))
+
+    def set_aside_marker(self) -> dict[str, Any] | None:
+        """The database this one replaced at start, if it was set aside as damaged: when, why,
+        and where the damaged file and the notes exported from it are."""
+        raw = self.get_meta(_SET_ASIDE_KEY)
+        return None if raw is None else dict(json.loads(raw))
+
+    def wal_lost_marker(self) -> dict[str, Any] | None:
+        """When and why a -wal was found deleted at a start (wal_lost_at_start), if ever."""
+        raw = self.get_meta(_WAL_LOST_KEY)
+        return None if raw is None else dict(json.loads(raw))
+
     def library_cursor(self) -> int:
         return int(self.get_meta("library_cursor") or 0)
 
     def time_floor(self) -> int:
-        """The latest issue time of any verified manifest: a clock set back cannot go below it."""
+        """The latest issue time of any manifest verified under the current trust root: a clock
+        set back cannot go below it."""
         return int(self.get_meta("time_floor") or 0)
+
+    def trust_root_envelope(self) -> bytes | None:
+        """The newest trust root verified after the pinned one, or None (the pinned key)."""
+        row = self.one("SELECT envelope FROM trust_roots ORDER BY version DESC LIMIT 1")
+        return None if row is None else bytes(row[0])
+
+    def rotate_trust(
+        self, version: int, envelope: bytes, *, new_signing_keys: bool, issued_at: int, now: float
+    ) -> None:
+        """Trust root `version` (verified against the current one), all or nothing (FAULTS.md
+        #4). With new signing keys, what the old ones vouched for stops binding: the trusted
+        versions go, the time floor starts again from the root's issue time, and a held
+        version above what the changes feed names (which only a fast-forward leaves) is
+        dropped, so the book is fetched again under the new keys (frames it shares with what
+        is still held are copied, not fetched)."""
+        with self.durable_transaction() as db:
+            floor = issued_at if new_signing_keys else self.time_floor()
+            db.execute(
+                "INSERT INTO trust_roots (version, envelope, time_floor, trusted_at)"
+                " VALUES (?, ?, ?, ?)",
+                (version, envelope, floor, now),
+            )
+            killpoint("trust_root_inserted")
+            if not new_signing_keys:
+                return
+            db.execute("DELETE FROM trusted_versions")
+            killpoint("trust_versions_dropped")
+            db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('time_floor', ?)", (str(floor),)
+            )
+            killpoint("trust_floor_reset")
+            db.execute(
+                "DELETE FROM manifests WHERE version > coalesce((SELECT l.wanted_version FROM"
+                " library l WHERE l.book_id = manifests.book_id), 0)"
+            )
+            killpoint("trust_fast_forwarded_dropped")
 
     # -- library --------------------------------------------------------------------------------
 
@@ -355,12 +586,17 @@ class Store:
                 # now buys) is a new purchase again.
                 db.execute(
                     "INSERT INTO library (book_id, in_library, wanted_version, reason, change_seq,"
-                    " ordered_at, notified_at, expected_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ordered_at, notified_at, expected_size, title, authors, cover_size)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (book_id) DO UPDATE SET in_library = excluded.in_library,"
                     " wanted_version = excluded.wanted_version,"
                     " reason = CASE WHEN ? = 'update' THEN reason ELSE excluded.reason END,"
                     " change_seq = excluded.change_seq, ordered_at = excluded.ordered_at,"
                     " notified_at = excluded.notified_at, expected_size = excluded.expected_size,"
+                    " title = coalesce(excluded.title, title),"
+                    " authors = CASE WHEN excluded.title IS NULL THEN authors"
+                    "   ELSE excluded.authors END,"
+                    " cover_size = coalesce(excluded.cover_size, cover_size),"
                     " evicted_at = CASE WHEN ? = 'add' THEN NULL ELSE evicted_at END",
                     (
                         change.book_id,
@@ -371,6 +607,9 @@ class Store:
                         change.at,
                         now,
                         change.package_size,
+                        change.title,
+                        json.dumps(list(change.authors), ensure_ascii=False),
+                        change.cover_size,
                         change.action,
                         change.action,
                     ),
@@ -425,9 +664,14 @@ class Store:
         the fresh window's start, if earlier), those the reader or the service singled out, the
         `running` ones, and, only while a trip wants `archive_slots` of the archive, enough of
         its newest books to fill them. The rest of the archive stays in the cloud unless asked
-        for, so a library of any size costs a look what is pending (daemon/sql/0009)."""
+        for, so a library of any size costs a look what is pending (daemon/sql/0009); and given
+        `fresh_since`, of the books ordered since the device joined only a window of each
+        class, the oldest (PLAN_WINDOW), so an owned library of any size costs a look the same."""
         registered = float(self.get_meta("registered_at") or 0)
         since = registered if fresh_since is None else min(registered, fresh_since)
+        fresh_from = since if fresh_since is None else max(since, fresh_since)
+        # Without the fresh window's start (a look from outside the planner), every one.
+        window = -1 if fresh_since is None else PLAN_WINDOW
         archive = 0
         if archive_slots > 0:
             # Enough of the archive's newest that, whichever of them are singled out or wait
@@ -440,11 +684,26 @@ class Store:
             archive = archive_slots + int(skipped[0]) + int(skipped[1])
         estimate = None
         rows = self.query(
-            "WITH picked (book_id) AS ("
-            f"   SELECT book_id FROM library INDEXED BY library_pending WHERE {_PENDING}"
-            "     AND ordered_at >= ?1"
+            # The books ordered since the device joined that no one singled out are new
+            # purchases (from the fresh window's start, ?4) and wanted books (before it), each
+            # oldest first, as the planner orders them: the first PLAN_WINDOW of each, beyond
+            # the running ones and those waiting out a failure (which take no slot), are all it
+            # can start in one step, so a library of any size costs a step the same.
+            "WITH skipped (n) AS (SELECT CASE WHEN ?5 < 0 THEN -1 ELSE ?5 + json_array_length(?2)"
+            "   + (SELECT count(*)"
+            "   FROM deliveries INDEXED BY deliveries_failing"
+            "   WHERE completed_at IS NULL AND retries > 0) END),"
+            " picked (book_id) AS ("
+            "   SELECT * FROM (SELECT book_id FROM library INDEXED BY library_pending"
+            f"     WHERE {_PENDING} AND ordered_at >= ?4"
+            "     ORDER BY ordered_at, book_id LIMIT (SELECT n FROM skipped))"
+            "   UNION SELECT * FROM (SELECT book_id FROM library INDEXED BY library_pending"
+            f"     WHERE {_PENDING} AND ordered_at >= ?1 AND ordered_at < ?4"
+            "     ORDER BY ordered_at, book_id LIMIT (SELECT n FROM skipped))"
             f"   UNION SELECT book_id FROM library INDEXED BY library_pending_touched"
             f"     WHERE {_PENDING} AND {_TOUCHED}"
+            "   UNION SELECT book_id FROM deliveries INDEXED BY deliveries_failing"
+            "     WHERE completed_at IS NULL AND retries > 0"
             "   UNION SELECT value FROM json_each(?2)"
             "   UNION SELECT * FROM (SELECT book_id FROM library INDEXED BY library_pending"
             f"     WHERE {_PENDING} AND ordered_at < ?1"
@@ -454,11 +713,12 @@ class Store:
             " COALESCE((SELECT max(m.package_size) FROM manifests m WHERE m.book_id = l.book_id),"
             "   l.expected_size),"
             " (SELECT total(length(f.data)) FROM frames f WHERE f.book_id = l.book_id),"
-            f" {_FOR_DEVICE}, l.evicted_at IS NOT NULL, l.requested_at IS NOT NULL"
+            f" {_FOR_DEVICE}, l.evicted_at IS NOT NULL, l.requested_at IS NOT NULL,"
+            " EXISTS (SELECT 1 FROM manifests m WHERE m.book_id = l.book_id)"
             " FROM picked JOIN library l ON l.book_id = picked.book_id"
             " LEFT JOIN deliveries d ON d.book_id = l.book_id"
             f" WHERE {_PENDING}",  # still pending (a running book may have completed)
-            (since, json.dumps(list(running)), archive),
+            (since, json.dumps(list(running)), archive, fresh_from, window),
         )
         candidates = []
         for r in rows:
@@ -479,6 +739,7 @@ class Store:
                     wanted=bool(r[8]),
                     evicted=bool(r[9]),
                     requested=bool(r[10]),
+                    size_proven=bool(r[11]),
                 )
             )
         return candidates
@@ -558,6 +819,13 @@ class Store:
         return bool(row and row[0])
 
     # -- manifests and frames -------------------------------------------------------------------
+
+    def wanted_version(self, book_id: str) -> int:
+        """The version the library wants on the device (0 if the book is not in the library)."""
+        row = self.one(
+            "SELECT wanted_version FROM library WHERE book_id = ? AND in_library", (book_id,)
+        )
+        return 0 if row is None else int(row[0])
 
     def trusted_version(self, book_id: str) -> int:
         row = self.one("SELECT version FROM trusted_versions WHERE book_id = ?", (book_id,))
@@ -817,8 +1085,8 @@ class Store:
         page += "" if book_id is None else " AND l.book_id = ?"
         rows = self.query(
             "SELECT l.book_id, l.reason, l.ordered_at, l.notified_at, l.wanted_version,"
-            " m.version, m.title, m.authors, m.language, m.frame_count, m.complete,"
-            " m.package_size,"
+            " m.version, coalesce(m.title, l.title), coalesce(m.authors, l.authors), m.language,"
+            " m.frame_count, m.complete, m.package_size, l.cover_size,"
             " (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id"
             "   AND f.version = m.version AND f.data IS NOT NULL),"
             " (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id AND f.version = m.version"
@@ -849,6 +1117,7 @@ class Store:
                 frame_count,
                 complete,
                 package_size,
+                cover_size,
                 frames_held,
                 first_missing,
                 started_at,
@@ -877,6 +1146,7 @@ class Store:
                     "frames_held": frames_held or 0,
                     "frames_total": frame_count or 0,
                     "package_size": package_size or 0,
+                    "cover_size": cover_size,
                     "ordered_at": ordered_at,
                     "notified_at": notified_at,
                     "started_at": started_at,
@@ -908,14 +1178,15 @@ class Store:
         first (downloading, then failing, then the rest, newest order first), at most `limit`:
         the status report's few lines. GET /v1/library lists them all."""
         rows = self.query(
-            "SELECT b.book_id, b.state, m.title, m.frame_count,"
+            "SELECT b.book_id, b.state, coalesce(m.title, b.title), m.frame_count,"
             " (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id"
             "   AND f.version = m.version AND f.data IS NOT NULL),"
             " (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id AND f.version = m.version"
             "   AND f.data IS NULL AND f.idx < m.first_chapter_frames),"
             " b.last_error, b.retries, b.retry_at"
             # The few first, then what they show: the subqueries run for those rows alone.
-            " FROM (SELECT * FROM (SELECT l.book_id, l.ordered_at, d.last_error, d.retries,"
+            " FROM (SELECT * FROM (SELECT l.book_id, l.title, l.ordered_at, d.last_error,"
+            " d.retries,"
             f"     d.retry_at, {_STATE_SQL} AS state"
             "     FROM library l LEFT JOIN deliveries d ON d.book_id = l.book_id"
             "     WHERE l.in_library)"
@@ -1070,7 +1341,7 @@ class Store:
             finally:
                 blob.close()
         except apsw.Error as e:
-            raise StoreError(f"cannot read a stored frame: {e}") from e
+            raise self._typed(e) from e
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -1087,10 +1358,25 @@ class Store:
         return int(self.one("SELECT count(*) FROM outbox WHERE rejected IS NULL")[0])
 
     def books_bytes(self) -> int:
-        return int(self.one("SELECT total(length(data)) FROM frames")[0])
+        """What the frames on the device hold (kept by daemon/sql/0013's triggers)."""
+        return int(self.one("SELECT bytes FROM held_bytes")[0])
 
-    def integrity_check(self) -> str:
-        return str(self.one("PRAGMA integrity_check")[0])
+    def integrity_check(self, give_up: Callable[[], bool] | None = None) -> str | None:
+        """`PRAGMA integrity_check`'s verdict ("ok", or the first problems found), or None if
+        `give_up` said so first: it is asked every few thousand steps, so a check of a large
+        database stops at once when the daemon has other work (the idle check, issue 15)."""
+        if give_up is not None:
+            self._db.set_progress_handler(give_up, 4096)
+        try:
+            rows = self.query("PRAGMA integrity_check(20)")
+        except StoreError as e:
+            if isinstance(e.__cause__, apsw.InterruptError):
+                return None
+            return str(e)  # damaged where the check itself cannot read
+        finally:
+            if give_up is not None:
+                self._db.set_progress_handler(None)
+        return "; ".join(str(r[0]) for r in rows)[:500]
 
 
 def _typed(e: apsw.Error) -> StoreError:
@@ -1101,6 +1387,8 @@ def _typed(e: apsw.Error) -> StoreError:
     full = next((x for x in (e, e.__cause__, e.__context__) if isinstance(x, apsw.FullError)), None)
     if full is not None:
         return DiskFullError(f"the disk is full: {full}")
+    if isinstance(e, apsw.CorruptError | apsw.NotADBError):
+        return DatabaseDamagedError(f"the database file is damaged: {type(e).__name__}: {e}")
     return StoreError(f"the database failed: {type(e).__name__}: {e}")
 
 

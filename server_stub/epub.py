@@ -23,6 +23,7 @@ from daemon.errors import ShelfsyncError
 from daemon.protocol.manifest import TocEntry, check_resource_path
 from daemon.protocol.reading import (
     LAYOUTS,
+    MAX_LABEL,
     SPREADS,
     Landmark,
     Page,
@@ -231,8 +232,10 @@ def _resolve(base_dir: str, href: str) -> str | None:
 
 
 def _toc_href(base_dir: str, href: str) -> str:
+    """The book path (with its fragment) a TOC link names; "" for a link out of the book, which
+    a device refuses in a manifest (a `javascript:` or a web link is no place in the book)."""
     if _is_remote(href):
-        return href
+        return ""
     fragment = href.split("#", 1)[1] if "#" in href else ""
     resolved = _resolve(base_dir, href) or ""
     return resolved + ("#" + fragment if fragment else "")
@@ -709,7 +712,8 @@ def _nav_list(ol: ET.Element, base_dir: str, depth: int) -> tuple[TocEntry, ...]
         if not target and children:
             target = children[0].href
         if target:
-            entries.append(TocEntry(_text(link) if link is not None else "", target, children))
+            label = _text(link)[:MAX_LABEL] if link is not None else ""
+            entries.append(TocEntry(label, target, children))
     return tuple(entries)
 
 
@@ -724,6 +728,6 @@ def _ncx_points(parent: ET.Element, base_dir: str, depth: int) -> tuple[TocEntry
         if not target and children:
             target = children[0].href
         if target:
-            label = _text(label_element) if label_element is not None else ""
+            label = _text(label_element)[:MAX_LABEL] if label_element is not None else ""
             entries.append(TocEntry(label, target, children))
     return tuple(entries)

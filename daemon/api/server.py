@@ -51,7 +51,7 @@ from daemon.models import ResourceRow
 from daemon.protocol.codec import Buffer
 from daemon.protocol.manifest import check_resource_path
 from daemon.protocol.merge import BOOK_ID
-from daemon.store import Store
+from daemon.store import DiskWatch, Store
 
 _LOG = logging.getLogger("shelfsync.api")
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
@@ -101,9 +101,16 @@ class ReaderPool:
     0.75 MiB (its page cache and schema), so an idle daemon keeps one, not `size`.
     """
 
-    def __init__(self, db_path: Path, size: int, page_cache_kib: int | None = None) -> None:
+    def __init__(
+        self,
+        db_path: Path,
+        size: int,
+        page_cache_kib: int | None = None,
+        watch: DiskWatch | None = None,
+    ) -> None:
         self._db_path = db_path
         self._page_cache_kib = page_cache_kib
+        self._watch = watch  # told of a damaged page a read meets
         self._slots = asyncio.Semaphore(size)
         self._idle: list[Store] = []
         self._all: list[Store] = []
@@ -117,7 +124,7 @@ class ReaderPool:
             store.close()
 
     def _connect(self) -> Store:
-        store = Store.open(self._db_path, readonly=True)
+        store = Store.open(self._db_path, readonly=True, watch=self._watch)
         if self._page_cache_kib is not None:
             store.set_page_cache_kib(self._page_cache_kib)
         self._all.append(store)
@@ -146,8 +153,9 @@ class LocalApi:
         notes: NotesApi | None = None,
         library: LibraryApi | None = None,
         page_cache_kib: int | None = None,
+        watch: DiskWatch | None = None,
     ) -> None:
-        self._readers = ReaderPool(db_path, READERS, page_cache_kib)
+        self._readers = ReaderPool(db_path, READERS, page_cache_kib, watch)
         self._notes = notes  # the reader's annotations: routes of their own (api/notes.py)
         self._library = library  # pin, opened, download, trip (api/library.py)
         self._opener = opener
@@ -159,6 +167,7 @@ class LocalApi:
         self._login_codes: dict[str, float] = {}  # one-time code -> monotonic expiry
         self._sessions: dict[str, None] = {}  # browser sessions, oldest first
         self._runner: web.AppRunner | None = None
+        self.answering = 0  # requests being answered now (the idle integrity check waits)
 
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._guard])
@@ -216,6 +225,7 @@ class LocalApi:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self.answering += 1
         try:
             refusal = self._refusal(request)
             if refusal is not None:
@@ -227,6 +237,8 @@ class LocalApi:
             if e.status < 400:
                 raise  # a redirect
             return _http_error(e)
+        finally:
+            self.answering -= 1
 
     def _refusal(self, request: web.Request) -> web.Response | None:
         """Why this request is refused before its route runs, or None."""

@@ -18,6 +18,9 @@ STATUS_NOTICES = 5  # the newest notices shown; GET /v1/notices has them all
 STATUS_BOOKS = 10  # books not delivered listed by name; GET /v1/library has them all
 LIBRARY_ROUTE = "/v1/library"
 _DELIVERED = ("complete", "in_cloud")  # states the report counts but does not list
+# A stopped daemon writes nothing: its disk is no one's concern until it runs again.
+_STOPPED_STORAGE = {"full": False, "mode": "stopped", "reason": None, "full_since": None}
+_STOPPED_STORAGE |= {"damaged": None}
 
 
 def build_status(store: Store, runtime: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -52,8 +55,21 @@ def build_status(store: Store, runtime: dict[str, Any] | None = None) -> dict[st
         "library_route": LIBRARY_ROUTE,  # every book, paged
         "downloads_paused": (runtime or {}).get("downloads_paused"),
         "power": (runtime or {}).get("power"),  # only a running daemon knows its battery policy
+        "storage": _storage(store, runtime),
         "receipts": receipt_status(store),
         "notices": recent_notices(store, STATUS_NOTICES),
+    }
+
+
+def _storage(store: Store, runtime: dict[str, Any] | None) -> dict[str, Any]:
+    """The disk and the database: full or not (a running daemon's), damage found while
+    running, a damaged database set aside at start, the last idle integrity check."""
+    record = store.integrity_record()
+    return {
+        **(runtime or {}).get("storage", _STOPPED_STORAGE),
+        "set_aside": store.set_aside_marker(),
+        "wal_lost": store.wal_lost_marker(),
+        "integrity": None if record is None else {"at": record.at, "verdict": record.verdict},
     }
 
 
@@ -94,6 +110,23 @@ def format_status(status: dict[str, Any]) -> str:
     ]
     if status["last_sync_error"]:
         lines.append(f"last sync error: {status['last_sync_error']}")
+    storage = status.get("storage") or {}
+    if storage.get("reason"):
+        lines.append(f"storage: {storage['mode'].replace('_', '-')}: {storage['reason']}")
+    if storage.get("damaged"):
+        lines.append(f"storage: {storage['damaged']}")
+    set_aside = storage.get("set_aside")
+    if set_aside:
+        lines.append(
+            f"database set aside {when(set_aside['at'])} as damaged ({set_aside['reason']}):"
+            f" {set_aside['file']}; its notes exported to {set_aside.get('notes_export')}"
+        )
+    wal_lost = storage.get("wal_lost")
+    if wal_lost:
+        lines.append(f"storage ({when(wal_lost['at'])}): {wal_lost['reason']}")
+    integrity = storage.get("integrity")
+    if integrity and integrity["verdict"] != "ok":
+        lines.append(f"integrity check: {integrity['verdict']} ({when(integrity['at'])})")
     if status.get("downloads_paused"):
         lines.append(f"downloads paused: {status['downloads_paused']}")
     notes = status.get("annotations")

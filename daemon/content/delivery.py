@@ -21,9 +21,9 @@ import asyncio
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -34,21 +34,32 @@ from daemon.clock import Clock
 from daemon.config import DISK_FULL_PAUSE_S
 from daemon.content import plan
 from daemon.content.dictionaries import Dictionaries
-from daemon.content.trust import verify_manifest
+from daemon.content.trust import verify_manifest, verify_root
 from daemon.errors import (
     DiskFullError,
+    ExpiredError,
     FrameHashError,
     ManifestError,
     RangeError,
+    RollbackError,
     ShelfsyncError,
+    SignatureError,
     StoreError,
     VerificationError,
+    VersionMissingError,
 )
 from daemon.killpoints import killpoint
 from daemon.logs import log_event
-from daemon.models import DeliveryCandidate, FrameRow
-from daemon.protocol.crypto import WRAP_ALG, unwrap_content_key
-from daemon.protocol.manifest import Manifest
+from daemon.memory import give_back
+from daemon.models import DeliveryCandidate, FrameRow, HeldBook
+from daemon.protocol.crypto import (
+    ENVELOPE_SLACK,
+    WRAP_ALG,
+    open_root_envelope,
+    unwrap_content_key,
+)
+from daemon.protocol.manifest import PROTOCOL_LIMITS, Manifest, ManifestLimits
+from daemon.protocol.root import MAX_ROOT_ROTATIONS, Root, parse_root, pinned_root
 from daemon.radio.windows import RadioWindows
 from daemon.store import Store
 
@@ -65,9 +76,34 @@ class DeliveryPolicy:
     batch_window_s: float  # how long a retry that is not a new purchase may wait for a window
     backoff: Backoff = field(default_factory=Backoff)
     disk_full_pause_s: float = DISK_FULL_PAUSE_S  # tests shorten it
+    manifest_limits: ManifestLimits = PROTOCOL_LIMITS  # the device's, from its RAM budget
+
     # Held frames a Range request may read past rather than pay another round trip: the link's
     # bandwidth-delay product (plan.fetch_span). 0 requests each run of missing frames alone.
     span_gap_bytes: int = 0
+
+
+class _HeldBooks(Sequence[HeldBook]):
+    """The books on the device, read from the store the first time the planner looks."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._books: list[HeldBook] | None = None
+
+    def _read(self) -> list[HeldBook]:
+        if self._books is None:
+            self._books = self._store.held_books()
+        return self._books
+
+    def __len__(self) -> int:
+        return len(self._read())
+
+    @overload
+    def __getitem__(self, index: int) -> HeldBook: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[HeldBook]: ...
+    def __getitem__(self, index: int | slice) -> HeldBook | Sequence[HeldBook]:
+        return self._read()[index]
 
 
 class DeliveryWorker:
@@ -103,6 +139,7 @@ class DeliveryWorker:
         self._disk_full_until = 0.0
         self.waiting: dict[str, str] = {}  # book -> why the planner holds it back, for status
         self.paused_reason: str | None = None
+        self.downloading = 0  # downloads running now (the idle integrity check waits for none)
         # Books whose server ignored a Range request: fetched from byte 0 next time, and each
         # frame still verified, so nothing unverified is spliced in.
         self._whole_package: set[str] = set()
@@ -164,13 +201,14 @@ class DeliveryWorker:
                     fresh.discard(book_id)
                 decided = plan.plan_deliveries(
                     candidates,
-                    self._store.held_books(),
+                    _HeldBooks(self._store),  # read only when a book must make room
                     self._budget(),
                     now,
                     tasks.keys(),
                     len(fresh & tasks.keys()),
                     self._policy.concurrency,
                     archive_slots=archive_slots,
+                    used_bytes=self._store.books_bytes(),
                 )
                 await self._pause(decided.pause, tasks)
                 fresh.difference_update(decided.pause)
@@ -183,7 +221,13 @@ class DeliveryWorker:
                     tasks[book_id] = asyncio.create_task(
                         self._deliver_guarded(book_id), name=f"deliver {book_id}"
                     )
+                for book_id in decided.probe:  # planned again, with its size, once it ends
+                    tasks[book_id] = asyncio.create_task(
+                        self._deliver_guarded(book_id, manifest_only=True),
+                        name=f"manifest of {book_id}",
+                    )
                 self.waiting = decided.waiting
+                self.downloading = len(tasks)
                 retry = self._retry_range(candidates, now, tasks.keys())
                 # Space may free up, a charger be plugged in: a local look, no radio. Anything
                 # else that waits is woken by an event (a download ending, the library changing).
@@ -266,10 +310,10 @@ class DeliveryWorker:
         latest = min(fresh_at, other_at + self._policy.batch_window_s)
         return not_before + to_monotonic, latest + to_monotonic
 
-    async def _deliver_guarded(self, book_id: str) -> None:
+    async def _deliver_guarded(self, book_id: str, manifest_only: bool = False) -> None:
         """Deliver one book; any failure is recorded with a backoff, never raised."""
         try:
-            await self.deliver(book_id)
+            await self.deliver(book_id, manifest_only)
         except DiskFullError as e:
             # Nothing committed is lost (the transaction rolled back); writing a failure
             # record could fail the same way, so the pause lives in memory.
@@ -304,22 +348,27 @@ class DeliveryWorker:
                     error=str(store_error),
                 )
 
-    async def deliver(self, book_id: str) -> None:
+    async def deliver(self, book_id: str, manifest_only: bool = False) -> None:
+        """Bring a book onto the device; with `manifest_only`, verify and record its signed
+        manifest and stop there (the planner then knows its true size)."""
+        limits = self._policy.manifest_limits
         pushed = self._offered.pop(book_id, None)
-        envelope = pushed or await self._client.manifest_envelope(book_id)
-        manifest = verify_manifest(
-            envelope,
-            pinned_key=self._pinned_key,
-            book_id=book_id,
-            trusted_version=self._store.trusted_version(book_id),
-            held_frame_hashes=lambda version: self._store.frame_hashes(book_id, version),
-            time_floor=self._store.time_floor(),
-            now=self._clock.wall(),
-        )
+        if pushed is not None and len(pushed) > limits.max_bytes + ENVELOPE_SLACK:
+            pushed = None  # over this device's bound: fetched, where the client cuts it
+        envelope = pushed or await self._client.manifest_envelope(book_id, limits.max_bytes)
+        try:
+            manifest = self._verify(book_id, envelope, limits)
+        except (SignatureError, RollbackError, ExpiredError):
+            # Refused by what the trusted root's keys vouched for: the service may have
+            # rotated them (a key lost, or a device fast-forwarded by a broken one).
+            if not await self._refresh_trust_root():
+                raise
+            manifest = self._verify(book_id, envelope, limits)
         self._check_content_key(manifest)
         if manifest.dictionary is not None:
             await self._dictionaries.ensure(manifest.dictionary.sha256, manifest.dictionary.size)
         self._store.record_manifest(manifest, envelope, self._clock.wall())
+        give_back()  # a large manifest's parse leaves holes in the heap
         log_event(
             _LOG,
             logging.INFO,
@@ -330,9 +379,64 @@ class DeliveryWorker:
             frames=len(manifest.frames),
             package_bytes=manifest.package_size,
         )
+        if manifest_only:
+            return
         self._commit_pushed_frames(manifest)
         while missing := self._store.missing_frames(book_id, manifest.version):
             await self._fetch_run(manifest, plan.fetch_span(missing, self._policy.span_gap_bytes))
+        wanted = self._store.wanted_version(book_id)
+        if manifest.version < wanted:
+            # Taken as a success, the book would be pending still and started again at once:
+            # 2,966 manifest requests in 30 s for a forged update, and after every restart.
+            raise VersionMissingError(
+                f"{book_id}: the library lists version {wanted}, the service serves"
+                f" version {manifest.version}"
+            )
+
+    def _verify(self, book_id: str, envelope: bytes, limits: ManifestLimits) -> Manifest:
+        return verify_manifest(
+            envelope,
+            pinned_key=self._trust_root().signing_keys,
+            book_id=book_id,
+            trusted_version=self._store.trusted_version(book_id),
+            held_frame_hashes=lambda version: self._store.frame_hashes(book_id, version),
+            time_floor=self._store.time_floor(),
+            now=self._clock.wall(),
+            limits=limits,
+        )
+
+    def _trust_root(self) -> Root:
+        stored = self._store.trust_root_envelope()
+        if stored is None:
+            return pinned_root(self._pinned_key)
+        return parse_root(open_root_envelope(stored)[0])  # verified before it was stored
+
+    async def _refresh_trust_root(self) -> bool:
+        """Walk the service's root chain past the trusted root, each version verified against
+        the one before and stored in one transaction; True if a newer root is now trusted."""
+        trusted, rotated = self._trust_root(), False
+        for _ in range(MAX_ROOT_ROTATIONS):
+            envelope = await self._client.trust_root(trusted.version + 1)
+            if envelope is None:
+                break
+            root = verify_root(trusted, envelope)
+            new_keys = not root.same_signing_keys(trusted)
+            self._store.rotate_trust(
+                root.version,
+                envelope,
+                new_signing_keys=new_keys,
+                issued_at=root.issued_at,
+                now=self._clock.wall(),
+            )
+            log_event(
+                _LOG,
+                logging.WARNING,
+                "trust_root_rotated",
+                version=root.version,
+                signing_keys_changed=new_keys,
+            )
+            trusted, rotated = root, True
+        return rotated
 
     def _commit_pushed_frames(self, manifest: Manifest) -> None:
         """Commit the leading frames a push carried for this version, each verified as a
@@ -392,6 +496,7 @@ class DeliveryWorker:
                 frame=idx,
             )
         if result.complete:
+            give_back()
             log_event(
                 _LOG,
                 logging.INFO,

@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable
+from contextlib import suppress
 
 from daemon.backoff import Backoff
 from daemon.client import LibraryPush, ServiceClient
@@ -66,7 +67,9 @@ class LibrarySync:
             except (TransportError, StoreError) as e:
                 failures += 1
                 delay = self._backoff.delay(failures)
-                self._store.set_meta("last_sync_error", f"{type(e).__name__}: {e}"[:500])
+                # On a full disk recording the failure fails too: the log line still says it.
+                with suppress(StoreError):
+                    self._store.set_meta("last_sync_error", f"{type(e).__name__}: {e}"[:500])
                 log_event(
                     _LOG,
                     logging.INFO,

@@ -23,12 +23,14 @@ and not charging, only fresh orders start.
 Storage: books on the device never take more than the quota, nor push the file system's free
 space below the reserve. A book that does not fit may evict books that are less likely to be read
 (lower class; hints the reader never opened first, then least recently opened or ordered); a
-book that is pinned, open now, or has notes not yet synced is never evicted.
+book that is pinned, open now, or has notes not yet synced is never evicted. Nothing is evicted
+for a book whose size only the unsigned changes feed claims: it first fetches its signed
+manifest alone (a probe), and the size that proves is planned for.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from daemon.models import DeliveryCandidate, FrameRow, HeldBook
@@ -41,6 +43,7 @@ LIKELY_NEXT_REASONS = frozenset({"sample", "wishlist", "series_next"})
 FRESH, WANTED, LIKELY_NEXT, REFRESH, ARCHIVE = range(5)
 _CLASS_NAMES = ("new purchase", "wanted", "likely next", "new version", "archive")
 PAUSED_FOR_PURCHASE = "paused: a new purchase is downloading"
+PROVING_SIZE = "fetching its signed manifest first: the size it needs is not yet known"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,10 @@ class Plan:
     # A book waits on something that changes without an event (space freeing, a charger): the
     # caller looks again later. Books queued, retrying or in the cloud wait for an event.
     recheck: bool = False
+    # Deliveries to start for their manifest only: books that would need room their signed
+    # manifest has not yet proven (a forged feed entry once claimed the quota less 1 MB, and
+    # every retry of it evicted every book the reader had)
+    probe: list[str] = field(default_factory=list)
 
 
 def is_fresh(c: DeliveryCandidate, now: float) -> bool:
@@ -120,9 +127,11 @@ def plan_deliveries(
     running_fresh: int,
     concurrency: int,
     archive_slots: int = 0,
+    used_bytes: int | None = None,
 ) -> Plan:
     """The deliveries to start now, the running ones to pause, and the evictions that make
-    room for them."""
+    room for them. `used_bytes` is what the `held` books hold, if the caller knows it: then
+    `held` is read only if a book must be evicted (it may be a sequence that loads lazily)."""
     # A purchase running, starting or retrying: what is only likely to be read must not share
     # its link (the 60-second promise); it starts, or resumes, once the purchase is in.
     purchase_on_its_way = any(is_fresh(c, now) for c in candidates)
@@ -132,11 +141,9 @@ def plan_deliveries(
         if purchase_on_its_way and c.book_id in running and priority_class(c, now) > WANTED
     )
     running = {b for b in running if b not in pause}
-    used = sum(b.held_bytes for b in held)
+    used = sum(b.held_bytes for b in held) if used_bytes is None else used_bytes
     room = min(budget.quota_bytes - used, budget.fs_free_bytes - budget.reserve_bytes)
-    evictable = sorted(
-        (b for b in held if b.complete and not protected(b, now)), key=_eviction_order
-    )
+    evictable = _Evictable(held, now)
     candidate_ids = {c.book_id for c in candidates}
     # What running deliveries will still bring is spoken for already.
     room -= sum(max(0, c.expected_bytes - c.held_bytes) for c in candidates if c.book_id in running)
@@ -154,6 +161,7 @@ def plan_deliveries(
     slots = max(0, concurrency - len(running))
     express = 1 if running_fresh == 0 else 0
     start: list[str] = []
+    probe: list[str] = []
     purchase_blocked = False  # a purchase waiting for room: nothing else may take that room
     recheck = False
     waiting.update((b, PAUSED_FOR_PURCHASE) for b in pause)
@@ -186,7 +194,7 @@ def plan_deliveries(
         need = max(0, c.expected_bytes - c.held_bytes)
         victims: list[HeldBook] = []
         freed = 0
-        for book in evictable:
+        for book in evictable if need > room else ():
             if need <= room + freed:
                 break
             if book.book_id in evict or book.book_id == c.book_id:
@@ -209,10 +217,38 @@ def plan_deliveries(
         else:
             waiting[c.book_id] = f"queued ({_CLASS_NAMES[cls]})"
             continue
+        if victims and not c.size_proven:
+            probe.append(c.book_id)  # its manifest alone: it takes no room yet
+            waiting[c.book_id] = PROVING_SIZE
+            continue
         evict.extend(b.book_id for b in victims)
         room += freed - need
         start.append(c.book_id)
-    return Plan(start, evict, waiting, pause, recheck)
+    return Plan(start, evict, waiting, pause, recheck, probe)
+
+
+class _Evictable:
+    """The held books that may be evicted, least likely to be read first: sorted (and `held`
+    read) only once the plan needs room it does not have."""
+
+    def __init__(self, held: Sequence[HeldBook], now: float) -> None:
+        self._held, self._now = held, now
+        self._books: list[HeldBook] | None = None
+
+    def _sorted(self) -> list[HeldBook]:
+        if self._books is None:
+            books = (b for b in self._held if b.complete and not protected(b, self._now))
+            self._books = sorted(books, key=_eviction_order)
+        return self._books
+
+    def __bool__(self) -> bool:
+        return bool(self._sorted())
+
+    def __iter__(self) -> Iterator[HeldBook]:
+        return iter(self._sorted())
+
+    def pop(self, index: int) -> HeldBook:
+        return self._sorted().pop(index)
 
 
 def _victim_class(book: HeldBook, now: float) -> int:

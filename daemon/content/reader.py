@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from daemon.errors import (
+    DatabaseDamagedError,
     DecodeError,
     DictionaryError,
     FrameAuthError,
@@ -177,6 +178,16 @@ def resource_pieces(store: Store, resource: ResourceRow, opener: FrameOpener) ->
         except DecodeError:
             opener.forget(frame.sha256)
             raise
+        except DatabaseDamagedError as e:
+            # The frame lies on a damaged page: never served, fetched again like one altered.
+            opener.forget(frame.sha256)
+            raise FrameHashError(
+                f"stored frame {frame.idx} of {resource.book_id} v{resource.version} is on a"
+                " damaged page of the database",
+                resource.book_id,
+                resource.version,
+                frame.idx,
+            ) from e
 
 
 def _frame_pieces(
@@ -300,9 +311,13 @@ def _altered_at_rest(store: Store, resource: ResourceRow, idx: int) -> FrameHash
     rest, or None if it is as the service sent it (sealed wrong: fetching it again would bring
     the same bytes). Only the manifest's hash of the whole frame tells which."""
     book_id, version = resource.book_id, resource.version
-    frame, data = store.frame(book_id, version, idx)
-    if data is not None and hashlib.sha256(data).hexdigest() == frame.sha256:
-        return None
+    try:
+        frame, data = store.frame(book_id, version, idx)
+    except DatabaseDamagedError:
+        data = None  # on a damaged page: altered at rest, whatever it was
+    else:
+        if data is not None and hashlib.sha256(data).hexdigest() == frame.sha256:
+            return None
     return FrameHashError(
         f"stored frame {idx} of {book_id} v{version} no longer matches its manifest",
         book_id,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from contextlib import suppress
 
 from daemon.backoff import Backoff
 from daemon.client import ServiceClient
@@ -85,7 +86,9 @@ class AnnotationSync:
             except (TransportError, StoreError) as e:
                 failures += 1
                 delay = self._backoff.delay(failures)
-                self._notes.record_sync(None, f"{type(e).__name__}: {e}")
+                # On a full disk recording the failure fails too: the log line still says it.
+                with suppress(StoreError):
+                    self._notes.record_sync(None, f"{type(e).__name__}: {e}")
                 log_event(
                     _LOG,
                     logging.INFO if failures == 1 else logging.DEBUG,

@@ -27,7 +27,7 @@ from daemon.errors import DiskFullError, StoreError
 from daemon.killpoints import killpoint
 from daemon.protocol import merge
 from daemon.protocol.merge import Item, Position
-from daemon.store import Store
+from daemon.store import DiskWatch, Store, keep_wal
 
 SCHEMA_VERSION = 2  # the first schema holding these tables
 POSITION_TARGET = "position:"  # outbox target prefix of reading position ops
@@ -54,9 +54,15 @@ def _dumps(doc: Any) -> str:
 
 
 class NotesStore:
-    def __init__(self, connection: apsw.Connection, path: Path) -> None:
+    def __init__(
+        self,
+        connection: apsw.Connection,
+        path: Path,
+        watch: DiskWatch | None = None,
+    ) -> None:
         self._db = connection
         self.path = path
+        self._watch = watch
 
     def set_page_cache_kib(self, kib: int) -> None:
         """Size this connection's page cache: SQLite's default 2 MiB held pages of a few small
@@ -64,17 +70,19 @@ class NotesStore:
         self._db.execute(f"PRAGMA cache_size = -{max(64, int(kib))}")
 
     @classmethod
-    def open(cls, path: Path) -> NotesStore:
-        """Open the (already migrated) database for annotation reads and durable writes."""
+    def open(cls, path: Path, watch: DiskWatch | None = None) -> NotesStore:
+        """Open the (already migrated) database for annotation reads and durable writes;
+        `watch` is told of every full disk a save meets."""
         try:
             db = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE)
             db.set_busy_timeout(5000)
             db.execute("PRAGMA foreign_keys = ON")
+            keep_wal(db)
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = FULL")
         except apsw.Error as e:
             raise StoreError(f"cannot open the database {path} for notes: {e}") from e
-        store = cls(db, path)
+        store = cls(db, path, watch)
         version = int(store._one("PRAGMA user_version")[0])
         if version < SCHEMA_VERSION:
             db.close()
@@ -93,6 +101,8 @@ class NotesStore:
             # SQLite may roll a transaction back itself on SQLITE_FULL; apsw's rollback of its
             # savepoint then fails with "no transaction is active", the FullError as context.
             if isinstance(e, apsw.FullError) or isinstance(e.__context__, apsw.FullError):
+                if self._watch is not None:
+                    self._watch.full(str(e))
                 raise DiskFullError(f"the disk is full, nothing was saved: {e}") from e
             raise StoreError(f"the notes database failed: {type(e).__name__}: {e}") from e
 
@@ -101,6 +111,8 @@ class NotesStore:
             return list(self._db.execute(sql, bindings))
         except apsw.Error as e:
             if isinstance(e, apsw.FullError):
+                if self._watch is not None:
+                    self._watch.full(str(e))
                 raise DiskFullError(f"the disk is full, nothing was saved: {e}") from e
             raise StoreError(f"the notes database failed: {type(e).__name__}: {e}") from e
 

@@ -112,7 +112,11 @@ async def admin(stub_url: str, method: str, path: str, body: Any = None) -> Any:
 
 
 async def spawn_daemon(
-    stub: RunningStub, state: Path, account_token: str, kill_at: str | None
+    stub: RunningStub,
+    state: Path,
+    account_token: str,
+    kill_at: str | None,
+    profile: str = "emulator-loopback",
 ) -> asyncio.subprocess.Process:
     """`shelfsync run` as a real subprocess (for kill tests): SIGKILLs itself at `kill_at`
     ("point:n", daemon/killpoints.py) when given. Its stderr is piped for the assertions."""
@@ -132,7 +136,7 @@ async def spawn_daemon(
         "--service-key",
         str(stub.pub_path),
         "--profile",
-        "emulator-loopback",
+        profile,
         "--log-level",
         "WARNING",
         env=env,

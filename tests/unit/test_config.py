@@ -3,7 +3,9 @@ both, and one clear line (exit 2, no traceback) for every mistake."""
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +17,11 @@ from daemon.config import (
     default_config_path,
     default_state_dir,
     merge,
+    prepare_state_dir,
     read_config_file,
     settings_from,
 )
+from daemon.device_key import API_TOKEN_MIN_CHARS, load_or_create_api_token
 from daemon.errors import ConfigError
 from server_stub.signing import load_or_create_key
 
@@ -206,3 +210,60 @@ def test_run_refuses_the_same_mistakes_in_one_line_before_starting(
     done = _config_command(*(f"{k}={v}" for k, v in args.items()), command="run")
     assert (done.returncode, done.stderr.count("\n")) == (2, 1), done.stderr
     assert message in done.stderr
+
+
+@pytest.mark.parametrize("mode", [0o755, 0o777, 0o750])
+def test_a_state_directory_others_can_enter_is_made_owner_only_and_says_so(
+    tmp_path: Path, mode: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(mode)
+    with caplog.at_level(logging.WARNING):
+        assert prepare_state_dir(state) == state
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert "state_dir_mode_repaired" in caplog.text
+
+
+def test_an_owner_only_state_directory_is_left_as_it_is(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = tmp_path / "state"
+    with caplog.at_level(logging.INFO):
+        prepare_state_dir(state)
+        prepare_state_dir(state)
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert "repaired" not in caplog.text
+
+
+def test_the_api_token_is_made_owner_only_and_of_full_length(tmp_path: Path) -> None:
+    path = tmp_path / "api-token"
+    token = load_or_create_api_token(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(token) >= API_TOKEN_MIN_CHARS
+    assert load_or_create_api_token(path) == token  # kept across restarts
+
+
+@pytest.mark.parametrize(
+    ("mode", "text", "kept"),
+    [
+        (0o644, "x" * 43, True),  # a whole token others could read: made owner-only
+        (0o600, "abcde", False),  # five characters: anyone could guess it
+        (0o644, "abcde", False),
+        (0o600, "", False),
+        (0o600, "é" * 43, False),  # not a token this daemon wrote
+    ],
+)
+def test_a_weak_api_token_file_is_repaired_or_replaced_and_says_so(
+    tmp_path: Path, mode: int, text: str, kept: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "api-token"
+    path.write_text(text)
+    path.chmod(mode)
+    with caplog.at_level(logging.WARNING):
+        token = load_or_create_api_token(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text().strip() == token
+    assert len(token) >= API_TOKEN_MIN_CHARS
+    assert (token == text) is kept
+    assert ("api_token_mode_repaired" if kept else "api_token_replaced") in caplog.text

@@ -12,14 +12,17 @@ from pathlib import Path
 import apsw
 import pytest
 
+from daemon.api.status import build_status, format_status
 from daemon.content.reader import FrameOpener, read_resource
 from daemon.errors import ShelfsyncError
+from daemon.idle_check import IdleCheck
 from daemon.models import LibraryChange
 from daemon.notes.store import NotesStore
 from daemon.protocol import merge
 from daemon.protocol.hlc import HybridClock
-from daemon.store import Store, check_at_start
+from daemon.store import IntegrityRecord, Store, check_at_start, wal_lost_at_start
 from tests.builders import DEVICE_KEY, NOW, make_manifest
+from tests.fake_clock import FakeClock
 from tests.reliability import Figures
 
 BOOK = "bk_damaged"
@@ -193,10 +196,18 @@ def test_a_wal_deleted_after_a_crash_leaves_the_last_checkpoint_whole(tmp_path: 
         shutil.copy(f"{db}{suffix}", f"{crashed / 'db'}{suffix}")
     notes.close()
     store.close()
+    assert wal_lost_at_start(db, NOW) is None  # its -wal outlived the run, as always
 
+    # Not silently (issue 21 #11): the loss is said at start, in the log and in status.
+    lost = wal_lost_at_start(crashed / "db", NOW)
+    assert lost is not None
+    assert "-wal" in lost
+    assert "notes" in lost
     assert check_at_start(crashed / "db", NOW) is None
     store, notes = Store.open(crashed / "db"), NotesStore.open(crashed / "db")
     try:
+        assert build_status(store)["storage"]["wal_lost"] == {"at": NOW, "reason": lost}
+        assert lost in format_status(build_status(store))
         assert store.integrity_check() == "ok"
         assert notes.item("note_0000") is not None  # checkpointed before the crash
         assert store.trusted_version(BOOK) == 3
@@ -204,3 +215,84 @@ def test_a_wal_deleted_after_a_crash_leaves_the_last_checkpoint_whole(tmp_path: 
         notes.close()
         store.close()
     assert read_everything(crashed / "db") == 0
+
+
+CLOCK = FakeClock(NOW)
+
+
+def _idle_check(store: Store, busy: bool = False) -> tuple[IdleCheck, list[str]]:
+    damage: list[str] = []
+    return IdleCheck(store, CLOCK, lambda: busy, damage.append), damage
+
+
+async def test_the_idle_check_finds_a_whole_database_whole_and_says_when(tmp_path: Path) -> None:
+    db = device_db(tmp_path)
+    store = Store.open(db)
+    try:
+        check, damage = _idle_check(store)
+        assert await check.check_once() == "ok"
+        assert damage == []
+        assert store.integrity_record() == IntegrityRecord(CLOCK.wall(), "ok")
+    finally:
+        store.close()
+    assert check_at_start(db, NOW) is None
+
+
+async def test_the_idle_check_gives_way_to_work_and_records_nothing(tmp_path: Path) -> None:
+    store = Store.open(device_db(tmp_path))
+    try:
+        check, damage = _idle_check(store, busy=True)
+        assert await check.check_once() is None
+        assert (damage, store.integrity_record()) == ([], None)
+    finally:
+        store.close()
+
+
+@pytest.mark.faults(25)
+@pytest.mark.parametrize("seed", range(6))
+async def test_damage_the_idle_check_finds_is_reported_and_set_aside_at_the_next_start(
+    tmp_path: Path, seed: int
+) -> None:
+    """An index page overwritten (six seeded variants): the idle check names the damage, status
+    gets it, and the next start sets the database aside even where its quick check passes."""
+    db = device_db(tmp_path)
+    rng = random.Random(1500 + seed)
+    index_pages = [
+        p for p in pages_of(db, ("frames", "resources", "library")) if p not in pages_of_tables(db)
+    ]
+    overwrite_page(db, rng.choice(index_pages), rng)
+    store = Store.open(db)
+    try:
+        check, damage = _idle_check(store)
+        verdict = await check.check_once()
+        assert verdict is not None
+        assert verdict != "ok"
+        assert damage == [verdict]
+    finally:
+        store.close()
+    found = check_at_start(db, NOW + 1)
+    assert found is not None
+    marker = Store.open(db)
+    try:
+        assert marker.integrity_check() == "ok"
+        set_aside = marker.set_aside_marker()
+        assert set_aside is not None
+        assert set_aside["file"] == str(found.set_aside)
+        assert set_aside["notes_export"] == str(found.notes_export)
+    finally:
+        marker.close()
+
+
+def pages_of_tables(db: Path) -> set[int]:
+    """The pages of the tables themselves (their b-trees and overflow), not of their indexes."""
+    conn = apsw.Connection(str(db))
+    try:
+        return {
+            int(r[0])
+            for r in conn.execute(
+                "SELECT d.pageno FROM dbstat d JOIN sqlite_schema s ON s.name = d.name"
+                " WHERE s.type = 'table'"
+            )
+        }
+    finally:
+        conn.close()
