@@ -225,6 +225,16 @@ async def measure_shelfsync(
     )
 
 
+async def _wait_settled(device: Device, timeout_s: float = 120) -> None:
+    """Until the daemon has fetched what it fetches while idle (the catalog's dictionaries): a
+    reader buys minutes after setting a device up, not in its first second."""
+    deadline = time.monotonic() + timeout_s
+    while (await device.api.status())["daemon"].get("dictionaries_pending"):
+        if device.proc.returncode is not None or time.monotonic() > deadline:
+            raise BenchError(f"the daemon never fetched its dictionaries; see {device.log}")
+        await asyncio.sleep(POLL_S)
+
+
 async def _wait_first_page(
     device: Device, book_id: str, paths: tuple[str, ...], timeout_s: float
 ) -> float:
@@ -328,6 +338,7 @@ async def run_profile(
             )
         )
         await device.wait_online()
+        await _wait_settled(device)
         for i, book in enumerate(books):
             sha256 = _sha256(book.path)
             delivery = await measure_shelfsync(device, account, book, to_stub, log)
@@ -450,25 +461,25 @@ def _side_by_side_table(profile: DeviceProfile, runs: list[BookRun], cmd: str) -
 
 
 METHOD = """\
-Each profile's link is emulated on loopback by `devkit/linkemu.py` (rate, round trip with
-jitter, loss as retransmission delay, outages; its docstring says what is and is not modelled).
-The daemon (`shelfsync run`, a subprocess, the profile's settings) reaches the stub (a
-subprocess, the whole corpus imported) through one emulator; a purchase is made on the stub
-directly, as on the store's website, once the daemon's push channel is up. *told* is when the
-daemon recorded the purchase and *complete* when its last frame was committed (the daemon's own
-timestamps, `GET /v1/library`); *first chapter* is when the local API first served 200 for the
-first chapter and for every resource its first page shows (stylesheets, fonts, images, a fixed
-layout book's facing page and cover: the manifest's `first_chapter_needs`), polled every
-0.1 s as a reader app would ask; each less the service's purchase time. Beside it, through
-emulators with the same link and the same outage clock: a
-fresh aiohttp connection GETs the .epub from a static HTTP server of the corpus folder (what an
-OPDS client such as KOReader does), and `rsync -z` fetches it from rsync's own daemon on
-loopback (module = the corpus folder) into an empty folder; each timed to the complete, verified
-file. *On the wire* is the payload the emulator relayed, both directions (TCP/IP headers not
-counted). The **link limit** is the time those bytes need at the link's rates plus the round
-trips no design avoids (half a round trip for a purchase to reach the device; one for a request
-and its answer), plus any outage the transfer sat through; each time is shown with its ratio to
-that limit. Loss and jitter are not in the limit: what they cost shows in the ratio."""
+Each profile's link is emulated on loopback by `devkit/linkemu.py` (rate, round trip with jitter,
+loss as retransmission delay, outages; its docstring says what is and is not modelled). The daemon
+(`shelfsync run`, a subprocess, the profile's settings) reaches the stub (a subprocess, the whole
+corpus imported) through one emulator; a purchase is made on the stub directly, as on the store's
+website, once the daemon's push channel is up and it has fetched the catalog's compression
+dictionary (which it does while idle, on the channel's hello). *told* is when the daemon recorded
+the purchase and *complete* when its last frame was committed (the daemon's own timestamps, `GET
+/v1/library`); *first chapter* is when the local API first served 200 for the first chapter and for
+every resource its first page shows (stylesheets, fonts, images, a fixed layout book's facing page
+and cover: the manifest's `first_chapter_needs`), polled every 0.1 s as a reader app would ask;
+each less the service's purchase time. Beside it, through emulators with the same link and the same
+outage clock: a fresh aiohttp connection GETs the .epub from a static HTTP server of the corpus
+folder (what an OPDS client such as KOReader does), and `rsync -z` fetches it from rsync's own
+daemon on loopback (module = the corpus folder) into an empty folder; each timed to the complete,
+verified file. *On the wire* is the payload the emulator relayed, both directions (TCP/IP headers
+not counted). The **link limit** is the time those bytes need at the link's rates plus the round
+trips no design avoids (half a round trip for a purchase to reach the device; one for a request and
+its answer), plus any outage the transfer sat through; each time is shown with its ratio to that
+limit. Loss and jitter are not in the limit: what they cost shows in the ratio."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

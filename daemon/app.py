@@ -30,6 +30,7 @@ from daemon.client import AccountClient, ClientLimits, DeviceCredentials, Servic
 from daemon.clock import Clock, SystemClock
 from daemon.config import Settings
 from daemon.content.delivery import DeliveryPolicy, DeliveryWorker
+from daemon.content.dictionaries import Dictionaries
 from daemon.content.library_sync import LibrarySync
 from daemon.content.reader import FrameOpener
 from daemon.content.receipts import ReceiptSync
@@ -122,6 +123,7 @@ class Daemon:
         self._connectivity: Connectivity | None = None
         self.windows: RadioWindows | None = None  # the radio's owner, while running
         self._delivery: DeliveryWorker | None = None
+        self._dictionaries: Dictionaries | None = None
         self._store: Store | None = None
         self._disk = DiskWatch(settings.state_dir, self.clock.wall)
         self._started_at = 0.0
@@ -144,6 +146,7 @@ class Daemon:
             "power": power_report(self.power.read(), self.settings.profile.battery),
             # Windows that woke a sleeping radio since the start: what the battery pays for.
             "radio_wakeups": self.windows.wakeups if self.windows else 0,
+            "dictionaries_pending": self._dictionaries.pending if self._dictionaries else 0,
             "storage": self._disk.report(),
             "workers": self._worker_problems(),
         }
@@ -276,6 +279,7 @@ class Daemon:
                 ),
                 on_radio=windows.radio_used,
             )
+            dictionaries = self._dictionaries = Dictionaries(store, client)
             delivery = DeliveryWorker(
                 store,
                 client,
@@ -288,12 +292,14 @@ class Daemon:
                     reserve_bytes=profile.storage.reserve_bytes,
                     batch_window_s=batch_window_s,
                     disk_full_pause_s=settings.disk_full_pause_s,
+                    span_gap_bytes=int(profile.link.down_bytes_per_s * profile.link.rtt_s),
                     manifest_limits=ManifestLimits.for_ram_budget(profile.memory.ram_budget_bytes),
                 ),
                 windows,
                 battery_restricted=lambda: self.power.read().restricted(profile.battery),
                 archive_slots=self._archive_slots,
                 comeback=comeback,
+                dictionaries=dictionaries,
             )
             self._delivery = delivery
 
@@ -346,6 +352,7 @@ class Daemon:
                 on_change=library_changed,
                 comeback=comeback,
                 on_root=delivery.follow_root,
+                on_manifests=delivery.offer_manifests,
             )
 
             def notes_now() -> None:
@@ -375,6 +382,9 @@ class Daemon:
                 keepalive_s=profile.sync.keepalive_s,
                 poll_interval_s=profile.sync.poll_interval_s,
                 on_event=link_event,
+                on_library_push=sync.apply_push,
+                on_dictionaries=dictionaries.prefetch,
+                prefix_room=delivery.free_bytes,
             )
             self.api = LocalApi(
                 settings.db_path,
@@ -430,6 +440,7 @@ class Daemon:
                         "annotation sync": annotations.run,
                         "popular highlights": popular.run,
                         "delivery": delivery.run,
+                        "dictionaries": dictionaries.run,
                         "delivery receipts": receipts.run,
                         "connectivity": self._connectivity.run,
                         "idle integrity check": idle_check.run,
@@ -446,6 +457,7 @@ class Daemon:
             supervised.cancel()
             await asyncio.gather(supervised, return_exceptions=True)
             self._delivery = None
+            self._dictionaries = None
             self._store = None
             self.windows = None
             self._connectivity = None  # a stopped daemon is not online

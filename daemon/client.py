@@ -17,7 +17,7 @@ import logging
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
@@ -120,6 +120,62 @@ def _service_time(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= _MAX_AT:
         raise ValueError(f"service time {str(value)[:40]} is out of range")
     return float(value)
+
+
+PUSH_VERSION = 2  # the push protocol this daemon asks for (PROTOCOL.md "Push channel")
+MAX_PUSHED_PREFIX = 256 * 1024  # bytes of an order's first frames this daemon takes in a push
+# The header, its JSON, the manifests, and the first frames.
+_MAX_ENVELOPE_BYTES = MAX_MANIFEST_BYTES + ENVELOPE_SLACK
+MAX_PUSH_MESSAGE_BYTES = 4 + 4 * 1024 * 1024 + _MAX_ENVELOPE_BYTES + MAX_PUSHED_PREFIX
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryPush:
+    """A version 2 `library_changed`: the device's changes after seq `after` (what a pull from
+    `after` would bring, checked the same way) and the signed envelopes of the orders among
+    them, by book: unverified bytes, for the delivery worker to verify as if fetched."""
+
+    after: int
+    page: ChangesPage
+    envelopes: dict[str, bytes]
+    # By book: (version, the package's first bytes: the first chapter's frames), unverified.
+    prefixes: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+
+
+def parse_library_push(data: bytes) -> LibraryPush:
+    """Parse `u32be(n) ‖ n bytes of JSON ‖ envelopes` (ValueError etc. if malformed)."""
+    size = int.from_bytes(data[:4], "big")
+    if len(data) < 4 or size > MAX_JSON_BYTES or len(data) < 4 + size:
+        raise ValueError(f"a header of {size} bytes in a message of {len(data)}")
+    doc = json.loads(data[4 : 4 + size])
+    if doc["type"] != "library_changed":
+        raise ValueError(f"binary message of type {str(doc['type'])[:40]!r}")
+    after = _bounded(doc["after"], 0, _MAX_SEQ, "after")
+    page = _changes_page(
+        {"changes": doc["changes"], "cursor": doc["cursor"], "has_more": False}, after
+    )
+    ordered = {c.book_id for c in page.changes if c.action == "add"}
+    envelopes: dict[str, bytes] = {}
+    offset = 4 + size
+    for entry in doc["manifests"]:
+        book_id = str(entry["book_id"])
+        length = _bounded(entry["length"], 1, _MAX_ENVELOPE_BYTES, "manifest length")
+        if book_id not in ordered or book_id in envelopes:
+            raise ValueError(f"a manifest for {book_id[:80]!r}, which no change orders")
+        envelopes[book_id] = data[offset : offset + length]
+        offset += length
+    prefixes: dict[str, tuple[int, bytes]] = {}
+    for entry in doc.get("frames", []):
+        book_id = str(entry["book_id"])
+        version = _bounded(entry["version"], 1, _MAX_SEQ, "version")
+        length = _bounded(entry["length"], 1, MAX_PUSHED_PREFIX, "frames length")
+        if book_id not in envelopes or book_id in prefixes:
+            raise ValueError(f"frames for {book_id[:80]!r}, whose manifest is not carried")
+        prefixes[book_id] = (version, data[offset : offset + length])
+        offset += length
+    if offset != len(data):
+        raise ValueError(f"the manifests and frames end at byte {offset} of {len(data)}")
+    return LibraryPush(after, page, envelopes, prefixes)
 
 
 _CONTENT_RANGE = re.compile(r"\Abytes (\d+)-(\d+)/(\d+|\*)\Z")
@@ -510,12 +566,18 @@ class ServiceClient:
             raise _transport_error(f"GET {path}", e) from e
 
     @asynccontextmanager
-    async def push_channel(self) -> AsyncIterator[PushChannel]:
-        """The push channel; its keep-alive is the caller's (`PushChannel.ping`), so that the
-        radio's owner decides when it goes."""
+    async def push_channel(self, prefix_room: int = 0) -> AsyncIterator[PushChannel]:
+        """The push channel (version 2: changes and manifests carried, and an order's first
+        frames when they fit `prefix_room` bytes); its keep-alive is the caller's
+        (`PushChannel.ping`), so that the radio's owner decides when it goes."""
+        room = max(0, min(prefix_room, MAX_PUSHED_PREFIX))
         try:
             async with self._session.ws_connect(
-                self.base_url + "/v1/push", headers=self._auth, autoping=False
+                self.base_url + "/v1/push",
+                params={"version": str(PUSH_VERSION), "first_chapter_bytes": str(room)},
+                headers=self._auth,
+                autoping=False,
+                max_msg_size=MAX_PUSH_MESSAGE_BYTES,
             ) as ws:
                 yield PushChannel(ws, self._on_radio)
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
@@ -672,7 +734,9 @@ class PushChannel:
             raise _transport_error("push channel ping", e) from e
 
     async def messages(self) -> AsyncGenerator[dict[str, Any], None]:
-        """Yield the service's messages until the channel closes; answers its pings."""
+        """Yield the service's messages until the channel closes; answers its pings. A binary
+        `library_changed` is yielded as `{"type", "cursor", "carried": LibraryPush}`, or, when
+        malformed, without `carried` (the device pulls the feed instead)."""
         async for message in self._ws:
             self._on_radio()
             if message.type == aiohttp.WSMsgType.PING:
@@ -680,6 +744,15 @@ class PushChannel:
                 continue
             if message.type == aiohttp.WSMsgType.PONG:
                 self._pong.set()
+                continue
+            if message.type == aiohttp.WSMsgType.BINARY:
+                try:
+                    carried = parse_library_push(message.data)
+                except (KeyError, TypeError, ValueError, OverflowError) as e:
+                    log_event(_LOG, logging.WARNING, "push_message_malformed", detail=str(e))
+                    yield {"type": "library_changed"}
+                    continue
+                yield {"type": "library_changed", "cursor": carried.page.cursor, "carried": carried}
                 continue
             if message.type != aiohttp.WSMsgType.TEXT:
                 break

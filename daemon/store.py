@@ -641,9 +641,10 @@ class Store:
                     removed.append(change.book_id)
             if removed:
                 list(db.execute("PRAGMA incremental_vacuum"))  # one page per step
+            # Never backwards: a pull that began before a push was applied ends after it.
             db.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('library_cursor', ?)",
-                (str(cursor),),
+                (str(max(cursor, self.library_cursor())),),
             )
         return removed
 

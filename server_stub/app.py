@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import re
 import time
@@ -24,15 +25,16 @@ from daemon.protocol.manifest import Manifest, WrappedKey, parse_manifest
 from server_stub.annotations import add_routes as add_annotation_routes
 from server_stub.api_errors import ApiError, error_middleware, need_str, read_json_object
 from server_stub.catalog import ImportReport, PackagingSettings, import_library
-from server_stub.faults import FAULTS, FaultInjector, fault_middleware, fired, write_body
+from server_stub.faults import FAULTS, FaultInjector, Fired, fault_middleware, fired, write_body
 from server_stub.faults import install as install_faults
 from server_stub.logs import AccessLogger
 from server_stub.opds import import_opds
-from server_stub.push import PushHub
+from server_stub.push import VERSIONS, PushHub, library_message
 from server_stub.receipts import add_routes as add_receipt_routes
 from server_stub.signing import ServiceKey, TrustChain, load_or_create_key, sign_manifest
 from server_stub.store import Device, PackageInfo, Store
 from server_stub.store.catalog import PACKAGE_CHUNK
+from server_stub.store.library import ORDER_REASONS
 
 MAX_BODY = 64 * 1024  # bytes: every request body is a small JSON object
 CHANGES_DEFAULT_LIMIT = 500
@@ -170,6 +172,7 @@ async def _add(
     """Add to the library (an order, or a hint), tell the devices, answer with the order's
     seq and time and the hints it brought."""
     _catalog_book(request, book_id)
+    before = _feed_positions(request.app, account_id, device_id)
     added = request.app[STORE].add_to_library(
         account_id, book_id, device_id, reason, request.app[CLOCK]()
     )
@@ -177,7 +180,7 @@ async def _add(
         if device_id is None:
             raise ApiError(409, "already_in_library", f"{book_id} is already in this library")
         raise ApiError(409, "already_on_device", f"{book_id} is already on {device_id}")
-    await request.app[HUB].notify(account_id, device_id, added[-1].seq)
+    await _library_changed(request.app, account_id, device_id, added[-1].seq, before)
     order, hints = added[0], added[1:]
     return web.json_response(
         {
@@ -227,12 +230,13 @@ async def wishlist(request: web.Request) -> web.Response:
 async def return_book(request: web.Request) -> web.Response:
     account_id = _account(request)
     book_id = need_str(await read_json_object(request), "book_id", 64)
+    before = _feed_positions(request.app, account_id, None)
     change = request.app[STORE].remove_from_library(
         account_id, book_id, "returned", request.app[CLOCK]()
     )
     if change is None:
         raise ApiError(404, "not_in_library", f"{book_id} is not in this library")
-    await request.app[HUB].notify(account_id, None, change.seq)
+    await _library_changed(request.app, account_id, None, change.seq, before)
     return web.json_response({"seq": change.seq, "at": change.at}, status=201)
 
 
@@ -259,6 +263,77 @@ async def rotate_key(request: web.Request) -> web.Response:
 
 
 # -- the changes feed and the push channel --------------------------------------------------------
+
+
+def _feed_positions(app: web.Application, account_id: str, device_id: str | None) -> dict[str, int]:
+    """Where the feed of each device listening on push version 2 ends, read before a change
+    (no await between this and the change: nothing else can slip in)."""
+    store = app[STORE]
+    return {d: store.latest_seq(account_id, d) for d in app[HUB].carrying(account_id, device_id)}
+
+
+async def _library_changed(
+    app: web.Application,
+    account_id: str,
+    device_id: str | None,
+    cursor: int,
+    before: dict[str, int],
+) -> None:
+    """Tell the devices: version 2 sockets get the changes since `before` and, for an order,
+    the manifest signed for that device; the others the plain notice."""
+    store = app[STORE]
+    whole = {}
+    for dev, after in before.items():
+        device = store.device(dev)
+        changes = store.changes(account_id, dev, after, CHANGES_MAX_LIMIT + 1)
+        if device is None or len(changes) > CHANGES_MAX_LIMIT:
+            continue  # more than a page: the plain notice, and the device pulls
+        manifests, prefixes = [], []
+        room = app[HUB].prefix_room(account_id, dev)
+        for c in changes:
+            if c.action != "add" or c.reason not in ORDER_REASONS:
+                continue  # a hint or a return: nothing to fetch at once
+            try:
+                envelope = _signed_manifest(
+                    app, device, c.book_id, app.get(FAULTS), "pushed_manifest"
+                )
+            except ApiError:
+                continue  # no such version (a replay fault): the device fetches it
+            manifests.append((c.book_id, envelope))
+            prefix = _first_frames(app, c.book_id, c.version, room)
+            if prefix is not None:
+                room -= len(prefix)
+                prefixes.append((c.book_id, c.version, prefix))
+        whole[dev] = library_message(
+            changes[-1].seq if changes else after,
+            after,
+            [c.to_doc() for c in changes],
+            manifests,
+            prefixes,
+        )
+    await app[HUB].notify(account_id, device_id, cursor, whole=whole)
+
+
+def _first_frames(app: web.Application, book_id: str, version: int, room: int) -> bytes | None:
+    """The package's bytes up to the end of the first chapter's frames, if they fit `room`."""
+    store = app[STORE]
+    info = store.package_info(book_id, version)
+    if info is None:
+        return None
+    template = _template(app, book_id, version)
+    needed = template.first_chapter_frames()
+    end = template.frames[needed - 1].offset + template.frames[needed - 1].length if needed else 0
+    if not 0 < end <= room:
+        return None
+    return store.read_package(info.rowid, 0, end)
+
+
+def _dictionaries_doc(store: Store) -> list[dict[str, object]]:
+    """The catalog's current dictionary, which a device fetches while idle (PROTOCOL.md)."""
+    data = store.current_dictionary()
+    if data is None:
+        return []
+    return [{"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}]
 
 
 def _decimal(text: str) -> int | None:
@@ -299,6 +374,9 @@ async def changes(request: web.Request) -> web.Response:
 async def push(request: web.Request) -> web.WebSocketResponse:
     device = _device(request)
     store = request.app[STORE]
+    # The newest version served that the device speaks: a newer device gets what this
+    # service has, as an older service (which reads no query) serves version 1 to anyone.
+    version = min(_query_int(request, "version", 1, 1, 2**31), max(VERSIONS))
     injector = request.app.get(FAULTS)
     silence = fired(request).first("silence")
     return await request.app[HUB].serve(
@@ -308,6 +386,9 @@ async def push(request: web.Request) -> web.WebSocketResponse:
         lambda: store.latest_seq(device.account_id, device.device_id),
         silence=injector.wait_released if silence and injector else None,
         hello_first=bool(silence and silence.after_hello),
+        version=version,
+        hello_extra={"dictionaries": _dictionaries_doc(store)},
+        prefix_room=_query_int(request, "first_chapter_bytes", 0, 0, 2**31),
     )
 
 
@@ -335,27 +416,42 @@ def _template(app: web.Application, book_id: str, version: int) -> Manifest:
     return manifest
 
 
-async def manifest(request: web.Request) -> web.Response:
-    device = _device(request)
-    book_id = _library_book(request, device)
-    book = request.app[STORE].book(book_id)
+def _signed_manifest(
+    app: web.Application,
+    device: Device,
+    book_id: str,
+    faults: Fired | FaultInjector | None = None,
+    route: str = "manifest",
+) -> bytes:
+    """The envelope of the book's current manifest, signed now with its content key wrapped
+    for `device`: what the manifest route serves and what a version 2 push carries."""
+    book = app[STORE].book(book_id)
     if book is None:
         raise ApiError(404, "unknown_book", f"{book_id} is in the library but not in the catalog")
-    fault_state = fired(request)
+    fault_state = faults.take(route) if isinstance(faults, FaultInjector) else faults or Fired()
     replay = fault_state.first("replay_manifest")
-    template = _template(request.app, book_id, replay.version if replay else book.version)
+    swap = fault_state.first("swap_manifest")
+    if swap is not None:  # mix-and-match: another book's manifest, validly signed
+        book = app[STORE].book(swap.book_id)
+        if book is None:
+            raise ApiError(404, "unknown_book", f"the catalog has no book {swap.book_id!r}")
+    template = _template(app, book.book_id, replay.version if replay else book.version)
     forged = fault_state.first("forge_version")
     if forged:  # a broken or stolen signing key fast-forwards the version (FAULTS.md #18)
         template = dataclasses.replace(template, version=forged.version)
-    key = request.app[TRUST].signing_key
+    key = app[TRUST].signing_key
     if fault_state.first("bad_signature"):
         key = Ed25519PrivateKey.generate()
     ephemeral, wrapped = wrap_content_key(
-        x25519_public_key(device.public_key), request.app[STORE].content_key(book_id), book_id
+        x25519_public_key(device.public_key), app[STORE].content_key(book.book_id), book.book_id
     )
-    body = sign_manifest(
-        key, template, request.app[CLOCK](), WrappedKey(WRAP_ALG, ephemeral, wrapped)
-    )
+    return sign_manifest(key, template, app[CLOCK](), WrappedKey(WRAP_ALG, ephemeral, wrapped))
+
+
+async def manifest(request: web.Request) -> web.Response:
+    device = _device(request)
+    book_id = _library_book(request, device)
+    body = _signed_manifest(request.app, device, book_id, fired(request))
     return web.Response(
         body=body,
         content_type="application/vnd.shelfsync.manifest",

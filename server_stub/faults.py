@@ -2,9 +2,10 @@
 
 Rules are appended through the admin API and each fires on the next `times` requests it
 matches. A rule matches a request when its route does ("any" is every non-admin route) and its
-kind applies there: `ignore_range` to the package, `bad_signature`/`replay_manifest`/
-`forge_version` to the manifest, body faults (pause, truncate, corrupt, drip) to any route with a
-body (not the WebSocket), `silence` to the push channel, `error`/`delay` everywhere.
+kind applies there: `ignore_range` to the package; `bad_signature`, `replay_manifest`,
+`forge_version` and `swap_manifest` to the manifest (and but for `forge_version` to
+`pushed_manifest`, the one a push carries); body faults (pause, truncate, corrupt, drip) to any
+route with a body (not the WebSocket); `silence` to the push channel; `error`/`delay` everywhere.
 
 `fault_middleware` fires the rules, answers `error`, waits out `delay`, records every request,
 and applies body faults to plain responses; handlers that stream (the package) send their body
@@ -32,7 +33,20 @@ from server_stub.logs import kv
 # `silence` accepts it and then passes nothing either way until released (a NAT that dropped
 # the mapping, a proxy that blackholes): no hello (unless `after_hello`: a channel that worked,
 # then went silent), no notification, no pong, no heartbeat.
-ROUTES = ("package", "manifest", "dictionary", "changes", "push", "receipts", "notices", "any")
+# "pushed_manifest": the manifest a version 2 push carries with a purchase; not a request, so
+# only the manifest kinds act there, and "any" does not cover it.
+ROUTES = (
+    "package",
+    "manifest",
+    "pushed_manifest",
+    "dictionary",
+    "changes",
+    "push",
+    "receipts",
+    "notices",
+    "any",
+)
+MANIFEST_KINDS = ("bad_signature", "replay_manifest", "swap_manifest")
 BODY_KINDS = ("pause", "truncate", "corrupt", "drip")
 _APPLIES: dict[str, tuple[str, ...] | None] = {  # kind -> routes it acts on (None: all)
     "pause": None,
@@ -42,8 +56,9 @@ _APPLIES: dict[str, tuple[str, ...] | None] = {  # kind -> routes it acts on (No
     "ignore_range": ("package",),
     "error": None,
     "delay": None,
-    "bad_signature": ("manifest",),
-    "replay_manifest": ("manifest",),
+    "bad_signature": ("manifest", "pushed_manifest"),
+    "replay_manifest": ("manifest", "pushed_manifest"),
+    "swap_manifest": ("manifest", "pushed_manifest"),
     "forge_version": ("manifest",),
     "silence": ("push",),
 }
@@ -66,10 +81,13 @@ class FaultRule:
     seconds: float = 0.0
     version: int = 0
     after_hello: bool = False
+    book_id: str = ""
 
     def matches(self, route: str) -> bool:
         if self.remaining <= 0 or self.route not in ("any", route):
             return False
+        if route == "pushed_manifest":
+            return self.route == route and self.kind in MANIFEST_KINDS
         if self.kind in BODY_KINDS and route in NO_BODY_ROUTES:
             return False
         applies = _APPLIES[self.kind]
@@ -88,6 +106,8 @@ class FaultRule:
             doc["retry_after"] = self.retry_after
         elif self.kind in ("replay_manifest", "forge_version"):
             doc["version"] = self.version
+        elif self.kind == "swap_manifest":
+            doc["book_id"] = self.book_id
         elif self.kind == "silence":
             doc["after_hello"] = self.after_hello
         return doc
@@ -113,6 +133,8 @@ def parse_rule(doc: Any) -> FaultRule:
     applies = _APPLIES[kind]
     if applies is not None and route not in ("any", *applies):
         raise ValueError(f"{kind} applies only to route {' or '.join(applies)}")
+    if route == "pushed_manifest" and kind not in MANIFEST_KINDS:
+        raise ValueError(f"only {' and '.join(MANIFEST_KINDS)} apply to route pushed_manifest")
     rule = FaultRule(route=route, kind=kind, remaining=_int(doc, "times", 1, 1_000_000, 1))
     if kind in ("pause", "truncate", "drip"):
         rule.after_bytes = _int(doc, "after_bytes", 0, 2**53, 0 if kind == "drip" else None)
@@ -130,6 +152,11 @@ def parse_rule(doc: Any) -> FaultRule:
         rule.retry_after = _int(doc, "retry_after", 0, 3600, 1)
     elif kind in ("replay_manifest", "forge_version"):
         rule.version = _int(doc, "version", 1, 2**53 - 1)
+    elif kind == "swap_manifest":
+        book_id = doc.get("book_id")
+        if not isinstance(book_id, str) or not 0 < len(book_id) <= 64:
+            raise ValueError("'book_id' must be a book id")
+        rule.book_id = book_id
     elif kind == "silence":
         after_hello = doc.get("after_hello", False)
         if not isinstance(after_hello, bool):

@@ -1,9 +1,11 @@
 """The delivery worker: brings each book in the library onto the device, frame by frame.
 
-For one book: fetch the signed manifest, verify it (daemon.content.trust), record it, then stream
-the missing frames with one Range request per contiguous run, verifying each frame's length and
-SHA-256 against the manifest before committing it on its own. A crash or a cut connection loses at
-most the frame in flight: the next attempt starts at the first frame not committed.
+For one book: fetch the signed manifest (or take the one a push carried with the purchase:
+`offer_manifests`), verify it (daemon.content.trust), record it, then stream the missing frames
+with one Range request per run (runs a short gap apart share one: plan.fetch_span), verifying
+each frame's length and SHA-256 against the manifest before committing it on its own. A crash or
+a cut connection loses at most the frame in flight: the next attempt starts at the first frame
+not committed.
 
 The scheduler (`run`) asks the planner what to start and what to pause, owns one task per running
 delivery, and cancels and awaits them all on shutdown. A download below the wanted books is paused
@@ -28,12 +30,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from daemon.backoff import Backoff
+from daemon.client import LibraryPush
 from daemon.clock import Clock
 from daemon.config import DISK_FULL_PAUSE_S
 from daemon.content import plan
+from daemon.content.dictionaries import Dictionaries
 from daemon.content.trust import verify_manifest, verify_root
 from daemon.errors import (
-    DictionaryError,
     DiskFullError,
     ExpiredError,
     FrameHashError,
@@ -50,8 +53,12 @@ from daemon.killpoints import killpoint
 from daemon.logs import log_event
 from daemon.memory import give_back
 from daemon.models import DeliveryCandidate, FrameRow, HeldBook
-from daemon.protocol.codec import Dictionary
-from daemon.protocol.crypto import WRAP_ALG, open_root_envelope, unwrap_content_key
+from daemon.protocol.crypto import (
+    ENVELOPE_SLACK,
+    WRAP_ALG,
+    open_root_envelope,
+    unwrap_content_key,
+)
 from daemon.protocol.manifest import PROTOCOL_LIMITS, Manifest, ManifestLimits
 from daemon.protocol.root import MAX_ROOT_ROTATIONS, Root, parse_root, pinned_root
 from daemon.radio.windows import RadioWindows
@@ -61,6 +68,7 @@ from daemon.store import Store
 
 _LOG = logging.getLogger("shelfsync.delivery")
 RECHECK_S = 30.0  # while the planner holds books back, look again this often
+MAX_OFFERED = 64  # pushed manifests kept for deliveries not started yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,15 +81,9 @@ class DeliveryPolicy:
     disk_full_pause_s: float = DISK_FULL_PAUSE_S  # tests shorten it
     manifest_limits: ManifestLimits = PROTOCOL_LIMITS  # the device's, from its RAM budget
 
-
-def contiguous_run(missing: list[FrameRow]) -> list[FrameRow]:
-    """The leading frames of `missing` whose indexes follow each other: one Range request."""
-    run = missing[:1]
-    for frame in missing[1:]:
-        if frame.idx != run[-1].idx + 1:
-            break
-        run.append(frame)
-    return run
+    # Held frames a Range request may read past rather than pay another round trip: the link's
+    # bandwidth-delay product (plan.fetch_span). 0 requests each run of missing frames alone.
+    span_gap_bytes: int = 0
 
 
 # A frame this large is hashed on a worker thread (hashlib lets go of the GIL), not on the
@@ -131,8 +133,15 @@ class DeliveryWorker:
         battery_restricted: Callable[[], bool] = lambda: False,
         archive_slots: Callable[[], int] = lambda: 0,
         comeback: Comeback | None = None,
+        dictionaries: Dictionaries | None = None,
     ) -> None:
         self._store = store
+        self._dictionaries = dictionaries or Dictionaries(store, client)
+        # Signed manifests a push carried, by book, not yet verified: the next attempt of
+        # that book's delivery takes its manifest from here instead of fetching it.
+        self._offered: dict[str, bytes] = {}
+        # The package's first bytes a push carried, by book: (version, bytes).
+        self._offered_frames: dict[str, tuple[int, bytes]] = {}
         self._client = client
         self._clock = clock
         self._pinned_key = pinned_key
@@ -158,6 +167,16 @@ class DeliveryWorker:
     def wake(self) -> None:
         """The library changed, or the link came back: look again at what to deliver."""
         self._wake.set()
+
+    def offer_manifests(self, push: LibraryPush) -> None:
+        """Manifest envelopes and first frames a push carried: each manifest is verified when
+        its delivery starts, exactly as a fetched one (a refused one fails that attempt; the
+        retry fetches), and each frame is checked against it as a fetched frame is."""
+        self._offered.update(push.envelopes)
+        self._offered_frames.update(push.prefixes)
+        for offered in (self._offered, self._offered_frames):
+            while len(offered) > MAX_OFFERED:
+                offered.pop(next(iter(offered)))
 
     def free_bytes(self) -> int:
         """Room left for books: within the quota and above the file system's reserve."""
@@ -385,7 +404,10 @@ class DeliveryWorker:
         """Bring a book onto the device; with `manifest_only`, verify and record its signed
         manifest and stop there (the planner then knows its true size)."""
         limits = self._policy.manifest_limits
-        envelope = await self._client.manifest_envelope(book_id, limits.max_bytes)
+        pushed = self._offered.pop(book_id, None)
+        if pushed is not None and len(pushed) > limits.max_bytes + ENVELOPE_SLACK:
+            pushed = None  # over this device's bound: fetched, where the client cuts it
+        envelope = pushed or await self._client.manifest_envelope(book_id, limits.max_bytes)
         try:
             manifest = await self._verify(book_id, envelope, limits)
         except (SignatureError, RollbackError, ExpiredError):
@@ -395,7 +417,8 @@ class DeliveryWorker:
                 raise
             manifest = await self._verify(book_id, envelope, limits)
         self._check_content_key(manifest)
-        await self._ensure_dictionary(manifest)
+        if manifest.dictionary is not None:
+            await self._dictionaries.ensure(manifest.dictionary.sha256, manifest.dictionary.size)
         self._store.record_manifest(manifest, envelope, self._clock.wall())
         give_back()  # a large manifest's parse leaves holes in the heap
         log_event(
@@ -403,14 +426,16 @@ class DeliveryWorker:
             logging.INFO,
             "manifest_verified",
             book=book_id,
+            source="fetched" if pushed is None else "pushed",
             version=manifest.version,
             frames=len(manifest.frames),
             package_bytes=manifest.package_size,
         )
         if manifest_only:
             return
+        self._commit_pushed_frames(manifest)
         while missing := self._store.missing_frames(book_id, manifest.version):
-            await self._fetch_run(manifest, contiguous_run(missing))
+            await self._fetch_run(manifest, plan.fetch_span(missing, self._policy.span_gap_bytes))
         wanted = self._store.wanted_version(book_id)
         if manifest.version < wanted:
             # Taken as a success, the book would be pending still and started again at once:
@@ -482,6 +507,20 @@ class DeliveryWorker:
             trusted, rotated = root, True
         return rotated
 
+    def _commit_pushed_frames(self, manifest: Manifest) -> None:
+        """Commit the leading frames a push carried for this version, each verified as a
+        fetched frame (a frame that fails its hash fails the attempt, as on the Range path)."""
+        version, data = self._offered_frames.pop(manifest.book_id, (0, b""))
+        if version != manifest.version:
+            return
+        missing = {f.idx for f in self._store.missing_frames(manifest.book_id, version)}
+        for idx, frame in enumerate(manifest.frames):
+            if frame.offset + frame.length > len(data):
+                break  # only whole frames: the rest comes by Range
+            if idx in missing:  # a push carries at most MAX_PUSHED_PREFIX: hashed on the loop
+                piece = data[frame.offset : frame.offset + frame.length]
+                self._commit(manifest, idx, piece, hashlib.sha256(piece).hexdigest())
+
     def _check_content_key(self, manifest: Manifest) -> None:
         """Refuse, before storing anything, a manifest whose key this device cannot unwrap."""
         key = manifest.content_key
@@ -489,30 +528,17 @@ class DeliveryWorker:
             raise ManifestError(f"{manifest.book_id}: no content key this device can use")
         unwrap_content_key(self._device_key, key.ephemeral, key.wrapped, manifest.book_id)
 
-    async def _ensure_dictionary(self, manifest: Manifest) -> None:
-        """Fetch the manifest's dictionary once; every later book naming it shares it."""
-        ref = manifest.dictionary
-        if ref is None or self._store.dictionary(ref.sha256) is not None:
-            return
-        data = await self._client.dictionary(ref.sha256)
-        if len(data) != ref.size:
-            raise DictionaryError(
-                f"dictionary {ref.sha256[:16]} is {len(data)} bytes, not {ref.size}"
-            )
-        Dictionary.verified(data, ref.sha256)
-        self._store.put_dictionary(ref.sha256, data)
-        log_event(_LOG, logging.INFO, "dictionary_stored", sha256=ref.sha256[:16], bytes=len(data))
-
     async def _fetch_run(self, manifest: Manifest, run: list[FrameRow]) -> None:
         book_id = manifest.book_id
         first = 0 if book_id in self._whole_package else run[0].idx
         end = run[-1].package_offset + run[-1].length - 1
+        wanted = {frame.idx for frame in run}
         async with self._client.package(
             book_id, manifest.version, manifest.frames[first].offset, end, manifest.package_size
         ) as body:
             for idx in range(first, run[-1].idx + 1):
                 data = await body.read_exactly(manifest.frames[idx].length)
-                if idx >= run[0].idx:  # below: already held, read past (whole-package fallback)
+                if idx in wanted:  # else already held, read past (a gap, or the whole package)
                     self._commit(manifest, idx, data, await _sha256(data))
         self._whole_package.discard(book_id)
 

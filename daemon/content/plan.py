@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from daemon.models import DeliveryCandidate, HeldBook
+from daemon.models import DeliveryCandidate, FrameRow, HeldBook
 
 FRESH_WINDOW_S = 600.0
 PROMISE_S = 60.0  # a purchase is complete on the device within this (DESIGN.md, promise 1)
@@ -278,3 +278,18 @@ def next_retry(
     """The earliest future time at which a waiting book becomes ready again."""
     waiting = [c.retry_at for c in candidates if c.book_id not in running and c.retry_at > now]
     return min(waiting, default=None)
+
+
+def fetch_span(missing: Sequence[FrameRow], max_gap_bytes: int) -> list[FrameRow]:
+    """The missing frames (in package order) that the next Range request brings: the first run
+    of consecutive missing frames, joined with each following run whose gap of frames already
+    held is at most `max_gap_bytes`, which the request reads past. The caller passes the link's
+    bandwidth-delay product: a gap that small costs less to read than the idle round trip of
+    one more request (a revision's changed frames, scattered, then arrive at the link's rate)."""
+    span = list(missing[:1])
+    for frame in missing[1:]:
+        previous = span[-1]
+        if frame.package_offset - (previous.package_offset + previous.length) > max_gap_bytes:
+            break
+        span.append(frame)
+    return span

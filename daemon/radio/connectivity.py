@@ -8,6 +8,10 @@ When the channel drops or dies, the daemon reconnects with jittered backoff (res
 channel that spoke) and, meanwhile, polls the changes feed at the profile's poll interval, so a
 purchase still arrives when push is blocked (a captive portal, a proxy that drops WebSockets).
 
+Push version 2: a `library_changed` that carries the changes themselves (and an order's signed
+manifest) is handed on whole, to be applied without a pull; the hello names the catalog's
+dictionaries, fetched while idle.
+
 Radio: the keep-alive ping and the poll are the daemon's only idle wake-ups. Both go through the
 radio's owner (daemon/radio/windows.py), so deferred work rides them; the ping may go up to half a
 period early, to ride a radio that is awake anyway.
@@ -24,6 +28,7 @@ from functools import partial
 from typing import Any
 
 from daemon.backoff import Backoff
+from daemon.client import LibraryPush
 from daemon.clock import Clock, within
 from daemon.errors import ShelfsyncError, StalledError, TransportError
 from daemon.logs import log_event
@@ -46,8 +51,16 @@ class Connectivity:
         poll_interval_s: float,
         backoff: Backoff | None = None,
         on_event: Callable[[str], None] = lambda kind: None,
+        on_library_push: Callable[[LibraryPush], None] | None = None,
+        on_dictionaries: Callable[[list[Any]], None] = lambda refs: None,
+        prefix_room: Callable[[], int] = lambda: 0,
     ) -> None:
         self._client = client
+        # A change the push carried whole (else a pull is asked for), and the dictionaries
+        # the hello names (fetched while idle, off the first purchase's path).
+        self._on_library_push = on_library_push
+        self._on_dictionaries = on_dictionaries
+        self._prefix_room = prefix_room  # room for an order's first frames, said on connect
         # Told "online" when the channel connects, each message's type, and "poll" while down:
         # the annotation and popular-highlight workers sync on these.
         self._on_event = on_event
@@ -65,7 +78,7 @@ class Connectivity:
         while True:
             first = self.retry.failures == 0
             try:
-                async with self._client.push_channel() as channel:
+                async with self._client.push_channel(self._prefix_room()) as channel:
                     await self._serve(channel)
                 log_event(_LOG, logging.INFO, "push_closed")
                 decision = self.retry.failed(TransportError("the push channel closed"))
@@ -133,9 +146,15 @@ class Connectivity:
                 self._act_on(message)
 
     def _act_on(self, message: dict[str, Any]) -> None:
-        if message.get("type") in ("hello", "library_changed"):
+        kind = message.get("type")
+        carried = message.get("carried")
+        if isinstance(carried, LibraryPush) and self._on_library_push is not None:
+            self._on_library_push(carried)
+        elif kind in ("hello", "library_changed"):
             self._request_sync()
-        self._on_event(str(message.get("type")))
+        if kind == "hello" and isinstance(message.get("dictionaries"), list):
+            self._on_dictionaries(message["dictionaries"])
+        self._on_event(str(kind))
 
     async def _keep_alive(self, channel: PushStream) -> None:
         while True:

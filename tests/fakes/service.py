@@ -167,7 +167,7 @@ class FakeService:
         yield body
 
     @asynccontextmanager
-    async def push_channel(self) -> AsyncIterator[FakePushChannel]:
+    async def push_channel(self, prefix_room: int = 0) -> AsyncIterator[FakePushChannel]:
         self._called("push_channel")
         self.channel = FakePushChannel(self)
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import apsw
@@ -10,7 +11,7 @@ import pytest
 from daemon.protocol.manifest import parse_manifest
 from server_stub.app import RunningStub
 from tests.conftest import StubImport
-from tests.integration.harness import Device, admin
+from tests.integration.harness import Device, admin, running_device
 from tests.integration.test_delivery import assert_reads_back
 
 SMALL = "calibre_quick_start_eng.epub"  # small frames of markup: the dictionary wins here
@@ -29,24 +30,34 @@ def device(corpus_device: Device) -> Device:
 
 @pytest.mark.faults(19)
 async def test_a_dictionary_that_does_not_match_its_hash_is_refused(
-    stub: RunningStub, device: Device, stub_corpus_import: StubImport, corpus_dir: Path
+    stub: RunningStub, stub_corpus_import: StubImport, corpus_dir: Path, tmp_path: Path
 ) -> None:
     book_id = stub_corpus_import.book_ids[SMALL]
     template = stub.store.manifest_template(book_id, 1)
     assert template is not None
     assert parse_manifest(template, template=True).dictionary is not None
+    # Corrupt twice: when the push channel's hello names it (fetched while idle), and when the
+    # purchase then needs it.
     await admin(
         stub.url,
         "POST",
         "/v1/admin/faults",
-        {"rules": [{"route": "dictionary", "kind": "corrupt", "at_byte": 5000}]},
+        {"rules": [{"route": "dictionary", "kind": "corrupt", "at_byte": 5000, "times": 2}]},
     )
-    await device.account.buy(book_id)
+    async with running_device(stub.url, stub.public_key_text, tmp_path / "fresh") as device:
+        while not any(
+            r["path"].startswith("/v1/dictionaries/")
+            for r in (await admin(stub.url, "GET", "/v1/admin/requests"))["requests"]
+        ):
+            await asyncio.sleep(0.01)
+        await device.account.buy(book_id)
 
-    refused = await device.wait_for(book_id, lambda b: "DictionaryError" in (b["last_error"] or ""))
-    assert refused["version"] is None  # nothing of that manifest was stored
-    await device.wait_complete(book_id, timeout_s=30)
-    await assert_reads_back(device.api, corpus_dir / SMALL)
+        refused = await device.wait_for(
+            book_id, lambda b: "DictionaryError" in (b["last_error"] or "")
+        )
+        assert refused["version"] is None  # nothing of that manifest was stored
+        await device.wait_complete(book_id, timeout_s=30)
+        await assert_reads_back(device.api, corpus_dir / SMALL)
 
 
 @pytest.mark.faults(21)

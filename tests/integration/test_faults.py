@@ -103,14 +103,46 @@ async def test_a_tampered_frame_is_refused_and_fetched_again(
     await assert_reads_back(device.api, corpus_dir / BOOK)
 
 
+async def manifest_fault(stub: RunningStub, via: str, **rule: Any) -> None:
+    """A manifest fault on the way `via` names: "push" (the manifest the purchase's push
+    carries) or "fetch" (that one too, then every fetch: the device's retries fetch it)."""
+    await add_fault(stub, route="pushed_manifest", **rule, times=1)
+    if via == "fetch":
+        await add_fault(stub, route="manifest", **rule, times=2)
+
+
 @pytest.mark.faults(20)
+@pytest.mark.parametrize("via", ["push", "fetch"])
 async def test_a_manifest_signed_by_another_key_is_refused_and_nothing_is_stored(
-    stub: RunningStub, device: Device, book_id: str, corpus_dir: Path
+    stub: RunningStub, device: Device, book_id: str, corpus_dir: Path, via: str
 ) -> None:
-    await add_fault(stub, route="manifest", kind="bad_signature", times=2)
+    await manifest_fault(stub, via, kind="bad_signature")
     await device.account.buy(book_id)
 
     refused = await device.wait_for(book_id, failed_with("SignatureError"))
+    assert refused["version"] is None
+    assert refused["frames_total"] == 0
+    assert await package_requests(stub) == []
+    await device.wait_complete(book_id, timeout_s=30)
+    await assert_reads_back(device.api, corpus_dir / BOOK)
+
+
+@pytest.mark.faults(20)
+@pytest.mark.parametrize("via", ["push", "fetch"])
+async def test_another_books_manifest_is_refused_and_nothing_is_stored(
+    stub: RunningStub,
+    device: Device,
+    book_id: str,
+    corpus_dir: Path,
+    stub_corpus_import: StubImport,
+    via: str,
+) -> None:
+    other = stub_corpus_import.book_ids["idpf_wasteland.epub"]  # validly signed, mixed in
+    await manifest_fault(stub, via, kind="swap_manifest", book_id=other)
+    await device.account.buy(book_id)
+
+    refused = await device.wait_for(book_id, failed_with("ManifestError"))
+    assert f"asked for the manifest of {book_id}, got one for {other}" in refused["last_error"]
     assert refused["version"] is None
     assert refused["frames_total"] == 0
     assert await package_requests(stub) == []
@@ -156,7 +188,9 @@ async def test_a_server_that_ignores_range_is_never_spliced(
 
 @pytest.mark.faults(7)
 async def test_service_errors_are_retried(stub: RunningStub, device: Device, book_id: str) -> None:
-    await add_fault(stub, route="manifest", kind="error", status=503, times=2)
+    # The package: the manifest comes with the purchase's push (its errors are the push
+    # channel's, tests/integration/test_push_fallback.py).
+    await add_fault(stub, route="package", kind="error", status=503, times=2)
     await device.account.buy(book_id)
     book = await device.wait_complete(book_id, timeout_s=30)
     assert book["retries"] == 2

@@ -9,18 +9,21 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+import server_stub.app
 from daemon.client import AccountClient, ClientLimits, ServiceClient
 from daemon.clock import SystemClock
 from daemon.content.library_sync import PAGE_SIZE, LibrarySync
 from daemon.protocol.crypto import public_key_to_text, x25519_public_text
+from daemon.protocol.manifest import parse_manifest
 from daemon.radio.windows import RadioWindows
 from daemon.store import Store
-from server_stub.app import running_stub
+from server_stub.app import RunningStub, running_stub
 from tests.conftest import StubImport
-from tests.integration.harness import admin, running_device
+from tests.integration.harness import Device, admin, running_device
 
 
 async def test_a_library_of_20000_books_syncs_in_bounded_pages(
@@ -58,7 +61,32 @@ async def test_a_library_of_20000_books_syncs_in_bounded_pages(
         store.close()
 
 
-async def test_a_purchase_is_pushed_to_the_device(
+async def _requests_after_purchase(
+    stub: RunningStub, device: Device, book_id: str, *, prefetched: bool = True
+) -> list[str]:
+    """The paths the device asked for between the purchase and the complete book, once it
+    is online (and, if `prefetched`, once it has fetched the catalog's dictionary while idle)."""
+    while not device.daemon.runtime()["online"]:
+        await asyncio.sleep(0.01)
+    while prefetched and not any(
+        r["path"].startswith("/v1/dictionaries/")
+        for r in (await admin(stub.url, "GET", "/v1/admin/requests"))["requests"]
+    ):
+        await asyncio.sleep(0.01)
+    await admin(stub.url, "DELETE", "/v1/admin/requests")
+    await device.account.buy(book_id)
+    book = await device.wait_complete(book_id)
+    assert book["notified_at"] - book["ordered_at"] < 5  # long before the 30 s poll
+    log = (await admin(stub.url, "GET", "/v1/admin/requests"))["requests"]
+    paths = [r["path"] for r in log]
+    return [
+        p
+        for p in paths[paths.index("/v1/library/buy") + 1 :]
+        if p.startswith(("/v1/books/", "/v1/library/", "/v1/dictionaries/"))
+    ]
+
+
+async def test_a_purchase_arrives_whole_on_the_push_channel(
     tmp_path: Path, corpus_stub_data: Path, stub_corpus_import: StubImport
 ) -> None:
     book_id = stub_corpus_import.book_ids["idpf_wasteland.epub"]
@@ -66,17 +94,43 @@ async def test_a_purchase_is_pushed_to_the_device(
         running_stub(corpus_stub_data, port=0, faults=True) as stub,
         running_device(stub.url, stub.public_key_text, tmp_path / "d") as device,
     ):
-        while not device.daemon.runtime()["online"]:
-            await asyncio.sleep(0.01)
-        await admin(stub.url, "DELETE", "/v1/admin/requests")
-        await device.account.buy(book_id)
-        book = await device.wait_complete(book_id)
-        # Told by push: the feed is asked right after the purchase, long before the profile's
-        # 30 s poll would have come round.
+        # The change, its signed manifest and the first chapter's frame came with the push,
+        # the dictionary before the purchase: the one request is for the package's rest.
+        assert await _requests_after_purchase(stub, device, book_id) == [
+            f"/v1/books/{book_id}/versions/1/package"
+        ]
+        manifest = parse_manifest(stub.store.manifest_template(book_id, 1) or b"", template=True)
+        assert manifest.first_chapter_frames() == 1
         log = (await admin(stub.url, "GET", "/v1/admin/requests"))["requests"]
-        paths = [r["path"] for r in log]
-        assert "/v1/library/changes" in paths[paths.index("/v1/library/buy") :]
-        assert book["notified_at"] - book["ordered_at"] < 5
+        [package] = [r for r in log if r["path"].endswith("/package")]
+        assert package["range"] == f"bytes={manifest.frames[1].offset}-{manifest.package_size - 1}"
+        book = await device.api.library_entry(book_id)
+        assert book is not None
+        assert book["bytes_fetched"] == manifest.package_size  # pushed frames count as fetched
+
+
+async def test_a_service_that_speaks_push_version_1_only_still_delivers(
+    tmp_path: Path,
+    corpus_stub_data: Path,
+    stub_corpus_import: StubImport,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(server_stub.app, "VERSIONS", (1,))  # the service before version 2
+    book_id = stub_corpus_import.book_ids["idpf_wasteland.epub"]
+    async with (
+        running_stub(corpus_stub_data, port=0, faults=True) as stub,
+        running_device(stub.url, stub.public_key_text, tmp_path / "d") as device,
+    ):
+        # Told by push, the device pulls the feed, then fetches the manifest and the package.
+        paths = await _requests_after_purchase(stub, device, book_id, prefetched=False)
+        manifest = parse_manifest(stub.store.manifest_template(book_id, 1) or b"", template=True)
+        assert manifest.dictionary is not None
+        assert paths == [
+            "/v1/library/changes",
+            f"/v1/books/{book_id}/manifest",
+            f"/v1/dictionaries/{manifest.dictionary.sha256}",
+            f"/v1/books/{book_id}/versions/1/package",
+        ]
 
 
 def shelfsync(*args: str) -> subprocess.CompletedProcess[str]:

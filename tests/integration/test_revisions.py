@@ -32,8 +32,9 @@ def revise_epub(src: Path, dst: Path, path: str, old: bytes, new: bytes) -> None
 
 
 @pytest.mark.faults(2, 16)
+@pytest.mark.parametrize("via", ["push", "fetch"])
 async def test_a_revision_fetches_only_changed_frames_and_a_replayed_old_one_is_refused(
-    tmp_path: Path, corpus_dir: Path
+    tmp_path: Path, corpus_dir: Path, via: str
 ) -> None:
     library = tmp_path / "library"
     library.mkdir()
@@ -75,12 +76,12 @@ async def test_a_revision_fetches_only_changed_frames_and_a_replayed_old_one_is_
             # Returned and bought again: the service now replays the old, validly signed v1.
             await account.return_book(book_id)
             await device.wait_removed(book_id)
-            await admin(
-                stub.url,
-                "POST",
-                "/v1/admin/faults",
-                {"rules": [{"route": "manifest", "kind": "replay_manifest", "version": 1}]},
-            )
+            # Replayed in the purchase's push, and (`fetch`) in the retry's fetch as well.
+            replay = {"kind": "replay_manifest", "version": 1}
+            rules = [{"route": "pushed_manifest", **replay}]
+            if via == "fetch":
+                rules.append({"route": "manifest", **replay})
+            await admin(stub.url, "POST", "/v1/admin/faults", {"rules": rules})
             await account.buy(book_id)
             refused = await device.wait_for(
                 book_id, lambda b: "RollbackError" in (b["last_error"] or "")

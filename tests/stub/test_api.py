@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -260,6 +261,71 @@ async def test_push_says_hello_and_library_changed(
         async with api.session.ws_connect(f"{stub.url}/v1/push"):
             pass
     assert e.value.status == 401
+
+
+async def test_push_version_2_carries_the_change_and_the_manifest_made_for_the_device(
+    api: Api, stub: RunningStub, small_import: StubImport
+) -> None:
+    account = await api.account()
+    _, device = await api.device(account)
+    first = await api.buy(account, small_import.book_ids[ALICE])
+    headers = {"Authorization": f"Bearer {device}"}
+    url = f"{stub.url}/v1/push?version=2&first_chapter_bytes=262144"
+    async with api.session.ws_connect(url, headers=headers) as ws:
+        hello = await ws.receive_json(timeout=5)
+        dictionary = stub.store.current_dictionary()
+        assert dictionary is not None
+        assert hello == {
+            "type": "hello",
+            "cursor": first,
+            "version": 2,
+            "dictionaries": [
+                {"sha256": hashlib.sha256(dictionary).hexdigest(), "size": len(dictionary)}
+            ],
+        }
+        book_id = small_import.book_ids[TEST_BOOK]
+        second = await api.buy(account, book_id)
+        data = await ws.receive_bytes(timeout=5)
+        size = int.from_bytes(data[:4], "big")
+        header = json.loads(data[4 : 4 + size])
+        assert header["cursor"] == second
+        assert header["after"] == first
+        assert [(c["seq"], c["book_id"], c["action"]) for c in header["changes"]] == [
+            (second, book_id, "add")
+        ]
+        [entry] = header["manifests"]
+        envelope = data[4 + size : 4 + size + entry["length"]]
+        key = public_key_from_text(stub.public_key_text)
+        manifest = parse_manifest(open_envelope(envelope, key))
+        assert manifest.book_id == book_id
+        assert manifest.content_key is not None  # wrapped for this device
+        # The first chapter fits the room the device said it has: its frames follow.
+        last = manifest.frames[manifest.first_chapter_frames() - 1]
+        end = last.offset + last.length
+        version = manifest.version
+        assert header["frames"] == [{"book_id": book_id, "version": version, "length": end}]
+        info = stub.store.package_info(book_id, version)
+        assert info is not None
+        assert data[4 + size + entry["length"] :] == stub.store.read_package(info.rowid, 0, end)
+
+        # A return travels whole too, with nothing to fetch.
+        returned = await api.call("POST", "/v1/library/return", account, {"book_id": book_id}, 201)
+        data = await ws.receive_bytes(timeout=5)
+        header = json.loads(data[4:])
+        assert header["after"] == second
+        assert [c["action"] for c in header["changes"]] == ["remove"]
+        assert header["cursor"] == returned["seq"]
+        assert header["manifests"] == []
+
+
+async def test_a_device_asking_for_a_newer_push_version_gets_the_newest_served(
+    api: Api, stub: RunningStub
+) -> None:
+    account = await api.account()
+    _, device = await api.device(account)
+    headers = {"Authorization": f"Bearer {device}"}
+    async with api.session.ws_connect(f"{stub.url}/v1/push?version=7", headers=headers) as ws:
+        assert (await ws.receive_json(timeout=5))["version"] == 2
 
 
 async def test_push_sockets_close_when_the_stub_stops(

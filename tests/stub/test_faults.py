@@ -262,6 +262,8 @@ async def test_silence_passes_nothing_on_the_push_channel_until_released(
         ({"route": "any", "kind": "error", "times": 0}, "'times' must be an integer"),
         ({"route": "package", "kind": "silence"}, "applies only to route push"),
         ({"route": "push", "kind": "silence", "after_hello": 1}, "'after_hello' must be"),
+        ({"route": "pushed_manifest", "kind": "error"}, "apply to route pushed_manifest"),
+        ({"route": "manifest", "kind": "swap_manifest"}, "'book_id' must be a book id"),
     ],
 )
 async def test_bad_rules_are_refused(device: Device, rule: dict[str, Any], problem: str) -> None:

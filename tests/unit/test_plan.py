@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 from hypothesis import assume, given, settings
@@ -18,6 +19,7 @@ from daemon.content.plan import (
     PROVING_SIZE,
     WANTED,
     Budget,
+    fetch_span,
     fresh_order,
     is_fresh,
     next_retry,
@@ -25,7 +27,7 @@ from daemon.content.plan import (
     priority_class,
     protected,
 )
-from daemon.models import DeliveryCandidate, HeldBook
+from daemon.models import DeliveryCandidate, FrameRow, HeldBook
 
 NOW = 1_000_000.0
 MB = 1_000_000
@@ -413,3 +415,29 @@ def test_a_purchase_claimed_at_the_quota_fetches_its_manifest_before_evicting() 
     plan = plan_deliveries([replace(claimed, size_proven=True)], held, budget, NOW, set(), 0, 1)
     assert plan.start == ["claimed"]
     assert len(plan.evict) == 9
+
+
+frame_sizes = st.lists(st.tuples(st.integers(1, 5000), st.booleans()), min_size=1, max_size=40)
+
+
+@given(frame_sizes, st.integers(0, 20_000))
+def test_a_span_is_the_missing_frames_up_to_the_first_gap_too_wide_to_read_past(
+    frames: list[tuple[int, bool]], max_gap: int
+) -> None:
+    rows, offset = [], 0
+    for idx, (length, held) in enumerate(frames):
+        rows.append((FrameRow(idx, "", offset, length, 0, length, "raw"), held))
+        offset += length
+    missing = [row for row, held in rows if not held]
+    span = fetch_span(missing, max_gap)
+    assert span == missing[: len(span)]
+    assert bool(span) == bool(missing)
+
+    def gap(a: FrameRow, b: FrameRow) -> int:
+        return b.package_offset - (a.package_offset + a.length)
+
+    assert all(gap(a, b) <= max_gap for a, b in itertools.pairwise(span))
+    if len(span) < len(missing):
+        assert gap(span[-1], missing[len(span)]) > max_gap
+    if max_gap == 0 and span:  # reading nothing held: exactly the first run of consecutive frames
+        assert [f.idx for f in span] == list(range(span[0].idx, span[0].idx + len(span)))
