@@ -84,7 +84,7 @@ GAPS = {
     20: "one key only: no thresholds or duplicate keyids in the format",
     22: "feed fields bounded; no 100 MB manifest, fuzzing or bounded manifest fields (#24.7)",
     23: "gzip forced on the package route only",
-    25: "integrity_check is not run when idle; quick_check at start only",
+    25: "a -wal deleted together with its -shm is not told from a clean close elsewhere",
     26: "no faketime around TLS; a clock jump checked at the store, not in a running download",
     32: "oversized bodies only; no slowloris or 500 sockets",
 }

@@ -38,6 +38,7 @@ async def _connect(device: Device, tcp: bool) -> tuple[asyncio.StreamReader, asy
     return await asyncio.open_unix_connection(str(device.daemon.settings.api_socket))
 
 
+@pytest.mark.faults(32)
 @pytest.mark.parametrize("tcp", [False, True])
 async def test_headers_that_trickle_in_are_cut_off(hasty_device: Device, tcp: bool) -> None:
     reader, writer = await _connect(hasty_device, tcp)
