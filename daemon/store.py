@@ -325,9 +325,9 @@ class DiskWatch:
     def met(self, error: StoreError) -> None:
         """A store met this error: a full disk or a damaged page is the watch's to tell."""
         if isinstance(error, DiskFullError):
-            self.full(str(error.__cause__ or error))
+            self.full(str(error).removeprefix("the disk is full, nothing was saved: "))
         elif isinstance(error, DatabaseDamagedError):
-            self.damaged(str(error.__cause__ or error))
+            self.damaged(str(error))
 
     def damaged(self, found: str) -> None:
         """The database was found damaged while running (a read, the idle check)."""
@@ -451,10 +451,7 @@ class Store:
             raise self._typed(e) from e
 
     def _typed(self, e: apsw.Error) -> StoreError:
-        typed = _typed(e)
-        if self._watch is not None:
-            self._watch.met(typed)
-        return typed
+        return translate(e, self._watch)
 
     def one(self, sql: str, bindings: Any = ()) -> Any:
         rows = self.query(sql, bindings)
@@ -1261,9 +1258,12 @@ class Store:
     def snapshot(self) -> Iterator[None]:
         """A read transaction: what is read inside stays consistent while other connections
         commit (WAL), so a resource is never served half from an old version."""
-        with self._db:
-            self._db.execute("SELECT 1 FROM meta LIMIT 1")
-            yield
+        try:
+            with self._db:
+                self._db.execute("SELECT 1 FROM meta LIMIT 1")
+                yield
+        except apsw.Error as e:
+            raise self._typed(e) from e
 
     def shared_highlight_count(self) -> int:
         return int(self.one("SELECT count(*) FROM popular_passages")[0])
@@ -1292,17 +1292,23 @@ class Store:
         return "; ".join(str(r[0]) for r in rows)[:500]
 
 
-def _typed(e: apsw.Error) -> StoreError:
-    """SQLite's error as ours: a full disk, or any other failure (an I/O error, FAULTS.md #6),
-    after which the transaction was rolled back and nothing of it stays."""
+def translate(e: apsw.Error, watch: DiskWatch | None = None) -> StoreError:
+    """SQLite's error as ours, for every store (this one, the notes'): a full disk, a damaged
+    page, or any other failure (an I/O error, FAULTS.md #6), after which the transaction was
+    rolled back and nothing of it stays. `watch` hears of the first two, for status."""
     # On a full disk SQLite may roll back by itself; apsw's own rollback then fails with
     # "no transaction is active" and the FullError is only its cause.
     full = next((x for x in (e, e.__cause__, e.__context__) if isinstance(x, apsw.FullError)), None)
+    typed: StoreError
     if full is not None:
-        return DiskFullError(f"the disk is full: {full}")
-    if isinstance(e, apsw.CorruptError | apsw.NotADBError):
-        return DatabaseDamagedError(f"the database file is damaged: {type(e).__name__}: {e}")
-    return StoreError(f"the database failed: {type(e).__name__}: {e}")
+        typed = DiskFullError(f"the disk is full, nothing was saved: {full}")
+    elif isinstance(e, apsw.CorruptError | apsw.NotADBError):
+        typed = DatabaseDamagedError(f"the database file is damaged: {type(e).__name__}: {e}")
+    else:
+        return StoreError(f"the database failed: {type(e).__name__}: {e}")
+    if watch is not None:
+        watch.met(typed)
+    return typed
 
 
 def _state(
