@@ -453,6 +453,23 @@ class Store:
     def _typed(self, e: apsw.Error) -> StoreError:
         return translate(e, self._watch)
 
+    def _rows(self, sql: str, bindings: Any = ()) -> list[dict[str, Any]]:
+        """Rows as {column: value}, by the names the SQL gives its columns: a row read by
+        position breaks silently when a column is added in the middle."""
+        names: list[str] = []
+
+        def by_name(cursor: apsw.Cursor, row: apsw.SQLiteValues) -> dict[str, Any]:
+            if not names:
+                names.extend(d[0] for d in cursor.get_description())
+            return dict(zip(names, row, strict=True))
+
+        try:
+            cursor = self._db.cursor()
+            cursor.row_trace = by_name
+            return list(cursor.execute(sql, bindings))
+        except apsw.Error as e:
+            raise self._typed(e) from e
+
     def one(self, sql: str, bindings: Any = ()) -> Any:
         rows = self.query(sql, bindings)
         return rows[0] if rows else None
@@ -621,7 +638,7 @@ class Store:
             )
             archive = archive_slots + int(skipped[0]) + int(skipped[1])
         estimate = None
-        rows = self.query(
+        rows = self._rows(
             "WITH picked (book_id) AS ("
             f"   SELECT book_id FROM library INDEXED BY library_pending WHERE {_PENDING}"
             "     AND ordered_at >= ?1"
@@ -631,12 +648,13 @@ class Store:
             "   UNION SELECT * FROM (SELECT book_id FROM library INDEXED BY library_pending"
             f"     WHERE {_PENDING} AND ordered_at < ?1"
             "     ORDER BY ordered_at DESC, book_id LIMIT ?3))"
-            " SELECT l.book_id, l.reason, l.ordered_at, COALESCE(d.retry_at, 0),"
-            " l.complete_version > 0, l.opened_at,"
+            " SELECT l.book_id, l.reason, l.ordered_at, COALESCE(d.retry_at, 0) AS retry_at,"
+            " l.complete_version > 0 AS readable, l.opened_at,"
             " COALESCE((SELECT max(m.package_size) FROM manifests m WHERE m.book_id = l.book_id),"
-            "   l.expected_size),"
-            " (SELECT total(length(f.data)) FROM frames f WHERE f.book_id = l.book_id),"
-            f" {_FOR_DEVICE}, l.evicted_at IS NOT NULL, l.requested_at IS NOT NULL"
+            "   l.expected_size) AS size,"
+            " (SELECT total(length(f.data)) FROM frames f WHERE f.book_id = l.book_id) AS held,"
+            f" {_FOR_DEVICE} AS wanted, l.evicted_at IS NOT NULL AS evicted,"
+            " l.requested_at IS NOT NULL AS requested"
             " FROM picked JOIN library l ON l.book_id = picked.book_id"
             " LEFT JOIN deliveries d ON d.book_id = l.book_id"
             f" WHERE {_PENDING}",  # still pending (a running book may have completed)
@@ -644,23 +662,23 @@ class Store:
         )
         candidates = []
         for r in rows:
-            size = r[6]
+            size = r["size"]
             if size is None:  # no manifest yet, and the feed gave no size
                 estimate = self._typical_package_size() if estimate is None else estimate
                 size = estimate
             candidates.append(
                 DeliveryCandidate(
-                    book_id=r[0],
-                    reason=r[1],
-                    ordered_at=r[2],
-                    retry_at=r[3],
-                    has_readable_version=bool(r[4]),
-                    opened_at=r[5],
+                    book_id=r["book_id"],
+                    reason=r["reason"],
+                    ordered_at=r["ordered_at"],
+                    retry_at=r["retry_at"],
+                    has_readable_version=bool(r["readable"]),
+                    opened_at=r["opened_at"],
                     expected_bytes=int(size),
-                    held_bytes=int(r[7]),
-                    wanted=bool(r[8]),
-                    evicted=bool(r[9]),
-                    requested=bool(r[10]),
+                    held_bytes=int(r["held"]),
+                    wanted=bool(r["wanted"]),
+                    evicted=bool(r["evicted"]),
+                    requested=bool(r["requested"]),
                 )
             )
         return candidates
@@ -672,29 +690,31 @@ class Store:
 
     def held_books(self) -> list[HeldBook]:
         """Books with frames on the device, with what protects them from eviction."""
-        rows = self.query(
+        rows = self._rows(
             "SELECT l.book_id, (SELECT total(length(f.data)) FROM frames f"
-            "   WHERE f.book_id = l.book_id),"
-            " EXISTS (SELECT 1 FROM manifests m WHERE m.book_id = l.book_id AND m.complete),"
+            "   WHERE f.book_id = l.book_id) AS held_bytes,"
+            " EXISTS (SELECT 1 FROM manifests m WHERE m.book_id = l.book_id AND m.complete)"
+            "   AS complete,"
             " l.pinned, l.opened_at, l.ordered_at, l.reason,"
             " EXISTS (SELECT 1 FROM outbox o WHERE o.rejected IS NULL"
             "   AND (o.target = 'position:' || l.book_id OR o.target IN"
-            "     (SELECT a.item_id FROM annotations a WHERE a.book_id = l.book_id))),"
-            f" {_FOR_DEVICE}, l.requested_at IS NOT NULL"
+            "     (SELECT a.item_id FROM annotations a WHERE a.book_id = l.book_id)))"
+            "   AS unsynced_notes,"
+            f" {_FOR_DEVICE} AS wanted, l.requested_at IS NOT NULL AS requested"
             " FROM library l WHERE EXISTS (SELECT 1 FROM manifests m WHERE m.book_id = l.book_id)"
         )
         return [
             HeldBook(
-                r[0],
-                int(r[1]),
-                bool(r[2]),
-                bool(r[3]),
-                r[4],
-                r[5],
-                r[6],
-                bool(r[7]),
-                bool(r[8]),
-                bool(r[9]),
+                book_id=r["book_id"],
+                held_bytes=int(r["held_bytes"]),
+                complete=bool(r["complete"]),
+                pinned=bool(r["pinned"]),
+                opened_at=r["opened_at"],
+                ordered_at=r["ordered_at"],
+                reason=r["reason"],
+                unsynced_notes=bool(r["unsynced_notes"]),
+                wanted=bool(r["wanted"]),
+                requested=bool(r["requested"]),
             )
             for r in rows
         ]
@@ -997,17 +1017,17 @@ class Store:
         the one `book_id`."""
         page = "" if after is None else " AND (l.ordered_at, l.book_id) < (?, ?)"
         page += "" if book_id is None else " AND l.book_id = ?"
-        rows = self.query(
+        rows = self._rows(
             "SELECT l.book_id, l.reason, l.ordered_at, l.notified_at, l.wanted_version,"
             " m.version, m.title, m.authors, m.language, m.frame_count, m.complete,"
             " m.package_size,"
             " (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id"
-            "   AND f.version = m.version AND f.data IS NOT NULL),"
+            "   AND f.version = m.version AND f.data IS NOT NULL) AS frames_held,"
             " (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id AND f.version = m.version"
-            "   AND f.data IS NULL AND f.idx < m.first_chapter_frames),"
+            "   AND f.data IS NULL AND f.idx < m.first_chapter_frames) AS first_missing,"
             " d.started_at, d.first_chapter_at, d.completed_at, d.bytes_fetched, d.retries,"
             " d.retry_at, d.last_error, l.pinned, l.opened_at, l.evicted_at,"
-            f" {_FOR_DEVICE}"
+            f" {_FOR_DEVICE} AS for_device"
             " FROM library l"
             " LEFT JOIN manifests m ON m.book_id = l.book_id AND m.version = (SELECT m2.version"
             "   FROM manifests m2 WHERE m2.book_id = l.book_id ORDER BY m2.complete DESC,"
@@ -1018,60 +1038,42 @@ class Store:
         )
         books = []
         for r in rows:
-            (
-                book_id,
-                reason,
-                ordered_at,
-                notified_at,
-                wanted,
-                version,
-                title,
-                authors,
-                language,
-                frame_count,
-                complete,
-                package_size,
-                frames_held,
-                first_missing,
-                started_at,
-                first_chapter_at,
-                completed_at,
-                bytes_fetched,
-                retries,
-                retry_at,
-                last_error,
-                pinned,
-                opened_at,
-                evicted_at,
-                for_device,
-            ) = r
+            version, authors = r["version"], r["authors"]
             books.append(
                 {
-                    "book_id": book_id,
-                    "title": title,
+                    "book_id": r["book_id"],
+                    "title": r["title"],
                     "authors": json.loads(authors) if authors else [],
-                    "language": language,
-                    "reason": reason,
+                    "language": r["language"],
+                    "reason": r["reason"],
                     "version": version,
-                    "wanted_version": wanted,
-                    "state": _state(version, complete, wanted, last_error, for_device, evicted_at),
-                    "readable": version is not None and first_missing == 0,
-                    "frames_held": frames_held or 0,
-                    "frames_total": frame_count or 0,
-                    "package_size": package_size or 0,
-                    "ordered_at": ordered_at,
-                    "notified_at": notified_at,
-                    "started_at": started_at,
-                    "first_chapter_at": first_chapter_at,
-                    "completed_at": completed_at,
-                    "bytes_fetched": bytes_fetched or 0,
-                    "retries": retries or 0,
-                    "retry_at": retry_at or None,
-                    "last_error": last_error,
-                    "pinned": bool(pinned),
-                    "opened_at": opened_at,
-                    "evicted_at": evicted_at,
-                    "archived": not for_device,  # bought before this device; lives in the cloud
+                    "wanted_version": r["wanted_version"],
+                    "state": _state(
+                        version,
+                        r["complete"],
+                        r["wanted_version"],
+                        r["last_error"],
+                        r["for_device"],
+                        r["evicted_at"],
+                    ),
+                    "readable": version is not None and r["first_missing"] == 0,
+                    "frames_held": r["frames_held"] or 0,
+                    "frames_total": r["frame_count"] or 0,
+                    "package_size": r["package_size"] or 0,
+                    "ordered_at": r["ordered_at"],
+                    "notified_at": r["notified_at"],
+                    "started_at": r["started_at"],
+                    "first_chapter_at": r["first_chapter_at"],
+                    "completed_at": r["completed_at"],
+                    "bytes_fetched": r["bytes_fetched"] or 0,
+                    "retries": r["retries"] or 0,
+                    "retry_at": r["retry_at"] or None,
+                    "last_error": r["last_error"],
+                    "pinned": bool(r["pinned"]),
+                    "opened_at": r["opened_at"],
+                    "evicted_at": r["evicted_at"],
+                    # bought before this device; lives in the cloud
+                    "archived": not r["for_device"],
                 }
             )
         return books
@@ -1089,12 +1091,12 @@ class Store:
         """The books not on the device that the reader may be waiting for, the ones that matter
         first (downloading, then failing, then the rest, newest order first), at most `limit`:
         the status report's few lines. GET /v1/library lists them all."""
-        rows = self.query(
+        rows = self._rows(
             "SELECT b.book_id, b.state, m.title, m.frame_count,"
             " (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id"
-            "   AND f.version = m.version AND f.data IS NOT NULL),"
+            "   AND f.version = m.version AND f.data IS NOT NULL) AS frames_held,"
             " (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id AND f.version = m.version"
-            "   AND f.data IS NULL AND f.idx < m.first_chapter_frames),"
+            "   AND f.data IS NULL AND f.idx < m.first_chapter_frames) AS first_missing,"
             " b.last_error, b.retries, b.retry_at"
             # The few first, then what they show: the subqueries run for those rows alone.
             " FROM (SELECT * FROM (SELECT l.book_id, l.ordered_at, d.last_error, d.retries,"
@@ -1113,27 +1115,17 @@ class Store:
         )
         return [
             {
-                "book_id": book_id,
-                "title": title,
-                "state": state,
-                "readable": frame_count is not None and first_missing == 0,
-                "frames_held": frames_held or 0,
-                "frames_total": frame_count or 0,
-                "last_error": last_error,
-                "retries": retries or 0,
-                "retry_at": retry_at or None,
+                "book_id": r["book_id"],
+                "title": r["title"],
+                "state": r["state"],
+                "readable": r["frame_count"] is not None and r["first_missing"] == 0,
+                "frames_held": r["frames_held"] or 0,
+                "frames_total": r["frame_count"] or 0,
+                "last_error": r["last_error"],
+                "retries": r["retries"] or 0,
+                "retry_at": r["retry_at"] or None,
             }
-            for (
-                book_id,
-                state,
-                title,
-                frame_count,
-                frames_held,
-                first_missing,
-                last_error,
-                retries,
-                retry_at,
-            ) in rows
+            for r in rows
         ]
 
     def book_details(self, book_id: str) -> dict[str, Any] | None:
