@@ -912,12 +912,12 @@ class Store:
             )
 
     def missing_frames(self, book_id: str, version: int) -> list[FrameRow]:
-        rows = self.query(
+        rows = self._rows(
             f"SELECT {_FRAME_COLUMNS} FROM frames WHERE book_id = ? AND version = ?"
             " AND data IS NULL ORDER BY idx",
             (book_id, version),
         )
-        return [FrameRow(*r) for r in rows]
+        return [FrameRow(**r) for r in rows]
 
     def commit_frame(
         self, book_id: str, version: int, idx: int, data: bytes, now: float
@@ -1168,33 +1168,33 @@ class Store:
         }
 
     def resources(self, book_id: str, version: int) -> list[ResourceRow]:
-        rows = self.query(
+        rows = self._rows(
             f"SELECT {_RESOURCE_COLUMNS} FROM resources WHERE book_id = ? AND version = ?"
             " ORDER BY ord",
             (book_id, version),
         )
-        return [ResourceRow(*r) for r in rows]
+        return [ResourceRow(**r) for r in rows]
 
     def resource(self, book_id: str, path: str) -> ResourceRow | None:
         """The resource at `path` in the readable version of a book in the library."""
         version = self.readable_version(book_id)
         if version is None or not self.in_library(book_id):
             return None
-        row = self.one(
+        rows = self._rows(
             f"SELECT {_RESOURCE_COLUMNS} FROM resources WHERE book_id = ? AND version = ?"
             " AND path = ?",
             (book_id, version, path),
         )
-        return None if row is None else ResourceRow(*row)
+        return ResourceRow(**rows[0]) if rows else None
 
     def frame_row(self, book_id: str, version: int, idx: int) -> FrameRow:
-        row = self.one(
+        rows = self._rows(
             f"SELECT {_FRAME_COLUMNS} FROM frames WHERE book_id = ? AND version = ? AND idx = ?",
             (book_id, version, idx),
         )
-        if row is None:
+        if not rows:
             raise StoreError(f"{book_id} v{version} has no frame {idx}")
-        return FrameRow(*row)
+        return FrameRow(**rows[0])
 
     def frame(self, book_id: str, version: int, idx: int) -> tuple[FrameRow, bytes | None]:
         """The frame's row and all its stored bytes (None until committed)."""
