@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench arm-check clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("shelfsync needs Python 3.11 or newer; this is " + sys.version.split()[0] + " (try make PYTHON=python3.11)") if sys.version_info < (3, 11) else None'
@@ -30,6 +30,12 @@ test: lint
 # docs/BENCHMARKS.md from their results. One alone: $(BIN)/python -m bench NAME --help.
 bench: $(STAMP)
 	$(BIN)/python -m bench all
+
+# Not part of the tests: shelfsync on arm64 under qemu-user (docs/DEVICE.md, "Check it on arm64").
+# Needs root, debootstrap, qemu-user-static and binfmt-support; the Debian root is cached in
+# build/arm64 (clean removes it).
+arm-check: $(STAMP)
+	PYTHON=$(BIN)/python devkit/arm-check.sh
 
 clean:
 	rm -rf $(VENV) demo-data build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis .schemathesis

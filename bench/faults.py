@@ -75,7 +75,7 @@ GAPS = {
     7: "Retry-After is not honoured (issue 24 #5)",
     8: "headers then silence at the client against a stand-in; no connect blackhole",
     9: "an RST at the client against a stand-in, not through the running daemon",
-    11: "package drip at the client; manifest and feed drips never given up (issue 24 #4)",
+    11: "no drip on the push channel's frames",
     12: "at the client against a stand-in; memory not measured",
     13: "a body changed between ranges is left to the frame hashes, with no test of its own",
     14: "bit flips at rest and in one frame; not anywhere in transit",

@@ -15,7 +15,7 @@ from typing import Any
 
 from bench.section import Section
 
-MODULES = ("delivery", "device", "scale", "compression", "annotations", "faults")
+MODULES = ("delivery", "device", "scale", "compression", "annotations", "week", "faults")
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,7 @@ from daemon.notes.store import NotesStore
 from daemon.notify import Notifier
 from daemon.protocol.crypto import x25519_public_text
 from daemon.protocol.hlc import HybridClock
+from daemon.protocol.manifest import ManifestLimits
 from daemon.radio.connectivity import Connectivity
 from daemon.radio.power import PowerSource, SysfsPower, power_report
 from daemon.radio.windows import RadioWindows
@@ -252,6 +253,7 @@ class Daemon:
                     reserve_bytes=profile.storage.reserve_bytes,
                     batch_window_s=batch_window_s,
                     disk_full_pause_s=settings.disk_full_pause_s,
+                    manifest_limits=ManifestLimits.for_ram_budget(profile.memory.ram_budget_bytes),
                 ),
                 windows,
                 battery_restricted=lambda: self.power.read().restricted(profile.battery),

@@ -1,8 +1,9 @@
 """The client: the only code that speaks HTTP to the service.
 
 One aiohttp session per daemon. No total timeout (aiohttp's default 300 s would kill a long
-download on a slow link): a connect timeout, a per-read timeout, and a minimum-rate watchdog on
-package bodies instead. Bodies are never content-decoded (`Accept-Encoding: identity`,
+download on a slow link): a connect timeout, a per-read timeout, and a minimum-rate watchdog
+instead, on every request: per frame on package bodies, over the whole exchange (headers
+included) on the others. Bodies are never content-decoded (`Accept-Encoding: identity`,
 `auto_decompress=False`): what is hashed is what travelled. Foreign exceptions become
 TransportError subclasses here, so callers handle one family.
 """
@@ -22,6 +23,8 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+from aiohttp import ClientRequest, ClientResponse, hdrs
+from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
 
 from daemon.errors import (
     AnnotationError,
@@ -34,8 +37,8 @@ from daemon.errors import (
 from daemon.logs import log_event
 from daemon.models import LibraryChange
 from daemon.protocol import hlc, merge
-from daemon.protocol.crypto import MAX_ENVELOPE_BYTES
-from daemon.protocol.manifest import MAX_DICTIONARY_BYTES
+from daemon.protocol.crypto import ENVELOPE_SLACK, MAX_ROOT_ENVELOPE_BYTES
+from daemon.protocol.manifest import MAX_DICTIONARY_BYTES, MAX_MANIFEST_BYTES
 
 _LOG = logging.getLogger("shelfsync.client")
 _BOOK_ID = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
@@ -87,7 +90,7 @@ def _changes_page(doc: Any, asked: int) -> ChangesPage:
     return ChangesPage(changes, cursor, has_more)
 
 
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_CONTENT_RANGE = re.compile(r"\Abytes (\d+)-(\d+)/(\d+|\*)\Z")
 MAX_JSON_BYTES = 4 * 1024 * 1024  # a changes page of 1,000 entries is ~150 KB
 # An annotation page is ~1 MiB (the service stops adding states past that), but one state with
 # many long conflicting note versions may be alone bigger.
@@ -131,31 +134,88 @@ def _transport_error(what: str, e: BaseException) -> TransportError:
     return TransportError(f"{what}: {type(e).__name__}: {e}")
 
 
-async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
+@asynccontextmanager
+async def _watchdog(limits: ClientLimits, what: str) -> AsyncIterator[Callable[[int], None]]:
+    """Give up an exchange that does not keep the minimum rate: nothing within stall_timeout_s,
+    then fewer than min_rate_bytes_per_s on average. Yields the callback that counts bytes as
+    they arrive. A drip of one byte every 5 s passes every per-read timeout, and held the
+    changes feed (so every purchase) and manifests for minutes (issue 24 #4)."""
+    rate = limits.min_rate_bytes_per_s
+    if rate <= 0:  # the profile turned the watchdog off: per-read timeouts only
+        yield lambda n: None
+        return
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    received = 0
+    try:
+        async with asyncio.timeout(start + limits.stall_timeout_s) as deadline:
+
+            def arrived(n: int) -> None:
+                nonlocal received
+                received += n
+                deadline.reschedule(start + limits.stall_timeout_s + received / rate)
+
+            yield arrived
+    except TimeoutError as e:
+        raise StalledError(
+            f"{what}: {received} bytes in {loop.time() - start:.0f} s, under {rate} B/s"
+        ) from e
+
+
+async def _read_capped(
+    response: aiohttp.ClientResponse, cap: int, arrived: Callable[[int], None] = lambda n: None
+) -> bytes:
     if response.content_length is not None and response.content_length > cap:
         raise ProtocolError(f"{response.url.path}: body of {response.content_length} bytes")
     body = bytearray()
     while chunk := await response.content.read(64 * 1024):
+        arrived(len(chunk))
         body += chunk
         if len(body) > cap:
             raise ProtocolError(f"{response.url.path}: body over {cap} bytes")
     return bytes(body)
 
 
-async def _json(response: aiohttp.ClientResponse) -> Any:
+def _parsed(raw: bytes, path: str) -> Any:
     try:
-        return json.loads(await _read_capped(response, MAX_JSON_BYTES))
+        return json.loads(raw)
     except ValueError as e:
-        raise ProtocolError(f"{response.url.path}: not JSON ({e})") from e
+        raise ProtocolError(f"{path}: not JSON ({e})") from e
 
 
-async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
+async def _json(response: aiohttp.ClientResponse) -> Any:
+    return _parsed(await _read_capped(response, MAX_JSON_BYTES), response.url.path)
+
+
+async def _raise_for_status(
+    response: aiohttp.ClientResponse, arrived: Callable[[int], None] = lambda n: None
+) -> None:
     if response.status < 400:
         return
     detail = ""
     with suppress(TransportError, AttributeError, aiohttp.ClientError):
-        detail = str((await _json(response)).get("detail", ""))[:200]
+        raw = await _read_capped(response, MAX_JSON_BYTES, arrived)
+        detail = str(_parsed(raw, response.url.path).get("detail", ""))[:200]
     raise ServiceHTTPError(response.status, response.url.path, detail)
+
+
+def _fresh_when_stale(fresh: aiohttp.ClientSession) -> ClientMiddlewareType:
+    """A GET met by a pooled connection the server had closed (its keep-alive timer fired as the
+    request went out: aiohttp #9138) is sent once more on a new connection. aiohttp's own retry
+    takes the next pooled one, which the same timer has closed too (FAULTS.md #15). POSTs carry
+    op and receipt ids: their workers send them again, a no-op on the service."""
+
+    async def middleware(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        try:
+            return await handler(request)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+            upgrade = hdrs.UPGRADE in request.headers  # the push channel: its own reconnects
+            if request.method != "GET" or upgrade or isinstance(e, aiohttp.ClientConnectorError):
+                raise
+            log_event(_LOG, logging.INFO, "stale_connection", path=request.url.path)
+            return await fresh.get(request.url, headers=request.headers)
+
+    return middleware
 
 
 def _session(
@@ -163,7 +223,11 @@ def _session(
     stall_timeout_s: float,
     idle_connection_s: float = 15.0,
     on_request: Callable[[], None] = lambda: None,
+    fresh: aiohttp.ClientSession | None = None,
+    force_close: bool = False,
 ) -> aiohttp.ClientSession:
+    """A session; with `fresh` (one made with `force_close`: a new connection for every
+    request), one whose GETs refused by a stale pooled connection are sent again through it."""
     timeout = aiohttp.ClientTimeout(
         total=None, connect=connect_timeout_s, sock_read=stall_timeout_s
     )
@@ -177,11 +241,14 @@ def _session(
     trace.on_request_start.append(request_traced)
     trace.on_request_end.append(request_traced)
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(keepalive_timeout=idle_connection_s),
+        connector=aiohttp.TCPConnector(force_close=True)
+        if force_close
+        else aiohttp.TCPConnector(keepalive_timeout=idle_connection_s),
         timeout=timeout,
         auto_decompress=False,
         headers={"Accept-Encoding": "identity"},
         trace_configs=[trace],
+        middlewares=() if fresh is None else (_fresh_when_stale(fresh),),
     )
 
 
@@ -285,22 +352,49 @@ class ServiceClient:
         self._auth = {"Authorization": f"Bearer {credentials.device_token}"}
         self._limits = limits
         self._on_radio = on_radio
+        self._fresh = _session(
+            limits.connect_timeout_s, limits.stall_timeout_s, on_request=on_radio, force_close=True
+        )
         self._session = _session(
-            limits.connect_timeout_s, limits.stall_timeout_s, limits.idle_connection_s, on_radio
+            limits.connect_timeout_s,
+            limits.stall_timeout_s,
+            limits.idle_connection_s,
+            on_radio,
+            fresh=self._fresh,
         )
 
     async def close(self) -> None:
         await self._session.close()
+        await self._fresh.close()
+
+    async def _body(
+        self,
+        method: str,
+        path: str,
+        cap: int,
+        *,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        **request: Any,
+    ) -> bytes:
+        """The body of one exchange with the service, at most `cap` bytes, under the watchdog."""
+        what = f"{method} {path}"
+        async with _watchdog(self._limits, what) as arrived:
+            try:
+                async with self._session.request(
+                    method,
+                    self.base_url + path,
+                    params=params,
+                    headers={**self._auth, **(headers or {})},
+                    **request,
+                ) as r:
+                    await _raise_for_status(r, arrived)
+                    return await _read_capped(r, cap, arrived)
+            except (aiohttp.ClientError, TimeoutError, OSError) as e:
+                raise _transport_error(what, e) from e
 
     async def _get_json(self, path: str, params: dict[str, str] | None = None) -> Any:
-        try:
-            async with self._session.get(
-                self.base_url + path, params=params, headers=self._auth
-            ) as r:
-                await _raise_for_status(r)
-                return await _json(r)
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            raise _transport_error(f"GET {path}", e) from e
+        return _parsed(await self._body("GET", path, MAX_JSON_BYTES, params=params), path)
 
     async def library_changes(self, cursor: int, limit: int = 500) -> ChangesPage:
         doc = await self._get_json(
@@ -311,24 +405,27 @@ class ServiceClient:
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise ProtocolError(f"malformed changes page: {type(e).__name__}: {e}") from e
 
-    async def manifest_envelope(self, book_id: str) -> bytes:
+    async def manifest_envelope(
+        self, book_id: str, max_manifest_bytes: int = MAX_MANIFEST_BYTES
+    ) -> bytes:
+        """The signed manifest, cut as soon as it is longer than a manifest the device takes."""
         path = f"/v1/books/{quote(book_id, safe='')}/manifest"
+        return await self._body("GET", path, max_manifest_bytes + ENVELOPE_SLACK)
+
+    async def trust_root(self, version: int) -> bytes | None:
+        """The service's trust root envelope of `version`, or None if it has none (yet)."""
+        path = f"/v1/roots/{int(version)}"
         try:
-            async with self._session.get(self.base_url + path, headers=self._auth) as r:
-                await _raise_for_status(r)
-                return await _read_capped(r, MAX_ENVELOPE_BYTES)
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            raise _transport_error(f"GET {path}", e) from e
+            return await self._body("GET", path, MAX_ROOT_ENVELOPE_BYTES)
+        except ServiceHTTPError as e:
+            if e.status == 404:
+                return None
+            raise
 
     async def dictionary(self, sha256: str) -> bytes:
         """A compression dictionary by its hash (the caller verifies the bytes)."""
         path = f"/v1/dictionaries/{quote(sha256, safe='')}"
-        try:
-            async with self._session.get(self.base_url + path, headers=self._auth) as r:
-                await _raise_for_status(r)
-                return await _read_capped(r, MAX_DICTIONARY_BYTES)
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            raise _transport_error(f"GET {path}", e) from e
+        return await self._body("GET", path, MAX_DICTIONARY_BYTES)
 
     @asynccontextmanager
     async def package(
@@ -387,22 +484,10 @@ class ServiceClient:
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
     ) -> Any:
-        try:
-            async with self._session.request(
-                method,
-                self.base_url + path,
-                params=params,
-                data=body,
-                headers={**self._auth, **(headers or {})},
-            ) as r:
-                await _raise_for_status(r)
-                raw = await _read_capped(r, MAX_ANNOTATION_JSON_BYTES)
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            raise _transport_error(f"{method} {path}", e) from e
-        try:
-            return json.loads(raw)
-        except ValueError as e:
-            raise ProtocolError(f"{path}: not JSON ({e})") from e
+        raw = await self._body(
+            method, path, MAX_ANNOTATION_JSON_BYTES, params=params, headers=headers, data=body
+        )
+        return _parsed(raw, path)
 
     async def push_annotation_ops(self, ops: list[str]) -> PushResult:
         """Send a batch of ops (each the JSON text of one op); gzip-compressed when large.
@@ -464,12 +549,7 @@ class ServiceClient:
     async def send_receipts(self, doc: dict[str, Any]) -> ReceiptAnswer:
         """Send one batch of receipts; returns what the service acknowledged and refused."""
         path = "/v1/receipts"
-        try:
-            async with self._session.post(self.base_url + path, json=doc, headers=self._auth) as r:
-                await _raise_for_status(r)
-                answer = await _json(r)
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            raise _transport_error(f"POST {path}", e) from e
+        answer = _parsed(await self._body("POST", path, MAX_JSON_BYTES, json=doc), path)
         try:
             if not isinstance(answer["acked"], list) or not isinstance(answer["rejected"], list):
                 raise TypeError("acked and rejected must be lists")

@@ -21,6 +21,7 @@ ShelfsyncError
 ├── TransportError               the service could not be reached or answered badly (retryable)
 │   ├── ServiceHTTPError         an HTTP error status, with the status code
 │   ├── ProtocolError            an answer that does not follow docs/PROTOCOL.md
+│   │   └── VersionMissingError  the library lists a version the service does not serve
 │   ├── RangeError               the service ignored or mangled a Range request
 │   └── StalledError             a download stopped making progress
 └── NotOnDeviceError             a resource exists but its frames are not downloaded yet
@@ -134,6 +135,11 @@ class ServiceHTTPError(TransportError):
 
 class ProtocolError(TransportError):
     """The service's answer does not follow docs/PROTOCOL.md."""
+
+
+class VersionMissingError(ProtocolError):
+    """The library lists a version of a book that the service does not serve: retried after a
+    growing backoff (a forged or premature changes-feed entry), never in a loop."""
 
 
 class RangeError(TransportError):

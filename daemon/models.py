@@ -35,6 +35,8 @@ class DeliveryCandidate:
     wanted: bool = True  # ordered since this device joined, or asked for: not just archived
     evicted: bool = False  # it was on the device and was removed to make room
     requested: bool = False  # the reader asked for it on this device (a hint they want now)
+    # expected_bytes is a signed manifest's, not only what the unsigned feed claims (or a guess)
+    size_proven: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from typing import Any
 import apsw
 
 from daemon.errors import DatabaseDamagedError, DiskFullError, SchemaTooNewError, StoreError
+from daemon.killpoints import killpoint
 from daemon.logs import log_event
 from daemon.models import (
     CommitResult,
@@ -115,11 +116,11 @@ def check_at_start(path: Path, now: float) -> Quarantine | None:
 
     A damaged database is set aside, not repaired in place: first what can still be read of the
     reader's notes goes to a JSON file a person can read, then the files are renamed, and a new
-    database gets the device's identity, its trusted versions and time floor, and the notes
-    (their op ids make a re-send a no-op on the service). The library then comes back from the
-    service: the changes feed starts again from 0 and the books are fetched again. A -wal lost
-    after a crash is no damage of its own: SQLite reads the database as of its last checkpoint
-    (wal_lost_at_start says so).
+    database gets the device's identity, its trust roots, trusted versions and time floor, and
+    the notes (their op ids make a re-send a no-op on the service). The library then comes back
+    from the service: the changes feed starts again from 0 and the books are fetched again. A
+    -wal lost after a crash is no damage of its own: SQLite reads the database as of its last
+    checkpoint (wal_lost_at_start says so).
     """
     if not path.exists():
         return None
@@ -201,6 +202,7 @@ def _quarantine(path: Path, db: apsw.Connection | None, reason: str, now: float)
         _SALVAGED_META,
     )
     trusted = _readable(db, "SELECT book_id, version FROM trusted_versions")
+    roots = _readable(db, "SELECT version, envelope, time_floor, trusted_at FROM trust_roots")
     clock = _readable(db, "SELECT key, value FROM notes_meta WHERE key = 'hlc'")
     if db is not None:
         # Closing a damaged file can fail; the renames below do not need it closed.
@@ -229,6 +231,7 @@ def _quarantine(path: Path, db: apsw.Connection | None, reason: str, now: float)
             new.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", meta)
             new.executemany("INSERT OR REPLACE INTO notes_meta (key, value) VALUES (?, ?)", clock)
             new.executemany("INSERT OR IGNORE INTO trusted_versions VALUES (?, ?)", trusted)
+            new.executemany("INSERT OR IGNORE INTO trust_roots VALUES (?, ?, ?, ?)", roots)
             for table, cols in _NOTE_TABLES.items():
                 marks = ", ".join("?" * len(cols.split(", ")))
                 new.executemany(
@@ -528,8 +531,45 @@ class Store:
         return int(self.get_meta("library_cursor") or 0)
 
     def time_floor(self) -> int:
-        """The latest issue time of any verified manifest: a clock set back cannot go below it."""
+        """The latest issue time of any manifest verified under the current trust root: a clock
+        set back cannot go below it."""
         return int(self.get_meta("time_floor") or 0)
+
+    def trust_root_envelope(self) -> bytes | None:
+        """The newest trust root verified after the pinned one, or None (the pinned key)."""
+        row = self.one("SELECT envelope FROM trust_roots ORDER BY version DESC LIMIT 1")
+        return None if row is None else bytes(row[0])
+
+    def rotate_trust(
+        self, version: int, envelope: bytes, *, new_signing_keys: bool, issued_at: int, now: float
+    ) -> None:
+        """Trust root `version` (verified against the current one), all or nothing (FAULTS.md
+        #4). With new signing keys, what the old ones vouched for stops binding: the trusted
+        versions go, the time floor starts again from the root's issue time, and a held
+        version above what the changes feed names (which only a fast-forward leaves) is
+        dropped, so the book is fetched again under the new keys (frames it shares with what
+        is still held are copied, not fetched)."""
+        with self.durable_transaction() as db:
+            floor = issued_at if new_signing_keys else self.time_floor()
+            db.execute(
+                "INSERT INTO trust_roots (version, envelope, time_floor, trusted_at)"
+                " VALUES (?, ?, ?, ?)",
+                (version, envelope, floor, now),
+            )
+            killpoint("trust_root_inserted")
+            if not new_signing_keys:
+                return
+            db.execute("DELETE FROM trusted_versions")
+            killpoint("trust_versions_dropped")
+            db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('time_floor', ?)", (str(floor),)
+            )
+            killpoint("trust_floor_reset")
+            db.execute(
+                "DELETE FROM manifests WHERE version > coalesce((SELECT l.wanted_version FROM"
+                " library l WHERE l.book_id = manifests.book_id), 0)"
+            )
+            killpoint("trust_fast_forwarded_dropped")
 
     # -- library --------------------------------------------------------------------------------
 
@@ -654,7 +694,8 @@ class Store:
             "   l.expected_size) AS size,"
             " (SELECT total(length(f.data)) FROM frames f WHERE f.book_id = l.book_id) AS held,"
             f" {_FOR_DEVICE} AS wanted, l.evicted_at IS NOT NULL AS evicted,"
-            " l.requested_at IS NOT NULL AS requested"
+            " l.requested_at IS NOT NULL AS requested,"
+            " EXISTS (SELECT 1 FROM manifests m WHERE m.book_id = l.book_id) AS size_proven"
             " FROM picked JOIN library l ON l.book_id = picked.book_id"
             " LEFT JOIN deliveries d ON d.book_id = l.book_id"
             f" WHERE {_PENDING}",  # still pending (a running book may have completed)
@@ -679,6 +720,7 @@ class Store:
                     wanted=bool(r["wanted"]),
                     evicted=bool(r["evicted"]),
                     requested=bool(r["requested"]),
+                    size_proven=bool(r["size_proven"]),
                 )
             )
         return candidates
@@ -760,6 +802,13 @@ class Store:
         return bool(row and row[0])
 
     # -- manifests and frames -------------------------------------------------------------------
+
+    def wanted_version(self, book_id: str) -> int:
+        """The version the library wants on the device (0 if the book is not in the library)."""
+        row = self.one(
+            "SELECT wanted_version FROM library WHERE book_id = ? AND in_library", (book_id,)
+        )
+        return 0 if row is None else int(row[0])
 
     def trusted_version(self, book_id: str) -> int:
         row = self.one("SELECT version FROM trusted_versions WHERE book_id = ?", (book_id,))

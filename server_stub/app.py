@@ -7,6 +7,7 @@ request; packages stream from the store in 64 KiB slices, never compressed, with
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 from aiohttp import hdrs, web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from daemon.protocol.crypto import WRAP_ALG, wrap_content_key, x25519_public_key
+from daemon.protocol.crypto import WRAP_ALG, key_id, wrap_content_key, x25519_public_key
 from daemon.protocol.manifest import Manifest, WrappedKey, parse_manifest
 from server_stub.annotations import add_routes as add_annotation_routes
 from server_stub.api_errors import ApiError, error_middleware, need_str, read_json_object
@@ -29,7 +30,7 @@ from server_stub.logs import AccessLogger
 from server_stub.opds import import_opds
 from server_stub.push import PushHub
 from server_stub.receipts import add_routes as add_receipt_routes
-from server_stub.signing import ServiceKey, load_or_create_key, sign_manifest
+from server_stub.signing import ServiceKey, TrustChain, load_or_create_key, sign_manifest
 from server_stub.store import Device, PackageInfo, Store
 
 MAX_BODY = 64 * 1024  # bytes: every request body is a small JSON object
@@ -43,11 +44,12 @@ Clock = Callable[[], float]
 
 STORE = web.AppKey("store", Store)
 SERVICE_KEY = web.AppKey("service_key", ServiceKey)
+TRUST = web.AppKey("trust_chain", TrustChain)
 HUB = web.AppKey("push_hub", PushHub)
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 TEMPLATES: web.AppKey[dict[tuple[str, int], Manifest]] = web.AppKey("manifest_templates")
 
-_RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
+_RANGE = re.compile(r"\Abytes=([0-9]*)-([0-9]*)\Z")
 
 
 # -- authentication -------------------------------------------------------------------------------
@@ -237,6 +239,23 @@ async def get_service_key(request: web.Request) -> web.Response:
     return web.json_response({"public_key": key.public_key_text, "key_id": key.key_id})
 
 
+async def trust_root(request: web.Request) -> web.Response:
+    """Root version N of the chain a device walks from the key it was provisioned with."""
+    version = _decimal(request.match_info["version"])
+    envelope = None if version is None else request.app[TRUST].envelope(version)
+    if envelope is None:
+        raise ApiError(404, "unknown_root", f"no trust root {request.match_info['version'][:20]}")
+    return web.Response(body=envelope, content_type="application/vnd.shelfsync.root")
+
+
+async def rotate_key(request: web.Request) -> web.Response:
+    """Admin (faults only): a new signing key in a new trust root, as --rotate-key does."""
+    chain = request.app[TRUST]
+    version = await asyncio.to_thread(chain.rotate, request.app[CLOCK]())
+    key = chain.signing_key.public_key()
+    return web.json_response({"version": version, "key_id": key_id(key)}, status=201)
+
+
 # -- the changes feed and the push channel --------------------------------------------------------
 
 
@@ -319,7 +338,10 @@ async def manifest(request: web.Request) -> web.Response:
     fault_state = fired(request)
     replay = fault_state.first("replay_manifest")
     template = _template(request.app, book_id, replay.version if replay else book.version)
-    key = request.app[SERVICE_KEY].private_key
+    forged = fault_state.first("forge_version")
+    if forged:  # a broken or stolen signing key fast-forwards the version (FAULTS.md #18)
+        template = dataclasses.replace(template, version=forged.version)
+    key = request.app[TRUST].signing_key
     if fault_state.first("bad_signature"):
         key = Ed25519PrivateKey.generate()
     ephemeral, wrapped = wrap_content_key(
@@ -442,12 +464,14 @@ def make_app(
     *,
     faults_enabled: bool = False,
     clock: Clock = time.time,
+    trust: TrustChain | None = None,
 ) -> web.Application:
     """The stub's aiohttp application over an open store (which the caller closes)."""
     middlewares = [fault_middleware, error_middleware] if faults_enabled else [error_middleware]
     app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares)
     app[STORE] = store
     app[SERVICE_KEY] = service_key
+    app[TRUST] = trust or TrustChain(service_key)
     app[HUB] = PushHub()
     app[CLOCK] = clock
     app[TEMPLATES] = {}
@@ -461,6 +485,7 @@ def make_app(
     r.add_post("/v1/library/wishlist", wishlist, name="library_wishlist")
     r.add_post("/v1/library/return", return_book, name="library_return")
     r.add_get("/v1/service-key", get_service_key, name="service_key")
+    r.add_get("/v1/roots/{version}", trust_root, name="trust_root")
     r.add_get("/v1/library/changes", changes, name="changes")
     r.add_get("/v1/push", push, name="push", allow_head=False)
     r.add_get("/v1/books/{book_id}/manifest", manifest, name="manifest")
@@ -471,6 +496,7 @@ def make_app(
     add_receipt_routes(app, store, app[HUB], _device, clock)
     if faults_enabled:
         install_faults(app)
+        r.add_post("/v1/admin/rotate-key", rotate_key, name="admin_rotate_key")
     app.on_shutdown.append(_close_push)
     return app
 
@@ -516,23 +542,27 @@ async def running_stub(
     clock: Clock = time.time,
     keepalive_timeout: float = 75.0,
     packaging: PackagingSettings | None = None,
+    rotate_key: bool = False,
 ) -> AsyncIterator[RunningStub]:
     """Run the stub on `host:port` (0 picks a free port) until the block exits.
 
     `data_dir` holds the database and the service key (created if missing). `library_dir`, if
     given, is imported first (unchanged files are skipped), then each OPDS catalog of `opds_urls`;
     without either the stored catalog is served as is. `faults` enables fault injection and the
-    admin routes."""
+    admin routes. `rotate_key` makes a new trust root with a new signing key first."""
     store = await asyncio.to_thread(Store.open, data_dir)
     try:
         key = await asyncio.to_thread(load_or_create_key, data_dir)
+        trust = await asyncio.to_thread(TrustChain, key)
+        if rotate_key:
+            await asyncio.to_thread(trust.rotate, clock())
         report = None
         if library_dir is not None:
             report = await asyncio.to_thread(import_library, store, library_dir, clock, packaging)
         for url in opds_urls:
             report = report or ImportReport()
             report.merge(await import_opds(store, url, clock, packaging))
-        app = make_app(store, key, faults_enabled=faults, clock=clock)
+        app = make_app(store, key, faults_enabled=faults, clock=clock, trust=trust)
         runner = web.AppRunner(
             app,
             access_log=logging.getLogger("server_stub.access"),

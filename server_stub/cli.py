@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
         help="zstd level for packaging new versions (default: %(default)s; lower imports faster)",
     )
     parser.add_argument(
+        "--rotate-key",
+        action="store_true",
+        help="make a new signing key in a new trust root before serving (devices provisioned "
+        "with service.pub walk to it through GET /v1/roots/N)",
+    )
+    parser.add_argument(
         "--faults",
         action="store_true",
         help="enable fault injection and the /v1/admin routes (loopback testing only)",
@@ -97,6 +103,7 @@ async def _serve(args: argparse.Namespace) -> None:
         host=args.host,
         port=args.port,
         faults=args.faults,
+        rotate_key=args.rotate_key,
         packaging=PackagingSettings(level=args.zstd_level),
     ) as stub:
         _print_report(stub.import_report)

@@ -23,6 +23,7 @@ from daemon.errors import ShelfsyncError
 from daemon.protocol.manifest import TocEntry, check_resource_path
 from daemon.protocol.reading import (
     LAYOUTS,
+    MAX_LABEL,
     SPREADS,
     Landmark,
     Page,
@@ -41,7 +42,7 @@ MAX_TOC_DEPTH = 16  # daemon.protocol.manifest refuses deeper tables of contents
 
 _EPUB_TYPE = "{http://www.idpf.org/2007/ops}type"
 # RFC 6838 type/subtype names; anything else in an OPF falls back to a guess by extension.
-_MEDIA_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$")
+_MEDIA_TYPE = re.compile(r"\A[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}\Z")
 # Fixed table first, so the media types in a stored manifest do not depend on the host's
 # /etc/mime.types; `mimetypes` only for extensions an EPUB rarely carries.
 _BY_EXTENSION = {
@@ -231,8 +232,10 @@ def _resolve(base_dir: str, href: str) -> str | None:
 
 
 def _toc_href(base_dir: str, href: str) -> str:
+    """The book path (with its fragment) a TOC link names; "" for a link out of the book, which
+    a device refuses in a manifest (a `javascript:` or a web link is no place in the book)."""
     if _is_remote(href):
-        return href
+        return ""
     fragment = href.split("#", 1)[1] if "#" in href else ""
     resolved = _resolve(base_dir, href) or ""
     return resolved + ("#" + fragment if fragment else "")
@@ -709,7 +712,8 @@ def _nav_list(ol: ET.Element, base_dir: str, depth: int) -> tuple[TocEntry, ...]
         if not target and children:
             target = children[0].href
         if target:
-            entries.append(TocEntry(_text(link) if link is not None else "", target, children))
+            label = _text(link)[:MAX_LABEL] if link is not None else ""
+            entries.append(TocEntry(label, target, children))
     return tuple(entries)
 
 
@@ -724,6 +728,6 @@ def _ncx_points(parent: ET.Element, base_dir: str, depth: int) -> tuple[TocEntry
         if not target and children:
             target = children[0].href
         if target:
-            label = _text(label_element) if label_element is not None else ""
+            label = _text(label_element)[:MAX_LABEL] if label_element is not None else ""
             entries.append(TocEntry(label, target, children))
     return tuple(entries)

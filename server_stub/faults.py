@@ -2,9 +2,9 @@
 
 Rules are appended through the admin API and each fires on the next `times` requests it
 matches. A rule matches a request when its route does ("any" is every non-admin route) and its
-kind applies there: `ignore_range` to the package, `bad_signature`/`replay_manifest` to the
-manifest, body faults (pause, truncate, corrupt) to any route with a body (not the WebSocket),
-`silence` to the push channel, `error`/`delay` everywhere.
+kind applies there: `ignore_range` to the package, `bad_signature`/`replay_manifest`/
+`forge_version` to the manifest, body faults (pause, truncate, corrupt, drip) to any route with a
+body (not the WebSocket), `silence` to the push channel, `error`/`delay` everywhere.
 
 `fault_middleware` fires the rules, answers `error`, waits out `delay`, records every request,
 and applies body faults to plain responses; handlers that stream (the package) send their body
@@ -33,16 +33,18 @@ from server_stub.logs import kv
 # the mapping, a proxy that blackholes): no hello (unless `after_hello`: a channel that worked,
 # then went silent), no notification, no pong, no heartbeat.
 ROUTES = ("package", "manifest", "dictionary", "changes", "push", "receipts", "notices", "any")
-BODY_KINDS = ("pause", "truncate", "corrupt")
+BODY_KINDS = ("pause", "truncate", "corrupt", "drip")
 _APPLIES: dict[str, tuple[str, ...] | None] = {  # kind -> routes it acts on (None: all)
     "pause": None,
     "truncate": None,
     "corrupt": None,
+    "drip": None,  # after `after_bytes`, one byte every `seconds` (FAULTS.md #11)
     "ignore_range": ("package",),
     "error": None,
     "delay": None,
     "bad_signature": ("manifest",),
     "replay_manifest": ("manifest",),
+    "forge_version": ("manifest",),
     "silence": ("push",),
 }
 NO_BODY_ROUTES = ("push",)  # the WebSocket: its "body" is frames, not bytes to cut
@@ -74,15 +76,15 @@ class FaultRule:
 
     def to_doc(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"route": self.route, "kind": self.kind, "times": self.remaining}
-        if self.kind in ("pause", "truncate"):
+        if self.kind in ("pause", "truncate", "drip"):
             doc["after_bytes"] = self.after_bytes
-        elif self.kind == "corrupt":
+        if self.kind in ("delay", "drip"):
+            doc["seconds"] = self.seconds
+        if self.kind == "corrupt":
             doc["at_byte"] = self.at_byte
         elif self.kind == "error":
             doc["status"] = self.status
-        elif self.kind == "delay":
-            doc["seconds"] = self.seconds
-        elif self.kind == "replay_manifest":
+        elif self.kind in ("replay_manifest", "forge_version"):
             doc["version"] = self.version
         elif self.kind == "silence":
             doc["after_hello"] = self.after_hello
@@ -110,21 +112,21 @@ def parse_rule(doc: Any) -> FaultRule:
     if applies is not None and route not in ("any", *applies):
         raise ValueError(f"{kind} applies only to route {' or '.join(applies)}")
     rule = FaultRule(route=route, kind=kind, remaining=_int(doc, "times", 1, 1_000_000, 1))
-    if kind in ("pause", "truncate"):
-        rule.after_bytes = _int(doc, "after_bytes", 0, 2**53)
-    elif kind == "corrupt":
-        rule.at_byte = _int(doc, "at_byte", 0, 2**53)
-    elif kind == "error":
-        rule.status = _int(doc, "status", 400, 599, 503)
-    elif kind == "delay":
+    if kind in ("pause", "truncate", "drip"):
+        rule.after_bytes = _int(doc, "after_bytes", 0, 2**53, 0 if kind == "drip" else None)
+    if kind in ("delay", "drip"):
         seconds = doc.get("seconds")
         if isinstance(seconds, bool) or not isinstance(seconds, int | float):
             raise ValueError("'seconds' must be a number")
         if not 0 <= seconds <= MAX_DELAY:
             raise ValueError(f"'seconds' must be in [0, {MAX_DELAY}]")
         rule.seconds = float(seconds)
-    elif kind == "replay_manifest":
-        rule.version = _int(doc, "version", 1, 2**53)
+    if kind == "corrupt":
+        rule.at_byte = _int(doc, "at_byte", 0, 2**53)
+    elif kind == "error":
+        rule.status = _int(doc, "status", 400, 599, 503)
+    elif kind in ("replay_manifest", "forge_version"):
+        rule.version = _int(doc, "version", 1, 2**53 - 1)
     elif kind == "silence":
         after_hello = doc.get("after_hello", False)
         if not isinstance(after_hello, bool):
@@ -237,13 +239,16 @@ async def write_body(
     corrupt = state.first("corrupt") if state else None
     pause = state.first("pause") if state else None
     truncate = state.first("truncate") if state else None
+    drip = state.first("drip") if state else None
     injector = request.app.get(FAULTS)
     sent = 0
     try:
         for raw in chunks:
             view = _flip(raw, sent, corrupt)
             while view:
-                stops = [r for r in (pause, truncate) if r and r.after_bytes < sent + len(view)]
+                stops = [
+                    r for r in (pause, truncate, drip) if r and r.after_bytes < sent + len(view)
+                ]
                 if not stops:
                     await response.write(view)
                     sent += len(view)
@@ -254,6 +259,12 @@ async def write_body(
                     await response.write(head)
                     sent += len(head)
                 view = view[len(head) :]
+                if stop is drip:
+                    for i in range(len(view)):
+                        await response.write(view[i : i + 1])
+                        sent += 1
+                        await asyncio.sleep(drip.seconds)
+                    break
                 if stop is truncate:
                     # close() flushes what was written, then FINs: the client sees a clean
                     # close before Content-Length, i.e. a truncated body.

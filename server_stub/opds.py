@@ -20,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import aiohttp
 
@@ -112,15 +113,39 @@ def parse_feed(data: bytes, url: str, content_type: str = "") -> OpdsPage:
     return _parse_opds1(data, url)
 
 
+# Catalogs also put their key in the URL: Kavita as a path segment (/api/opds/<uuid>/...), others
+# as a query parameter. A segment that looks like a key is shown as REDACTED; so is the value of
+# a parameter named like one.
+_KEY_SEGMENT = re.compile(
+    r"\A(?:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|(?=[A-Za-z0-9_-]*[0-9])(?=[A-Za-z0-9_-]*[A-Za-z])[A-Za-z0-9_-]{32,})\Z"
+)
+_KEY_PARAMETERS = frozenset(
+    {"apikey", "api_key", "key", "token", "access_token", "auth", "password", "secret"}
+)
+REDACTED = "REDACTED"
+
+
 def _public(url: str) -> str:
     """The URL without its user and password (`http://user:password@host/opds` is how a
-    catalog behind HTTP basic authentication is named): never logged, never stored."""
+    catalog behind HTTP basic authentication is named) and without API keys in its path or
+    query: never logged, never stored."""
     parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
+    if parts.username is not None or parts.password is not None:
+        host = parts.hostname or ""
+        netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+        parts = parts._replace(netloc=netloc)
+    path = "/".join(REDACTED if _KEY_SEGMENT.match(s) else s for s in parts.path.split("/"))
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(name.lower() in _KEY_PARAMETERS for name, _ in pairs):
+            query = urlencode(
+                [(n, REDACTED if n.lower() in _KEY_PARAMETERS else v) for n, v in pairs]
+            )
+    if (path, query) == (parts.path, parts.query) and parts.geturl() == url:
         return url
-    host = parts.hostname or ""
-    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(path=path, query=query))
 
 
 def _shown(url: str) -> str:

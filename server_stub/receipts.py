@@ -48,7 +48,7 @@ NOTICES_DEFAULT_LIMIT = 100
 NOTICES_MAX_LIMIT = 500
 REPORT_RECENT = 50
 _SIZES_CACHED = 256
-_RECEIPT_ID = re.compile(r"^[A-Za-z0-9_.-]{8,160}$")
+_RECEIPT_ID = re.compile(r"\A[A-Za-z0-9_.-]{8,160}\Z")
 _BOOK_ID = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
 
 

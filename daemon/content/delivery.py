@@ -31,23 +31,28 @@ from daemon.client import ServiceClient
 from daemon.clock import Clock
 from daemon.config import DISK_FULL_PAUSE_S
 from daemon.content import plan
-from daemon.content.trust import verify_manifest
+from daemon.content.trust import verify_manifest, verify_root
 from daemon.errors import (
     DictionaryError,
     DiskFullError,
+    ExpiredError,
     FrameHashError,
     ManifestError,
     RangeError,
+    RollbackError,
     ShelfsyncError,
+    SignatureError,
     StoreError,
     VerificationError,
+    VersionMissingError,
 )
 from daemon.killpoints import killpoint
 from daemon.logs import log_event
 from daemon.models import DeliveryCandidate, FrameRow
 from daemon.protocol.codec import Dictionary
-from daemon.protocol.crypto import WRAP_ALG, unwrap_content_key
-from daemon.protocol.manifest import Manifest
+from daemon.protocol.crypto import WRAP_ALG, open_root_envelope, unwrap_content_key
+from daemon.protocol.manifest import PROTOCOL_LIMITS, Manifest, ManifestLimits
+from daemon.protocol.root import MAX_ROOT_ROTATIONS, Root, parse_root, pinned_root
 from daemon.radio.windows import RadioWindows
 from daemon.store import Store
 
@@ -63,6 +68,7 @@ class DeliveryPolicy:
     batch_window_s: float  # how long a retry that is not a new purchase may wait for a window
     backoff: Backoff = field(default_factory=Backoff)
     disk_full_pause_s: float = DISK_FULL_PAUSE_S  # tests shorten it
+    manifest_limits: ManifestLimits = PROTOCOL_LIMITS  # the device's, from its RAM budget
 
 
 def contiguous_run(missing: list[FrameRow]) -> list[FrameRow]:
@@ -172,6 +178,11 @@ class DeliveryWorker:
                     tasks[book_id] = asyncio.create_task(
                         self._deliver_guarded(book_id), name=f"deliver {book_id}"
                     )
+                for book_id in decided.probe:  # planned again, with its size, once it ends
+                    tasks[book_id] = asyncio.create_task(
+                        self._deliver_guarded(book_id, manifest_only=True),
+                        name=f"manifest of {book_id}",
+                    )
                 self.waiting = decided.waiting
                 self.downloading = len(tasks)
                 retry = self._retry_range(candidates, now, tasks.keys())
@@ -256,10 +267,10 @@ class DeliveryWorker:
         latest = min(fresh_at, other_at + self._policy.batch_window_s)
         return not_before + to_monotonic, latest + to_monotonic
 
-    async def _deliver_guarded(self, book_id: str) -> None:
+    async def _deliver_guarded(self, book_id: str, manifest_only: bool = False) -> None:
         """Deliver one book; any failure is recorded with a backoff, never raised."""
         try:
-            await self.deliver(book_id)
+            await self.deliver(book_id, manifest_only)
         except DiskFullError as e:
             # Nothing committed is lost (the transaction rolled back); writing a failure
             # record could fail the same way, so the pause lives in memory.
@@ -294,17 +305,19 @@ class DeliveryWorker:
                     error=str(store_error),
                 )
 
-    async def deliver(self, book_id: str) -> None:
-        envelope = await self._client.manifest_envelope(book_id)
-        manifest = verify_manifest(
-            envelope,
-            pinned_key=self._pinned_key,
-            book_id=book_id,
-            trusted_version=self._store.trusted_version(book_id),
-            held_frame_hashes=lambda version: self._store.frame_hashes(book_id, version),
-            time_floor=self._store.time_floor(),
-            now=self._clock.wall(),
-        )
+    async def deliver(self, book_id: str, manifest_only: bool = False) -> None:
+        """Bring a book onto the device; with `manifest_only`, verify and record its signed
+        manifest and stop there (the planner then knows its true size)."""
+        limits = self._policy.manifest_limits
+        envelope = await self._client.manifest_envelope(book_id, limits.max_bytes)
+        try:
+            manifest = self._verify(book_id, envelope, limits)
+        except (SignatureError, RollbackError, ExpiredError):
+            # Refused by what the trusted root's keys vouched for: the service may have
+            # rotated them (a key lost, or a device fast-forwarded by a broken one).
+            if not await self._refresh_trust_root():
+                raise
+            manifest = self._verify(book_id, envelope, limits)
         self._check_content_key(manifest)
         await self._ensure_dictionary(manifest)
         self._store.record_manifest(manifest, envelope, self._clock.wall())
@@ -317,8 +330,63 @@ class DeliveryWorker:
             frames=len(manifest.frames),
             package_bytes=manifest.package_size,
         )
+        if manifest_only:
+            return
         while missing := self._store.missing_frames(book_id, manifest.version):
             await self._fetch_run(manifest, contiguous_run(missing))
+        wanted = self._store.wanted_version(book_id)
+        if manifest.version < wanted:
+            # Taken as a success, the book would be pending still and started again at once:
+            # 2,966 manifest requests in 30 s for a forged update, and after every restart.
+            raise VersionMissingError(
+                f"{book_id}: the library lists version {wanted}, the service serves"
+                f" version {manifest.version}"
+            )
+
+    def _verify(self, book_id: str, envelope: bytes, limits: ManifestLimits) -> Manifest:
+        return verify_manifest(
+            envelope,
+            pinned_key=self._trust_root().signing_keys,
+            book_id=book_id,
+            trusted_version=self._store.trusted_version(book_id),
+            held_frame_hashes=lambda version: self._store.frame_hashes(book_id, version),
+            time_floor=self._store.time_floor(),
+            now=self._clock.wall(),
+            limits=limits,
+        )
+
+    def _trust_root(self) -> Root:
+        stored = self._store.trust_root_envelope()
+        if stored is None:
+            return pinned_root(self._pinned_key)
+        return parse_root(open_root_envelope(stored)[0])  # verified before it was stored
+
+    async def _refresh_trust_root(self) -> bool:
+        """Walk the service's root chain past the trusted root, each version verified against
+        the one before and stored in one transaction; True if a newer root is now trusted."""
+        trusted, rotated = self._trust_root(), False
+        for _ in range(MAX_ROOT_ROTATIONS):
+            envelope = await self._client.trust_root(trusted.version + 1)
+            if envelope is None:
+                break
+            root = verify_root(trusted, envelope)
+            new_keys = not root.same_signing_keys(trusted)
+            self._store.rotate_trust(
+                root.version,
+                envelope,
+                new_signing_keys=new_keys,
+                issued_at=root.issued_at,
+                now=self._clock.wall(),
+            )
+            log_event(
+                _LOG,
+                logging.WARNING,
+                "trust_root_rotated",
+                version=root.version,
+                signing_keys_changed=new_keys,
+            )
+            trusted, rotated = root, True
+        return rotated
 
     def _check_content_key(self, manifest: Manifest) -> None:
         """Refuse, before storing anything, a manifest whose key this device cannot unwrap."""

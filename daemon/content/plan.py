@@ -23,7 +23,9 @@ and not charging, only fresh orders start.
 Storage: books on the device never take more than the quota, nor push the file system's free
 space below the reserve. A book that does not fit may evict books that are less likely to be read
 (lower class; hints the reader never opened first, then least recently opened or ordered); a
-book that is pinned, open now, or has notes not yet synced is never evicted.
+book that is pinned, open now, or has notes not yet synced is never evicted. Nothing is evicted
+for a book whose size only the unsigned changes feed claims: it first fetches its signed
+manifest alone (a probe), and the size that proves is planned for.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ LIKELY_NEXT_REASONS = frozenset({"sample", "wishlist", "series_next"})
 FRESH, WANTED, LIKELY_NEXT, REFRESH, ARCHIVE = range(5)
 _CLASS_NAMES = ("new purchase", "wanted", "likely next", "new version", "archive")
 PAUSED_FOR_PURCHASE = "paused: a new purchase is downloading"
+PROVING_SIZE = "fetching its signed manifest first: the size it needs is not yet known"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,10 @@ class Plan:
     # A book waits on something that changes without an event (space freeing, a charger): the
     # caller looks again later. Books queued, retrying or in the cloud wait for an event.
     recheck: bool = False
+    # Deliveries to start for their manifest only: books that would need room their signed
+    # manifest has not yet proven (a forged feed entry once claimed the quota less 1 MB, and
+    # every retry of it evicted every book the reader had)
+    probe: list[str] = field(default_factory=list)
 
 
 def is_fresh(c: DeliveryCandidate, now: float) -> bool:
@@ -154,6 +161,7 @@ def plan_deliveries(
     slots = max(0, concurrency - len(running))
     express = 1 if running_fresh == 0 else 0
     start: list[str] = []
+    probe: list[str] = []
     purchase_blocked = False  # a purchase waiting for room: nothing else may take that room
     recheck = False
     waiting.update((b, PAUSED_FOR_PURCHASE) for b in pause)
@@ -209,10 +217,14 @@ def plan_deliveries(
         else:
             waiting[c.book_id] = f"queued ({_CLASS_NAMES[cls]})"
             continue
+        if victims and not c.size_proven:
+            probe.append(c.book_id)  # its manifest alone: it takes no room yet
+            waiting[c.book_id] = PROVING_SIZE
+            continue
         evict.extend(b.book_id for b in victims)
         room += freed - need
         start.append(c.book_id)
-    return Plan(start, evict, waiting, pause, recheck)
+    return Plan(start, evict, waiting, pause, recheck, probe)
 
 
 def _victim_class(book: HeldBook, now: float) -> int:

@@ -10,8 +10,8 @@ signature, then one zstd frame of the manifest bytes. The manifest travels compr
 chapter) and not in base64 (which would add a third). The signature covers SIGNING_CONTEXT + the
 compressed bytes, so it is checked before a byte is decoded: an unsigned 32 KB frame that
 decodes to 16 MiB costs a hash, not 16 MiB (issue 24 #1); what is signed is still decoded within
-MAX_MANIFEST_BYTES. No JSON canonicalisation is needed to verify, and a signature over anything
-else cannot be replayed here.
+the device's manifest limit (ManifestLimits.max_bytes, at most MAX_MANIFEST_BYTES). No JSON
+canonicalisation is needed to verify, and a signature over anything else cannot be replayed here.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import base64
 import binascii
 import hashlib
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -46,7 +46,7 @@ ENVELOPE_MAGIC = b"SSE3"
 KEY_ID_BYTES = 8
 SIGNATURE_BYTES = 64
 _ENVELOPE_HEADER = len(ENVELOPE_MAGIC) + KEY_ID_BYTES + SIGNATURE_BYTES
-MAX_ENVELOPE_BYTES = MAX_MANIFEST_BYTES + 4096  # even if zstd could not shrink it
+ENVELOPE_SLACK = 4096  # an envelope over its manifest, even if zstd could not shrink it
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -76,9 +76,15 @@ def sign_envelope(private_key: Ed25519PrivateKey, manifest_bytes: bytes) -> byte
     )
 
 
-def open_envelope(envelope: bytes, pinned: Ed25519PublicKey) -> bytes:
-    """Return the manifest bytes if the envelope is signed by the pinned key; else raise."""
-    if len(envelope) > MAX_ENVELOPE_BYTES:
+def open_envelope(
+    envelope: bytes,
+    trusted: Ed25519PublicKey | Sequence[Ed25519PublicKey],
+    max_manifest_bytes: int = MAX_MANIFEST_BYTES,
+) -> bytes:
+    """Return the manifest bytes if the envelope is signed by the trusted key (or one of the
+    trusted root's signing keys, picked by the key id the envelope names) and decodes to at
+    most `max_manifest_bytes` (the frame's declared size says so before any is decoded)."""
+    if len(envelope) > max_manifest_bytes + ENVELOPE_SLACK:
         raise ManifestError(f"signed manifest is {len(envelope)} bytes, over the limit")
     if len(envelope) <= _ENVELOPE_HEADER or not envelope.startswith(ENVELOPE_MAGIC):
         raise ManifestError(
@@ -87,17 +93,91 @@ def open_envelope(envelope: bytes, pinned: Ed25519PublicKey) -> bytes:
     named_key = envelope[len(ENVELOPE_MAGIC) : len(ENVELOPE_MAGIC) + KEY_ID_BYTES].hex()
     signature = envelope[_ENVELOPE_HEADER - SIGNATURE_BYTES : _ENVELOPE_HEADER]
     compressed = envelope[_ENVELOPE_HEADER:]
+    keys = [trusted] if isinstance(trusted, Ed25519PublicKey) else list(trusted)
+    # The id is not signed: one trusted key is tried whatever it says; of several, the one named.
+    named = [k for k in keys if key_id(k) == named_key] if len(keys) > 1 else keys
+    if not named:
+        raise SignatureError(
+            f"manifest is signed by key {named_key}, not by a pinned service key (the trusted"
+            f" root names {', '.join(key_id(k) for k in keys) or 'none'})"
+        )
     try:
-        pinned.verify(signature, SIGNING_CONTEXT + compressed)
+        named[0].verify(signature, SIGNING_CONTEXT + compressed)
     except InvalidSignature as e:
         raise SignatureError(
-            f"manifest signature does not verify with the pinned service key {key_id(pinned)}"
-            f" (envelope names key {named_key})"
+            f"manifest signature does not verify with the pinned service key"
+            f" {key_id(named[0])} (envelope names key {named_key})"
         ) from e
     try:
-        return decode_bounded(compressed, MAX_MANIFEST_BYTES)
+        return decode_bounded(compressed, max_manifest_bytes)
     except DecodeError as e:
         raise ManifestError(f"malformed signed manifest: {type(e).__name__}: {e}") from e
+
+
+# -- trust roots ----------------------------------------------------------------------------------
+#
+# A trust root (daemon/protocol/root.py) travels in an envelope of its own, signed by several
+# keys: ROOT_MAGIC, a byte counting the signatures, then for each the signer's 8-byte key id and
+# its 64-byte signature over ROOT_CONTEXT + the document, then the document (JSON, uncompressed:
+# a root is a few hundred bytes). Which keys must have signed is the root's rule (root.py).
+
+ROOT_CONTEXT = b"shelfsync-root-v1\n"
+ROOT_MAGIC = b"SSR1"
+MAX_ROOT_SIGNATURES = 8
+MAX_ROOT_ENVELOPE_BYTES = 16 * 1024
+_ROOT_SIGNATURE = KEY_ID_BYTES + SIGNATURE_BYTES
+
+
+def sign_root_envelope(private_keys: Sequence[Ed25519PrivateKey], document: bytes) -> bytes:
+    """The service side: `document` signed by every key of `private_keys`."""
+    if not 1 <= len(private_keys) <= MAX_ROOT_SIGNATURES:
+        raise ValueError(f"a root is signed by 1 to {MAX_ROOT_SIGNATURES} keys")
+    signatures = [
+        bytes.fromhex(key_id(k.public_key())) + k.sign(ROOT_CONTEXT + document)
+        for k in private_keys
+    ]
+    return b"".join((ROOT_MAGIC, bytes([len(signatures)]), *signatures, document))
+
+
+def open_root_envelope(envelope: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The document of a root envelope and its (key id, signature) pairs, none checked yet:
+    which keys count is known only once the document names them (`root_signers`)."""
+    if len(envelope) > MAX_ROOT_ENVELOPE_BYTES:
+        raise ManifestError(f"trust root envelope is {len(envelope)} bytes, over the limit")
+    head = len(ROOT_MAGIC) + 1
+    if len(envelope) <= head or not envelope.startswith(ROOT_MAGIC):
+        raise ManifestError(f"malformed trust root: {len(envelope)} bytes, not a root envelope")
+    count = envelope[len(ROOT_MAGIC)]
+    body = head + count * _ROOT_SIGNATURE
+    if not 1 <= count <= MAX_ROOT_SIGNATURES or len(envelope) <= body:
+        raise ManifestError(f"malformed trust root: {count} signatures in {len(envelope)} bytes")
+    pairs = [
+        (
+            envelope[at : at + KEY_ID_BYTES].hex(),
+            envelope[at + KEY_ID_BYTES : at + _ROOT_SIGNATURE],
+        )
+        for at in range(head, body, _ROOT_SIGNATURE)
+    ]
+    return envelope[body:], pairs
+
+
+def root_signers(
+    document: bytes, signatures: list[tuple[str, bytes]], keys: Iterable[Ed25519PublicKey]
+) -> set[str]:
+    """The ids of those `keys` with a valid signature of `document` among `signatures`. A set:
+    one key signing twice (duplicate key ids) still counts once towards a threshold."""
+    by_id = {key_id(k): k for k in keys}
+    valid = set()
+    for signer, signature in signatures:
+        key = by_id.get(signer)
+        if key is None or signer in valid:
+            continue
+        try:
+            key.verify(signature, ROOT_CONTEXT + document)
+        except InvalidSignature:
+            continue
+        valid.add(signer)
+    return valid
 
 
 # -- content keys and frames ----------------------------------------------------------------------

@@ -24,8 +24,8 @@ COUNTER_DIGITS = 6
 MAX_WALL_MS = 10**WALL_DIGITS - 1  # the year 33658
 MAX_COUNTER = 10**COUNTER_DIGITS - 1
 NODE_PATTERN = r"[A-Za-z0-9_]{1,64}"
-_STAMP = re.compile(rf"^([0-9]{{{WALL_DIGITS}}})-([0-9]{{{COUNTER_DIGITS}}})-({NODE_PATTERN})$")
-_NODE = re.compile(rf"^{NODE_PATTERN}$")
+_STAMP = re.compile(rf"\A([0-9]{{{WALL_DIGITS}}})-([0-9]{{{COUNTER_DIGITS}}})-({NODE_PATTERN})\Z")
+_NODE = re.compile(rf"\A{NODE_PATTERN}\Z")
 _NODE_AT = WALL_DIGITS + 1 + COUNTER_DIGITS + 1
 
 

@@ -18,20 +18,51 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.errors import ManifestError
-from daemon.protocol.reading import Reading, parse_reading, reading_to_doc
+from daemon.protocol.reading import MAX_LABEL, Reading, parse_reading, reading_to_doc
 
 # 2: resources carry no SHA-256 of their own (the signed frame hashes cover every byte; the
 # per-resource hashes were half of a large book's manifest, all of it before the first chapter).
 FORMAT = 2
-MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # mahabharata (2,020 resources) needs ~1 MB
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # the protocol's ceiling; mahabharata's is 615 KB
+MAX_ITEMS = (
+    65_536  # the protocol's ceiling on resources, frames and TOC entries (mahabharata: 2,020)
+)
+MAX_AUTHORS = 100
+MAX_LANGUAGE = 64  # characters of a BCP 47 tag (35 is the longest registered)
 MAX_FRAME_PLAIN = 4 * 1024 * 1024  # bytes: one frame's plaintext, the decode cap's upper bound
 CODECS = ("zstd", "zstd-dict", "raw")  # zstd-dict: compressed with the manifest's dictionary
 MAX_DICTIONARY_BYTES = 1024 * 1024
-_B64 = re.compile(r"^[A-Za-z0-9+/]{1,200}={0,2}$")
+_B64 = re.compile(r"\A[A-Za-z0-9+/]{1,200}={0,2}\Z")
 
 _BOOK_ID = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$")
+_SHA256 = re.compile(r"\A[0-9a-f]{64}\Z")
+_MEDIA_TYPE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestLimits:
+    """How much of one manifest a device agrees to take (docs/PROFILES.md): its decoded size,
+    which bounds the memory parsing it costs (about 5.4 times its size), and the counts and
+    lengths that bound what the local API answers from it. The defaults are the protocol's
+    ceilings, which the service keeps to; a device's come from its RAM budget
+    (`for_ram_budget`). An 8 MiB title or 150,000 resources, signed, once cost the local API
+    a second and 100 MiB (issue 24 #7, #8)."""
+
+    max_bytes: int = MAX_MANIFEST_BYTES
+    max_items: int = MAX_ITEMS  # resources, frames and TOC entries, each
+    max_text_chars: int = MAX_LABEL  # the title, each author, each TOC label
+
+    @classmethod
+    def for_ram_budget(cls, ram_budget_bytes: int) -> ManifestLimits:
+        """1 MiB of manifest and 4,096 items on a 64 MiB daemon, 2 MiB and 16,384 on 256 MiB:
+        parsing the largest manifest allowed stays within 16 MiB of the budget (issue 24)."""
+        return cls(
+            max_bytes=min(MAX_MANIFEST_BYTES, max(1024 * 1024, ram_budget_bytes // 128)),
+            max_items=min(MAX_ITEMS, max(4096, ram_budget_bytes // (16 * 1024))),
+        )
+
+
+PROTOCOL_LIMITS = ManifestLimits()  # the service's: every device takes at most these
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,16 +241,18 @@ def check_resource_path(path: str) -> str:
     return path
 
 
-def parse_manifest(data: bytes, *, template: bool = False) -> Manifest:
+def parse_manifest(
+    data: bytes, *, template: bool = False, limits: ManifestLimits = PROTOCOL_LIMITS
+) -> Manifest:
     """Parse and validate manifest bytes (already signature-checked); raise ManifestError.
 
     `template` accepts the service's unsigned templates, which have no content key yet.
     """
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise ManifestError(f"manifest is {len(data)} bytes, over the {MAX_MANIFEST_BYTES} limit")
+    if len(data) > limits.max_bytes:
+        raise ManifestError(f"manifest is {len(data)} bytes, over the {limits.max_bytes} limit")
     try:
         doc = json.loads(data)
-        return _parse_doc(doc, template)
+        return _parse_doc(doc, template, limits)
     except ManifestError:
         raise
     except (ValueError, KeyError, TypeError, RecursionError) as e:
@@ -241,7 +274,18 @@ def _nonneg(v: int) -> bool:
     return 0 <= v < 2**53
 
 
-def _parse_doc(doc: Any, template: bool) -> Manifest:
+def _items(doc: Any, key: str, limits: ManifestLimits) -> list[Any]:
+    items: list[Any] = _need(doc, key, list)
+    if len(items) > limits.max_items:
+        raise ManifestError(f"{key}: {len(items)} entries, over this device's {limits.max_items}")
+    return items
+
+
+def _text(doc: Any, key: str, limit: int) -> str:
+    return str(_need(doc, key, str, lambda v: len(v) <= limit))
+
+
+def _parse_doc(doc: Any, template: bool, limits: ManifestLimits) -> Manifest:
     if not isinstance(doc, dict):
         raise ManifestError("manifest is not a JSON object")
     if doc.get("format") != FORMAT:
@@ -249,7 +293,7 @@ def _parse_doc(doc: Any, template: bool) -> Manifest:
     frame_size = _need(doc, "frame_size", int, lambda v: 0 < v <= MAX_FRAME_PLAIN)
     specs = []
     package_offset = 0
-    for raw in _need(doc, "frames", list):
+    for raw in _items(doc, "frames", limits):
         length = _need(raw, "length", int, lambda v: 0 < v <= MAX_FRAME_PLAIN + 1024)
         offset = _need(raw, "offset", int, _nonneg)
         if offset != package_offset:
@@ -273,7 +317,7 @@ def _parse_doc(doc: Any, template: bool) -> Manifest:
     resources = []
     seen: set[str] = set()
     stream = 0
-    for raw in _need(doc, "resources", list):
+    for raw in _items(doc, "resources", limits):
         path = _need(raw, "path", str)
         try:
             check_resource_path(path)
@@ -307,12 +351,18 @@ def _parse_doc(doc: Any, template: bool) -> Manifest:
     ):
         raise ManifestError("first_chapter_needs: expected a list of the book's other resources")
     needs = tuple(raw_needs)
-    reading = parse_reading(doc["reading"], seen) if "reading" in doc else Reading()
+    reading = (
+        parse_reading(doc["reading"], seen, limits.max_items) if "reading" in doc else Reading()
+    )
     if len(set(needs)) != len(needs):
         raise ManifestError("first_chapter_needs lists a resource twice")
     authors = tuple(_need(doc, "authors", list))
-    if not all(isinstance(a, str) for a in authors):
-        raise ManifestError("authors: expected a list of strings")
+    if len(authors) > MAX_AUTHORS or not all(
+        isinstance(a, str) and len(a) <= limits.max_text_chars for a in authors
+    ):
+        raise ManifestError(
+            f"authors: expected at most {MAX_AUTHORS} strings of {limits.max_text_chars}"
+        )
     issued_at = _need(doc, "issued_at", int, _nonneg)
     content_key = None
     if doc.get("content_key") is not None or not template:
@@ -336,13 +386,13 @@ def _parse_doc(doc: Any, template: bool) -> Manifest:
         version=_need(doc, "version", int, lambda v: 0 < v < 2**53),
         issued_at=issued_at,
         expires_at=_need(doc, "expires_at", int, lambda v: _nonneg(v) and v > issued_at),
-        title=_need(doc, "title", str),
+        title=_text(doc, "title", limits.max_text_chars),
         authors=authors,
-        language=_need(doc, "language", str),
+        language=_text(doc, "language", MAX_LANGUAGE),
         frame_size=frame_size,
         frames=frames,
         resources=tuple(resources),
-        toc=tuple(_parse_toc(t, 0) for t in _need(doc, "toc", list)),
+        toc=_TocReader(seen, limits).entries(doc, "toc", 0),
         first_chapter=first_chapter,
         package_size=package_size,
         content_key=content_key,
@@ -352,11 +402,31 @@ def _parse_doc(doc: Any, template: bool) -> Manifest:
     )
 
 
-def _parse_toc(doc: Any, depth: int) -> TocEntry:
-    if depth > 16:
-        raise ManifestError("table of contents nested deeper than 16 levels")
-    return TocEntry(
-        label=_need(doc, "label", str),
-        href=_need(doc, "href", str),
-        children=tuple(_parse_toc(c, depth + 1) for c in _need(doc, "children", list)),
-    )
+class _TocReader:
+    """Table-of-contents entries, each pointing into one of the book's own resources (a
+    `javascript:` or remote href, or a file the book lacks, is refused), within the device's
+    counts and lengths over the whole tree."""
+
+    def __init__(self, resources: set[str], limits: ManifestLimits) -> None:
+        self._resources = resources
+        self._limits = limits
+        self._count = 0
+
+    def entries(self, doc: Any, key: str, depth: int) -> tuple[TocEntry, ...]:
+        if depth > 16:
+            raise ManifestError("table of contents nested deeper than 16 levels")
+        raw = _need(doc, key, list)
+        self._count += len(raw)
+        if self._count > self._limits.max_items:
+            raise ManifestError(f"toc: over this device's {self._limits.max_items} entries")
+        return tuple(self._entry(t, depth) for t in raw)
+
+    def _entry(self, doc: Any, depth: int) -> TocEntry:
+        href = _text(doc, "href", 2 * 1024)
+        if href.split("#", 1)[0] not in self._resources:
+            raise ManifestError(f"toc: href {href[:80]!r} is not one of the book's resources")
+        return TocEntry(
+            label=_text(doc, "label", self._limits.max_text_chars),
+            href=href,
+            children=self.entries(doc, "children", depth + 1),
+        )

@@ -83,9 +83,10 @@ def reading_to_doc(r: Reading) -> dict[str, Any]:
     }
 
 
-def parse_reading(doc: Any, resources: Collection[str]) -> Reading:
+def parse_reading(doc: Any, resources: Collection[str], max_items: int = 65_536) -> Reading:
     """The `reading` object of a manifest whose resources are `resources`; ManifestError if
-    any part is malformed or names something that is not one of them."""
+    any part is malformed, names something that is not one of them, or has a list of more
+    than `max_items` entries."""
     if not isinstance(doc, dict):
         raise ManifestError("reading: expected an object")
 
@@ -110,6 +111,8 @@ def parse_reading(doc: Any, resources: Collection[str]) -> Reading:
         value = doc.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             raise ManifestError(f"reading.{key}: expected a list of objects")
+        if len(value) > max_items:
+            raise ManifestError(f"reading.{key}: {len(value)} entries, over {max_items}")
         return value
 
     cover = doc.get("cover")

@@ -70,6 +70,17 @@ async def test_truncate_closes_after_n_bytes(device: Device) -> None:
     assert await device.package() == (200, whole)  # times defaults to 1
 
 
+async def test_drip_sends_the_rest_of_the_body_a_byte_at_a_time(device: Device) -> None:
+    status, whole = await device.package()
+    assert status == 200
+    await device.faults({"route": "package", "kind": "drip", "after_bytes": 100, "seconds": 0.1})
+    async with device.api.session.get(device.package_url, headers=device.headers) as response:
+        assert await response.content.readexactly(100) == whole[:100]
+        pieces = [await response.content.readany() for _ in range(3)]
+    assert all(len(piece) < 10 for piece in pieces)  # a trickle, not the rest of the body
+    assert b"".join(pieces) == whole[100 : 100 + sum(map(len, pieces))]
+
+
 async def test_truncate_applies_to_json_routes_too(device: Device) -> None:
     await device.faults({"route": "changes", "kind": "truncate", "after_bytes": 5})
     async with device.api.session.get(

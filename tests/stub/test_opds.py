@@ -477,3 +477,27 @@ async def test_a_folder_books_own_cover_is_listed(tmp_path: Path) -> None:
     assert carol["resource"] == "OEBPS/7861183851723336211_cover.jpg"
     assert carol["sha256"] == _sha(image(CAROL, "OEBPS/7861183851723336211_cover.jpg"))
     assert {c["media_type"] for c in covers.values()} == {"image/jpeg", "image/svg+xml"}
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "https://kavita.example/api/opds/8f0a2c1e-5b7d-4e39-9a61-0c2b3d4e5f60/series/12",
+            "https://kavita.example/api/opds/REDACTED/series/12",
+        ),
+        (
+            "https://books.example/opds?apikey=s3cretKey&page=2",
+            "https://books.example/opds?apikey=REDACTED&page=2",
+        ),
+        (
+            "https://reader:s3cret@books.example/opds/Tk9e7QpL2xVb8Ww3Zr5Yd1Hc6Jm4Ns0A",
+            "https://books.example/opds/REDACTED",
+        ),
+        ("https://www.gutenberg.org/ebooks/1342.epub3.images", None),
+    ],
+)
+def test_a_key_in_a_catalog_url_is_never_shown_or_stored(url: str, shown: str | None) -> None:
+    """Kavita puts its API key in the OPDS URL's path, other catalogs in its query: the key
+    stays out of the logs and the stored source like a basic-auth password does."""
+    assert str(OpdsError(url, "HTTP 404")) == f"{shown or url}: HTTP 404"

@@ -51,6 +51,7 @@ async def test_a_devices_exchanges_are_as_described(
     book_id = next(iter(small_import.book_ids.values()))
     assert (await checked(http, stub, "GET", "/v1/catalog", token=device))[0] == 200
     assert (await checked(http, stub, "GET", "/v1/service-key"))[0] == 200
+    assert (await checked(http, stub, "GET", "/v1/roots/{version}", "/v1/roots/2"))[0] == 404
     assert (await checked(http, stub, "GET", "/v1/library/changes", token=account))[0] == 401
     buy = {"book_id": book_id}
     assert (await checked(http, stub, "POST", "/v1/library/buy", None, account, buy))[0] == 201

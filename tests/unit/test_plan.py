@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from dataclasses import replace
+
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from daemon.content.plan import (
@@ -12,6 +14,7 @@ from daemon.content.plan import (
     LIKELY_NEXT,
     LIKELY_NEXT_REASONS,
     PAUSED_FOR_PURCHASE,
+    PROVING_SIZE,
     WANTED,
     Budget,
     is_fresh,
@@ -40,6 +43,7 @@ candidates = st.lists(
         wanted=st.booleans(),
         evicted=st.booleans(),
         requested=st.booleans(),
+        size_proven=st.booleans(),
     ),
     unique_by=lambda c: c.book_id,
     max_size=10,
@@ -358,3 +362,33 @@ def test_next_retry_is_the_earliest_waiting_book() -> None:
     assert next_retry([a, b], NOW, set()) == NOW + 20
     assert next_retry([a, b], NOW, {"b"}) == NOW + 50
     assert next_retry([], NOW, set()) is None
+
+
+@settings(max_examples=300)
+@given(candidates, held_books, budgets, st.integers(1, 4))
+def test_a_size_only_the_feed_claims_never_evicts_a_book(
+    cands: list[DeliveryCandidate], held: list[HeldBook], budget: Budget, concurrency: int
+) -> None:
+    """The changes feed is unsigned: a book it says is huge fetches its signed manifest first,
+    and nothing is evicted for it until that proves its size (issue 24 #3)."""
+    used = sum(b.held_bytes for b in held)
+    assume(used <= min(budget.quota_bytes, budget.fs_free_bytes - budget.reserve_bytes))
+    cands = [replace(c, size_proven=False) for c in cands]
+    plan = plan_deliveries(cands, held, budget, NOW, set(), 0, concurrency)
+    assert plan.evict == []
+    assert all(plan.waiting[b] == PROVING_SIZE for b in plan.probe)
+    assert len(plan.start) + len(plan.probe) <= concurrency + 1
+
+
+def test_a_purchase_claimed_at_the_quota_fetches_its_manifest_before_evicting() -> None:
+    budget = Budget(
+        quota_bytes=100 * MB, fs_free_bytes=1000 * MB, reserve_bytes=0, battery_restricted=False
+    )
+    held = [held_book(f"read{i}", 10 * MB) for i in range(9)]
+    claimed = candidate("claimed", ordered_at=NOW - 1, expected_bytes=99 * MB, size_proven=False)
+    plan = plan_deliveries([claimed], held, budget, NOW, set(), 0, 1)
+    assert (plan.start, plan.evict, plan.probe) == ([], [], ["claimed"])
+    # Its signed manifest proved it: now it may take the room it needs.
+    plan = plan_deliveries([replace(claimed, size_proven=True)], held, budget, NOW, set(), 0, 1)
+    assert plan.start == ["claimed"]
+    assert len(plan.evict) == 9

@@ -12,7 +12,12 @@ from daemon.content.trust import verify_manifest
 from daemon.errors import ExpiredError, ManifestError, RollbackError, SignatureError
 from daemon.protocol.codec import compress_document, decode_bounded
 from daemon.protocol.crypto import ENVELOPE_MAGIC, SIGNING_CONTEXT
-from daemon.protocol.manifest import MAX_MANIFEST_BYTES, encode_manifest, parse_manifest
+from daemon.protocol.manifest import (
+    MAX_MANIFEST_BYTES,
+    ManifestLimits,
+    encode_manifest,
+    parse_manifest,
+)
 from tests.builders import NOW, make_manifest, signed
 
 SERVICE_KEY = Ed25519PrivateKey.generate()
@@ -149,3 +154,78 @@ def test_garbage_is_a_manifest_error_not_a_crash() -> None:
     for data in (b"", b"[]", b"{", b'{"format": 1}', b"\xff\xfe", b"[" * 100_000):
         with pytest.raises(ManifestError):
             parse_manifest(data)
+
+
+# What a device takes of one signed manifest is sized to its RAM budget (issue 24 #7, #8): a
+# compromised service's 8 MiB title, 150,000 resources, 1 MiB labels or `javascript:` links
+# once reached the local API, which stalled on them.
+SMALL_DEVICE = ManifestLimits.for_ram_budget(64 * 1024 * 1024)
+# Its counts and lengths, over manifests the size cap alone would let through.
+SMALL_DEVICE_FIELDS = replace(SMALL_DEVICE, max_bytes=MAX_MANIFEST_BYTES)
+
+
+def _empty_resources(count: int) -> list[dict[str, object]]:
+    return [
+        {"path": f"OEBPS/e{i}.css", "media_type": "text/css", "size": 0, "offset": 6000}
+        for i in range(count)
+    ]
+
+
+def _toc(label: str = "One", href: str = "OEBPS/ch1.xhtml") -> list[dict[str, object]]:
+    return [{"label": label, "href": href, "children": []}]
+
+
+OVERSIZED = {
+    "an 8 MiB title": ({"title": "t" * (8 << 20)}, "title"),
+    "an author of 1 MiB": ({"authors": ["a" * (1 << 20)]}, "authors"),
+    "a thousand authors": ({"authors": ["a"] * 1000}, "authors"),
+    "a language tag of 1 KiB": ({"language": "x" * 1024}, "language"),
+    "150,000 resources": ({"resources": _empty_resources(150_000)}, "resources"),
+    "a TOC label of 1 MiB": ({"toc": _toc(label="l" * (1 << 20))}, "label"),
+    "100,000 TOC entries": ({"toc": _toc() * 100_000}, "toc"),
+    "a javascript: TOC link": ({"toc": _toc(href="javascript:alert(1)")}, "href"),
+    "a remote TOC link": ({"toc": _toc(href="https://evil.example/")}, "href"),
+    "a TOC link to a file the book lacks": ({"toc": _toc(href="OEBPS/ch9.xhtml#x")}, "href"),
+    "100,000 page-list entries": (
+        {"reading": {"page_list": [{"label": "1", "href": "OEBPS/ch1.xhtml"}] * 100_000}},
+        "page_list",
+    ),
+}
+
+
+@pytest.mark.faults(22)
+@pytest.mark.parametrize("field", OVERSIZED)
+def test_manifest_fields_past_the_devices_bounds_are_refused(field: str) -> None:
+    manifest, _ = make_manifest(FILES)
+    doc = json.loads(encode_manifest(manifest))
+    change, message = OVERSIZED[field]
+    if "resources" in change:  # the stream must still add up
+        change = {"resources": doc["resources"] + change["resources"]}  # type: ignore[operator]
+    doc.update(change)
+    with pytest.raises(ManifestError, match=message):
+        parse_manifest(json.dumps(doc).encode(), limits=SMALL_DEVICE_FIELDS)
+
+
+def test_a_toc_link_into_the_book_with_a_fragment_is_taken() -> None:
+    manifest, _ = make_manifest(FILES)
+    doc = json.loads(encode_manifest(manifest))
+    doc["toc"] = _toc(href="OEBPS/ch2.xhtml#part-2")
+    parsed = parse_manifest(json.dumps(doc).encode(), limits=SMALL_DEVICE)
+    assert parsed.toc[0].href == "OEBPS/ch2.xhtml#part-2"
+
+
+@pytest.mark.faults(12, 23)
+def test_a_signed_manifest_larger_than_the_device_takes_is_refused_by_its_header() -> None:
+    """A 626-byte envelope of a 16 MiB manifest cost a device +40 MiB (issue 24 #8)."""
+    bomb = compress_document(b" " * MAX_MANIFEST_BYTES)
+    signature = SERVICE_KEY.sign(SIGNING_CONTEXT + bomb)
+    with pytest.raises(ManifestError, match=f"the limit is {SMALL_DEVICE.max_bytes}"):
+        verify(ENVELOPE_MAGIC + bytes(8) + signature + bomb, limits=SMALL_DEVICE)
+
+
+def test_device_limits_grow_with_the_ram_budget_and_take_the_largest_corpus_book() -> None:
+    small, large = SMALL_DEVICE, ManifestLimits.for_ram_budget(256 * 1024 * 1024)
+    assert small.max_bytes < large.max_bytes <= MAX_MANIFEST_BYTES
+    # idpf_mahabharata: a 615 KB manifest of 2,020 resources and 2,014 TOC entries
+    assert small.max_bytes >= 615_097
+    assert small.max_items >= 2_020
