@@ -15,7 +15,16 @@ from typing import Any
 
 from bench.section import Section
 
-MODULES = ("delivery", "device", "scale", "compression", "annotations", "week", "faults")
+MODULES = (
+    "delivery",
+    "device",
+    "scale",
+    "stall",
+    "compression",
+    "annotations",
+    "week",
+    "faults",
+)
 
 
 @dataclass(frozen=True, slots=True)

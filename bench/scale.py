@@ -27,11 +27,13 @@ from urllib.parse import quote
 import aiohttp
 
 from bench.cgroup import CgroupUnavailable, MemoryCgroup
+from bench.epubgen import write_illustrated_epub
 from bench.harness import (
     BenchError,
     Book,
     Device,
     Stub,
+    book_of,
     corpus_books,
     corpus_dir,
     device_process,
@@ -50,6 +52,8 @@ SIZES = (0, 1_000, 5_000, 20_000)
 DELIVERED = 8  # corpus books bought at once after the idle window, smallest first
 CAPS_MIB = (None, 256)  # None: the profile's budget
 CAPPED_IDLE_S = 10.0
+OWNED_DELIVERED = 1_000  # books of an owned library delivered and timed, at every size
+OWNED_PLATE_BYTES = 3_100  # each a page and a one-row picture: a 6 KB EPUB
 SEEDED_AGO_S = 86_400.0  # seeded books were bought a day before the device joined: archived
 
 
@@ -301,6 +305,77 @@ async def measure(
     return run
 
 
+@dataclass
+class Owned:
+    """A library the device owns (ordered since it joined), delivered oldest first."""
+
+    books: int
+    delivered: int  # books delivered and timed: the oldest ones, all in the catalog
+    seconds: float = 0.0  # from the push that brought the library to the last one complete
+    cpu_s: float = 0.0
+    peak_kib: int = 0
+
+    @property
+    def books_per_s(self) -> float:
+        return self.delivered / self.seconds if self.seconds else 0.0
+
+
+def write_owned_catalog(folder: Path, count: int) -> list[str]:
+    """`count` small generated EPUBs (a page and a small picture each) for the stub to import:
+    the books of an owned library that the device can really fetch. Returns their book ids."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = []
+    for i in range(count):
+        path = folder / f"owned-{i:05d}.epub"
+        if not path.exists():
+            write_illustrated_epub(path, OWNED_PLATE_BYTES, plate_bytes=OWNED_PLATE_BYTES, seed=i)
+        ids.append(book_of(path).book_id)
+    return ids
+
+
+async def measure_owned(
+    workdir: Path, stub: Stub, profile: str, books: int, catalog: list[str], push_book: str
+) -> Owned:
+    """A fresh daemon online, then `books` bought at once (seeded into the stub, the oldest
+    `len(catalog)` of them deliverable, the rest newer), told by the push of one more purchase
+    (`push_book`): the time and CPU until the deliverable ones are complete, which is what
+    each scheduling step costs beside the rest of the library."""
+    delivered = catalog[: min(books, len(catalog))]
+    run = Owned(books, len(delivered))
+    name = f"owned-{books}"
+    account = AccountClient(stub.url)
+    await account.create_account(f"bench {name}")
+    async with device_process(
+        workdir / name, stub.url, stub, profile, account.account_token, workdir / f"{name}.log"
+    ) as device:
+        await device.wait_online()
+        watch = LogWatch(workdir / f"{name}.log")
+        stub_store = StubStore.open(Path(stub.key_path).parent)
+        try:
+            account_id = stub_store.account_for_token(account.account_token)
+            assert account_id is not None
+            now = time.time()
+            stub_store.seed_library(account_id, delivered, at=now, reason="bought")
+            rest = (f"bk_owned{books}x{i:06d}" for i in range(books - len(delivered)))
+            stub_store.seed_library(account_id, rest, at=now + 1, reason="bought")
+        finally:
+            stub_store.close()
+        cpu0, t0 = device.cpu_seconds(), time.monotonic()
+        await account.buy(push_book)  # its push tells the daemon of them all
+        waiting = set(delivered)
+
+        def all_complete(event: str, fields: dict[str, str]) -> bool:
+            if event == "delivery_complete":
+                waiting.discard(fields.get("book", ""))
+            return not waiting
+
+        await watch.wait_for(device, all_complete, 1800, "while delivering its library")
+        run.seconds = time.monotonic() - t0
+        run.cpu_s = device.cpu_seconds() - cpu0
+        run.peak_kib = device.status()["VmHWM"]
+    return run
+
+
 def _mib(kib: float) -> str:
     return f"{kib / 1024:.1f} MiB"
 
@@ -463,6 +538,46 @@ def _delivery_table(runs: list[Run], cmd: str) -> Table:
     )
 
 
+def _owned_table(runs: list[Owned], cmd: str) -> Table:
+    rows = [
+        [
+            f"{r.books:,}",
+            f"{r.delivered:,}",
+            f"{r.seconds:.1f} s",
+            f"{r.cpu_s:.1f} s",
+            f"{r.cpu_s / r.delivered * 1000:.1f} ms",
+            f"{r.books_per_s:.0f}",
+            _mib(r.peak_kib),
+        ]
+        for r in runs
+    ]
+    low, high = runs[0], runs[-1]
+    high_ms, low_ms = high.cpu_s / high.delivered * 1000, low.cpu_s / low.delivered * 1000
+    meaning = (
+        f"Delivering the oldest {high.delivered:,} books of a library of {high.books:,} the"
+        f" device owns ran at {high.books_per_s:.0f} books/s ({high_ms:.1f} ms of CPU a book),"
+        f" against {low.books_per_s:.0f} books/s ({low_ms:.1f} ms) for a library of"
+        f" {low.books:,}:"
+        f" {high.books_per_s / low.books_per_s:.2f}x. Each scheduling step looks at the books it"
+        " can start, not at the whole library."
+    )
+    return Table(
+        heading="Delivering a library the device owns",
+        meaning=meaning,
+        columns=[
+            "library owned",
+            "books delivered",
+            "all complete after",
+            "CPU",
+            "CPU a book",
+            "books/s",
+            "peak RSS",
+        ],
+        rows=rows,
+        command=cmd,
+    )
+
+
 def _cap_table(runs: list[Run], unavailable: str | None, cmd: str) -> Table:
     if unavailable is not None:
         return Table(
@@ -524,7 +639,11 @@ GET /v1/library on the local API, and of `shelfsync status` (text and `--json`).
 is `VmHWM`. The 0-book row is the baseline of the same run. **Cap**: the same steps with the
 largest library inside a memory cgroup (v2 `memory.max`, or v1 `memory.limit_in_bytes`, swap
 off) at the profile's budget and at 256 MiB, with a {capped_idle:g} s idle window; a daemon the
-kernel kills is reported with the step it died in."""
+kernel kills is reported with the step it died in. **Owned**: for each size but the baseline, a
+new account whose library of that many books is bought while a fresh daemon is online (seeded
+into the stub, told by the push of one more purchase): the oldest {owned:,} are small generated
+EPUBs (a page and a one-row picture) in the stub's catalog, the rest newer; the time and CPU
+until those {owned:,} are complete (the profile's concurrency of downloads)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -547,6 +666,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-cap", action="store_true", help="skip the memory cgroup runs")
     parser.add_argument(
+        "--owned-only",
+        action="store_true",
+        help="only deliver owned libraries (the planner's cost), not the archived-library steps",
+    )
+    parser.add_argument(
         "--workdir", type=Path, help="keep state and logs here (default: a temporary folder)"
     )
 
@@ -559,6 +683,8 @@ def _command(args: argparse.Namespace) -> str:
         words += ["--idle-seconds", f"{args.idle_seconds:g}"]
     if args.no_cap:
         words.append("--no-cap")
+    if args.owned_only:
+        words.append("--owned-only")
     return command(*words)
 
 
@@ -571,15 +697,26 @@ async def run(args: argparse.Namespace) -> Section:
     for book in books:
         (library / book.path.name).unlink(missing_ok=True)
         (library / book.path.name).symlink_to(book.path)
+    print(f"bench scale: writing {OWNED_DELIVERED:,} small EPUBs for an owned library", flush=True)
+    owned_catalog = await asyncio.to_thread(write_owned_catalog, library, OWNED_DELIVERED)
     runs: list[Run] = []
     capped: list[Run] = []
+    owned: list[Owned] = []
     unavailable = None
     async with stub_process(workdir / "stub", library, workdir / "stub.log") as stub:
-        for size in args.sizes:
+        for size in [s for s in args.sizes if s]:
+            print(f"bench scale: delivering an owned library of {size:,} books", flush=True)
+            owned.append(
+                await measure_owned(
+                    workdir, stub, args.profile, size, owned_catalog, books[0].book_id
+                )
+            )
+            print(f"bench scale: {owned[-1]}", flush=True)
+        for size in [] if args.owned_only else args.sizes:
             print(f"bench scale: {size:,} books; logs in {workdir}", flush=True)
             runs.append(await measure(workdir, stub, args.profile, size, args.idle_seconds, books))
             print(f"bench scale: {runs[-1]}", flush=True)
-        if not args.no_cap:
+        if not args.no_cap and not args.owned_only:
             for cap_mib in CAPS_MIB:
                 limit = (cap_mib or profile.memory.ram_budget_mb) * MIB
                 try:
@@ -606,18 +743,27 @@ async def run(args: argparse.Namespace) -> Section:
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
     cmd = _command(args)
-    tables = [
-        _sync_table(runs, args.profile, cmd),
-        _idle_table(runs, cmd),
-        _answers_table(runs, cmd),
-        _delivery_table(runs, cmd),
-    ]
-    if not args.no_cap:
+    tables = []
+    if runs:
+        tables += [
+            _sync_table(runs, args.profile, cmd),
+            _idle_table(runs, cmd),
+            _answers_table(runs, cmd),
+            _delivery_table(runs, cmd),
+        ]
+    if not args.no_cap and runs:
         tables.append(_cap_table(capped, unavailable, cmd))
+    if owned:
+        tables.append(_owned_table(owned, cmd))
     return Section(
         name="scale",
         title="At library scale: first sync, idle, answers, memory caps",
-        method=METHOD.format(delivered=DELIVERED, profile=args.profile, capped_idle=CAPPED_IDLE_S),
+        method=METHOD.format(
+            delivered=DELIVERED,
+            profile=args.profile,
+            capped_idle=CAPPED_IDLE_S,
+            owned=OWNED_DELIVERED,
+        ),
         tables=tables,
     )
 

@@ -44,6 +44,7 @@ from daemon.errors import (
 )
 from daemon.idle_check import IdleCheck
 from daemon.logs import log_event
+from daemon.memory import keep_heap_small
 from daemon.notes.annotation_sync import AnnotationSync
 from daemon.notes.shared_highlights import SharedHighlights
 from daemon.notes.store import NotesStore
@@ -206,6 +207,7 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event) -> None:
         settings, profile = self.settings, self.settings.profile
+        keep_heap_small()
         self._started_at = self.clock.wall()
         wal_lost = wal_lost_at_start(settings.db_path, self._started_at)
         if wal_lost is not None:

@@ -47,12 +47,32 @@ _BOOK_ID = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
 _MAX_SEQ = 2**53  # seqs, cursors and versions: far beyond any catalog, exact in a float too
 _MAX_PACKAGE_BYTES = 2**40
 _MAX_AT = 2.0**40  # seconds since 1970: year 36812
+# What a library view shows before the manifest arrives: bounded, as a manifest's would be shown.
+_MAX_TITLE_CHARS = 500
+_MAX_AUTHORS = 16
+_MAX_AUTHOR_CHARS = 200
+_MAX_COVER_BYTES = 64 * 1024 * 1024
 
 
 def _bounded(value: Any, low: int, high: int, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ValueError(f"{what} {str(value)[:40]} is outside [{low}, {high}]")
     return value
+
+
+def _shown(c: Any) -> dict[str, Any]:
+    """A change's title, authors and cover size, if the service gave them: strings and a
+    count, or the page is refused; long texts are cut to what a library view shows."""
+    title, authors, cover = c.get("title"), c.get("authors", []), c.get("cover_size")
+    if title is not None and not isinstance(title, str):
+        raise ValueError("a change's title is not a string")
+    if not isinstance(authors, list) or not all(isinstance(a, str) for a in authors):
+        raise ValueError("a change's authors are not a list of strings")
+    return {
+        "title": None if title is None else title[:_MAX_TITLE_CHARS],
+        "authors": tuple(a[:_MAX_AUTHOR_CHARS] for a in authors[:_MAX_AUTHORS]),
+        "cover_size": None if cover is None else _bounded(cover, 0, _MAX_COVER_BYTES, "cover"),
+    }
 
 
 def _changes_page(doc: Any, asked: int) -> ChangesPage:
@@ -74,6 +94,7 @@ def _changes_page(doc: Any, asked: int) -> ChangesPage:
             version=_bounded(c["version"], 1, _MAX_SEQ, "version"),
             at=at,
             package_size=None if not size else _bounded(size, 1, _MAX_PACKAGE_BYTES, "size"),
+            **_shown(c),
         )
         if not _BOOK_ID.match(change.book_id) or change.action not in ("add", "update", "remove"):
             raise ValueError(f"change {change.seq}: {change.book_id[:80]!r} {change.action!r}")

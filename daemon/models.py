@@ -18,6 +18,10 @@ class LibraryChange:
     version: int
     at: float  # service time of the purchase / send / return
     package_size: int | None = None  # of that version, when the service says
+    # What a library view shows before the manifest arrives (the manifest's, once held).
+    title: str | None = None
+    authors: tuple[str, ...] = ()
+    cover_size: int | None = None  # bytes of the service's cover image, if it has one
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,11 @@ FLOOR_STEP_S = 86_400  # how far past max(clock, floor) one verified manifest mo
 # The writer's pages are mostly frames it writes once and never reads: SQLite's default 2 MiB
 # cache only kept the last frame written resident after a delivery.
 WRITER_PAGE_CACHE_KIB = 512
+# Of the books ordered since the device joined, the planner sees this many of the new purchases
+# and of the wanted books at each step, oldest first, besides the running and failing ones: far
+# more than a step can start (a profile's concurrency is at most 16), and enough that books
+# too large for the room left are passed over for ones that fit.
+PLAN_WINDOW = 64
 _FRAME_COLUMNS = "idx, sha256, package_offset, length, plain_offset, plain_size, codec"
 # A library row is this device's to fetch (not just archived in the cloud): ordered since the
 # device joined the account, or asked for by the reader.
@@ -595,12 +600,17 @@ class Store:
                 # now buys) is a new purchase again.
                 db.execute(
                     "INSERT INTO library (book_id, in_library, wanted_version, reason, change_seq,"
-                    " ordered_at, notified_at, expected_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ordered_at, notified_at, expected_size, title, authors, cover_size)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (book_id) DO UPDATE SET in_library = excluded.in_library,"
                     " wanted_version = excluded.wanted_version,"
                     " reason = CASE WHEN ? = 'update' THEN reason ELSE excluded.reason END,"
                     " change_seq = excluded.change_seq, ordered_at = excluded.ordered_at,"
                     " notified_at = excluded.notified_at, expected_size = excluded.expected_size,"
+                    " title = coalesce(excluded.title, title),"
+                    " authors = CASE WHEN excluded.title IS NULL THEN authors"
+                    "   ELSE excluded.authors END,"
+                    " cover_size = coalesce(excluded.cover_size, cover_size),"
                     " evicted_at = CASE WHEN ? = 'add' THEN NULL ELSE evicted_at END",
                     (
                         change.book_id,
@@ -611,6 +621,9 @@ class Store:
                         change.at,
                         now,
                         change.package_size,
+                        change.title,
+                        json.dumps(list(change.authors), ensure_ascii=False),
+                        change.cover_size,
                         change.action,
                         change.action,
                     ),
@@ -664,9 +677,14 @@ class Store:
         the fresh window's start, if earlier), those the reader or the service singled out, the
         `running` ones, and, only while a trip wants `archive_slots` of the archive, enough of
         its newest books to fill them. The rest of the archive stays in the cloud unless asked
-        for, so a library of any size costs a look what is pending (daemon/sql/0009)."""
+        for, so a library of any size costs a look what is pending (daemon/sql/0009); and given
+        `fresh_since`, of the books ordered since the device joined only a window of each
+        class, the oldest (PLAN_WINDOW), so an owned library of any size costs a look the same."""
         registered = float(self.get_meta("registered_at") or 0)
         since = registered if fresh_since is None else min(registered, fresh_since)
+        fresh_from = since if fresh_since is None else max(since, fresh_since)
+        # Without the fresh window's start (a look from outside the planner), every one.
+        window = -1 if fresh_since is None else PLAN_WINDOW
         archive = 0
         if archive_slots > 0:
             # Enough of the archive's newest that, whichever of them are singled out or wait
@@ -679,11 +697,26 @@ class Store:
             archive = archive_slots + int(skipped[0]) + int(skipped[1])
         estimate = None
         rows = self._rows(
-            "WITH picked (book_id) AS ("
-            f"   SELECT book_id FROM library INDEXED BY library_pending WHERE {_PENDING}"
-            "     AND ordered_at >= ?1"
+            # The books ordered since the device joined that no one singled out are new
+            # purchases (from the fresh window's start, ?4) and wanted books (before it), each
+            # oldest first, as the planner orders them: the first PLAN_WINDOW of each, beyond
+            # the running ones and those waiting out a failure (which take no slot), are all it
+            # can start in one step, so a library of any size costs a step the same.
+            "WITH skipped (n) AS (SELECT CASE WHEN ?5 < 0 THEN -1 ELSE ?5 + json_array_length(?2)"
+            "   + (SELECT count(*)"
+            "   FROM deliveries INDEXED BY deliveries_failing"
+            "   WHERE completed_at IS NULL AND retries > 0) END),"
+            " picked (book_id) AS ("
+            "   SELECT * FROM (SELECT book_id FROM library INDEXED BY library_pending"
+            f"     WHERE {_PENDING} AND ordered_at >= ?4"
+            "     ORDER BY ordered_at, book_id LIMIT (SELECT n FROM skipped))"
+            "   UNION SELECT * FROM (SELECT book_id FROM library INDEXED BY library_pending"
+            f"     WHERE {_PENDING} AND ordered_at >= ?1 AND ordered_at < ?4"
+            "     ORDER BY ordered_at, book_id LIMIT (SELECT n FROM skipped))"
             f"   UNION SELECT book_id FROM library INDEXED BY library_pending_touched"
             f"     WHERE {_PENDING} AND {_TOUCHED}"
+            "   UNION SELECT book_id FROM deliveries INDEXED BY deliveries_failing"
+            "     WHERE completed_at IS NULL AND retries > 0"
             "   UNION SELECT value FROM json_each(?2)"
             "   UNION SELECT * FROM (SELECT book_id FROM library INDEXED BY library_pending"
             f"     WHERE {_PENDING} AND ordered_at < ?1"
@@ -699,7 +732,7 @@ class Store:
             " FROM picked JOIN library l ON l.book_id = picked.book_id"
             " LEFT JOIN deliveries d ON d.book_id = l.book_id"
             f" WHERE {_PENDING}",  # still pending (a running book may have completed)
-            (since, json.dumps(list(running)), archive),
+            (since, json.dumps(list(running)), archive, fresh_from, window),
         )
         candidates = []
         for r in rows:
@@ -1068,8 +1101,9 @@ class Store:
         page += "" if book_id is None else " AND l.book_id = ?"
         rows = self._rows(
             "SELECT l.book_id, l.reason, l.ordered_at, l.notified_at, l.wanted_version,"
-            " m.version, m.title, m.authors, m.language, m.frame_count, m.complete,"
-            " m.package_size,"
+            " m.version, coalesce(m.title, l.title) AS title,"
+            " coalesce(m.authors, l.authors) AS authors, m.language,"
+            " m.frame_count, m.complete, m.package_size, l.cover_size,"
             " (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id"
             "   AND f.version = m.version AND f.data IS NOT NULL) AS frames_held,"
             " (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id AND f.version = m.version"
@@ -1109,6 +1143,7 @@ class Store:
                     "frames_held": r["frames_held"] or 0,
                     "frames_total": r["frame_count"] or 0,
                     "package_size": r["package_size"] or 0,
+                    "cover_size": r["cover_size"],
                     "ordered_at": r["ordered_at"],
                     "notified_at": r["notified_at"],
                     "started_at": r["started_at"],
@@ -1141,14 +1176,15 @@ class Store:
         first (downloading, then failing, then the rest, newest order first), at most `limit`:
         the status report's few lines. GET /v1/library lists them all."""
         rows = self._rows(
-            "SELECT b.book_id, b.state, m.title, m.frame_count,"
+            "SELECT b.book_id, b.state, coalesce(m.title, b.title) AS title, m.frame_count,"
             " (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id"
             "   AND f.version = m.version AND f.data IS NOT NULL) AS frames_held,"
             " (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id AND f.version = m.version"
             "   AND f.data IS NULL AND f.idx < m.first_chapter_frames) AS first_missing,"
             " b.last_error, b.retries, b.retry_at"
             # The few first, then what they show: the subqueries run for those rows alone.
-            " FROM (SELECT * FROM (SELECT l.book_id, l.ordered_at, d.last_error, d.retries,"
+            " FROM (SELECT * FROM (SELECT l.book_id, l.title, l.ordered_at, d.last_error,"
+            " d.retries,"
             f"     d.retry_at, {_STATE_SQL} AS state"
             "     FROM library l LEFT JOIN deliveries d ON d.book_id = l.book_id"
             "     WHERE l.in_library)"
@@ -1313,7 +1349,8 @@ class Store:
         return int(self.one("SELECT count(*) FROM outbox WHERE rejected IS NULL")[0])
 
     def books_bytes(self) -> int:
-        return int(self.one("SELECT total(length(data)) FROM frames")[0])
+        """What the frames on the device hold (kept by daemon/sql/0013's triggers)."""
+        return int(self.one("SELECT bytes FROM held_bytes")[0])
 
     def integrity_check(self, give_up: Callable[[], bool] | None = None) -> str | None:
         """`PRAGMA integrity_check`'s verdict ("ok", or the first problems found), or None if

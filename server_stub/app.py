@@ -32,9 +32,9 @@ from server_stub.push import PushHub
 from server_stub.receipts import add_routes as add_receipt_routes
 from server_stub.signing import ServiceKey, TrustChain, load_or_create_key, sign_manifest
 from server_stub.store import Device, PackageInfo, Store
+from server_stub.store.catalog import PACKAGE_CHUNK
 
 MAX_BODY = 64 * 1024  # bytes: every request body is a small JSON object
-CHUNK = 64 * 1024  # bytes per package read and write
 CHANGES_DEFAULT_LIMIT = 500
 CHANGES_MAX_LIMIT = 1000
 TEMPLATE_CACHE_SIZE = 64  # parsed manifest templates kept (mahabharata's is ~1 MB of JSON)
@@ -420,8 +420,12 @@ def _unsatisfiable(size: int) -> ApiError:
 
 
 def _slices(store: Store, info: PackageInfo, start: int, end: int) -> Iterator[bytes]:
-    for offset in range(start, end, CHUNK):
-        yield store.read_package(info.rowid, offset, min(CHUNK, end - offset))
+    """The bytes [start, end) of a package, one stored chunk at a time."""
+    offset = start
+    while offset < end:
+        stop = min(end, (offset // PACKAGE_CHUNK + 1) * PACKAGE_CHUNK)
+        yield store.read_package(info.rowid, offset, stop - offset)
+        offset = stop
 
 
 async def package(request: web.Request) -> web.StreamResponse:

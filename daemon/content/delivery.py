@@ -19,9 +19,9 @@ import asyncio
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -48,7 +48,8 @@ from daemon.errors import (
 )
 from daemon.killpoints import killpoint
 from daemon.logs import log_event
-from daemon.models import DeliveryCandidate, FrameRow
+from daemon.memory import give_back
+from daemon.models import DeliveryCandidate, FrameRow, HeldBook
 from daemon.protocol.codec import Dictionary
 from daemon.protocol.crypto import WRAP_ALG, open_root_envelope, unwrap_content_key
 from daemon.protocol.manifest import PROTOCOL_LIMITS, Manifest, ManifestLimits
@@ -79,6 +80,29 @@ def contiguous_run(missing: list[FrameRow]) -> list[FrameRow]:
             break
         run.append(frame)
     return run
+
+
+class _HeldBooks(Sequence[HeldBook]):
+    """The books on the device, read from the store the first time the planner looks."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._books: list[HeldBook] | None = None
+
+    def _read(self) -> list[HeldBook]:
+        if self._books is None:
+            self._books = self._store.held_books()
+        return self._books
+
+    def __len__(self) -> int:
+        return len(self._read())
+
+    @overload
+    def __getitem__(self, index: int) -> HeldBook: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[HeldBook]: ...
+    def __getitem__(self, index: int | slice) -> HeldBook | Sequence[HeldBook]:
+        return self._read()[index]
 
 
 class DeliveryWorker:
@@ -159,13 +183,14 @@ class DeliveryWorker:
                     fresh.discard(book_id)
                 decided = plan.plan_deliveries(
                     candidates,
-                    self._store.held_books(),
+                    _HeldBooks(self._store),  # read only when a book must make room
                     self._budget(),
                     now,
                     tasks.keys(),
                     len(fresh & tasks.keys()),
                     self._policy.concurrency,
                     archive_slots=archive_slots,
+                    used_bytes=self._store.books_bytes(),
                 )
                 await self._pause(decided.pause, tasks)
                 fresh.difference_update(decided.pause)
@@ -321,6 +346,7 @@ class DeliveryWorker:
         self._check_content_key(manifest)
         await self._ensure_dictionary(manifest)
         self._store.record_manifest(manifest, envelope, self._clock.wall())
+        give_back()  # a large manifest's parse leaves holes in the heap
         log_event(
             _LOG,
             logging.INFO,
@@ -446,6 +472,7 @@ class DeliveryWorker:
                 frame=idx,
             )
         if result.complete:
+            give_back()
             log_event(
                 _LOG,
                 logging.INFO,

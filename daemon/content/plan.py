@@ -30,7 +30,7 @@ manifest alone (a probe), and the size that proves is planned for.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from daemon.models import DeliveryCandidate, HeldBook
@@ -127,9 +127,11 @@ def plan_deliveries(
     running_fresh: int,
     concurrency: int,
     archive_slots: int = 0,
+    used_bytes: int | None = None,
 ) -> Plan:
     """The deliveries to start now, the running ones to pause, and the evictions that make
-    room for them."""
+    room for them. `used_bytes` is what the `held` books hold, if the caller knows it: then
+    `held` is read only if a book must be evicted (it may be a sequence that loads lazily)."""
     # A purchase running, starting or retrying: what is only likely to be read must not share
     # its link (the 60-second promise); it starts, or resumes, once the purchase is in.
     purchase_on_its_way = any(is_fresh(c, now) for c in candidates)
@@ -139,11 +141,9 @@ def plan_deliveries(
         if purchase_on_its_way and c.book_id in running and priority_class(c, now) > WANTED
     )
     running = {b for b in running if b not in pause}
-    used = sum(b.held_bytes for b in held)
+    used = sum(b.held_bytes for b in held) if used_bytes is None else used_bytes
     room = min(budget.quota_bytes - used, budget.fs_free_bytes - budget.reserve_bytes)
-    evictable = sorted(
-        (b for b in held if b.complete and not protected(b, now)), key=_eviction_order
-    )
+    evictable = _Evictable(held, now)
     candidate_ids = {c.book_id for c in candidates}
     # What running deliveries will still bring is spoken for already.
     room -= sum(max(0, c.expected_bytes - c.held_bytes) for c in candidates if c.book_id in running)
@@ -194,7 +194,7 @@ def plan_deliveries(
         need = max(0, c.expected_bytes - c.held_bytes)
         victims: list[HeldBook] = []
         freed = 0
-        for book in evictable:
+        for book in evictable if need > room else ():
             if need <= room + freed:
                 break
             if book.book_id in evict or book.book_id == c.book_id:
@@ -225,6 +225,30 @@ def plan_deliveries(
         room += freed - need
         start.append(c.book_id)
     return Plan(start, evict, waiting, pause, recheck, probe)
+
+
+class _Evictable:
+    """The held books that may be evicted, least likely to be read first: sorted (and `held`
+    read) only once the plan needs room it does not have."""
+
+    def __init__(self, held: Sequence[HeldBook], now: float) -> None:
+        self._held, self._now = held, now
+        self._books: list[HeldBook] | None = None
+
+    def _sorted(self) -> list[HeldBook]:
+        if self._books is None:
+            books = (b for b in self._held if b.complete and not protected(b, self._now))
+            self._books = sorted(books, key=_eviction_order)
+        return self._books
+
+    def __bool__(self) -> bool:
+        return bool(self._sorted())
+
+    def __iter__(self) -> Iterator[HeldBook]:
+        return iter(self._sorted())
+
+    def pop(self, index: int) -> HeldBook:
+        return self._sorted().pop(index)
 
 
 def _victim_class(book: HeldBook, now: float) -> int:

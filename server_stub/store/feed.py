@@ -6,6 +6,7 @@ devices read it from a cursor (PROTOCOL.md "Library changes feed")."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,10 @@ class Change:
     version: int
     at: float
     package_size: int | None = None  # of that version, when the catalog has it
+    # What a library view shows before the book's manifest arrives, when the catalog has it.
+    title: str | None = None
+    authors: tuple[str, ...] = ()
+    cover_size: int | None = None  # bytes of its cover (GET /v1/books/{id}/cover), if any
 
     def to_doc(self) -> dict[str, Any]:
         """The feed's JSON shape (PROTOCOL.md "Library changes feed")."""
@@ -36,6 +41,11 @@ class Change:
         }
         if self.package_size is not None:
             doc["package_size"] = self.package_size  # so a device plans its space up front
+        if self.title is not None:
+            doc["title"] = self.title
+            doc["authors"] = list(self.authors)
+        if self.cover_size is not None:
+            doc["cover_size"] = self.cover_size
         return doc
 
 
@@ -70,12 +80,24 @@ class ChangesFeed(Database):
         """The device's changes after `cursor`, oldest first (an index range scan)."""
         rows = self._query(
             f"SELECT {_CHANGE_COLUMNS}, (SELECT v.package_size FROM book_versions v"
-            "   WHERE v.book_id = changes.book_id AND v.version = changes.version)"
-            " FROM changes WHERE account_id = ? AND seq > ?"
-            " AND (device_id IS NULL OR device_id = ?) ORDER BY seq LIMIT ?",
+            "   WHERE v.book_id = c.book_id AND v.version = c.version),"
+            " (SELECT b.title FROM books b WHERE b.book_id = c.book_id),"
+            " (SELECT b.authors FROM books b WHERE b.book_id = c.book_id),"
+            " (SELECT length(k.data) FROM book_covers k WHERE k.book_id = c.book_id)"
+            " FROM changes c WHERE c.account_id = ? AND c.seq > ?"
+            " AND (c.device_id IS NULL OR c.device_id = ?) ORDER BY c.seq LIMIT ?",
             (account_id, cursor, device_id, limit),
         )
-        return [dataclasses.replace(_change(r[:-1]), package_size=r[-1]) for r in rows]
+        return [
+            dataclasses.replace(
+                _change(r[:8]),
+                package_size=r[8],
+                title=r[9],
+                authors=tuple(json.loads(r[10])) if r[10] else (),
+                cover_size=r[11],
+            )
+            for r in rows
+        ]
 
     def latest_seq(self, account_id: str, device_id: str) -> int:
         """The newest change the device can see, 0 if none."""

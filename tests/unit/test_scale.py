@@ -9,8 +9,8 @@ from pathlib import Path
 from daemon.api.status import STATUS_BOOKS, build_status, format_status
 from daemon.content import plan, receipt_store
 from daemon.models import DeliveryCandidate, LibraryChange
-from daemon.store import Store
-from tests.builders import NOW
+from daemon.store import PLAN_WINDOW, Store
+from tests.builders import NOW, make_manifest
 
 REGISTERED = float(NOW)
 DAY = 86_400.0
@@ -125,5 +125,48 @@ def test_status_of_5000_books_waiting_stays_a_screenful(tmp_path: Path) -> None:
         assert f"... and {5_000 - STATUS_BOOKS:,} more not delivered" in text
         assert "GET /v1/library" in text
         assert len(json.dumps(status)) < 8_000
+    finally:
+        store.close()
+
+
+def test_a_step_over_an_owned_library_sees_only_what_it_can_start(tmp_path: Path) -> None:
+    """20,000 books ordered since the device joined: each scheduling step is given a window of
+    the oldest, past the running and failing ones, and starts what planning over all of them
+    would (issue 22 #2)."""
+    store = library(tmp_path, archived=0, bought=20_000)
+    now = REGISTERED + 20_000 + 60  # the newest are new purchases, the rest wanted
+    fresh_since = now - plan.FRESH_WINDOW_S
+    try:
+        running = ["bk_new00003", "bk_new19999"]
+        for book_id in ("bk_new00000", "bk_new00001", "bk_new19500"):
+            store.record_delivery_failure(book_id, "TransportError: reset", retry_at=now + 60)
+        window = store.delivery_candidates(running, 0, fresh_since)
+        assert len(window) <= 2 * (PLAN_WINDOW + len(running) + 3) + 3
+        assert {"bk_new00000", "bk_new19500", *running} <= {c.book_id for c in window}
+        whole = store.delivery_candidates(running, 0, None)
+        budget = plan.Budget(10**12, 10**12, 0, battery_restricted=False)
+        for concurrency in (1, 4, 16):
+            slots = concurrency + len(running)
+            assert (
+                plan.plan_deliveries(window, [], budget, now, running, 1, slots).start
+                == plan.plan_deliveries(whole, [], budget, now, running, 1, slots).start
+            )
+    finally:
+        store.close()
+
+
+def test_the_bytes_held_are_kept_as_frames_come_and_go(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "device.db")
+    try:
+        manifest, package = make_manifest([("OEBPS/a.xhtml", b"<p>a</p>" * 5000)])
+        store.apply_library_changes([LibraryChange(1, "bk_test", "add", "bought", 1, NOW)], 1, NOW)
+        store.record_manifest(manifest, b"envelope", NOW)
+        assert store.books_bytes() == 0
+        for idx, frame in enumerate(manifest.frames):
+            data = package[frame.offset : frame.offset + frame.length]
+            store.commit_frame("bk_test", 1, idx, data, NOW)
+        assert store.books_bytes() == len(package) == store.held_books()[0].held_bytes
+        store.evict_book("bk_test", NOW)
+        assert store.books_bytes() == 0
     finally:
         store.close()

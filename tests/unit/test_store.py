@@ -64,6 +64,15 @@ def schema(path: Path) -> list[tuple[str, str]]:
         db.close()
 
 
+@pytest.mark.parametrize("folder", ["daemon/sql", "server_stub/sql"])
+def test_migrations_are_numbered_once_each_from_one(folder: str) -> None:
+    """Two branches that each add migration 11 would apply one of them and skip the other on
+    every device already past it: numbers are unique and leave no gap."""
+    root = Path(__file__).resolve().parents[2] / folder
+    numbers = sorted(int(p.name.split("_", 1)[0]) for p in root.glob("*.sql"))
+    assert numbers == list(range(1, len(numbers) + 1))
+
+
 def test_a_version_1_database_migrates_to_the_fresh_schema(tmp_path: Path) -> None:
     old = apsw.Connection(str(tmp_path / "old.db"))
     old.execute((Path(__file__).parents[2] / "daemon" / "sql" / "0001_init.sql").read_text())
