@@ -91,7 +91,7 @@ GAPS = {
     20: "thresholds and duplicate key ids in trust roots; a manifest carries one signature",
     22: "no fuzzing of the feed and manifest parsers (hypothesis, atheris)",
     23: "gzip forced on the package route only",
-    25: "integrity_check is not run when idle; quick_check at start only",
+    25: "a -wal deleted together with its -shm is not told from a clean close elsewhere",
     26: "no faketime around TLS; a clock jump checked at the store, not in a running download",
     32: "oversized bodies only; no slowloris or 500 sockets",
 }

@@ -334,9 +334,9 @@ class DiskWatch:
     def met(self, error: StoreError) -> None:
         """A store met this error: a full disk or a damaged page is the watch's to tell."""
         if isinstance(error, DiskFullError):
-            self.full(str(error.__cause__ or error))
+            self.full(str(error).removeprefix("the disk is full, nothing was saved: "))
         elif isinstance(error, DatabaseDamagedError):
-            self.damaged(str(error.__cause__ or error))
+            self.damaged(str(error))
 
     def damaged(self, found: str) -> None:
         """The database was found damaged while running (a read, the idle check)."""
@@ -463,10 +463,24 @@ class Store:
             raise self._typed(e) from e
 
     def _typed(self, e: apsw.Error) -> StoreError:
-        typed = _typed(e)
-        if self._watch is not None:
-            self._watch.met(typed)
-        return typed
+        return translate(e, self._watch)
+
+    def _rows(self, sql: str, bindings: Any = ()) -> list[dict[str, Any]]:
+        """Rows as {column: value}, by the names the SQL gives its columns: a row read by
+        position breaks silently when a column is added in the middle."""
+        names: list[str] = []
+
+        def by_name(cursor: apsw.Cursor, row: apsw.SQLiteValues) -> dict[str, Any]:
+            if not names:
+                names.extend(d[0] for d in cursor.get_description())
+            return dict(zip(names, row, strict=True))
+
+        try:
+            cursor = self._db.cursor()
+            cursor.row_trace = by_name
+            return list(cursor.execute(sql, bindings))
+        except apsw.Error as e:
+            raise self._typed(e) from e
 
     def one(self, sql: str, bindings: Any = ()) -> Any:
         rows = self.query(sql, bindings)
@@ -698,7 +712,7 @@ class Store:
             )
             archive = archive_slots + int(skipped[0]) + int(skipped[1])
         estimate = None
-        rows = self.query(
+        rows = self._rows(
             # The books ordered since the device joined that no one singled out are new
             # purchases (from the fresh window's start, ?4) and wanted books (before it), each
             # oldest first, as the planner orders them: the first PLAN_WINDOW of each, beyond
@@ -723,13 +737,14 @@ class Store:
             "   UNION SELECT * FROM (SELECT book_id FROM library INDEXED BY library_pending"
             f"     WHERE {_PENDING} AND ordered_at < ?1"
             "     ORDER BY ordered_at DESC, book_id LIMIT ?3))"
-            " SELECT l.book_id, l.reason, l.ordered_at, COALESCE(d.retry_at, 0),"
-            " l.complete_version > 0, l.opened_at,"
+            " SELECT l.book_id, l.reason, l.ordered_at, COALESCE(d.retry_at, 0) AS retry_at,"
+            " l.complete_version > 0 AS readable, l.opened_at,"
             " COALESCE((SELECT max(m.package_size) FROM manifests m WHERE m.book_id = l.book_id),"
-            "   l.expected_size),"
-            " (SELECT total(length(f.data)) FROM frames f WHERE f.book_id = l.book_id),"
-            f" {_FOR_DEVICE}, l.evicted_at IS NOT NULL, l.requested_at IS NOT NULL,"
-            " EXISTS (SELECT 1 FROM manifests m WHERE m.book_id = l.book_id)"
+            "   l.expected_size) AS size,"
+            " (SELECT total(length(f.data)) FROM frames f WHERE f.book_id = l.book_id) AS held,"
+            f" {_FOR_DEVICE} AS wanted, l.evicted_at IS NOT NULL AS evicted,"
+            " l.requested_at IS NOT NULL AS requested,"
+            " EXISTS (SELECT 1 FROM manifests m WHERE m.book_id = l.book_id) AS size_proven"
             " FROM picked JOIN library l ON l.book_id = picked.book_id"
             " LEFT JOIN deliveries d ON d.book_id = l.book_id"
             f" WHERE {_PENDING}",  # still pending (a running book may have completed)
@@ -737,24 +752,24 @@ class Store:
         )
         candidates = []
         for r in rows:
-            size = r[6]
+            size = r["size"]
             if size is None:  # no manifest yet, and the feed gave no size
                 estimate = self._typical_package_size() if estimate is None else estimate
                 size = estimate
             candidates.append(
                 DeliveryCandidate(
-                    book_id=r[0],
-                    reason=r[1],
-                    ordered_at=r[2] - offset,
-                    retry_at=r[3],
-                    has_readable_version=bool(r[4]),
-                    opened_at=r[5],
+                    book_id=r["book_id"],
+                    reason=r["reason"],
+                    ordered_at=r["ordered_at"] - offset,
+                    retry_at=r["retry_at"],
+                    has_readable_version=bool(r["readable"]),
+                    opened_at=r["opened_at"],
                     expected_bytes=int(size),
-                    held_bytes=int(r[7]),
-                    wanted=bool(r[8]),
-                    evicted=bool(r[9]),
-                    requested=bool(r[10]),
-                    size_proven=bool(r[11]),
+                    held_bytes=int(r["held"]),
+                    wanted=bool(r["wanted"]),
+                    evicted=bool(r["evicted"]),
+                    requested=bool(r["requested"]),
+                    size_proven=bool(r["size_proven"]),
                 )
             )
         return candidates
@@ -768,29 +783,31 @@ class Store:
         """Books with frames on the device, with what protects them from eviction; times are
         the device's clock (as in `delivery_candidates`)."""
         offset = self.service_clock_offset()
-        rows = self.query(
+        rows = self._rows(
             "SELECT l.book_id, (SELECT total(length(f.data)) FROM frames f"
-            "   WHERE f.book_id = l.book_id),"
-            " EXISTS (SELECT 1 FROM manifests m WHERE m.book_id = l.book_id AND m.complete),"
+            "   WHERE f.book_id = l.book_id) AS held_bytes,"
+            " EXISTS (SELECT 1 FROM manifests m WHERE m.book_id = l.book_id AND m.complete)"
+            "   AS complete,"
             " l.pinned, l.opened_at, l.ordered_at, l.reason,"
             " EXISTS (SELECT 1 FROM outbox o WHERE o.rejected IS NULL"
             "   AND (o.target = 'position:' || l.book_id OR o.target IN"
-            "     (SELECT a.item_id FROM annotations a WHERE a.book_id = l.book_id))),"
-            f" {_FOR_DEVICE}, l.requested_at IS NOT NULL"
+            "     (SELECT a.item_id FROM annotations a WHERE a.book_id = l.book_id)))"
+            "   AS unsynced_notes,"
+            f" {_FOR_DEVICE} AS wanted, l.requested_at IS NOT NULL AS requested"
             " FROM library l WHERE EXISTS (SELECT 1 FROM manifests m WHERE m.book_id = l.book_id)"
         )
         return [
             HeldBook(
-                r[0],
-                int(r[1]),
-                bool(r[2]),
-                bool(r[3]),
-                r[4],
-                r[5] - offset,
-                r[6],
-                bool(r[7]),
-                bool(r[8]),
-                bool(r[9]),
+                book_id=r["book_id"],
+                held_bytes=int(r["held_bytes"]),
+                complete=bool(r["complete"]),
+                pinned=bool(r["pinned"]),
+                opened_at=r["opened_at"],
+                ordered_at=r["ordered_at"] - offset,
+                reason=r["reason"],
+                unsynced_notes=bool(r["unsynced_notes"]),
+                wanted=bool(r["wanted"]),
+                requested=bool(r["requested"]),
             )
             for r in rows
         ]
@@ -1005,12 +1022,12 @@ class Store:
             )
 
     def missing_frames(self, book_id: str, version: int) -> list[FrameRow]:
-        rows = self.query(
+        rows = self._rows(
             f"SELECT {_FRAME_COLUMNS} FROM frames WHERE book_id = ? AND version = ?"
             " AND data IS NULL ORDER BY idx",
             (book_id, version),
         )
-        return [FrameRow(*r) for r in rows]
+        return [FrameRow(**r) for r in rows]
 
     def commit_frame(
         self, book_id: str, version: int, idx: int, data: bytes, now: float
@@ -1110,17 +1127,18 @@ class Store:
         the one `book_id`."""
         page = "" if after is None else " AND (l.ordered_at, l.book_id) < (?, ?)"
         page += "" if book_id is None else " AND l.book_id = ?"
-        rows = self.query(
+        rows = self._rows(
             "SELECT l.book_id, l.reason, l.ordered_at, l.notified_at, l.wanted_version,"
-            " m.version, coalesce(m.title, l.title), coalesce(m.authors, l.authors), m.language,"
+            " m.version, coalesce(m.title, l.title) AS title,"
+            " coalesce(m.authors, l.authors) AS authors, m.language,"
             " m.frame_count, m.complete, m.package_size, l.cover_size,"
             " (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id"
-            "   AND f.version = m.version AND f.data IS NOT NULL),"
+            "   AND f.version = m.version AND f.data IS NOT NULL) AS frames_held,"
             " (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id AND f.version = m.version"
-            "   AND f.data IS NULL AND f.idx < m.first_chapter_frames),"
+            "   AND f.data IS NULL AND f.idx < m.first_chapter_frames) AS first_missing,"
             " d.started_at, d.first_chapter_at, d.completed_at, d.bytes_fetched, d.retries,"
             " d.retry_at, d.last_error, l.pinned, l.opened_at, l.evicted_at,"
-            f" {_FOR_DEVICE}"
+            f" {_FOR_DEVICE} AS for_device"
             " FROM library l"
             " LEFT JOIN manifests m ON m.book_id = l.book_id AND m.version = (SELECT m2.version"
             "   FROM manifests m2 WHERE m2.book_id = l.book_id ORDER BY m2.complete DESC,"
@@ -1131,62 +1149,43 @@ class Store:
         )
         books = []
         for r in rows:
-            (
-                book_id,
-                reason,
-                ordered_at,
-                notified_at,
-                wanted,
-                version,
-                title,
-                authors,
-                language,
-                frame_count,
-                complete,
-                package_size,
-                cover_size,
-                frames_held,
-                first_missing,
-                started_at,
-                first_chapter_at,
-                completed_at,
-                bytes_fetched,
-                retries,
-                retry_at,
-                last_error,
-                pinned,
-                opened_at,
-                evicted_at,
-                for_device,
-            ) = r
+            version, authors = r["version"], r["authors"]
             books.append(
                 {
-                    "book_id": book_id,
-                    "title": title,
+                    "book_id": r["book_id"],
+                    "title": r["title"],
                     "authors": json.loads(authors) if authors else [],
-                    "language": language,
-                    "reason": reason,
+                    "language": r["language"],
+                    "reason": r["reason"],
                     "version": version,
-                    "wanted_version": wanted,
-                    "state": _state(version, complete, wanted, last_error, for_device, evicted_at),
-                    "readable": version is not None and first_missing == 0,
-                    "frames_held": frames_held or 0,
-                    "frames_total": frame_count or 0,
-                    "package_size": package_size or 0,
-                    "cover_size": cover_size,
-                    "ordered_at": ordered_at,
-                    "notified_at": notified_at,
-                    "started_at": started_at,
-                    "first_chapter_at": first_chapter_at,
-                    "completed_at": completed_at,
-                    "bytes_fetched": bytes_fetched or 0,
-                    "retries": retries or 0,
-                    "retry_at": retry_at or None,
-                    "last_error": last_error,
-                    "pinned": bool(pinned),
-                    "opened_at": opened_at,
-                    "evicted_at": evicted_at,
-                    "archived": not for_device,  # bought before this device; lives in the cloud
+                    "wanted_version": r["wanted_version"],
+                    "state": _state(
+                        version,
+                        r["complete"],
+                        r["wanted_version"],
+                        r["last_error"],
+                        r["for_device"],
+                        r["evicted_at"],
+                    ),
+                    "readable": version is not None and r["first_missing"] == 0,
+                    "frames_held": r["frames_held"] or 0,
+                    "frames_total": r["frame_count"] or 0,
+                    "package_size": r["package_size"] or 0,
+                    "cover_size": r["cover_size"],
+                    "ordered_at": r["ordered_at"],
+                    "notified_at": r["notified_at"],
+                    "started_at": r["started_at"],
+                    "first_chapter_at": r["first_chapter_at"],
+                    "completed_at": r["completed_at"],
+                    "bytes_fetched": r["bytes_fetched"] or 0,
+                    "retries": r["retries"] or 0,
+                    "retry_at": r["retry_at"] or None,
+                    "last_error": r["last_error"],
+                    "pinned": bool(r["pinned"]),
+                    "opened_at": r["opened_at"],
+                    "evicted_at": r["evicted_at"],
+                    # bought before this device; lives in the cloud
+                    "archived": not r["for_device"],
                 }
             )
         return books
@@ -1204,12 +1203,12 @@ class Store:
         """The books not on the device that the reader may be waiting for, the ones that matter
         first (downloading, then failing, then the rest, newest order first), at most `limit`:
         the status report's few lines. GET /v1/library lists them all."""
-        rows = self.query(
-            "SELECT b.book_id, b.state, coalesce(m.title, b.title), m.frame_count,"
+        rows = self._rows(
+            "SELECT b.book_id, b.state, coalesce(m.title, b.title) AS title, m.frame_count,"
             " (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id"
-            "   AND f.version = m.version AND f.data IS NOT NULL),"
+            "   AND f.version = m.version AND f.data IS NOT NULL) AS frames_held,"
             " (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id AND f.version = m.version"
-            "   AND f.data IS NULL AND f.idx < m.first_chapter_frames),"
+            "   AND f.data IS NULL AND f.idx < m.first_chapter_frames) AS first_missing,"
             " b.last_error, b.retries, b.retry_at"
             # The few first, then what they show: the subqueries run for those rows alone.
             " FROM (SELECT * FROM (SELECT l.book_id, l.title, l.ordered_at, d.last_error,"
@@ -1229,27 +1228,17 @@ class Store:
         )
         return [
             {
-                "book_id": book_id,
-                "title": title,
-                "state": state,
-                "readable": frame_count is not None and first_missing == 0,
-                "frames_held": frames_held or 0,
-                "frames_total": frame_count or 0,
-                "last_error": last_error,
-                "retries": retries or 0,
-                "retry_at": retry_at or None,
+                "book_id": r["book_id"],
+                "title": r["title"],
+                "state": r["state"],
+                "readable": r["frame_count"] is not None and r["first_missing"] == 0,
+                "frames_held": r["frames_held"] or 0,
+                "frames_total": r["frame_count"] or 0,
+                "last_error": r["last_error"],
+                "retries": r["retries"] or 0,
+                "retry_at": r["retry_at"] or None,
             }
-            for (
-                book_id,
-                state,
-                title,
-                frame_count,
-                frames_held,
-                first_missing,
-                last_error,
-                retries,
-                retry_at,
-            ) in rows
+            for r in rows
         ]
 
     def book_details(self, book_id: str) -> dict[str, Any] | None:
@@ -1312,33 +1301,33 @@ class Store:
         }
 
     def resources(self, book_id: str, version: int) -> list[ResourceRow]:
-        rows = self.query(
+        rows = self._rows(
             f"SELECT {_RESOURCE_COLUMNS} FROM resources WHERE book_id = ? AND version = ?"
             " ORDER BY ord",
             (book_id, version),
         )
-        return [ResourceRow(*r) for r in rows]
+        return [ResourceRow(**r) for r in rows]
 
     def resource(self, book_id: str, path: str) -> ResourceRow | None:
         """The resource at `path` in the readable version of a book in the library."""
         version = self.readable_version(book_id)
         if version is None or not self.in_library(book_id):
             return None
-        row = self.one(
+        rows = self._rows(
             f"SELECT {_RESOURCE_COLUMNS} FROM resources WHERE book_id = ? AND version = ?"
             " AND path = ?",
             (book_id, version, path),
         )
-        return None if row is None else ResourceRow(*row)
+        return ResourceRow(**rows[0]) if rows else None
 
     def frame_row(self, book_id: str, version: int, idx: int) -> FrameRow:
-        row = self.one(
+        rows = self._rows(
             f"SELECT {_FRAME_COLUMNS} FROM frames WHERE book_id = ? AND version = ? AND idx = ?",
             (book_id, version, idx),
         )
-        if row is None:
+        if not rows:
             raise StoreError(f"{book_id} v{version} has no frame {idx}")
-        return FrameRow(*row)
+        return FrameRow(**rows[0])
 
     def frame(self, book_id: str, version: int, idx: int) -> tuple[FrameRow, bytes | None]:
         """The frame's row and all its stored bytes (None until committed)."""
@@ -1394,9 +1383,12 @@ class Store:
     def snapshot(self) -> Iterator[None]:
         """A read transaction: what is read inside stays consistent while other connections
         commit (WAL), so a resource is never served half from an old version."""
-        with self._db:
-            self._db.execute("SELECT 1 FROM meta LIMIT 1")
-            yield
+        try:
+            with self._db:
+                self._db.execute("SELECT 1 FROM meta LIMIT 1")
+                yield
+        except apsw.Error as e:
+            raise self._typed(e) from e
 
     def shared_highlight_count(self) -> int:
         return int(self.one("SELECT count(*) FROM popular_passages")[0])
@@ -1426,17 +1418,23 @@ class Store:
         return "; ".join(str(r[0]) for r in rows)[:500]
 
 
-def _typed(e: apsw.Error) -> StoreError:
-    """SQLite's error as ours: a full disk, or any other failure (an I/O error, FAULTS.md #6),
-    after which the transaction was rolled back and nothing of it stays."""
+def translate(e: apsw.Error, watch: DiskWatch | None = None) -> StoreError:
+    """SQLite's error as ours, for every store (this one, the notes'): a full disk, a damaged
+    page, or any other failure (an I/O error, FAULTS.md #6), after which the transaction was
+    rolled back and nothing of it stays. `watch` hears of the first two, for status."""
     # On a full disk SQLite may roll back by itself; apsw's own rollback then fails with
     # "no transaction is active" and the FullError is only its cause.
     full = next((x for x in (e, e.__cause__, e.__context__) if isinstance(x, apsw.FullError)), None)
+    typed: StoreError
     if full is not None:
-        return DiskFullError(f"the disk is full: {full}")
-    if isinstance(e, apsw.CorruptError | apsw.NotADBError):
-        return DatabaseDamagedError(f"the database file is damaged: {type(e).__name__}: {e}")
-    return StoreError(f"the database failed: {type(e).__name__}: {e}")
+        typed = DiskFullError(f"the disk is full, nothing was saved: {full}")
+    elif isinstance(e, apsw.CorruptError | apsw.NotADBError):
+        typed = DatabaseDamagedError(f"the database file is damaged: {type(e).__name__}: {e}")
+    else:
+        return StoreError(f"the database failed: {type(e).__name__}: {e}")
+    if watch is not None:
+        watch.met(typed)
+    return typed
 
 
 def _state(

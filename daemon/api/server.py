@@ -71,6 +71,9 @@ MAX_CONNECTIONS = 64
 # aiohttp's client keeps an idle connection (15 s), so a client never reuses one as it closes.
 IDLE_TIMEOUT_S = 30.0
 LINGER_S = 1.0
+# Seconds a request's line and headers may take to arrive once they start: a client sending
+# them a byte at a time holds a connection (one of MAX_CONNECTIONS) no longer (issue 21 #4).
+HEADER_TIMEOUT_S = 10.0
 SESSION_COOKIE = "shelfsync_session"
 LOGIN_CODE_TTL_S = 120.0
 _MAX_LOGIN_CODES = 8  # unused codes kept; older ones are forgotten
@@ -534,6 +537,7 @@ class _Protocol(RequestHandler):
     at once a connection over its listener's cap."""
 
     _refused = False
+    _header_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         server = self._manager
@@ -549,8 +553,33 @@ class _Protocol(RequestHandler):
         super().connection_made(transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        self._end_header_deadline()
         if not self._refused:  # a refused connection never started
             super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        between_requests = self._waiting_for_headers()  # these bytes begin a request's headers
+        super().data_received(data)
+        if not self._waiting_for_headers():  # the line and headers are in (or no request is)
+            self._end_header_deadline()
+        elif between_requests and self._header_deadline is None:
+            self._header_deadline = asyncio.get_running_loop().call_later(
+                HEADER_TIMEOUT_S, self._headers_too_slow
+            )
+
+    def _waiting_for_headers(self) -> bool:
+        waiter = self._waiter  # aiohttp's: pending while it waits for a whole request head
+        return waiter is not None and not waiter.done()
+
+    def _headers_too_slow(self) -> None:
+        self._header_deadline = None
+        if self._waiting_for_headers():
+            self.force_close()  # unanswered: a client this slow is not reading answers either
+
+    def _end_header_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
 
     def handle_error(
         self,

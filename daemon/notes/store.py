@@ -23,11 +23,11 @@ from typing import Any
 
 import apsw
 
-from daemon.errors import DiskFullError, StoreError
+from daemon.errors import StoreError
 from daemon.killpoints import killpoint
 from daemon.protocol import merge
 from daemon.protocol.merge import Item, Position
-from daemon.store import DiskWatch, Store, keep_wal
+from daemon.store import DiskWatch, Store, keep_wal, translate
 
 SCHEMA_VERSION = 2  # the first schema holding these tables
 POSITION_TARGET = "position:"  # outbox target prefix of reading position ops
@@ -98,23 +98,13 @@ class NotesStore:
             with self._db:
                 yield self._db
         except apsw.Error as e:
-            # SQLite may roll a transaction back itself on SQLITE_FULL; apsw's rollback of its
-            # savepoint then fails with "no transaction is active", the FullError as context.
-            if isinstance(e, apsw.FullError) or isinstance(e.__context__, apsw.FullError):
-                if self._watch is not None:
-                    self._watch.full(str(e))
-                raise DiskFullError(f"the disk is full, nothing was saved: {e}") from e
-            raise StoreError(f"the notes database failed: {type(e).__name__}: {e}") from e
+            raise translate(e, self._watch) from e
 
     def _query(self, sql: str, bindings: Any = ()) -> list[Any]:
         try:
             return list(self._db.execute(sql, bindings))
         except apsw.Error as e:
-            if isinstance(e, apsw.FullError):
-                if self._watch is not None:
-                    self._watch.full(str(e))
-                raise DiskFullError(f"the disk is full, nothing was saved: {e}") from e
-            raise StoreError(f"the notes database failed: {type(e).__name__}: {e}") from e
+            raise translate(e, self._watch) from e
 
     def _one(self, sql: str, bindings: Any = ()) -> Any:
         rows = self._query(sql, bindings)

@@ -14,7 +14,7 @@ import pytest
 
 from daemon.api.status import build_status, format_status
 from daemon.content.reader import FrameOpener, read_resource
-from daemon.errors import ShelfsyncError
+from daemon.errors import DatabaseDamagedError, FrameHashError, ShelfsyncError
 from daemon.idle_check import IdleCheck
 from daemon.models import LibraryChange
 from daemon.notes.store import NotesStore
@@ -29,6 +29,8 @@ BOOK = "bk_damaged"
 FILES = [(f"OEBPS/ch{i}.xhtml", f"<p>chapter {i}</p>".encode() * (600 + 300 * i)) for i in range(6)]
 NOTES = 5
 TRIALS = 40
+# Pictures do not compress: each frame spans overflow pages of its own.
+PICTURES = [(f"OEBPS/img{i}.jpg", random.Random(i).randbytes(30_000)) for i in range(4)]
 ANCHOR = {"resource": "OEBPS/ch1.xhtml", "start": 3, "end": 10, "quote": {"exact": "chapter"}}
 
 
@@ -36,14 +38,14 @@ def note_text(i: int) -> str:
     return f"note {i}: what the reader wrote"
 
 
-def device_db(path: Path) -> Path:
+def device_db(path: Path, files: list[tuple[str, bytes]] = FILES) -> Path:
     """A device with a whole book, trusted at version 3, and notes not yet sent."""
     db = path / "db"
     store = Store.open(db)
     store.set_meta("device_id", "dev_damaged")
     store.set_meta("device_token", "token-kept")
     store.apply_library_changes([LibraryChange(1, BOOK, "add", "bought", 3, NOW)], 1, NOW)
-    manifest, package = make_manifest(FILES, book_id=BOOK, version=3)
+    manifest, package = make_manifest(files, book_id=BOOK, version=3)
     store.record_manifest(manifest, b"envelope", NOW)
     for f, row in zip(manifest.frames, store.missing_frames(BOOK, 3), strict=True):
         store.commit_frame(BOOK, 3, row.idx, package[f.offset : f.offset + f.length], NOW)
@@ -296,3 +298,53 @@ def pages_of_tables(db: Path) -> set[int]:
         }
     finally:
         conn.close()
+
+
+@pytest.mark.faults(25)
+@pytest.mark.parametrize("seed", range(8))
+def test_a_frame_on_a_page_damaged_while_running_is_refused_by_name_and_fetched_again(
+    tmp_path: Path, seed: int
+) -> None:
+    """A frame's overflow page overwritten after the start-up check (eight seeded variants):
+    reading the resource never serves other bytes nor fails with a bare SQLite error; it is
+    refused with the frame's name (FrameHashError), which marks the frame missing; where
+    its page cannot be rewritten either, the next start sets the database aside."""
+    db = device_db(tmp_path, PICTURES)
+    conn = apsw.Connection(str(db))
+    try:
+        overflow = [
+            int(r[0])
+            for r in conn.execute(
+                "SELECT pageno FROM dbstat WHERE name = 'frames' AND pagetype = 'overflow'"
+            )
+        ]
+    finally:
+        conn.close()
+    rng = random.Random(2110 + seed)
+    page = rng.choice(overflow)
+    with open(db, "r+b") as f:  # its next-page pointer and some of its bytes
+        f.seek((page - 1) * 4096)
+        f.write(rng.randbytes(rng.choice((4, 64, 4096))))
+    store = Store.open(db)
+    refused: set[int] = set()
+    undiscarded: set[int] = set()
+    try:
+        version = store.readable_version(BOOK)
+        assert version == 3
+        for resource in store.resources(BOOK, version):
+            try:
+                served = read_resource(store, resource, FrameOpener(DEVICE_KEY, 1 << 23))
+                assert served == dict(PICTURES)[resource.path]
+            except FrameHashError as e:
+                refused.add(e.idx)
+                try:
+                    store.discard_frame(BOOK, version, e.idx)
+                except DatabaseDamagedError:  # its own page cannot be rewritten either
+                    undiscarded.add(e.idx)
+        assert refused, "a damaged frame was read back as if whole"
+        missing = {f.idx for f in store.missing_frames(BOOK, version)}
+        assert refused - undiscarded <= missing
+    finally:
+        store.close()
+    if undiscarded:  # then the next start sets the database aside and rebuilds it
+        assert check_at_start(db, NOW) is not None
