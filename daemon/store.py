@@ -588,9 +588,11 @@ class Store:
     # -- library --------------------------------------------------------------------------------
 
     def apply_library_changes(
-        self, changes: list[LibraryChange], cursor: int, now: float
+        self, changes: list[LibraryChange], cursor: int, now: float, *, rewound: bool = False
     ) -> list[str]:
-        """Apply one page of the changes feed and advance the cursor, all or nothing.
+        """Apply one page of the changes feed and advance the cursor, all or nothing. The
+        cursor never moves back (a pull that began before a push was applied ends after it)
+        but for a pull that `rewound` from a cursor past the feed's end.
 
         Returns the ids of books removed from the device.
         """
@@ -655,10 +657,9 @@ class Store:
                     removed.append(change.book_id)
             if removed:
                 list(db.execute("PRAGMA incremental_vacuum"))  # one page per step
-            # Never backwards: a pull that began before a push was applied ends after it.
             db.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('library_cursor', ?)",
-                (str(max(cursor, self.library_cursor())),),
+                (str(cursor if rewound else max(cursor, self.library_cursor())),),
             )
         return removed
 

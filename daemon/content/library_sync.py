@@ -104,8 +104,17 @@ class LibrarySync:
     def apply_push(self, push: LibraryPush) -> None:
         """Apply the changes a push carried, or ask for a pull if the feed moved past them."""
         cursor = self._store.library_cursor()
-        if cursor < push.after:
-            log_event(_LOG, logging.INFO, "library_push_gap", cursor=cursor, after=push.after)
+        if cursor < push.after or push.page.cursor < cursor:
+            # Changes missed between, or a cursor past the feed's end (where a forged page can
+            # put it): the pull finds the first, and rewinds from the second.
+            log_event(
+                _LOG,
+                logging.INFO,
+                "library_push_gap",
+                cursor=cursor,
+                after=push.after,
+                push_cursor=push.page.cursor,
+            )
             self.request()
             return
         fresh = [c for c in push.page.changes if c.seq > cursor]
@@ -168,7 +177,7 @@ class LibrarySync:
                 cursor, rewound = 0, True
                 continue
             removed = self._store.apply_library_changes(
-                page.changes, page.cursor, self._clock.wall()
+                page.changes, page.cursor, self._clock.wall(), rewound=rewound
             )
             for book_id in removed:
                 log_event(_LOG, logging.INFO, "book_removed", book=book_id)

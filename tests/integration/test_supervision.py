@@ -45,7 +45,7 @@ async def test_a_full_disk_in_library_sync_leaves_the_daemon_running(
         store = device.daemon._store
         assert store is not None
 
-        def disk_full(*args: object) -> Any:
+        def disk_full(*args: object, **kwargs: object) -> Any:
             raise DiskFullError("the disk is full: database or disk is full")
 
         # The pull fails, and so does writing down why (the failure path of issue 19).
@@ -79,7 +79,7 @@ async def test_a_worker_that_fails_is_restarted_and_reported(
         store = device.daemon._store
         assert store is not None
 
-        def bug(*args: object) -> Any:
+        def bug(*args: object, **kwargs: object) -> Any:
             raise ZeroDivisionError("a bug in the pull")
 
         monkeypatch.setattr(store, "apply_library_changes", bug)

@@ -107,7 +107,7 @@ async def test_a_refused_device_is_not_retried_but_reported(world: World) -> Non
 async def test_a_full_disk_in_the_pull_and_in_its_failure_record_is_survived(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def disk_full(*args: object) -> None:
+    def disk_full(*args: object, **kwargs: object) -> None:
         raise DiskFullError("database or disk is full")
 
     monkeypatch.setattr(world.store, "apply_library_changes", disk_full)
