@@ -152,7 +152,13 @@ def parse_library_push(data: bytes) -> LibraryPush:
         raise ValueError(f"binary message of type {str(doc['type'])[:40]!r}")
     after = _bounded(doc["after"], 0, _MAX_SEQ, "after")
     page = _changes_page(
-        {"changes": doc["changes"], "cursor": doc["cursor"], "has_more": False}, after
+        {
+            "changes": doc["changes"],
+            "cursor": doc["cursor"],
+            "has_more": False,
+            **{k: doc[k] for k in ("root_version", "now") if k in doc},
+        },
+        after,
     )
     ordered = {c.book_id for c in page.changes if c.action == "add"}
     envelopes: dict[str, bytes] = {}

@@ -310,6 +310,8 @@ async def _library_changed(
             [c.to_doc() for c in changes],
             manifests,
             prefixes,
+            root_version=app[TRUST].version,
+            now=app[CLOCK](),
         )
     await app[HUB].notify(account_id, device_id, cursor, whole=whole)
 

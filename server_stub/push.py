@@ -173,12 +173,16 @@ def library_message(
     changes: list[dict[str, Any]],
     manifests: list[tuple[str, bytes]],
     prefixes: Sequence[tuple[str, int, bytes]] = (),
+    *,
+    root_version: int = 1,
+    now: float | None = None,
 ) -> bytes:
     """Version 2's `library_changed`: `u32be(n) ‖ n bytes of JSON ‖ each manifest envelope ‖
     each first-frames prefix`.
 
     The JSON is `{"type": "library_changed", "cursor", "after", "changes": [feed entries],
-    "manifests": [{"book_id", "length"}], "frames": [{"book_id", "version", "length"}]}`: the
+    "manifests": [{"book_id", "length"}], "frames": [{"book_id", "version", "length"}],
+    "root_version", "now"}` (the last two as a changes page has them): the
     device's changes after seq `after` up to `cursor` (what a pull from `after` would bring),
     then the signed envelopes, raw (base64 would add a third to what arrives before the first
     chapter), then for an order whose first chapter fits the device's room, the package's bytes
@@ -191,6 +195,8 @@ def library_message(
             "changes": changes,
             "manifests": [{"book_id": b, "length": len(e)} for b, e in manifests],
             "frames": [{"book_id": b, "version": v, "length": len(d)} for b, v, d in prefixes],
+            "root_version": root_version,
+            **({} if now is None else {"now": now}),
         },
         separators=(",", ":"),
     ).encode()

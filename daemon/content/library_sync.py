@@ -23,7 +23,7 @@ from contextlib import suppress
 from functools import partial
 
 from daemon.backoff import Backoff
-from daemon.client import LibraryPush
+from daemon.client import ChangesPage, LibraryPush
 from daemon.clock import Clock
 from daemon.content import receipt_store
 from daemon.errors import ProtocolError, ShelfsyncError, StoreError, TransportError
@@ -61,6 +61,7 @@ class LibrarySync:
         # Told the service's newest trust root version with every page: a rotation reaches the
         # device with the next pull, not only when a manifest is refused.
         self._on_root = on_root
+        self._root_followed = 1  # the newest root a pull has passed on (1: the pinned key)
         self._on_manifests = on_manifests
         self._requested = asyncio.Event()
 
@@ -104,9 +105,10 @@ class LibrarySync:
     def apply_push(self, push: LibraryPush) -> None:
         """Apply the changes a push carried, or ask for a pull if the feed moved past them."""
         cursor = self._store.library_cursor()
-        if cursor < push.after or push.page.cursor < cursor:
-            # Changes missed between, or a cursor past the feed's end (where a forged page can
-            # put it): the pull finds the first, and rewinds from the second.
+        if cursor < push.after or push.page.cursor < cursor or self._new_root(push.page):
+            # Changes missed between, a cursor past the feed's end (where a forged page can
+            # put it), or a trust root not yet followed: the pull finds the first, rewinds from
+            # the second and follows the third.
             log_event(
                 _LOG,
                 logging.INFO,
@@ -148,6 +150,9 @@ class LibrarySync:
             manifests=len(push.envelopes),
         )
 
+    def _new_root(self, page: ChangesPage) -> bool:
+        return self._on_root is not None and page.root_version > self._root_followed
+
     async def sync_once(self) -> int:
         """Pull every page after the stored cursor; returns the number of changes applied.
         The sync is recorded at its start: every change made before then is in (a trip is
@@ -183,6 +188,7 @@ class LibrarySync:
                 log_event(_LOG, logging.INFO, "book_removed", book=book_id)
             if self._on_root is not None:
                 await self._on_root(page.root_version)
+                self._root_followed = max(self._root_followed, page.root_version)
             cursor = page.cursor
             applied += len(page.changes)
             if page.changes:
