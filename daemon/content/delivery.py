@@ -24,6 +24,7 @@ import logging
 import os
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, overload
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -89,6 +90,11 @@ class DeliveryPolicy:
 # A frame this large is hashed on a worker thread (hashlib lets go of the GIL), not on the
 # event loop: a 2 MiB frame's SHA-256 held every local API answer meanwhile (issue 22 #5).
 HASH_OFF_LOOP_BYTES = 256 * 1024
+
+
+# A signed manifest this large is verified and parsed on a worker thread: mahabharata's
+# (2,020 resources) took most of a second on the event loop.
+VERIFY_OFF_LOOP_BYTES = 64 * 1024
 
 
 async def _sha256(data: bytes) -> str:
@@ -449,7 +455,7 @@ class DeliveryWorker:
         """What verifying needs of the store is read here; the parse (a book of 2,000 files,
         a second of CPU on the event loop) runs on a worker thread, touching no connection."""
         held = self._store.held_frame_hashes(book_id)
-        return await asyncio.to_thread(
+        verify = partial(
             verify_manifest,
             envelope,
             pinned_key=self._trust_root().signing_keys,
@@ -460,6 +466,9 @@ class DeliveryWorker:
             now=self._clock.wall(),
             limits=limits,
         )
+        if len(envelope) < VERIFY_OFF_LOOP_BYTES:
+            return verify()  # a small book's: well under a millisecond, not worth a thread
+        return await asyncio.to_thread(verify)
 
     async def follow_root(self, version: int) -> None:
         """The changes feed names the service's newest trust root: walk to it if it is newer.

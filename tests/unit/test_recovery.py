@@ -81,8 +81,17 @@ def pages_of(db: Path, tables: tuple[str, ...] | None) -> list[int]:
         conn.close()
 
 
+def page_bytes(db: Path) -> int:
+    """The database's page size (new devices use 16 KiB pages, older ones 4 KiB)."""
+    conn = apsw.Connection(str(db))
+    try:
+        return int(next(conn.execute("PRAGMA page_size"))[0])
+    finally:
+        conn.close()
+
+
 def overwrite_page(db: Path, page: int, rng: random.Random) -> None:
-    size = 4096
+    size = page_bytes(db)
     with open(db, "r+b") as f:
         f.seek((page - 1) * size)
         f.write(rng.randbytes(size))
@@ -322,9 +331,10 @@ def test_a_frame_on_a_page_damaged_while_running_is_refused_by_name_and_fetched_
         conn.close()
     rng = random.Random(2110 + seed)
     page = rng.choice(overflow)
+    size = page_bytes(db)
     with open(db, "r+b") as f:  # its next-page pointer and some of its bytes
-        f.seek((page - 1) * 4096)
-        f.write(rng.randbytes(rng.choice((4, 64, 4096))))
+        f.seek((page - 1) * size)
+        f.write(rng.randbytes(rng.choice((4, 64, size))))
     store = Store.open(db)
     refused: set[int] = set()
     undiscarded: set[int] = set()
@@ -341,7 +351,10 @@ def test_a_frame_on_a_page_damaged_while_running_is_refused_by_name_and_fetched_
                     store.discard_frame(BOOK, version, e.idx)
                 except DatabaseDamagedError:  # its own page cannot be rewritten either
                     undiscarded.add(e.idx)
-        assert refused, "a damaged frame was read back as if whole"
+        if not refused:
+            # Only the pointer past a chain's last page was hit: no read follows it, every byte
+            # served was the frame's own, and the idle integrity check is what finds it.
+            assert store.integrity_check() != "ok", "a damaged frame was read back as if whole"
         missing = {f.idx for f in store.missing_frames(BOOK, version)}
         assert refused - undiscarded <= missing
     finally:

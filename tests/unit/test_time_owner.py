@@ -40,6 +40,10 @@ ALLOWED = {
         "the minimum-rate watchdog over every request reschedules its asyncio.timeout, whose"
         " deadlines are the loop's time: the same I/O deadline as above"
     ),
+    ("daemon/api/server.py", "loop.call_later"): (
+        "the local API's deadline on a request's line and headers, set from the transport's"
+        " data_received (no coroutine runs yet to wait in): an I/O bound on a reader's socket"
+    ),
     ("daemon/api/answers.py", "asyncio.timeout"): (
         "the local API's deadline on a slow request body: an I/O bound on a reader's socket,"
         " not a wait of the daemon's"
