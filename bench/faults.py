@@ -79,7 +79,7 @@ GAPS = {
     2: "every write of the store calls; kill points in the running daemon between frames only",
     4: "a rotation's kill points in a child process of the store, not of the running daemon",
     5: "cuts under the store calls delivery and note sync make, not the running daemon's tasks",
-    7: "Retry-After is not honoured (issue 24 #5)",
+    7: "Retry-After through a running daemon on the changes feed only (the others: unit tests)",
     8: "headers then silence at the client against a stand-in; no connect blackhole",
     9: "an RST at the client against a stand-in, not through the running daemon",
     11: "no drip on the push channel's frames",
@@ -93,7 +93,7 @@ GAPS = {
     23: "gzip forced on the package route only",
     25: "a -wal deleted together with its -shm is not told from a clean close elsewhere",
     26: "no faketime around TLS; a clock jump checked at the store, not in a running download",
-    32: "oversized bodies only; no slowloris or 500 sockets",
+    32: "the connection cap with a cap of 4 on TCP, not 500 sockets; Unix-socket flood untested",
 }
 
 

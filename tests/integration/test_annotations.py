@@ -300,7 +300,6 @@ async def test_reading_position_here_latest_and_furthest_with_a_skewed_clock(
         assert (await b.api.get_json(path))["here"]["position"]["progress"] == 0.3
 
 
-@pytest.mark.faults(32)
 async def test_a_position_read_offline_carries_the_time_it_was_read(
     tmp_path: Path, stub_data: Path, book_id: str
 ) -> None:
@@ -334,6 +333,7 @@ async def test_a_position_read_offline_carries_the_time_it_was_read(
         assert abs(view["latest"]["at"] - time.time()) < DAY_S / 2  # the service's time
 
 
+@pytest.mark.faults(32)
 async def test_bad_bodies_are_refused_and_change_nothing(
     tmp_path: Path, stub_data: Path, book_id: str
 ) -> None:

@@ -111,12 +111,14 @@ async def test_odd_methods_are_refused_in_the_one_shape(
     answer.error()
 
 
+@pytest.mark.faults(32)
 async def test_a_body_declared_large_and_never_sent_is_a_quick_413(device: Device) -> None:
     declared = request("POST", "/v1/trip", Content_Length=str(10 * 1024 * 1024))
     answer = await raw(device, declared + b"{}")
     assert (answer.status, answer.error()["error"]) == (413, "body_too_large")
 
 
+@pytest.mark.faults(32)
 async def test_a_body_that_trickles_in_is_refused(
     device: Device, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -245,6 +247,7 @@ async def small_device(
         yield device
 
 
+@pytest.mark.faults(32)
 async def test_a_flood_of_idle_tcp_sockets_starves_nobody(small_device: Device) -> None:
     api = small_device.daemon.api
     assert api is not None

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from daemon.client import AccountClient
 from server_stub.app import running_stub
 from tests.conftest import StubImport
@@ -13,6 +15,7 @@ from tests.integration.harness import admin, running_device
 RETRY_AFTER_S = 4  # above the library pull's first backoff (at most 2 s)
 
 
+@pytest.mark.faults(7)
 async def test_a_503_with_retry_after_is_retried_no_sooner(
     tmp_path: Path, corpus_stub_data: Path, stub_corpus_import: StubImport
 ) -> None:
