@@ -135,6 +135,21 @@ class Retry:
         self.failures = 0
         self.last = None
 
+    def log_failed(
+        self, log: logging.Logger, event: str, decision: Decision, level: int, **fields: Any
+    ) -> None:
+        """One line for a failed attempt: what failed, whether and when it is tried again."""
+        log_event(
+            log,
+            level,
+            event,
+            **fields,
+            error=decision.kind,
+            detail=decision.detail,
+            retryable=decision.retryable,
+            retry_in_s=round(decision.delay_s, 1),
+        )
+
     def report(self) -> dict[str, Any] | None:
         """For the status report: the failing worker's error and what it does about it."""
         if self.last is None:

@@ -377,16 +377,7 @@ class DeliveryWorker:
                 failures = 1
             decision = self.retry.failed(e, failures)
             level = logging.WARNING if isinstance(e, VerificationError) else logging.INFO
-            log_event(
-                _LOG,
-                level,
-                "delivery_failed",
-                book=book_id,
-                error=decision.kind,
-                detail=decision.detail,
-                retryable=decision.retryable,
-                retry_in_s=round(decision.delay_s, 1),
-            )
+            self.retry.log_failed(_LOG, "delivery_failed", decision, level, book=book_id)
             # Not before the service's Retry-After, nor before a refusal is looked at again.
             recorded = record_failure(
                 "delivery",

@@ -86,15 +86,7 @@ class LibrarySync:
             record_failure("library sync", self._store.set_meta, "last_sync_error_at", repr(now))
             if lost_contact:
                 record_failure("library sync", receipt_store.mark_contact_lost, self._store, now)
-            log_event(
-                _LOG,
-                logging.INFO,
-                "library_sync_failed",
-                error=decision.kind,
-                detail=decision.detail,
-                retryable=decision.retryable,
-                retry_in_s=round(decision.delay_s, 1),
-            )
+            self.retry.log_failed(_LOG, "library_sync_failed", decision, logging.INFO)
             # Exactly at its time, not deferred: this pull is what announces a purchase. Asked
             # again meanwhile (a push, a poll, the reader), it goes at once.
             await self.retry.wait(

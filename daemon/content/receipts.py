@@ -112,15 +112,8 @@ class ReceiptSync:
                 continue
             except (ShelfsyncError, OSError) as e:
                 decision = self.retry.failed(e)
-            log_event(
-                _LOG,
-                logging.INFO if self.retry.failures == 1 else logging.DEBUG,
-                "receipts_failed",
-                error=decision.kind,
-                detail=decision.detail,
-                retryable=decision.retryable,
-                retry_in_s=round(decision.delay_s, 1),
-            )
+            level = logging.INFO if self.retry.failures == 1 else logging.DEBUG
+            self.retry.log_failed(_LOG, "receipts_failed", decision, level)
             await self.retry.wait(
                 decision,
                 partial(self._windows.wait, "receipts"),

@@ -90,15 +90,8 @@ class AnnotationSync:
             except (ShelfsyncError, OSError) as e:
                 decision = self.retry.failed(e)
             record_failure("annotation sync", self._notes.record_sync, None, decision.error)
-            log_event(
-                _LOG,
-                logging.INFO if self.retry.failures == 1 else logging.DEBUG,
-                "annotation_sync_failed",
-                error=decision.kind,
-                detail=decision.detail,
-                retryable=decision.retryable,
-                retry_in_s=round(decision.delay_s, 1),
-            )
+            level = logging.INFO if self.retry.failures == 1 else logging.DEBUG
+            self.retry.log_failed(_LOG, "annotation_sync_failed", decision, level)
             await self.retry.wait(
                 decision,
                 partial(self._windows.wait, "annotations"),

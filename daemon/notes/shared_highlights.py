@@ -113,15 +113,8 @@ class SharedHighlights:
                 continue
             except (ShelfsyncError, OSError) as e:
                 decision = self.retry.failed(e)
-            log_event(
-                _LOG,
-                logging.INFO if self.retry.failures == 1 else logging.DEBUG,
-                "popular_refresh_failed",
-                error=decision.kind,
-                detail=decision.detail,
-                retryable=decision.retryable,
-                retry_in_s=round(decision.delay_s, 1),
-            )
+            level = logging.INFO if self.retry.failures == 1 else logging.DEBUG
+            self.retry.log_failed(_LOG, "popular_refresh_failed", decision, level)
 
     async def refresh_once(self) -> int:
         """Bring the passages of every book on the device up to date; returns changes applied.
