@@ -15,7 +15,6 @@ Every mistake is a ConfigError naming its source and field, in one line.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import tomllib
@@ -125,6 +124,8 @@ def read_config_file(path: Path) -> RunConfig:
     for key, value in doc.items():
         kind = _KINDS.get(key)
         if kind is None:
+            import difflib  # only for a typo: a running daemon need not keep it
+
             close = difflib.get_close_matches(key, _KINDS, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(_KINDS)}"
             raise ConfigError(source, key, f"unknown key{hint}")
