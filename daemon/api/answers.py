@@ -27,8 +27,34 @@ BODY_TIMEOUT_S = 10.0  # 64 KiB in 10 s is 6.5 KB/s: far below any local client
 
 def safe_dumps(doc: Any) -> str:
     """JSON with <, > and & escaped: quoted markup stays text wherever a reader puts it."""
-    text = json.dumps(doc, ensure_ascii=False)
+    text = _dumps(doc, _SPLIT_DEPTH)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+# Lists and objects this deep are encoded item by item: a book's resources and its table of
+# contents (with one level of children) are lists of objects at depth 1 and 2.
+_SPLIT_DEPTH = 3
+
+
+def _dumps(doc: Any, depth: int) -> str:
+    """`json.dumps(doc, ensure_ascii=False)`, the same text, with large lists and objects
+    encoded an item at a time. The C encoder, in one shot, peaked at 7 times its text: 4 MiB
+    for the 0.56 MiB answer about a book of 2,020 resources, on a device whose daemon has
+    64 MiB in all; item by item the peak is about twice the text."""
+    if depth and doc and type(doc) is list:
+        return "[" + ", ".join([_dumps(item, depth - 1) for item in doc]) + "]"
+    if depth and doc and type(doc) is dict and all(type(key) is str for key in doc):
+        return (
+            "{"
+            + ", ".join(
+                [f"{_ENCODE(key)}: {_dumps(value, depth - 1)}" for key, value in doc.items()]
+            )
+            + "}"
+        )
+    return _ENCODE(doc)
+
+
+_ENCODE = json.JSONEncoder(ensure_ascii=False).encode  # what json.dumps builds on every call
 
 
 def json_answer(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
