@@ -1,0 +1,147 @@
+"""What keeps the daemon within a 64 MiB device's budget: what a running daemon imports, the
+libraries' text it gives back, and JSON answers built without the encoder's one-shot peak."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from daemon.api.answers import safe_dumps
+from daemon.memory import clean_text_mappings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Loaded for a command other than `run`, a typo, the service, or the benchmarks: never by the
+# daemon's own start (docs/PROFILES.md, `ram_budget_mb`).
+NOT_AT_START = (
+    "server_stub",
+    "devkit",
+    "bench",
+    "tests",
+    "importlib.metadata",  # `--version`; brings zipfile and csv
+    "zipfile",
+    "difflib",  # the "did you mean" of a mistyped configuration key
+)
+
+
+def test_the_daemon_starts_without_modules_only_other_commands_need() -> None:
+    code = "import sys, daemon.cli, daemon.app; print('\\n'.join(sorted(sys.modules)))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "daemon.app" in loaded
+    unwanted = [m for m in loaded if any(m == n or m.startswith(f"{n}.") for n in NOT_AT_START)]
+    assert unwanted == []
+
+
+def test_version_is_still_told_when_asked() -> None:
+    shown = subprocess.run(
+        [sys.executable, "-c", "from daemon.cli import main; main()", "--version"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 0
+    assert shown.stdout.startswith("shelfsync ")  # the installed package's version follows
+
+
+SMAPS = """\
+55d0c0000000-55d0c0100000 r--p 00000000 08:01 11 /usr/bin/python3.11
+Rss:                 512 kB
+Private_Dirty:         0 kB
+Anonymous:             0 kB
+55d0c0100000-55d0c0300000 r-xp 00100000 08:01 11 /usr/bin/python3.11
+Rss:                2048 kB
+Private_Dirty:         0 kB
+Anonymous:             0 kB
+VmFlags: rd ex mr mw me
+7f0000000000-7f0000200000 r-xp 00000000 08:01 12 /lib/with text relocations.so
+Rss:                 128 kB
+Private_Dirty:         4 kB
+Anonymous:             4 kB
+7f0000200000-7f0000400000 r-xp 00000000 00:00 0
+Rss:                  64 kB
+Private_Dirty:        64 kB
+Anonymous:            64 kB
+7fff00000000-7fff00002000 r-xp 00000000 00:00 0                  [vdso]
+Rss:                   8 kB
+Private_Dirty:         0 kB
+Anonymous:             0 kB
+7f0000400000-7f0000500000 r-xp 00000000 08:01 13 /lib/libz.so.1 (deleted)
+Rss:                   4 kB
+Private_Dirty:         0 kB
+Anonymous:             0 kB
+"""
+
+
+def test_only_clean_text_of_files_is_dropped() -> None:
+    assert clean_text_mappings(SMAPS) == [
+        (0x55D0C0100000, 0x55D0C0300000),
+        (0x7F0000400000, 0x7F0000500000),
+    ]
+
+
+def test_dropping_the_libraries_text_shrinks_the_process_and_keeps_it_working() -> None:
+    code = """
+import hashlib, json, sqlite3
+import daemon.app
+from daemon.memory import drop_library_text
+
+def rss_kib():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS"))
+
+before = rss_kib()
+dropped = drop_library_text()
+after = rss_kib()
+worked = (
+    hashlib.sha256(b"shelfsync").hexdigest()[:8],
+    json.loads(json.dumps({"a": [1, 2.5]})),
+    sqlite3.connect(":memory:").execute("SELECT 40 + 2").fetchone()[0],
+)
+print(json.dumps([dropped, before, after, worked]))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    dropped, before, after, worked = json.loads(out.stdout)
+    assert dropped > 10  # the interpreter, libc, OpenSSL, cryptography, apsw, zstandard ...
+    assert after < before
+    assert worked == [hashlib.sha256(b"shelfsync").hexdigest()[:8], {"a": [1, 2.5]}, 42]
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: (
+        st.lists(inner)
+        | st.dictionaries(st.text(), inner)
+        | st.dictionaries(st.integers(), inner)  # keys json.dumps turns into strings
+    ),
+    max_leaves=40,
+)
+
+
+@given(JSON)
+def test_answers_are_the_text_json_dumps_gives(doc: object) -> None:
+    whole = json.dumps(doc, ensure_ascii=False)
+    escaped = whole.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    assert safe_dumps(doc) == escaped
+
+
+def test_a_large_answer_is_the_same_text_with_markup_escaped() -> None:
+    book = {
+        "book_id": "b1",
+        "resources": [{"path": f"ch{i}.xhtml", "size": i, "available": True} for i in range(3000)],
+        "toc": [{"label": "<i>A</i> & B", "children": [{"label": "C", "href": "c.xhtml#x"}]}],
+        "nothing": [],
+        "empty": {},
+    }
+    text = safe_dumps(book)
+    assert json.loads(text) == book
+    assert "<" not in text
+    assert "&" not in text
