@@ -30,7 +30,14 @@ from daemon.errors import (
     NotOnDeviceError,
 )
 from daemon.models import FrameRow, ResourceRow, StoredFrame
-from daemon.protocol.codec import Buffer, ChunkSource, Dictionary, FrameDecoder, WholePayload
+from daemon.protocol.codec import (
+    ZSTD_CONTEXT_BYTES,
+    Buffer,
+    ChunkSource,
+    Dictionary,
+    FrameDecoder,
+    WholePayload,
+)
 from daemon.protocol.crypto import (
     NONCE_BYTES,
     SEAL_CHUNK,
@@ -45,9 +52,9 @@ _CACHED_BOOKS = 16  # books read lately, their keys unwrapped: unwrapping costs 
 # read. A frame holds up to 2 MiB of many small resources, and a reader turns pages through
 # consecutive ones: decoding on from where the last page ended is what makes a read as fast as
 # unzipping one file. Bounded in bytes, not frames: a 2 MiB frame part-decoded holds a chunk of
-# compressed bytes, the plaintext so far and zstd's window (up to ~4.1 MiB), and the bound must
-# keep it whole while the reader pages through it, or every page would decode the frame again
-# from its start; no more than that, on a device whose daemon has 64 MiB in all.
+# compressed bytes, the plaintext so far and zstd's window and context (up to ~4.3 MiB), and the
+# bound must keep it whole while the reader pages through it, or every page would decode the
+# frame again from its start; no more than that, on a device whose daemon has 64 MiB in all.
 PLAIN_CACHE_BYTES = 4608 * 1024
 # What an entry costs beyond the bytes it holds (its bookkeeping): frames of pictures hold none,
 # and must not pile up without bound either.
@@ -210,7 +217,7 @@ def _frame_pieces(
         yield from _new_decoder(store, resource, opener, frame, source).stream(source)
         return
     # Other resources share the frame: they may be next, so it is kept, decoded as far as read.
-    # Its worst case decoded to its end is the plaintext, zstd's window and a chunk.
+    # Its worst case decoded to its end is the plaintext, zstd's window and context and a chunk.
     opener.make_room(frame.sha256, _decoding_bytes(frame) + _ENTRY_BYTES)
     decoder = cached or _new_decoder(store, resource, opener, frame, source)
     segments = decoder.segments(lo, hi, source)
@@ -219,11 +226,13 @@ def _frame_pieces(
 
 
 def _decoding_bytes(frame: FrameRow) -> int:
-    return 0 if frame.codec == "raw" else 2 * frame.plain_size + SEAL_CHUNK
+    return 0 if frame.codec == "raw" else 2 * frame.plain_size + ZSTD_CONTEXT_BYTES + SEAL_CHUNK
 
 
 def _streaming_bytes(frame: FrameRow) -> int:
-    return SEAL_CHUNK if frame.codec == "raw" else frame.plain_size + 2 * SEAL_CHUNK
+    if frame.codec == "raw":
+        return SEAL_CHUNK
+    return frame.plain_size + ZSTD_CONTEXT_BYTES + 2 * SEAL_CHUNK
 
 
 def _new_decoder(

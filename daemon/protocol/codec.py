@@ -20,6 +20,9 @@ from daemon.errors import DecodeError, DictionaryError
 from daemon.protocol.manifest import MAX_DICTIONARY_BYTES, MAX_FRAME_PLAIN
 
 DEFAULT_WINDOW_CAP = 8 * 1024 * 1024  # bytes; profiles may lower it
+# What a zstd decoder holds beside its window, at most: its tables (94 KiB) and a block's input
+# buffer (128 KiB), by ZstdDecompressor.memory_size() with zstd 1.5.
+ZSTD_CONTEXT_BYTES = 224 * 1024
 COMPRESSION_LEVEL = 19  # service side, once per book; decode speed does not depend on it
 
 
@@ -334,6 +337,7 @@ class FrameDecoder:
         decompressor = _frame_decompressor(
             first, codec, plain_size, source.payload_size, window_cap, dictionary, MAX_FRAME_PLAIN
         )
+        self._zstd = decompressor  # counted while it decodes: memory_size() is its real cost
         self._decoder = None if decompressor is None else decompressor.decompressobj()
         self._fence = None if decompressor is None else _BlockFence(first)
         self._raw = decompressor is None  # served chunk by chunk, as it is
@@ -355,9 +359,13 @@ class FrameDecoder:
         return self._decoded
 
     def memory_bytes(self) -> int:
-        """What this decoder holds: the plaintext so far, plus zstd's window while decoding."""
-        window = 0 if self._decoder is None else self.plain_size
-        return len(self._pending) + self._decoded + window
+        """What this decoder holds: the plaintext so far, plus zstd's context while decoding:
+        its window, its input buffer and its tables, as zstd counts them (about 220 KiB more
+        than the window alone, which a cache of many part-decoded small frames had missed)."""
+        if self._decoder is None or self._zstd is None:
+            return len(self._pending) + self._decoded
+        context = max(self.plain_size, self._zstd.memory_size())  # before its first block too
+        return len(self._pending) + self._decoded + context
 
     def slice(self, start: int, end: int, source: ChunkSource) -> bytes:
         """Plaintext bytes [start, end) of the frame, decoding as far as `end` first."""
@@ -465,5 +473,5 @@ class FrameDecoder:
 
     def _finish(self, decoder: zstandard.ZstdDecompressionObj) -> None:
         _check_end(decoder, self._decoded, self.plain_size, self._payload_size - self._fed)
-        self._decoder = None  # frees zstd's window
+        self._decoder = self._zstd = None  # frees zstd's window and context
         self._pending = memoryview(b"")

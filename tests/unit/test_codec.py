@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from daemon.errors import DecodeError
 from daemon.protocol.codec import (
+    ZSTD_CONTEXT_BYTES,
     ChunkSource,
     FrameDecoder,
     WholePayload,
@@ -117,6 +118,21 @@ class Chunks:
 
 
 SOURCES = [pytest.param(WholePayload, id="whole"), pytest.param(Chunks, id="chunks")]
+
+
+def test_a_part_decoded_frame_counts_zstds_whole_context_not_its_window_alone() -> None:
+    """What the frame cache is bounded by: beside its window, a decoder holds its tables and
+    an input buffer (about 220 KiB), and a cache of many part-decoded frames went past its
+    bound by that much for each."""
+    plain = CHAPTERS[: 512 * 1024]
+    source = Chunks(encode_frame(plain, level=3)[1])
+    decoder = FrameDecoder(source, "zstd", len(plain), CAP)
+    assert decoder.slice(0, 100, source) == plain[:100]
+    assert not decoder.complete
+    assert decoder.memory_bytes() > decoder.decoded + len(plain) + 64 * 1024
+    assert decoder.memory_bytes() <= decoder.decoded + len(plain) + ZSTD_CONTEXT_BYTES
+    decoder.slice(0, len(plain), source)
+    assert decoder.memory_bytes() == len(plain)  # complete: the context is freed
 
 
 @pytest.mark.parametrize("source_of", SOURCES)
