@@ -33,12 +33,18 @@ from bench.harness import BenchError, Stub, book_of, median, percentile, stub_pr
 from bench.registry import Benchmark
 from bench.section import Section, Table, command
 from daemon.app import device_credentials
-from daemon.client import AccountClient, ChangesPage, ClientLimits, ServiceClient
+from daemon.client import (
+    AccountClient,
+    ChangesPage,
+    ClientLimits,
+    DeviceCredentials,
+    ServiceClient,
+)
 from daemon.clock import SystemClock
 from daemon.config import Settings, read_service_key
 from daemon.content.library_sync import LibrarySync
 from daemon.device_key import load_or_create_device_key
-from daemon.errors import ShelfsyncError
+from daemon.errors import ShelfsyncError, TransportError
 from daemon.profile import DeviceProfile, list_profiles, load_profile
 from daemon.radio.connectivity import Connectivity
 from daemon.radio.windows import RadioWindows
@@ -54,6 +60,7 @@ SETTLE_S = 10.0  # online before the outage: the idle fleet's request rate is me
 GIVE_UP_S = 600.0  # after the return: a device not told by then is reported as never told
 STARTING_AT_ONCE = 20  # devices registering at a time
 ONLINE_WAIT_S = 300.0
+REGISTER_TRIES = 5
 
 
 class Requests:
@@ -133,17 +140,7 @@ class SimDevice:
         client: ServiceClient | None = None
         try:
             async with starting:
-                await self.account.create_account(f"fleet reader {self.index}")
-                settings = Settings(
-                    state_dir=self.state,
-                    service_url=stub.url,
-                    service_key=read_service_key(str(stub.key_path)),
-                    profile=profile,
-                    device_name=f"fleet device {self.index}",
-                    account_token=self.account.account_token,
-                )
-                key = load_or_create_device_key(settings.device_key_path)
-                credentials = await device_credentials(store, settings, key, clock.wall())
+                credentials = await self._register(stub, profile, store, clock.wall())
             windows = RadioWindows(clock)
             client = ServiceClient(
                 stub.url,
@@ -186,6 +183,32 @@ class SimDevice:
             if client is not None:
                 await client.close()
             store.close()
+
+    async def _register(
+        self, stub: Stub, profile: DeviceProfile, store: Store, now: float
+    ) -> DeviceCredentials:
+        """A new account and this device registered with it; a stub slow to answer (the
+        machine is shared) is asked again, as a device that is switched on would."""
+        failures = 0
+        while True:
+            try:
+                if not self.account.account_token:
+                    await self.account.create_account(f"fleet reader {self.index}")
+                settings = Settings(
+                    state_dir=self.state,
+                    service_url=stub.url,
+                    service_key=read_service_key(str(stub.key_path)),
+                    profile=profile,
+                    device_name=f"fleet device {self.index}",
+                    account_token=self.account.account_token,
+                )
+                key = load_or_create_device_key(settings.device_key_path)
+                return await device_credentials(store, settings, key, now)
+            except TransportError:
+                failures += 1
+                if failures == REGISTER_TRIES:
+                    raise
+                await asyncio.sleep(1.0)
 
 
 class Service:

@@ -746,7 +746,8 @@ class Store:
             f" {_FOR_DEVICE} AS wanted, l.evicted_at IS NOT NULL AS evicted,"
             " l.requested_at IS NOT NULL AS requested,"
             " EXISTS (SELECT 1 FROM manifests m WHERE m.book_id = l.book_id) AS size_proven"
-            " FROM picked JOIN library l ON l.book_id = picked.book_id"
+            # picked first: SQLite would rather scan every pending row of the library
+            " FROM picked CROSS JOIN library l ON l.book_id = picked.book_id"
             " LEFT JOIN deliveries d ON d.book_id = l.book_id"
             f" WHERE {_PENDING}",  # still pending (a running book may have completed)
             (since, json.dumps(list(running)), archive, fresh_from, window),
