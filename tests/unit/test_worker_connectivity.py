@@ -130,9 +130,7 @@ async def _reconnect_gaps(error: Exception, outage_s: float) -> list[float]:
     return [b - a for a, b in itertools.pairwise(tries)]
 
 
-async def test_a_service_that_is_down_is_tried_again_within_the_promise_however_long_it_is_out() -> (
-    None
-):
+async def test_a_service_that_is_down_is_tried_again_within_the_promise_however_long() -> None:
     # Refused, or reset by a proxy: the network answers, the service is not there (an outage).
     gaps = await _reconnect_gaps(TransportError("push channel: connection refused"), 3600.0)
     assert len(gaps) > 60
