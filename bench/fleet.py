@@ -241,12 +241,8 @@ class Outcome:
     requests_first_min: int  # in the minute after the return
     busiest_second: int  # of the minute after the return
 
-    def told(self, during: bool | None = None) -> list[SimDevice]:
-        return [
-            d
-            for d in self.devices
-            if d.told_at is not None and (during is None or d.during_outage == during)
-        ]
+    def told(self) -> list[SimDevice]:
+        return [d for d in self.devices if d.told_at is not None]
 
     def from_return(self, devices: list[SimDevice]) -> list[float]:
         return [d.told_at - self.returned_at for d in devices if d.told_at is not None]
@@ -352,7 +348,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> Outcome:
         ]
         await asyncio.gather(*seeding)
         await asyncio.sleep(max(0.0, down_at + args.outage_seconds - time.monotonic()))
-        stub = await service.start()
+        await service.start()  # on its port: the devices' URL is the same
         returned_at = time.monotonic()
         print("bench fleet: the service is back", flush=True)
         await asyncio.gather(*(_buy_at_return(d, book_id) for d in devices[half:]))
@@ -397,9 +393,11 @@ def _told_table(o: Outcome, cmd: str) -> Table:
     for name, during in groups:
         group = [d for d in o.devices if during is None or d.during_outage == during]
         told = [d for d in group if d.told_at is not None]
-        waits = [t for t in o.from_return(told)]
+        waits = o.from_return(told)
         since_purchase = [
-            d.told_at - d.bought_at for d in told if d.told_at is not None and d.bought_at
+            d.told_at - d.bought_at
+            for d in told
+            if d.told_at is not None and d.bought_at is not None
         ]
         rows.append(
             [
@@ -467,7 +465,8 @@ def _requests_table(o: Outcome, cmd: str) -> Table:
         f"The fleet made {o.requests_outage} requests during the outage and"
         f" {o.requests_first_min} in the minute after the return, at most {o.busiest_second} in"
         f" any one second of it ({n} devices): the jittered reconnects came back {spread} after"
-        " the return, not in one stampede."
+        " the return, "
+        + ("not in one stampede." if o.busiest_second * 10 <= n else "much of the fleet at once.")
     )
     return Table(
         heading="Requests to the service, and the reconnects at the return",
