@@ -11,17 +11,18 @@ gives back the holes. Elsewhere than glibc both are no-ops.
 The libraries' code is the other half of the resident set. A page fault in a library's text maps
 the pages around it too, and on kernels that cache files in large folios a whole folio: after
 its imports, the daemon had 5.5 MiB of cryptography's Rust extension resident, 10 MiB of text in
-all that it mostly never runs. So at start and with every trim, the clean pages of the
-libraries' executable mappings are unmapped (MADV_DONTNEED): what the daemon does run faults
-back in from the page cache, unchanged, a minor fault each. A mapping with a page written
-(text relocated in place, a debugger's breakpoint) is left as it is, since dropping that page
-would undo the write.
+all that it mostly never runs. So at start, and with a trim at most once a minute, the clean
+pages of the libraries' executable mappings are unmapped (MADV_DONTNEED): what the daemon does
+run faults back in from the page cache, unchanged, a minor fault each. A mapping with a page
+written (text relocated in place, a debugger's breakpoint) is left as it is, since dropping that
+page would undo the write.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import time
 from pathlib import Path
 
 from daemon.logs import log_event
@@ -34,6 +35,11 @@ MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's starting value, kept from then on
 # Threads (the resolver's, the local API's to_thread calls) each got an arena of their own, up
 # to 8 a core, each keeping what it freed; two are enough for a daemon of one busy thread.
 ARENAS = 2
+# Seconds between two drops of the libraries' text: a drop costs ~5 ms (reading smaps) and the
+# text in use faults back in after it, so with every trim (two a book) a library of 1,000 small
+# books cost 2.4 times the CPU to deliver; once a minute costs nothing an hour notices.
+TEXT_EVERY_S = 60.0
+_text_dropped_at = -TEXT_EVERY_S
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -58,14 +64,21 @@ def keep_heap_small() -> None:
     )
     if not done:
         log_event(_LOG, logging.WARNING, "malloc_not_tuned")
+    global _text_dropped_at
+    _text_dropped_at = time.monotonic()
     drop_library_text()
 
 
 def give_back() -> None:
-    """After a large transient: the heap's free pages back to the system, and the libraries'
-    text the daemon faulted in since."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
+    """After a large transient: the heap's free pages back to the system, and, at most once a
+    TEXT_EVERY_S, the libraries' text the daemon faulted in since."""
+    global _text_dropped_at
+    if _LIBC is None:
+        return
+    _LIBC.malloc_trim(0)
+    now = time.monotonic()
+    if now - _text_dropped_at >= TEXT_EVERY_S:
+        _text_dropped_at = now
         drop_library_text()
 
 
