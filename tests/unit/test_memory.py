@@ -9,11 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from daemon import memory
 from daemon.api.answers import safe_dumps
-from daemon.memory import clean_text_mappings
+from daemon.memory import TEXT_EVERY_S, clean_text_mappings, give_back
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,6 +115,20 @@ print(json.dumps([dropped, before, after, worked]))
     assert dropped > 10  # the interpreter, libc, OpenSSL, cryptography, apsw, zstandard ...
     assert after < before
     assert worked == [hashlib.sha256(b"shelfsync").hexdigest()[:8], {"a": [1, 2.5]}, 42]
+
+
+def test_text_is_dropped_with_a_trim_at_most_once_a_minute(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drop costs milliseconds and the text in use faults back in after it: with every trim
+    (two a book delivered) it more than doubled the CPU a library of small books cost."""
+    now = [1000.0]
+    drops: list[float] = []
+    monkeypatch.setattr(memory.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(memory, "drop_library_text", lambda: drops.append(now[0]) or 0)
+    monkeypatch.setattr(memory, "_text_dropped_at", now[0])  # as at start
+    for step in range(130):  # a trim a second for 130 s
+        now[0] = 1000.0 + step
+        give_back()
+    assert drops == [1000.0 + TEXT_EVERY_S, 1000.0 + 2 * TEXT_EVERY_S]
 
 
 JSON = st.recursive(
