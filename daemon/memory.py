@@ -11,7 +11,7 @@ gives back the holes. Elsewhere than glibc both are no-ops.
 The libraries' code is the other half of the resident set. A page fault in a library's text maps
 the pages around it too, and on kernels that cache files in large folios a whole folio: after
 its imports, the daemon had 5.5 MiB of cryptography's Rust extension resident, 10 MiB of text in
-all that it mostly never runs. So at start, and with a trim at most once a minute, the clean
+all that it mostly never runs. So at start, and with a trim at most once a second, the clean
 pages of the libraries' executable mappings are unmapped (MADV_DONTNEED): what the daemon does
 run faults back in from the page cache, unchanged, a minor fault each. A mapping with a page
 written (text relocated in place, a debugger's breakpoint) is left as it is, since dropping that
@@ -35,10 +35,10 @@ MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's starting value, kept from then on
 # Threads (the resolver's, the local API's to_thread calls) each got an arena of their own, up
 # to 8 a core, each keeping what it freed; two are enough for a daemon of one busy thread.
 ARENAS = 2
-# Seconds between two drops of the libraries' text: a drop costs ~5 ms (reading smaps) and the
-# text in use faults back in after it, so with every trim (two a book) a library of 1,000 small
-# books cost 2.4 times the CPU to deliver; once a minute costs nothing an hour notices.
-TEXT_EVERY_S = 60.0
+# Seconds between two drops of the libraries' text: with every trim (two a book), reading
+# smaps each time, a library of 1,000 small books cost 2.4 times the CPU to deliver; once a
+# second, and smaps read only for a mapping not seen before, it costs nothing noticeable.
+TEXT_EVERY_S = 1.0
 _text_dropped_at = -TEXT_EVERY_S
 
 
@@ -82,38 +82,56 @@ def give_back() -> None:
         drop_library_text()
 
 
-def drop_library_text(smaps: Path = Path("/proc/self/smaps")) -> int:
-    """Unmap the clean pages of the libraries' executable mappings; how many mappings."""
+def drop_library_text(
+    maps: Path = Path("/proc/self/maps"), smaps: Path = Path("/proc/self/smaps")
+) -> int:
+    """Unmap the clean pages of the libraries' executable mappings; how many mappings. Which
+    mappings are clean is read from smaps (4 ms) once for each mapping, the mappings themselves
+    from maps (0.5 ms) every time: libraries are loaded at start, and a drop costs little."""
     if _LIBC is None:
         return 0
     try:
-        text = smaps.read_text()
+        mapped = text_mappings(maps.read_text())
+        if not mapped.keys() <= _judged.keys():  # a library loaded since: judge it
+            _judged.update(text_mappings(smaps.read_text()))
     except OSError:
         return 0  # no /proc: nothing to go by
     dropped = 0
-    for start, end in clean_text_mappings(text):
-        dropped += _LIBC.madvise(start, end - start, _MADV_DONTNEED) == 0
+    for start, end, inode in mapped:
+        if _judged.get((start, end, inode)):
+            dropped += _LIBC.madvise(start, end - start, _MADV_DONTNEED) == 0
     return dropped
 
 
+# Private executable mappings of files seen so far, by (start, end, inode): True when no page of
+# it had been written when it was first seen.
+_judged: dict[tuple[int, int, str], bool] = {}
+
+
 def clean_text_mappings(smaps: str) -> list[tuple[int, int]]:
-    """The address ranges of private executable mappings of files (r-xp, a path) with no page
-    written (Private_Dirty and Anonymous both 0 kB), from the text of /proc/<pid>/smaps."""
-    found = []
-    mapping: tuple[int, int] | None = None
-    dirty = False
-    for line in smaps.splitlines():
+    """The address ranges of private executable mappings of files with no page written, from
+    the text of /proc/<pid>/smaps."""
+    return [(start, end) for (start, end, _), clean in text_mappings(smaps).items() if clean]
+
+
+_WRITTEN = ("Private_Dirty:", "Anonymous:")  # an smaps line of a mapping with a page written
+
+
+def text_mappings(listing: str) -> dict[tuple[int, int, str], bool]:
+    """The private executable mappings of files (r-xp, a path) in the text of /proc/<pid>/maps
+    or smaps, by (start, end, inode), each True when no page of it was written (smaps gives
+    Private_Dirty and Anonymous, both 0 kB then; maps gives neither, and says True)."""
+    found: dict[tuple[int, int, str], bool] = {}
+    mapping: tuple[int, int, str] | None = None
+    for line in listing.splitlines():
         head, _, rest = line.partition(" ")
         if "-" in head and not head.endswith(":"):  # a mapping's first line
-            if mapping is not None and not dirty:
-                found.append(mapping)
             fields = rest.split()
-            is_text = len(fields) >= 5 and fields[0] == "r-xp" and fields[4].startswith("/")
-            low, _, high = head.partition("-")
-            mapping = (int(low, 16), int(high, 16)) if is_text else None
-            dirty = False
-        elif head in ("Private_Dirty:", "Anonymous:") and rest.split()[0] != "0":
-            dirty = True
-    if mapping is not None and not dirty:
-        found.append(mapping)
+            mapping = None
+            if len(fields) >= 5 and fields[0] == "r-xp" and fields[4].startswith("/"):
+                low, _, high = head.partition("-")
+                mapping = (int(low, 16), int(high, 16), fields[3])
+                found[mapping] = True
+        elif mapping is not None and head in _WRITTEN and rest.split()[0] != "0":
+            found[mapping] = False
     return found
