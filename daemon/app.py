@@ -65,6 +65,9 @@ _LOG = logging.getLogger("shelfsync.app")
 _T = TypeVar("_T")
 # Registering while the service is unreachable: retried from 2 s up to every 5 minutes.
 REGISTER_BACKOFF = Backoff(base_s=2.0, cap_s=300.0)
+# While the link is down, workers wait for its return (the push channel probes at the poll
+# interval, the system says "network is back"); this only bounds the wait.
+LINK_DOWN_WAIT_S = 3600.0
 DOWNLOADING = ("queued", "downloading", "retrying")
 
 
@@ -258,7 +261,7 @@ class Daemon:
         notes: NotesStore | None = None
         windows = self.windows = RadioWindows(self.clock)
         batch_window_s = profile.sync.batch_window_s
-        comeback = Comeback()  # the service is back: every pending retry goes now
+        comeback = Comeback(LINK_DOWN_WAIT_S)  # the service is back: every pending retry goes now
         supervised = asyncio.create_task(
             self.notifier.run(self.clock, self.status_line), name="service manager"
         )
@@ -356,7 +359,11 @@ class Daemon:
             )
 
             def notes_now() -> None:
-                """The reader asked for a sync: their notes and other readers' passages."""
+                """The reader asked for a sync, or the system said the network is back: every
+                wait for the link ends, and the library, their notes and other readers'
+                passages go now, together (one wake of the radio, not one per worker)."""
+                comeback.announce()
+                sync.request()
                 annotations.link_up()
                 popular.link_up()
 
@@ -385,6 +392,7 @@ class Daemon:
                 on_library_push=sync.apply_push,
                 on_dictionaries=dictionaries.prefetch,
                 prefix_room=delivery.free_bytes,
+                comeback=comeback,
             )
             self.api = LocalApi(
                 settings.db_path,

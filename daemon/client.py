@@ -33,6 +33,7 @@ from daemon.errors import (
     ServiceHTTPError,
     StalledError,
     TransportError,
+    UnreachableError,
 )
 from daemon.logs import log_event
 from daemon.models import LibraryChange
@@ -228,6 +229,9 @@ def _transport_error(what: str, e: BaseException) -> TransportError:
         return TransportError(f"{what}: body cut short ({e})")
     if isinstance(e, TimeoutError):
         return StalledError(f"{what}: timed out")
+    if isinstance(e, aiohttp.ClientConnectorError) and not isinstance(e, aiohttp.ClientSSLError):
+        # Refused, no route, no name: nothing answered (an SSL error is something answering).
+        return UnreachableError(f"{what}: {type(e).__name__}: {e}")
     return TransportError(f"{what}: {type(e).__name__}: {e}")
 
 

@@ -7,6 +7,10 @@ NAT that dropped the mapping, a proxy that blackholes). The daemon is online fro
 When the channel drops or dies, the daemon reconnects with jittered backoff (reset only by a
 channel that spoke) and, meanwhile, polls the changes feed at the profile's poll interval, so a
 purchase still arrives when push is blocked (a captive portal, a proxy that drops WebSockets).
+A channel that could not connect at all (UnreachableError: the link is down) is the daemon's one
+probe for the link's return, at the poll interval; no pull goes with it (it would fail the same)
+and every other worker waits for the return (daemon/retry.py), which the system's "network is
+back" (`comeback`) also brings at once.
 
 Push version 2: a `library_changed` that carries the changes themselves (and an order's signed
 manifest) is handed on whole, to be applied without a pull; the hello names the catalog's
@@ -33,7 +37,7 @@ from daemon.clock import Clock, within
 from daemon.errors import ShelfsyncError, StalledError, TransportError
 from daemon.logs import log_event
 from daemon.radio.windows import RadioWindows
-from daemon.retry import Retry
+from daemon.retry import Comeback, Retry
 from daemon.service import PushStream, ServiceAPI
 
 _LOG = logging.getLogger("shelfsync.connectivity")
@@ -54,6 +58,7 @@ class Connectivity:
         on_library_push: Callable[[LibraryPush], None] | None = None,
         on_dictionaries: Callable[[list[Any]], None] = lambda refs: None,
         prefix_room: Callable[[], int] = lambda: 0,
+        comeback: Comeback | None = None,
     ) -> None:
         self._client = client
         # A change the push carried whole (else a pull is asked for), and the dictionaries
@@ -70,7 +75,9 @@ class Connectivity:
         self._keepalive_s = keepalive_s
         self._poll_interval_s = poll_interval_s
         # Failures: channels in a row that failed or never said a word.
-        self.retry = Retry("connectivity", clock, backoff or Backoff(base_s=1.0, cap_s=600.0))
+        self.retry = Retry(
+            "connectivity", clock, backoff or Backoff(base_s=1.0, cap_s=600.0), comeback
+        )
         self.online = False  # the channel is up and the service has spoken on it
         self.push_connected_since: float | None = None
 
@@ -94,9 +101,10 @@ class Connectivity:
                 )
             self.online = False
             self.push_connected_since = None
-            # Poll while push is down: the pull doubles as the probe for the link's return.
-            self._request_sync()
-            self._on_event("poll")
+            if not decision.unreachable:
+                # Poll while push is down: the pull doubles as the probe for the link's return.
+                self._request_sync()
+                self._on_event("poll")
             # Its own time, not a range: the jittered backoff is what spreads a thousand devices.
             # A refusal (401, 403) is not retried on the poll's cadence but as the helper says.
             if decision.retryable:
