@@ -344,7 +344,12 @@ class Daemon:
                 if kind == "online":
                     annotations.link_up()
                     popular.link_up()
-                elif kind in ("annotations_changed", "poll"):
+                elif kind == "annotations_changed":
+                    # A highlight of this account is a shared passage too (issue 23 #2): the
+                    # refresh rides the radio the pull wakes.
+                    annotations.request()
+                    popular.link_up()
+                elif kind == "poll":
                     annotations.request()
 
             sync = LibrarySync(
