@@ -65,8 +65,8 @@ _LOG = logging.getLogger("shelfsync.app")
 _T = TypeVar("_T")
 # Registering while the service is unreachable: retried from 2 s up to every 5 minutes.
 REGISTER_BACKOFF = Backoff(base_s=2.0, cap_s=300.0)
-# While the link is down, workers wait for its return (the push channel probes at the poll
-# interval, the system says "network is back"); this only bounds the wait.
+# While the link is down, workers wait for its return (the push channel probes on its backoff,
+# at most the poll interval; the system says "network is back"); this only bounds the wait.
 LINK_DOWN_WAIT_S = 3600.0
 DOWNLOADING = ("queued", "downloading", "retrying")
 

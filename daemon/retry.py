@@ -137,11 +137,15 @@ class Retry:
         clock: Clock,
         backoff: Backoff,
         comeback: Comeback | None = None,
+        *,
+        probes: bool = False,
     ) -> None:
         self.worker = worker
         self._clock = clock
         self._backoff = backoff
         self._comeback = comeback or Comeback()
+        # The one worker whose attempts probe for the link's return: on its own backoff.
+        self._probes = probes
         self.failures = 0
         self.last: Decision | None = None  # the failure not yet followed by a success
 
@@ -152,6 +156,7 @@ class Retry:
         decision = decide(error, self.failures, self._backoff, self._clock.wall())
         if decision.unreachable:
             self._comeback.link_down = True
+        if decision.unreachable and not self._probes:
             decision = dataclasses.replace(
                 decision, delay_s=max(decision.delay_s, self._comeback.link_down_wait_s)
             )

@@ -8,9 +8,9 @@ When the channel drops or dies, the daemon reconnects with jittered backoff (res
 channel that spoke) and, meanwhile, polls the changes feed at the profile's poll interval, so a
 purchase still arrives when push is blocked (a captive portal, a proxy that drops WebSockets).
 A channel that could not connect at all (UnreachableError: the link is down) is the daemon's one
-probe for the link's return, at the poll interval; no pull goes with it (it would fail the same)
-and every other worker waits for the return (daemon/retry.py), which the system's "network is
-back" (`comeback`) also brings at once.
+probe for the link's return, on its backoff (at most the poll interval); no pull goes with it (it
+would fail the same) and every other worker waits for the return (daemon/retry.py), which the
+system's "network is back" (`comeback`) also brings at once.
 
 Push version 2: a `library_changed` that carries the changes themselves (and an order's signed
 manifest) is handed on whole, to be applied without a pull; the hello names the catalog's
@@ -76,7 +76,11 @@ class Connectivity:
         self._poll_interval_s = poll_interval_s
         # Failures: channels in a row that failed or never said a word.
         self.retry = Retry(
-            "connectivity", clock, backoff or Backoff(base_s=1.0, cap_s=600.0), comeback
+            "connectivity",
+            clock,
+            backoff or Backoff(base_s=1.0, cap_s=600.0),
+            comeback,
+            probes=True,
         )
         self.online = False  # the channel is up and the service has spoken on it
         self.push_connected_since: float | None = None
