@@ -134,6 +134,7 @@ class DayRow:
     says: str  # the trip answer in the reader's words
     wakes: int = 0  # times the radio woke
     windows_used: int = 0  # windows that carried anything: the wakes the least counts
+    more_wakes_s: float = 0.0  # the least of the wakes beyond one a window: a round trip, a tail
 
 
 @dataclass
@@ -769,6 +770,7 @@ class Week:
                     says,
                     wakes,
                     used,
+                    (wakes - used) * (link.rtt_s + RIDE_S),
                 )
             )
             device.wanted_missing = 0
@@ -795,6 +797,7 @@ def verdict_lines(verdict: Verdict, reader: Reader, rows: list[DayRow], plan: Pl
     days = [r for r in rows if 1 <= r.day <= plan.days]
     on = sum(r.radio_on_s for r in days)
     least = sum(r.radio_min_s for r in days)
+    more = sum(r.more_wakes_s for r in days)
     agreed = verdict.agreed_after_s
     return [
         f"'book not on device' events: {len(reader.missing_events)}"
@@ -816,7 +819,9 @@ def verdict_lines(verdict: Verdict, reader: Reader, rows: list[DayRow], plan: Pl
         ),
         f"radio on {on:.0f} s on days 1-{plan.days}, {on / least if least else 0:.2f}x the least"
         f" the bytes need ({least:.0f} s); the radio woke {sum(r.wakes for r in days)} times in"
-        f" {sum(r.windows_used for r in days)} windows",
+        f" {sum(r.windows_used for r in days)} windows: the wakes beyond one a window (on this"
+        f" schedule, the push channel's keep-alive pings) need at least {more:.0f} s more;"
+        f" with them, the radio was on {on / (least + more) if least + more else 0:.2f}x the least",
     ]
 
 
