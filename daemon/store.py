@@ -409,6 +409,8 @@ class WalCheckpointer:
                 return
             try:
                 self._db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+            except apsw.BusyError:
+                pass  # the writer is in one (its backstop)
             except apsw.Error as e:  # the writer's backstop still bounds the -wal
                 log_event(_LOG, logging.WARNING, "wal_checkpoint_failed", error=str(e))
 
@@ -430,6 +432,7 @@ class Store:
         self._db = connection
         self.path = path
         self._watch = watch
+        self._background_checkpoints = False
         self._checkpointer: WalCheckpointer | None = None
 
     @classmethod
@@ -488,24 +491,30 @@ class Store:
         self._db.close()
 
     def checkpoint_in_background(self) -> None:
-        """From now until close, checkpoints run on a thread (WalCheckpointer), off the caller's."""
-        if self._checkpointer is None:
-            self._checkpointer = WalCheckpointer(self.path)
+        """From now until close, checkpoints run on a thread (WalCheckpointer), started at the
+        first one: an idle daemon does not pay its connection's memory."""
+        self._background_checkpoints = True
 
     def _committed(self, db: apsw.Connection, name: str, wal_pages: int) -> int:
         """SQLite's WAL hook, after each commit: what comes back is the commit statement's
         result (the commit itself has happened), so a failed checkpoint is logged, not raised."""
-        if wal_pages >= WAL_BACKSTOP_PAGES or (
-            wal_pages >= WAL_CHECKPOINT_PAGES and self._checkpointer is None
-        ):
+        if wal_pages < WAL_CHECKPOINT_PAGES:
+            return apsw.SQLITE_OK
+        if self._background_checkpoints and self._checkpointer is None:
             try:
-                db.wal_checkpoint(name, apsw.SQLITE_CHECKPOINT_PASSIVE)
-            except apsw.BusyError:
-                pass  # the checkpointer is in one
-            except apsw.Error as e:  # tried again at the next commit
-                log_event(_LOG, logging.WARNING, "wal_checkpoint_failed", error=str(e))
-        elif wal_pages >= WAL_CHECKPOINT_PAGES and self._checkpointer is not None:
+                self._checkpointer = WalCheckpointer(self.path)
+            except StoreError as e:  # checkpoints stay the writer's
+                self._background_checkpoints = False
+                log_event(_LOG, logging.WARNING, "wal_checkpointer_not_started", error=str(e))
+        if self._checkpointer is not None and wal_pages < WAL_BACKSTOP_PAGES:
             self._checkpointer.wake()
+            return apsw.SQLITE_OK
+        try:
+            db.wal_checkpoint(name, apsw.SQLITE_CHECKPOINT_PASSIVE)
+        except apsw.BusyError:
+            pass  # the checkpointer is in one
+        except apsw.Error as e:  # tried again at the next commit
+            log_event(_LOG, logging.WARNING, "wal_checkpoint_failed", error=str(e))
         return apsw.SQLITE_OK
 
     def set_page_cache_kib(self, kib: int) -> None:

@@ -49,8 +49,9 @@ def test_a_checkpointer_copies_the_wal_on_its_thread_until_the_store_closes(
     store = Store.open(tmp_path / "shelfsync.db")
     try:
         store.checkpoint_in_background()
-        assert len(checkpointer_threads()) == 1
+        assert checkpointer_threads() == []  # not before the first checkpoint is due
         written = write_blobs(store, 2 * WAL_CHECKPOINT_PAGES * PAGE_BYTES // BLOB_BYTES)
+        assert len(checkpointer_threads()) == 1
         # The -wal never outgrows the writer's backstop, whatever the thread's pace.
         assert wal_bytes(store) <= (WAL_BACKSTOP_PAGES + 2 * BLOB_PAGES) * (WAL_FRAME_BYTES)
         deadline = time.monotonic() + 30
