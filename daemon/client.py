@@ -35,7 +35,7 @@ from daemon.errors import (
     TransportError,
 )
 from daemon.logs import log_event
-from daemon.models import LibraryChange
+from daemon.models import LibraryChange, Notice
 from daemon.protocol import hlc, merge
 from daemon.protocol.crypto import ENVELOPE_SLACK, MAX_ROOT_ENVELOPE_BYTES
 from daemon.protocol.manifest import MAX_DICTIONARY_BYTES, MAX_MANIFEST_BYTES
@@ -720,15 +720,6 @@ class ServiceClient:
 class ReceiptAnswer:
     acked: list[str]  # receipt ids the service holds (now or before): sent
     rejected: dict[str, str]  # receipt id -> why the service refused it
-
-
-@dataclass(frozen=True, slots=True)
-class Notice:
-    seq: int  # the service's notice sequence
-    kind: str  # apology
-    book_id: str | None
-    message: str  # for the reader, as the service wrote it
-    at: float  # service clock
 
 
 @dataclass(frozen=True, slots=True)

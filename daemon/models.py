@@ -25,6 +25,17 @@ class LibraryChange:
 
 
 @dataclass(frozen=True, slots=True)
+class Notice:
+    """One notice of the service's feed for the reader (an apology for a late delivery)."""
+
+    seq: int  # the service's notice sequence
+    kind: str  # apology
+    book_id: str | None
+    message: str  # for the reader, as the service wrote it
+    at: float  # service clock
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryCandidate:
     """A book in the library that is not complete on the device at the version wanted."""
 

@@ -1480,12 +1480,6 @@ class Store:
         except apsw.Error as e:
             raise self._typed(e) from e
 
-    def shared_highlight_count(self) -> int:
-        return int(self.one("SELECT count(*) FROM popular_passages")[0])
-
-    def notes_pending(self) -> int:
-        return int(self.one("SELECT count(*) FROM outbox WHERE rejected IS NULL")[0])
-
     def books_bytes(self) -> int:
         """What the frames on the device hold (kept by daemon/sql/0013's triggers)."""
         return int(self.one("SELECT bytes FROM held_bytes")[0])

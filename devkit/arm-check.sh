@@ -100,7 +100,7 @@ abi=cp$(echo "$pyver" | tr -d .)
 "$PYTHON" -m pip download --quiet --dest "$WHEELS" --only-binary=:all: \
     --python-version "$pyver" --implementation cp --abi "$abi" --abi abi3 --abi none \
     $platforms --constraint "$BUILD/constraints.txt" \
-    "$WHEELS"/shelfsync-*.whl pytest pytest-asyncio hypothesis jsonschema-rs \
+    "$WHEELS"/shelfsync-*.whl pytest pytest-asyncio pytest-timeout hypothesis jsonschema-rs \
     >"$LOGS/download.log" 2>&1 || die "fetching the aarch64 wheels failed; see $LOGS/download.log"
 say "wheels:  $(ls "$WHEELS" | wc -l) fetched in $(since "$started"); the compiled ones:"
 for wheel in "$WHEELS"/*.whl; do
@@ -110,7 +110,7 @@ done
 started=$(now)
 in_root python3 -m venv --clear "$VENV"
 in_root "$VENV/bin/pip" install --quiet --no-index --find-links /opt/wheels \
-    shelfsync pytest pytest-asyncio hypothesis jsonschema-rs >"$LOGS/install.log" 2>&1 ||
+    shelfsync pytest pytest-asyncio pytest-timeout hypothesis jsonschema-rs >"$LOGS/install.log" 2>&1 ||
     die "installing into the root failed; see $LOGS/install.log"
 say "install: into $VENV, from the wheels only (--no-index), in $(since "$started")"
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from daemon.client import Notice
+from daemon.models import Notice
 from daemon.store import Store
 
 SCHEMA_VERSION = 5  # the first schema holding these tables

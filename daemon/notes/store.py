@@ -368,6 +368,7 @@ def annotation_status(store: Store) -> dict[str, Any] | None:
         " count(*) FILTER (WHERE rejected IS NOT NULL) FROM outbox"
     )
     meta = dict(store.query("SELECT key, value FROM notes_meta"))
+    (shared,) = store.one("SELECT count(*) FROM popular_passages")
     by_kind = dict.fromkeys(merge.KINDS, 0)
     kept = 0
     for kind, overruled, n in store.query(
@@ -388,6 +389,7 @@ def annotation_status(store: Store) -> dict[str, Any] | None:
         # Edit beat delete: annotations another device deleted, kept because edited here or
         # elsewhere without that device having seen it (merge.item_view's delete_overruled).
         "kept_despite_delete": kept,
+        "shared_highlights": int(shared),  # other readers' passages held for offline reading
         "last_sync_at": float(last) if last else None,
         "last_sync_error": meta.get("last_sync_error") or None,
         "cursor": int(meta.get("annotation_cursor", 0)),

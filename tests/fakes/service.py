@@ -20,14 +20,13 @@ from typing import Any
 from daemon.client import (
     AnnotationPage,
     ChangesPage,
-    Notice,
     NoticePage,
     PopularPage,
     PushResult,
     ReceiptAnswer,
 )
 from daemon.errors import ServiceHTTPError, TransportError
-from daemon.models import LibraryChange
+from daemon.models import LibraryChange, Notice
 from daemon.protocol import hlc
 from daemon.service import ServiceAPI
 from tests.fake_clock import FakeClock

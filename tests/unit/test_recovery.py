@@ -17,7 +17,7 @@ from daemon.content.reader import FrameOpener, read_resource
 from daemon.errors import DatabaseDamagedError, FrameHashError, ShelfsyncError
 from daemon.idle_check import IdleCheck
 from daemon.models import LibraryChange
-from daemon.notes.store import NotesStore
+from daemon.notes.store import NotesStore, annotation_status
 from daemon.protocol import merge
 from daemon.protocol.hlc import HybridClock
 from daemon.store import IntegrityRecord, Store, check_at_start, wal_lost_at_start
@@ -143,7 +143,9 @@ def test_a_damaged_page_sets_the_database_aside_and_the_notes_trust_and_identity
             assert store.get_meta("device_token") == "token-kept"
             assert store.trusted_version(BOOK) == 3  # a replayed v2 stays refused
             assert store.library_cursor() == 0  # the library comes back from the service
-            assert store.notes_pending() == NOTES == found.notes_requeued
+            notes_status = annotation_status(store)
+            assert notes_status is not None
+            assert notes_status["outbox_depth"] == NOTES == found.notes_requeued
             for i in range(NOTES):
                 item = notes.item(f"note_{i:04d}")
                 in_export = any(note_text(i) in a["state"] for a in exported["annotations"])
