@@ -51,7 +51,8 @@ WAL_KEPT_BYTES = 1 << 20
 # automatic one held it 80-200 ms at a time, every 16 MiB of frames committed (issue 22 #6).
 # The writer hands it to a WalCheckpointer's thread once the -wal holds WAL_CHECKPOINT_PAGES
 # (SQLite's own default), and checkpoints itself only past WAL_BACKSTOP_PAGES (no thread, or one
-# fallen behind): the bound on the -wal's size, 32 MiB of 16 KiB pages (every reserve_mb is more).
+# fallen behind): 32 MiB of 16 KiB pages, every reserve_mb is more. The -wal outgrows it only by
+# what is committed while the thread finishes a checkpoint (the writer's then finds it busy).
 WAL_CHECKPOINT_PAGES = 1000
 WAL_BACKSTOP_PAGES = 2000
 FLOOR_STEP_S = 86_400  # how far past max(clock, floor) one verified manifest moves the floor
