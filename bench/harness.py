@@ -115,12 +115,13 @@ class Stub:
 
 @asynccontextmanager
 async def stub_process(
-    data_dir: Path, library: Path, log: Path, *extra: str
+    data_dir: Path, library: Path, log: Path, *extra: str, port: int = 0
 ) -> AsyncIterator[Stub]:
     """`shelfsync-stub` serving `library` (imported first: a 100 MB book takes a while), with
-    `extra` arguments."""
+    `extra` arguments, on `port` (0: a free one; a stub started again on its old port is the
+    service back after an outage)."""
     args = [script("shelfsync-stub"), "--data", str(data_dir), "--library", str(library), *extra]
-    async with child([*args, "--port", "0"], log, pipe_stdout=True) as proc:
+    async with child([*args, "--port", str(port)], log, pipe_stdout=True) as proc:
         assert proc.stdout is not None
         refused = []
         while line := await asyncio.wait_for(proc.stdout.readline(), 900):
@@ -131,8 +132,8 @@ async def stub_process(
                 if refused:
                     raise BenchError(f"the stub refused books: {'; '.join(refused)}")
                 url = text.removeprefix(STUB_LISTENING)
-                host, port = url.removeprefix("http://").rsplit(":", 1)
-                yield Stub(url, (host, int(port)), data_dir / "service.pub")
+                host, listening = url.removeprefix("http://").rsplit(":", 1)
+                yield Stub(url, (host, int(listening)), data_dir / "service.pub")
                 return
         raise BenchError(f"the stub stopped before listening; see {log}")
 

@@ -25,6 +25,7 @@ MODULES = (
     "compression",
     "annotations",
     "week",
+    "fleet",
     "faults",
 )
 

@@ -195,6 +195,16 @@ def retryable(error: BaseException) -> bool:
     return isinstance(error, TransportError | VerificationError | StoreError | OSError)
 
 
+def service_away(error: BaseException) -> bool:
+    """The failure says the service could not be reached or was down, so its return may cure
+    it: not an answer it gave (a 404, a version it does not serve, a Range it ignored)."""
+    if isinstance(error, VersionMissingError | RangeError):
+        return False
+    if isinstance(error, ServiceHTTPError):
+        return error.status >= 500 or not error.from_service
+    return isinstance(error, TransportError)
+
+
 def refused_by_service(error: BaseException) -> bool:
     """The service refused this device's credentials (401, 403): nothing works until it is
     registered again or the service is fixed."""

@@ -75,6 +75,11 @@ _FOR_DEVICE = (
 # Not complete at the version wanted, and singled out by the reader or the service (the hints
 # are content.plan's LIKELY_NEXT_REASONS): the conditions of daemon/sql/0009's partial indexes.
 _PENDING = "in_library AND complete_version < wanted_version"
+# A pending book waiting out a failed attempt past ?6 (`now`; none waits without it).
+_WAITING = (
+    "(?6 IS NOT NULL AND EXISTS (SELECT 1 FROM deliveries w"
+    " WHERE w.book_id = library.book_id AND w.retry_at > ?6))"
+)
 _TOUCHED = (
     "(requested_at IS NOT NULL OR opened_at IS NOT NULL OR evicted_at IS NOT NULL"
     " OR reason IN ('sample', 'wishlist', 'series_next') OR complete_version > 0)"
@@ -769,6 +774,7 @@ class Store:
         running: Collection[str] = (),
         archive_slots: int = 0,
         fresh_since: float | None = None,
+        now: float | None = None,
     ) -> list[DeliveryCandidate]:
         """Books in the library not complete on the device at the version wanted, that the
         planner could act on: those ordered since the device joined (or since `fresh_since`,
@@ -778,6 +784,9 @@ class Store:
         for, so a library of any size costs a look what is pending (daemon/sql/0009); and given
         `fresh_since`, of the books ordered since the device joined only a window of each
         class, the oldest (PLAN_WINDOW), so an owned library of any size costs a look the same.
+        Given `now` as well, books waiting out a failed attempt past it take no place in those
+        windows, and of them only the PLAN_WINDOW due soonest (and the soonest new purchase)
+        are given, for the planner's waits: thousands failing cost a look no more (issue 22 #2).
 
         `fresh_since` and the candidates' `ordered_at` are the device's clock (the feed's order
         times, which are the service's, moved by `service_clock_offset`), so the planner
@@ -807,20 +816,26 @@ class Store:
             # the running ones and those waiting out a failure (which take no slot), are all it
             # can start in one step, so a library of any size costs a step the same.
             "WITH skipped (n) AS (SELECT CASE WHEN ?5 < 0 THEN -1 ELSE ?5 + json_array_length(?2)"
-            "   + (SELECT count(*)"
+            "   + (CASE WHEN ?6 IS NOT NULL THEN 0 ELSE (SELECT count(*)"
             "   FROM deliveries INDEXED BY deliveries_failing"
-            "   WHERE completed_at IS NULL AND retries > 0) END),"
+            "   WHERE completed_at IS NULL AND retries > 0) END) END),"
             " picked (book_id) AS ("
             "   SELECT * FROM (SELECT book_id FROM library INDEXED BY library_pending"
-            f"     WHERE {_PENDING} AND ordered_at >= ?4"
+            f"     WHERE {_PENDING} AND ordered_at >= ?4 AND NOT {_WAITING}"
             "     ORDER BY ordered_at, book_id LIMIT (SELECT n FROM skipped))"
             "   UNION SELECT * FROM (SELECT book_id FROM library INDEXED BY library_pending"
-            f"     WHERE {_PENDING} AND ordered_at >= ?1 AND ordered_at < ?4"
+            f"     WHERE {_PENDING} AND ordered_at >= ?1 AND ordered_at < ?4 AND NOT {_WAITING}"
             "     ORDER BY ordered_at, book_id LIMIT (SELECT n FROM skipped))"
             f"   UNION SELECT book_id FROM library INDEXED BY library_pending_touched"
             f"     WHERE {_PENDING} AND {_TOUCHED}"
-            "   UNION SELECT book_id FROM deliveries INDEXED BY deliveries_failing"
-            "     WHERE completed_at IS NULL AND retries > 0"
+            # The failing ones: those due soonest (every one without `now`), and the soonest
+            # new purchase, whose wait holds back what is only likely to be read.
+            "   UNION SELECT * FROM (SELECT book_id FROM deliveries INDEXED BY deliveries_retrying"
+            "     WHERE completed_at IS NULL AND retries > 0 AND retry_at > coalesce(?6, -1)"
+            "     ORDER BY retry_at LIMIT CASE WHEN ?6 IS NULL THEN -1 ELSE ?5 END)"
+            "   UNION SELECT * FROM (SELECT book_id FROM deliveries INDEXED BY deliveries_retrying"
+            "     WHERE completed_at IS NULL AND retries > 0 AND retry_at > ?6"
+            "     AND ordered_at >= ?4 ORDER BY retry_at LIMIT 1)"
             "   UNION SELECT value FROM json_each(?2)"
             "   UNION SELECT * FROM (SELECT book_id FROM library INDEXED BY library_pending"
             f"     WHERE {_PENDING} AND ordered_at < ?1"
@@ -833,10 +848,11 @@ class Store:
             f" {_FOR_DEVICE} AS wanted, l.evicted_at IS NOT NULL AS evicted,"
             " l.requested_at IS NOT NULL AS requested,"
             " EXISTS (SELECT 1 FROM manifests m WHERE m.book_id = l.book_id) AS size_proven"
-            " FROM picked JOIN library l ON l.book_id = picked.book_id"
+            # picked first: SQLite would rather scan every pending row of the library
+            " FROM picked CROSS JOIN library l ON l.book_id = picked.book_id"
             " LEFT JOIN deliveries d ON d.book_id = l.book_id"
             f" WHERE {_PENDING}",  # still pending (a running book may have completed)
-            (since, json.dumps(list(running)), archive, fresh_from, window),
+            (since, json.dumps(list(running)), archive, fresh_from, window, now),
         )
         candidates = []
         for r in rows:
@@ -1191,6 +1207,18 @@ class Store:
             )
         row = self.one("SELECT failures FROM deliveries WHERE book_id = ?", (book_id,))
         return 0 if row is None else int(row[0])
+
+    def make_retries_due(self, book_ids: Collection[str] | None, now: float) -> int:
+        """The service is back: these books' retries waiting past `now` (every one, if None)
+        are due at once; their failures still count for the next backoff. How many were."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE deliveries SET retry_at = 0 WHERE completed_at IS NULL AND retries > 0"
+                " AND retry_at > ?1"
+                " AND (?2 IS NULL OR book_id IN (SELECT value FROM json_each(?2)))",
+                (now, None if book_ids is None else json.dumps(list(book_ids))),
+            )
+            return int(self._db.changes())
 
     def delivery_failures(self, book_id: str) -> int:
         row = self.one("SELECT failures FROM deliveries WHERE book_id = ?", (book_id,))

@@ -18,7 +18,6 @@ profile's batch window later (daemon/radio/windows.py).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import logging
 import os
@@ -49,6 +48,7 @@ from daemon.errors import (
     StoreError,
     VerificationError,
     VersionMissingError,
+    service_away,
 )
 from daemon.killpoints import killpoint
 from daemon.logs import log_event
@@ -168,7 +168,10 @@ class DeliveryWorker:
         self._comeback = comeback or Comeback()
         self.retry = Retry("delivery", clock, policy.backoff, self._comeback)
         self._cut_short = False  # the service came back since the last look
-        self._retry_now: set[str] = set()  # books whose pending retry the comeback made due
+        # Books whose last attempt failed for the service's absence: its return makes their
+        # retry due. Not a 404's: a push every few seconds had those retried ahead of every
+        # book not yet tried. None until the first return: what failed before a start counts.
+        self._away: set[str] | None = None
 
     def wake(self) -> None:
         """The library changed, or the link came back: look again at what to deliver."""
@@ -218,11 +221,10 @@ class DeliveryWorker:
             while True:
                 now = self._clock.wall()
                 archive_slots = self._archive_slots()
-                candidates = self._due_now(
-                    self._store.delivery_candidates(
-                        tasks.keys(), archive_slots, fresh_since=now - plan.FRESH_WINDOW_S
-                    ),
-                    now,
+                if self._cut_short:
+                    self._cut_retries_short(now)
+                candidates = self._store.delivery_candidates(
+                    tasks.keys(), archive_slots, fresh_since=now - plan.FRESH_WINDOW_S, now=now
                 )
                 by_id = {c.book_id: c for c in candidates}
                 for book_id in [b for b in tasks if b not in by_id]:
@@ -245,7 +247,6 @@ class DeliveryWorker:
                     self._store.evict_book(book_id, now)
                     log_event(_LOG, logging.INFO, "book_evicted", book=book_id, reason="space")
                 for book_id in decided.start:
-                    self._retry_now.discard(book_id)
                     if plan.is_fresh(by_id[book_id], now):
                         fresh.add(book_id)
                     tasks[book_id] = asyncio.create_task(
@@ -310,20 +311,14 @@ class DeliveryWorker:
                 task.cancel()
             await asyncio.gather(*tasks.values(), return_exceptions=True)
 
-    def _due_now(self, candidates: list[DeliveryCandidate], now: float) -> list[DeliveryCandidate]:
-        """The service came back (a push, the channel): every retry that waits is due now, not
-        when a backoff scheduled during the outage falls due (issue 22 #1)."""
-        if self._cut_short:
-            self._cut_short = False
-            self._retry_now = {c.book_id for c in candidates if c.retry_at > now}
-            if self._retry_now:
-                log_event(_LOG, logging.INFO, "retries_cut_short", books=len(self._retry_now))
-        if not self._retry_now:
-            return candidates
-        return [
-            dataclasses.replace(c, retry_at=0.0) if c.book_id in self._retry_now else c
-            for c in candidates
-        ]
+    def _cut_retries_short(self, now: float) -> None:
+        """The service came back (a push, the channel): every retry that waits for it is due
+        now, not when a backoff scheduled during the outage falls due (issue 22 #1)."""
+        self._cut_short = False
+        due = self._store.make_retries_due(self._away, now)
+        self._away = set()
+        if due:
+            log_event(_LOG, logging.INFO, "retries_cut_short", books=due)
 
     async def _pause(self, book_ids: list[str], tasks: dict[str, asyncio.Task[None]]) -> None:
         """Stop these downloads for a new purchase: cancelled between frames, their committed
@@ -376,6 +371,8 @@ class DeliveryWorker:
             except StoreError:
                 failures = 1
             decision = self.retry.failed(e, failures)
+            if self._away is not None:
+                (self._away.add if service_away(e) else self._away.discard)(book_id)
             level = logging.WARNING if isinstance(e, VerificationError) else logging.INFO
             self.retry.log_failed(_LOG, "delivery_failed", decision, level, book=book_id)
             # Not before the service's Retry-After, nor before a refusal is looked at again.
@@ -390,6 +387,8 @@ class DeliveryWorker:
                 self._pause_downloads(book_id, "the store cannot record a failed delivery")
         else:
             self.retry.succeeded()
+            if self._away is not None:
+                self._away.discard(book_id)
 
     def _pause_downloads(self, book_id: str, why: str) -> None:
         """Rest every download for the pause, in memory (writing it could fail the same way)."""

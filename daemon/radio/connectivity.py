@@ -7,6 +7,10 @@ NAT that dropped the mapping, a proxy that blackholes). The daemon is online fro
 When the channel drops or dies, the daemon reconnects with jittered backoff (reset only by a
 channel that spoke) and, meanwhile, polls the changes feed at the profile's poll interval, so a
 purchase still arrives when push is blocked (a captive portal, a proxy that drops WebSockets).
+A channel refused or cut by whatever answers for the service (the network is there, the service
+is not: an outage) is tried again within SERVICE_DOWN_RECONNECT_S however long the outage, so
+the service's return is heard of within the 60-second promise (issue 22 #1); one that timed out
+(no network: a radio searching in vain) keeps the full backoff, up to the poll interval.
 
 Push version 2: a `library_changed` that carries the changes themselves (and an order's signed
 manifest) is handed on whole, to be applied without a pull; the hello names the catalog's
@@ -37,6 +41,9 @@ from daemon.retry import Retry
 from daemon.service import PushStream, ServiceAPI
 
 _LOG = logging.getLogger("shelfsync.connectivity")
+# The longest wait between reconnects while the service is down but the network is up: the
+# 60-second promise less what the reconnect, its hello and a pull take on a slow link.
+SERVICE_DOWN_RECONNECT_S = 40.0
 
 
 class Connectivity:
@@ -81,9 +88,10 @@ class Connectivity:
                 async with self._client.push_channel(self._prefix_room()) as channel:
                     await self._serve(channel)
                 log_event(_LOG, logging.INFO, "push_closed")
-                decision = self.retry.failed(TransportError("the push channel closed"))
+                error: BaseException = TransportError("the push channel closed")
+                decision = self.retry.failed(error)
             except (ShelfsyncError, OSError) as e:
-                decision = self.retry.failed(e)
+                error, decision = e, self.retry.failed(e)
                 log_event(
                     _LOG,
                     logging.WARNING if first else logging.DEBUG,
@@ -97,12 +105,14 @@ class Connectivity:
             # Poll while push is down: the pull doubles as the probe for the link's return.
             self._request_sync()
             self._on_event("poll")
-            # Its own time, not a range: the jittered backoff is what spreads a thousand devices.
-            # A refusal (401, 403) is not retried on the poll's cadence but as the helper says.
+            # Its own time, not a range: the jittered backoff is what spreads a thousand devices
+            # (their phases stay spread when the cap holds them). A refusal (401, 403) is not
+            # retried on the poll's cadence but as the helper says.
             if decision.retryable:
-                decision = dataclasses.replace(
-                    decision, delay_s=min(decision.delay_s, self._poll_interval_s)
-                )
+                ceiling = self._poll_interval_s
+                if not isinstance(error, StalledError):  # answered: the network is there
+                    ceiling = min(ceiling, SERVICE_DOWN_RECONNECT_S)
+                decision = dataclasses.replace(decision, delay_s=min(decision.delay_s, ceiling))
             await self.retry.wait(decision, partial(self._windows.wait, "poll"))
 
     def _connected(self) -> None:

@@ -155,6 +155,38 @@ def test_a_step_over_an_owned_library_sees_only_what_it_can_start(tmp_path: Path
         store.close()
 
 
+def test_a_step_is_given_as_many_books_however_many_fail(tmp_path: Path) -> None:
+    """The oldest 5,000 of an owned library failing (a feed ahead of the catalog): a step is
+    given the same window past them, the failing ones due soonest and the soonest new purchase,
+    and plans as it would over them all (issue 22 #2)."""
+    store = library(tmp_path, archived=0, bought=20_000)
+    now = REGISTERED + 20_000 + 60  # the newest 660 are new purchases, the rest wanted
+    fresh_since = now - plan.FRESH_WINDOW_S
+    running = ["bk_new10000"]
+    try:
+        before = store.delivery_candidates(running, 0, fresh_since, now=now)
+        with store.transaction() as db:
+            db.executemany(
+                "UPDATE deliveries SET failures = 1, retries = 1, retry_at = ? WHERE book_id = ?",
+                [(now + 60 + i, f"bk_new{i:05d}") for i in range(5_000)],
+            )
+        store.record_delivery_failure("bk_new19999", "TransportError: reset", now + 9_000)
+        window = store.delivery_candidates(running, 0, fresh_since, now=now)
+        assert len(window) <= len(before) + PLAN_WINDOW + 1
+        assert "bk_new19999" in {c.book_id for c in window}  # holds back what is likely next
+        whole = store.delivery_candidates(running, 0, None)
+        assert len(whole) == 20_000
+        budget = plan.Budget(10**12, 10**12, 0, battery_restricted=False)
+        for concurrency in (1, 4, 16):
+            assert (
+                plan.plan_deliveries(window, [], budget, now, running, 0, concurrency).start
+                == plan.plan_deliveries(whole, [], budget, now, running, 0, concurrency).start
+            )
+        assert plan.next_retry(window, now, running) == plan.next_retry(whole, now, running)
+    finally:
+        store.close()
+
+
 def test_the_bytes_held_are_kept_as_frames_come_and_go(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "device.db")
     try:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from daemon.backoff import Backoff
-from daemon.errors import ServiceHTTPError, StalledError
-from daemon.radio.connectivity import Connectivity
+from daemon.errors import ServiceHTTPError, StalledError, TransportError
+from daemon.radio.connectivity import SERVICE_DOWN_RECONNECT_S, Connectivity
 from tests.fake_clock import FakeClock, settle
 from tests.fakes.service import FakeService
 from tests.unit.workers import radio, running
@@ -104,3 +104,40 @@ async def test_a_refused_device_is_not_retried_on_the_polls_cadence(world: World
     report = world.link.retry.report()
     assert report is not None
     assert "refused this device" in report["doing"]
+
+
+async def _reconnect_gaps(error: Exception, outage_s: float) -> list[float]:
+    """The gaps between push channel tries through an outage that fails each with `error`,
+    on a profile that polls every half hour."""
+    clock = FakeClock()
+    service = FakeService(clock)
+    async with radio(clock) as windows:
+        link = Connectivity(
+            service,
+            clock,
+            windows,
+            lambda: None,
+            keepalive_s=KEEPALIVE_S,
+            poll_interval_s=1800.0,
+            backoff=BACKOFF,
+        )
+        async with running(link.run()):
+            await settle()
+            service.fail("push_channel", error, None)
+            service.drop_channel()
+            await clock.advance(outage_s)
+    tries = service.times_of("push_channel")[1:]
+    return [b - a for a, b in itertools.pairwise(tries)]
+
+
+async def test_a_service_that_is_down_is_tried_again_within_the_promise_however_long() -> None:
+    # Refused, or reset by a proxy: the network answers, the service is not there (an outage).
+    gaps = await _reconnect_gaps(TransportError("push channel: connection refused"), 3600.0)
+    assert len(gaps) > 60
+    assert max(gaps) <= SERVICE_DOWN_RECONNECT_S + 1e-6  # the fake clock adds in floats
+
+
+async def test_without_a_network_the_reconnects_back_off_to_the_poll_interval() -> None:
+    # A connect that times out: no network, and a radio that would search in vain.
+    gaps = await _reconnect_gaps(StalledError("push channel: timed out"), 3600.0)
+    assert max(gaps) > SERVICE_DOWN_RECONNECT_S * 5

@@ -1,7 +1,8 @@
 """The delivery worker against the fake service and a fake clock: a book comes in frame by frame;
 a failed fetch is retried after its backoff or the service's Retry-After; a refusal (401) is not
 retried but reported; a store that fails in the failure path too is survived; the service's
-return makes every pending retry due; a stop mid-download is clean."""
+return makes every pending retry due, but for a book the service said it does not have; a stop
+mid-download is clean."""
 
 from __future__ import annotations
 
@@ -166,6 +167,31 @@ async def test_the_service_coming_back_makes_a_pending_retry_due(world: World) -
     # Seven failures: the next retry is 6.4 to 64 s out.
     world.comeback.announce()
     await world.clock.advance(0)
+    assert world.state() == "complete"
+
+
+async def test_a_book_the_service_does_not_have_waits_its_backoff_whatever_the_pushes(
+    world: World,
+) -> None:
+    # The service answered (a feed ahead of its catalog): its return has nothing to cure, and
+    # a push every few seconds must not have the book fetched ahead of every other.
+    missing = ServiceHTTPError(404, "/v1/books/bk_test/manifest", "not in the catalog")
+    world.service.fail("manifest_envelope", missing, None)
+    await world.buy()
+    while len(world.service.times_of("manifest_envelope")) < 7:
+        await world.clock.advance(5)
+    # The first return since the start makes every waiting retry due (what failed before a
+    # start is not known): one more try, refused again; its backoff is now 12.8 to 128 s.
+    world.comeback.announce()
+    await world.clock.advance(0)
+    asked = len(world.service.times_of("manifest_envelope"))
+    assert asked == 8
+    for _ in range(5):
+        world.comeback.announce()
+        await world.clock.advance(1)
+    assert len(world.service.times_of("manifest_envelope")) == asked
+    world.service.heal("manifest_envelope")
+    await world.clock.advance(130)
     assert world.state() == "complete"
 
 
