@@ -266,6 +266,7 @@ class Daemon:
             self.notifier.run(self.clock, self.status_line), name="service manager"
         )
         try:
+            store.checkpoint_in_background()  # off the event loop: closed with the store
             device_key = load_or_create_device_key(settings.device_key_path)
             credentials = await self._register(store, device_key, stop)
             if credentials is None:
