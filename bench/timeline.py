@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 import time
 from collections.abc import Callable
 
@@ -30,6 +31,9 @@ class Timeline:
         self._wall_at_zero = wall_at_zero
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
+        # Real time a sleeper was last woken: what it does next (a ping) may take a round trip
+        # to reach a wire, and time must not skip past it meanwhile.
+        self.last_wake_real = -math.inf
 
     def now(self) -> float:
         return time.monotonic() - self._real_zero + self._skipped
@@ -55,6 +59,7 @@ class Timeline:
             _, _, woken = heapq.heappop(self._sleepers)
             if not woken.done():
                 woken.set_result(None)
+                self.last_wake_real = time.monotonic()
 
     async def run_until(
         self, target: float, quiet: Callable[[], bool], offline: Callable[[], bool]

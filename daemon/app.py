@@ -65,6 +65,9 @@ _LOG = logging.getLogger("shelfsync.app")
 _T = TypeVar("_T")
 # Registering while the service is unreachable: retried from 2 s up to every 5 minutes.
 REGISTER_BACKOFF = Backoff(base_s=2.0, cap_s=300.0)
+# While the link is down, workers wait for its return (the push channel probes on its backoff,
+# at most the poll interval; the system says "network is back"); this only bounds the wait.
+LINK_DOWN_WAIT_S = 3600.0
 DOWNLOADING = ("queued", "downloading", "retrying")
 
 
@@ -258,11 +261,12 @@ class Daemon:
         notes: NotesStore | None = None
         windows = self.windows = RadioWindows(self.clock)
         batch_window_s = profile.sync.batch_window_s
-        comeback = Comeback()  # the service is back: every pending retry goes now
+        comeback = Comeback(LINK_DOWN_WAIT_S)  # the service is back: every pending retry goes now
         supervised = asyncio.create_task(
             self.notifier.run(self.clock, self.status_line), name="service manager"
         )
         try:
+            store.checkpoint_in_background()  # off the event loop: closed with the store
             device_key = load_or_create_device_key(settings.device_key_path)
             credentials = await self._register(store, device_key, stop)
             if credentials is None:
@@ -341,7 +345,12 @@ class Daemon:
                 if kind == "online":
                     annotations.link_up()
                     popular.link_up()
-                elif kind in ("annotations_changed", "poll"):
+                elif kind == "annotations_changed":
+                    # A highlight of this account is a shared passage too (issue 23 #2): the
+                    # refresh rides the radio the pull wakes.
+                    annotations.request()
+                    popular.link_up()
+                elif kind == "poll":
                     annotations.request()
 
             sync = LibrarySync(
@@ -356,7 +365,11 @@ class Daemon:
             )
 
             def notes_now() -> None:
-                """The reader asked for a sync: their notes and other readers' passages."""
+                """The reader asked for a sync, or the system said the network is back: every
+                wait for the link ends, and the library, their notes and other readers'
+                passages go now, together (one wake of the radio, not one per worker)."""
+                comeback.announce()
+                sync.request()
                 annotations.link_up()
                 popular.link_up()
 
@@ -385,6 +398,7 @@ class Daemon:
                 on_library_push=sync.apply_push,
                 on_dictionaries=dictionaries.prefetch,
                 prefix_room=delivery.free_bytes,
+                comeback=comeback,
             )
             self.api = LocalApi(
                 settings.db_path,

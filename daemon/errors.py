@@ -23,7 +23,8 @@ ShelfsyncError
 │   ├── ProtocolError            an answer that does not follow docs/PROTOCOL.md
 │   │   └── VersionMissingError  the library lists a version the service does not serve
 │   ├── RangeError               the service ignored or mangled a Range request
-│   └── StalledError             a download stopped making progress
+│   ├── StalledError             a download stopped making progress
+│   └── UnreachableError         no connection could be made (no route, refused): the link is down
 └── NotOnDeviceError             a resource exists but its frames are not downloaded yet
 """
 
@@ -162,6 +163,11 @@ class StalledError(TransportError):
     """A download made no progress within the stall timeout."""
 
 
+class UnreachableError(TransportError):
+    """No connection to the service could be made (no route, refused, no name): the link is down,
+    and every worker waits for its return instead of dialing out on its own timer."""
+
+
 class NotOnDeviceError(ShelfsyncError):
     """The resource is part of a book on the device but its frames are not downloaded yet."""
 
@@ -216,6 +222,7 @@ _IN_WORDS = {
     "RangeError": "the service sent the wrong part of a book",
     "ProtocolError": "the service's answer could not be understood",
     "TransportError": "the service could not be reached",
+    "UnreachableError": "the service could not be reached",
     "DiskFullError": "the device's storage is full",
     "SchemaTooNewError": "the device's database is from a newer shelfsync",
     "StoreError": "the device could not read or write its database",

@@ -11,11 +11,18 @@ status report until an attempt succeeds.
 A push that arrives, or a push channel that comes back, means the service is there now: the
 owner calls `Comeback.announce`, which cuts every pending retry wait short (issue 22 #1), so a
 purchase made during an outage is not held back by a retry scheduled minutes out.
+
+While the link is known to be down (an attempt could not connect at all: UnreachableError), a
+worker does not dial out on its own backoff: each such timer would wake the radio for nothing
+through an outage, and the retries falling due one by one in the next window each kept the radio
+up again. It waits for the link's return instead (the system's "network is back", the push
+channel's probe, any exchange that succeeds), bounded by the comeback's `link_down_wait_s`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable
@@ -25,7 +32,13 @@ from typing import Any
 
 from daemon.backoff import Backoff
 from daemon.clock import Clock
-from daemon.errors import ServiceHTTPError, StoreError, refused_by_service, retryable
+from daemon.errors import (
+    ServiceHTTPError,
+    StoreError,
+    UnreachableError,
+    refused_by_service,
+    retryable,
+)
 from daemon.logs import log_event
 
 _LOG = logging.getLogger("shelfsync.retry")
@@ -45,6 +58,7 @@ class Decision:
     detail: str  # its message
     refused: bool = False  # the service refused this device's credentials (401, 403)
     hold_s: float = 0.0  # what the service's Retry-After asked for: not cut short
+    unreachable: bool = False  # no connection could be made: the link is down
 
     @property
     def error(self) -> str:
@@ -83,18 +97,24 @@ def decide(
         return Decision(REFUSED_RECHECK_S, False, kind, detail, refused_by_service(error))
     delay = backoff.delay(failures, rng)
     asked = retry_after_s(error, now_wall)
+    if isinstance(error, UnreachableError):
+        return Decision(delay, True, kind, detail, unreachable=True)
     if asked is None:
         return Decision(delay, True, kind, detail)
     return Decision(max(delay, asked), True, kind, detail, hold_s=asked)
 
 
 class Comeback:
-    """The service is back (a push arrived, the channel came back): every retry wait that is
-    pending when it is announced ends at once."""
+    """The service is back (a push arrived, the channel came back, the system said the network
+    is back, an exchange succeeded after the link was lost): every retry wait that is pending
+    when it is announced ends at once. Meanwhile, a retry that could not connect waits for it,
+    at most `link_down_wait_s` (0: its backoff, for a worker without a prober beside it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, link_down_wait_s: float = 0.0) -> None:
         self._event = asyncio.Event()
         self.announced = 0
+        self.link_down_wait_s = link_down_wait_s
+        self.link_down = False  # an attempt could not connect, and nothing answered since
 
     @property
     def event(self) -> asyncio.Event:
@@ -103,6 +123,7 @@ class Comeback:
 
     def announce(self) -> None:
         self.announced += 1
+        self.link_down = False
         self._event.set()
         self._event = asyncio.Event()
 
@@ -116,11 +137,15 @@ class Retry:
         clock: Clock,
         backoff: Backoff,
         comeback: Comeback | None = None,
+        *,
+        probes: bool = False,
     ) -> None:
         self.worker = worker
         self._clock = clock
         self._backoff = backoff
         self._comeback = comeback or Comeback()
+        # The one worker whose attempts probe for the link's return: on its own backoff.
+        self._probes = probes
         self.failures = 0
         self.last: Decision | None = None  # the failure not yet followed by a success
 
@@ -128,12 +153,21 @@ class Retry:
         """Count a failure (or take the count, for work that keeps its own per item) and say
         when to try again."""
         self.failures = self.failures + 1 if failures is None else failures
-        self.last = decide(error, self.failures, self._backoff, self._clock.wall())
-        return self.last
+        decision = decide(error, self.failures, self._backoff, self._clock.wall())
+        if decision.unreachable:
+            self._comeback.link_down = True
+        if decision.unreachable and not self._probes:
+            decision = dataclasses.replace(
+                decision, delay_s=max(decision.delay_s, self._comeback.link_down_wait_s)
+            )
+        self.last = decision
+        return decision
 
     def succeeded(self) -> None:
         self.failures = 0
         self.last = None
+        if self._comeback.link_down:  # the service answered: the others need not wait more
+            self._comeback.announce()
 
     def log_failed(
         self, log: logging.Logger, event: str, decision: Decision, level: int, **fields: Any
@@ -158,6 +192,8 @@ class Retry:
             doing = "the service refused this device; not retried until it is asked again"
         elif not self.last.retryable:
             doing = "the service would answer the same; not retried until it is asked again"
+        elif self.last.unreachable:
+            doing = "waiting for the network to come back"
         else:
             doing = f"retrying ({self.failures} failures in a row)"
         return {"error": self.last.error, "retryable": self.last.retryable, "doing": doing}

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 class PackageStream(Protocol):
     """A byte range of a package being read, frame by frame."""
 
-    async def read_exactly(self, n: int) -> bytes: ...
+    async def read_exactly(self, n: int) -> bytes | memoryview: ...
 
 
 class PushStream(Protocol):

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, suppress
 from importlib import resources as package_files
@@ -46,6 +47,14 @@ READER_PAGE_CACHE_KIB = 256
 ROOM_BYTES = 1 << 20
 # The -wal file a checkpoint leaves is cut back to this; kept, not deleted (see _keep_wal).
 WAL_KEPT_BYTES = 1 << 20
+# A checkpoint copies the -wal into the database and syncs both: on the event loop, SQLite's
+# automatic one held it 80-200 ms at a time, every 16 MiB of frames committed (issue 22 #6).
+# The writer hands it to a WalCheckpointer's thread once the -wal holds WAL_CHECKPOINT_PAGES
+# (SQLite's own default), and checkpoints itself only past WAL_BACKSTOP_PAGES (no thread, or one
+# fallen behind): 32 MiB of 16 KiB pages, every reserve_mb is more. The -wal outgrows it only by
+# what is committed while the thread finishes a checkpoint (the writer's then finds it busy).
+WAL_CHECKPOINT_PAGES = 1000
+WAL_BACKSTOP_PAGES = 2000
 FLOOR_STEP_S = 86_400  # how far past max(clock, floor) one verified manifest moves the floor
 # The writer's pages are mostly frames it writes once and never reads: SQLite's default 2 MiB
 # cache only kept the last frame written resident after a delivery.
@@ -375,6 +384,50 @@ def keep_wal(db: apsw.Connection) -> None:
     db.execute(f"PRAGMA journal_size_limit = {WAL_KEPT_BYTES}")
 
 
+class WalCheckpointer:
+    """Checkpoints the database on a thread of its own, through a connection of its own, when
+    woken. A passive checkpoint takes no lock a writer waits for: the event loop goes on
+    committing to the -wal while the thread copies and syncs what was committed before."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            db = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE)
+            db.set_busy_timeout(5000)
+            keep_wal(db)  # were it ever the last connection closed
+            db.execute("PRAGMA synchronous = NORMAL")  # as the writer's: the same syncs
+            db.execute("PRAGMA cache_size = -64")  # a checkpoint copies, through no page cache
+        except apsw.Error as e:
+            raise StoreError(f"cannot open the database {path} to checkpoint it: {e}") from e
+        self._db = db
+        self._woken = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="wal checkpointer", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    def _run(self) -> None:
+        while True:
+            self._woken.wait()
+            self._woken.clear()
+            if self._stopping:
+                return
+            try:
+                self._db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+            except apsw.BusyError:
+                pass  # the writer is in one (its backstop)
+            except apsw.Error as e:  # the writer's backstop still bounds the -wal
+                log_event(_LOG, logging.WARNING, "wal_checkpoint_failed", error=str(e))
+
+    def close(self) -> None:
+        """Stop the thread (after the checkpoint it is in, if any), then close its connection."""
+        self._stopping = True
+        self._woken.set()
+        self._thread.join()
+        self._db.close()
+
+
 class Store:
     def __init__(
         self,
@@ -385,6 +438,8 @@ class Store:
         self._db = connection
         self.path = path
         self._watch = watch
+        self._background_checkpoints = False
+        self._checkpointer: WalCheckpointer | None = None
 
     @classmethod
     def open(cls, path: Path, *, readonly: bool = False, watch: DiskWatch | None = None) -> Store:
@@ -427,6 +482,8 @@ class Store:
         except apsw.Error as e:
             raise StoreError(f"cannot open the database {path}: {e}") from e
         store = cls(db, path, watch)
+        if not readonly:
+            db.set_wal_hook(store._committed)  # in place of SQLite's automatic checkpoint
         if readonly:
             store._check_version()
         else:
@@ -434,7 +491,37 @@ class Store:
         return store
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
         self._db.close()
+
+    def checkpoint_in_background(self) -> None:
+        """From now until close, checkpoints run on a thread (WalCheckpointer), started at the
+        first one: an idle daemon does not pay its connection's memory."""
+        self._background_checkpoints = True
+
+    def _committed(self, db: apsw.Connection, name: str, wal_pages: int) -> int:
+        """SQLite's WAL hook, after each commit: what comes back is the commit statement's
+        result (the commit itself has happened), so a failed checkpoint is logged, not raised."""
+        if wal_pages < WAL_CHECKPOINT_PAGES:
+            return apsw.SQLITE_OK
+        if self._background_checkpoints and self._checkpointer is None:
+            try:
+                self._checkpointer = WalCheckpointer(self.path)
+            except StoreError as e:  # checkpoints stay the writer's
+                self._background_checkpoints = False
+                log_event(_LOG, logging.WARNING, "wal_checkpointer_not_started", error=str(e))
+        if self._checkpointer is not None and wal_pages < WAL_BACKSTOP_PAGES:
+            self._checkpointer.wake()
+            return apsw.SQLITE_OK
+        try:
+            db.wal_checkpoint(name, apsw.SQLITE_CHECKPOINT_PASSIVE)
+        except apsw.BusyError:
+            pass  # the checkpointer is in one
+        except apsw.Error as e:  # tried again at the next commit
+            log_event(_LOG, logging.WARNING, "wal_checkpoint_failed", error=str(e))
+        return apsw.SQLITE_OK
 
     def set_page_cache_kib(self, kib: int) -> None:
         """Size this connection's page cache (the profile's memory budget decides how much)."""
@@ -1047,7 +1134,7 @@ class Store:
         return [FrameRow(**r) for r in rows]
 
     def commit_frame(
-        self, book_id: str, version: int, idx: int, data: bytes, now: float
+        self, book_id: str, version: int, idx: int, data: bytes | memoryview, now: float
     ) -> CommitResult:
         """Store one verified frame; note first-chapter and completion times as they happen."""
         with self.transaction() as db:
@@ -1071,11 +1158,14 @@ class Store:
 
     def _settle(self, db: apsw.Connection, book_id: str, version: int, now: float) -> CommitResult:
         """Record first-chapter and completion milestones reached by the frames now held."""
+        # Counted in the partial index of missing frames: the planner took frames_nonce for the
+        # second count, and read every held frame's row at every commit (issue 22 #6).
         missing_first, missing_all = self.one(
-            "SELECT (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id"
-            "   AND f.version = m.version AND f.data IS NULL AND f.idx < m.first_chapter_frames),"
-            " (SELECT count(*) FROM frames f WHERE f.book_id = m.book_id AND f.version = m.version"
-            "   AND f.data IS NULL)"
+            "SELECT (SELECT count(*) FROM frames f INDEXED BY frames_missing"
+            "   WHERE f.book_id = m.book_id AND f.version = m.version AND f.data IS NULL"
+            "   AND f.idx < m.first_chapter_frames),"
+            " (SELECT count(*) FROM frames f INDEXED BY frames_missing"
+            "   WHERE f.book_id = m.book_id AND f.version = m.version AND f.data IS NULL)"
             " FROM manifests m WHERE m.book_id = ? AND m.version = ?",
             (book_id, version),
         )

@@ -97,7 +97,7 @@ HASH_OFF_LOOP_BYTES = 256 * 1024
 VERIFY_OFF_LOOP_BYTES = 64 * 1024
 
 
-async def _sha256(data: bytes) -> str:
+async def _sha256(data: bytes | memoryview) -> str:
     if len(data) < HASH_OFF_LOOP_BYTES:
         return hashlib.sha256(data).hexdigest()
     return await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
@@ -541,7 +541,7 @@ class DeliveryWorker:
                     self._commit(manifest, idx, data, await _sha256(data))
         self._whole_package.discard(book_id)
 
-    def _commit(self, manifest: Manifest, idx: int, data: bytes, sha256: str) -> None:
+    def _commit(self, manifest: Manifest, idx: int, data: bytes | memoryview, sha256: str) -> None:
         if sha256 != manifest.frames[idx].sha256:
             raise FrameHashError(
                 f"frame {idx} of {manifest.book_id} v{manifest.version}: SHA-256 differs"

@@ -27,7 +27,7 @@ from daemon.errors import StoreError
 from daemon.killpoints import killpoint
 from daemon.protocol import merge
 from daemon.protocol.merge import Item, Position
-from daemon.store import DiskWatch, Store, keep_wal, translate
+from daemon.store import WAL_BACKSTOP_PAGES, DiskWatch, Store, keep_wal, translate
 
 SCHEMA_VERSION = 2  # the first schema holding these tables
 POSITION_TARGET = "position:"  # outbox target prefix of reading position ops
@@ -78,6 +78,7 @@ class NotesStore:
             db.set_busy_timeout(5000)
             db.execute("PRAGMA foreign_keys = ON")
             keep_wal(db)
+            db.wal_autocheckpoint(WAL_BACKSTOP_PAGES)  # the store's checkpointer does it before
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = FULL")
         except apsw.Error as e:

@@ -10,7 +10,10 @@ purchase still arrives when push is blocked (a captive portal, a proxy that drop
 A channel refused or cut by whatever answers for the service (the network is there, the service
 is not: an outage) is tried again within SERVICE_DOWN_RECONNECT_S however long the outage, so
 the service's return is heard of within the 60-second promise (issue 22 #1); one that timed out
-(no network: a radio searching in vain) keeps the full backoff, up to the poll interval.
+(no network: a radio searching in vain) keeps the full backoff, up to the poll interval. A
+channel that could not connect at all (UnreachableError) is the daemon's one probe for the
+return: no pull goes with it (it would fail the same) and every other worker waits for the
+return (daemon/retry.py), which the system's "network is back" (`comeback`) also brings at once.
 
 Push version 2: a `library_changed` that carries the changes themselves (and an order's signed
 manifest) is handed on whole, to be applied without a pull; the hello names the catalog's
@@ -37,7 +40,7 @@ from daemon.clock import Clock, within
 from daemon.errors import ShelfsyncError, StalledError, TransportError
 from daemon.logs import log_event
 from daemon.radio.windows import RadioWindows
-from daemon.retry import Retry
+from daemon.retry import Comeback, Retry
 from daemon.service import PushStream, ServiceAPI
 
 _LOG = logging.getLogger("shelfsync.connectivity")
@@ -61,6 +64,7 @@ class Connectivity:
         on_library_push: Callable[[LibraryPush], None] | None = None,
         on_dictionaries: Callable[[list[Any]], None] = lambda refs: None,
         prefix_room: Callable[[], int] = lambda: 0,
+        comeback: Comeback | None = None,
     ) -> None:
         self._client = client
         # A change the push carried whole (else a pull is asked for), and the dictionaries
@@ -77,7 +81,13 @@ class Connectivity:
         self._keepalive_s = keepalive_s
         self._poll_interval_s = poll_interval_s
         # Failures: channels in a row that failed or never said a word.
-        self.retry = Retry("connectivity", clock, backoff or Backoff(base_s=1.0, cap_s=600.0))
+        self.retry = Retry(
+            "connectivity",
+            clock,
+            backoff or Backoff(base_s=1.0, cap_s=600.0),
+            comeback,
+            probes=True,
+        )
         self.online = False  # the channel is up and the service has spoken on it
         self.push_connected_since: float | None = None
 
@@ -102,9 +112,10 @@ class Connectivity:
                 )
             self.online = False
             self.push_connected_since = None
-            # Poll while push is down: the pull doubles as the probe for the link's return.
-            self._request_sync()
-            self._on_event("poll")
+            if not decision.unreachable:
+                # Poll while push is down: the pull doubles as the probe for the link's return.
+                self._request_sync()
+                self._on_event("poll")
             # Its own time, not a range: the jittered backoff is what spreads a thousand devices
             # (their phases stay spread when the cap holds them). A refusal (401, 403) is not
             # retried on the poll's cadence but as the helper says.

@@ -484,6 +484,29 @@ async def test_shared_highlights_refresh_for_a_book_on_the_device_on_sync_and_be
         assert await passages(2)
 
 
+async def test_a_passage_shared_from_the_other_device_comes_while_online_without_a_sync(
+    tmp_path: Path, stub_data: Path, book_id: str
+) -> None:
+    """Issue 23 #2: online, a passage published after the device had the book must come within
+    180 s; the annotation push that told of the highlight now brings the refresh with it."""
+    async with running_stub(stub_data) as stub:
+        stub.store.set_popular_threshold(1)
+        async with devices(stub, tmp_path, book_id, None, None) as (kindle, phone):
+            await kindle.account.share_highlights(True)
+            path = f"/v1/books/{book_id}/popular-highlights"
+
+            async def refreshed() -> bool:
+                return (await notes_status(phone))["popular_refreshed_at"] is not None
+
+            await eventually(refreshed)
+            await create(kindle, book_id, kind="highlight", anchor=anchor())
+
+            async def shared() -> bool:
+                return len((await phone.api.get_json(path))["passages"]) == 1
+
+            await eventually(shared)  # well within 180 s; before, the next 6-hourly refresh
+
+
 async def test_popular_refresh_follows_its_cursor(
     tmp_path: Path, stub_data: Path, book_id: str
 ) -> None:

@@ -24,5 +24,7 @@ async def test_two_devices_offline_lose_no_note_and_show_every_conflict(tmp_path
     # Every note made reached the service by the end of the week.
     last = [r for r in rows if r.day == plan.days + 1]
     assert sum(r.notes_on_service for r in last) == plan.notes
-    # Not asserted, because they fail today: a purchase made offline reaching both devices in
-    # the next window, and every shared highlight on both (bench/week.py's notes; issue 23).
+    # The purchase made offline reached both devices in the next window, and every shared
+    # highlight of every book is on both (issue 18 #2, issue 23 #2).
+    assert reader.missing_events == []
+    assert verdict.shared_missing == []

@@ -21,6 +21,7 @@ from daemon.errors import (
     SignatureError,
     StalledError,
     TransportError,
+    UnreachableError,
     retryable,
 )
 from daemon.retry import (
@@ -143,3 +144,53 @@ def test_a_success_clears_what_status_reports() -> None:
     assert "refused this device" in report["doing"]
     retry.succeeded()
     assert retry.report() is None
+
+
+async def test_a_retry_that_could_not_connect_waits_for_the_link_not_its_backoff() -> None:
+    clock = FakeClock()
+    comeback = Comeback(link_down_wait_s=3600.0)
+    retry = Retry("test", clock, BACKOFF, comeback)
+    decision = retry.failed(UnreachableError("GET /x: ClientConnectorError: refused"))
+    assert decision.unreachable
+    assert decision.delay_s >= 3600.0
+    assert comeback.link_down
+    report = retry.report()
+    assert report is not None
+    assert report["doing"] == "waiting for the network to come back"
+
+    async def window(not_before: float, latest: float) -> None:
+        await clock.sleep(not_before - clock.monotonic())
+
+    waiting = asyncio.create_task(retry.wait(decision, window))
+    await clock.advance(BACKOFF.cap_s)  # past any backoff: still waiting for the link
+    assert not waiting.done()
+    comeback.announce()  # the system: "the network is back"
+    await settle()
+    assert waiting.done()
+    await waiting
+    assert not comeback.link_down
+
+
+async def test_any_exchange_that_succeeds_after_the_link_was_lost_ends_every_wait() -> None:
+    clock = FakeClock()
+    comeback = Comeback(link_down_wait_s=3600.0)
+    waiting_one, probing = (Retry(w, clock, BACKOFF, comeback) for w in ("waits", "probes"))
+    decision = waiting_one.failed(UnreachableError("refused"))
+
+    async def window(not_before: float, latest: float) -> None:
+        await clock.sleep(not_before - clock.monotonic())
+
+    waiting = asyncio.create_task(waiting_one.wait(decision, window))
+    await settle()
+    probing.succeeded()  # the push channel's probe got through
+    await settle()
+    assert waiting.done()
+    await waiting
+
+
+def test_a_link_that_answered_badly_is_not_down() -> None:
+    comeback = Comeback(link_down_wait_s=3600.0)
+    decision = Retry("test", FakeClock(), BACKOFF, comeback).failed(TransportError("reset"))
+    assert not decision.unreachable
+    assert decision.delay_s <= BACKOFF.cap_s
+    assert not comeback.link_down
