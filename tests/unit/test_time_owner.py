@@ -44,6 +44,11 @@ ALLOWED = {
         "the local API's deadline on a request's line and headers, set from the transport's"
         " data_received (no coroutine runs yet to wait in): an I/O bound on a reader's socket"
     ),
+    ("daemon/memory.py", "time.monotonic"): (
+        "how often the libraries' text is dropped with a heap trim (at most once a second): a"
+        " bound on the process's own CPU, called from synchronous code deep in the workers and"
+        " the local API, not a wait nor a time the daemon keeps or reports"
+    ),
     ("daemon/api/answers.py", "asyncio.timeout"): (
         "the local API's deadline on a slow request body: an I/O bound on a reader's socket,"
         " not a wait of the daemon's"
