@@ -11,6 +11,7 @@ TransportError subclasses here, so callers handle one family.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gzip
 import json
 import logging
@@ -28,6 +29,7 @@ from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
 
 from daemon.errors import (
     AnnotationError,
+    NoRouteError,
     ProtocolError,
     RangeError,
     ServiceHTTPError,
@@ -222,6 +224,10 @@ class DeviceCredentials:
     registered_at: float | None = None  # the service's clock at the registration
 
 
+# What connect() says with no network at all (the radio off, no signal, no default route).
+_NO_ROUTE = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN})
+
+
 def _transport_error(what: str, e: BaseException) -> TransportError:
     if isinstance(e, TransportError):
         return e
@@ -229,8 +235,12 @@ def _transport_error(what: str, e: BaseException) -> TransportError:
         return TransportError(f"{what}: body cut short ({e})")
     if isinstance(e, TimeoutError):
         return StalledError(f"{what}: timed out")
+    if isinstance(e, aiohttp.ClientConnectorDNSError) or (
+        isinstance(e, aiohttp.ClientConnectorError) and e.os_error.errno in _NO_ROUTE
+    ):
+        return NoRouteError(f"{what}: {type(e).__name__}: {e}")
     if isinstance(e, aiohttp.ClientConnectorError) and not isinstance(e, aiohttp.ClientSSLError):
-        # Refused, no route, no name: nothing answered (an SSL error is something answering).
+        # Refused: nothing answered for the service (an SSL error is something answering).
         return UnreachableError(f"{what}: {type(e).__name__}: {e}")
     return TransportError(f"{what}: {type(e).__name__}: {e}")
 

@@ -25,6 +25,7 @@ ShelfsyncError
 │   ├── RangeError               the service ignored or mangled a Range request
 │   ├── StalledError             a download stopped making progress
 │   └── UnreachableError         no connection could be made (no route, refused): the link is down
+│       └── NoRouteError         no network at all: no route to the service, no name lookup
 └── NotOnDeviceError             a resource exists but its frames are not downloaded yet
 """
 
@@ -168,6 +169,12 @@ class UnreachableError(TransportError):
     and every worker waits for its return instead of dialing out on its own timer."""
 
 
+class NoRouteError(UnreachableError):
+    """The device has no network at all (no route to the service's address, no name lookup: the
+    radio off, no signal), rather than a host that refused: a service that is down may come
+    back any second, a network that is not there comes back with the system's word."""
+
+
 class NotOnDeviceError(ShelfsyncError):
     """The resource is part of a book on the device but its frames are not downloaded yet."""
 
@@ -223,6 +230,7 @@ _IN_WORDS = {
     "ProtocolError": "the service's answer could not be understood",
     "TransportError": "the service could not be reached",
     "UnreachableError": "the service could not be reached",
+    "NoRouteError": "the device has no network",
     "DiskFullError": "the device's storage is full",
     "SchemaTooNewError": "the device's database is from a newer shelfsync",
     "StoreError": "the device could not read or write its database",

@@ -26,10 +26,11 @@ class LibraryChange:
 
 @dataclass(frozen=True, slots=True)
 class Notice:
-    """One notice of the service's feed for the reader (an apology for a late delivery)."""
+    """One notice of the service's feed for the reader (an apology for a late delivery, a note
+    kept although another device deleted it)."""
 
     seq: int  # the service's notice sequence
-    kind: str  # apology
+    kind: str  # apology, kept_despite_delete
     book_id: str | None
     message: str  # for the reader, as the service wrote it
     at: float  # service clock

@@ -161,6 +161,8 @@ class AnnotationRoutes:
         rejected.update(result.rejected)
         if result.applied:
             await self._hub.notify(device.account_id, None, result.seq, kind="annotations_changed")
+        for told, seq in result.notices.items():
+            await self._hub.notify(device.account_id, told, seq, kind="notices_changed")
         return web.json_response(
             {
                 "acked": result.applied + result.duplicates,

@@ -327,6 +327,12 @@ def is_deleted(item: Item) -> bool:
     )
 
 
+def overruled_delete(item: Item) -> str | None:
+    """The stamp of a delete that did not take because an edit it had not seen beat it (edit
+    beats delete), or None."""
+    return item.deleted if item.deleted is not None and not is_deleted(item) else None
+
+
 def note_versions(item: Item) -> list[tuple[str, str]]:
     """Live note versions, the winner (greatest stamp) first, then the conflicts."""
     return sorted(item.texts.items(), reverse=True)
@@ -453,8 +459,8 @@ def item_view(item: Item, pending: bool) -> dict[str, Any]:
         # Edit beat delete: the delete that did not take, so the reader knows the note came
         # back because it was edited elsewhere meanwhile (FAULTS.md #27).
         "delete_overruled": (
-            {"device_id": hlc.node_of(item.deleted), "at": hlc.seconds_of(item.deleted)}
-            if item.deleted is not None and not deleted
+            {"device_id": hlc.node_of(overruled), "at": hlc.seconds_of(overruled)}
+            if (overruled := overruled_delete(item)) is not None
             else None
         ),
         "pending": pending,

@@ -10,7 +10,9 @@ purchase still arrives when push is blocked (a captive portal, a proxy that drop
 A channel refused or cut by whatever answers for the service (the network is there, the service
 is not: an outage) is tried again within SERVICE_DOWN_RECONNECT_S however long the outage, so
 the service's return is heard of within the 60-second promise (issue 22 #1); one that timed out
-(no network: a radio searching in vain) keeps the full backoff, up to the poll interval. A
+(a radio searching in vain) or found no network at all (NoRouteError: no route, no name lookup,
+the radio off) keeps the full backoff, up to the poll interval: where a dial may bring the radio
+up, a week without signal is not a dial every 40 s. A
 channel that could not connect at all (UnreachableError) is the daemon's one probe for the
 return: no pull goes with it (it would fail the same) and every other worker waits for the
 return (daemon/retry.py), which the system's "network is back" (`comeback`) also brings at once.
@@ -37,7 +39,7 @@ from typing import Any
 from daemon.backoff import Backoff
 from daemon.client import LibraryPush
 from daemon.clock import Clock, within
-from daemon.errors import ShelfsyncError, StalledError, TransportError
+from daemon.errors import NoRouteError, ShelfsyncError, StalledError, TransportError
 from daemon.logs import log_event
 from daemon.radio.windows import RadioWindows
 from daemon.retry import Comeback, Retry
@@ -121,7 +123,7 @@ class Connectivity:
             # retried on the poll's cadence but as the helper says.
             if decision.retryable:
                 ceiling = self._poll_interval_s
-                if not isinstance(error, StalledError):  # answered: the network is there
+                if not isinstance(error, StalledError | NoRouteError):  # the network is there
                     ceiling = min(ceiling, SERVICE_DOWN_RECONNECT_S)
                 decision = dataclasses.replace(decision, delay_s=min(decision.delay_s, ceiling))
             await self.retry.wait(decision, partial(self._windows.wait, "poll"))

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from daemon.protocol import merge
+from daemon.protocol import hlc, merge
 from daemon.protocol.merge import Item, Position
 from server_stub.store.database import Database
 from server_stub.store.library import EVERY_DEVICE
@@ -32,6 +32,9 @@ class AppliedOps:
     duplicates: list[str] = field(default_factory=list)  # applied before: acknowledged again
     rejected: dict[str, str] = field(default_factory=dict)  # op_id -> reason
     seq: int = 0  # the feed sequence of the last change made, 0 if none
+    # Each device's newest notice that an edit kept a note another device deleted (edit beats
+    # delete, issue 23 #6): device_id -> the notice's seq.
+    notices: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +83,11 @@ class Annotations(Database):
                 if row is not None and row[0] != op.delta.book_id:
                     result.rejected[op.op_id] = f"{op.target} belongs to another book"
                     continue
-                merged = _join_state(op.delta, None if row is None else json.loads(row[1]))
+                stored = None if row is None else json.loads(row[1])
+                before = (
+                    merge.item_from_doc(stored) if stored and isinstance(op.delta, Item) else None
+                )
+                merged = _join_state(op.delta, stored)
                 seq = self._next_seq("annotations")
                 # The feed skips, for device D, an item whose changes since D's cursor are all
                 # D's own: other_seq is the last change made by anyone but the last device.
@@ -108,9 +115,38 @@ class Annotations(Database):
                 )
                 if isinstance(merged, Item):
                     self._mark(account_id, op.target, merged.book_id, passage_of(merged), threshold)
+                    overruled = merge.overruled_delete(merged)
+                    if overruled is not None and (
+                        before is None or merge.overruled_delete(before) != overruled
+                    ):
+                        self._tell_kept(account_id, merged, overruled, at, result.notices)
                 result.applied.append(op.op_id)
                 result.seq = seq
         return result
+
+    def _tell_kept(
+        self, account_id: str, item: Item, deleted: str, at: float, told: dict[str, int]
+    ) -> None:
+        """A notice to each of the account's devices: the note one of them deleted was kept,
+        because another edited it meanwhile (the item's `delete_overruled` says the same)."""
+        title = self._one("SELECT title FROM books WHERE book_id = ?", (item.book_id,))
+        names = dict(
+            self._query("SELECT device_id, name FROM devices WHERE account_id = ?", (account_id,))
+        )
+        deleter = names.get(hlc.node_of(deleted), "another device")
+        kind = item.fields.get("kind", ("", "note"))[1]
+        where = f" in '{title[0]}'" if title else ""
+        message = (
+            f"A {kind}{where} deleted on {deleter} was kept: it had been edited on another"
+            " device before that device saw the delete."
+        )
+        for device_id in names:
+            row = self._one(
+                "INSERT INTO notices (device_id, kind, book_id, message, at)"
+                " VALUES (?, 'kept_despite_delete', ?, ?, ?) RETURNING seq",
+                (device_id, item.book_id, message, at),
+            )
+            told[device_id] = int(row[0])
 
     def annotation_changes(
         self, account_id: str, device_id: str, cursor: int, limit: int, max_bytes: int

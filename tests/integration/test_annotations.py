@@ -214,10 +214,22 @@ async def test_offline_edits_on_two_devices_keep_both_texts_and_edit_beats_delet
 
         view = await eventually(converged)
         assert {view["note"], view["conflicts"][0]["note"]} == {"A's words", "B's words"}
-        # Edit beats delete: B recolored without having seen A's delete.
+        # Edit beats delete: B recolored without having seen A's delete. The highlight says
+        # so, and both readers are told in their notices (issue 23 #6).
         status, kept = await get(a, mark)
         assert status == 200
         assert kept["color"] == "green"
+        assert kept["delete_overruled"]["device_id"] == (await a.api.status())["device_id"]
+
+        async def told(device: Device) -> Any:
+            notices = (await device.api.get_json("/v1/notices"))["notices"]
+            found = [n for n in notices if n["kind"] == "kept_despite_delete"]
+            return found or None
+
+        for device in (a, b):
+            (notice,) = await eventually(partial(told, device))
+            assert notice["book_id"] == book_id
+            assert "was kept" in notice["message"]
 
         # Resolving names the versions the reader saw; the conflict clears everywhere.
         versions = [view["note_version"], view["conflicts"][0]["version"]]
@@ -679,4 +691,49 @@ def test_a_full_disk_refuses_the_note_visibly_and_keeps_what_was_saved(tmp_path:
         assert store.integrity_check() == "ok"
     finally:
         notes.close()
+        store.close()
+
+
+@pytest.mark.faults(27)
+def test_an_edit_that_beats_a_delete_is_told_to_every_device_once(tmp_path: Path) -> None:
+    """Issue 23 #6: the service tells each of the account's devices, once, that a note one of
+    them deleted was kept because another edited it without having seen the delete."""
+    store = StubStore.open(tmp_path)
+    try:
+        account_id, _ = store.create_account("reader", time.time())
+        kindle, _ = store.create_device(account_id, "Hall Kindle", "", time.time())
+        phone, _ = store.create_device(account_id, "Phone", "", time.time())
+        new = merge.parse_new({"kind": "highlight", "anchor": anchor()})
+        made = merge.create_delta("an_kept000001", "bk_anybook", HybridClock(kindle).tick(1), new)
+        # Each device changes what it last saw, concurrently: the kindle deletes it, the phone
+        # recolours it.
+        deleted = merge.delete_delta(made, HybridClock(kindle).tick(2_000))
+        edited = merge.edit_delta(
+            made, HybridClock(phone).tick(3_000), merge.parse_edit({"color": "green"})
+        )
+        ops = [
+            AnnotationOp("op_made", made.item_id, made),
+            AnnotationOp("op_deleted", made.item_id, deleted),
+            AnnotationOp("op_edited", made.item_id, edited),
+        ]
+        store.apply_annotation_ops(account_id, kindle, ops[:2], time.time(), passage_of)
+        assert store.notices(kindle, 0, 10) == []  # a delete alone is no news
+        applied = store.apply_annotation_ops(account_id, phone, ops[2:], time.time(), passage_of)
+        later = merge.edit_delta(
+            edited, HybridClock(phone).tick(4_000), merge.parse_edit({"color": "blue"})
+        )
+        store.apply_annotation_ops(
+            account_id,
+            phone,
+            [AnnotationOp("op_later", made.item_id, later)],
+            time.time(),
+            passage_of,
+        )
+        for device in (kindle, phone):
+            (notice,) = store.notices(device, 0, 10)  # once, not again for the later edit
+            _, kind, book_id, message, _ = notice
+            assert (kind, book_id) == ("kept_despite_delete", "bk_anybook")
+            assert "deleted on Hall Kindle was kept" in message
+            assert applied.notices[device] == notice[0]
+    finally:
         store.close()

@@ -1,19 +1,26 @@
 """While the link is down, the daemon does not dial out on every worker's timer; told that the
 network is back, everything goes at once (the week benchmark's radio windows, issue 18 #2).
 
-A real daemon and stub, through the link emulator; the emulator closed is a link with no route
-(connections refused), started again on the same port is the link's return."""
+A real daemon and stub, through the link emulator; the emulator closed is a link that refuses
+(nothing listens), started again on the same port is the link's return. A link with no route at
+all (ENETUNREACH, no name lookup: the radio off) cannot be made on loopback; the client's reading
+of it is checked on the error aiohttp raises for it."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp.client_reqrep import ConnectionKey
 
 from daemon.client import AccountClient, ClientLimits, DeviceCredentials, ServiceClient
-from daemon.errors import UnreachableError
+from daemon.client import _transport_error as transport_error
+from daemon.errors import NoRouteError, UnreachableError
 from daemon.profile import load_profile
 from devkit.linkemu import LinkEmulator
 from server_stub.app import running_stub
@@ -35,6 +42,21 @@ async def test_a_refused_connection_is_the_link_down() -> None:
             await client.library_changes(0)
     finally:
         await client.close()
+
+
+SERVICE = ConnectionKey("books.example.com", 443, True, True, None, None, None, None)
+
+
+@pytest.mark.parametrize("code", [errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN])
+def test_no_route_is_no_network_and_a_refusal_only_the_link_down(code: int) -> None:
+    no_route = aiohttp.ClientConnectorError(SERVICE, OSError(code, os.strerror(code)))
+    no_name = aiohttp.ClientConnectorDNSError(SERVICE, OSError(-2, "Name or service not known"))
+    refused = aiohttp.ClientConnectorError(SERVICE, ConnectionRefusedError(errno.ECONNREFUSED, ""))
+    assert isinstance(transport_error("pull", no_route), NoRouteError)
+    assert isinstance(transport_error("pull", no_name), NoRouteError)
+    seen = transport_error("pull", refused)
+    assert isinstance(seen, UnreachableError)
+    assert not isinstance(seen, NoRouteError)
 
 
 async def test_offline_the_pull_waits_for_the_link_and_goes_when_the_network_is_back(

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from daemon.backoff import Backoff
-from daemon.errors import ServiceHTTPError, StalledError, TransportError
+from daemon.errors import NoRouteError, ServiceHTTPError, StalledError, TransportError
 from daemon.radio.connectivity import SERVICE_DOWN_RECONNECT_S, Connectivity
 from tests.fake_clock import FakeClock, settle
 from tests.fakes.service import FakeService
@@ -140,4 +140,10 @@ async def test_a_service_that_is_down_is_tried_again_within_the_promise_however_
 async def test_without_a_network_the_reconnects_back_off_to_the_poll_interval() -> None:
     # A connect that times out: no network, and a radio that would search in vain.
     gaps = await _reconnect_gaps(StalledError("push channel: timed out"), 3600.0)
+    assert max(gaps) > SERVICE_DOWN_RECONNECT_S * 5
+
+
+async def test_with_no_route_at_all_the_reconnects_back_off_to_the_poll_interval() -> None:
+    # ENETUNREACH, no name lookup: the radio is off; a dial every 40 s might bring it up.
+    gaps = await _reconnect_gaps(NoRouteError("push channel: Network is unreachable"), 3600.0)
     assert max(gaps) > SERVICE_DOWN_RECONNECT_S * 5
