@@ -17,6 +17,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from functools import partial
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -101,6 +102,13 @@ async def device_credentials(
     store.set_meta("device_name", settings.device_name)  # the reader may rename it (PUT /v1/device)
     log_event(_LOG, logging.INFO, "device_registered", device=credentials.device_id)
     return credentials
+
+
+def name_device(notes: NotesStore, annotations: AnnotationSync, name: str) -> None:
+    """The reader named this device: the service learns it at the next annotation sync, and
+    the account's other devices show notes by that name."""
+    notes.want_name_sent(name)
+    annotations.request()
 
 
 def _api_token(settings: Settings) -> str | None:
@@ -352,6 +360,8 @@ class Daemon:
                     popular.link_up()
                 elif kind == "poll":
                     annotations.request()
+                elif kind == "devices_changed":  # a device of the account was renamed
+                    annotations.names_changed()
 
             sync = LibrarySync(
                 store,
@@ -419,7 +429,12 @@ class Daemon:
                     store.service_clock_offset,
                 ),
                 library=LibraryApi(
-                    store, self.clock, everything_now, self.runtime, delivery.free_bytes
+                    store,
+                    self.clock,
+                    everything_now,
+                    self.runtime,
+                    delivery.free_bytes,
+                    renamed=partial(name_device, notes, annotations),
                 ),
                 page_cache_kib=caches.reader_page_cache_kib,
                 watch=self._disk,

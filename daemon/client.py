@@ -224,6 +224,10 @@ class DeviceCredentials:
     registered_at: float | None = None  # the service's clock at the registration
 
 
+MAX_DEVICE_NAME = 64  # characters of a device's name (PUT /v1/device takes as many)
+MAX_DEVICES = 100  # an account's devices a device keeps names of
+
+
 # What connect() says with no network at all (the radio off, no signal, no default route).
 _NO_ROUTE = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN})
 
@@ -711,6 +715,23 @@ class ServiceClient:
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ProtocolError(f"malformed receipts answer: {type(e).__name__}: {e}") from e
+
+    # -- the account's devices (docs/PROTOCOL.md "Accounts, devices, the store") ----------------
+
+    async def rename_device(self, name: str) -> None:
+        """Tell the service the name the reader gave this device."""
+        await self._body("PUT", "/v1/device", MAX_JSON_BYTES, json={"name": name})
+
+    async def device_names(self) -> dict[str, str]:
+        """The account's devices: device_id -> name."""
+        doc = await self._get_json("/v1/devices")
+        try:
+            names = {str(d["device_id"]): str(d["name"])[:MAX_DEVICE_NAME] for d in doc["devices"]}
+            if len(names) > MAX_DEVICES or not all(map(hlc.is_node, names)):
+                raise ValueError(f"more than {MAX_DEVICES} devices, or an id that is not one")
+            return names
+        except (KeyError, TypeError, ValueError) as e:
+            raise ProtocolError(f"malformed device list: {type(e).__name__}: {e}") from e
 
     async def notices(self, cursor: int, limit: int) -> NoticePage:
         doc = await self._get_json("/v1/notices", {"cursor": str(cursor), "limit": str(limit)})

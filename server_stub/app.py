@@ -123,6 +123,27 @@ async def create_device(request: web.Request) -> web.Response:
     )
 
 
+MAX_DEVICE_NAME = 64  # as the device's own PUT /v1/device takes
+
+
+async def rename_device(request: web.Request) -> web.Response:
+    """The reader named this device ("Hall Kindle"): the account's other devices show it."""
+    device = _device(request)
+    name = need_str(await read_json_object(request), "name", MAX_DEVICE_NAME)
+    if not name.isprintable():
+        raise ApiError(400, "bad_field", "'name' must be printable text")
+    request.app[STORE].rename_device(device.device_id, name)
+    await request.app[HUB].notify(device.account_id, None, 0, kind="devices_changed")
+    return web.json_response({"device_id": device.device_id, "name": name})
+
+
+async def account_devices(request: web.Request) -> web.Response:
+    """The account's devices by name, so one device can say which other one wrote a note."""
+    device = _device(request)
+    devices = request.app[STORE].account_devices(device.account_id)
+    return web.json_response({"devices": [{"device_id": d, "name": n} for d, n in devices]})
+
+
 def _position_doc(position: float | None) -> float | int | None:
     """2 rather than 2.0: series positions are whole numbers but for the odd novella (1.5)."""
     return int(position) if position is not None and position.is_integer() else position
@@ -586,6 +607,8 @@ def make_app(
     r = app.router
     r.add_post("/v1/accounts", create_account, name="accounts")
     r.add_post("/v1/devices", create_device, name="devices")
+    r.add_get("/v1/devices", account_devices, name="account_devices")
+    r.add_put("/v1/device", rename_device, name="device")
     r.add_get("/v1/catalog", catalog, name="catalog")
     r.add_post("/v1/library/buy", buy, name="library_buy")
     r.add_post("/v1/library/send", send, name="library_send")

@@ -112,12 +112,14 @@ class LibraryApi:
         wake: Callable[[], None],
         runtime: Callable[[], dict[str, Any]],
         free_bytes: Callable[[], int],
+        renamed: Callable[[str], None] = lambda name: None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._wake = wake  # the planner (and, for a trip, every sync) looks again
         self._runtime = runtime
         self._free_bytes = free_bytes  # room left for books: quota and file system both
+        self._renamed = renamed  # the service learns the name at the next annotation sync
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/library/{book_id}", self.entry)
@@ -187,6 +189,7 @@ class LibraryApi:
         if not name.isprintable():
             return error(400, "bad_field", "'name' must be printable text")
         self._store.set_meta("device_name", name.strip())
+        self._renamed(name.strip())
         return json_answer({"device_id": self._store.get_meta("device_id"), "name": name.strip()})
 
     def _readiness(self, trip: Trip) -> dict[str, Any]:

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 
@@ -107,6 +108,9 @@ class NotesApi:
         killpoint("annotation_saved")
         self._on_write()
 
+    def _view(self, item: Item, pending: bool) -> dict[str, Any]:
+        return named(merge.item_view(item, pending), self._notes.device_names())
+
     # -- annotations ----------------------------------------------------------------------------
 
     async def list_annotations(self, request: web.Request) -> web.Response:
@@ -115,8 +119,9 @@ class NotesApi:
         kind = request.query.get("kind")
         if kind is not None and kind not in merge.KINDS:
             return error(400, "bad_query", f"kind must be one of {', '.join(merge.KINDS)}")
+        names = self._notes.device_names()
         views = [
-            merge.item_view(item, pending)
+            named(merge.item_view(item, pending), names)
             for item, pending in self._notes.items(book_id, include_deleted)
         ]
         if kind is not None:
@@ -153,14 +158,14 @@ class NotesApi:
         self._committed()
         log_event(_LOG, logging.INFO, "annotation_created", item=item_id, book=book_id)
         known = again is not None and merge.is_created(again) and not merge.is_deleted(again)
-        return json_answer(merge.item_view(item, True), 200 if known else 201)
+        return json_answer(self._view(item, True), 200 if known else 201)
 
     def _repeated_create(
         self, existing: Item, book_id: str, new: merge.NewAnnotation
     ) -> web.Response:
         """A create naming an id that exists: the same create again (a retry after a lost
         answer) is answered with the annotation; anything else is a conflict."""
-        view = merge.item_view(existing, self._notes.is_pending(existing.item_id))
+        view = self._view(existing, self._notes.is_pending(existing.item_id))
         same = existing.book_id == book_id and (
             view["kind"],
             view["anchor"],
@@ -181,7 +186,7 @@ class NotesApi:
                 "no annotation with this id has reached this device (yet)",
             )
         if merge.is_deleted(item):
-            view = merge.item_view(item, self._notes.is_pending(item_id))
+            view = self._view(item, self._notes.is_pending(item_id))
             return error(410, "deleted", "this annotation was deleted", annotation=view)
         return item
 
@@ -189,7 +194,7 @@ class NotesApi:
         item = self._live(request.match_info["item_id"])
         if isinstance(item, web.Response):
             return item
-        return json_answer(merge.item_view(item, self._notes.is_pending(item.item_id)))
+        return json_answer(self._view(item, self._notes.is_pending(item.item_id)))
 
     async def edit(self, request: web.Request) -> web.Response:
         try:
@@ -212,14 +217,14 @@ class NotesApi:
         delta = merge.edit_delta(item, stamp, edit)
         merged = self._notes.commit_item_edit(delta, _new_id("op_"), stamp, self._clock.wall())
         self._committed()
-        return json_answer(merge.item_view(merged, True))
+        return json_answer(self._view(merged, True))
 
     async def delete(self, request: web.Request) -> web.Response:
         item_id = request.match_info["item_id"]
         item = self._notes.item(item_id)
         if item is not None and merge.is_created(item) and merge.is_deleted(item):
             # Deleting again (a retry): the same answer, and no second op.
-            return json_answer(merge.item_view(item, self._notes.is_pending(item_id)))
+            return json_answer(self._view(item, self._notes.is_pending(item_id)))
         found = self._live(item_id)
         if isinstance(found, web.Response):
             return found
@@ -227,7 +232,7 @@ class NotesApi:
         delta = merge.delete_delta(found, stamp)
         merged = self._notes.commit_item_edit(delta, _new_id("op_"), stamp, self._clock.wall())
         self._committed()
-        return json_answer(merge.item_view(merged, True))
+        return json_answer(self._view(merged, True))
 
     # -- reading position -----------------------------------------------------------------------
 
@@ -261,3 +266,15 @@ class NotesApi:
     async def popular(self, request: web.Request) -> web.Response:
         book_id = request.match_info["book_id"]
         return json_answer({"book_id": book_id, "passages": self._notes.popular(book_id)})
+
+
+def named(view: dict[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
+    """An annotation's view with each device it mentions also by the name its reader gave it
+    (None for a device the service has not named): "edited on Phone", not on dev_3f2a."""
+    for conflict in view["conflicts"]:
+        conflict["device_name"] = names.get(conflict["device_id"])
+    if view["delete_overruled"] is not None:
+        view["delete_overruled"]["device_name"] = names.get(view["delete_overruled"]["device_id"])
+    view["created_by_name"] = names.get(view["created_by"] or "")
+    view["deleted_by_name"] = names.get(view["deleted_by"] or "")
+    return view

@@ -66,9 +66,16 @@ class AnnotationSync:
         self._requested = asyncio.Event()
         self._link_up = asyncio.Event()
         self._batch_ops = BATCH_OPS
+        self._names_stale = False  # the account's device names changed since they were asked
 
     def request(self) -> None:
         """Something changed locally or remotely: sync in the next wake window."""
+        self._requested.set()
+
+    def names_changed(self) -> None:
+        """The service says a device of the account was renamed: ask for the names again at
+        the next sync (in its wake window: a rename is not urgent)."""
+        self._names_stale = True
         self._requested.set()
 
     def link_up(self) -> None:
@@ -110,7 +117,8 @@ class AnnotationSync:
     async def sync_once(self) -> tuple[int, int]:
         """Push every pending op, then pull every change; (ops acknowledged, states joined)."""
         pushed, requests = await self._push()
-        pulled = await self._pull()
+        pulled, authors = await self._pull()
+        await self._names(authors)
         self._notes.record_sync(self._clock.wall(), "")
         log_event(
             _LOG,
@@ -150,9 +158,23 @@ class AnnotationSync:
                 raise TransportError("the service acknowledged none of the batch")
         return acked, requests
 
-    async def _pull(self) -> int:
+    async def _names(self, authors: set[str]) -> None:
+        """Tell the service this device's new name, if the reader gave one, and ask for the
+        account's device names when one was renamed or a change came from a device not named
+        yet: a request only when something is new, not one a sync."""
+        name = self._notes.name_to_send()
+        if name is not None:
+            await self._client.rename_device(name)
+            self._notes.name_sent(name)
+        if self._names_stale or not authors <= self._notes.device_names().keys():
+            self._names_stale = False
+            self._notes.set_device_names(await self._client.device_names())
+
+    async def _pull(self) -> tuple[int, set[str]]:
+        """Join every change since the cursor; (states joined, the devices that wrote them)."""
         cursor = self._notes.annotation_cursor()
         joined = 0
+        authors: set[str] = set()
         while True:
             page = await self._client.annotation_changes(cursor, PULL_PAGE)
             killpoint("annotation_pull_received")
@@ -168,9 +190,11 @@ class AnnotationSync:
             for item_id in clashes:
                 log_event(_LOG, logging.WARNING, "annotation_id_clash", item=item_id)
             joined += len(page.items) + len(page.positions)
+            for item in page.items:
+                authors |= {node for node in merge.author_nodes(item) if node != "service"}
             cursor = page.cursor
             if not page.has_more:
-                return joined
+                return joined, authors
 
     def _observe(self, stamps: Iterable[str]) -> None:
         """Move the local clock past every stamp received, so the next local edit of any of

@@ -136,6 +136,31 @@ class NotesStore:
     def popular_cursor(self) -> int:
         return int(self.get_meta("popular_cursor") or 0)
 
+    # -- the account's devices by name ----------------------------------------------------------
+
+    def device_names(self) -> dict[str, str]:
+        """device_id -> the name its reader gave it, as the service last said."""
+        return dict(json.loads(self.get_meta("device_names") or "{}"))
+
+    def set_device_names(self, names: dict[str, str]) -> None:
+        with self._transaction() as db:
+            self._set_meta(db, "device_names", json.dumps(names, ensure_ascii=False))
+
+    def name_to_send(self) -> str | None:
+        """This device's new name, not yet told to the service."""
+        return self.get_meta("device_name_unsent") or None
+
+    def want_name_sent(self, name: str) -> None:
+        with self._transaction() as db:
+            self._set_meta(db, "device_name_unsent", name)
+
+    def name_sent(self, name: str) -> None:
+        """The service took `name` (unless the reader renamed the device again meanwhile)."""
+        with self._transaction() as db:
+            db.execute(
+                "DELETE FROM notes_meta WHERE key = 'device_name_unsent' AND value = ?", (name,)
+            )
+
     def record_sync(self, at: float | None, error: str) -> None:
         """Note a finished sync (`at`) or a failed one (`at` None, with its error)."""
         with self._transaction() as db:

@@ -49,6 +49,11 @@ def is_stamp(value: object) -> bool:
     return isinstance(value, str) and _STAMP.match(value) is not None
 
 
+def is_node(value: object) -> bool:
+    """A device id as stamps carry it (the service's node is "service")."""
+    return isinstance(value, str) and _NODE.match(value) is not None
+
+
 def node_of(stamp: str) -> str:
     return stamp[_NODE_AT:]
 

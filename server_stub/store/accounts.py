@@ -62,6 +62,18 @@ class Accounts(Database):
         )
         return Device(*row) if row else None
 
+    def rename_device(self, device_id: str, name: str) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE devices SET name = ? WHERE device_id = ?", (name, device_id))
+
+    def account_devices(self, account_id: str) -> list[tuple[str, str]]:
+        """(device_id, name) of every device of the account, oldest first."""
+        rows = self._query(
+            "SELECT device_id, name FROM devices WHERE account_id = ? ORDER BY created_at",
+            (account_id,),
+        )
+        return [(str(d), str(n)) for d, n in rows]
+
     def device(self, device_id: str) -> Device | None:
         row = self._one(
             "SELECT device_id, account_id, name, public_key FROM devices WHERE device_id = ?",

@@ -70,6 +70,7 @@ class FakePushChannel:
 @dataclass
 class FakeService:
     clock: FakeClock
+    device_id: str = "dev_fake"  # the device the fake answers
     changes: list[LibraryChange] = field(default_factory=list)
     manifests: dict[str, bytes] = field(default_factory=dict)  # book -> signed envelope
     packages: dict[tuple[str, int], bytes] = field(default_factory=dict)
@@ -81,6 +82,7 @@ class FakeService:
     receipts_received: list[dict[str, Any]] = field(default_factory=list)
     calls: list[tuple[str, float]] = field(default_factory=list)  # (call, monotonic time)
     channel: FakePushChannel | None = None  # the open push channel, if one is
+    device_list: dict[str, str] = field(default_factory=dict)  # the account's devices by name
     _failures: dict[str, deque[_Failure]] = field(default_factory=lambda: defaultdict(deque))
 
     # -- what a test does ---------------------------------------------------------------------
@@ -207,6 +209,14 @@ class FakeService:
         self._called("notices")
         after = [n for n in self.notice_list if n.seq > cursor][:limit]
         return NoticePage(after, after[-1].seq if after else cursor, False)
+
+    async def rename_device(self, name: str) -> None:
+        self._called("rename_device")
+        self.device_list[self.device_id] = name
+
+    async def device_names(self) -> dict[str, str]:
+        self._called("device_names")
+        return dict(self.device_list)
 
 
 def _conforms(service: FakeService) -> ServiceAPI:

@@ -76,6 +76,8 @@ async def test_one_reader_two_devices_a_few_days_away(
         phone_id = (await phone.api.status())["device_id"]
         named = await kindle.api.send("PUT", "/v1/device", {"name": "Kindle by the bed"})
         assert named == (200, {"device_id": kindle_id, "name": "Kindle by the bed"})
+        await phone.api.send("PUT", "/v1/device", {"name": "Phone"})
+        names = {kindle_id: "Kindle by the bed", phone_id: "Phone"}
 
         # A book of the cloud archive, not on the device, answers with its
         # title and state (#8).
@@ -101,6 +103,14 @@ async def test_one_reader_two_devices_a_few_days_away(
 
         for device in (kindle, phone):
             await eventually(lambda d=device: one_highlight(d))  # type: ignore[misc]
+
+        # Each device names the other as its reader named it, not by its dev_ id (#7).
+        async def by_name(device: Device) -> bool:
+            (mark,) = (await device.api.get_json(f"/v1/books/{book}/annotations"))["annotations"]
+            return bool(mark["created_by_name"] == names[mark["created_by"]])
+
+        for device in (kindle, phone):
+            await eventually(lambda d=device: by_name(d))  # type: ignore[misc]
 
         # 3. Other readers share a passage of a book already on the device: "sync" brings it.
         for i, other in enumerate(others):

@@ -127,3 +127,19 @@ async def test_a_full_disk_while_recording_the_failure_is_survived(
     await world.clock.advance(BACKOFF.cap_s)
     assert len(world.service.times_of("annotation_changes")) >= 2  # still running, and synced
     assert world.sync.retry.report() is None
+
+
+async def test_a_new_name_is_told_once_and_names_are_asked_for_only_when_something_is_new(
+    world: World,
+) -> None:
+    world.notes.want_name_sent("Hall Kindle")
+    world.service.device_list["dev_b"] = "Phone"
+    world.sync.names_changed()
+    await world.clock.advance(BATCH_WINDOW_S + 1)
+    assert world.service.device_list["dev_fake"] == "Hall Kindle"
+    assert world.notes.name_to_send() is None
+    assert world.notes.device_names()["dev_b"] == "Phone"
+    world.highlight()  # a sync with nothing new of other devices: no names asked
+    await world.clock.advance(BATCH_WINDOW_S + 1)
+    assert len(world.service.times_of("rename_device")) == 1
+    assert len(world.service.times_of("device_names")) == 1
