@@ -362,6 +362,8 @@ class Daemon:
                     annotations.request()
                 elif kind == "devices_changed":  # a device of the account was renamed
                     annotations.names_changed()
+                elif kind == "popular_changed":  # another reader shared a passage of a book
+                    popular.link_up()
 
             sync = LibrarySync(
                 store,

@@ -163,6 +163,8 @@ class AnnotationRoutes:
             await self._hub.notify(device.account_id, None, result.seq, kind="annotations_changed")
         for told, seq in result.notices.items():
             await self._hub.notify(device.account_id, told, seq, kind="notices_changed")
+        for reader in result.popular_readers:
+            await self._hub.notify(reader, None, 0, kind="popular_changed")
         return web.json_response(
             {
                 "acked": result.applied + result.duplicates,

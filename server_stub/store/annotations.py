@@ -35,6 +35,9 @@ class AppliedOps:
     # Each device's newest notice that an edit kept a note another device deleted (edit beats
     # delete, issue 23 #6): device_id -> the notice's seq.
     notices: dict[str, int] = field(default_factory=dict)
+    # Accounts holding a book whose popular passages these ops changed: their devices are told
+    # (popular_changed), so a passage shared now reaches a device online in seconds.
+    popular_readers: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +117,10 @@ class Annotations(Database):
                     (account_id, op.op_id, device_id, op.target, seq, at),
                 )
                 if isinstance(merged, Item):
-                    self._mark(account_id, op.target, merged.book_id, passage_of(merged), threshold)
+                    if self._mark(
+                        account_id, op.target, merged.book_id, passage_of(merged), threshold
+                    ):
+                        result.popular_readers.update(self._holders(merged.book_id))
                     overruled = merge.overruled_delete(merged)
                     if overruled is not None and (
                         before is None or merge.overruled_delete(before) != overruled
@@ -227,13 +233,16 @@ class Annotations(Database):
         book_id: str,
         passage: tuple[str, str] | None,
         threshold: int,
-    ) -> None:
+    ) -> bool:
+        """Record which passage an account's highlight counts towards; whether what is
+        published of the book's passages changed."""
         old = self._one(
             "SELECT passage_id FROM shared_marks WHERE account_id = ? AND target = ?",
             (account_id, target),
         )
         if (old[0] if old else None) == (passage[0] if passage else None):
-            return
+            return False
+        changed = False
         self._db.execute(
             "DELETE FROM shared_marks WHERE account_id = ? AND target = ?", (account_id, target)
         )
@@ -243,11 +252,17 @@ class Annotations(Database):
                 " VALUES (?, ?, ?, ?, ?)",
                 (account_id, target, book_id, passage[0], passage[1]),
             )
-            self._recount(book_id, passage[0], threshold)
+            changed |= self._recount(book_id, passage[0], threshold)
         if old is not None:
-            self._recount(book_id, old[0], threshold)
+            changed |= self._recount(book_id, old[0], threshold)
+        return changed
 
-    def _recount(self, book_id: str, passage_id: str, threshold: int) -> None:
+    def _holders(self, book_id: str) -> set[str]:
+        """The accounts with `book_id` in their library."""
+        rows = self._query("SELECT DISTINCT account_id FROM library WHERE book_id = ?", (book_id,))
+        return {str(r[0]) for r in rows}
+
+    def _recount(self, book_id: str, passage_id: str, threshold: int) -> bool:
         """Publish a passage's count of distinct sharing readers, or 0 below the threshold;
         the feed sequence moves only when what is published changes."""
         readers = int(
@@ -264,7 +279,7 @@ class Annotations(Database):
             (book_id, passage_id),
         )
         if (row[0] if row else 0) == published:
-            return
+            return False
         first = self._one(
             "SELECT anchor FROM shared_marks WHERE book_id = ? AND passage_id = ?"
             " ORDER BY rowid LIMIT 1",
@@ -276,6 +291,7 @@ class Annotations(Database):
             " VALUES (?, ?, ?, ?, ?)",
             (book_id, passage_id, published, anchor, self._next_seq("popular")),
         )
+        return True
 
     def popular_changes(
         self, account_id: str, device_id: str, cursor: int, limit: int, book_id: str | None

@@ -124,6 +124,13 @@ async def test_one_reader_two_devices_a_few_days_away(
 
         await eventually(shared_passage)
 
+        # The phone, online, asked for nothing: the service told it (#2, popular_changed).
+        async def shared_on_the_phone() -> bool:
+            doc = await phone.api.get_json(f"/v1/books/{book}/popular-highlights")
+            return len(doc["passages"]) == 1
+
+        await eventually(shared_on_the_phone)
+
         # A note both devices have, for the edit-beats-delete below.
         status, note = await kindle.api.send(
             "POST",
