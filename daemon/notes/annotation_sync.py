@@ -22,7 +22,7 @@ from functools import partial
 
 from daemon.backoff import Backoff
 from daemon.clock import Clock
-from daemon.errors import ServiceHTTPError, ShelfsyncError, TransportError
+from daemon.errors import ServiceHTTPError, ShelfsyncError, TransportError, refused_by_service
 from daemon.killpoints import killpoint
 from daemon.logs import log_event
 from daemon.notes.store import NotesStore
@@ -67,6 +67,7 @@ class AnnotationSync:
         self._link_up = asyncio.Event()
         self._batch_ops = BATCH_OPS
         self._names_stale = False  # the account's device names changed since they were asked
+        self._names_taken = True  # the service takes and gives device names
 
     def request(self) -> None:
         """Something changed locally or remotely: sync in the next wake window."""
@@ -162,13 +163,23 @@ class AnnotationSync:
         """Tell the service this device's new name, if the reader gave one, and ask for the
         account's device names when one was renamed or a change came from a device not named
         yet: a request only when something is new, not one a sync."""
+        if not self._names_taken:
+            return
         name = self._notes.name_to_send()
-        if name is not None:
-            await self._client.rename_device(name)
-            self._notes.name_sent(name)
-        if self._names_stale or not authors <= self._notes.device_names().keys():
-            self._names_stale = False
-            self._notes.set_device_names(await self._client.device_names())
+        try:
+            if name is not None:
+                await self._client.rename_device(name)
+                self._notes.name_sent(name)
+            if self._names_stale or not authors <= self._notes.device_names().keys():
+                self._names_stale = False
+                self._notes.set_device_names(await self._client.device_names())
+        except ServiceHTTPError as e:
+            if e.retryable or refused_by_service(e):
+                raise
+            # A service without device names (an older one: 404) must not hold back the notes:
+            # names are a nicety, asked for again after a restart.
+            self._names_taken = False
+            log_event(_LOG, logging.WARNING, "device_names_refused", status=e.status)
 
     async def _pull(self) -> tuple[int, set[str]]:
         """Join every change since the cursor; (states joined, the devices that wrote them)."""

@@ -143,3 +143,15 @@ async def test_a_new_name_is_told_once_and_names_are_asked_for_only_when_somethi
     await world.clock.advance(BATCH_WINDOW_S + 1)
     assert len(world.service.times_of("rename_device")) == 1
     assert len(world.service.times_of("device_names")) == 1
+
+
+async def test_a_service_without_device_names_holds_back_no_note(world: World) -> None:
+    world.notes.want_name_sent("Hall Kindle")
+    world.service.fail("rename_device", ServiceHTTPError(404, "/v1/device", "no such route"), None)
+    world.highlight()
+    await world.clock.advance(BATCH_WINDOW_S + 1)
+    assert len(world.service.ops_received) == 1
+    assert world.sync.retry.report() is None  # synced: the notes went
+    world.highlight()
+    await world.clock.advance(BATCH_WINDOW_S + 1)
+    assert len(world.service.times_of("rename_device")) == 1  # not asked again
