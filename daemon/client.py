@@ -41,10 +41,10 @@ from daemon.logs import log_event
 from daemon.models import LibraryChange, Notice
 from daemon.protocol import hlc, merge
 from daemon.protocol.crypto import ENVELOPE_SLACK, MAX_ROOT_ENVELOPE_BYTES
+from daemon.protocol.ids import BOOK_ID, MAX_DEVICE_NAME
 from daemon.protocol.manifest import MAX_DICTIONARY_BYTES, MAX_MANIFEST_BYTES
 
 _LOG = logging.getLogger("shelfsync.client")
-_BOOK_ID = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
 # The changes feed is not signed: every field is bounded before it reaches the store, where an
 # integer past 2^63 or a NaN once ended the daemon at every restart (issue 24 #3).
 _MAX_SEQ = 2**53  # seqs, cursors and versions: far beyond any catalog, exact in a float too
@@ -100,7 +100,7 @@ def _changes_page(doc: Any, asked: int) -> ChangesPage:
             package_size=None if not size else _bounded(size, 1, _MAX_PACKAGE_BYTES, "size"),
             **_shown(c),
         )
-        if not _BOOK_ID.match(change.book_id) or change.action not in ("add", "update", "remove"):
+        if not BOOK_ID.match(change.book_id) or change.action not in ("add", "update", "remove"):
             raise ValueError(f"change {change.seq}: {change.book_id[:80]!r} {change.action!r}")
         if change.seq <= (changes[-1].seq if changes else asked):
             raise ValueError(f"change {change.seq} does not come after {asked} and the rest")
@@ -224,7 +224,6 @@ class DeviceCredentials:
     registered_at: float | None = None  # the service's clock at the registration
 
 
-MAX_DEVICE_NAME = 64  # characters of a device's name (PUT /v1/device takes as many)
 MAX_DEVICES = 100  # an account's devices a device keeps names of
 
 

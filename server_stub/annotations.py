@@ -24,6 +24,7 @@ from aiohttp import web
 
 from daemon.errors import AnnotationError
 from daemon.protocol import hlc, merge
+from daemon.protocol.ids import BOOK_ID
 from daemon.protocol.merge import Item
 from server_stub.api_errors import ApiError, read_json_object
 from server_stub.push import PushHub
@@ -200,7 +201,7 @@ class AnnotationRoutes:
         limit = _query_int(request, "limit", POPULAR_DEFAULT_LIMIT, 1, POPULAR_MAX_LIMIT)
         book_id = request.query.get("book")
         if book_id is not None and not (
-            merge.BOOK_ID.match(book_id)
+            BOOK_ID.match(book_id)
             and self._store.in_library(device.account_id, device.device_id, book_id)
         ):
             raise ApiError(403, "not_in_library", "that book is not in this device's library")

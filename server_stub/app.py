@@ -21,6 +21,7 @@ from aiohttp import hdrs, web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from daemon.protocol.crypto import WRAP_ALG, key_id, wrap_content_key, x25519_public_key
+from daemon.protocol.ids import MAX_DEVICE_NAME
 from daemon.protocol.manifest import Manifest, WrappedKey, parse_manifest
 from server_stub.annotations import add_routes as add_annotation_routes
 from server_stub.api_errors import ApiError, error_middleware, need_str, read_json_object
@@ -121,9 +122,6 @@ async def create_device(request: web.Request) -> web.Response:
     return web.json_response(
         {"device_id": device_id, "device_token": token, "registered_at": now}, status=201
     )
-
-
-MAX_DEVICE_NAME = 64  # as the device's own PUT /v1/device takes
 
 
 async def rename_device(request: web.Request) -> web.Response:

@@ -30,6 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from daemon.errors import ManifestError
+from daemon.protocol.ids import BOOK_ID
 from daemon.protocol.manifest import parse_manifest
 from server_stub.api_errors import ApiError, read_json_object
 from server_stub.logs import kv
@@ -49,7 +50,6 @@ NOTICES_MAX_LIMIT = 500
 REPORT_RECENT = 50
 _SIZES_CACHED = 256
 _RECEIPT_ID = re.compile(r"\A[A-Za-z0-9_.-]{8,160}\Z")
-_BOOK_ID = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +179,7 @@ def parse_receipt(doc: Any) -> Receipt:
     if outcome not in ("complete", "failed"):
         raise ValueError("'outcome' must be 'complete' or 'failed'")
     book_id = doc.get("book_id")
-    if not isinstance(book_id, str) or not _BOOK_ID.match(book_id):
+    if not isinstance(book_id, str) or not BOOK_ID.match(book_id):
         raise ValueError("'book_id' must be a book id")
     reason = doc.get("reason")
     if not isinstance(reason, str) or not 0 < len(reason) <= 40:

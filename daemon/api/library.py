@@ -30,13 +30,12 @@ from daemon.api.answers import Refused, error, json_answer, read_json
 from daemon.clock import Clock
 from daemon.content.trip import MAX_TRIP_DAYS, Trip, readiness, start_trip, trip_state
 from daemon.notes.store import annotation_status
-from daemon.protocol.merge import BOOK_ID
+from daemon.protocol.ids import BOOK_ID, MAX_DEVICE_NAME
 from daemon.store import Store
 
 STATES = ("queued", "downloading", "retrying", "complete", "evicted", "in_cloud")
 DEFAULT_PAGE = 100
 MAX_PAGE = 500
-MAX_DEVICE_NAME = 64
 _SCAN = 200  # rows read at a time while a state filter looks for a page's books
 
 

@@ -36,6 +36,7 @@ from daemon.logs import log_event
 from daemon.notes.store import NotesStore
 from daemon.protocol import merge
 from daemon.protocol.hlc import HybridClock
+from daemon.protocol.ids import ITEM_ID
 from daemon.protocol.merge import Item
 
 _LOG = logging.getLogger("shelfsync.api.notes")
@@ -85,7 +86,7 @@ class NotesApi:
             item_id = request.match_info.get("item_id")
             if item_id == "sync":  # /v1/annotations/sync, asked with another method than POST
                 raise web.HTTPMethodNotAllowed(request.method, ["POST"])
-            if item_id is not None and not merge.ITEM_ID.match(item_id):
+            if item_id is not None and not ITEM_ID.match(item_id):
                 return error(400, "bad_id", "annotation ids are 8-64 letters, digits, _ or -")
             try:
                 response = await handler(request)

@@ -51,8 +51,8 @@ from daemon.logs import log_event
 from daemon.memory import give_back
 from daemon.models import ResourceRow
 from daemon.protocol.codec import Buffer
+from daemon.protocol.ids import BOOK_ID
 from daemon.protocol.manifest import check_resource_path
-from daemon.protocol.merge import BOOK_ID
 from daemon.store import DiskWatch, Store
 
 _LOG = logging.getLogger("shelfsync.api")

@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from typing import Any
 
 from daemon.errors import DictionaryError, ShelfsyncError
 from daemon.logs import log_event
 from daemon.protocol.codec import Dictionary
+from daemon.protocol.ids import SHA256
 from daemon.protocol.manifest import MAX_DICTIONARY_BYTES
 from daemon.service import ServiceAPI
 from daemon.store import Store
 
 _LOG = logging.getLogger("shelfsync.dictionaries")
-_SHA256 = re.compile(r"\A[0-9a-f]{64}\Z")
 MAX_PREFETCH = 4  # dictionaries a hello may name: a catalog has one current dictionary
 
 
@@ -66,7 +65,7 @@ class Dictionaries:
             sha256, size = ref.get("sha256"), ref.get("size")
             if (
                 isinstance(sha256, str)
-                and _SHA256.match(sha256)
+                and SHA256.match(sha256)
                 and isinstance(size, int)
                 and not isinstance(size, bool)
                 and 0 < size <= MAX_DICTIONARY_BYTES

@@ -27,6 +27,7 @@ from daemon.killpoints import killpoint
 from daemon.logs import log_event
 from daemon.notes.store import NotesStore, Passage
 from daemon.protocol import merge
+from daemon.protocol.ids import BOOK_ID
 from daemon.radio.windows import RadioWindows
 from daemon.retry import Comeback, Decision, Retry
 from daemon.service import ServiceAPI
@@ -44,7 +45,7 @@ def check_passage(doc: Any) -> Passage:
     if isinstance(readers, bool) or not isinstance(readers, int) or not 0 <= readers < 2**31:
         raise AnnotationError("passage.readers", "must be a non-negative integer")
     passage_id = doc.get("passage_id")
-    if not isinstance(passage_id, str) or not merge.BOOK_ID.match(passage_id):
+    if not isinstance(passage_id, str) or not BOOK_ID.match(passage_id):
         raise AnnotationError("passage.passage_id", "must be 1-64 letters, digits, '_' or '-'")
     anchor = merge.parse_anchor(doc.get("anchor"), "passage.anchor") if readers else {}
     return Passage(merge.check_book_id(doc.get("book_id")), passage_id, readers, anchor)

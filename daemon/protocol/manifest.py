@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.errors import ManifestError
+from daemon.protocol.ids import BOOK_ID, SHA256
 from daemon.protocol.reading import MAX_LABEL, Reading, parse_reading, reading_to_doc
 
 # 2: resources carry no SHA-256 of their own (the signed frame hashes cover every byte; the
@@ -34,8 +35,6 @@ CODECS = ("zstd", "zstd-dict", "raw")  # zstd-dict: compressed with the manifest
 MAX_DICTIONARY_BYTES = 1024 * 1024
 _B64 = re.compile(r"\A[A-Za-z0-9+/]{1,200}={0,2}\Z")
 
-_BOOK_ID = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
-_SHA256 = re.compile(r"\A[0-9a-f]{64}\Z")
 _MEDIA_TYPE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*\Z")
 
 
@@ -303,7 +302,7 @@ def _parse_doc(doc: Any, template: bool, limits: ManifestLimits) -> Manifest:
             raise ManifestError(f"frames are not contiguous at package offset {package_offset}")
         specs.append(
             (
-                _need(raw, "sha256", str, _SHA256.match),
+                _need(raw, "sha256", str, SHA256.match),
                 offset,
                 length,
                 _need(raw, "plain_size", int, lambda v: 0 < v <= frame_size),
@@ -379,13 +378,13 @@ def _parse_doc(doc: Any, template: bool, limits: ManifestLimits) -> Manifest:
     if doc.get("dictionary") is not None:
         raw_dict = _need(doc, "dictionary", dict)
         dictionary = DictionaryRef(
-            sha256=_need(raw_dict, "sha256", str, _SHA256.match),
+            sha256=_need(raw_dict, "sha256", str, SHA256.match),
             size=_need(raw_dict, "size", int, lambda v: 0 < v <= MAX_DICTIONARY_BYTES),
         )
     if dictionary is None and any(f.codec == "zstd-dict" for f in frames):
         raise ManifestError("frames need a dictionary but the manifest names none")
     return Manifest(
-        book_id=_need(doc, "book_id", str, _BOOK_ID.match),
+        book_id=_need(doc, "book_id", str, BOOK_ID.match),
         version=_need(doc, "version", int, lambda v: 0 < v < 2**53),
         issued_at=issued_at,
         expires_at=_need(doc, "expires_at", int, lambda v: _nonneg(v) and v > issued_at),

@@ -48,6 +48,7 @@ from typing import Any
 
 from daemon.errors import AnnotationError
 from daemon.protocol import hlc
+from daemon.protocol.ids import BOOK_ID, ITEM_ID
 from daemon.protocol.manifest import check_resource_path
 
 KINDS = ("highlight", "note", "bookmark")
@@ -64,8 +65,6 @@ MAX_REPLACED = 100_000
 MAX_NODES = 1024
 
 # \A and \Z, never ^ and $: $ also matches before a final newline ("X\n" would pass).
-ITEM_ID = re.compile(r"\A[A-Za-z0-9_-]{8,64}\Z")
-BOOK_ID = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
 _CFI = re.compile(r"\A[\x20-\x7e]+\Z")
 
 

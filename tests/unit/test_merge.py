@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from daemon.errors import AnnotationError
 from daemon.protocol import hlc, merge
 from daemon.protocol.hlc import HybridClock
+from daemon.protocol.ids import ITEM_ID
 from daemon.protocol.merge import Edit, Item, NewAnnotation, Position
 
 BOOK = "bk_0123456789abcdef"
@@ -542,7 +543,7 @@ def test_one_range_highlighted_anywhere_is_one_highlight(
         new = NewAnnotation(None, "highlight", anchor, color, None)
         deltas.append(merge.create_delta(item_id, BOOK, clocks[node].tick(NOW_MS + skew), new))
     assert len({d.item_id for d in deltas}) == 1  # one id, whoever highlighted, however
-    assert merge.ITEM_ID.match(deltas[0].item_id)
+    assert ITEM_ID.match(deltas[0].item_id)
     shuffled = list(deltas)
     rnd.shuffle(shuffled)
     states = []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.protocol import hlc, manifest
+from daemon.protocol import hlc, ids
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("daemon", "server_stub", "devkit", "bench")
@@ -65,6 +65,18 @@ def test_a_stamp_with_a_trailing_newline_is_not_a_stamp() -> None:
         hlc.encode(1, 0, "dev_a\n")
 
 
-def test_a_hash_with_a_trailing_newline_is_refused() -> None:
-    assert manifest._SHA256.match("a" * 64)
-    assert not manifest._SHA256.match("a" * 64 + "\n")
+def test_a_hash_or_an_id_with_a_trailing_newline_is_refused() -> None:
+    for pattern, good in ((ids.SHA256, "a" * 64), (ids.BOOK_ID, "bk_x"), (ids.ITEM_ID, "an_12345")):
+        assert pattern.match(good)
+        assert not pattern.match(good + "\n")
+
+
+def test_each_id_pattern_is_written_once() -> None:
+    """The shapes of ids live in daemon/protocol/ids.py; a copy elsewhere would drift."""
+    shapes = {ids.BOOK_ID.pattern, ids.ITEM_ID.pattern, ids.SHA256.pattern}
+    copies = [
+        f"{path}:{line}"
+        for path, line, text in _compiled_patterns()
+        if text in shapes and path != "daemon/protocol/ids.py"
+    ]
+    assert not copies, "import it from daemon.protocol.ids instead:\n" + "\n".join(copies)
