@@ -283,12 +283,7 @@ class Daemon:
             client = ServiceClient(
                 settings.service_url,
                 credentials,
-                ClientLimits(
-                    connect_timeout_s=profile.downloads.connect_timeout_s,
-                    stall_timeout_s=profile.downloads.stall_timeout_s,
-                    min_rate_bytes_per_s=profile.downloads.min_rate_bytes_per_s,
-                    idle_connection_s=profile.sync.keepalive_s,
-                ),
+                ClientLimits.of(profile),
                 on_radio=windows.radio_used,
             )
             dictionaries = self._dictionaries = Dictionaries(store, client)

@@ -39,6 +39,7 @@ from daemon.errors import (
 )
 from daemon.logs import log_event
 from daemon.models import LibraryChange, Notice
+from daemon.profile import DeviceProfile
 from daemon.protocol import hlc, merge
 from daemon.protocol.crypto import ENVELOPE_SLACK, MAX_ROOT_ENVELOPE_BYTES
 from daemon.protocol.ids import BOOK_ID, MAX_DEVICE_NAME
@@ -206,6 +207,16 @@ class ClientLimits:
     # 0.57 s to "told" became 0.92 s); longer, a reused connection could have lost its NAT
     # mapping and stall a request for stall_timeout_s.
     idle_connection_s: float = 15.0
+
+    @classmethod
+    def of(cls, profile: DeviceProfile) -> ClientLimits:
+        """The limits a device of `profile` talks to the service with."""
+        return cls(
+            connect_timeout_s=profile.downloads.connect_timeout_s,
+            stall_timeout_s=profile.downloads.stall_timeout_s,
+            min_rate_bytes_per_s=profile.downloads.min_rate_bytes_per_s,
+            idle_connection_s=profile.sync.keepalive_s,
+        )
 
 
 @dataclass(frozen=True, slots=True)
