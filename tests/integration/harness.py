@@ -55,6 +55,13 @@ class Device:
             assert time.monotonic() < deadline, f"{book_id} is still on the device"
             await asyncio.sleep(0.02)
 
+    async def wait_online(self, timeout_s: float = 20) -> None:
+        """Until the daemon's push channel is up and the service has spoken on it."""
+        deadline = time.monotonic() + timeout_s
+        while not self.daemon.runtime()["online"]:
+            assert time.monotonic() < deadline, "never online"
+            await asyncio.sleep(0.02)
+
     async def wait_complete(self, book_id: str, timeout_s: float = 60) -> dict[str, Any]:
         return await self.wait_for(book_id, lambda b: b["state"] == "complete", timeout_s)
 

@@ -74,9 +74,7 @@ async def test_offline_the_pull_waits_for_the_link_and_goes_when_the_network_is_
             ) as device:
                 daemon = device.daemon
                 deadline = time.monotonic() + 20
-                while not daemon.runtime()["online"]:
-                    assert time.monotonic() < deadline, "never online"
-                    await asyncio.sleep(0.02)
+                await device.wait_online(timeout_s=20)
                 [library] = [r for r in daemon._retries if r.worker == "library sync"]
 
                 # No route: the channel drops, the pull it asks for cannot connect, nor can

@@ -35,9 +35,7 @@ async def test_a_purchase_after_an_outage_does_not_wait_out_an_old_retry(
         ):
             daemon = device.daemon
             deadline = time.monotonic() + 20
-            while not daemon.runtime()["online"]:
-                assert time.monotonic() < deadline, "never online"
-                await asyncio.sleep(0.02)
+            await device.wait_online(timeout_s=20)
             [library] = [r for r in daemon._retries if r.worker == "library sync"]
             library._backoff = GROWN
 
