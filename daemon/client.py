@@ -64,6 +64,12 @@ def _bounded(value: Any, low: int, high: int, what: str) -> int:
     return value
 
 
+def _book_id(value: Any) -> str:
+    if not isinstance(value, str) or not BOOK_ID.match(value):
+        raise ValueError(f"book id {str(value)[:80]!r} is not one")
+    return value
+
+
 def _shown(c: Any) -> dict[str, Any]:
     """A change's title, authors and cover size, if the service gave them: strings and a
     count, or the page is refused; long texts are cut to what a library view shows."""
@@ -128,9 +134,9 @@ def _service_time(value: Any) -> float | None:
 
 PUSH_VERSION = 2  # the push protocol this daemon asks for (PROTOCOL.md "Push channel")
 MAX_PUSHED_PREFIX = 256 * 1024  # bytes of an order's first frames this daemon takes in a push
-# The header, its JSON, the manifests, and the first frames.
+# The header, its JSON, the manifests (a frames message is far smaller).
 _MAX_ENVELOPE_BYTES = MAX_MANIFEST_BYTES + ENVELOPE_SLACK
-MAX_PUSH_MESSAGE_BYTES = 4 + 4 * 1024 * 1024 + _MAX_ENVELOPE_BYTES + MAX_PUSHED_PREFIX
+MAX_PUSH_MESSAGE_BYTES = 4 + 4 * 1024 * 1024 + _MAX_ENVELOPE_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,16 +148,53 @@ class LibraryPush:
     after: int
     page: ChangesPage
     envelopes: dict[str, bytes]
-    # By book: (version, the package's first bytes: the first chapter's frames), unverified.
-    prefixes: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    # By book: (version, how many of the package's first bytes `PushedFrames` bring next).
+    frames_follow: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
-def parse_library_push(data: bytes) -> LibraryPush:
-    """Parse `u32be(n) ‖ n bytes of JSON ‖ envelopes` (ValueError etc. if malformed)."""
+@dataclass(frozen=True, slots=True)
+class PushedFrames:
+    """A version 2 `package_frames`: whole frames of a package from byte `offset`, which a
+    `library_changed` announced (`frames_follow`); unverified, checked against the manifest's
+    hashes as fetched frames are."""
+
+    book_id: str
+    version: int
+    offset: int
+    data: bytes
+
+
+def _push_header(data: bytes) -> tuple[dict[str, Any], int]:
+    """The JSON header of a binary push message and where its payload starts."""
     size = int.from_bytes(data[:4], "big")
     if len(data) < 4 or size > MAX_JSON_BYTES or len(data) < 4 + size:
         raise ValueError(f"a header of {size} bytes in a message of {len(data)}")
     doc = json.loads(data[4 : 4 + size])
+    if not isinstance(doc, dict):
+        raise TypeError("the header is not an object")
+    return doc, 4 + size
+
+
+def parse_push_message(data: bytes) -> LibraryPush | PushedFrames:
+    """A binary push message: a `library_changed` or a `package_frames` (ValueError etc. if
+    malformed)."""
+    doc, payload = _push_header(data)
+    if doc["type"] == "package_frames":
+        length = _bounded(doc["length"], 1, MAX_PUSHED_PREFIX, "frames length")
+        if payload + length != len(data):
+            raise ValueError(f"frames of {length} bytes in a payload of {len(data) - payload}")
+        return PushedFrames(
+            _book_id(doc["book_id"]),
+            _bounded(doc["version"], 1, _MAX_SEQ, "version"),
+            _bounded(doc["offset"], 0, MAX_PUSHED_PREFIX - length, "frames offset"),
+            data[payload:],
+        )
+    return parse_library_push(data)
+
+
+def parse_library_push(data: bytes) -> LibraryPush:
+    """Parse `u32be(n) ‖ n bytes of JSON ‖ envelopes` (ValueError etc. if malformed)."""
+    doc, offset = _push_header(data)
     if doc["type"] != "library_changed":
         raise ValueError(f"binary message of type {str(doc['type'])[:40]!r}")
     after = _bounded(doc["after"], 0, _MAX_SEQ, "after")
@@ -166,7 +209,6 @@ def parse_library_push(data: bytes) -> LibraryPush:
     )
     ordered = {c.book_id for c in page.changes if c.action == "add"}
     envelopes: dict[str, bytes] = {}
-    offset = 4 + size
     for entry in doc["manifests"]:
         book_id = str(entry["book_id"])
         length = _bounded(entry["length"], 1, _MAX_ENVELOPE_BYTES, "manifest length")
@@ -174,18 +216,17 @@ def parse_library_push(data: bytes) -> LibraryPush:
             raise ValueError(f"a manifest for {book_id[:80]!r}, which no change orders")
         envelopes[book_id] = data[offset : offset + length]
         offset += length
-    prefixes: dict[str, tuple[int, bytes]] = {}
-    for entry in doc.get("frames", []):
+    if offset != len(data):
+        raise ValueError(f"the manifests end at byte {offset} of {len(data)}")
+    follow: dict[str, tuple[int, int]] = {}
+    for entry in doc.get("frames_follow", []):
         book_id = str(entry["book_id"])
         version = _bounded(entry["version"], 1, _MAX_SEQ, "version")
         length = _bounded(entry["length"], 1, MAX_PUSHED_PREFIX, "frames length")
-        if book_id not in envelopes or book_id in prefixes:
+        if book_id not in envelopes or book_id in follow:
             raise ValueError(f"frames for {book_id[:80]!r}, whose manifest is not carried")
-        prefixes[book_id] = (version, data[offset : offset + length])
-        offset += length
-    if offset != len(data):
-        raise ValueError(f"the manifests and frames end at byte {offset} of {len(data)}")
-    return LibraryPush(after, page, envelopes, prefixes)
+        follow[book_id] = (version, length)
+    return LibraryPush(after, page, envelopes, follow)
 
 
 _CONTENT_RANGE = re.compile(r"\Abytes (\d+)-(\d+)/(\d+|\*)\Z")
@@ -801,7 +842,8 @@ class PushChannel:
     async def messages(self) -> AsyncGenerator[dict[str, Any], None]:
         """Yield the service's messages until the channel closes; answers its pings. A binary
         `library_changed` is yielded as `{"type", "cursor", "carried": LibraryPush}`, or, when
-        malformed, without `carried` (the device pulls the feed instead)."""
+        malformed, without `carried` (the device pulls the feed instead); a `package_frames`
+        as `{"type", "carried": PushedFrames}`."""
         async for message in self._ws:
             self._on_radio()
             if message.type == aiohttp.WSMsgType.PING:
@@ -812,10 +854,13 @@ class PushChannel:
                 continue
             if message.type == aiohttp.WSMsgType.BINARY:
                 try:
-                    carried = parse_library_push(message.data)
+                    carried = parse_push_message(message.data)
                 except (KeyError, TypeError, ValueError, OverflowError) as e:
                     log_event(_LOG, logging.WARNING, "push_message_malformed", detail=str(e))
                     yield {"type": "library_changed"}
+                    continue
+                if isinstance(carried, PushedFrames):  # not a change: nothing to pull
+                    yield {"type": "package_frames", "carried": carried}
                     continue
                 yield {"type": "library_changed", "cursor": carried.page.cursor, "carried": carried}
                 continue

@@ -68,6 +68,9 @@ log = logging.getLogger("devkit.linkemu")
 
 Direction = Literal["down", "up"]
 Observer = Callable[[Direction, int], None]  # called with each piece delivered: (direction, bytes)
+# Called for each piece held back by a lost segment: (direction, when it would have arrived,
+# when it does), both time.time().
+LossObserver = Callable[[Direction, float, float], None]
 Address = tuple[str, int]
 
 HOST = "127.0.0.1"  # the emulator listens on loopback only
@@ -222,7 +225,8 @@ class LinkStats:
 class LinkEmulator:
     """A TCP proxy from 127.0.0.1:`port` to `upstream` with the link `link` (module docstring).
 
-    `seed` makes jitter and loss repeatable; `observer` is called with each delivered piece."""
+    `seed` makes jitter and loss repeatable; `observer` is called with each delivered piece,
+    `on_loss` with each piece a lost segment held back."""
 
     def __init__(
         self,
@@ -232,6 +236,7 @@ class LinkEmulator:
         port: int = 0,
         seed: int | None = None,
         observer: Observer | None = None,
+        on_loss: LossObserver | None = None,
     ) -> None:
         self.link = link
         self.upstream = upstream
@@ -242,6 +247,7 @@ class LinkEmulator:
         self._down = _Way("down", link.down_bytes_per_s, link, rng)
         self._up = _Way("up", link.up_bytes_per_s, link, rng)
         self._observer = observer
+        self._on_loss = on_loss
         self._epoch = 0.0  # time.monotonic() at start
         self._flowing = asyncio.Event()
         self._flowing.set()
@@ -392,8 +398,12 @@ class LinkEmulator:
         while data := await reader.read(way.piece):
             lost = way.lost_segments(len(data))
             await way.bucket.take(len(data) + lost * MSS)
-            delay = way.one_way() + (way.rto if lost else 0.0)
-            arrival = max(arrival, time.monotonic() + delay)  # never overtakes earlier bytes
+            sent, one_way = time.monotonic(), way.one_way()
+            on_time = max(arrival, sent + one_way)  # never overtakes earlier bytes
+            arrival = max(arrival, sent + one_way + (way.rto if lost else 0.0))
+            if lost and self._on_loss is not None:
+                to_wall = time.time() - sent
+                self._on_loss(way.name, on_time + to_wall, arrival + to_wall)
             await flight.put((arrival, data))
         await flight.put(None)
 

@@ -30,7 +30,7 @@ from server_stub.faults import FAULTS, FaultInjector, Fired, fault_middleware, f
 from server_stub.faults import install as install_faults
 from server_stub.logs import AccessLogger
 from server_stub.opds import import_opds
-from server_stub.push import VERSIONS, PushHub, library_message
+from server_stub.push import VERSIONS, PushHub, frames_message, library_message
 from server_stub.receipts import add_routes as add_receipt_routes
 from server_stub.signing import ServiceKey, TrustChain, load_or_create_key, sign_manifest
 from server_stub.store import Device, PackageInfo, Store
@@ -299,15 +299,16 @@ async def _library_changed(
     before: dict[str, int],
 ) -> None:
     """Tell the devices: version 2 sockets get the changes since `before` and, for an order,
-    the manifest signed for that device; the others the plain notice."""
+    the manifest signed for that device, then the package's first frames that fit the room it
+    said it has; the others the plain notice."""
     store = app[STORE]
-    whole = {}
+    whole: dict[str, list[bytes]] = {}
     for dev, after in before.items():
         device = store.device(dev)
         changes = store.changes(account_id, dev, after, CHANGES_MAX_LIMIT + 1)
         if device is None or len(changes) > CHANGES_MAX_LIMIT:
             continue  # more than a page: the plain notice, and the device pulls
-        manifests, prefixes = [], []
+        manifests, follow, frames = [], [], []
         room = app[HUB].prefix_room(account_id, dev)
         for c in changes:
             if c.action != "add" or c.reason not in ORDER_REASONS:
@@ -319,34 +320,42 @@ async def _library_changed(
             except ApiError:
                 continue  # no such version (a replay fault): the device fetches it
             manifests.append((c.book_id, envelope))
-            prefix = _first_frames(app, c.book_id, c.version, room)
-            if prefix is not None:
-                room -= len(prefix)
-                prefixes.append((c.book_id, c.version, prefix))
-        whole[dev] = library_message(
+            pieces = _first_frames(app, c.book_id, c.version, room)
+            if pieces:
+                length = sum(len(data) for _, data in pieces)
+                room -= length
+                follow.append((c.book_id, c.version, length))
+                frames += [frames_message(c.book_id, c.version, o, d) for o, d in pieces]
+        message = library_message(
             changes[-1].seq if changes else after,
             after,
             [c.to_doc() for c in changes],
             manifests,
-            prefixes,
+            follow,
             root_version=app[TRUST].version,
             now=app[CLOCK](),
         )
+        whole[dev] = [message, *frames]
     await app[HUB].notify(account_id, device_id, cursor, whole=whole)
 
 
-def _first_frames(app: web.Application, book_id: str, version: int, room: int) -> bytes | None:
-    """The package's bytes up to the end of the first chapter's frames, if they fit `room`."""
+def _first_frames(
+    app: web.Application, book_id: str, version: int, room: int
+) -> list[tuple[int, bytes]]:
+    """The package's leading whole frames that fit `room` bytes, each (offset, its bytes)."""
     store = app[STORE]
     info = store.package_info(book_id, version)
     if info is None:
-        return None
-    template = _template(app, book_id, version)
-    needed = template.first_chapter_frames()
-    end = template.frames[needed - 1].offset + template.frames[needed - 1].length if needed else 0
-    if not 0 < end <= room:
-        return None
-    return store.read_package(info.rowid, 0, end)
+        return []
+    frames = []
+    for frame in _template(app, book_id, version).frames:
+        if frame.offset + frame.length > room:
+            break
+        frames.append((frame.offset, frame.length))
+    if not frames:
+        return []
+    data = store.read_package(info.rowid, 0, frames[-1][0] + frames[-1][1])
+    return [(offset, data[offset : offset + length]) for offset, length in frames]
 
 
 def _dictionaries_doc(store: Store) -> list[dict[str, object]]:

@@ -126,13 +126,13 @@ class PushHub:
         device_id: str | None,
         cursor: int,
         kind: str = "library_changed",
-        whole: Mapping[str, bytes] | None = None,
+        whole: Mapping[str, Sequence[bytes]] | None = None,
     ) -> None:
         """Tell one device (or every device of the account, for None) that a feed changed:
         `kind` is library_changed or annotations_changed, `cursor` that feed's new seq.
-        `whole` holds, by device, the version 2 message that carries the change itself
-        (`library_message`); a device's version 2 sockets get it, every other socket the
-        plain notice."""
+        `whole` holds, by device, the version 2 messages that carry the change itself
+        (`library_message`, then any `frames_message`), sent in order; a device's version 2
+        sockets get them, every other socket the plain notice."""
         devices = self._sockets.get(account_id, {})
         notice = {"type": kind, "cursor": cursor}
         sends = []
@@ -141,20 +141,23 @@ class PushHub:
                 continue
             carried = (whole or {}).get(dev)
             for ws in sockets:
-                use_whole = carried is not None and self._versions.get(ws) == 2
-                sends.append(self._send(ws, carried if use_whole else notice))
+                if carried is not None and self._versions.get(ws) == 2:
+                    sends.append(self._send(ws, carried))
+                else:
+                    sends.append(self._send(ws, [notice]))
         await asyncio.gather(*sends)
 
     @staticmethod
-    async def _send(ws: web.WebSocketResponse, message: dict[str, Any] | bytes | None) -> None:
-        if ws.closed or message is None:
-            return
+    async def _send(ws: web.WebSocketResponse, messages: Sequence[dict[str, Any] | bytes]) -> None:
         # A socket closing under us is forgotten by its handler; the device pulls on reconnect.
         with contextlib.suppress(ConnectionError):
-            if isinstance(message, bytes):
-                await ws.send_bytes(message)
-            else:
-                await ws.send_json(message)
+            for message in messages:
+                if ws.closed:
+                    return
+                if isinstance(message, bytes):
+                    await ws.send_bytes(message)
+                else:
+                    await ws.send_json(message)
 
     async def close_all(self) -> None:
         """Close every socket (on shutdown), so their handlers return."""
@@ -172,21 +175,21 @@ def library_message(
     after: int,
     changes: list[dict[str, Any]],
     manifests: list[tuple[str, bytes]],
-    prefixes: Sequence[tuple[str, int, bytes]] = (),
+    frames_follow: Sequence[tuple[str, int, int]] = (),
     *,
     root_version: int = 1,
     now: float | None = None,
 ) -> bytes:
-    """Version 2's `library_changed`: `u32be(n) ‖ n bytes of JSON ‖ each manifest envelope ‖
-    each first-frames prefix`.
+    """Version 2's `library_changed`: `u32be(n) ‖ n bytes of JSON ‖ each manifest envelope`.
 
     The JSON is `{"type": "library_changed", "cursor", "after", "changes": [feed entries],
-    "manifests": [{"book_id", "length"}], "frames": [{"book_id", "version", "length"}],
-    "root_version", "now"}` (the last two as a changes page has them): the
-    device's changes after seq `after` up to `cursor` (what a pull from `after` would bring),
-    then the signed envelopes, raw (base64 would add a third to what arrives before the first
-    chapter), then for an order whose first chapter fits the device's room, the package's bytes
-    from 0 to the end of the first chapter's frames."""
+    "manifests": [{"book_id", "length"}], "frames_follow": [{"book_id", "version", "length"}],
+    "root_version", "now"}` (the last two as a changes page has them): the device's changes
+    after seq `after` up to `cursor` (what a pull from `after` would bring), then the signed
+    envelopes, raw (base64 would add a third to what arrives before the first chapter).
+    `frames_follow` announces, for an order, the package's first bytes that `frames_message`s
+    bring next: kept out of this message, so that the device hears of the order and asks for
+    the rest of the package while they are still arriving."""
     header = json.dumps(
         {
             "type": "library_changed",
@@ -194,17 +197,30 @@ def library_message(
             "after": after,
             "changes": changes,
             "manifests": [{"book_id": b, "length": len(e)} for b, e in manifests],
-            "frames": [{"book_id": b, "version": v, "length": len(d)} for b, v, d in prefixes],
+            "frames_follow": [
+                {"book_id": b, "version": v, "length": n} for b, v, n in frames_follow
+            ],
             "root_version": root_version,
             **({} if now is None else {"now": now}),
         },
         separators=(",", ":"),
     ).encode()
-    return b"".join(
-        (
-            len(header).to_bytes(4, "big"),
-            header,
-            *(e for _, e in manifests),
-            *(d for _, _, d in prefixes),
-        )
-    )
+    return b"".join((len(header).to_bytes(4, "big"), header, *(e for _, e in manifests)))
+
+
+def frames_message(book_id: str, version: int, offset: int, data: bytes) -> bytes:
+    """`u32be(n) ‖ {"type": "package_frames", "book_id", "version", "offset", "length"} ‖
+    the package's bytes from `offset`: whole frames of what `frames_follow` announced, one
+    message each, so the device commits each as it lands (the first chapter reads as soon as
+    its own frames are in, not when the whole prefix is)."""
+    header = json.dumps(
+        {
+            "type": "package_frames",
+            "book_id": book_id,
+            "version": version,
+            "offset": offset,
+            "length": len(data),
+        },
+        separators=(",", ":"),
+    ).encode()
+    return b"".join((len(header).to_bytes(4, "big"), header, data))

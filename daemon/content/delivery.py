@@ -1,8 +1,9 @@
 """The delivery worker: brings each book in the library onto the device, frame by frame.
 
 For one book: fetch the signed manifest (or take the one a push carried with the purchase:
-`offer_manifests`), verify it (daemon.content.trust), record it, then stream the missing frames
-with one Range request per run (runs a short gap apart share one: plan.fetch_span), verifying
+`offer_manifests`), verify it (daemon.content.trust), record it, then commit the first frames
+the push brings after it as they land (`offer_frames`) and stream the missing frames with one
+Range request per run (runs a short gap apart share one: plan.fetch_span), verifying
 each frame's length and SHA-256 against the manifest before committing it on its own. A crash or
 a cut connection loses at most the frame in flight: the next attempt starts at the first frame
 not committed.
@@ -30,8 +31,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from daemon.backoff import Backoff
-from daemon.client import LibraryPush
-from daemon.clock import Clock
+from daemon.client import LibraryPush, PushedFrames
+from daemon.clock import Clock, within
 from daemon.config import DISK_FULL_PAUSE_S
 from daemon.content import plan
 from daemon.content.dictionaries import Dictionaries
@@ -70,6 +71,11 @@ from daemon.store import Store
 _LOG = logging.getLogger("shelfsync.delivery")
 RECHECK_S = 30.0  # while the planner holds books back, look again this often
 MAX_OFFERED = 64  # pushed manifests kept for deliveries not started yet
+# How long a delivery waits for the frames a push announced, beyond what their bytes need at the
+# link's rate: they follow the announcement on the same channel, so only a channel that dropped
+# keeps them; the Range path then fetches them.
+PUSHED_FRAMES_GRACE_S = 10.0
+MAX_PUSH_LATE_S = 5.0  # a push later than this is taken as on time: a clock misjudged
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +91,10 @@ class DeliveryPolicy:
     # Held frames a Range request may read past rather than pay another round trip: the link's
     # bandwidth-delay product (plan.fetch_span). 0 requests each run of missing frames alone.
     span_gap_bytes: int = 0
+    # The link as the profile gives it: when the frames a push announced will have landed,
+    # so that the rest's request is answered as they end (0: ask at once).
+    down_bytes_per_s: float = 0.0
+    rtt_s: float = 0.0
 
 
 # A frame this large is hashed on a worker thread (hashlib lets go of the GIL), not on the
@@ -146,8 +156,11 @@ class DeliveryWorker:
         # Signed manifests a push carried, by book, not yet verified: the next attempt of
         # that book's delivery takes its manifest from here instead of fetching it.
         self._offered: dict[str, bytes] = {}
-        # The package's first bytes a push carried, by book: (version, bytes).
-        self._offered_frames: dict[str, tuple[int, bytes]] = {}
+        # The package's first bytes a push announced, by book: (version, length, monotonic
+        # time of the announcement), and the frames of them that landed, not yet committed.
+        self._coming: dict[str, tuple[int, int, float]] = {}
+        self._offered_frames: dict[str, list[PushedFrames]] = {}
+        self._frames_landed: dict[str, asyncio.Event] = {}
         self._client = client
         self._clock = clock
         self._pinned_key = pinned_key
@@ -178,14 +191,39 @@ class DeliveryWorker:
         self._wake.set()
 
     def offer_manifests(self, push: LibraryPush) -> None:
-        """Manifest envelopes and first frames a push carried: each manifest is verified when
-        its delivery starts, exactly as a fetched one (a refused one fails that attempt; the
-        retry fetches), and each frame is checked against it as a fetched frame is."""
+        """Manifest envelopes a push carried, and the first frames it announced: each manifest
+        is verified when its delivery starts, exactly as a fetched one (a refused one fails
+        that attempt; the retry fetches), and each frame is checked against it as a fetched
+        frame is (`offer_frames`)."""
         self._offered.update(push.envelopes)
-        self._offered_frames.update(push.prefixes)
-        for offered in (self._offered, self._offered_frames):
+        sent = self._clock.monotonic() - self._late_by(push)
+        for book_id, (version, length) in push.frames_follow.items():
+            self._coming[book_id] = (version, length, sent)
+            self._offered_frames.pop(book_id, None)
+        for offered in (self._offered, self._coming):
             while len(offered) > MAX_OFFERED:
-                offered.pop(next(iter(offered)))
+                book_id = next(iter(offered))
+                offered.pop(book_id)
+                self._offered_frames.pop(book_id, None)
+
+    def _late_by(self, push: LibraryPush) -> float:
+        """How much later than half a round trip after the service sent it the message came
+        (a lost segment resent): the frames behind it left with it, and land that much sooner
+        after it. Read on the service's clock (`now`) as the changes feed's times are."""
+        if push.page.service_now is None:
+            return 0.0
+        sent = push.page.service_now - self._store.service_clock_offset()
+        late = self._clock.wall() - sent - self._policy.rtt_s / 2
+        return min(max(0.0, late), MAX_PUSH_LATE_S)
+
+    def offer_frames(self, frames: PushedFrames) -> None:
+        """Frames a push brought after announcing them: kept for their book's delivery, which
+        commits them as they land (verified there, in its own error handling)."""
+        coming = self._coming.get(frames.book_id)
+        if coming is None or coming[0] != frames.version:
+            return  # not announced, or for another version: the Range path brings them
+        self._offered_frames.setdefault(frames.book_id, []).append(frames)
+        self._frames_landed.setdefault(frames.book_id, asyncio.Event()).set()
 
     def free_bytes(self) -> int:
         """Room left for books: within the quota and above the file system's reserve."""
@@ -429,7 +467,9 @@ class DeliveryWorker:
         )
         if manifest_only:
             return
-        self._commit_pushed_frames(manifest)
+        coming = self._coming.get(book_id)
+        if coming is not None and coming[0] == manifest.version:
+            await self._fetch_beside_push(manifest, *coming[1:])
         while missing := self._store.missing_frames(book_id, manifest.version):
             await self._fetch_run(manifest, plan.fetch_span(missing, self._policy.span_gap_bytes))
         wanted = self._store.wanted_version(book_id)
@@ -506,19 +546,73 @@ class DeliveryWorker:
             trusted, rotated = root, True
         return rotated
 
-    def _commit_pushed_frames(self, manifest: Manifest) -> None:
-        """Commit the leading frames a push carried for this version, each verified as a
-        fetched frame (a frame that fails its hash fails the attempt, as on the Range path)."""
-        version, data = self._offered_frames.pop(manifest.book_id, (0, b""))
-        if version != manifest.version:
-            return
-        missing = {f.idx for f in self._store.missing_frames(manifest.book_id, version)}
+    async def _fetch_beside_push(self, manifest: Manifest, pushed: int, announced: float) -> None:
+        """The push brings the package's first `pushed` bytes: commit its frames as they land,
+        and meanwhile fetch the rest, asked for so that its answer starts as they end (one
+        round trip before, at the link's rate), so the link carries one stream at a time: the
+        first chapter is not slowed by the rest, and the link does not idle between them."""
+        book_id = manifest.book_id
+        taker = asyncio.create_task(
+            self._take_pushed_frames(manifest, pushed), name=f"pushed frames of {book_id}"
+        )
+        rate, rtt = self._policy.down_bytes_per_s, self._policy.rtt_s
+        try:
+            waited = rate <= 0
+            while rest := [
+                f
+                for f in self._store.missing_frames(book_id, manifest.version)
+                if f.package_offset >= pushed
+            ]:
+                if not waited:
+                    landed_at = announced + pushed / rate
+                    await self._clock.sleep(max(0.0, landed_at - rtt - self._clock.monotonic()))
+                    waited = True
+                await self._fetch_run(manifest, plan.fetch_span(rest, self._policy.span_gap_bytes))
+            await taker
+        finally:
+            if not taker.done():
+                taker.cancel()
+                await asyncio.gather(taker, return_exceptions=True)
+            self._coming.pop(book_id, None)
+            self._offered_frames.pop(book_id, None)
+            self._frames_landed.pop(book_id, None)
+
+    async def _take_pushed_frames(self, manifest: Manifest, pushed: int) -> None:
+        """Commit the pushed frames of this version as they land, each verified as a fetched
+        frame (one that fails its hash fails the attempt, as on the Range path), until all
+        `pushed` bytes are in or they are overdue (a channel that dropped): the caller's Range
+        then fetches what is missing."""
+        book_id = manifest.book_id
+        rate = self._policy.down_bytes_per_s
+        deadline = self._clock.monotonic() + PUSHED_FRAMES_GRACE_S + (pushed / rate if rate else 0)
+        landed = self._frames_landed.setdefault(book_id, asyncio.Event())
+        received = 0
+        while True:
+            landed.clear()
+            for frames in self._offered_frames.pop(book_id, []):
+                received = max(received, frames.offset + len(frames.data))
+                self._commit_pushed(manifest, frames)
+            if received >= pushed:
+                return
+            try:
+                await within(self._clock, deadline - self._clock.monotonic(), landed.wait())
+            except TimeoutError:
+                log_event(_LOG, logging.INFO, "pushed_frames_overdue", book=book_id)
+                return
+
+    def _commit_pushed(self, manifest: Manifest, frames: PushedFrames) -> None:
+        missing = {f.idx for f in self._store.missing_frames(manifest.book_id, manifest.version)}
+        end = frames.offset + len(frames.data)
         for idx, frame in enumerate(manifest.frames):
-            if frame.offset + frame.length > len(data):
+            if frame.offset < frames.offset or idx not in missing:
+                continue
+            if frame.offset + frame.length > end:
                 break  # only whole frames: the rest comes by Range
-            if idx in missing:  # a push carries at most MAX_PUSHED_PREFIX: hashed on the loop
-                piece = data[frame.offset : frame.offset + frame.length]
-                self._commit(manifest, idx, piece, hashlib.sha256(piece).hexdigest())
+            piece = frames.data[
+                frame.offset - frames.offset : frame.offset + frame.length - frames.offset
+            ]
+            # A push carries at most MAX_PUSHED_PREFIX: hashed on the loop.
+            self._commit(manifest, idx, piece, hashlib.sha256(piece).hexdigest())
 
     def _check_content_key(self, manifest: Manifest) -> None:
         """Refuse, before storing anything, a manifest whose key this device cannot unwrap."""

@@ -127,7 +127,7 @@ class LibrarySync:
             dataclasses.replace(
                 push,
                 envelopes={b: e for b, e in push.envelopes.items() if b in held},
-                prefixes={b: f for b, f in push.prefixes.items() if b in held},
+                frames_follow={b: f for b, f in push.frames_follow.items() if b in held},
             )
         )
         if fresh:

@@ -37,7 +37,7 @@ from functools import partial
 from typing import Any
 
 from daemon.backoff import Backoff
-from daemon.client import LibraryPush
+from daemon.client import LibraryPush, PushedFrames
 from daemon.clock import Clock, within
 from daemon.errors import NoRouteError, ShelfsyncError, StalledError, TransportError
 from daemon.logs import log_event
@@ -64,6 +64,7 @@ class Connectivity:
         backoff: Backoff | None = None,
         on_event: Callable[[str], None] = lambda kind: None,
         on_library_push: Callable[[LibraryPush], None] | None = None,
+        on_pushed_frames: Callable[[PushedFrames], None] | None = None,
         on_dictionaries: Callable[[list[Any]], None] = lambda refs: None,
         prefix_room: Callable[[], int] = lambda: 0,
         comeback: Comeback | None = None,
@@ -72,6 +73,7 @@ class Connectivity:
         # A change the push carried whole (else a pull is asked for), and the dictionaries
         # the hello names (fetched while idle, off the first purchase's path).
         self._on_library_push = on_library_push
+        self._on_pushed_frames = on_pushed_frames  # the first frames a push announced
         self._on_dictionaries = on_dictionaries
         self._prefix_room = prefix_room  # room for an order's first frames, said on connect
         # Told "online" when the channel connects, each message's type, and "poll" while down:
@@ -173,6 +175,9 @@ class Connectivity:
         carried = message.get("carried")
         if isinstance(carried, LibraryPush) and self._on_library_push is not None:
             self._on_library_push(carried)
+        elif isinstance(carried, PushedFrames):
+            if self._on_pushed_frames is not None:
+                self._on_pushed_frames(carried)
         elif kind in ("hello", "library_changed"):
             self._request_sync()
         if kind == "hello" and isinstance(message.get("dictionaries"), list):

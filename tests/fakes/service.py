@@ -81,6 +81,7 @@ class FakeService:
     ops_received: list[dict[str, Any]] = field(default_factory=list)
     receipts_received: list[dict[str, Any]] = field(default_factory=list)
     calls: list[tuple[str, float]] = field(default_factory=list)  # (call, monotonic time)
+    ranges: list[tuple[str, int, int, int]] = field(default_factory=list)  # package requests
     channel: FakePushChannel | None = None  # the open push channel, if one is
     device_list: dict[str, str] = field(default_factory=dict)  # the account's devices by name
     _failures: dict[str, deque[_Failure]] = field(default_factory=lambda: defaultdict(deque))
@@ -160,6 +161,7 @@ class FakeService:
         self, book_id: str, version: int, start: int, end: int, size: int | None = None
     ) -> AsyncIterator[FakePackage]:
         self._called("package")
+        self.ranges.append((book_id, version, start, end))
         data = self.packages.get((book_id, version))
         if data is None:
             raise ServiceHTTPError(404, f"/v1/books/{book_id}/versions/{version}/package")

@@ -299,14 +299,27 @@ async def test_push_version_2_carries_the_change_and_the_manifest_made_for_the_d
         manifest = parse_manifest(open_envelope(envelope, key))
         assert manifest.book_id == book_id
         assert manifest.content_key is not None  # wrapped for this device
-        # The first chapter fits the room the device said it has: its frames follow.
-        last = manifest.frames[manifest.first_chapter_frames() - 1]
-        end = last.offset + last.length
+        assert len(data) == 4 + size + entry["length"]
+        # The package's leading whole frames that fit the room the device said it has are
+        # announced, then follow one frame a message.
+        fitting = [f for f in manifest.frames if f.offset + f.length <= 262144]
+        end = fitting[-1].offset + fitting[-1].length
         version = manifest.version
-        assert header["frames"] == [{"book_id": book_id, "version": version, "length": end}]
+        assert header["frames_follow"] == [{"book_id": book_id, "version": version, "length": end}]
         info = stub.store.package_info(book_id, version)
         assert info is not None
-        assert data[4 + size + entry["length"] :] == stub.store.read_package(info.rowid, 0, end)
+        for frame in fitting:
+            data = await ws.receive_bytes(timeout=5)
+            size = int.from_bytes(data[:4], "big")
+            assert json.loads(data[4 : 4 + size]) == {
+                "type": "package_frames",
+                "book_id": book_id,
+                "version": version,
+                "offset": frame.offset,
+                "length": frame.length,
+            }
+            package = stub.store.read_package(info.rowid, frame.offset, frame.length)
+            assert data[4 + size :] == package
 
         # A return travels whole too, with nothing to fetch.
         returned = await api.call("POST", "/v1/library/return", account, {"book_id": book_id}, 201)

@@ -1,8 +1,9 @@
 """The delivery worker against the fake service and a fake clock: a book comes in frame by frame;
-a failed fetch is retried after its backoff or the service's Retry-After; a refusal (401) is not
-retried but reported; a store that fails in the failure path too is survived; the service's
-return makes every pending retry due, but for a book the service said it does not have; a stop
-mid-download is clean."""
+frames a push announced are committed as they land while the rest comes by Range, and fetched by
+Range if they never land; a failed fetch is retried after its backoff or the service's
+Retry-After; a refusal (401) is not retried but reported; a store that fails in the failure path
+too is survived; the service's return makes every pending retry due, but for a book the service
+said it does not have; a stop mid-download is clean."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from daemon.backoff import Backoff
-from daemon.content.delivery import DeliveryPolicy, DeliveryWorker
+from daemon.client import ChangesPage, LibraryPush, PushedFrames
+from daemon.content.delivery import PUSHED_FRAMES_GRACE_S, DeliveryPolicy, DeliveryWorker
 from daemon.errors import DiskFullError, ServiceHTTPError, StalledError
 from daemon.retry import Comeback
 from daemon.store import Store
@@ -36,14 +38,21 @@ class World:
     store: Store
     worker: DeliveryWorker
     comeback: Comeback
+    package: bytes
 
     def state(self) -> str:
         [book] = [b for b in self.store.library_view() if b["book_id"] == BOOK]
         return str(book["state"])
 
-    async def buy(self) -> None:
+    async def buy(self, frames_follow: int = 0) -> None:
+        """Buy the book; with `frames_follow`, the push announces that many first bytes."""
         change = self.service.add_book(BOOK)
         self.store.apply_library_changes([change], change.seq, self.clock.wall())
+        if frames_follow:
+            page = ChangesPage([change], change.seq, False)
+            envelope = self.service.manifests[BOOK]
+            push = LibraryPush(0, page, {BOOK: envelope}, {BOOK: (1, frames_follow)})
+            self.worker.offer_manifests(push)
         self.worker.wake()
         await settle()
 
@@ -79,7 +88,7 @@ async def world(store: Store) -> AsyncIterator[World]:
             comeback=comeback,
         )
         async with running(worker.run()):
-            yield World(clock, service, store, worker, comeback)
+            yield World(clock, service, store, worker, comeback, package)
 
 
 async def test_a_purchase_is_delivered_frame_by_frame(world: World) -> None:
@@ -87,6 +96,34 @@ async def test_a_purchase_is_delivered_frame_by_frame(world: World) -> None:
     await world.clock.advance(0)
     assert world.state() == "complete"
     assert world.service.times_of("manifest_envelope") == [world.clock.monotonic()]
+
+
+async def test_frames_a_push_announced_are_committed_as_they_land_beside_the_rest(
+    world: World,
+) -> None:
+    manifest, _ = make_manifest(FILES, book_id=BOOK)
+    pushed = manifest.frames[1].offset + manifest.frames[1].length
+    await world.buy(frames_follow=pushed)
+    # The rest is asked for from the first frame past the announced bytes, not from byte 0.
+    assert world.service.ranges == [(BOOK, 1, pushed, manifest.package_size - 1)]
+    assert world.state() != "complete"
+    for frame in manifest.frames[:2]:
+        data = world.package[frame.offset : frame.offset + frame.length]
+        world.worker.offer_frames(PushedFrames(BOOK, 1, frame.offset, data))
+        await settle()
+    assert world.state() == "complete"
+    assert len(world.service.ranges) == 1
+
+
+async def test_announced_frames_that_never_land_are_fetched_by_range(world: World) -> None:
+    manifest, _ = make_manifest(FILES, book_id=BOOK)
+    pushed = manifest.frames[1].offset + manifest.frames[1].length
+    await world.buy(frames_follow=pushed)
+    await world.clock.advance(PUSHED_FRAMES_GRACE_S - 1)
+    assert world.state() != "complete"
+    await world.clock.advance(2)
+    assert world.state() == "complete"
+    assert world.service.ranges[-1] == (BOOK, 1, 0, pushed - 1)
 
 
 async def test_a_stalled_package_is_retried_after_its_backoff(world: World) -> None:
