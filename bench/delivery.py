@@ -318,7 +318,12 @@ async def _wait_first_page(
 
 
 def _measured(
-    emulator: LinkEmulator, before: tuple[int, int], started: float, check: str, got: str
+    emulator: LinkEmulator,
+    before: tuple[int, int],
+    started: float,
+    check: str,
+    got: str,
+    log: ByteLog | None = None,
 ) -> Transfer:
     if got != check:
         raise BenchError(f"the file that arrived differs from the original (sha256 {got})")
@@ -328,11 +333,13 @@ def _measured(
     outage = down_seconds(link, emulator.link_time(started), emulator.link_time(ended))
     # A request and its answer: one round trip, whatever the protocol.
     limit = link_limit(link, down, up, 1.0, outage)
-    return Transfer(Timed(ended - started, limit, outage), down, up)
+    held = log.held_before(ended) if log is not None else 0.0
+    return Transfer(Timed(ended - started, limit, outage, held), down, up)
 
 
-async def measure_get(emulator: LinkEmulator, book: Book, sha256: str) -> Transfer:
+async def measure_get(emulator: LinkEmulator, book: Book, sha256: str, log: ByteLog) -> Transfer:
     """A fresh connection and one GET of the .epub, as an OPDS client downloads a book."""
+    log.clear()
     before = emulator.stats.bytes_down, emulator.stats.bytes_up
     digest = hashlib.sha256()
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=60, sock_read=120)
@@ -345,7 +352,7 @@ async def measure_get(emulator: LinkEmulator, book: Book, sha256: str) -> Transf
             raise BenchError(f"GET {book.path.name}: HTTP {response.status}")
         async for chunk in response.content.iter_chunked(64 * 1024):
             digest.update(chunk)
-    return _measured(emulator, before, started, sha256, digest.hexdigest())
+    return _measured(emulator, before, started, sha256, digest.hexdigest(), log)
 
 
 async def measure_rsync(
@@ -390,7 +397,8 @@ async def run_profile(
         to_stub = LinkEmulator(
             link, stub.address, seed=seed, observer=log.observe, on_loss=log.held
         )
-        to_http = LinkEmulator(link, http_address, seed=seed + 1)
+        get_log = ByteLog()  # only for the losses that held a GET up
+        to_http = LinkEmulator(link, http_address, seed=seed + 1, on_loss=get_log.held)
         await stack.enter_async_context(to_stub)
         await stack.enter_async_context(to_http)
         to_rsync = None
@@ -412,7 +420,7 @@ async def run_profile(
         for i, book in enumerate(books):
             sha256 = _sha256(book.path)
             delivery = await measure_shelfsync(device, account, book, to_stub, log)
-            get = await measure_get(to_http, book, sha256)
+            get = await measure_get(to_http, book, sha256, get_log)
             copied = None
             if rsync is not None and to_rsync is not None:
                 copied = await measure_rsync(

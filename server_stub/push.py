@@ -147,6 +147,19 @@ class PushHub:
                     sends.append(self._send(ws, [notice]))
         await asyncio.gather(*sends)
 
+    async def send_carried(self, account_id: str, messages: Mapping[str, Sequence[bytes]]) -> None:
+        """Send, by device, more version 2 messages (an order's frames) to its version 2
+        sockets only: the others were told with the plain notice."""
+        devices = self._sockets.get(account_id, {})
+        await asyncio.gather(
+            *(
+                self._send(ws, carried)
+                for dev, carried in messages.items()
+                for ws in devices.get(dev, ())
+                if self._versions.get(ws) == 2
+            )
+        )
+
     @staticmethod
     async def _send(ws: web.WebSocketResponse, messages: Sequence[dict[str, Any] | bytes]) -> None:
         # A socket closing under us is forgotten by its handler; the device pulls on reconnect.

@@ -178,6 +178,7 @@ class Connectivity:
         elif isinstance(carried, PushedFrames):
             if self._on_pushed_frames is not None:
                 self._on_pushed_frames(carried)
+            return  # the tail of a library_changed, which was the event
         elif kind in ("hello", "library_changed"):
             self._request_sync()
         if kind == "hello" and isinstance(message.get("dictionaries"), list):
