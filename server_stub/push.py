@@ -3,9 +3,10 @@
 Version 1 (`/v1/push`): a message only says "pull the changes feed"; it carries the cursor so a
 device can skip a pull it already made. Version 2 (`/v1/push?version=2`): `library_changed` is a
 binary message carrying the changes themselves and, for an order, the signed manifest made for
-that device (`library_message`), so a purchase costs the device no round trip before its package
-request. Each socket is served by its own request handler (aiohttp owns and awaits it); the hub
-only sends to sockets and closes them all on shutdown.
+that device (`library_message`), then the package's first frames one a message
+(`frames_message`), so a purchase costs the device no round trip before its first chapter.
+Each socket is served by its own request handler (aiohttp owns and awaits it); the hub only
+sends to sockets and closes them all on shutdown.
 """
 
 from __future__ import annotations

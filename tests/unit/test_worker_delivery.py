@@ -126,6 +126,21 @@ async def test_announced_frames_that_never_land_are_fetched_by_range(world: Worl
     assert world.service.ranges[-1] == (BOOK, 1, 0, pushed - 1)
 
 
+async def test_a_pushed_frame_that_fails_its_hash_fails_the_attempt_and_the_retry_fetches_it(
+    world: World,
+) -> None:
+    manifest, _ = make_manifest(FILES, book_id=BOOK)
+    pushed = manifest.frames[0].length
+    await world.buy(frames_follow=pushed)
+    forged = bytes(b ^ 1 for b in world.package[:pushed])
+    world.worker.offer_frames(PushedFrames(BOOK, 1, 0, forged))
+    await settle()
+    assert world.state() != "complete"
+    await world.clock.advance(60)
+    assert world.state() == "complete"
+    assert world.service.ranges[-1][2] == 0  # the frame refused came by Range
+
+
 async def test_a_stalled_package_is_retried_after_its_backoff(world: World) -> None:
     world.service.fail("package", StalledError("no byte for 30 s"), times=2)
     await world.buy()
