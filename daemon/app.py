@@ -59,7 +59,9 @@ from daemon.radio.connectivity import Connectivity
 from daemon.radio.power import PowerSource, SysfsPower, power_report
 from daemon.radio.windows import RadioWindows
 from daemon.retry import Comeback, Retry
-from daemon.store import DiskWatch, Store, check_at_start, wal_lost_at_start
+from daemon.store import Store
+from daemon.store.database import check_at_start, wal_lost_at_start
+from daemon.store.disk import DiskWatch
 from daemon.supervisor import Supervisor
 
 _LOG = logging.getLogger("shelfsync.app")

@@ -53,7 +53,8 @@ from daemon.models import ResourceRow
 from daemon.protocol.codec import Buffer
 from daemon.protocol.ids import BOOK_ID
 from daemon.protocol.manifest import check_resource_path
-from daemon.store import DiskWatch, Store
+from daemon.store import Store
+from daemon.store.disk import DiskWatch
 
 _LOG = logging.getLogger("shelfsync.api")
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]"}

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from daemon.content.receipt_store import receipt_status, recent_notices
 from daemon.errors import in_words
 from daemon.notes.store import annotation_status
 from daemon.store import Store
@@ -79,8 +78,8 @@ def build_status(store: Store, runtime: dict[str, Any] | None = None) -> dict[st
         "downloads_paused": (runtime or {}).get("downloads_paused"),
         "power": (runtime or {}).get("power"),  # only a running daemon knows its battery policy
         "storage": _storage(store, runtime),
-        "receipts": receipt_status(store),
-        "notices": recent_notices(store, STATUS_NOTICES),
+        "receipts": store.receipts.receipt_status(),
+        "notices": store.receipts.recent_notices(STATUS_NOTICES),
     }
 
 

@@ -25,7 +25,6 @@ from functools import partial
 from daemon.backoff import Backoff
 from daemon.client import ChangesPage, LibraryPush
 from daemon.clock import Clock
-from daemon.content import receipt_store
 from daemon.errors import ProtocolError, ShelfsyncError, StoreError, TransportError
 from daemon.logs import log_event
 from daemon.radio.windows import RadioWindows
@@ -75,7 +74,7 @@ class LibrarySync:
             try:
                 await self.sync_once()
                 with suppress(StoreError):  # a full disk: the receipts' clock stays as it was
-                    receipt_store.mark_contact(self._store, self._clock.wall())
+                    self._store.receipts.mark_contact(self._clock.wall())
                 self.retry.succeeded()
                 continue
             except (ShelfsyncError, OSError) as e:
@@ -85,7 +84,7 @@ class LibrarySync:
             record_failure("library sync", self._store.set_meta, "last_sync_error", decision.error)
             record_failure("library sync", self._store.set_meta, "last_sync_error_at", repr(now))
             if lost_contact:
-                record_failure("library sync", receipt_store.mark_contact_lost, self._store, now)
+                record_failure("library sync", self._store.receipts.mark_contact_lost, now)
             self.retry.log_failed(_LOG, "library_sync_failed", decision, logging.INFO)
             # Exactly at its time, not deferred: this pull is what announces a purchase. Asked
             # again meanwhile (a push, a poll, the reader), it goes at once.

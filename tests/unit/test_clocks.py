@@ -14,7 +14,8 @@ from daemon.content.trust import verify_manifest
 from daemon.errors import ExpiredError
 from daemon.models import LibraryChange
 from daemon.protocol.manifest import Manifest
-from daemon.store import FLOOR_STEP_S, Store
+from daemon.store import Store
+from daemon.store.database import FLOOR_STEP_S
 from tests.builders import NOW, make_manifest, signed
 
 SERVICE_KEY = Ed25519PrivateKey.generate()

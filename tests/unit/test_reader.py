@@ -116,14 +116,14 @@ def test_the_cache_bound_holds_while_a_frame_decodes_not_only_after(
             assert stored is not None
             by_blob[stored.blob_id] = frame
     seen = []
-    read_frame = Store.read_frame
+    read_frame = store.read_frame
 
-    def watched(self: Store, stored: StoredFrame, offset: int, size: int) -> bytes:
+    def watched(stored: StoredFrame, offset: int, size: int) -> bytes:
         frame = by_blob[stored.blob_id]
         seen.append(opener.held_bytes(besides=frame.sha256) + frame.plain_size + SEAL_CHUNK)
-        return read_frame(self, stored, offset, size)
+        return read_frame(stored, offset, size)
 
-    monkeypatch.setattr(Store, "read_frame", watched)
+    monkeypatch.setattr(store, "read_frame", watched)
     expected = originals(corpus_dir)
     for resource in random.Random(3).sample(manifest.resources, len(manifest.resources)):
         row = store.resource(manifest.book_id, resource.path)

@@ -20,7 +20,8 @@ from daemon.models import LibraryChange
 from daemon.notes.store import NotesStore, annotation_status
 from daemon.protocol import merge
 from daemon.protocol.hlc import HybridClock
-from daemon.store import IntegrityRecord, Store, check_at_start, wal_lost_at_start
+from daemon.store import Store
+from daemon.store.database import IntegrityRecord, check_at_start, wal_lost_at_start
 from tests.builders import DEVICE_KEY, NOW, make_manifest
 from tests.fake_clock import FakeClock
 from tests.reliability import Figures

@@ -177,7 +177,10 @@ def test_a_new_root_with_the_same_signing_keys_keeps_what_they_vouched_for(
     envelope = envelope_of(same_keys, OLD, NEW)
     root = verify_root(pinned, envelope)
     store.rotate_trust(2, envelope, new_signing_keys=False, issued_at=root.issued_at, now=NOW)
-    assert (store.trusted_version("bk_test"), store.time_floor()) == (FAST_FORWARD, floor)
+    assert (store.trusted_version("bk_test"), store.time_floor()) == (
+        FAST_FORWARD,
+        floor,
+    )
     with pytest.raises(RollbackError):
         verify(store, honest(OLD), root)
     store.close()

@@ -4,12 +4,16 @@ receipt worker does not watch the archive (issue 16). Counted, not timed."""
 from __future__ import annotations
 
 import json
+from contextlib import closing
 from pathlib import Path
 
+import apsw
+
 from daemon.api.status import STATUS_BOOKS, build_status, format_status
-from daemon.content import plan, receipt_store
+from daemon.content import plan
 from daemon.models import DeliveryCandidate, LibraryChange
-from daemon.store import PLAN_WINDOW, Store
+from daemon.store import Store
+from daemon.store.database import PLAN_WINDOW
 from tests.builders import NOW, make_manifest
 
 REGISTERED = float(NOW)
@@ -97,11 +101,11 @@ def test_the_receipt_worker_does_not_watch_an_archive_it_just_heard_of(tmp_path:
     store = library(tmp_path, archived=5_000, bought=0)
     heard = REGISTERED + 1
     try:
-        assert not receipt_store.has_open_deliveries(store, notified_since=heard - 600)
+        assert not store.receipts.has_open_deliveries(notified_since=heard - 600)
         store.apply_library_changes(
             [LibraryChange(5_001, "bk_bought", "add", "bought", 1, heard)], 5_001, heard
         )
-        assert receipt_store.has_open_deliveries(store, notified_since=heard - 600)
+        assert store.receipts.has_open_deliveries(notified_since=heard - 600)
     finally:
         store.close()
 
@@ -165,7 +169,7 @@ def test_a_step_is_given_as_many_books_however_many_fail(tmp_path: Path) -> None
     running = ["bk_new10000"]
     try:
         before = store.delivery_candidates(running, 0, fresh_since, now=now)
-        with store.transaction() as db:
+        with closing(apsw.Connection(str(store.path))) as db, db:  # beside the store's own
             db.executemany(
                 "UPDATE deliveries SET failures = 1, retries = 1, retry_at = ? WHERE book_id = ?",
                 [(now + 60 + i, f"bk_new{i:05d}") for i in range(5_000)],

@@ -11,7 +11,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from daemon.content import receipt_store
 from daemon.content.plan import is_fresh
 from daemon.content.reader import FrameOpener, read_resource
 from daemon.errors import (
@@ -23,7 +22,8 @@ from daemon.errors import (
 )
 from daemon.models import LibraryChange
 from daemon.protocol.crypto import FRAME_AAD
-from daemon.store import Store, latest_schema_version
+from daemon.store import Store
+from daemon.store.database import latest_schema_version
 from tests.builders import DEVICE_KEY, NOW, make_manifest
 
 
@@ -280,7 +280,7 @@ def test_a_hint_bought_once_whole_on_the_device_is_delivered_at_once(tmp_path: P
     assert (book["reason"], book["state"], book["ordered_at"]) == ("bought", "complete", NOW + 3)
     assert book["started_at"] == book["first_chapter_at"] == book["completed_at"] == NOW + 10
     assert store.delivery_candidates() == []
-    [receipt] = [r for r in receipt_store.unsent_receipts(store, 10) if r.ordered_at == NOW + 3]
+    [receipt] = [r for r in store.receipts.unsent_receipts(10) if r.ordered_at == NOW + 3]
     assert (receipt.outcome, receipt.reason, receipt.bytes_fetched) == ("complete", "bought", 0)
 
 

@@ -1,4 +1,6 @@
-"""The store: the only code that speaks SQL. One SQLite file (WAL) through apsw.
+"""The database's connection: one SQLite file (WAL) through apsw, opened, migrated, checkpointed,
+checked, and set aside at start when found damaged. `Store` owns the connection and builds a
+gateway a domain over it (daemon/store/__init__.py lists them).
 
 Schema changes are numbered files in daemon/sql/, applied in order inside one transaction each,
 with PRAGMA user_version recording the version reached. A database from a newer shelfsync is
@@ -24,7 +26,7 @@ from typing import Any
 
 import apsw
 
-from daemon.errors import DatabaseDamagedError, DiskFullError, SchemaTooNewError, StoreError
+from daemon.errors import SchemaTooNewError, StoreError
 from daemon.killpoints import killpoint
 from daemon.logs import log_event
 from daemon.models import (
@@ -40,11 +42,12 @@ from daemon.models import (
 from daemon.protocol.crypto import NONCE_BYTES
 from daemon.protocol.manifest import Manifest, WrappedKey, toc_to_doc
 from daemon.protocol.reading import Reading, reading_to_doc
+from daemon.store.disk import DiskWatch
+from daemon.store.gateway import Gateway
+from daemon.store.receipts import Receipts
 
 _LOG = logging.getLogger("shelfsync.store")
 READER_PAGE_CACHE_KIB = 256
-# Free space below which the disk counts as full, and at or above which it has room again.
-ROOM_BYTES = 1 << 20
 # The -wal file a checkpoint leaves is cut back to this; kept, not deleted (see _keep_wal).
 WAL_KEPT_BYTES = 1 << 20
 # A checkpoint copies the -wal into the database and syncs both: on the event loop, SQLite's
@@ -55,20 +58,23 @@ WAL_KEPT_BYTES = 1 << 20
 # what is committed while the thread finishes a checkpoint (the writer's then finds it busy).
 WAL_CHECKPOINT_PAGES = 1000
 WAL_BACKSTOP_PAGES = 2000
-FLOOR_STEP_S = 86_400  # how far past max(clock, floor) one verified manifest moves the floor
 # The writer's pages are mostly frames it writes once and never reads: SQLite's default 2 MiB
 # cache only kept the last frame written resident after a delivery.
 WRITER_PAGE_CACHE_KIB = 512
 PAGE_BYTES = 16 * 1024
+_INTEGRITY_KEY = "integrity_checked"  # meta: the last idle check's IntegrityRecord, as JSON
+_SET_ASIDE_KEY = "database_set_aside"  # meta: the damaged database this one replaced
+_WAL_LOST_KEY = "wal_lost"  # meta: a -wal found deleted at start (wal_lost_at_start)
+
+
 # Of the books ordered since the device joined, the planner sees this many of the new purchases
 # and of the wanted books at each step, oldest first, besides the running and failing ones: far
 # more than a step can start (a profile's concurrency is at most 16), and enough that books
 # too large for the room left are passed over for ones that fit.
 PLAN_WINDOW = 64
-_FRAME_COLUMNS = "idx, sha256, package_offset, length, plain_offset, plain_size, codec"
 # A library row is this device's to fetch (not just archived in the cloud): ordered since the
 # device joined the account, or asked for by the reader.
-_FOR_DEVICE = (
+FOR_DEVICE = (
     "(l.requested_at IS NOT NULL OR l.ordered_at >= CAST(COALESCE((SELECT value FROM meta"
     " WHERE key = 'registered_at'), 0) AS REAL))"
 )
@@ -84,18 +90,17 @@ _TOUCHED = (
     "(requested_at IS NOT NULL OR opened_at IS NOT NULL OR evicted_at IS NOT NULL"
     " OR reason IN ('sample', 'wishlist', 'series_next') OR complete_version > 0)"
 )
+FLOOR_STEP_S = 86_400  # how far past max(clock, floor) one verified manifest moves the floor
+_FRAME_COLUMNS = "idx, sha256, package_offset, length, plain_offset, plain_size, codec"
+_RESOURCE_COLUMNS = "book_id, version, path, media_type, size, offset, first_frame, last_frame"
 # A library row's state, as `_state` names it, in SQL over library l and deliveries d.
 _STATE_SQL = (
     "CASE WHEN l.complete_version >= l.wanted_version THEN 'complete'"
     " WHEN coalesce(d.last_error, '') <> '' THEN 'retrying'"
     " WHEN EXISTS (SELECT 1 FROM manifests m WHERE m.book_id = l.book_id) THEN 'downloading'"
     " WHEN l.evicted_at IS NOT NULL THEN 'evicted'"
-    f" WHEN {_FOR_DEVICE} THEN 'queued' ELSE 'in_cloud' END"
+    f" WHEN {FOR_DEVICE} THEN 'queued' ELSE 'in_cloud' END"
 )
-_INTEGRITY_KEY = "integrity_checked"  # meta: the last idle check's IntegrityRecord, as JSON
-_SET_ASIDE_KEY = "database_set_aside"  # meta: the damaged database this one replaced
-_WAL_LOST_KEY = "wal_lost"  # meta: a -wal found deleted at start (wal_lost_at_start)
-_RESOURCE_COLUMNS = "book_id, version, path, media_type, size, offset, first_frame, last_frame"
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -247,7 +252,7 @@ def _quarantine(path: Path, db: apsw.Connection | None, reason: str, now: float)
     _sync_dir(path.parent)
     rebuilt = Store.open(path)
     try:
-        with rebuilt.durable_transaction() as new:
+        with rebuilt._durable_transaction() as new:
             new.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", meta)
             new.executemany("INSERT OR REPLACE INTO notes_meta (key, value) VALUES (?, ?)", clock)
             new.executemany("INSERT OR IGNORE INTO trusted_versions VALUES (?, ?)", trusted)
@@ -257,7 +262,7 @@ def _quarantine(path: Path, db: apsw.Connection | None, reason: str, now: float)
                 new.executemany(
                     f"INSERT OR IGNORE INTO {table} ({cols}) VALUES ({marks})", notes[table]
                 )
-            requeued = int(rebuilt.one("SELECT count(*) FROM outbox")[0])
+            requeued = int(rebuilt._one("SELECT count(*) FROM outbox")[0])
             marker = {
                 "at": now,
                 "reason": reason,
@@ -305,73 +310,6 @@ class IntegrityRecord:
     @property
     def ok(self) -> bool:
         return self.verdict == "ok"
-
-
-class DiskWatch:
-    """Whether the file system under the database is full (issue 21 #9), for status: told by
-    every SQLITE_FULL a store meets, and at start by the free space; looked at again at every
-    report, so it clears by itself once another program frees room.
-
-    While it is full the daemon is read-mostly: every book and note it holds still reads (the
-    WAL and its index outlive each run, so even a start on a full disk needs no room to read),
-    saves are refused visibly (507), downloads pause.
-    """
-
-    def __init__(self, directory: Path, wall: Callable[[], float]) -> None:
-        self._directory = directory
-        self._wall = wall
-        self.reason: str | None = None
-        self.since: float | None = None
-        self.damage: str | None = None
-
-    def free_bytes(self) -> int:
-        try:
-            fs = os.statvfs(self._directory)
-        except OSError:
-            return 0
-        return fs.f_bavail * fs.f_frsize
-
-    def at_start(self) -> None:
-        free = self.free_bytes()
-        if free < ROOM_BYTES:
-            self.full(f"{free // 1024} KiB free at start")
-
-    def full(self, detail: str) -> None:
-        if self.reason is None:
-            self.since = self._wall()
-            log_event(_LOG, logging.WARNING, "disk_full", detail=detail, mode="read_mostly")
-        self.reason = (
-            f"the disk is full ({detail}): every book and note on the device still reads;"
-            " saves are refused and downloads wait until space frees"
-        )
-
-    def met(self, error: StoreError) -> None:
-        """A store met this error: a full disk or a damaged page is the watch's to tell."""
-        if isinstance(error, DiskFullError):
-            self.full(str(error).removeprefix("the disk is full, nothing was saved: "))
-        elif isinstance(error, DatabaseDamagedError):
-            self.damaged(str(error))
-
-    def damaged(self, found: str) -> None:
-        """The database was found damaged while running (a read, the idle check)."""
-        if self.damage is None:
-            log_event(_LOG, logging.ERROR, "database_damaged", found=found[:500])
-        self.damage = (
-            f"the database is damaged ({found[:200]}): at the next start it is set aside, the"
-            " notes exported first, and the library rebuilt from the service"
-        )
-
-    def report(self) -> dict[str, Any]:
-        if self.reason is not None and self.free_bytes() >= ROOM_BYTES:
-            log_event(_LOG, logging.INFO, "disk_space_back", free_bytes=self.free_bytes())
-            self.reason = self.since = None
-        return {
-            "full": self.reason is not None,
-            "mode": "normal" if self.reason is None else "read_mostly",
-            "reason": self.reason,
-            "full_since": self.since,
-            "damaged": self.damage,
-        }
 
 
 def keep_wal(db: apsw.Connection) -> None:
@@ -428,7 +366,11 @@ class WalCheckpointer:
         self._db.close()
 
 
-class Store:
+class Store(Gateway):
+    """The database's one writing connection (or a reader's), and a gateway a domain over it:
+    `library`, `frames` (manifests, frames, dictionaries, trust), `views` (the library as the
+    local API shows it) and `receipts` (receipts and notices)."""
+
     def __init__(
         self,
         connection: apsw.Connection,
@@ -440,6 +382,7 @@ class Store:
         self._watch = watch
         self._background_checkpoints = False
         self._checkpointer: WalCheckpointer | None = None
+        self.receipts = Receipts(self)
 
     @classmethod
     def open(cls, path: Path, *, readonly: bool = False, watch: DiskWatch | None = None) -> Store:
@@ -527,61 +470,10 @@ class Store:
         """Size this connection's page cache (the profile's memory budget decides how much)."""
         self._db.execute(f"PRAGMA cache_size = -{max(64, int(kib))}")
 
-    @contextmanager
-    def transaction(self) -> Iterator[apsw.Connection]:
-        try:
-            with self._db:
-                yield self._db
-        except apsw.Error as e:
-            raise self._typed(e) from e
-
-    @contextmanager
-    def durable_transaction(self) -> Iterator[apsw.Connection]:
-        """A transaction on flash when it returns: this connection's NORMAL lets a power cut
-        take its last commits (FAULTS.md #5), fine for a frame fetched again, not for the
-        trusted version, which must never go back (a replayed older manifest would then be
-        accepted). FULL syncs the WAL at this commit, and with it every commit before."""
-        self._db.execute("PRAGMA synchronous = FULL")
-        try:
-            with self.transaction() as db:
-                yield db
-        finally:
-            self._db.execute("PRAGMA synchronous = NORMAL")
-
-    def query(self, sql: str, bindings: Any = ()) -> list[Any]:
-        try:
-            return list(self._db.execute(sql, bindings))
-        except apsw.Error as e:
-            raise self._typed(e) from e
-
-    def _typed(self, e: apsw.Error) -> StoreError:
-        return translate(e, self._watch)
-
-    def _rows(self, sql: str, bindings: Any = ()) -> list[dict[str, Any]]:
-        """Rows as {column: value}, by the names the SQL gives its columns: a row read by
-        position breaks silently when a column is added in the middle."""
-        names: list[str] = []
-
-        def by_name(cursor: apsw.Cursor, row: apsw.SQLiteValues) -> dict[str, Any]:
-            if not names:
-                names.extend(d[0] for d in cursor.get_description())
-            return dict(zip(names, row, strict=True))
-
-        try:
-            cursor = self._db.cursor()
-            cursor.row_trace = by_name
-            return list(cursor.execute(sql, bindings))
-        except apsw.Error as e:
-            raise self._typed(e) from e
-
-    def one(self, sql: str, bindings: Any = ()) -> Any:
-        rows = self.query(sql, bindings)
-        return rows[0] if rows else None
-
     # -- schema ---------------------------------------------------------------------------------
 
     def schema_version(self) -> int:
-        return int(self.one("PRAGMA user_version")[0])
+        return self._schema_version()
 
     def _check_version(self) -> None:
         latest = latest_schema_version()
@@ -596,18 +488,17 @@ class Store:
         for version, sql in _migrations():
             if version <= self.schema_version():
                 continue
-            with self.transaction() as db:
+            with self._transaction() as db:
                 db.execute(sql)
                 db.execute(f"PRAGMA user_version = {int(version)}")
 
     # -- small facts ----------------------------------------------------------------------------
 
     def get_meta(self, key: str) -> str | None:
-        row = self.one("SELECT value FROM meta WHERE key = ?", (key,))
-        return None if row is None else str(row[0])
+        return self._meta_value(key)
 
     def set_meta(self, key: str, value: str) -> None:
-        with self.transaction() as db:
+        with self._transaction() as db:
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def integrity_record(self) -> IntegrityRecord | None:
@@ -628,56 +519,41 @@ class Store:
         raw = self.get_meta(_WAL_LOST_KEY)
         return None if raw is None else dict(json.loads(raw))
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """A read transaction: what is read inside stays consistent while other connections
+        commit (WAL), so a resource is never served half from an old version."""
+        try:
+            with self._db:
+                self._db.execute("SELECT 1 FROM meta LIMIT 1")
+                yield
+        except apsw.Error as e:
+            raise self._typed(e) from e
+
+    def integrity_check(self, give_up: Callable[[], bool] | None = None) -> str | None:
+        """`PRAGMA integrity_check`'s verdict ("ok", or the first problems found), or None if
+        `give_up` said so first: it is asked every few thousand steps, so a check of a large
+        database stops at once when the daemon has other work (the idle check, issue 15)."""
+        if give_up is not None:
+            self._db.set_progress_handler(give_up, 4096)
+        try:
+            rows = self._query("PRAGMA integrity_check(20)")
+        except StoreError as e:
+            if isinstance(e.__cause__, apsw.InterruptError):
+                return None
+            return str(e)  # damaged where the check itself cannot read
+        finally:
+            if give_up is not None:
+                self._db.set_progress_handler(None)
+        return "; ".join(str(r[0]) for r in rows)[:500]
+
     def library_cursor(self) -> int:
-        return int(self.get_meta("library_cursor") or 0)
+        return int(self._meta_value("library_cursor") or 0)
 
     def service_clock_offset(self) -> float:
         """How far the service's clock is ahead of this device's (seconds; negative: behind),
         as measured at the last changes page: order times are the service's clock."""
-        return float(self.get_meta("service_clock_offset") or 0.0)
-
-    def time_floor(self) -> int:
-        """The latest issue time of any manifest verified under the current trust root: a clock
-        set back cannot go below it."""
-        return int(self.get_meta("time_floor") or 0)
-
-    def trust_root_envelope(self) -> bytes | None:
-        """The newest trust root verified after the pinned one, or None (the pinned key)."""
-        row = self.one("SELECT envelope FROM trust_roots ORDER BY version DESC LIMIT 1")
-        return None if row is None else bytes(row[0])
-
-    def rotate_trust(
-        self, version: int, envelope: bytes, *, new_signing_keys: bool, issued_at: int, now: float
-    ) -> None:
-        """Trust root `version` (verified against the current one), all or nothing (FAULTS.md
-        #4). With new signing keys, what the old ones vouched for stops binding: the trusted
-        versions go, the time floor starts again from the root's issue time, and a held
-        version above what the changes feed names (which only a fast-forward leaves) is
-        dropped, so the book is fetched again under the new keys (frames it shares with what
-        is still held are copied, not fetched)."""
-        with self.durable_transaction() as db:
-            floor = issued_at if new_signing_keys else self.time_floor()
-            db.execute(
-                "INSERT INTO trust_roots (version, envelope, time_floor, trusted_at)"
-                " VALUES (?, ?, ?, ?)",
-                (version, envelope, floor, now),
-            )
-            killpoint("trust_root_inserted")
-            if not new_signing_keys:
-                return
-            db.execute("DELETE FROM trusted_versions")
-            killpoint("trust_versions_dropped")
-            db.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('time_floor', ?)", (str(floor),)
-            )
-            killpoint("trust_floor_reset")
-            db.execute(
-                "DELETE FROM manifests WHERE version > coalesce((SELECT l.wanted_version FROM"
-                " library l WHERE l.book_id = manifests.book_id), 0)"
-            )
-            killpoint("trust_fast_forwarded_dropped")
-
-    # -- library --------------------------------------------------------------------------------
+        return float(self._meta_value("service_clock_offset") or 0.0)
 
     def apply_library_changes(
         self, changes: list[LibraryChange], cursor: int, now: float, *, rewound: bool = False
@@ -689,9 +565,9 @@ class Store:
         Returns the ids of books removed from the device.
         """
         removed = []
-        with self.transaction() as db:
+        with self._transaction() as db:
             for change in changes:
-                row = self.one(
+                row = self._one(
                     "SELECT change_seq, wanted_version FROM library WHERE book_id = ?",
                     (change.book_id,),
                 )
@@ -758,7 +634,7 @@ class Store:
     def _deliver_held(self, db: apsw.Connection, book_id: str, version: int, now: float) -> None:
         """An order for a book already whole on the device (a hint fetched earlier, now
         bought) is delivered the moment it is heard of; its receipt says so."""
-        row = self.one(
+        row = self._one(
             "SELECT max(version) FROM manifests WHERE book_id = ? AND complete AND version >= ?",
             (book_id, version),
         )
@@ -792,7 +668,7 @@ class Store:
         times, which are the service's, moved by `service_clock_offset`), so the planner
         compares them with its own `now` whatever the two clocks say."""
         offset = self.service_clock_offset()
-        registered = float(self.get_meta("registered_at") or 0)
+        registered = float(self._meta_value("registered_at") or 0)
         fresh_since = None if fresh_since is None else fresh_since + offset  # service's clock
         since = registered if fresh_since is None else min(registered, fresh_since)
         fresh_from = since if fresh_since is None else max(since, fresh_since)
@@ -802,7 +678,7 @@ class Store:
         if archive_slots > 0:
             # Enough of the archive's newest that, whichever of them are singled out or wait
             # for a retry (skipped without taking a slot), the planner still sees its picks.
-            skipped = self.one(
+            skipped = self._one(
                 f"SELECT (SELECT count(*) FROM library INDEXED BY library_pending_touched"
                 f"   WHERE {_PENDING} AND {_TOUCHED}),"
                 " (SELECT count(*) FROM deliveries WHERE retry_at > 0)"
@@ -845,7 +721,7 @@ class Store:
             " COALESCE((SELECT max(m.package_size) FROM manifests m WHERE m.book_id = l.book_id),"
             "   l.expected_size) AS size,"
             " (SELECT total(length(f.data)) FROM frames f WHERE f.book_id = l.book_id) AS held,"
-            f" {_FOR_DEVICE} AS wanted, l.evicted_at IS NOT NULL AS evicted,"
+            f" {FOR_DEVICE} AS wanted, l.evicted_at IS NOT NULL AS evicted,"
             " l.requested_at IS NOT NULL AS requested,"
             " EXISTS (SELECT 1 FROM manifests m WHERE m.book_id = l.book_id) AS size_proven"
             # picked first: SQLite would rather scan every pending row of the library
@@ -880,7 +756,7 @@ class Store:
 
     def _typical_package_size(self) -> int:
         """A guess at a book's size before its manifest is known: the median held, or 1 MB."""
-        sizes = [r[0] for r in self.query("SELECT package_size FROM manifests ORDER BY 1")]
+        sizes = [r[0] for r in self._query("SELECT package_size FROM manifests ORDER BY 1")]
         return int(sizes[len(sizes) // 2]) if sizes else 1_000_000
 
     def held_books(self) -> list[HeldBook]:
@@ -897,7 +773,7 @@ class Store:
             "   AND (o.target = 'position:' || l.book_id OR o.target IN"
             "     (SELECT a.item_id FROM annotations a WHERE a.book_id = l.book_id)))"
             "   AS unsynced_notes,"
-            f" {_FOR_DEVICE} AS wanted, l.requested_at IS NOT NULL AS requested"
+            f" {FOR_DEVICE} AS wanted, l.requested_at IS NOT NULL AS requested"
             " FROM library l WHERE EXISTS (SELECT 1 FROM manifests m WHERE m.book_id = l.book_id)"
         )
         return [
@@ -918,7 +794,7 @@ class Store:
 
     def evict_book(self, book_id: str, now: float) -> None:
         """Remove a book's frames to make room; it stays in the library, in the cloud."""
-        with self.transaction() as db:
+        with self._transaction() as db:
             db.execute("DELETE FROM manifests WHERE book_id = ?", (book_id,))
             db.execute("UPDATE library SET evicted_at = ? WHERE book_id = ?", (now, book_id))
             db.execute(
@@ -929,7 +805,7 @@ class Store:
             list(db.execute("PRAGMA incremental_vacuum"))
 
     def set_pinned(self, book_id: str, pinned: bool) -> bool:
-        with self.transaction() as db:
+        with self._transaction() as db:
             db.execute(
                 "UPDATE library SET pinned = ? WHERE book_id = ? AND in_library",
                 (int(pinned), book_id),
@@ -937,7 +813,7 @@ class Store:
             return self._db.changes() > 0
 
     def mark_opened(self, book_id: str, now: float) -> bool:
-        with self.transaction() as db:
+        with self._transaction() as db:
             db.execute(
                 "UPDATE library SET opened_at = ? WHERE book_id = ? AND in_library",
                 (now, book_id),
@@ -945,7 +821,7 @@ class Store:
             return self._db.changes() > 0
 
     def request_download(self, book_id: str, now: float) -> bool:
-        with self.transaction() as db:
+        with self._transaction() as db:
             db.execute(
                 "UPDATE library SET requested_at = ? WHERE book_id = ? AND in_library",
                 (now, book_id),
@@ -953,26 +829,92 @@ class Store:
             return self._db.changes() > 0
 
     def in_library(self, book_id: str) -> bool:
-        row = self.one("SELECT in_library FROM library WHERE book_id = ?", (book_id,))
+        row = self._one("SELECT in_library FROM library WHERE book_id = ?", (book_id,))
         return bool(row and row[0])
-
-    # -- manifests and frames -------------------------------------------------------------------
 
     def wanted_version(self, book_id: str) -> int:
         """The version the library wants on the device (0 if the book is not in the library)."""
-        row = self.one(
+        row = self._one(
             "SELECT wanted_version FROM library WHERE book_id = ? AND in_library", (book_id,)
         )
         return 0 if row is None else int(row[0])
 
+    def record_delivery_failure(self, book_id: str, error: str, retry_at: float) -> int:
+        """Note a failed attempt; returns the count of consecutive failures without progress."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE deliveries SET failures = failures + 1, retries = retries + 1,"
+                " last_error = ?, retry_at = ? WHERE book_id = ?",
+                (error[:500], retry_at, book_id),
+            )
+        row = self._one("SELECT failures FROM deliveries WHERE book_id = ?", (book_id,))
+        return 0 if row is None else int(row[0])
+
+    def make_retries_due(self, book_ids: Collection[str] | None, now: float) -> int:
+        """The service is back: these books' retries waiting past `now` (every one, if None)
+        are due at once; their failures still count for the next backoff. How many were."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE deliveries SET retry_at = 0 WHERE completed_at IS NULL AND retries > 0"
+                " AND retry_at > ?1"
+                " AND (?2 IS NULL OR book_id IN (SELECT value FROM json_each(?2)))",
+                (now, None if book_ids is None else json.dumps(list(book_ids))),
+            )
+            return int(self._db.changes())
+
+    def delivery_failures(self, book_id: str) -> int:
+        row = self._one("SELECT failures FROM deliveries WHERE book_id = ?", (book_id,))
+        return 0 if row is None else int(row[0])
+
+    def time_floor(self) -> int:
+        """The latest issue time of any manifest verified under the current trust root: a clock
+        set back cannot go below it."""
+        return int(self._meta_value("time_floor") or 0)
+
+    def trust_root_envelope(self) -> bytes | None:
+        """The newest trust root verified after the pinned one, or None (the pinned key)."""
+        row = self._one("SELECT envelope FROM trust_roots ORDER BY version DESC LIMIT 1")
+        return None if row is None else bytes(row[0])
+
+    def rotate_trust(
+        self, version: int, envelope: bytes, *, new_signing_keys: bool, issued_at: int, now: float
+    ) -> None:
+        """Trust root `version` (verified against the current one), all or nothing (FAULTS.md
+        #4). With new signing keys, what the old ones vouched for stops binding: the trusted
+        versions go, the time floor starts again from the root's issue time, and a held
+        version above what the changes feed names (which only a fast-forward leaves) is
+        dropped, so the book is fetched again under the new keys (frames it shares with what
+        is still held are copied, not fetched)."""
+        with self._durable_transaction() as db:
+            floor = issued_at if new_signing_keys else self.time_floor()
+            db.execute(
+                "INSERT INTO trust_roots (version, envelope, time_floor, trusted_at)"
+                " VALUES (?, ?, ?, ?)",
+                (version, envelope, floor, now),
+            )
+            killpoint("trust_root_inserted")
+            if not new_signing_keys:
+                return
+            db.execute("DELETE FROM trusted_versions")
+            killpoint("trust_versions_dropped")
+            db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('time_floor', ?)", (str(floor),)
+            )
+            killpoint("trust_floor_reset")
+            db.execute(
+                "DELETE FROM manifests WHERE version > coalesce((SELECT l.wanted_version FROM"
+                " library l WHERE l.book_id = manifests.book_id), 0)"
+            )
+            killpoint("trust_fast_forwarded_dropped")
+
     def trusted_version(self, book_id: str) -> int:
-        row = self.one("SELECT version FROM trusted_versions WHERE book_id = ?", (book_id,))
+        row = self._one("SELECT version FROM trusted_versions WHERE book_id = ?", (book_id,))
         return 0 if row is None else int(row[0])
 
     def held_frame_hashes(self, book_id: str) -> dict[int, list[str]]:
         """The frame hashes of every version of the book held, by version."""
         held: dict[int, list[str]] = {}
-        for version, sha256 in self.query(
+        for version, sha256 in self._query(
             "SELECT version, sha256 FROM frames WHERE book_id = ? ORDER BY version, idx",
             (book_id,),
         ):
@@ -981,11 +923,11 @@ class Store:
 
     def frame_hashes(self, book_id: str, version: int) -> list[str] | None:
         """The frame hashes of a held manifest, or None if that version is not held."""
-        if not self.one(
+        if not self._one(
             "SELECT 1 FROM manifests WHERE book_id = ? AND version = ?", (book_id, version)
         ):
             return None
-        rows = self.query(
+        rows = self._query(
             "SELECT sha256 FROM frames WHERE book_id = ? AND version = ? ORDER BY idx",
             (book_id, version),
         )
@@ -997,8 +939,8 @@ class Store:
         """
         m = manifest
         key = (m.book_id, m.version)
-        with self.durable_transaction() as db:
-            if not self.one("SELECT 1 FROM manifests WHERE book_id = ? AND version = ?", key):
+        with self._durable_transaction() as db:
+            if not self._one("SELECT 1 FROM manifests WHERE book_id = ? AND version = ?", key):
                 db.execute(
                     "INSERT INTO manifests (book_id, version, envelope, title, authors, language,"
                     " toc, first_chapter, first_chapter_frames, frame_count, package_size,"
@@ -1092,7 +1034,7 @@ class Store:
 
     def discard_frame(self, book_id: str, version: int, idx: int) -> None:
         """Forget a stored frame that failed verification, so that it is fetched again."""
-        with self.transaction() as db:
+        with self._transaction() as db:
             db.execute(
                 "UPDATE frames SET data = NULL WHERE book_id = ? AND version = ? AND idx = ?",
                 (book_id, version, idx),
@@ -1104,7 +1046,7 @@ class Store:
 
     def manifest_sealing(self, book_id: str, version: int) -> ManifestSealing | None:
         """How a held version's frames are sealed and compressed: one read of its row."""
-        row = self.one(
+        row = self._one(
             "SELECT content_key, dictionary, sealed_in_chunks FROM manifests"
             " WHERE book_id = ? AND version = ?",
             (book_id, version),
@@ -1115,12 +1057,12 @@ class Store:
         return ManifestSealing(key, row[1], bool(row[2]))
 
     def dictionary(self, sha256: str) -> bytes | None:
-        row = self.one("SELECT data FROM dictionaries WHERE sha256 = ?", (sha256,))
+        row = self._one("SELECT data FROM dictionaries WHERE sha256 = ?", (sha256,))
         return None if row is None else bytes(row[0])
 
     def put_dictionary(self, sha256: str, data: bytes) -> None:
         """Keep a verified dictionary (the caller checked `data` against `sha256`)."""
-        with self.transaction() as db:
+        with self._transaction() as db:
             db.execute(
                 "INSERT OR IGNORE INTO dictionaries (sha256, data) VALUES (?, ?)", (sha256, data)
             )
@@ -1137,14 +1079,14 @@ class Store:
         self, book_id: str, version: int, idx: int, data: bytes | memoryview, now: float
     ) -> CommitResult:
         """Store one verified frame; note first-chapter and completion times as they happen."""
-        with self.transaction() as db:
+        with self._transaction() as db:
             db.execute(
                 f"UPDATE frames SET data = ?1, seal_nonce = substr(?1, 1, {NONCE_BYTES})"
                 " WHERE book_id = ?2 AND version = ?3 AND idx = ?4 AND data IS NULL",
                 (data, book_id, version, idx),
             )
             if self._db.changes() == 0:
-                if not self.one(
+                if not self._one(
                     "SELECT 1 FROM manifests WHERE book_id = ? AND version = ?", (book_id, version)
                 ):
                     raise StoreError(f"{book_id} v{version} is no longer held (removed?)")
@@ -1160,7 +1102,7 @@ class Store:
         """Record first-chapter and completion milestones reached by the frames now held."""
         # Counted in the partial index of missing frames: the planner took frames_nonce for the
         # second count, and read every held frame's row at every commit (issue 22 #6).
-        missing_first, missing_all = self.one(
+        missing_first, missing_all = self._one(
             "SELECT (SELECT count(*) FROM frames f INDEXED BY frames_missing"
             "   WHERE f.book_id = m.book_id AND f.version = m.version AND f.data IS NULL"
             "   AND f.idx < m.first_chapter_frames),"
@@ -1197,43 +1139,88 @@ class Store:
                 list(db.execute("PRAGMA incremental_vacuum"))
         return CommitResult(first_ready, complete)
 
-    def record_delivery_failure(self, book_id: str, error: str, retry_at: float) -> int:
-        """Note a failed attempt; returns the count of consecutive failures without progress."""
-        with self.transaction() as db:
-            db.execute(
-                "UPDATE deliveries SET failures = failures + 1, retries = retries + 1,"
-                " last_error = ?, retry_at = ? WHERE book_id = ?",
-                (error[:500], retry_at, book_id),
-            )
-        row = self.one("SELECT failures FROM deliveries WHERE book_id = ?", (book_id,))
-        return 0 if row is None else int(row[0])
-
-    def make_retries_due(self, book_ids: Collection[str] | None, now: float) -> int:
-        """The service is back: these books' retries waiting past `now` (every one, if None)
-        are due at once; their failures still count for the next backoff. How many were."""
-        with self.transaction() as db:
-            db.execute(
-                "UPDATE deliveries SET retry_at = 0 WHERE completed_at IS NULL AND retries > 0"
-                " AND retry_at > ?1"
-                " AND (?2 IS NULL OR book_id IN (SELECT value FROM json_each(?2)))",
-                (now, None if book_ids is None else json.dumps(list(book_ids))),
-            )
-            return int(self._db.changes())
-
-    def delivery_failures(self, book_id: str) -> int:
-        row = self.one("SELECT failures FROM deliveries WHERE book_id = ?", (book_id,))
-        return 0 if row is None else int(row[0])
-
-    # -- reads for the local API ----------------------------------------------------------------
+    def books_bytes(self) -> int:
+        """What the frames on the device hold (kept by daemon/sql/0013's triggers)."""
+        return int(self._one("SELECT bytes FROM held_bytes")[0])
 
     def readable_version(self, book_id: str) -> int | None:
         """The version to read: the newest complete one, else the newest partial one."""
-        row = self.one(
+        row = self._one(
             "SELECT version FROM manifests WHERE book_id = ? ORDER BY complete DESC,"
             " version DESC LIMIT 1",
             (book_id,),
         )
         return None if row is None else int(row[0])
+
+    def resources(self, book_id: str, version: int) -> list[ResourceRow]:
+        rows = self._rows(
+            f"SELECT {_RESOURCE_COLUMNS} FROM resources WHERE book_id = ? AND version = ?"
+            " ORDER BY ord",
+            (book_id, version),
+        )
+        return [ResourceRow(**r) for r in rows]
+
+    def resource(self, book_id: str, path: str) -> ResourceRow | None:
+        """The resource at `path` in the readable version of a book in the library."""
+        version = self.readable_version(book_id)
+        if version is None or not self.in_library(book_id):
+            return None
+        rows = self._rows(
+            f"SELECT {_RESOURCE_COLUMNS} FROM resources WHERE book_id = ? AND version = ?"
+            " AND path = ?",
+            (book_id, version, path),
+        )
+        return ResourceRow(**rows[0]) if rows else None
+
+    def frame(self, book_id: str, version: int, idx: int) -> tuple[FrameRow, bytes | None]:
+        """The frame's row and all its stored bytes (None until committed)."""
+        row = self._one(
+            f"SELECT {_FRAME_COLUMNS}, data FROM frames WHERE book_id = ? AND version = ?"
+            " AND idx = ?",
+            (book_id, version, idx),
+        )
+        if row is None:
+            raise StoreError(f"{book_id} v{version} has no frame {idx}")
+        return FrameRow(*row[:7]), row[7]
+
+    def resource_frames(self, resource: ResourceRow) -> list[tuple[FrameRow, StoredFrame | None]]:
+        """The frames a resource spans, in order, each with where its bytes are stored (None
+        until committed): one query per read, reading no blob. (`data IS NULL` as a result
+        column loads the blob, and ORDER BY here made SQLite read the rows 4x slower; length()
+        reads only the record header, and Python sorts the one or two rows.)"""
+        rows = self._query(
+            f"SELECT {_FRAME_COLUMNS}, rowid, length(data) FROM frames"
+            " WHERE book_id = ? AND version = ? AND idx BETWEEN ? AND ?",
+            (resource.book_id, resource.version, resource.first_frame, resource.last_frame),
+        )
+        return [
+            (FrameRow(*row[:7]), None if row[8] is None else StoredFrame(row[7], row[8]))
+            for row in sorted(rows)
+        ]
+
+    def seal_nonce(self, book_id: str, version: int, idx: int) -> bytes | None:
+        """A committed frame's first bytes as they were committed (daemon/sql/0007), from the
+        covering index (0008): the column lies past the blob, whose overflow pages SQLite
+        would otherwise walk to reach it."""
+        row = self._one(
+            "SELECT seal_nonce FROM frames INDEXED BY frames_nonce"
+            " WHERE book_id = ? AND version = ? AND idx = ?",
+            (book_id, version, idx),
+        )
+        return None if row is None else row[0]
+
+    def read_frame(self, frame: StoredFrame, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset + size) of a stored frame, read incrementally (apsw blob I/O):
+        a read of one chunk of a 2 MiB frame touches that chunk's pages only."""
+        try:
+            blob = self._db.blob_open("main", "frames", "data", frame.blob_id, False)
+            try:
+                blob.seek(offset)
+                return blob.read(size)
+            finally:
+                blob.close()
+        except apsw.Error as e:
+            raise self._typed(e) from e
 
     def library_view(
         self,
@@ -1257,7 +1244,7 @@ class Store:
             "   AND f.data IS NULL AND f.idx < m.first_chapter_frames) AS first_missing,"
             " d.started_at, d.first_chapter_at, d.completed_at, d.bytes_fetched, d.retries,"
             " d.retry_at, d.last_error, l.pinned, l.opened_at, l.evicted_at,"
-            f" {_FOR_DEVICE} AS for_device"
+            f" {FOR_DEVICE} AS for_device"
             " FROM library l"
             " LEFT JOIN manifests m ON m.book_id = l.book_id AND m.version = (SELECT m2.version"
             "   FROM manifests m2 WHERE m2.book_id = l.book_id ORDER BY m2.complete DESC,"
@@ -1312,7 +1299,7 @@ class Store:
     def library_counts(self) -> dict[str, int]:
         """How many books of the library are in each state (as library_view names them), in
         one pass that holds no row: what the status report says of a library of any size."""
-        rows = self.query(
+        rows = self._query(
             f"SELECT {_STATE_SQL} AS state, count(*) FROM library l"
             " LEFT JOIN deliveries d ON d.book_id = l.book_id WHERE l.in_library GROUP BY state"
         )
@@ -1383,14 +1370,14 @@ class Store:
                 "resources": [],
                 **state,
             }
-        title, authors, language, toc, first_chapter, complete, reading = self.one(
+        title, authors, language, toc, first_chapter, complete, reading = self._one(
             "SELECT title, authors, language, toc, first_chapter, complete, reading"
             " FROM manifests WHERE book_id = ? AND version = ?",
             (book_id, version),
         )
         held = {
             r[0]
-            for r in self.query(
+            for r in self._query(
                 "SELECT idx FROM frames WHERE book_id = ? AND version = ? AND data IS NOT NULL",
                 (book_id, version),
             )
@@ -1418,136 +1405,6 @@ class Store:
             "resources": resources,
             **state,
         }
-
-    def resources(self, book_id: str, version: int) -> list[ResourceRow]:
-        rows = self._rows(
-            f"SELECT {_RESOURCE_COLUMNS} FROM resources WHERE book_id = ? AND version = ?"
-            " ORDER BY ord",
-            (book_id, version),
-        )
-        return [ResourceRow(**r) for r in rows]
-
-    def resource(self, book_id: str, path: str) -> ResourceRow | None:
-        """The resource at `path` in the readable version of a book in the library."""
-        version = self.readable_version(book_id)
-        if version is None or not self.in_library(book_id):
-            return None
-        rows = self._rows(
-            f"SELECT {_RESOURCE_COLUMNS} FROM resources WHERE book_id = ? AND version = ?"
-            " AND path = ?",
-            (book_id, version, path),
-        )
-        return ResourceRow(**rows[0]) if rows else None
-
-    def frame_row(self, book_id: str, version: int, idx: int) -> FrameRow:
-        rows = self._rows(
-            f"SELECT {_FRAME_COLUMNS} FROM frames WHERE book_id = ? AND version = ? AND idx = ?",
-            (book_id, version, idx),
-        )
-        if not rows:
-            raise StoreError(f"{book_id} v{version} has no frame {idx}")
-        return FrameRow(**rows[0])
-
-    def frame(self, book_id: str, version: int, idx: int) -> tuple[FrameRow, bytes | None]:
-        """The frame's row and all its stored bytes (None until committed)."""
-        row = self.one(
-            f"SELECT {_FRAME_COLUMNS}, data FROM frames WHERE book_id = ? AND version = ?"
-            " AND idx = ?",
-            (book_id, version, idx),
-        )
-        if row is None:
-            raise StoreError(f"{book_id} v{version} has no frame {idx}")
-        return FrameRow(*row[:7]), row[7]
-
-    def resource_frames(self, resource: ResourceRow) -> list[tuple[FrameRow, StoredFrame | None]]:
-        """The frames a resource spans, in order, each with where its bytes are stored (None
-        until committed): one query per read, reading no blob. (`data IS NULL` as a result
-        column loads the blob, and ORDER BY here made SQLite read the rows 4x slower; length()
-        reads only the record header, and Python sorts the one or two rows.)"""
-        rows = self.query(
-            f"SELECT {_FRAME_COLUMNS}, rowid, length(data) FROM frames"
-            " WHERE book_id = ? AND version = ? AND idx BETWEEN ? AND ?",
-            (resource.book_id, resource.version, resource.first_frame, resource.last_frame),
-        )
-        return [
-            (FrameRow(*row[:7]), None if row[8] is None else StoredFrame(row[7], row[8]))
-            for row in sorted(rows)
-        ]
-
-    def seal_nonce(self, book_id: str, version: int, idx: int) -> bytes | None:
-        """A committed frame's first bytes as they were committed (daemon/sql/0007), from the
-        covering index (0008): the column lies past the blob, whose overflow pages SQLite
-        would otherwise walk to reach it."""
-        row = self.one(
-            "SELECT seal_nonce FROM frames INDEXED BY frames_nonce"
-            " WHERE book_id = ? AND version = ? AND idx = ?",
-            (book_id, version, idx),
-        )
-        return None if row is None else row[0]
-
-    def read_frame(self, frame: StoredFrame, offset: int, size: int) -> bytes:
-        """Bytes [offset, offset + size) of a stored frame, read incrementally (apsw blob I/O):
-        a read of one chunk of a 2 MiB frame touches that chunk's pages only."""
-        try:
-            blob = self._db.blob_open("main", "frames", "data", frame.blob_id, False)
-            try:
-                blob.seek(offset)
-                return blob.read(size)
-            finally:
-                blob.close()
-        except apsw.Error as e:
-            raise self._typed(e) from e
-
-    @contextmanager
-    def snapshot(self) -> Iterator[None]:
-        """A read transaction: what is read inside stays consistent while other connections
-        commit (WAL), so a resource is never served half from an old version."""
-        try:
-            with self._db:
-                self._db.execute("SELECT 1 FROM meta LIMIT 1")
-                yield
-        except apsw.Error as e:
-            raise self._typed(e) from e
-
-    def books_bytes(self) -> int:
-        """What the frames on the device hold (kept by daemon/sql/0013's triggers)."""
-        return int(self.one("SELECT bytes FROM held_bytes")[0])
-
-    def integrity_check(self, give_up: Callable[[], bool] | None = None) -> str | None:
-        """`PRAGMA integrity_check`'s verdict ("ok", or the first problems found), or None if
-        `give_up` said so first: it is asked every few thousand steps, so a check of a large
-        database stops at once when the daemon has other work (the idle check, issue 15)."""
-        if give_up is not None:
-            self._db.set_progress_handler(give_up, 4096)
-        try:
-            rows = self.query("PRAGMA integrity_check(20)")
-        except StoreError as e:
-            if isinstance(e.__cause__, apsw.InterruptError):
-                return None
-            return str(e)  # damaged where the check itself cannot read
-        finally:
-            if give_up is not None:
-                self._db.set_progress_handler(None)
-        return "; ".join(str(r[0]) for r in rows)[:500]
-
-
-def translate(e: apsw.Error, watch: DiskWatch | None = None) -> StoreError:
-    """SQLite's error as ours, for every store (this one, the notes'): a full disk, a damaged
-    page, or any other failure (an I/O error, FAULTS.md #6), after which the transaction was
-    rolled back and nothing of it stays. `watch` hears of the first two, for status."""
-    # On a full disk SQLite may roll back by itself; apsw's own rollback then fails with
-    # "no transaction is active" and the FullError is only its cause.
-    full = next((x for x in (e, e.__cause__, e.__context__) if isinstance(x, apsw.FullError)), None)
-    typed: StoreError
-    if full is not None:
-        typed = DiskFullError(f"the disk is full, nothing was saved: {full}")
-    elif isinstance(e, apsw.CorruptError | apsw.NotADBError):
-        typed = DatabaseDamagedError(f"the database file is damaged: {type(e).__name__}: {e}")
-    else:
-        return StoreError(f"the database failed: {type(e).__name__}: {e}")
-    if watch is not None:
-        watch.met(typed)
-    return typed
 
 
 def _state(
