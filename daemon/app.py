@@ -250,7 +250,7 @@ class Daemon:
         trip = trip_state(self._store, self.clock.wall()) if self._store else None
         if trip is None or self._store is None:
             return 0
-        held = sum(1 for b in self._store.held_books() if not b.wanted)
+        held = sum(1 for b in self._store.library.held_books() if not b.wanted)
         return max(0, archive_slots(trip.days) - held)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -425,7 +425,7 @@ class Daemon:
                     self.clock,
                     annotations.request,
                     notes_now,
-                    store.service_clock_offset,
+                    store.library.service_clock_offset,
                 ),
                 library=LibraryApi(
                     store,

@@ -146,19 +146,19 @@ class LibraryApi:
         if not isinstance(pinned, bool):
             return error(400, "bad_field", "'pinned' must be true or false")
         book_id = self._book_id(request)
-        if book_id is None or not self._store.set_pinned(book_id, pinned):
+        if book_id is None or not self._store.library.set_pinned(book_id, pinned):
             return error(404, "no_such_book", "this book is not in the library")
         return json_answer({"book_id": book_id, "pinned": pinned})
 
     async def opened(self, request: web.Request) -> web.Response:
         book_id = self._book_id(request)
-        if book_id is None or not self._store.mark_opened(book_id, self._clock.wall()):
+        if book_id is None or not self._store.library.mark_opened(book_id, self._clock.wall()):
             return error(404, "no_such_book", "this book is not in the library")
         return json_answer({"book_id": book_id})
 
     async def download(self, request: web.Request) -> web.Response:
         book_id = self._book_id(request)
-        if book_id is None or not self._store.request_download(book_id, self._clock.wall()):
+        if book_id is None or not self._store.library.request_download(book_id, self._clock.wall()):
             return error(404, "no_such_book", "this book is not in the library")
         self._wake()
         return json_answer({"book_id": book_id, "requested": True}, status=202)

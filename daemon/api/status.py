@@ -57,7 +57,7 @@ def build_status(store: Store, runtime: dict[str, Any] | None = None) -> dict[st
         "last_sync_at": float(last_sync) if last_sync else None,
         "last_sync_error": in_words(sync_error) if sync_error else None,
         "last_sync_error_detail": sync_error,  # the exception, for a developer
-        "library_cursor": store.library_cursor(),
+        "library_cursor": store.library.library_cursor(),
         "annotations": notes,
         "books": counts,
         "not_delivered": [

@@ -112,7 +112,7 @@ class _HeldBooks(Sequence[HeldBook]):
 
     def _read(self) -> list[HeldBook]:
         if self._books is None:
-            self._books = self._store.held_books()
+            self._books = self._store.library.held_books()
         return self._books
 
     def __len__(self) -> int:
@@ -223,7 +223,7 @@ class DeliveryWorker:
                 archive_slots = self._archive_slots()
                 if self._cut_short:
                     self._cut_retries_short(now)
-                candidates = self._store.delivery_candidates(
+                candidates = self._store.library.delivery_candidates(
                     tasks.keys(), archive_slots, fresh_since=now - plan.FRESH_WINDOW_S, now=now
                 )
                 by_id = {c.book_id: c for c in candidates}
@@ -244,7 +244,7 @@ class DeliveryWorker:
                 await self._pause(decided.pause, tasks)
                 fresh.difference_update(decided.pause)
                 for book_id in decided.evict:
-                    self._store.evict_book(book_id, now)
+                    self._store.library.evict_book(book_id, now)
                     log_event(_LOG, logging.INFO, "book_evicted", book=book_id, reason="space")
                 for book_id in decided.start:
                     if plan.is_fresh(by_id[book_id], now):
@@ -315,7 +315,7 @@ class DeliveryWorker:
         """The service came back (a push, the channel): every retry that waits for it is due
         now, not when a backoff scheduled during the outage falls due (issue 22 #1)."""
         self._cut_short = False
-        due = self._store.make_retries_due(self._away, now)
+        due = self._store.library.make_retries_due(self._away, now)
         self._away = set()
         if due:
             log_event(_LOG, logging.INFO, "retries_cut_short", books=due)
@@ -367,7 +367,7 @@ class DeliveryWorker:
             if isinstance(e, RangeError):
                 self._whole_package.add(book_id)
             try:
-                failures = self._store.delivery_failures(book_id) + 1
+                failures = self._store.library.delivery_failures(book_id) + 1
             except StoreError:
                 failures = 1
             decision = self.retry.failed(e, failures)
@@ -378,7 +378,7 @@ class DeliveryWorker:
             # Not before the service's Retry-After, nor before a refusal is looked at again.
             recorded = record_failure(
                 "delivery",
-                self._store.record_delivery_failure,
+                self._store.library.record_delivery_failure,
                 book_id,
                 decision.error,
                 self._clock.wall() + decision.delay_s,
@@ -432,7 +432,7 @@ class DeliveryWorker:
         self._commit_pushed_frames(manifest)
         while missing := self._store.missing_frames(book_id, manifest.version):
             await self._fetch_run(manifest, plan.fetch_span(missing, self._policy.span_gap_bytes))
-        wanted = self._store.wanted_version(book_id)
+        wanted = self._store.library.wanted_version(book_id)
         if manifest.version < wanted:
             # Taken as a success, the book would be pending still and started again at once:
             # 2,966 manifest requests in 30 s for a forged update, and after every restart.

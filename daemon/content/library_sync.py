@@ -95,7 +95,7 @@ class LibrarySync:
 
     def apply_push(self, push: LibraryPush) -> None:
         """Apply the changes a push carried, or ask for a pull if the feed moved past them."""
-        cursor = self._store.library_cursor()
+        cursor = self._store.library.library_cursor()
         if cursor < push.after or push.page.cursor < cursor or self._new_root(push.page):
             # Changes missed between, a cursor past the feed's end (where a forged page can
             # put it), or a trust root not yet followed: the pull finds the first, rewinds from
@@ -112,7 +112,9 @@ class LibrarySync:
             return
         fresh = [c for c in push.page.changes if c.seq > cursor]
         try:
-            removed = self._store.apply_library_changes(fresh, push.page.cursor, self._clock.wall())
+            removed = self._store.library.apply_library_changes(
+                fresh, push.page.cursor, self._clock.wall()
+            )
         except StoreError as e:
             log_event(_LOG, logging.WARNING, "library_push_not_applied", error=str(e))
             self.request()
@@ -149,7 +151,7 @@ class LibrarySync:
         The sync is recorded at its start: every change made before then is in (a trip is
         ready only after a sync that began after it was asked for)."""
         began = self._clock.wall()
-        cursor = self._store.library_cursor()
+        cursor = self._store.library.library_cursor()
         applied = 0
         requests = 0
         rewound = False
@@ -172,7 +174,7 @@ class LibrarySync:
                 log_event(_LOG, logging.WARNING, "library_cursor_ahead", cursor=cursor)
                 cursor, rewound = 0, True
                 continue
-            removed = self._store.apply_library_changes(
+            removed = self._store.library.apply_library_changes(
                 page.changes, page.cursor, self._clock.wall(), rewound=rewound
             )
             for book_id in removed:

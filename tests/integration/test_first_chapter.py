@@ -50,7 +50,7 @@ def test_readable_turns_true_exactly_when_the_first_page_can_be_served(
         )
         assert manifest.first_chapter_needs == epub.first_chapter_needs
         store = Store.open(tmp_path / f"{number}.db")
-        store.apply_library_changes(
+        store.library.apply_library_changes(
             [LibraryChange(1, manifest.book_id, "add", "bought", 1, NOW)], 1, NOW
         )
         store.record_manifest(manifest, b"envelope", NOW)

@@ -166,7 +166,9 @@ def finish_delivery(db: Path, book: Book) -> None:
 
 def fresh_device(path: Path) -> Path:
     store = Store.open(path / "db")
-    store.apply_library_changes([LibraryChange(1, BOOK_ID, "add", "bought", 2, NOW)], 1, NOW)
+    store.library.apply_library_changes(
+        [LibraryChange(1, BOOK_ID, "add", "bought", 2, NOW)], 1, NOW
+    )
     store.close()
     return path / "db"
 

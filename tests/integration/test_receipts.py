@@ -112,12 +112,14 @@ def test_a_failing_delivery_is_reported_once_a_promise_after_the_device_heard_of
             seq=1, book_id="bk_a", action="add", reason="bought", version=2, at=600
         )
         old = LibraryChange(seq=2, book_id="bk_old", action="add", reason="bought", version=1, at=1)
-        store.apply_library_changes([bought, old], cursor=2, now=1000.0)
+        store.library.apply_library_changes([bought, old], cursor=2, now=1000.0)
         assert store.receipts.make_failed_receipts(1100.0, 60) == 0  # no failure yet
         assert store.receipts.has_open_deliveries(notified_since=400.0)
         assert not store.receipts.has_open_deliveries(notified_since=1000.0)
         for book_id in ("bk_a", "bk_old"):
-            store.record_delivery_failure(book_id, "TransportError: HTTP 503", retry_at=1101.0)
+            store.library.record_delivery_failure(
+                book_id, "TransportError: HTTP 503", retry_at=1101.0
+            )
         assert store.receipts.make_failed_receipts(1059.0, 60) == 0  # not yet due
         assert store.receipts.make_failed_receipts(1061.0, 60) == 2
         assert store.receipts.make_failed_receipts(1200.0, 60) == 0  # made once
@@ -140,8 +142,8 @@ def test_a_failing_delivery_is_reported_once_a_promise_after_the_device_heard_of
         store.set_meta("last_sync_error", "TransportError: unreachable")
         store.receipts.mark_contact_lost(1900.0)  # as the library sync does
         back = LibraryChange(seq=3, book_id="bk_b", action="add", reason="sent", version=1, at=1500)
-        store.apply_library_changes([back], cursor=3, now=2000.0)
-        store.record_delivery_failure("bk_b", "StalledError: no byte", retry_at=2001.0)
+        store.library.apply_library_changes([back], cursor=3, now=2000.0)
+        store.library.record_delivery_failure("bk_b", "StalledError: no byte", retry_at=2001.0)
         assert store.receipts.make_failed_receipts(2100.0, 60) == 1
         [b] = store.receipts.unsent_receipts(10)
         assert (b.book_id, b.link_up_at) == ("bk_b", 2000.0)

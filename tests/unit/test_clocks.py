@@ -40,7 +40,9 @@ def verify(store: Store, envelope: bytes, now: float) -> Manifest:
 def device(tmp_path: Path) -> Store:
     """A device that verified a manifest issued at NOW: its floor is NOW."""
     store = Store.open(tmp_path / "db")
-    store.apply_library_changes([LibraryChange(1, "bk_test", "add", "bought", 1, NOW)], 1, NOW)
+    store.library.apply_library_changes(
+        [LibraryChange(1, "bk_test", "add", "bought", 1, NOW)], 1, NOW
+    )
     first, _ = make_manifest(FILES, issued_at=NOW)
     store.record_manifest(verify(store, signed(first, SERVICE_KEY), NOW), b"", NOW)
     assert store.time_floor() == NOW

@@ -25,7 +25,7 @@ def store(tmp_path: Path) -> Store:
         LibraryChange(i + 1, f"bk_{i:03d}", "add", "bought", 1, REGISTERED + (i // 2) - 30)
         for i in range(100)
     ]
-    store.apply_library_changes(changes, 100, REGISTERED)
+    store.library.apply_library_changes(changes, 100, REGISTERED)
     return store
 
 

@@ -40,7 +40,7 @@ def packed(corpus_dir: Path) -> tuple[Manifest, bytes]:
 def store(tmp_path: Path, packed: tuple[Manifest, bytes]) -> Store:
     manifest, package = packed
     store = Store.open(tmp_path / "db")
-    store.apply_library_changes(
+    store.library.apply_library_changes(
         [LibraryChange(1, manifest.book_id, "add", "bought", 1, NOW)], 1, NOW
     )
     store.record_manifest(manifest, b"envelope", NOW)

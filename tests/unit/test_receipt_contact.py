@@ -21,7 +21,7 @@ T0 = 1_764_000_000.0
 def told(store: Store, book_id: str, ordered_at: float, notified_at: float, seq: int) -> float:
     """The order reaches the device's store; its delivery's contact-since time."""
     change = LibraryChange(seq, book_id, "add", "bought", 1, ordered_at)
-    store.apply_library_changes([change], seq, notified_at)
+    store.library.apply_library_changes([change], seq, notified_at)
     with closing(apsw.Connection(str(store.path))) as db:  # a look beside the store's own
         query = "SELECT link_up_at FROM deliveries WHERE book_id = ?"
         return float(next(db.execute(query, (book_id,)))[0])

@@ -45,7 +45,7 @@ def device_db(path: Path, files: list[tuple[str, bytes]] = FILES) -> Path:
     store = Store.open(db)
     store.set_meta("device_id", "dev_damaged")
     store.set_meta("device_token", "token-kept")
-    store.apply_library_changes([LibraryChange(1, BOOK, "add", "bought", 3, NOW)], 1, NOW)
+    store.library.apply_library_changes([LibraryChange(1, BOOK, "add", "bought", 3, NOW)], 1, NOW)
     manifest, package = make_manifest(files, book_id=BOOK, version=3)
     store.record_manifest(manifest, b"envelope", NOW)
     for f, row in zip(manifest.frames, store.missing_frames(BOOK, 3), strict=True):
@@ -143,7 +143,7 @@ def test_a_damaged_page_sets_the_database_aside_and_the_notes_trust_and_identity
             assert store.integrity_check() == "ok"
             assert store.get_meta("device_token") == "token-kept"
             assert store.trusted_version(BOOK) == 3  # a replayed v2 stays refused
-            assert store.library_cursor() == 0  # the library comes back from the service
+            assert store.library.library_cursor() == 0  # the library comes back from the service
             notes_status = annotation_status(store)
             assert notes_status is not None
             assert notes_status["outbox_depth"] == NOTES == found.notes_requeued

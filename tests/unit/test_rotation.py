@@ -113,7 +113,9 @@ def fast_forwarded(path: Path) -> Store:
     wrong and signed a manifest of the highest version, issued in that future, which moved the
     time floor there too (a day at most past the clock of the day)."""
     store = Store.open(path)
-    store.apply_library_changes([LibraryChange(1, "bk_test", "add", "bought", 2, NOW)], 1, NOW)
+    store.library.apply_library_changes(
+        [LibraryChange(1, "bk_test", "add", "bought", 2, NOW)], 1, NOW
+    )
     forged, _ = make_manifest(FILES, version=FAST_FORWARD, issued_at=NOW + TEN_YEARS)
     pinned = pinned_root(OLD.public_key())
     store.record_manifest(

@@ -81,7 +81,7 @@ def test_a_version_1_database_migrates_to_the_fresh_schema(tmp_path: Path) -> No
     old.close()
     migrated = Store.open(tmp_path / "old.db")
     assert migrated.schema_version() == latest_schema_version()
-    assert migrated.library_cursor() == 42
+    assert migrated.library.library_cursor() == 42
     migrated.close()
     Store.open(tmp_path / "fresh.db").close()
     assert schema(tmp_path / "old.db") == schema(tmp_path / "fresh.db")
@@ -98,7 +98,7 @@ def test_a_database_from_a_newer_shelfsync_is_refused(tmp_path: Path) -> None:
 def test_frames_commit_one_by_one_and_milestones_are_recorded(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "db")
     manifest, package = make_manifest(FILES)
-    store.apply_library_changes([bought()], 1, NOW + 1)
+    store.library.apply_library_changes([bought()], 1, NOW + 1)
     store.record_manifest(manifest, b"envelope", NOW + 2)
     frames = frames_of(package, manifest.frames)
     assert [f.idx for f in store.missing_frames("bk_test", 1)] == [0, 1, 2]
@@ -118,15 +118,17 @@ def test_frames_commit_one_by_one_and_milestones_are_recorded(tmp_path: Path) ->
         resource = store.resource("bk_test", path)
         assert resource is not None
         assert read_resource(store, resource, opener()) == data
-    assert store.delivery_candidates() == []
+    assert store.library.delivery_candidates() == []
 
 
 def test_a_removed_book_leaves_but_its_trusted_version_stays(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "db")
     manifest, package = make_manifest(FILES, version=4)
-    store.apply_library_changes([bought()], 1, NOW)
+    store.library.apply_library_changes([bought()], 1, NOW)
     store.record_manifest(manifest, b"envelope", NOW)
-    assert store.apply_library_changes([bought(seq=2, action="remove")], 2, NOW) == ["bk_test"]
+    assert store.library.apply_library_changes([bought(seq=2, action="remove")], 2, NOW) == [
+        "bk_test"
+    ]
     assert store.library_view() == []
     assert store.resource("bk_test", "OEBPS/ch1.xhtml") is None
     assert store.trusted_version("bk_test") == 4
@@ -136,17 +138,17 @@ def test_a_removed_book_leaves_but_its_trusted_version_stays(tmp_path: Path) -> 
 
 def test_a_page_applied_twice_changes_nothing(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "db")
-    store.apply_library_changes([bought(seq=5)], 5, NOW)
-    store.apply_library_changes([bought(seq=6, action="remove")], 6, NOW)
-    store.apply_library_changes([bought(seq=5)], 6, NOW)  # replayed old page
+    store.library.apply_library_changes([bought(seq=5)], 5, NOW)
+    store.library.apply_library_changes([bought(seq=6, action="remove")], 6, NOW)
+    store.library.apply_library_changes([bought(seq=5)], 6, NOW)  # replayed old page
     assert store.library_view() == []
-    assert store.library_cursor() == 6
+    assert store.library.library_cursor() == 6
 
 
 def test_a_new_version_reuses_unchanged_frames_and_replaces_the_old(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "db")
     v1, package1 = make_manifest(FILES)
-    store.apply_library_changes([bought()], 1, NOW)
+    store.library.apply_library_changes([bought()], 1, NOW)
     store.record_manifest(v1, b"e1", NOW)
     for i, data in enumerate(frames_of(package1, v1.frames)):
         store.commit_frame("bk_test", 1, i, data, NOW)
@@ -168,7 +170,7 @@ def test_a_frame_sealed_for_another_book_is_never_served(tmp_path: Path) -> None
     """Its hash matches the (signed) manifest, but the AEAD binds it to the other book."""
     store = Store.open(tmp_path / "db")
     manifest, package = make_manifest(FILES[:1], sealed_for="bk_other")
-    store.apply_library_changes([bought()], 1, NOW)
+    store.library.apply_library_changes([bought()], 1, NOW)
     store.record_manifest(manifest, b"envelope", NOW)
     store.commit_frame("bk_test", 1, 0, package, NOW)
     resource = store.resource("bk_test", FILES[0][0])
@@ -180,7 +182,7 @@ def test_a_frame_sealed_for_another_book_is_never_served(tmp_path: Path) -> None
 def complete_book(path: Path) -> Store:
     store = Store.open(path)
     manifest, package = make_manifest(FILES)
-    store.apply_library_changes([bought()], 1, NOW)
+    store.library.apply_library_changes([bought()], 1, NOW)
     store.record_manifest(manifest, b"envelope", NOW)
     for i, data in enumerate(frames_of(package, manifest.frames)):
         store.commit_frame("bk_test", 1, i, data, NOW)
@@ -233,7 +235,7 @@ def seal_whole(content_key: bytes, book_id: str, payload: bytes) -> bytes:
 def test_frames_stored_sealed_whole_before_schema_7_still_read(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "db")
     manifest, package = make_manifest(FILES, seal=seal_whole)
-    store.apply_library_changes([bought()], 1, NOW)
+    store.library.apply_library_changes([bought()], 1, NOW)
     store.record_manifest(manifest, b"envelope", NOW)
     for i, data in enumerate(frames_of(package, manifest.frames)):
         store.commit_frame("bk_test", 1, i, data, NOW)
@@ -250,7 +252,7 @@ def test_frames_stored_sealed_whole_before_schema_7_still_read(tmp_path: Path) -
 def test_a_book_wrapped_for_another_device_cannot_be_read(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "db")
     manifest, package = make_manifest(FILES[:1], device_key=X25519PrivateKey.generate())
-    store.apply_library_changes([bought()], 1, NOW)
+    store.library.apply_library_changes([bought()], 1, NOW)
     store.record_manifest(manifest, b"envelope", NOW)
     store.commit_frame("bk_test", 1, 0, package, NOW)
     resource = store.resource("bk_test", FILES[0][0])
@@ -267,19 +269,19 @@ def test_a_hint_bought_once_whole_on_the_device_is_delivered_at_once(tmp_path: P
     store = Store.open(tmp_path / "db")
     store.set_meta("registered_at", repr(NOW - 86400))
     manifest, package = make_manifest(FILES)
-    store.apply_library_changes([hinted(1, "series_next")], 1, NOW + 1)
+    store.library.apply_library_changes([hinted(1, "series_next")], 1, NOW + 1)
     store.record_manifest(manifest, b"envelope", NOW + 2)
     for idx, data in enumerate(frames_of(package, manifest.frames)):
         store.commit_frame("bk_test", 1, idx, data, NOW + 3)
     # A new edition of a hint is still a hint, not a book the reader ordered.
-    store.apply_library_changes([hinted(2, "revised", "update", version=1)], 2, NOW + 4)
+    store.library.apply_library_changes([hinted(2, "revised", "update", version=1)], 2, NOW + 4)
     assert store.library_view()[0]["reason"] == "series_next"
 
-    store.apply_library_changes([hinted(3, "bought")], 3, NOW + 10)
+    store.library.apply_library_changes([hinted(3, "bought")], 3, NOW + 10)
     [book] = store.library_view()
     assert (book["reason"], book["state"], book["ordered_at"]) == ("bought", "complete", NOW + 3)
     assert book["started_at"] == book["first_chapter_at"] == book["completed_at"] == NOW + 10
-    assert store.delivery_candidates() == []
+    assert store.library.delivery_candidates() == []
     [receipt] = [r for r in store.receipts.unsent_receipts(10) if r.ordered_at == NOW + 3]
     assert (receipt.outcome, receipt.reason, receipt.bytes_fetched) == ("complete", "bought", 0)
 
@@ -287,12 +289,12 @@ def test_a_hint_bought_once_whole_on_the_device_is_delivered_at_once(tmp_path: P
 def test_an_evicted_hint_bought_is_a_new_purchase(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "db")
     manifest, _ = make_manifest(FILES)
-    store.apply_library_changes([hinted(1, "sample")], 1, NOW + 1)
+    store.library.apply_library_changes([hinted(1, "sample")], 1, NOW + 1)
     store.record_manifest(manifest, b"envelope", NOW + 2)
-    store.evict_book("bk_test", NOW + 3)
-    [candidate] = store.delivery_candidates()
+    store.library.evict_book("bk_test", NOW + 3)
+    [candidate] = store.library.delivery_candidates()
     assert (candidate.reason, candidate.evicted) == ("sample", True)
-    store.apply_library_changes([hinted(2, "bought")], 2, NOW + 4)
-    [candidate] = store.delivery_candidates()
+    store.library.apply_library_changes([hinted(2, "bought")], 2, NOW + 4)
+    [candidate] = store.library.delivery_candidates()
     assert (candidate.reason, candidate.evicted, candidate.ordered_at) == ("bought", False, NOW + 2)
     assert is_fresh(candidate, NOW + 5)

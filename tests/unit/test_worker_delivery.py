@@ -43,7 +43,7 @@ class World:
 
     async def buy(self) -> None:
         change = self.service.add_book(BOOK)
-        self.store.apply_library_changes([change], change.seq, self.clock.wall())
+        self.store.library.apply_library_changes([change], change.seq, self.clock.wall())
         self.worker.wake()
         await settle()
 
@@ -128,7 +128,7 @@ async def test_a_full_disk_while_recording_a_failure_is_survived(
     def disk_full(*args: object) -> int:
         raise DiskFullError("the disk is full")
 
-    monkeypatch.setattr(world.store, "record_delivery_failure", disk_full)
+    monkeypatch.setattr(world.store.library, "record_delivery_failure", disk_full)
     world.service.fail("package", StalledError("no byte for 30 s"), times=1)
     await world.buy()
     await world.clock.advance(1)
@@ -210,7 +210,7 @@ async def test_a_stop_mid_download_is_clean(store: Store) -> None:
         )
         async with running(worker.run()) as (task,):
             change = service.add_book(BOOK)
-            store.apply_library_changes([change], change.seq, clock.wall())
+            store.library.apply_library_changes([change], change.seq, clock.wall())
             worker.wake()
             await clock.advance(3)
         assert task.cancelled()

@@ -35,10 +35,10 @@ class World:
     async def stuck_delivery(self) -> None:
         """A purchase whose delivery failed and is still not complete past the promise."""
         now = self.clock.wall()
-        self.store.apply_library_changes(
+        self.store.library.apply_library_changes(
             [LibraryChange(1, "bk_a", "add", "bought", 1, now)], 1, now
         )
-        self.store.record_delivery_failure("bk_a", "StalledError: no byte", now + 3600)
+        self.store.library.record_delivery_failure("bk_a", "StalledError: no byte", now + 3600)
         self.worker.wake()
         await self.clock.advance(PROMISE_S + 1)
         self.worker.on_link_event("online")
