@@ -314,7 +314,7 @@ class Daemon:
 
             def refetch(error: FrameHashError) -> None:
                 try:
-                    store.discard_frame(error.book_id, error.version, error.idx)
+                    store.frames.discard_frame(error.book_id, error.version, error.idx)
                 except StoreError as e:  # on a damaged page itself: set aside at next start
                     log_event(_LOG, logging.ERROR, "frame_not_discarded", error=e)
                     return

@@ -393,7 +393,7 @@ class LocalApi:
         except ValueError as e:
             return error(400, "bad_path", f"not a path inside a book: {e}")
         async with self._readers.reader() as store, _snapshot(store):
-            resource = store.resource(book_id, path)
+            resource = store.frames.resource(book_id, path)
             if resource is None:
                 return error(404, "no_such_resource", "no such resource in this book")
             # A book version's bytes never change: its id, version and path name them.

@@ -204,13 +204,15 @@ def test_the_bytes_held_are_kept_as_frames_come_and_go(tmp_path: Path) -> None:
         store.library.apply_library_changes(
             [LibraryChange(1, "bk_test", "add", "bought", 1, NOW)], 1, NOW
         )
-        store.record_manifest(manifest, b"envelope", NOW)
-        assert store.books_bytes() == 0
+        store.frames.record_manifest(manifest, b"envelope", NOW)
+        assert store.frames.books_bytes() == 0
         for idx, frame in enumerate(manifest.frames):
             data = package[frame.offset : frame.offset + frame.length]
-            store.commit_frame("bk_test", 1, idx, data, NOW)
-        assert store.books_bytes() == len(package) == store.library.held_books()[0].held_bytes
+            store.frames.commit_frame("bk_test", 1, idx, data, NOW)
+        assert (
+            store.frames.books_bytes() == len(package) == store.library.held_books()[0].held_bytes
+        )
         store.library.evict_book("bk_test", NOW)
-        assert store.books_bytes() == 0
+        assert store.frames.books_bytes() == 0
     finally:
         store.close()

@@ -99,23 +99,25 @@ def test_frames_commit_one_by_one_and_milestones_are_recorded(tmp_path: Path) ->
     store = Store.open(tmp_path / "db")
     manifest, package = make_manifest(FILES)
     store.library.apply_library_changes([bought()], 1, NOW + 1)
-    store.record_manifest(manifest, b"envelope", NOW + 2)
+    store.frames.record_manifest(manifest, b"envelope", NOW + 2)
     frames = frames_of(package, manifest.frames)
-    assert [f.idx for f in store.missing_frames("bk_test", 1)] == [0, 1, 2]
+    assert [f.idx for f in store.frames.missing_frames("bk_test", 1)] == [0, 1, 2]
 
-    first = store.commit_frame("bk_test", 1, 0, frames[0], NOW + 3)
+    first = store.frames.commit_frame("bk_test", 1, 0, frames[0], NOW + 3)
     assert (first.first_chapter_ready, first.complete) == (True, False)
-    assert store.commit_frame("bk_test", 1, 0, frames[0], NOW + 3).first_chapter_ready is False
+    assert (
+        store.frames.commit_frame("bk_test", 1, 0, frames[0], NOW + 3).first_chapter_ready is False
+    )
     [book] = store.library_view()
     assert (book["state"], book["readable"], book["frames_held"]) == ("downloading", True, 1)
 
-    store.commit_frame("bk_test", 1, 1, frames[1], NOW + 4)
-    assert store.commit_frame("bk_test", 1, 2, frames[2], NOW + 5).complete
+    store.frames.commit_frame("bk_test", 1, 1, frames[1], NOW + 4)
+    assert store.frames.commit_frame("bk_test", 1, 2, frames[2], NOW + 5).complete
     [book] = store.library_view()
     assert book["state"] == "complete"
     assert (book["first_chapter_at"], book["completed_at"]) == (NOW + 3, NOW + 5)
     for path, data in FILES:
-        resource = store.resource("bk_test", path)
+        resource = store.frames.resource("bk_test", path)
         assert resource is not None
         assert read_resource(store, resource, opener()) == data
     assert store.library.delivery_candidates() == []
@@ -125,15 +127,15 @@ def test_a_removed_book_leaves_but_its_trusted_version_stays(tmp_path: Path) -> 
     store = Store.open(tmp_path / "db")
     manifest, package = make_manifest(FILES, version=4)
     store.library.apply_library_changes([bought()], 1, NOW)
-    store.record_manifest(manifest, b"envelope", NOW)
+    store.frames.record_manifest(manifest, b"envelope", NOW)
     assert store.library.apply_library_changes([bought(seq=2, action="remove")], 2, NOW) == [
         "bk_test"
     ]
     assert store.library_view() == []
-    assert store.resource("bk_test", "OEBPS/ch1.xhtml") is None
-    assert store.trusted_version("bk_test") == 4
+    assert store.frames.resource("bk_test", "OEBPS/ch1.xhtml") is None
+    assert store.frames.trusted_version("bk_test") == 4
     with pytest.raises(StoreError, match="no longer held"):
-        store.commit_frame("bk_test", 4, 0, package[:10], NOW)
+        store.frames.commit_frame("bk_test", 4, 0, package[:10], NOW)
 
 
 def test_a_page_applied_twice_changes_nothing(tmp_path: Path) -> None:
@@ -149,18 +151,18 @@ def test_a_new_version_reuses_unchanged_frames_and_replaces_the_old(tmp_path: Pa
     store = Store.open(tmp_path / "db")
     v1, package1 = make_manifest(FILES)
     store.library.apply_library_changes([bought()], 1, NOW)
-    store.record_manifest(v1, b"e1", NOW)
+    store.frames.record_manifest(v1, b"e1", NOW)
     for i, data in enumerate(frames_of(package1, v1.frames)):
-        store.commit_frame("bk_test", 1, i, data, NOW)
+        store.frames.commit_frame("bk_test", 1, i, data, NOW)
     revised = [FILES[0], ("OEBPS/ch2.xhtml", b"<p>TWO</p>" * 3000), FILES[2]]
     v2, package2 = make_manifest(revised, version=2)
-    store.record_manifest(v2, b"e2", NOW)
-    assert [f.idx for f in store.missing_frames("bk_test", 2)] == [1]
-    assert store.readable_version("bk_test") == 1  # the old one reads until the new is whole
-    store.commit_frame("bk_test", 2, 1, frames_of(package2, v2.frames)[1], NOW)
-    assert store.readable_version("bk_test") == 2
-    assert store.frame_hashes("bk_test", 1) is None
-    resource = store.resource("bk_test", "OEBPS/ch2.xhtml")
+    store.frames.record_manifest(v2, b"e2", NOW)
+    assert [f.idx for f in store.frames.missing_frames("bk_test", 2)] == [1]
+    assert store.frames.readable_version("bk_test") == 1  # the old one reads until the new is whole
+    store.frames.commit_frame("bk_test", 2, 1, frames_of(package2, v2.frames)[1], NOW)
+    assert store.frames.readable_version("bk_test") == 2
+    assert store.frames.frame_hashes("bk_test", 1) is None
+    resource = store.frames.resource("bk_test", "OEBPS/ch2.xhtml")
     assert resource is not None
     assert read_resource(store, resource, opener()) == revised[1][1]
 
@@ -171,9 +173,9 @@ def test_a_frame_sealed_for_another_book_is_never_served(tmp_path: Path) -> None
     store = Store.open(tmp_path / "db")
     manifest, package = make_manifest(FILES[:1], sealed_for="bk_other")
     store.library.apply_library_changes([bought()], 1, NOW)
-    store.record_manifest(manifest, b"envelope", NOW)
-    store.commit_frame("bk_test", 1, 0, package, NOW)
-    resource = store.resource("bk_test", FILES[0][0])
+    store.frames.record_manifest(manifest, b"envelope", NOW)
+    store.frames.commit_frame("bk_test", 1, 0, package, NOW)
+    resource = store.frames.resource("bk_test", FILES[0][0])
     assert resource is not None
     with pytest.raises(FrameAuthError, match="failed authentication"):
         read_resource(store, resource, opener())
@@ -183,9 +185,9 @@ def complete_book(path: Path) -> Store:
     store = Store.open(path)
     manifest, package = make_manifest(FILES)
     store.library.apply_library_changes([bought()], 1, NOW)
-    store.record_manifest(manifest, b"envelope", NOW)
+    store.frames.record_manifest(manifest, b"envelope", NOW)
     for i, data in enumerate(frames_of(package, manifest.frames)):
-        store.commit_frame("bk_test", 1, i, data, NOW)
+        store.frames.commit_frame("bk_test", 1, i, data, NOW)
     return store
 
 
@@ -200,12 +202,12 @@ def test_frames_swapped_at_rest_are_refused_and_named_for_fetching_again(tmp_pat
     raw.execute("UPDATE frames SET data = ? WHERE idx = 1", (blobs[0],))
     raw.close()
     for idx in (0, 1):
-        resource = store.resource("bk_test", FILES[idx][0])
+        resource = store.frames.resource("bk_test", FILES[idx][0])
         assert resource is not None
         with pytest.raises(FrameHashError, match="no longer matches its manifest") as caught:
             read_resource(store, resource, opener())
         assert (caught.value.book_id, caught.value.version, caught.value.idx) == ("bk_test", 1, idx)
-    resource = store.resource("bk_test", FILES[2][0])
+    resource = store.frames.resource("bk_test", FILES[2][0])
     assert resource is not None
     assert read_resource(store, resource, opener()) == FILES[2][1]
 
@@ -218,7 +220,7 @@ def test_a_byte_altered_at_rest_is_refused_and_named_for_fetching_again(tmp_path
     flipped = data[:40] + bytes([data[40] ^ 1]) + data[41:]
     raw.execute("UPDATE frames SET data = ? WHERE idx = 1", (flipped,))
     raw.close()
-    resource = store.resource("bk_test", FILES[1][0])
+    resource = store.frames.resource("bk_test", FILES[1][0])
     assert resource is not None
     with pytest.raises(FrameHashError, match="no longer matches its manifest"):
         read_resource(store, resource, opener())
@@ -236,14 +238,14 @@ def test_frames_stored_sealed_whole_before_schema_7_still_read(tmp_path: Path) -
     store = Store.open(tmp_path / "db")
     manifest, package = make_manifest(FILES, seal=seal_whole)
     store.library.apply_library_changes([bought()], 1, NOW)
-    store.record_manifest(manifest, b"envelope", NOW)
+    store.frames.record_manifest(manifest, b"envelope", NOW)
     for i, data in enumerate(frames_of(package, manifest.frames)):
-        store.commit_frame("bk_test", 1, i, data, NOW)
+        store.frames.commit_frame("bk_test", 1, i, data, NOW)
     raw = apsw.Connection(str(tmp_path / "db"))
     raw.execute("UPDATE manifests SET sealed_in_chunks = 0")  # what migration 7 leaves them
     raw.close()
     for path, data in FILES:
-        resource = store.resource("bk_test", path)
+        resource = store.frames.resource("bk_test", path)
         assert resource is not None
         assert read_resource(store, resource, opener()) == data
 
@@ -253,9 +255,9 @@ def test_a_book_wrapped_for_another_device_cannot_be_read(tmp_path: Path) -> Non
     store = Store.open(tmp_path / "db")
     manifest, package = make_manifest(FILES[:1], device_key=X25519PrivateKey.generate())
     store.library.apply_library_changes([bought()], 1, NOW)
-    store.record_manifest(manifest, b"envelope", NOW)
-    store.commit_frame("bk_test", 1, 0, package, NOW)
-    resource = store.resource("bk_test", FILES[0][0])
+    store.frames.record_manifest(manifest, b"envelope", NOW)
+    store.frames.commit_frame("bk_test", 1, 0, package, NOW)
+    resource = store.frames.resource("bk_test", FILES[0][0])
     assert resource is not None
     with pytest.raises(KeyUnwrapError):
         read_resource(store, resource, opener())
@@ -270,9 +272,9 @@ def test_a_hint_bought_once_whole_on_the_device_is_delivered_at_once(tmp_path: P
     store.set_meta("registered_at", repr(NOW - 86400))
     manifest, package = make_manifest(FILES)
     store.library.apply_library_changes([hinted(1, "series_next")], 1, NOW + 1)
-    store.record_manifest(manifest, b"envelope", NOW + 2)
+    store.frames.record_manifest(manifest, b"envelope", NOW + 2)
     for idx, data in enumerate(frames_of(package, manifest.frames)):
-        store.commit_frame("bk_test", 1, idx, data, NOW + 3)
+        store.frames.commit_frame("bk_test", 1, idx, data, NOW + 3)
     # A new edition of a hint is still a hint, not a book the reader ordered.
     store.library.apply_library_changes([hinted(2, "revised", "update", version=1)], 2, NOW + 4)
     assert store.library_view()[0]["reason"] == "series_next"
@@ -290,7 +292,7 @@ def test_an_evicted_hint_bought_is_a_new_purchase(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "db")
     manifest, _ = make_manifest(FILES)
     store.library.apply_library_changes([hinted(1, "sample")], 1, NOW + 1)
-    store.record_manifest(manifest, b"envelope", NOW + 2)
+    store.frames.record_manifest(manifest, b"envelope", NOW + 2)
     store.library.evict_book("bk_test", NOW + 3)
     [candidate] = store.library.delivery_candidates()
     assert (candidate.reason, candidate.evicted) == ("sample", True)

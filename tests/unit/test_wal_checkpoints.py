@@ -21,7 +21,7 @@ def write_blobs(store: Store, count: int) -> int:
     """`count` commits of one incompressible blob each; the bytes written."""
     for _ in range(count):
         data = os.urandom(BLOB_BYTES)
-        store.put_dictionary(hashlib.sha256(data).hexdigest(), data)
+        store.frames.put_dictionary(hashlib.sha256(data).hexdigest(), data)
     return count * BLOB_BYTES
 
 

@@ -144,16 +144,16 @@ async def test_a_full_disk_while_recording_a_failure_is_survived(
 async def test_a_full_disk_while_committing_pauses_downloads_then_resumes(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_commit = world.store.commit_frame
+    real_commit = world.store.frames.commit_frame
 
     def disk_full(*args: object) -> object:
         raise DiskFullError("the disk is full")
 
-    monkeypatch.setattr(world.store, "commit_frame", disk_full)
+    monkeypatch.setattr(world.store.frames, "commit_frame", disk_full)
     await world.buy()
     await world.clock.advance(1)
     assert world.worker.paused_reason is not None
-    monkeypatch.setattr(world.store, "commit_frame", real_commit)
+    monkeypatch.setattr(world.store.frames, "commit_frame", real_commit)
     await world.clock.advance(world.worker._policy.disk_full_pause_s + 1)
     assert world.state() == "complete"
     assert world.worker.paused_reason is None
