@@ -180,7 +180,7 @@ class Daemon:
         store = self._store
         if self._phase is not None or store is None:
             return self._phase or "stopping"
-        counts = store.library_counts()  # one pass, no row held: a library of any size
+        counts = store.views.library_counts()  # one pass, no row held: a library of any size
         coming = sum(n for state, n in counts.items() if state in DOWNLOADING)
         last = store.get_meta("last_sync_at")
         when = datetime.fromtimestamp(float(last)).astimezone().strftime("%H:%M") if last else None

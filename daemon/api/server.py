@@ -374,14 +374,14 @@ class LocalApi:
 
     async def book(self, request: web.Request) -> web.Response:
         async with self._readers.reader() as store:
-            details = store.book_details(request.match_info["book_id"])
+            details = store.views.book_details(request.match_info["book_id"])
         if details is None:
             return error(404, "no_such_book", "this book is not in the library")
         return json_answer(details)
 
     async def toc(self, request: web.Request) -> web.Response:
         async with self._readers.reader() as store:
-            details = store.book_details(request.match_info["book_id"])
+            details = store.views.book_details(request.match_info["book_id"])
         if details is None:
             return error(404, "no_such_book", "this book is not in the library")
         return json_answer({"book_id": details["book_id"], "toc": details["toc"]})

@@ -36,8 +36,8 @@ def _sync_error(store: Store, notes: dict[str, Any] | None) -> str | None:
 
 
 def build_status(store: Store, runtime: dict[str, Any] | None = None) -> dict[str, Any]:
-    counts = store.library_counts()
-    books = store.books_not_delivered(STATUS_BOOKS)
+    counts = store.views.library_counts()
+    books = store.views.books_not_delivered(STATUS_BOOKS)
     last_sync = store.get_meta("last_sync_at")
     # The planner's reason for every book it holds back is for the listed books' "why" only:
     # with a large library it is thousands of entries.

@@ -59,7 +59,7 @@ def test_readable_turns_true_exactly_when_the_first_page_can_be_served(
         for index, frame in enumerate(manifest.frames):
             data = package.data[frame.offset : frame.offset + frame.length]
             store.frames.commit_frame(manifest.book_id, 1, index, data, NOW)
-            (view,) = [b for b in store.library_view() if b["book_id"] == manifest.book_id]
+            (view,) = [b for b in store.views.library_view() if b["book_id"] == manifest.book_id]
             if view["readable"] == was_readable:
                 continue
             # It turned readable at this commit: every resource of the first page serves now,

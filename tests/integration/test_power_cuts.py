@@ -159,7 +159,7 @@ def finish_delivery(db: Path, book: Book) -> None:
                     BOOK_ID, manifest.version, row.idx, _frames(manifest, package)[row.idx], NOW
                 )
         assert store.frames.readable_version(BOOK_ID) == 2
-        assert store.library_view()[0]["state"] == "complete"
+        assert store.views.library_view()[0]["state"] == "complete"
     finally:
         store.close()
 
@@ -269,7 +269,7 @@ def test_an_io_error_at_any_op_is_typed_and_damages_nothing(
                 pytest.fail(f"op {n}: an untyped {type(e).__name__} escaped a store: {e}")
             disk.disarm()
             try:  # the same connections read on
-                assert store.library_view()[0]["book_id"] == BOOK_ID
+                assert store.views.library_view()[0]["book_id"] == BOOK_ID
                 assert (notes.item("note_io_001") is not None) >= saved
             finally:
                 notes.close()

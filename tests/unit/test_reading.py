@@ -92,7 +92,7 @@ def test_the_book_api_view_carries_direction_layout_cover_and_landmarks(tmp_path
         [LibraryChange(1, "bk_test", "add", "bought", 1, NOW)], 1, NOW
     )
     store.frames.record_manifest(dataclasses.replace(manifest, reading=READING), b"envelope", NOW)
-    details = store.book_details("bk_test")
+    details = store.views.book_details("bk_test")
     assert details is not None
     assert (details["direction"], details["layout"], details["spread"]) == (
         "rtl",

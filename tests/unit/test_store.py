@@ -108,12 +108,12 @@ def test_frames_commit_one_by_one_and_milestones_are_recorded(tmp_path: Path) ->
     assert (
         store.frames.commit_frame("bk_test", 1, 0, frames[0], NOW + 3).first_chapter_ready is False
     )
-    [book] = store.library_view()
+    [book] = store.views.library_view()
     assert (book["state"], book["readable"], book["frames_held"]) == ("downloading", True, 1)
 
     store.frames.commit_frame("bk_test", 1, 1, frames[1], NOW + 4)
     assert store.frames.commit_frame("bk_test", 1, 2, frames[2], NOW + 5).complete
-    [book] = store.library_view()
+    [book] = store.views.library_view()
     assert book["state"] == "complete"
     assert (book["first_chapter_at"], book["completed_at"]) == (NOW + 3, NOW + 5)
     for path, data in FILES:
@@ -131,7 +131,7 @@ def test_a_removed_book_leaves_but_its_trusted_version_stays(tmp_path: Path) -> 
     assert store.library.apply_library_changes([bought(seq=2, action="remove")], 2, NOW) == [
         "bk_test"
     ]
-    assert store.library_view() == []
+    assert store.views.library_view() == []
     assert store.frames.resource("bk_test", "OEBPS/ch1.xhtml") is None
     assert store.frames.trusted_version("bk_test") == 4
     with pytest.raises(StoreError, match="no longer held"):
@@ -143,7 +143,7 @@ def test_a_page_applied_twice_changes_nothing(tmp_path: Path) -> None:
     store.library.apply_library_changes([bought(seq=5)], 5, NOW)
     store.library.apply_library_changes([bought(seq=6, action="remove")], 6, NOW)
     store.library.apply_library_changes([bought(seq=5)], 6, NOW)  # replayed old page
-    assert store.library_view() == []
+    assert store.views.library_view() == []
     assert store.library.library_cursor() == 6
 
 
@@ -277,10 +277,10 @@ def test_a_hint_bought_once_whole_on_the_device_is_delivered_at_once(tmp_path: P
         store.frames.commit_frame("bk_test", 1, idx, data, NOW + 3)
     # A new edition of a hint is still a hint, not a book the reader ordered.
     store.library.apply_library_changes([hinted(2, "revised", "update", version=1)], 2, NOW + 4)
-    assert store.library_view()[0]["reason"] == "series_next"
+    assert store.views.library_view()[0]["reason"] == "series_next"
 
     store.library.apply_library_changes([hinted(3, "bought")], 3, NOW + 10)
-    [book] = store.library_view()
+    [book] = store.views.library_view()
     assert (book["reason"], book["state"], book["ordered_at"]) == ("bought", "complete", NOW + 3)
     assert book["started_at"] == book["first_chapter_at"] == book["completed_at"] == NOW + 10
     assert store.library.delivery_candidates() == []

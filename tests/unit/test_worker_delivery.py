@@ -38,7 +38,7 @@ class World:
     comeback: Comeback
 
     def state(self) -> str:
-        [book] = [b for b in self.store.library_view() if b["book_id"] == BOOK]
+        [book] = [b for b in self.store.views.library_view() if b["book_id"] == BOOK]
         return str(book["state"])
 
     async def buy(self) -> None:
@@ -118,7 +118,7 @@ async def test_a_refused_device_is_not_retried_but_reported(world: World) -> Non
     assert report is not None
     assert "HTTP 401" in report["error"]
     assert "refused this device" in report["doing"]
-    [book] = [b for b in world.store.library_view() if b["book_id"] == BOOK]
+    [book] = [b for b in world.store.views.library_view() if b["book_id"] == BOOK]
     assert "HTTP 401" in book["last_error"]
 
 
