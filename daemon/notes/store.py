@@ -170,14 +170,14 @@ class NotesStore(Gateway):
 
     def items(self, book_id: str, include_deleted: bool) -> list[tuple[Item, bool]]:
         """A book's annotations (with whether an edit is still to be sent), oldest edit first."""
-        rows = self._query(
+        rows = self._rows(
             "SELECT a.state, EXISTS (SELECT 1 FROM outbox o WHERE o.target = a.item_id"
-            "   AND o.rejected IS NULL)"
+            "   AND o.rejected IS NULL) AS unsent"
             " FROM annotations a WHERE a.book_id = ? AND a.created AND (? OR NOT a.deleted)"
             " ORDER BY a.updated",
             (book_id, int(include_deleted)),
         )
-        return [(merge.item_from_doc(json.loads(r[0])), bool(r[1])) for r in rows]
+        return [(merge.item_from_doc(json.loads(r["state"])), bool(r["unsent"])) for r in rows]
 
     @staticmethod
     def _write_item(db: apsw.Connection, item: Item) -> None:
@@ -248,14 +248,14 @@ class NotesStore(Gateway):
         """The oldest pending ops, at most `max_ops` and about `max_bytes` (at least one)."""
         batch: list[OutboxOp] = []
         size = 0
-        for op_id, body in self._query(
+        for row in self._rows(
             "SELECT op_id, body FROM outbox WHERE rejected IS NULL ORDER BY seq LIMIT ?",
             (max_ops,),
         ):
-            size += len(body) + 1
+            size += len(row["body"]) + 1
             if batch and size > max_bytes:
                 break
-            batch.append(OutboxOp(op_id, body))
+            batch.append(OutboxOp(**row))
         return batch
 
     def outbox_done(self, acked: Iterable[str], rejected: Mapping[str, str]) -> int:
@@ -360,12 +360,12 @@ class NotesStore(Gateway):
                 db.execute("DELETE FROM popular_books WHERE book_id = ?", (book_id,))
 
     def popular(self, book_id: str) -> list[dict[str, Any]]:
-        rows = self._query(
+        rows = self._rows(
             "SELECT passage_id, readers, anchor FROM popular_passages WHERE book_id = ?"
             " ORDER BY readers DESC, passage_id",
             (book_id,),
         )
-        return [{"passage_id": r[0], "readers": r[1], "anchor": json.loads(r[2])} for r in rows]
+        return [{**r, "anchor": json.loads(r["anchor"])} for r in rows]
 
 
 def annotation_status(store: Store) -> dict[str, Any] | None:
@@ -380,29 +380,31 @@ class _NotesCounts(Gateway):
     def status(self) -> dict[str, Any] | None:
         if self._schema_version() < SCHEMA_VERSION:
             return None
-        pending, pending_positions, pending_bytes, rejected = self._one(
-            "SELECT count(*) FILTER (WHERE rejected IS NULL),"
-            f" count(*) FILTER (WHERE rejected IS NULL AND target LIKE '{POSITION_TARGET}%'),"
-            " coalesce(sum(length(body)) FILTER (WHERE rejected IS NULL), 0),"
-            " count(*) FILTER (WHERE rejected IS NOT NULL) FROM outbox"
+        outbox = self._row(
+            "SELECT count(*) FILTER (WHERE rejected IS NULL) AS pending,"
+            f" count(*) FILTER (WHERE rejected IS NULL AND target LIKE '{POSITION_TARGET}%')"
+            "   AS positions,"
+            " coalesce(sum(length(body)) FILTER (WHERE rejected IS NULL), 0) AS bytes,"
+            " count(*) FILTER (WHERE rejected IS NOT NULL) AS rejected FROM outbox"
         )
-        meta = dict(self._query("SELECT key, value FROM notes_meta"))
+        assert outbox is not None  # counts: always one row
+        meta = {r["key"]: r["value"] for r in self._rows("SELECT key, value FROM notes_meta")}
         (shared,) = self._one("SELECT count(*) FROM popular_passages")
         by_kind = dict.fromkeys(merge.KINDS, 0)
         kept = 0
-        for kind, overruled, n in self._query(
-            "SELECT json_extract(state, '$.fields.kind[1]'),"
-            " json_extract(state, '$.deleted') IS NOT NULL, count(*)"
+        for r in self._rows(
+            "SELECT json_extract(state, '$.fields.kind[1]') AS kind,"
+            " json_extract(state, '$.deleted') IS NOT NULL AS overruled, count(*) AS n"
             " FROM annotations WHERE created AND NOT deleted GROUP BY 1, 2"
         ):
-            by_kind[str(kind)] = by_kind.get(str(kind), 0) + int(n)
-            kept += int(n) if overruled else 0
+            by_kind[str(r["kind"])] = by_kind.get(str(r["kind"]), 0) + int(r["n"])
+            kept += int(r["n"]) if r["overruled"] else 0
         last = meta.get("last_sync_at")
         return {
-            "outbox_depth": int(pending),
-            "outbox_positions": int(pending_positions),  # of outbox_depth: reading positions
-            "outbox_bytes": int(pending_bytes),  # JSON, before compression
-            "rejected": int(rejected),
+            "outbox_depth": int(outbox["pending"]),
+            "outbox_positions": int(outbox["positions"]),  # of outbox_depth: reading positions
+            "outbox_bytes": int(outbox["bytes"]),  # JSON, before compression
+            "rejected": int(outbox["rejected"]),
             "annotations": sum(by_kind.values()),
             "by_kind": by_kind,  # highlights, notes, bookmarks: each by its name in the status
             # Edit beat delete: annotations another device deleted, kept because edited here or

@@ -76,11 +76,11 @@ class Frames(Gateway):
     def held_frame_hashes(self, book_id: str) -> dict[int, list[str]]:
         """The frame hashes of every version of the book held, by version."""
         held: dict[int, list[str]] = {}
-        for version, sha256 in self._query(
+        for row in self._rows(
             "SELECT version, sha256 FROM frames WHERE book_id = ? ORDER BY version, idx",
             (book_id,),
         ):
-            held.setdefault(version, []).append(sha256)
+            held.setdefault(row["version"], []).append(row["sha256"])
         return held
 
     def frame_hashes(self, book_id: str, version: int) -> list[str] | None:
@@ -208,15 +208,15 @@ class Frames(Gateway):
 
     def manifest_sealing(self, book_id: str, version: int) -> ManifestSealing | None:
         """How a held version's frames are sealed and compressed: one read of its row."""
-        row = self._one(
+        row = self._row(
             "SELECT content_key, dictionary, sealed_in_chunks FROM manifests"
             " WHERE book_id = ? AND version = ?",
             (book_id, version),
         )
         if row is None:
             return None
-        key = WrappedKey(**json.loads(row[0])) if row[0] else None
-        return ManifestSealing(key, row[1], bool(row[2]))
+        key = WrappedKey(**json.loads(row["content_key"])) if row["content_key"] else None
+        return ManifestSealing(key, row["dictionary"], bool(row["sealed_in_chunks"]))
 
     def dictionary(self, sha256: str) -> bytes | None:
         row = self._one("SELECT data FROM dictionaries WHERE sha256 = ?", (sha256,))
@@ -336,29 +336,33 @@ class Frames(Gateway):
 
     def frame(self, book_id: str, version: int, idx: int) -> tuple[FrameRow, bytes | None]:
         """The frame's row and all its stored bytes (None until committed)."""
-        row = self._one(
+        row = self._row(
             f"SELECT {_FRAME_COLUMNS}, data FROM frames WHERE book_id = ? AND version = ?"
             " AND idx = ?",
             (book_id, version, idx),
         )
         if row is None:
             raise StoreError(f"{book_id} v{version} has no frame {idx}")
-        return FrameRow(*row[:7]), row[7]
+        data = row.pop("data")
+        return FrameRow(**row), data
 
     def resource_frames(self, resource: ResourceRow) -> list[tuple[FrameRow, StoredFrame | None]]:
         """The frames a resource spans, in order, each with where its bytes are stored (None
         until committed): one query per read, reading no blob. (`data IS NULL` as a result
         column loads the blob, and ORDER BY here made SQLite read the rows 4x slower; length()
         reads only the record header, and Python sorts the one or two rows.)"""
-        rows = self._query(
-            f"SELECT {_FRAME_COLUMNS}, rowid, length(data) FROM frames"
+        rows = self._rows(
+            f"SELECT {_FRAME_COLUMNS}, rowid AS blob_id, length(data) AS stored FROM frames"
             " WHERE book_id = ? AND version = ? AND idx BETWEEN ? AND ?",
             (resource.book_id, resource.version, resource.first_frame, resource.last_frame),
         )
-        return [
-            (FrameRow(*row[:7]), None if row[8] is None else StoredFrame(row[7], row[8]))
-            for row in sorted(rows)
-        ]
+        frames = []
+        for row in sorted(rows, key=lambda r: int(r["idx"])):
+            blob_id, stored = row.pop("blob_id"), row.pop("stored")
+            frames.append(
+                (FrameRow(**row), None if stored is None else StoredFrame(blob_id, stored))
+            )
+        return frames
 
     def seal_nonce(self, book_id: str, version: int, idx: int) -> bytes | None:
         """A committed frame's first bytes as they were committed (daemon/sql/0007), from the

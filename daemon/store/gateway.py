@@ -35,7 +35,11 @@ def translate(e: apsw.Error, watch: DiskWatch | None = None) -> StoreError:
 
 class Gateway:
     """One domain's SQL over a connection it shares with the other gateways: its helpers are
-    private, so no SQL crosses from one domain to another but through a gateway's methods."""
+    private, so no SQL crosses from one domain to another but through a gateway's methods.
+
+    A row of more than one column is read by the names the SQL gives its columns (_rows, _row):
+    one read by position breaks silently when a column is added in the middle. _one and _query
+    give tuples, for a single column (a count, a value, a list of ids)."""
 
     _db: apsw.Connection
     _watch: DiskWatch | None  # told of every full disk and damaged page met

@@ -1,5 +1,5 @@
-"""The library: which books the device holds or should, why, and how each delivery went
-(the library, deliveries and library-cursor tables); what the planner is given to decide on."""
+"""The library: which books the device holds or should, why, and how each delivery went (the
+library and deliveries tables, and the changes feed's cursor); what the planner decides on."""
 
 from __future__ import annotations
 
@@ -57,11 +57,10 @@ class Library(Gateway):
         removed = []
         with self._transaction() as db:
             for change in changes:
-                row = self._one(
-                    "SELECT change_seq, wanted_version FROM library WHERE book_id = ?",
-                    (change.book_id,),
+                row = self._row(
+                    "SELECT change_seq FROM library WHERE book_id = ?", (change.book_id,)
                 )
-                if row is not None and row[0] >= change.seq:
+                if row is not None and row["change_seq"] >= change.seq:
                     continue  # already applied (a page fetched twice)
                 in_library = 0 if change.action == "remove" else 1
                 # A new edition does not change why the book is here (bought, a hint...). A new
@@ -168,12 +167,13 @@ class Library(Gateway):
         if archive_slots > 0:
             # Enough of the archive's newest that, whichever of them are singled out or wait
             # for a retry (skipped without taking a slot), the planner still sees its picks.
-            skipped = self._one(
+            skipped = self._row(
                 f"SELECT (SELECT count(*) FROM library INDEXED BY library_pending_touched"
-                f"   WHERE {_PENDING} AND {_TOUCHED}),"
-                " (SELECT count(*) FROM deliveries WHERE retry_at > 0)"
+                f"   WHERE {_PENDING} AND {_TOUCHED}) AS touched,"
+                " (SELECT count(*) FROM deliveries WHERE retry_at > 0) AS retrying"
             )
-            archive = archive_slots + int(skipped[0]) + int(skipped[1])
+            assert skipped is not None  # counts: always one row
+            archive = archive_slots + int(skipped["touched"]) + int(skipped["retrying"])
         estimate = None
         rows = self._rows(
             # The books ordered since the device joined that no one singled out are new

@@ -69,7 +69,7 @@ class Receipts(Gateway):
 
     def unsent_receipts(self, limit: int) -> list[Receipt]:
         """The oldest receipts still to send, at most `limit`."""
-        rows = self._query(
+        rows = self._rows(
             "SELECT receipt_id, outcome, book_id, version, reason, ordered_at, notified_at,"
             " link_up_at, started_at, first_chapter_at, completed_at, bytes_fetched, retries,"
             " last_error"
@@ -77,7 +77,7 @@ class Receipts(Gateway):
             " ORDER BY made_at, receipt_id LIMIT ?",
             (limit,),
         )
-        return [Receipt(*r) for r in rows]
+        return [Receipt(**r) for r in rows]
 
     def mark_sent(self, acked: list[str], rejected: dict[str, str], now: float) -> int:
         """Record the service's answer; forget receipts acknowledged long ago. Returns how many
@@ -156,32 +156,22 @@ class Receipts(Gateway):
         """The newest notices first, as the local API and status show them."""
         if not self._ready():
             return []
-        rows = self._query(
+        return self._rows(
             "SELECT n.seq, n.kind, n.book_id, m.title, n.message, n.at, n.received_at"
             " FROM notices n LEFT JOIN manifests m ON m.book_id = n.book_id"
             "   AND m.version = (SELECT max(version) FROM manifests WHERE book_id = n.book_id)"
             " ORDER BY n.seq DESC LIMIT ?",
             (limit,),
         )
-        return [
-            {
-                "seq": seq,
-                "kind": kind,
-                "book_id": book_id,
-                "title": title,
-                "message": message,
-                "at": at,
-                "received_at": received_at,
-            }
-            for seq, kind, book_id, title, message, at, received_at in rows
-        ]
 
     def receipt_status(self) -> dict[str, Any] | None:
         """Receipts as the status report shows them; None before schema 5."""
         if not self._ready():
             return None
-        unsent, rejected, last_sent = self._one(
-            "SELECT count(*) FILTER (WHERE sent_at IS NULL AND rejected IS NULL),"
-            " count(*) FILTER (WHERE rejected IS NOT NULL), max(sent_at) FROM receipts"
+        row = self._row(
+            "SELECT count(*) FILTER (WHERE sent_at IS NULL AND rejected IS NULL) AS unsent,"
+            " count(*) FILTER (WHERE rejected IS NOT NULL) AS rejected,"
+            " max(sent_at) AS last_sent_at FROM receipts"
         )
-        return {"unsent": int(unsent), "rejected": int(rejected), "last_sent_at": last_sent}
+        assert row is not None  # counts: always one row
+        return {**row, "unsent": int(row["unsent"]), "rejected": int(row["rejected"])}

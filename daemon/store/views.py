@@ -103,11 +103,11 @@ class LibraryViews(Gateway):
     def library_counts(self) -> dict[str, int]:
         """How many books of the library are in each state (as library_view names them), in
         one pass that holds no row: what the status report says of a library of any size."""
-        rows = self._query(
-            f"SELECT {_STATE_SQL} AS state, count(*) FROM library l"
+        rows = self._rows(
+            f"SELECT {_STATE_SQL} AS state, count(*) AS books FROM library l"
             " LEFT JOIN deliveries d ON d.book_id = l.book_id WHERE l.in_library GROUP BY state"
         )
-        return {state: int(n) for state, n in rows}
+        return {r["state"]: int(r["books"]) for r in rows}
 
     def books_not_delivered(self, limit: int) -> list[dict[str, Any]]:
         """The books not on the device that the reader may be waiting for, the ones that matter
@@ -174,11 +174,12 @@ class LibraryViews(Gateway):
                 "resources": [],
                 **state,
             }
-        title, authors, language, toc, first_chapter, complete, reading = self._one(
+        m = self._row(
             "SELECT title, authors, language, toc, first_chapter, complete, reading"
             " FROM manifests WHERE book_id = ? AND version = ?",
             (book_id, version),
         )
+        assert m is not None  # the readable version's row, read in the same transaction
         held = {
             r[0]
             for r in self._query(
@@ -198,14 +199,14 @@ class LibraryViews(Gateway):
         return {
             "book_id": book_id,
             "version": version,
-            "title": title,
-            "authors": json.loads(authors),
-            "language": language,
-            "complete": bool(complete),
-            "first_chapter": first_chapter,
-            "toc": json.loads(toc),
+            "title": m["title"],
+            "authors": json.loads(m["authors"]),
+            "language": m["language"],
+            "complete": bool(m["complete"]),
+            "first_chapter": m["first_chapter"],
+            "toc": json.loads(m["toc"]),
             **reading_to_doc(Reading()),  # packages before layout 4 carried none
-            **json.loads(reading),
+            **json.loads(m["reading"]),
             "resources": resources,
             **state,
         }
