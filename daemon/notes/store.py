@@ -10,8 +10,8 @@ frames keep the cheaper NORMAL. The schema is migrated by daemon/store/ before t
 Every method is one short transaction that never awaits, so callers on the event loop cannot
 interleave inside one, and each read-modify-write (an edit, a merge) is a single transaction. It
 also reads the `library` table (daemon/store/library.py's) to know which books are on the device.
-Its SQL runs through a gateway's helpers (daemon/store/gateway.py): rows of one column read by
-position, every apsw error translated; annotation_status reads its counts through the book
+Its SQL runs through a gateway's helpers (daemon/store/gateway.py): rows of more than one column
+read by name, every apsw error translated; annotation_status reads its counts through the book
 store's connection.
 """
 
