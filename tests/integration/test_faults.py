@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from daemon.client import MAX_PUSHED_PREFIX
 from daemon.protocol.manifest import Manifest, parse_manifest
 from server_stub.app import RunningStub
 from tests.conftest import StubImport
@@ -62,8 +63,10 @@ async def test_first_chapter_is_served_while_the_rest_is_still_downloading(
     needed = manifest.first_chapter_frames()
     assert needed < len(manifest.frames)
     held_back = manifest.frames[needed]
-    # The service stops sending right after the first chapter's frames, until released.
-    await add_fault(stub, route="package", kind="pause", after_bytes=held_back.offset)
+    # The service stops sending right after the first chapter's frames, until released (the
+    # package request starts past the frames the push brought).
+    after = held_back.offset - pushed_end(manifest)
+    await add_fault(stub, route="package", kind="pause", after_bytes=after)
     await device.account.buy(book_id)
 
     book = await device.wait_for(book_id, lambda b: b["readable"])
@@ -90,8 +93,10 @@ async def test_a_tampered_frame_is_refused_and_fetched_again(
     stub: RunningStub, device: Device, book_id: str, corpus_dir: Path
 ) -> None:
     manifest = manifest_of(stub, book_id)
-    bad = manifest.frames[3]
-    await add_fault(stub, route="package", kind="corrupt", at_byte=bad.offset + bad.length // 2)
+    pushed = pushed_end(manifest)
+    bad = [f for f in manifest.frames if f.offset >= pushed][1]  # within the package request
+    at_byte = bad.offset - pushed + bad.length // 2
+    await add_fault(stub, route="package", kind="corrupt", at_byte=at_byte)
     await device.account.buy(book_id)
 
     book = await device.wait_complete(book_id)
@@ -101,6 +106,13 @@ async def test_a_tampered_frame_is_refused_and_fetched_again(
     assert requests[1]["range"] == f"bytes={bad.offset}-{manifest.package_size - 1}"
     assert book["bytes_fetched"] == manifest.package_size
     await assert_reads_back(device.api, corpus_dir / BOOK)
+
+
+def pushed_end(manifest: Manifest) -> int:
+    """Where the frames a purchase's push brings end: the leading whole frames that fit the
+    room the device says it has (all of it here: MAX_PUSHED_PREFIX)."""
+    ends = [f.offset + f.length for f in manifest.frames]
+    return max((end for end in ends if end <= MAX_PUSHED_PREFIX), default=0)
 
 
 async def manifest_fault(stub: RunningStub, via: str, **rule: Any) -> None:

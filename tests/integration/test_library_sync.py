@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 import server_stub.app
-from daemon.client import AccountClient, ClientLimits, ServiceClient
+from daemon.client import MAX_PUSHED_PREFIX, AccountClient, ClientLimits, ServiceClient
 from daemon.clock import SystemClock
 from daemon.content.library_sync import PAGE_SIZE, LibrarySync
 from daemon.protocol.crypto import public_key_to_text, x25519_public_text
@@ -57,7 +57,7 @@ async def test_a_library_of_20000_books_syncs_in_bounded_pages(
         # 40 full pages (the last says has_more=false), then one re-sync that finds nothing.
         assert len(pages) == 20_000 // PAGE_SIZE + 1
         assert len(wakes) == 20_000 // PAGE_SIZE  # delivery woken page by page
-        assert {b["book_id"] for b in store.library_view()} == set(book_ids)
+        assert {b["book_id"] for b in store.views.library_view()} == set(book_ids)
         store.close()
 
 
@@ -89,24 +89,32 @@ async def _requests_after_purchase(
 async def test_a_purchase_arrives_whole_on_the_push_channel(
     tmp_path: Path, corpus_stub_data: Path, stub_corpus_import: StubImport
 ) -> None:
-    book_id = stub_corpus_import.book_ids["idpf_wasteland.epub"]
+    small = stub_corpus_import.book_ids["idpf_wasteland.epub"]  # 98 kB: all of it is pushed
+    large = stub_corpus_import.book_ids["idpf_moby-dick.epub"]  # 1.3 MB: its first 225 kB
     async with (
         running_stub(corpus_stub_data, port=0, faults=True) as stub,
         running_device(stub.url, stub.public_key_text, tmp_path / "d") as device,
     ):
-        # The change, its signed manifest and the first chapter's frame came with the push,
-        # the dictionary before the purchase: the one request is for the package's rest.
-        assert await _requests_after_purchase(stub, device, book_id) == [
-            f"/v1/books/{book_id}/versions/1/package"
+        # The change, its signed manifest and the package's leading frames that fit the room
+        # the device said it has came with the push, the dictionary before the purchase: a
+        # small book needs no request at all, a large one one for the package's rest.
+        assert await _requests_after_purchase(stub, device, small) == []
+        book = await device.api.library_entry(small)
+        assert book is not None
+        whole = parse_manifest(stub.store.manifest_template(small, 1) or b"", template=True)
+        assert book["bytes_fetched"] == whole.package_size  # pushed frames count as fetched
+        assert await _requests_after_purchase(stub, device, large, prefetched=False) == [
+            f"/v1/books/{large}/versions/1/package"
         ]
-        manifest = parse_manifest(stub.store.manifest_template(book_id, 1) or b"", template=True)
-        assert manifest.first_chapter_frames() == 1
+        manifest = parse_manifest(stub.store.manifest_template(large, 1) or b"", template=True)
+        pushed = max(
+            end
+            for end in (f.offset + f.length for f in manifest.frames)
+            if end <= MAX_PUSHED_PREFIX
+        )
         log = (await admin(stub.url, "GET", "/v1/admin/requests"))["requests"]
         [package] = [r for r in log if r["path"].endswith("/package")]
-        assert package["range"] == f"bytes={manifest.frames[1].offset}-{manifest.package_size - 1}"
-        book = await device.api.library_entry(book_id)
-        assert book is not None
-        assert book["bytes_fetched"] == manifest.package_size  # pushed frames count as fetched
+        assert package["range"] == f"bytes={pushed}-{manifest.package_size - 1}"
 
 
 async def test_a_service_that_speaks_push_version_1_only_still_delivers(
