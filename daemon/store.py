@@ -47,6 +47,11 @@ READER_PAGE_CACHE_KIB = 256
 ROOM_BYTES = 1 << 20
 # The -wal file a checkpoint leaves is cut back to this; kept, not deleted (see _keep_wal).
 WAL_KEPT_BYTES = 1 << 20
+# ...and while frames stream in (Store.downloading), to this: a -wal started over is then
+# written over in the page cache, where one cut back to 1 MiB at every start had its pages and
+# blocks allocated afresh each time, and the cut itself made on the loop: a download of 300 MB
+# took a quarter longer on loopback (issue 22 #6). Cut back once the last download ends.
+WAL_KEPT_DOWNLOADING_BYTES = 64 << 20
 # A checkpoint copies the -wal into the database and syncs both: on the event loop, SQLite's
 # automatic one held it 80-200 ms at a time, every 16 MiB of frames committed (issue 22 #6).
 # The writer hands it to a WalCheckpointer's thread once the -wal holds WAL_CHECKPOINT_PAGES
@@ -440,6 +445,7 @@ class Store:
         self._watch = watch
         self._background_checkpoints = False
         self._checkpointer: WalCheckpointer | None = None
+        self._downloads = 0  # Store.downloading blocks running now
 
     @classmethod
     def open(cls, path: Path, *, readonly: bool = False, watch: DiskWatch | None = None) -> Store:
@@ -1132,6 +1138,26 @@ class Store:
             (book_id, version),
         )
         return [FrameRow(**r) for r in rows]
+
+    @contextmanager
+    def downloading(self) -> Iterator[None]:
+        """While a package's frames stream in: the -wal keeps WAL_KEPT_DOWNLOADING_BYTES when
+        it starts over. Nested (concurrent downloads): the last to end restores the cut."""
+        if self._downloads == 0:
+            self._keep_wal_bytes(WAL_KEPT_DOWNLOADING_BYTES)
+        self._downloads += 1
+        try:
+            yield
+        finally:
+            self._downloads -= 1
+            if self._downloads == 0:
+                self._keep_wal_bytes(WAL_KEPT_BYTES)
+
+    def _keep_wal_bytes(self, limit: int) -> None:
+        try:
+            self._db.execute(f"PRAGMA journal_size_limit = {int(limit)}")
+        except apsw.Error as e:
+            raise self._typed(e) from e
 
     def commit_frame(
         self, book_id: str, version: int, idx: int, data: bytes | memoryview, now: float

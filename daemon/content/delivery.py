@@ -521,7 +521,7 @@ class DeliveryWorker:
         first = 0 if book_id in self._whole_package else run[0].idx
         end = run[-1].package_offset + run[-1].length - 1
         wanted = {frame.idx for frame in run}
-        with heap_kept_for_downloads():
+        with heap_kept_for_downloads(), self._store.downloading():
             async with self._client.package(
                 book_id, manifest.version, manifest.frames[first].offset, end, manifest.package_size
             ) as body:
