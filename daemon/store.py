@@ -47,11 +47,11 @@ READER_PAGE_CACHE_KIB = 256
 ROOM_BYTES = 1 << 20
 # The -wal file a checkpoint leaves is cut back to this; kept, not deleted (see _keep_wal).
 WAL_KEPT_BYTES = 1 << 20
-# ...and while frames stream in (Store.downloading), to this: a -wal started over is then
-# written over in the page cache, where one cut back to 1 MiB at every start had its pages and
-# blocks allocated afresh each time, and the cut itself made on the loop: a download of 300 MB
-# took a quarter longer on loopback (issue 22 #6). Cut back once the last download ends.
-WAL_KEPT_DOWNLOADING_BYTES = 64 << 20
+# ...and while frames stream in (Store.downloading), to this, more than the -wal reaches at the
+# download's backstop (below): a -wal started over is then written over in the page cache, where
+# one cut back to 1 MiB at every start had its pages and blocks allocated afresh each time, and
+# the cut itself made on the loop (issue 22 #6). Cut back once the last download ends.
+WAL_KEPT_DOWNLOADING_BYTES = 128 << 20
 # A checkpoint copies the -wal into the database and syncs both: on the event loop, SQLite's
 # automatic one held it 80-200 ms at a time, every 16 MiB of frames committed (issue 22 #6).
 # The writer hands it to a WalCheckpointer's thread once the -wal holds WAL_CHECKPOINT_PAGES
@@ -60,6 +60,11 @@ WAL_KEPT_DOWNLOADING_BYTES = 64 << 20
 # what is committed while the thread finishes a checkpoint (the writer's then finds it busy).
 WAL_CHECKPOINT_PAGES = 1000
 WAL_BACKSTOP_PAGES = 2000
+# The writer's backstop while frames stream in (64 MiB of 16 KiB pages: every real device
+# profile's reserve_mb is more): each time it is reached the loop copies what the thread has not
+# and syncs (20-30 ms), and only then can the -wal start over; at 2,000 pages that was 8-9 times
+# and 120-230 ms for a 300 MB download on loopback, at 4,000 4 times and 40-100 ms.
+WAL_BACKSTOP_DOWNLOADING_PAGES = 4000
 FLOOR_STEP_S = 86_400  # how far past max(clock, floor) one verified manifest moves the floor
 # The writer's pages are mostly frames it writes once and never reads: SQLite's default 2 MiB
 # cache only kept the last frame written resident after a delivery.
@@ -446,6 +451,7 @@ class Store:
         self._background_checkpoints = False
         self._checkpointer: WalCheckpointer | None = None
         self._downloads = 0  # Store.downloading blocks running now
+        self._backstop_pages = WAL_BACKSTOP_PAGES
 
     @classmethod
     def open(cls, path: Path, *, readonly: bool = False, watch: DiskWatch | None = None) -> Store:
@@ -518,7 +524,7 @@ class Store:
             except StoreError as e:  # checkpoints stay the writer's
                 self._background_checkpoints = False
                 log_event(_LOG, logging.WARNING, "wal_checkpointer_not_started", error=str(e))
-        if self._checkpointer is not None and wal_pages < WAL_BACKSTOP_PAGES:
+        if self._checkpointer is not None and wal_pages < self._backstop_pages:
             self._checkpointer.wake()
             return apsw.SQLITE_OK
         try:
@@ -1142,15 +1148,18 @@ class Store:
     @contextmanager
     def downloading(self) -> Iterator[None]:
         """While a package's frames stream in: the -wal keeps WAL_KEPT_DOWNLOADING_BYTES when
-        it starts over. Nested (concurrent downloads): the last to end restores the cut."""
+        it starts over, and the writer's backstop is WAL_BACKSTOP_DOWNLOADING_PAGES. Nested
+        (concurrent downloads): the last to end puts both back."""
         if self._downloads == 0:
             self._keep_wal_bytes(WAL_KEPT_DOWNLOADING_BYTES)
+            self._backstop_pages = WAL_BACKSTOP_DOWNLOADING_PAGES
         self._downloads += 1
         try:
             yield
         finally:
             self._downloads -= 1
             if self._downloads == 0:
+                self._backstop_pages = WAL_BACKSTOP_PAGES
                 self._keep_wal_bytes(WAL_KEPT_BYTES)
 
     def _keep_wal_bytes(self, limit: int) -> None:
