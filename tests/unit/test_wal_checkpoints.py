@@ -1,6 +1,6 @@
 """Who copies the -wal into the database: the writer itself, or the store's checkpointer thread
-(daemon.store.WalCheckpointer); either way the -wal is then started over, cut back (kept whole
-while a download runs)."""
+(daemon.store.database.WalCheckpointer); either way the -wal is then started over, cut back
+(kept whole while a download runs)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import threading
 import time
 from pathlib import Path
 
-from daemon.store import (
+from daemon.store import Store
+from daemon.store.database import (
     PAGE_BYTES,
     WAL_CHECKPOINT_PAGES,
     WAL_KEPT_BYTES,
     WAL_KEPT_DOWNLOADING_BYTES,
-    Store,
 )
 
 BLOB_BYTES = 1 << 20  # a media frame's size
@@ -27,7 +27,7 @@ def write_blobs(store: Store, count: int) -> int:
     """`count` commits of one incompressible blob each; the bytes written."""
     for _ in range(count):
         data = os.urandom(BLOB_BYTES)
-        store.put_dictionary(hashlib.sha256(data).hexdigest(), data)
+        store.frames.put_dictionary(hashlib.sha256(data).hexdigest(), data)
     return count * BLOB_BYTES
 
 
