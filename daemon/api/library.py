@@ -206,4 +206,6 @@ class LibraryApi:
             highlights_refreshed=refreshed_at is not None and refreshed_at >= trip.started_at,
             library_synced=synced_at >= trip.started_at,
             online=bool(runtime.get("online")),
+            next_attempt_at=runtime.get("next_attempt_at"),
+            between_windows=bool(runtime.get("between_windows")),
         )

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from daemon.content.receipt_store import receipt_status, recent_notices
+from daemon.content.trip import next_connection_words
 from daemon.errors import in_words
 from daemon.notes.store import annotation_status
 from daemon.store import Store
@@ -139,6 +140,8 @@ def format_status(status: dict[str, Any]) -> str:
             f"trip: {trip['days']} day{'s' * (trip['days'] != 1)} offline, until"
             f" {when(trip['until'])} (`shelfsync trip --days {trip['days']}` says how ready)"
         )
+        if daemon.get("running") and not daemon.get("online") and daemon.get("next_attempt_at"):
+            lines.append(next_connection_words(daemon["next_attempt_at"]))
     if status["last_sync_error"]:
         lines.append(f"last sync error: {status['last_sync_error']}")
     for worker, problem in (daemon.get("workers") or {}).items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from daemon.errors import in_words
@@ -46,6 +47,13 @@ def trip_state(store: Store, now: float) -> Trip | None:
     return trip if now < trip.until else None
 
 
+def next_connection_words(next_attempt_at: float) -> str:
+    """What a trip means for a purchase, in a reader's words: on a trip the radio is off
+    between connections, so a book bought now comes at the next one (issue 18)."""
+    at = datetime.fromtimestamp(next_attempt_at, UTC).strftime("%H:%M UTC")
+    return f"On a trip: books bought now arrive at the next connection, about {at}"
+
+
 def _count(n: int, one: str, many: str) -> str:
     return f"{n:,} {one if n == 1 else many}"
 
@@ -61,6 +69,8 @@ def readiness(
     highlights_refreshed: bool = True,
     library_synced: bool = True,
     online: bool = True,
+    next_attempt_at: float | None = None,
+    between_windows: bool = False,
 ) -> dict[str, Any]:
     """How ready the device is for `days` offline, with a sentence a reader understands.
 
@@ -68,7 +78,9 @@ def readiness(
     library pulled from the service, since the trip was asked for (until then a purchase made
     just before may not be known yet, and the count of passages may be old). `online`: the
     service can be reached; while it cannot, the sentence says so first, since nothing missing
-    can come until it can."""
+    can come until it can; `between_windows`: it is not tried until the trip's next window (the
+    radio is off by choice, nothing is wrong). Either way, offline, it says when a book bought
+    now arrives: when the device next tries (`next_attempt_at`, wall clock)."""
     ready = [b for b in books if b["state"] == "complete"]
     # The archive books the trip brings down: the most recent orders (`books` is newest first).
     in_cloud = [b["book_id"] for b in books if b["state"] == "in_cloud"]
@@ -106,10 +118,14 @@ def readiness(
     away = _count(days, "day", "days")
     if is_ready:
         sentence = f"Ready for {away} offline: {summary}"
+        if not online and next_attempt_at is not None:
+            sentence += ". " + next_connection_words(next_attempt_at)
     else:
         waits = []
-        if not online:
+        if not online and not between_windows:
             waits.append("the service cannot be reached (no network?); waiting for it")
+        if not online and next_attempt_at is not None:
+            waits.append(next_connection_words(next_attempt_at))
         if not library_synced:
             waits.append("library: asking the service for new books")
         if missing:

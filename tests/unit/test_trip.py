@@ -44,3 +44,28 @@ def test_offline_the_trip_says_the_service_cannot_be_reached() -> None:
     report = readiness(3, [book(1, "complete")], {}, 0, 3, 10**9, online=False)
     assert not report["ready"]
     assert "the service cannot be reached" in report["sentence"].lower()
+
+
+def test_on_a_trip_between_connections_it_says_when_a_book_bought_now_arrives() -> None:
+    at_0805 = 1_765_008_300.0  # 2025-12-06 08:05 UTC
+    report = readiness(7, [book(1, "complete")], {}, 0, 0, 10**9, online=False)
+    assert report["ready"]
+    between = readiness(
+        7,
+        [book(1, "complete")],
+        {},
+        0,
+        0,
+        10**9,
+        online=False,
+        next_attempt_at=at_0805,
+        between_windows=True,
+    )
+    assert between["sentence"].endswith(
+        "On a trip: books bought now arrive at the next connection, about 08:05 UTC"
+    )
+    pending = readiness(
+        7, [book(1, "complete")], {}, 0, 2, 10**9, online=False, next_attempt_at=at_0805
+    )
+    assert "arrive at the next connection, about 08:05 UTC" in pending["sentence"]
+    assert "cannot be reached" in pending["sentence"]  # not a window's end: a fault
