@@ -140,8 +140,9 @@ def format_status(status: dict[str, Any]) -> str:
             f"trip: {trip['days']} day{'s' * (trip['days'] != 1)} offline, until"
             f" {when(trip['until'])} (`shelfsync trip --days {trip['days']}` says how ready)"
         )
-        if daemon.get("running") and not daemon.get("online") and daemon.get("next_attempt_at"):
-            lines.append(next_connection_words(daemon["next_attempt_at"]))
+        if daemon.get("running") and not daemon.get("online"):
+            planned = daemon.get("next_attempt_at") if daemon.get("between_windows") else None
+            lines.append(next_connection_words(planned))
     if status["last_sync_error"]:
         lines.append(f"last sync error: {status['last_sync_error']}")
     for worker, problem in (daemon.get("workers") or {}).items():

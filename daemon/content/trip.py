@@ -3,6 +3,10 @@
 A trip asks the planner for more than it fetches day to day: on top of purchases, wanted and
 likely books, the most recently ordered books of the archive, about one for every
 DAYS_PER_BOOK days away. Readiness is told in a reader's words.
+
+A trip of N days lasts through the Nth day after the one it is asked on, to local midnight: a
+reader who runs `shelfsync trip --days 7` on Sunday evening is away Monday to Sunday, and the
+trip's windows (daemon/radio/connectivity.py) hold on that last Sunday evening too.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from daemon.errors import in_words
@@ -31,8 +35,16 @@ def archive_slots(days: int) -> int:
     return math.ceil(days / DAYS_PER_BOOK)
 
 
+def trip_end(started_at: float, days: int) -> float:
+    """Local midnight at the end of the `days`th day after the one `started_at` falls on."""
+    local = datetime.fromtimestamp(started_at, UTC).astimezone()
+    last_day = local.date() + timedelta(days=days + 1)
+    # At the start's offset from UTC: a change to summer time on the way moves it by its hour.
+    return datetime.combine(last_day, time(), local.tzinfo).timestamp()
+
+
 def start_trip(store: Store, days: int, now: float) -> Trip:
-    trip = Trip(days, now, now + days * 86400.0)
+    trip = Trip(days, now, trip_end(now, days))
     store.set_meta("trip", json.dumps({"days": days, "started_at": now, "until": trip.until}))
     return trip
 
@@ -47,11 +59,14 @@ def trip_state(store: Store, now: float) -> Trip | None:
     return trip if now < trip.until else None
 
 
-def next_connection_words(next_attempt_at: float) -> str:
+def next_connection_words(planned_at: float | None) -> str:
     """What a trip means for a purchase, in a reader's words: on a trip the radio is off
-    between connections, so a book bought now comes at the next one (issue 18)."""
-    at = datetime.fromtimestamp(next_attempt_at, UTC).strftime("%H:%M UTC")
-    return f"On a trip: books bought now arrive at the next connection, about {at}"
+    between connections, so a book bought now comes at the next one (issue 18), at the time
+    the trip planned it (None when it is not planned but waited for: the network is gone)."""
+    words = "On a trip: books bought now arrive at the next connection"
+    if planned_at is None:
+        return words
+    return words + ", about " + datetime.fromtimestamp(planned_at, UTC).strftime("%H:%M UTC")
 
 
 def _count(n: int, one: str, many: str) -> str:
@@ -78,9 +93,9 @@ def readiness(
     library pulled from the service, since the trip was asked for (until then a purchase made
     just before may not be known yet, and the count of passages may be old). `online`: the
     service can be reached; while it cannot, the sentence says so first, since nothing missing
-    can come until it can; `between_windows`: it is not tried until the trip's next window (the
-    radio is off by choice, nothing is wrong). Either way, offline, it says when a book bought
-    now arrives: when the device next tries (`next_attempt_at`, wall clock)."""
+    can come until it can; `between_windows`: it is not tried until the trip's next window at
+    `next_attempt_at` (wall clock; the radio is off by choice, nothing is wrong). Offline, it
+    says when a book bought now arrives."""
     ready = [b for b in books if b["state"] == "complete"]
     # The archive books the trip brings down: the most recent orders (`books` is newest first).
     in_cloud = [b["book_id"] for b in books if b["state"] == "in_cloud"]
@@ -116,16 +131,17 @@ def readiness(
     )
     is_ready = not missing and notes_pending == 0 and highlights_refreshed and library_synced
     away = _count(days, "day", "days")
+    planned = next_attempt_at if between_windows else None
     if is_ready:
         sentence = f"Ready for {away} offline: {summary}"
-        if not online and next_attempt_at is not None:
-            sentence += ". " + next_connection_words(next_attempt_at)
+        if not online:
+            sentence += ". " + next_connection_words(planned)
     else:
         waits = []
         if not online and not between_windows:
             waits.append("the service cannot be reached (no network?); waiting for it")
-        if not online and next_attempt_at is not None:
-            waits.append(next_connection_words(next_attempt_at))
+        if not online:
+            waits.append(next_connection_words(planned))
         if not library_synced:
             waits.append("library: asking the service for new books")
         if missing:

@@ -32,7 +32,7 @@ RIDE_S = 5.0
 # Work that follows from other work (a pull's changes starting downloads, a completed book's
 # receipt) starts within milliseconds of it: with nothing owed and the radio silent this long,
 # the window's work is done.
-WORK_SETTLE_S = 1.0
+WORK_SETTLE_S = 0.2
 
 
 class RadioWindows:

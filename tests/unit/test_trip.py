@@ -3,9 +3,10 @@ shared highlights refresh it waits for, and a service that cannot be reached sai
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
-from daemon.content.trip import readiness
+from daemon.content.trip import readiness, trip_end
 
 
 def book(n: int, state: str = "queued", title: str | None = None) -> dict[str, Any]:
@@ -67,5 +68,15 @@ def test_on_a_trip_between_connections_it_says_when_a_book_bought_now_arrives() 
     pending = readiness(
         7, [book(1, "complete")], {}, 0, 2, 10**9, online=False, next_attempt_at=at_0805
     )
-    assert "arrive at the next connection, about 08:05 UTC" in pending["sentence"]
-    assert "cannot be reached" in pending["sentence"]  # not a window's end: a fault
+    # Not a window's end but a fault: the next try may fail too, so no time is promised.
+    assert "cannot be reached" in pending["sentence"]
+    assert pending["sentence"].endswith("books bought now arrive at the next connection")
+
+
+def test_a_trip_lasts_through_its_last_day_to_local_midnight() -> None:
+    here = datetime.now(UTC).astimezone().tzinfo
+    evening = datetime(2026, 12, 6, 18, 0, tzinfo=here).timestamp()  # a Sunday
+    end = datetime.fromtimestamp(trip_end(evening, 7), here)
+    assert end == datetime(2026, 12, 14, 0, 0, tzinfo=here)  # after the next Sunday, whole
+    morning = datetime(2026, 12, 6, 0, 30, tzinfo=here).timestamp()
+    assert trip_end(morning, 7) == trip_end(evening, 7)
