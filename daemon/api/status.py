@@ -142,7 +142,7 @@ def format_status(status: dict[str, Any]) -> str:
         )
         if daemon.get("running") and not daemon.get("online"):
             planned = daemon.get("next_attempt_at") if daemon.get("between_windows") else None
-            lines.append(next_connection_words(planned))
+            lines.append("on a trip: " + next_connection_words(planned))
     if status["last_sync_error"]:
         lines.append(f"last sync error: {status['last_sync_error']}")
     for worker, problem in (daemon.get("workers") or {}).items():

@@ -11,6 +11,7 @@ trip's windows (daemon/radio/connectivity.py) hold on that last Sunday evening t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -29,6 +30,12 @@ class Trip:
     days: int
     started_at: float
     until: float
+    ready_at: float | None = None  # when it first said ready: the reader may leave from then
+
+
+def _save(store: Store, trip: Trip) -> None:
+    doc = {"days": trip.days, "started_at": trip.started_at, "until": trip.until}
+    store.set_meta("trip", json.dumps(doc | ({"ready_at": trip.ready_at} if trip.ready_at else {})))
 
 
 def archive_slots(days: int) -> int:
@@ -45,8 +52,17 @@ def trip_end(started_at: float, days: int) -> float:
 
 def start_trip(store: Store, days: int, now: float) -> Trip:
     trip = Trip(days, now, trip_end(now, days))
-    store.set_meta("trip", json.dumps({"days": days, "started_at": now, "until": trip.until}))
+    _save(store, trip)
     return trip
+
+
+def mark_ready(store: Store, trip: Trip, now: float) -> Trip:
+    """The trip said ready: from now on it is under way (the reader may have left)."""
+    if trip.ready_at is not None:
+        return trip
+    ready = dataclasses.replace(trip, ready_at=now)
+    _save(store, ready)
+    return ready
 
 
 def trip_state(store: Store, now: float) -> Trip | None:
@@ -55,7 +71,13 @@ def trip_state(store: Store, now: float) -> Trip | None:
     if not raw:
         return None
     doc = json.loads(raw)
-    trip = Trip(int(doc["days"]), float(doc["started_at"]), float(doc["until"]))
+    ready_at = doc.get("ready_at")
+    trip = Trip(
+        int(doc["days"]),
+        float(doc["started_at"]),
+        float(doc["until"]),
+        None if ready_at is None else float(ready_at),
+    )
     return trip if now < trip.until else None
 
 
@@ -63,10 +85,14 @@ def next_connection_words(planned_at: float | None) -> str:
     """What a trip means for a purchase, in a reader's words: on a trip the radio is off
     between connections, so a book bought now comes at the next one (issue 18), at the time
     the trip planned it (None when it is not planned but waited for: the network is gone)."""
-    words = "On a trip: books bought now arrive at the next connection"
+    words = "books bought now arrive at the next connection"
     if planned_at is None:
         return words
     return words + ", about " + datetime.fromtimestamp(planned_at, UTC).strftime("%H:%M UTC")
+
+
+def _capital(words: str) -> str:
+    return words[0].upper() + words[1:]
 
 
 def _count(n: int, one: str, many: str) -> str:
@@ -86,6 +112,7 @@ def readiness(
     online: bool = True,
     next_attempt_at: float | None = None,
     between_windows: bool = False,
+    under_way: bool = False,
 ) -> dict[str, Any]:
     """How ready the device is for `days` offline, with a sentence a reader understands.
 
@@ -95,7 +122,9 @@ def readiness(
     service can be reached; while it cannot, the sentence says so first, since nothing missing
     can come until it can; `between_windows`: it is not tried until the trip's next window at
     `next_attempt_at` (wall clock; the radio is off by choice, nothing is wrong). Offline, it
-    says when a book bought now arrives."""
+    says when a book bought now arrives. `under_way`: the trip has said ready once, so the reader
+    may be away: the sentence then tells how the trip goes, not how ready it is, and being
+    offline is no fault."""
     ready = [b for b in books if b["state"] == "complete"]
     # The archive books the trip brings down: the most recent orders (`books` is newest first).
     in_cloud = [b["book_id"] for b in books if b["state"] == "in_cloud"]
@@ -132,16 +161,22 @@ def readiness(
     is_ready = not missing and notes_pending == 0 and highlights_refreshed and library_synced
     away = _count(days, "day", "days")
     planned = next_attempt_at if between_windows else None
-    if is_ready:
+    if under_way:
+        sentence = f"On a trip ({away} offline): {summary}"
+        if missing:
+            sentence += ". Missing: " + "; ".join(f"{m['title']}: {m['why']}" for m in missing)
+        if not online:
+            sentence += ". " + _capital(next_connection_words(planned))
+    elif is_ready:
         sentence = f"Ready for {away} offline: {summary}"
         if not online:
-            sentence += ". " + next_connection_words(planned)
+            sentence += ". On a trip: " + next_connection_words(planned)
     else:
         waits = []
         if not online and not between_windows:
             waits.append("the service cannot be reached (no network?); waiting for it")
         if not online:
-            waits.append(next_connection_words(planned))
+            waits.append("on a trip: " + next_connection_words(planned))
         if not library_synced:
             waits.append("library: asking the service for new books")
         if missing:
@@ -149,7 +184,7 @@ def readiness(
         if not highlights_refreshed:
             waits.append("shared highlights: refreshing")
         sentence = f"Not ready for {away} offline yet: {summary}. " + ". ".join(
-            w[0].upper() + w[1:] for w in waits
+            _capital(w) for w in waits
         )
     return {
         "days": days,

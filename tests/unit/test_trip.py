@@ -80,3 +80,25 @@ def test_a_trip_lasts_through_its_last_day_to_local_midnight() -> None:
     assert end == datetime(2026, 12, 14, 0, 0, tzinfo=here)  # after the next Sunday, whole
     morning = datetime(2026, 12, 6, 0, 30, tzinfo=here).timestamp()
     assert trip_end(morning, 7) == trip_end(evening, 7)
+
+
+def test_under_way_it_tells_how_the_trip_goes_and_being_offline_is_no_fault() -> None:
+    at_0805 = 1_765_008_300.0  # 2025-12-06 08:05 UTC
+    report = readiness(
+        7,
+        [book(1, "complete"), book(2, "complete")],
+        {},
+        12,
+        3,
+        10**9,
+        online=False,
+        next_attempt_at=at_0805,
+        between_windows=True,
+        under_way=True,
+    )
+    assert report["sentence"] == (
+        "On a trip (7 days offline): 2 books, 12 shared highlights, 3 changes to highlights,"
+        " notes, bookmarks or reading positions not yet synced; 1.0 GB free. Books bought now"
+        " arrive at the next connection, about 08:05 UTC"
+    )
+    assert not report["ready"]  # still: notes wait to sync
