@@ -176,9 +176,9 @@ async def measure_reads(workdir: Path, stub: Stub, profile: str, books: list[Boo
         archives = {b.book_id: stack.enter_context(zipfile.ZipFile(b.path)) for b in books}
         in_order = []
         for book in books:
-            version = store.readable_version(book.book_id)
+            version = store.frames.readable_version(book.book_id)
             assert version is not None  # complete, so readable
-            in_order += store.resources(book.book_id, version)  # in reading order
+            in_order += store.frames.resources(book.book_id, version)  # in reading order
         jumping = random.Random(7).sample(in_order, len(in_order))
         passes = [("first time through", in_order), ("again", in_order), ("random order", jumping)]
         for pass_name, rows in passes:

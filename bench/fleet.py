@@ -120,7 +120,12 @@ class SimDevice:
 
     def library_changed(self) -> None:
         store = self.store
-        if self.book_id and self.told_at is None and store and store.in_library(self.book_id):
+        if (
+            self.book_id
+            and self.told_at is None
+            and store
+            and store.library.in_library(self.book_id)
+        ):
             self.told_at = time.monotonic()
 
     async def run(

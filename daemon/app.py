@@ -59,7 +59,9 @@ from daemon.radio.connectivity import Connectivity
 from daemon.radio.power import PowerSource, SysfsPower, power_report
 from daemon.radio.windows import RadioWindows
 from daemon.retry import Comeback, Retry
-from daemon.store import DiskWatch, Store, check_at_start, wal_lost_at_start
+from daemon.store import Store
+from daemon.store.database import check_at_start, wal_lost_at_start
+from daemon.store.disk import DiskWatch
 from daemon.supervisor import Supervisor
 
 _LOG = logging.getLogger("shelfsync.app")
@@ -182,7 +184,7 @@ class Daemon:
         store = self._store
         if self._phase is not None or store is None:
             return self._phase or "stopping"
-        counts = store.library_counts()  # one pass, no row held: a library of any size
+        counts = store.views.library_counts()  # one pass, no row held: a library of any size
         coming = sum(n for state, n in counts.items() if state in DOWNLOADING)
         last = store.get_meta("last_sync_at")
         when = datetime.fromtimestamp(float(last)).astimezone().strftime("%H:%M") if last else None
@@ -252,7 +254,7 @@ class Daemon:
         trip = trip_state(self._store, self.clock.wall()) if self._store else None
         if trip is None or self._store is None:
             return 0
-        held = sum(1 for b in self._store.held_books() if not b.wanted)
+        held = sum(1 for b in self._store.library.held_books() if not b.wanted)
         return max(0, archive_slots(trip.days) - held)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -316,7 +318,7 @@ class Daemon:
 
             def refetch(error: FrameHashError) -> None:
                 try:
-                    store.discard_frame(error.book_id, error.version, error.idx)
+                    store.frames.discard_frame(error.book_id, error.version, error.idx)
                 except StoreError as e:  # on a damaged page itself: set aside at next start
                     log_event(_LOG, logging.ERROR, "frame_not_discarded", error=e)
                     return
@@ -434,7 +436,7 @@ class Daemon:
                     self.clock,
                     annotations.request,
                     notes_now,
-                    store.service_clock_offset,
+                    store.library.service_clock_offset,
                 ),
                 library=LibraryApi(
                     store,

@@ -7,7 +7,7 @@ its own in a worker thread, so the event loop keeps serving. Its cost is bounded
 own work: SQLite asks every few thousand steps whether to go on, and the check is given up the
 moment a download starts or a request comes in, to run again at the next idle time. A damage it
 finds is logged, shown in status, and recorded in the database (if it can still be written), so
-the next start sets the file aside and rebuilds it from the service (daemon/store.py,
+the next start sets the file aside and rebuilds it from the service (daemon/store/database.py,
 check_at_start) even where the quick check would pass.
 """
 
@@ -22,7 +22,8 @@ from pathlib import Path
 from daemon.clock import Clock
 from daemon.errors import StoreError
 from daemon.logs import log_event
-from daemon.store import IntegrityRecord, Store
+from daemon.store import Store
+from daemon.store.database import IntegrityRecord
 
 _LOG = logging.getLogger("shelfsync.integrity")
 CHECK_EVERY_S = 86_400.0

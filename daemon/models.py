@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from daemon.protocol.manifest import WrappedKey
 
@@ -115,3 +116,40 @@ class HeldBook:
     unsynced_notes: bool
     wanted: bool = True  # ordered since this device joined, or asked for
     requested: bool = False  # asked for on this device
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    receipt_id: str
+    outcome: str  # complete | failed
+    book_id: str
+    version: int
+    reason: str
+    ordered_at: float  # service clock
+    notified_at: float  # device clock, as are the rest
+    link_up_at: float | None  # since when the device had been in contact when it was notified
+    started_at: float | None
+    first_chapter_at: float | None
+    completed_at: float | None
+    bytes_fetched: int
+    retries: int
+    last_error: str | None
+
+    def to_doc(self) -> dict[str, Any]:
+        """The receipt's JSON shape (docs/PROTOCOL.md "Delivery receipts")."""
+        return {
+            "receipt_id": self.receipt_id,
+            "outcome": self.outcome,
+            "book_id": self.book_id,
+            "version": self.version,
+            "reason": self.reason,
+            "ordered_at": self.ordered_at,
+            "notified_at": self.notified_at,
+            "link_up_at": self.link_up_at,
+            "started_at": self.started_at,
+            "first_chapter_at": self.first_chapter_at,
+            "completed_at": self.completed_at,
+            "bytes_fetched": self.bytes_fetched,
+            "retries": self.retries,
+            "last_error": self.last_error,
+        }

@@ -55,7 +55,7 @@ def library_page(store: Store, query: Mapping[str, str]) -> dict[str, Any]:
     last, exhausted = after, False
     while len(books) < limit and not exhausted:
         want = _SCAN if states else limit - len(books)
-        chunk = store.library_view(after=last, limit=want)
+        chunk = store.views.library_view(after=last, limit=want)
         exhausted = len(chunk) < want
         for book in chunk:
             last = (book["ordered_at"], book["book_id"])
@@ -65,7 +65,9 @@ def library_page(store: Store, query: Mapping[str, str]) -> dict[str, Any]:
                     break
     # A full page points on when anything follows (with a state filter, the next page may
     # turn out empty); a short page is the end.
-    more = len(books) == limit and last is not None and store.library_view(after=last, limit=1)
+    more = (
+        len(books) == limit and last is not None and store.views.library_view(after=last, limit=1)
+    )
     return {"books": books, "next_cursor": _encode_cursor(last) if more and last else None}
 
 
@@ -142,7 +144,7 @@ class LibraryApi:
 
     async def entry(self, request: web.Request) -> web.Response:
         book_id = self._book_id(request)
-        found = [] if book_id is None else self._store.library_view(book_id=book_id)
+        found = [] if book_id is None else self._store.views.library_view(book_id=book_id)
         if not found:
             return error(404, "no_such_book", "this book is not in the library")
         return json_answer(found[0])
@@ -153,19 +155,19 @@ class LibraryApi:
         if not isinstance(pinned, bool):
             return error(400, "bad_field", "'pinned' must be true or false")
         book_id = self._book_id(request)
-        if book_id is None or not self._store.set_pinned(book_id, pinned):
+        if book_id is None or not self._store.library.set_pinned(book_id, pinned):
             return error(404, "no_such_book", "this book is not in the library")
         return json_answer({"book_id": book_id, "pinned": pinned})
 
     async def opened(self, request: web.Request) -> web.Response:
         book_id = self._book_id(request)
-        if book_id is None or not self._store.mark_opened(book_id, self._clock.wall()):
+        if book_id is None or not self._store.library.mark_opened(book_id, self._clock.wall()):
             return error(404, "no_such_book", "this book is not in the library")
         return json_answer({"book_id": book_id})
 
     async def download(self, request: web.Request) -> web.Response:
         book_id = self._book_id(request)
-        if book_id is None or not self._store.request_download(book_id, self._clock.wall()):
+        if book_id is None or not self._store.library.request_download(book_id, self._clock.wall()):
             return error(404, "no_such_book", "this book is not in the library")
         self._wake()
         return json_answer({"book_id": book_id, "requested": True}, status=202)
@@ -205,7 +207,7 @@ class LibraryApi:
         synced_at = float(self._store.get_meta("last_sync_at") or 0)
         report = readiness(
             trip.days,
-            self._store.library_view(),
+            self._store.views.library_view(),
             runtime.get("waiting", {}),
             notes.get("shared_highlights", 0),
             notes.get("outbox_depth", 0),

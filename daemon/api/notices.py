@@ -15,8 +15,8 @@ from contextlib import AbstractAsyncContextManager
 
 from aiohttp import web
 
-from daemon.content.receipt_store import KEEP_NOTICES, recent_notices
 from daemon.store import Store
+from daemon.store.receipts import KEEP_NOTICES
 
 Reader = Callable[[], AbstractAsyncContextManager[Store]]
 
@@ -26,6 +26,6 @@ def add_routes(app: web.Application, reader: Reader) -> None:
 
     async def notices(request: web.Request) -> web.Response:
         async with reader() as store:
-            return web.json_response({"notices": recent_notices(store, KEEP_NOTICES)})
+            return web.json_response({"notices": store.receipts.recent_notices(KEEP_NOTICES)})
 
     app.router.add_get("/v1/notices", notices)

@@ -53,7 +53,8 @@ from daemon.models import ResourceRow
 from daemon.protocol.codec import Buffer
 from daemon.protocol.ids import BOOK_ID
 from daemon.protocol.manifest import check_resource_path
-from daemon.store import DiskWatch, Store
+from daemon.store import Store
+from daemon.store.disk import DiskWatch
 
 _LOG = logging.getLogger("shelfsync.api")
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
@@ -373,14 +374,14 @@ class LocalApi:
 
     async def book(self, request: web.Request) -> web.Response:
         async with self._readers.reader() as store:
-            details = store.book_details(request.match_info["book_id"])
+            details = store.views.book_details(request.match_info["book_id"])
         if details is None:
             return error(404, "no_such_book", "this book is not in the library")
         return json_answer(details)
 
     async def toc(self, request: web.Request) -> web.Response:
         async with self._readers.reader() as store:
-            details = store.book_details(request.match_info["book_id"])
+            details = store.views.book_details(request.match_info["book_id"])
         if details is None:
             return error(404, "no_such_book", "this book is not in the library")
         return json_answer({"book_id": details["book_id"], "toc": details["toc"]})
@@ -392,7 +393,7 @@ class LocalApi:
         except ValueError as e:
             return error(400, "bad_path", f"not a path inside a book: {e}")
         async with self._readers.reader() as store, _snapshot(store):
-            resource = store.resource(book_id, path)
+            resource = store.frames.resource(book_id, path)
             if resource is None:
                 return error(404, "no_such_resource", "no such resource in this book")
             # A book version's bytes never change: its id, version and path name them.

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from daemon.content.receipt_store import receipt_status, recent_notices
 from daemon.content.trip import next_connection_words
 from daemon.errors import in_words
 from daemon.notes.store import annotation_status
@@ -38,8 +37,8 @@ def _sync_error(store: Store, notes: dict[str, Any] | None) -> str | None:
 
 
 def build_status(store: Store, runtime: dict[str, Any] | None = None) -> dict[str, Any]:
-    counts = store.library_counts()
-    books = store.books_not_delivered(STATUS_BOOKS)
+    counts = store.views.library_counts()
+    books = store.views.books_not_delivered(STATUS_BOOKS)
     last_sync = store.get_meta("last_sync_at")
     # The planner's reason for every book it holds back is for the listed books' "why" only:
     # with a large library it is thousands of entries.
@@ -59,7 +58,7 @@ def build_status(store: Store, runtime: dict[str, Any] | None = None) -> dict[st
         "last_sync_at": float(last_sync) if last_sync else None,
         "last_sync_error": in_words(sync_error) if sync_error else None,
         "last_sync_error_detail": sync_error,  # the exception, for a developer
-        "library_cursor": store.library_cursor(),
+        "library_cursor": store.library.library_cursor(),
         "annotations": notes,
         "books": counts,
         "not_delivered": [
@@ -80,8 +79,8 @@ def build_status(store: Store, runtime: dict[str, Any] | None = None) -> dict[st
         "downloads_paused": (runtime or {}).get("downloads_paused"),
         "power": (runtime or {}).get("power"),  # only a running daemon knows its battery policy
         "storage": _storage(store, runtime),
-        "receipts": receipt_status(store),
-        "notices": recent_notices(store, STATUS_NOTICES),
+        "receipts": store.receipts.receipt_status(),
+        "notices": store.receipts.recent_notices(STATUS_NOTICES),
     }
 
 

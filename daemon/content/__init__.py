@@ -3,7 +3,7 @@
 Owns the delivery worker (delivery), reading a resource back from stored frames (reader), the
 library changes feed (library_sync), the compression dictionaries (dictionaries), the pure
 fetch/keep/evict decisions (plan) and manifest trust rules (trust), trip mode (trip), and
-delivery receipts with their SQL (receipts, receipt_store).
+delivery receipts (receipts; their SQL is daemon.store.receipts).
 May import protocol and the process level (store, client, clock, logs, errors, ...) and
 radio.windows to wait for a wake window; never api or notes. plan and trust are pure.
 """

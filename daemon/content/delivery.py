@@ -112,7 +112,7 @@ class _HeldBooks(Sequence[HeldBook]):
 
     def _read(self) -> list[HeldBook]:
         if self._books is None:
-            self._books = self._store.held_books()
+            self._books = self._store.library.held_books()
         return self._books
 
     def __len__(self) -> int:
@@ -191,7 +191,7 @@ class DeliveryWorker:
         """Room left for books: within the quota and above the file system's reserve."""
         budget = self._budget()
         room = min(
-            budget.quota_bytes - self._store.books_bytes(),
+            budget.quota_bytes - self._store.frames.books_bytes(),
             budget.fs_free_bytes - budget.reserve_bytes,
         )
         return max(0, room)
@@ -223,7 +223,7 @@ class DeliveryWorker:
                 archive_slots = self._archive_slots()
                 if self._cut_short:
                     self._cut_retries_short(now)
-                candidates = self._store.delivery_candidates(
+                candidates = self._store.library.delivery_candidates(
                     tasks.keys(), archive_slots, fresh_since=now - plan.FRESH_WINDOW_S, now=now
                 )
                 by_id = {c.book_id: c for c in candidates}
@@ -239,12 +239,12 @@ class DeliveryWorker:
                     len(fresh & tasks.keys()),
                     self._policy.concurrency,
                     archive_slots=archive_slots,
-                    used_bytes=self._store.books_bytes(),
+                    used_bytes=self._store.frames.books_bytes(),
                 )
                 await self._pause(decided.pause, tasks)
                 fresh.difference_update(decided.pause)
                 for book_id in decided.evict:
-                    self._store.evict_book(book_id, now)
+                    self._store.library.evict_book(book_id, now)
                     log_event(_LOG, logging.INFO, "book_evicted", book=book_id, reason="space")
                 for book_id in decided.start:
                     if plan.is_fresh(by_id[book_id], now):
@@ -315,7 +315,7 @@ class DeliveryWorker:
         """The service came back (a push, the channel): every retry that waits for it is due
         now, not when a backoff scheduled during the outage falls due (issue 22 #1)."""
         self._cut_short = False
-        due = self._store.make_retries_due(self._away, now)
+        due = self._store.library.make_retries_due(self._away, now)
         self._away = set()
         if due:
             log_event(_LOG, logging.INFO, "retries_cut_short", books=due)
@@ -367,7 +367,7 @@ class DeliveryWorker:
             if isinstance(e, RangeError):
                 self._whole_package.add(book_id)
             try:
-                failures = self._store.delivery_failures(book_id) + 1
+                failures = self._store.library.delivery_failures(book_id) + 1
             except StoreError:
                 failures = 1
             decision = self.retry.failed(e, failures)
@@ -378,7 +378,7 @@ class DeliveryWorker:
             # Not before the service's Retry-After, nor before a refusal is looked at again.
             recorded = record_failure(
                 "delivery",
-                self._store.record_delivery_failure,
+                self._store.library.record_delivery_failure,
                 book_id,
                 decision.error,
                 self._clock.wall() + decision.delay_s,
@@ -415,7 +415,7 @@ class DeliveryWorker:
         self._check_content_key(manifest)
         if manifest.dictionary is not None:
             await self._dictionaries.ensure(manifest.dictionary.sha256, manifest.dictionary.size)
-        self._store.record_manifest(manifest, envelope, self._clock.wall())
+        self._store.frames.record_manifest(manifest, envelope, self._clock.wall())
         give_back()  # a large manifest's parse leaves holes in the heap
         log_event(
             _LOG,
@@ -430,9 +430,9 @@ class DeliveryWorker:
         if manifest_only:
             return
         self._commit_pushed_frames(manifest)
-        while missing := self._store.missing_frames(book_id, manifest.version):
+        while missing := self._store.frames.missing_frames(book_id, manifest.version):
             await self._fetch_run(manifest, plan.fetch_span(missing, self._policy.span_gap_bytes))
-        wanted = self._store.wanted_version(book_id)
+        wanted = self._store.library.wanted_version(book_id)
         if manifest.version < wanted:
             # Taken as a success, the book would be pending still and started again at once:
             # 2,966 manifest requests in 30 s for a forged update, and after every restart.
@@ -444,15 +444,15 @@ class DeliveryWorker:
     async def _verify(self, book_id: str, envelope: bytes, limits: ManifestLimits) -> Manifest:
         """What verifying needs of the store is read here; the parse (a book of 2,000 files,
         a second of CPU on the event loop) runs on a worker thread, touching no connection."""
-        held = self._store.held_frame_hashes(book_id)
+        held = self._store.frames.held_frame_hashes(book_id)
         verify = partial(
             verify_manifest,
             envelope,
             pinned_key=self._trust_root().signing_keys,
             book_id=book_id,
-            trusted_version=self._store.trusted_version(book_id),
+            trusted_version=self._store.frames.trusted_version(book_id),
             held_frame_hashes=held.get,
-            time_floor=self._store.time_floor(),
+            time_floor=self._store.frames.time_floor(),
             now=self._clock.wall(),
             limits=limits,
         )
@@ -474,7 +474,7 @@ class DeliveryWorker:
             self.wake()  # a fast-forwarded version dropped: its book is due again
 
     def _trust_root(self) -> Root:
-        stored = self._store.trust_root_envelope()
+        stored = self._store.frames.trust_root_envelope()
         if stored is None:
             return pinned_root(self._pinned_key)
         return parse_root(open_root_envelope(stored)[0])  # verified before it was stored
@@ -489,7 +489,7 @@ class DeliveryWorker:
                 break
             root = verify_root(trusted, envelope)
             new_keys = not root.same_signing_keys(trusted)
-            self._store.rotate_trust(
+            self._store.frames.rotate_trust(
                 root.version,
                 envelope,
                 new_signing_keys=new_keys,
@@ -512,7 +512,7 @@ class DeliveryWorker:
         version, data = self._offered_frames.pop(manifest.book_id, (0, b""))
         if version != manifest.version:
             return
-        missing = {f.idx for f in self._store.missing_frames(manifest.book_id, version)}
+        missing = {f.idx for f in self._store.frames.missing_frames(manifest.book_id, version)}
         for idx, frame in enumerate(manifest.frames):
             if frame.offset + frame.length > len(data):
                 break  # only whole frames: the rest comes by Range
@@ -551,7 +551,7 @@ class DeliveryWorker:
                 idx,
             )
         killpoint("before_frame_commit")
-        result = self._store.commit_frame(
+        result = self._store.frames.commit_frame(
             manifest.book_id, manifest.version, idx, data, self._clock.wall()
         )
         killpoint("after_frame_commit")

@@ -36,12 +36,12 @@ class Dictionaries:
 
     async def ensure(self, sha256: str, size: int) -> None:
         """The dictionary is on the device when this returns (fetched now if it was not)."""
-        if self._store.dictionary(sha256) is not None:
+        if self._store.frames.dictionary(sha256) is not None:
             return
         lock = self._fetching.setdefault(sha256, asyncio.Lock())
         try:
             async with lock:
-                if self._store.dictionary(sha256) is None:
+                if self._store.frames.dictionary(sha256) is None:
                     await self._fetch(sha256, size)
         finally:
             if not lock.locked():
@@ -52,7 +52,7 @@ class Dictionaries:
         if len(data) != size:
             raise DictionaryError(f"dictionary {sha256[:16]} is {len(data)} bytes, not {size}")
         Dictionary.verified(data, sha256)
-        self._store.put_dictionary(sha256, data)
+        self._store.frames.put_dictionary(sha256, data)
         log_event(_LOG, logging.INFO, "dictionary_stored", sha256=sha256[:16], bytes=len(data))
 
     def prefetch(self, refs: list[Any]) -> None:
@@ -71,7 +71,7 @@ class Dictionaries:
                 and 0 < size <= MAX_DICTIONARY_BYTES
             ):
                 wanted.append((sha256, size))
-        self._wanted = [(h, n) for h, n in wanted if self._store.dictionary(h) is None]
+        self._wanted = [(h, n) for h, n in wanted if self._store.frames.dictionary(h) is None]
         if self._wanted:
             self._wake.set()
 

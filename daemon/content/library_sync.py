@@ -25,7 +25,6 @@ from functools import partial
 from daemon.backoff import Backoff
 from daemon.client import ChangesPage, LibraryPush
 from daemon.clock import Clock
-from daemon.content import receipt_store
 from daemon.errors import ProtocolError, ShelfsyncError, StoreError, TransportError
 from daemon.logs import log_event
 from daemon.radio.windows import RadioWindows
@@ -82,7 +81,7 @@ class LibrarySync:
             try:
                 await self.sync_once()
                 with suppress(StoreError):  # a full disk: the receipts' clock stays as it was
-                    receipt_store.mark_contact(self._store, self._clock.wall())
+                    self._store.receipts.mark_contact(self._clock.wall())
                 self.retry.succeeded()
                 continue
             except (ShelfsyncError, OSError) as e:
@@ -94,7 +93,7 @@ class LibrarySync:
             record_failure("library sync", self._store.set_meta, "last_sync_error", decision.error)
             record_failure("library sync", self._store.set_meta, "last_sync_error_at", repr(now))
             if lost_contact:
-                record_failure("library sync", receipt_store.mark_contact_lost, self._store, now)
+                record_failure("library sync", self._store.receipts.mark_contact_lost, now)
             self.retry.log_failed(_LOG, "library_sync_failed", decision, logging.INFO)
             # Exactly at its time, not deferred: this pull is what announces a purchase. Asked
             # again meanwhile (a push, a poll, the reader), it goes at once.
@@ -105,7 +104,7 @@ class LibrarySync:
 
     def apply_push(self, push: LibraryPush) -> None:
         """Apply the changes a push carried, or ask for a pull if the feed moved past them."""
-        cursor = self._store.library_cursor()
+        cursor = self._store.library.library_cursor()
         if cursor < push.after or push.page.cursor < cursor or self._new_root(push.page):
             # Changes missed between, a cursor past the feed's end (where a forged page can
             # put it), or a trust root not yet followed: the pull finds the first, rewinds from
@@ -122,7 +121,9 @@ class LibrarySync:
             return
         fresh = [c for c in push.page.changes if c.seq > cursor]
         try:
-            removed = self._store.apply_library_changes(fresh, push.page.cursor, self._clock.wall())
+            removed = self._store.library.apply_library_changes(
+                fresh, push.page.cursor, self._clock.wall()
+            )
         except StoreError as e:
             log_event(_LOG, logging.WARNING, "library_push_not_applied", error=str(e))
             self.request()
@@ -159,7 +160,7 @@ class LibrarySync:
         The sync is recorded at its start: every change made before then is in (a trip is
         ready only after a sync that began after it was asked for)."""
         began = self._clock.wall()
-        cursor = self._store.library_cursor()
+        cursor = self._store.library.library_cursor()
         applied = 0
         requests = 0
         rewound = False
@@ -182,7 +183,7 @@ class LibrarySync:
                 log_event(_LOG, logging.WARNING, "library_cursor_ahead", cursor=cursor)
                 cursor, rewound = 0, True
                 continue
-            removed = self._store.apply_library_changes(
+            removed = self._store.library.apply_library_changes(
                 page.changes, page.cursor, self._clock.wall(), rewound=rewound
             )
             for book_id in removed:

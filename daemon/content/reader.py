@@ -127,7 +127,7 @@ class FrameOpener:
         if cached is not None:
             self._books.move_to_end((book_id, version))
             return cached
-        sealing = store.manifest_sealing(book_id, version)
+        sealing = store.frames.manifest_sealing(book_id, version)
         if sealing is None or sealing.content_key is None:
             raise KeyUnwrapError(f"{book_id} v{version} has no content key on the device")
         wrapped = sealing.content_key
@@ -146,7 +146,7 @@ class FrameOpener:
         if sha256 is None:
             return None
         if sha256 not in self._dictionaries:
-            data = store.dictionary(sha256)
+            data = store.frames.dictionary(sha256)
             if data is None:
                 raise DictionaryError(f"dictionary {sha256[:16]} of {book_id} is not on the device")
             self._dictionaries[sha256] = Dictionary.verified(data, sha256)
@@ -164,7 +164,7 @@ def resource_pieces(store: Store, resource: ResourceRow, opener: FrameOpener) ->
     """Yield the resource's bytes in order, as views of what each frame decoded (no copies),
     a piece at a time; NotOnDeviceError first if a frame it needs is still to come. Call
     inside `store.snapshot()`."""
-    frames = store.resource_frames(resource)
+    frames = store.frames.resource_frames(resource)
     spanned = resource.last_frame - resource.first_frame + 1
     missing = spanned - sum(stored is not None for _, stored in frames)
     if missing:
@@ -282,13 +282,13 @@ class _StoredChunks:
     def _open_stored(self) -> ChunkSource:
         store, stored = self._store, self._stored
         book_id, version = self._resource.book_id, self._resource.version
-        seal_nonce = store.seal_nonce(book_id, version, self._idx)
+        seal_nonce = store.frames.seal_nonce(book_id, version, self._idx)
         if seal_nonce is None:
             raise self._not_committed()
         book = self._opener.book(store, book_id, version)
         key = book.content_key
         if not book.sealed_in_chunks:  # stored before manifest format 2: sealed whole
-            whole = store.read_frame(stored, 0, stored.size)
+            whole = store.frames.read_frame(stored, 0, stored.size)
             if whole[:NONCE_BYTES] != seal_nonce:  # its nonce binds it to this row
                 raise self._not_committed()
             return WholePayload(open_whole_frame(key, book_id, whole))
@@ -300,7 +300,7 @@ class _StoredChunks:
             key,
             book_id,
             stored.size,
-            lambda offset, size: store.read_frame(stored, offset, size),
+            lambda offset, size: store.frames.read_frame(stored, offset, size),
             prefix=seal_nonce,
         )
 
@@ -321,7 +321,7 @@ def _altered_at_rest(store: Store, resource: ResourceRow, idx: int) -> FrameHash
     the same bytes). Only the manifest's hash of the whole frame tells which."""
     book_id, version = resource.book_id, resource.version
     try:
-        frame, data = store.frame(book_id, version, idx)
+        frame, data = store.frames.frame(book_id, version, idx)
     except DatabaseDamagedError:
         data = None  # on a damaged page: altered at rest, whatever it was
     else:

@@ -25,7 +25,6 @@ from typing import Any
 
 from daemon.backoff import Backoff
 from daemon.clock import Clock, sleep_or_until
-from daemon.content import receipt_store
 from daemon.errors import ShelfsyncError, StoreError, TransportError
 from daemon.logs import log_event
 from daemon.profile import DeviceProfile
@@ -100,11 +99,11 @@ class ReceiptSync:
         or under way (a window's work: daemon/radio/windows.py)."""
         if self._sending or self._link_up.is_set():
             return True
-        return self.retry.failures == 0 and bool(receipt_store.unsent_receipts(self._store, 1))
+        return self.retry.failures == 0 and bool(self._store.receipts.unsent_receipts(1))
 
     def _mark_link_up(self) -> None:
         try:
-            receipt_store.mark_link_up(self._store, self._clock.wall())
+            self._store.receipts.mark_link_up(self._clock.wall())
         except StoreError as e:  # a full disk: orders then count from when they were made
             log_event(_LOG, logging.WARNING, "link_up_not_recorded", error=str(e))
 
@@ -142,10 +141,10 @@ class ReceiptSync:
     def _has_network_work(self) -> bool:
         """Whether a round now would use the network: a receipt to send, notices to pull."""
         self._make_failed_receipts()
-        return self._pull_wanted or bool(receipt_store.unsent_receipts(self._store, 1))
+        return self._pull_wanted or bool(self._store.receipts.unsent_receipts(1))
 
     def _make_failed_receipts(self) -> None:
-        made = receipt_store.make_failed_receipts(self._store, self._clock.wall(), PROMISE_S)
+        made = self._store.receipts.make_failed_receipts(self._clock.wall(), PROMISE_S)
         if made:
             log_event(_LOG, logging.INFO, "delivery_failing_reported", receipts=made)
 
@@ -153,7 +152,7 @@ class ReceiptSync:
         """Wait until asked, or `check_s` while a delivery is under way."""
         if self._requested.is_set():
             return
-        watching = receipt_store.has_open_deliveries(self._store, self._clock.wall() - WATCH_S)
+        watching = self._store.receipts.has_open_deliveries(self._clock.wall() - WATCH_S)
         if watching:
             await sleep_or_until(self._clock, self._check_s, self._requested)
         else:
@@ -173,12 +172,12 @@ class ReceiptSync:
                 self._pull_wanted = True
                 raise
         if sent or new:
-            receipt_store.mark_contact(self._store, self._clock.wall())  # the link is back
+            self._store.receipts.mark_contact(self._clock.wall())  # the link is back
         return sent, new
 
     async def _send(self) -> int:
         sent = 0
-        while batch := receipt_store.unsent_receipts(self._store, BATCH):
+        while batch := self._store.receipts.unsent_receipts(BATCH):
             answer = await self._client.send_receipts(
                 {
                     # The service corrects the device's times by its own clock with this.
@@ -191,7 +190,7 @@ class ReceiptSync:
             # Only what was sent in this batch is ever marked, whatever the answer says.
             acked = [i for i in answer.acked if i in ids]
             rejected = {k: v for k, v in answer.rejected.items() if k in ids}
-            done = receipt_store.mark_sent(self._store, acked, rejected, self._clock.wall())
+            done = self._store.receipts.mark_sent(acked, rejected, self._clock.wall())
             for receipt_id, detail in rejected.items():
                 log_event(
                     _LOG, logging.WARNING, "receipt_refused", receipt=receipt_id, detail=detail
@@ -203,17 +202,15 @@ class ReceiptSync:
         return sent
 
     async def _pull_notices(self) -> int:
-        cursor = receipt_store.notice_cursor(self._store)
+        cursor = self._store.receipts.notice_cursor()
         new = 0
         while True:
             page = await self._client.notices(cursor, NOTICE_PAGE)
-            new += receipt_store.add_notices(
-                self._store, page.notices, page.cursor, self._clock.wall()
-            )
+            new += self._store.receipts.add_notices(page.notices, page.cursor, self._clock.wall())
             cursor = page.cursor
             if not page.has_more:
                 break
-        for notice in receipt_store.recent_notices(self._store, new):
+        for notice in self._store.receipts.recent_notices(new):
             log_event(
                 _LOG, logging.INFO, "notice_received", kind=notice["kind"], book=notice["book_id"]
             )

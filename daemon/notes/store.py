@@ -5,18 +5,20 @@ It opens its own connection to the daemon's database, with synchronous=FULL. In 
 lose its last commits on power loss, which is fine for a frame that is simply fetched again and
 not for a note the reader was told is saved (DESIGN.md promise 3, FAULTS.md #5). FULL syncs the
 WAL at every commit of this connection, so when the local API answers, the note is on flash; the
-frames keep the cheaper NORMAL. The schema is migrated by daemon/store.py before this opens.
+frames keep the cheaper NORMAL. The schema is migrated by daemon/store/ before this opens.
 
 Every method is one short transaction that never awaits, so callers on the event loop cannot
 interleave inside one, and each read-modify-write (an edit, a merge) is a single transaction. It
-also reads the `library` table (owned by daemon/store.py) to know which books are on the device.
+also reads the `library` table (daemon/store/library.py's) to know which books are on the device.
+Its SQL runs through a gateway's helpers (daemon/store/gateway.py): rows of more than one column
+read by name, every apsw error translated; annotation_status reads its counts through the book
+store's connection.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,10 @@ from daemon.errors import StoreError
 from daemon.killpoints import killpoint
 from daemon.protocol import merge
 from daemon.protocol.merge import Item, Position
-from daemon.store import WAL_BACKSTOP_PAGES, DiskWatch, Store, keep_wal, translate
+from daemon.store import Store
+from daemon.store.database import WAL_BACKSTOP_PAGES, keep_wal
+from daemon.store.disk import DiskWatch
+from daemon.store.gateway import Gateway
 
 SCHEMA_VERSION = 2  # the first schema holding these tables
 POSITION_TARGET = "position:"  # outbox target prefix of reading position ops
@@ -53,7 +58,7 @@ def _dumps(doc: Any) -> str:
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
 
 
-class NotesStore:
+class NotesStore(Gateway):
     def __init__(
         self,
         connection: apsw.Connection,
@@ -92,24 +97,6 @@ class NotesStore:
 
     def close(self) -> None:
         self._db.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[apsw.Connection]:
-        try:
-            with self._db:
-                yield self._db
-        except apsw.Error as e:
-            raise translate(e, self._watch) from e
-
-    def _query(self, sql: str, bindings: Any = ()) -> list[Any]:
-        try:
-            return list(self._db.execute(sql, bindings))
-        except apsw.Error as e:
-            raise translate(e, self._watch) from e
-
-    def _one(self, sql: str, bindings: Any = ()) -> Any:
-        rows = self._query(sql, bindings)
-        return rows[0] if rows else None
 
     # -- small facts ----------------------------------------------------------------------------
 
@@ -183,14 +170,14 @@ class NotesStore:
 
     def items(self, book_id: str, include_deleted: bool) -> list[tuple[Item, bool]]:
         """A book's annotations (with whether an edit is still to be sent), oldest edit first."""
-        rows = self._query(
+        rows = self._rows(
             "SELECT a.state, EXISTS (SELECT 1 FROM outbox o WHERE o.target = a.item_id"
-            "   AND o.rejected IS NULL)"
+            "   AND o.rejected IS NULL) AS unsent"
             " FROM annotations a WHERE a.book_id = ? AND a.created AND (? OR NOT a.deleted)"
             " ORDER BY a.updated",
             (book_id, int(include_deleted)),
         )
-        return [(merge.item_from_doc(json.loads(r[0])), bool(r[1])) for r in rows]
+        return [(merge.item_from_doc(json.loads(r["state"])), bool(r["unsent"])) for r in rows]
 
     @staticmethod
     def _write_item(db: apsw.Connection, item: Item) -> None:
@@ -261,14 +248,14 @@ class NotesStore:
         """The oldest pending ops, at most `max_ops` and about `max_bytes` (at least one)."""
         batch: list[OutboxOp] = []
         size = 0
-        for op_id, body in self._query(
+        for row in self._rows(
             "SELECT op_id, body FROM outbox WHERE rejected IS NULL ORDER BY seq LIMIT ?",
             (max_ops,),
         ):
-            size += len(body) + 1
+            size += len(row["body"]) + 1
             if batch and size > max_bytes:
                 break
-            batch.append(OutboxOp(op_id, body))
+            batch.append(OutboxOp(**row))
         return batch
 
     def outbox_done(self, acked: Iterable[str], rejected: Mapping[str, str]) -> int:
@@ -373,52 +360,61 @@ class NotesStore:
                 db.execute("DELETE FROM popular_books WHERE book_id = ?", (book_id,))
 
     def popular(self, book_id: str) -> list[dict[str, Any]]:
-        rows = self._query(
+        rows = self._rows(
             "SELECT passage_id, readers, anchor FROM popular_passages WHERE book_id = ?"
             " ORDER BY readers DESC, passage_id",
             (book_id,),
         )
-        return [{"passage_id": r[0], "readers": r[1], "anchor": json.loads(r[2])} for r in rows]
+        return [{**r, "anchor": json.loads(r["anchor"])} for r in rows]
 
 
 def annotation_status(store: Store) -> dict[str, Any] | None:
     """Annotation sync as the status report shows it, read through the book store's connection
     (so `shelfsync status` works with the daemon stopped); None before schema 2."""
-    if store.schema_version() < SCHEMA_VERSION:
-        return None
-    pending, pending_positions, pending_bytes, rejected = store.one(
-        "SELECT count(*) FILTER (WHERE rejected IS NULL),"
-        f" count(*) FILTER (WHERE rejected IS NULL AND target LIKE '{POSITION_TARGET}%'),"
-        " coalesce(sum(length(body)) FILTER (WHERE rejected IS NULL), 0),"
-        " count(*) FILTER (WHERE rejected IS NOT NULL) FROM outbox"
-    )
-    meta = dict(store.query("SELECT key, value FROM notes_meta"))
-    (shared,) = store.one("SELECT count(*) FROM popular_passages")
-    by_kind = dict.fromkeys(merge.KINDS, 0)
-    kept = 0
-    for kind, overruled, n in store.query(
-        "SELECT json_extract(state, '$.fields.kind[1]'),"
-        " json_extract(state, '$.deleted') IS NOT NULL, count(*)"
-        " FROM annotations WHERE created AND NOT deleted GROUP BY 1, 2"
-    ):
-        by_kind[str(kind)] = by_kind.get(str(kind), 0) + int(n)
-        kept += int(n) if overruled else 0
-    last = meta.get("last_sync_at")
-    return {
-        "outbox_depth": int(pending),
-        "outbox_positions": int(pending_positions),  # of outbox_depth: reading positions
-        "outbox_bytes": int(pending_bytes),  # JSON, before compression
-        "rejected": int(rejected),
-        "annotations": sum(by_kind.values()),
-        "by_kind": by_kind,  # highlights, notes, bookmarks: each by its name in the status
-        # Edit beat delete: annotations another device deleted, kept because edited here or
-        # elsewhere without that device having seen it (merge.item_view's delete_overruled).
-        "kept_despite_delete": kept,
-        "shared_highlights": int(shared),  # other readers' passages held for offline reading
-        "last_sync_at": float(last) if last else None,
-        "last_sync_error": meta.get("last_sync_error") or None,
-        "cursor": int(meta.get("annotation_cursor", 0)),
-        "popular_refreshed_at": float(meta["popular_refreshed_at"])
-        if "popular_refreshed_at" in meta
-        else None,
-    }
+    return _NotesCounts(store).status()
+
+
+class _NotesCounts(Gateway):
+    """The notes' counts over the book store's connection, for annotation_status."""
+
+    def status(self) -> dict[str, Any] | None:
+        if self._schema_version() < SCHEMA_VERSION:
+            return None
+        outbox = self._row(
+            "SELECT count(*) FILTER (WHERE rejected IS NULL) AS pending,"
+            f" count(*) FILTER (WHERE rejected IS NULL AND target LIKE '{POSITION_TARGET}%')"
+            "   AS positions,"
+            " coalesce(sum(length(body)) FILTER (WHERE rejected IS NULL), 0) AS bytes,"
+            " count(*) FILTER (WHERE rejected IS NOT NULL) AS rejected FROM outbox"
+        )
+        assert outbox is not None  # counts: always one row
+        meta = {r["key"]: r["value"] for r in self._rows("SELECT key, value FROM notes_meta")}
+        (shared,) = self._one("SELECT count(*) FROM popular_passages")
+        by_kind = dict.fromkeys(merge.KINDS, 0)
+        kept = 0
+        for r in self._rows(
+            "SELECT json_extract(state, '$.fields.kind[1]') AS kind,"
+            " json_extract(state, '$.deleted') IS NOT NULL AS overruled, count(*) AS n"
+            " FROM annotations WHERE created AND NOT deleted GROUP BY 1, 2"
+        ):
+            by_kind[str(r["kind"])] = by_kind.get(str(r["kind"]), 0) + int(r["n"])
+            kept += int(r["n"]) if r["overruled"] else 0
+        last = meta.get("last_sync_at")
+        return {
+            "outbox_depth": int(outbox["pending"]),
+            "outbox_positions": int(outbox["positions"]),  # of outbox_depth: reading positions
+            "outbox_bytes": int(outbox["bytes"]),  # JSON, before compression
+            "rejected": int(outbox["rejected"]),
+            "annotations": sum(by_kind.values()),
+            "by_kind": by_kind,  # highlights, notes, bookmarks: each by its name in the status
+            # Edit beat delete: annotations another device deleted, kept because edited here or
+            # elsewhere without that device having seen it (merge.item_view's delete_overruled).
+            "kept_despite_delete": kept,
+            "shared_highlights": int(shared),  # other readers' passages held for offline reading
+            "last_sync_at": float(last) if last else None,
+            "last_sync_error": meta.get("last_sync_error") or None,
+            "cursor": int(meta.get("annotation_cursor", 0)),
+            "popular_refreshed_at": float(meta["popular_refreshed_at"])
+            if "popular_refreshed_at" in meta
+            else None,
+        }

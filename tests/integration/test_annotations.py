@@ -533,7 +533,7 @@ async def test_popular_refresh_follows_its_cursor(
             readers.append(await BareDevice.register(stub.url, account, tmp_path / f"r{i}"))
         mine = readers[0]
         store = Store.open(tmp_path / "device.db")
-        store.apply_library_changes([merge_change(book_id)], cursor=1, now=time.time())
+        store.library.apply_library_changes([merge_change(book_id)], cursor=1, now=time.time())
         notes = NotesStore.open(tmp_path / "device.db")
         clock = SystemClock()
         worker = SharedHighlights(

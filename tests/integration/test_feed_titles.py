@@ -44,12 +44,12 @@ async def test_a_synced_library_shows_titles_before_the_manifests(
         finally:
             await client.close()
     try:
-        (entry,) = store.library_view()
+        (entry,) = store.views.library_view()
         assert entry["version"] is None  # no manifest yet: only the feed spoke
         assert entry["title"] == catalog.title
         assert entry["authors"] == list(catalog.authors)
         assert entry["cover_size"] == len(cover.data)
-        (waiting,) = store.books_not_delivered(5)
+        (waiting,) = store.views.books_not_delivered(5)
         assert waiting["title"] == catalog.title
     finally:
         store.close()

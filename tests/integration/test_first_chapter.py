@@ -23,7 +23,7 @@ from tests.builders import CONTENT_KEY, DEVICE_KEY, NOW
 
 
 def _served(store: Store, book_id: str, path: str, opener: FrameOpener) -> bool:
-    row = store.resource(book_id, path)
+    row = store.frames.resource(book_id, path)
     assert row is not None, path
     try:
         read_resource(store, row, opener)
@@ -50,16 +50,16 @@ def test_readable_turns_true_exactly_when_the_first_page_can_be_served(
         )
         assert manifest.first_chapter_needs == epub.first_chapter_needs
         store = Store.open(tmp_path / f"{number}.db")
-        store.apply_library_changes(
+        store.library.apply_library_changes(
             [LibraryChange(1, manifest.book_id, "add", "bought", 1, NOW)], 1, NOW
         )
-        store.record_manifest(manifest, b"envelope", NOW)
+        store.frames.record_manifest(manifest, b"envelope", NOW)
         page = (manifest.first_chapter, *manifest.first_chapter_needs)
         was_readable = False
         for index, frame in enumerate(manifest.frames):
             data = package.data[frame.offset : frame.offset + frame.length]
-            store.commit_frame(manifest.book_id, 1, index, data, NOW)
-            (view,) = [b for b in store.library_view() if b["book_id"] == manifest.book_id]
+            store.frames.commit_frame(manifest.book_id, 1, index, data, NOW)
+            (view,) = [b for b in store.views.library_view() if b["book_id"] == manifest.book_id]
             if view["readable"] == was_readable:
                 continue
             # It turned readable at this commit: every resource of the first page serves now,

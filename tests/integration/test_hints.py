@@ -77,7 +77,7 @@ async def test_the_next_book_of_a_series_comes_after_the_purchase_and_goes_first
         await assert_reads_back(device.api, library / ALICE)
         store = Store.open(device.daemon.settings.db_path, readonly=True)
         try:
-            assert store.books_bytes() <= 2 * 1024 * 1024
+            assert store.frames.books_bytes() <= 2 * 1024 * 1024
         finally:
             store.close()
 

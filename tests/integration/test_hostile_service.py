@@ -127,6 +127,6 @@ async def test_a_cursor_forged_past_the_feed_rewinds_and_later_purchases_still_a
             store.set_meta("library_cursor", str(10**15))  # what the forged page left
             await device.account.buy(book_id)
             await device.wait_complete(book_id)
-            assert store.library_cursor() < 10**15
+            assert store.library.library_cursor() < 10**15
         finally:
             store.close()

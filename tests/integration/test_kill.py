@@ -75,7 +75,7 @@ async def test_killed_mid_download_resumes_without_refetching_committed_frames(
         # What survived the kill: exactly the committed frames, and a sound database.
         store = Store.open(state / "shelfsync.db")
         assert store.integrity_check() == "ok"
-        missing = store.missing_frames(book_id, 1)
+        missing = store.frames.missing_frames(book_id, 1)
         assert [f.idx for f in missing] == list(range(frames_kept, len(manifest.frames)))
         store.close()
 

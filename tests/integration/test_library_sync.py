@@ -57,7 +57,7 @@ async def test_a_library_of_20000_books_syncs_in_bounded_pages(
         # 40 full pages (the last says has_more=false), then one re-sync that finds nothing.
         assert len(pages) == 20_000 // PAGE_SIZE + 1
         assert len(wakes) == 20_000 // PAGE_SIZE  # delivery woken page by page
-        assert {b["book_id"] for b in store.library_view()} == set(book_ids)
+        assert {b["book_id"] for b in store.views.library_view()} == set(book_ids)
         store.close()
 
 

@@ -77,7 +77,7 @@ async def test_a_purchase_evicts_the_least_likely_unprotected_book_within_the_qu
         await assert_reads_back(device.api, corpus_dir / ALICE)
         store = Store.open(device.daemon.settings.db_path, readonly=True)
         try:
-            assert store.books_bytes() <= 2 * 1024 * 1024
+            assert store.frames.books_bytes() <= 2 * 1024 * 1024
         finally:
             store.close()
 
@@ -155,7 +155,7 @@ async def test_a_full_disk_pauses_downloads_damages_nothing_and_resumes_by_itsel
             try:
                 assert store.integrity_check() == "ok"
                 # Frames commit in order: the ones held now are a prefix of the package.
-                first_missing = store.missing_frames(book_id, 1)[0]
+                first_missing = store.frames.missing_frames(book_id, 1)[0]
             finally:
                 store.close()
             assert first_missing.idx > 0

@@ -100,10 +100,10 @@ def workload(db: Path, book: Book, promised: Promises, rng: random.Random) -> No
             promised.notes[item_id] = text
 
         for manifest, package, _ in (book.v1, book.v2):
-            store.record_manifest(manifest, b"envelope", NOW)
+            store.frames.record_manifest(manifest, b"envelope", NOW)
             promised.trusted_version = manifest.version
-            for row in store.missing_frames(BOOK_ID, manifest.version):
-                store.commit_frame(
+            for row in store.frames.missing_frames(BOOK_ID, manifest.version):
+                store.frames.commit_frame(
                     BOOK_ID, manifest.version, row.idx, _frames(manifest, package)[row.idx], NOW
                 )
                 if rng.random() < 0.3:
@@ -123,18 +123,18 @@ def check(db: Path, book: Book, promised: Promises) -> tuple[int, int]:
     notes = NotesStore.open(db)
     try:
         assert store.integrity_check() == "ok"
-        assert store.trusted_version(BOOK_ID) >= promised.trusted_version
+        assert store.frames.trusted_version(BOOK_ID) >= promised.trusted_version
         lost = 0
         for item_id, text in promised.notes.items():
             item = notes.item(item_id)
             if item is None or text not in dict(merge.note_versions(item)).values():
                 lost += 1
         wrong = 0
-        version = store.readable_version(BOOK_ID)
+        version = store.frames.readable_version(BOOK_ID)
         if version is not None:
             files = {1: book.v1, 2: book.v2}[version][2]
             opener = FrameOpener(DEVICE_KEY, 1 << 23)
-            for resource in store.resources(BOOK_ID, version):
+            for resource in store.frames.resources(BOOK_ID, version):
                 try:
                     served = read_resource(store, resource, opener)
                 except NotOnDeviceError:
@@ -151,22 +151,24 @@ def finish_delivery(db: Path, book: Book) -> None:
     store = Store.open(db)
     try:
         for manifest, package, _ in (book.v1, book.v2):
-            if manifest.version < store.trusted_version(BOOK_ID):
+            if manifest.version < store.frames.trusted_version(BOOK_ID):
                 continue  # refused as a rollback by trust.py; the store keeps the newer one
-            store.record_manifest(manifest, b"envelope", NOW)
-            for row in store.missing_frames(BOOK_ID, manifest.version):
-                store.commit_frame(
+            store.frames.record_manifest(manifest, b"envelope", NOW)
+            for row in store.frames.missing_frames(BOOK_ID, manifest.version):
+                store.frames.commit_frame(
                     BOOK_ID, manifest.version, row.idx, _frames(manifest, package)[row.idx], NOW
                 )
-        assert store.readable_version(BOOK_ID) == 2
-        assert store.library_view()[0]["state"] == "complete"
+        assert store.frames.readable_version(BOOK_ID) == 2
+        assert store.views.library_view()[0]["state"] == "complete"
     finally:
         store.close()
 
 
 def fresh_device(path: Path) -> Path:
     store = Store.open(path / "db")
-    store.apply_library_changes([LibraryChange(1, BOOK_ID, "add", "bought", 2, NOW)], 1, NOW)
+    store.library.apply_library_changes(
+        [LibraryChange(1, BOOK_ID, "add", "bought", 2, NOW)], 1, NOW
+    )
     store.close()
     return path / "db"
 
@@ -254,8 +256,8 @@ def test_an_io_error_at_any_op_is_typed_and_damages_nothing(
             disk.arm_failure(n, persistent=persistent)
             saved = False
             try:
-                store.record_manifest(manifest, b"envelope", NOW)
-                store.commit_frame(BOOK_ID, 1, 0, first, NOW)
+                store.frames.record_manifest(manifest, b"envelope", NOW)
+                store.frames.commit_frame(BOOK_ID, 1, 0, first, NOW)
                 stamp = HybridClock("dev_io").tick(NOW * 1000)
                 new = merge.parse_new({"kind": "note", "anchor": anchor(), "note": "kept"})
                 delta = merge.create_delta("note_io_001", BOOK_ID, stamp, new)
@@ -267,7 +269,7 @@ def test_an_io_error_at_any_op_is_typed_and_damages_nothing(
                 pytest.fail(f"op {n}: an untyped {type(e).__name__} escaped a store: {e}")
             disk.disarm()
             try:  # the same connections read on
-                assert store.library_view()[0]["book_id"] == BOOK_ID
+                assert store.views.library_view()[0]["book_id"] == BOOK_ID
                 assert (notes.item("note_io_001") is not None) >= saved
             finally:
                 notes.close()
@@ -276,7 +278,7 @@ def test_an_io_error_at_any_op_is_typed_and_damages_nothing(
             try:
                 assert reopened.integrity_check() == "ok"
                 lost += saved and notes.item("note_io_001") is None
-                held = reopened.frame_hashes(BOOK_ID, 1)
+                held = reopened.frames.frame_hashes(BOOK_ID, 1)
                 assert held is None or len(held) == len(manifest.frames)  # all or nothing
             finally:
                 notes.close()

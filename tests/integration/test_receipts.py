@@ -16,7 +16,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from daemon.client import AccountClient, ClientLimits, ServiceClient
-from daemon.content import receipt_store
 from daemon.models import LibraryChange
 from daemon.protocol.crypto import x25519_public_text
 from daemon.store import Store
@@ -108,21 +107,23 @@ def test_a_failing_delivery_is_reported_once_a_promise_after_the_device_heard_of
     store = Store.open(tmp_path / "device.db")
     try:
         store.set_meta("registered_at", "500")
-        receipt_store.mark_link_up(store, 900.0)  # the daemon started, or push connected
+        store.receipts.mark_link_up(900.0)  # the daemon started, or push connected
         bought = LibraryChange(
             seq=1, book_id="bk_a", action="add", reason="bought", version=2, at=600
         )
         old = LibraryChange(seq=2, book_id="bk_old", action="add", reason="bought", version=1, at=1)
-        store.apply_library_changes([bought, old], cursor=2, now=1000.0)
-        assert receipt_store.make_failed_receipts(store, 1100.0, 60) == 0  # no failure yet
-        assert receipt_store.has_open_deliveries(store, notified_since=400.0)
-        assert not receipt_store.has_open_deliveries(store, notified_since=1000.0)
+        store.library.apply_library_changes([bought, old], cursor=2, now=1000.0)
+        assert store.receipts.make_failed_receipts(1100.0, 60) == 0  # no failure yet
+        assert store.receipts.has_open_deliveries(notified_since=400.0)
+        assert not store.receipts.has_open_deliveries(notified_since=1000.0)
         for book_id in ("bk_a", "bk_old"):
-            store.record_delivery_failure(book_id, "TransportError: HTTP 503", retry_at=1101.0)
-        assert receipt_store.make_failed_receipts(store, 1059.0, 60) == 0  # not yet due
-        assert receipt_store.make_failed_receipts(store, 1061.0, 60) == 2
-        assert receipt_store.make_failed_receipts(store, 1200.0, 60) == 0  # made once
-        made = {r.book_id: r for r in receipt_store.unsent_receipts(store, 10)}
+            store.library.record_delivery_failure(
+                book_id, "TransportError: HTTP 503", retry_at=1101.0
+            )
+        assert store.receipts.make_failed_receipts(1059.0, 60) == 0  # not yet due
+        assert store.receipts.make_failed_receipts(1061.0, 60) == 2
+        assert store.receipts.make_failed_receipts(1200.0, 60) == 0  # made once
+        made = {r.book_id: r for r in store.receipts.unsent_receipts(10)}
         a = made["bk_a"]
         assert (a.outcome, a.version, a.retries, a.reason) == ("failed", 2, 1, "bought")
         assert a.receipt_id == "bk_a.v2.600000.failed"
@@ -130,21 +131,21 @@ def test_a_failing_delivery_is_reported_once_a_promise_after_the_device_heard_of
         assert a.link_up_at == 900.0  # in contact since before it heard of the order
         assert made["bk_old"].reason == "archived"  # ordered before the device joined
         ids = [r.receipt_id for r in made.values()]
-        assert receipt_store.mark_sent(store, ids, {}, 1300.0) == 2
-        assert receipt_store.unsent_receipts(store, 10) == []
-        assert receipt_store.receipt_status(store) == {
+        assert store.receipts.mark_sent(ids, {}, 1300.0) == 2
+        assert store.receipts.unsent_receipts(10) == []
+        assert store.receipts.receipt_status() == {
             "unsent": 0,
             "rejected": 0,
             "last_sent_at": 1300.0,
         }
         # The previous pull of the feed failed: the device was out of contact until this one.
         store.set_meta("last_sync_error", "TransportError: unreachable")
-        receipt_store.mark_contact_lost(store, 1900.0)  # as the library sync does
+        store.receipts.mark_contact_lost(1900.0)  # as the library sync does
         back = LibraryChange(seq=3, book_id="bk_b", action="add", reason="sent", version=1, at=1500)
-        store.apply_library_changes([back], cursor=3, now=2000.0)
-        store.record_delivery_failure("bk_b", "StalledError: no byte", retry_at=2001.0)
-        assert receipt_store.make_failed_receipts(store, 2100.0, 60) == 1
-        [b] = receipt_store.unsent_receipts(store, 10)
+        store.library.apply_library_changes([back], cursor=3, now=2000.0)
+        store.library.record_delivery_failure("bk_b", "StalledError: no byte", retry_at=2001.0)
+        assert store.receipts.make_failed_receipts(2100.0, 60) == 1
+        [b] = store.receipts.unsent_receipts(10)
         assert (b.book_id, b.link_up_at) == ("bk_b", 2000.0)
     finally:
         store.close()

@@ -130,7 +130,7 @@ async def test_under_a_service_manager_it_is_ready_pinged_reloaded_stopped_and_s
             NotesStore.open(state / "shelfsync.db"),
         )
         try:
-            assert [b["state"] for b in store.library_view()] == ["complete"]
+            assert [b["state"] for b in store.views.library_view()] == ["complete"]
             items = [item for item, _ in notes.items(book_id, False)]
             assert [[text for _, text in note_versions(i)] for i in items] == [[NOTE_TEXT]]
         finally:

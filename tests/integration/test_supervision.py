@@ -49,7 +49,7 @@ async def test_a_full_disk_in_library_sync_leaves_the_daemon_running(
             raise DiskFullError("the disk is full: database or disk is full")
 
         # The pull fails, and so does writing down why (the failure path of issue 19).
-        monkeypatch.setattr(store, "apply_library_changes", disk_full)
+        monkeypatch.setattr(store.library, "apply_library_changes", disk_full)
         monkeypatch.setattr(store, "set_meta", disk_full)
         await device.account.buy(book_id)
         problem = await worker_problem(device, "library sync")
@@ -82,7 +82,7 @@ async def test_a_worker_that_fails_is_restarted_and_reported(
         def bug(*args: object, **kwargs: object) -> Any:
             raise ZeroDivisionError("a bug in the pull")
 
-        monkeypatch.setattr(store, "apply_library_changes", bug)
+        monkeypatch.setattr(store.library, "apply_library_changes", bug)
         await device.account.buy(book_id)
         crash = (await worker_problem(device, "library sync"))["crashed"]
         assert crash["error"] == "ZeroDivisionError: a bug in the pull"

@@ -14,7 +14,8 @@ from daemon.content.trust import verify_manifest
 from daemon.errors import ExpiredError
 from daemon.models import LibraryChange
 from daemon.protocol.manifest import Manifest
-from daemon.store import FLOOR_STEP_S, Store
+from daemon.store import Store
+from daemon.store.frames import FLOOR_STEP_S
 from tests.builders import NOW, make_manifest, signed
 
 SERVICE_KEY = Ed25519PrivateKey.generate()
@@ -29,9 +30,9 @@ def verify(store: Store, envelope: bytes, now: float) -> Manifest:
         envelope,
         pinned_key=SERVICE_KEY.public_key(),
         book_id="bk_test",
-        trusted_version=store.trusted_version("bk_test"),
-        held_frame_hashes=lambda version: store.frame_hashes("bk_test", version),
-        time_floor=store.time_floor(),
+        trusted_version=store.frames.trusted_version("bk_test"),
+        held_frame_hashes=lambda version: store.frames.frame_hashes("bk_test", version),
+        time_floor=store.frames.time_floor(),
         now=now,
     )
 
@@ -39,10 +40,12 @@ def verify(store: Store, envelope: bytes, now: float) -> Manifest:
 def device(tmp_path: Path) -> Store:
     """A device that verified a manifest issued at NOW: its floor is NOW."""
     store = Store.open(tmp_path / "db")
-    store.apply_library_changes([LibraryChange(1, "bk_test", "add", "bought", 1, NOW)], 1, NOW)
+    store.library.apply_library_changes(
+        [LibraryChange(1, "bk_test", "add", "bought", 1, NOW)], 1, NOW
+    )
     first, _ = make_manifest(FILES, issued_at=NOW)
-    store.record_manifest(verify(store, signed(first, SERVICE_KEY), NOW), b"", NOW)
-    assert store.time_floor() == NOW
+    store.frames.record_manifest(verify(store, signed(first, SERVICE_KEY), NOW), b"", NOW)
+    assert store.frames.time_floor() == NOW
     return store
 
 
@@ -56,7 +59,7 @@ def test_expiry_is_judged_by_the_later_of_the_clock_and_the_floor(
     now = CLOCKS[clock]
     manifest, _ = make_manifest(FILES, version=2, issued_at=NOW - issued_days_ago * DAY)
     envelope = signed(manifest, SERVICE_KEY)
-    if manifest.expires_at <= max(now, store.time_floor()):
+    if manifest.expires_at <= max(now, store.frames.time_floor()):
         with pytest.raises(ExpiredError, match="expired"):
             verify(store, envelope, now)
     else:
@@ -70,12 +73,16 @@ def test_a_clock_jumping_back_mid_download_neither_revives_an_expired_manifest_n
 ) -> None:
     store = device(tmp_path)
     fresh, package = make_manifest(FILES, version=2, issued_at=NOW + DAY)
-    store.record_manifest(verify(store, signed(fresh, SERVICE_KEY), NOW + DAY), b"", NOW + DAY)
+    store.frames.record_manifest(
+        verify(store, signed(fresh, SERVICE_KEY), NOW + DAY), b"", NOW + DAY
+    )
     frame = fresh.frames[0]
-    store.commit_frame("bk_test", 2, 0, package[frame.offset : frame.offset + frame.length], NOW)
+    store.frames.commit_frame(
+        "bk_test", 2, 0, package[frame.offset : frame.offset + frame.length], NOW
+    )
     # The clock jumps back to 1970 between two frames: the download goes on...
     frame = fresh.frames[1]
-    assert store.commit_frame(
+    assert store.frames.commit_frame(
         "bk_test", 2, 1, package[frame.offset : frame.offset + frame.length], 0
     ).complete
     # ...and a manifest that had expired by the floor stays expired.
@@ -89,8 +96,8 @@ def test_a_clock_jumping_back_mid_download_neither_revives_an_expired_manifest_n
 def test_a_manifest_issued_ten_years_ahead_moves_the_floor_a_day_at_most(tmp_path: Path) -> None:
     store = device(tmp_path)
     ahead, _ = make_manifest(FILES, version=2, issued_at=NOW + 10 * YEAR)
-    store.record_manifest(verify(store, signed(ahead, SERVICE_KEY), NOW), b"", NOW)
-    assert store.time_floor() == NOW + FLOOR_STEP_S
+    store.frames.record_manifest(verify(store, signed(ahead, SERVICE_KEY), NOW), b"", NOW)
+    assert store.frames.time_floor() == NOW + FLOOR_STEP_S
     # An honest manifest issued now is still in date: the device is not frozen out for good.
     honest, _ = make_manifest(FILES, version=3, issued_at=NOW)
     assert verify(store, signed(honest, SERVICE_KEY), NOW).version == 3

@@ -7,6 +7,7 @@ with ast from the files themselves, so a rule cannot be broken by a module no te
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -37,7 +38,20 @@ ROOMS = {
     "daemon.api": ("daemon.content", "daemon.notes", "daemon.radio"),
 }
 COMPOSERS = ("daemon.app", "daemon.cli", "daemon.__main__")  # may import every room
+# The process level: the top-level modules of daemon, and the store package beside them.
+PROCESS_PACKAGES = ("daemon.store",)
+# The device's database (daemon/store/: its connection, and a gateway a domain: library, frames,
+# views, receipts), the notes' store on its own connection, and the service's store.
 SQL_OWNERS = ("daemon.store", "daemon.notes.store", "server_stub.store")
+# A statement as the stores write them; in a docstring it is prose, not SQL.
+SQL_TEXT = re.compile(
+    r"\b(SELECT\b.*\bFROM|INSERT\s+(OR\s+\w+\s+)?INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM"
+    r"|CREATE\s+(TABLE|INDEX|TRIGGER)|PRAGMA\s+\w+)\b"
+)
+# A gateway's private helpers (daemon/store/gateway.py), which only the stores call.
+GATEWAY_HELPERS = frozenset(
+    {"_transaction", "_durable_transaction", "_query", "_one", "_rows", "_row", "_db"}
+)
 HTTP_CLIENTS = ("daemon.client", "daemon.api.client")
 NOTIFIER = "daemon.notify"  # the only raw socket in daemon/: datagrams to systemd
 RAW_SOCKETS = frozenset({"socket", "socketpair", "create_connection", "fromfd"})
@@ -165,7 +179,7 @@ def test_each_room_imports_only_what_its_docstring_allows() -> None:
             continue
         if room is None:  # the process level
             allowed = _within(imp.importer, COMPOSERS) or "." not in target.removeprefix("daemon.")
-            allowed = allowed or _within(target, "daemon.protocol")
+            allowed = allowed or _within(target, ("daemon.protocol", *PROCESS_PACKAGES))
         else:
             other_room = next((r for r in ROOMS if _within(target, r)), None)
             allowed = other_room in (None, room, "daemon.protocol") or _within(target, ROOMS[room])
@@ -179,6 +193,35 @@ def test_only_the_store_modules_speak_sql() -> None:
         i for i in IMPORTS if _within(i.target, "apsw") and not _within(i.importer, SQL_OWNERS)
     ]
     assert not offenders, _broken("apsw is imported only by the store modules", offenders)
+
+
+def _docstrings(tree: ast.Module) -> set[int]:
+    nodes = [tree, *ast.walk(tree)]
+    return {
+        id(node.body[0].value)
+        for node in nodes
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+
+
+def test_sql_is_written_only_in_the_stores() -> None:
+    """No module but a store writes a statement or reaches for a gateway's private helpers: a
+    domain's SQL is its gateway's, and every other part calls the gateway's methods."""
+    offenders: list[str] = []
+    for module, tree in SOURCES.items():
+        if _within(module, SQL_OWNERS):
+            continue
+        docstrings = _docstrings(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if id(node) not in docstrings and SQL_TEXT.search(node.value):
+                    offenders.append(f"  {module} line {node.lineno} writes {node.value[:40]!r}")
+            elif isinstance(node, ast.Attribute) and node.attr in GATEWAY_HELPERS:
+                offenders.append(f"  {module} line {node.lineno} calls a gateway's {node.attr}")
+    assert not offenders, "SQL is written only in the store modules:\n" + "\n".join(offenders)
 
 
 def _uses(module: str, tree: ast.Module, library: str, names: frozenset[str]) -> list[Import]:

@@ -25,7 +25,7 @@ def store(tmp_path: Path) -> Store:
         LibraryChange(i + 1, f"bk_{i:03d}", "add", "bought", 1, REGISTERED + (i // 2) - 30)
         for i in range(100)
     ]
-    store.apply_library_changes(changes, 100, REGISTERED)
+    store.library.apply_library_changes(changes, 100, REGISTERED)
     return store
 
 
@@ -43,14 +43,14 @@ def walk(store: Store, **query: str) -> list[list[str]]:
 @pytest.mark.parametrize("limit", ["1", "7", "50", "100", "500"])
 def test_pages_list_every_book_once_newest_first(store: Store, limit: str) -> None:
     pages = walk(store, limit=limit)
-    everything = [b["book_id"] for b in store.library_view()]
+    everything = [b["book_id"] for b in store.views.library_view()]
     assert [book for page in pages for book in page] == everything
     assert len(everything) == 100
     assert all(len(page) == int(limit) for page in pages[:-1])
 
 
 def test_a_state_filter_pages_through_those_books_only(store: Store) -> None:
-    states = {b["book_id"]: b["state"] for b in store.library_view()}
+    states = {b["book_id"]: b["state"] for b in store.views.library_view()}
     assert sorted(set(states.values())) == ["in_cloud", "queued"]
     cloud = [book for page in walk(store, limit="9", state="in_cloud") for book in page]
     assert cloud == [b for b in states if states[b] == "in_cloud"]

@@ -40,12 +40,14 @@ def packed(corpus_dir: Path) -> tuple[Manifest, bytes]:
 def store(tmp_path: Path, packed: tuple[Manifest, bytes]) -> Store:
     manifest, package = packed
     store = Store.open(tmp_path / "db")
-    store.apply_library_changes(
+    store.library.apply_library_changes(
         [LibraryChange(1, manifest.book_id, "add", "bought", 1, NOW)], 1, NOW
     )
-    store.record_manifest(manifest, b"envelope", NOW)
+    store.frames.record_manifest(manifest, b"envelope", NOW)
     for i, f in enumerate(manifest.frames):
-        store.commit_frame(manifest.book_id, 1, i, package[f.offset : f.offset + f.length], NOW)
+        store.frames.commit_frame(
+            manifest.book_id, 1, i, package[f.offset : f.offset + f.length], NOW
+        )
     return store
 
 
@@ -67,7 +69,7 @@ def test_paging_through_decodes_each_frame_only_as_far_as_the_page(
     ]
     assert len(in_frame) > 3, "the test needs a frame shared by several chapters"
     opener = FrameOpener(DEVICE_KEY, 1 << 23)
-    first = store.resource(manifest.book_id, in_frame[0].path)
+    first = store.frames.resource(manifest.book_id, in_frame[0].path)
     assert first is not None
     assert read_resource(store, first, opener) == originals(corpus_dir)[first.path]
     decoder = opener.cached(shared.sha256)
@@ -77,7 +79,7 @@ def test_paging_through_decodes_each_frame_only_as_far_as_the_page(
     # page decoded about that much, not the 128 KiB block zstd would have chosen.
     assert decoder.decoded < 2 * BLOCK_PLAIN_SIZE
     for resource in in_frame[1:]:
-        row = store.resource(manifest.book_id, resource.path)
+        row = store.frames.resource(manifest.book_id, resource.path)
         assert row is not None
         assert read_resource(store, row, opener) == originals(corpus_dir)[row.path]
         assert opener.cached(shared.sha256) is decoder  # one decode goes on, page after page
@@ -92,7 +94,7 @@ def test_every_resource_reads_back_byte_identical_whatever_the_cache(
     opener = FrameOpener(DEVICE_KEY, 1 << 23, plain_cache_bytes=cache_bytes)
     # Reading order, then backwards: a reader paging on, then jumping back.
     for resource in [*manifest.resources, *reversed(manifest.resources)]:
-        row = store.resource(manifest.book_id, resource.path)
+        row = store.frames.resource(manifest.book_id, resource.path)
         assert row is not None
         assert read_resource(store, row, opener) == expected[row.path], row.path
     if cache_bytes == 0:
@@ -110,23 +112,23 @@ def test_the_cache_bound_holds_while_a_frame_decodes_not_only_after(
     opener = FrameOpener(DEVICE_KEY, 1 << 23, plain_cache_bytes=bound)
     by_blob = {}
     for resource in manifest.resources:
-        row = store.resource(manifest.book_id, resource.path)
+        row = store.frames.resource(manifest.book_id, resource.path)
         assert row is not None
-        for frame, stored in store.resource_frames(row):
+        for frame, stored in store.frames.resource_frames(row):
             assert stored is not None
             by_blob[stored.blob_id] = frame
     seen = []
-    read_frame = Store.read_frame
+    read_frame = store.frames.read_frame
 
-    def watched(self: Store, stored: StoredFrame, offset: int, size: int) -> bytes:
+    def watched(stored: StoredFrame, offset: int, size: int) -> bytes:
         frame = by_blob[stored.blob_id]
         seen.append(opener.held_bytes(besides=frame.sha256) + frame.plain_size + SEAL_CHUNK)
-        return read_frame(self, stored, offset, size)
+        return read_frame(stored, offset, size)
 
-    monkeypatch.setattr(Store, "read_frame", watched)
+    monkeypatch.setattr(store.frames, "read_frame", watched)
     expected = originals(corpus_dir)
     for resource in random.Random(3).sample(manifest.resources, len(manifest.resources)):
-        row = store.resource(manifest.book_id, resource.path)
+        row = store.frames.resource(manifest.book_id, resource.path)
         assert row is not None
         assert read_resource(store, row, opener) == expected[row.path]
     assert len(seen) > len(manifest.frames)

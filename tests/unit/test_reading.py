@@ -88,9 +88,11 @@ def test_first_page_needs_must_be_other_resources_of_the_book(needs: object) -> 
 def test_the_book_api_view_carries_direction_layout_cover_and_landmarks(tmp_path: Path) -> None:
     manifest, _ = make_manifest(FILES)
     store = Store.open(tmp_path / "db")
-    store.apply_library_changes([LibraryChange(1, "bk_test", "add", "bought", 1, NOW)], 1, NOW)
-    store.record_manifest(dataclasses.replace(manifest, reading=READING), b"envelope", NOW)
-    details = store.book_details("bk_test")
+    store.library.apply_library_changes(
+        [LibraryChange(1, "bk_test", "add", "bought", 1, NOW)], 1, NOW
+    )
+    store.frames.record_manifest(dataclasses.replace(manifest, reading=READING), b"envelope", NOW)
+    details = store.views.book_details("bk_test")
     assert details is not None
     assert (details["direction"], details["layout"], details["spread"]) == (
         "rtl",

@@ -20,7 +20,8 @@ from daemon.models import LibraryChange
 from daemon.notes.store import NotesStore, annotation_status
 from daemon.protocol import merge
 from daemon.protocol.hlc import HybridClock
-from daemon.store import IntegrityRecord, Store, check_at_start, wal_lost_at_start
+from daemon.store import Store
+from daemon.store.database import IntegrityRecord, check_at_start, wal_lost_at_start
 from tests.builders import DEVICE_KEY, NOW, make_manifest
 from tests.fake_clock import FakeClock
 from tests.reliability import Figures
@@ -44,11 +45,11 @@ def device_db(path: Path, files: list[tuple[str, bytes]] = FILES) -> Path:
     store = Store.open(db)
     store.set_meta("device_id", "dev_damaged")
     store.set_meta("device_token", "token-kept")
-    store.apply_library_changes([LibraryChange(1, BOOK, "add", "bought", 3, NOW)], 1, NOW)
+    store.library.apply_library_changes([LibraryChange(1, BOOK, "add", "bought", 3, NOW)], 1, NOW)
     manifest, package = make_manifest(files, book_id=BOOK, version=3)
-    store.record_manifest(manifest, b"envelope", NOW)
-    for f, row in zip(manifest.frames, store.missing_frames(BOOK, 3), strict=True):
-        store.commit_frame(BOOK, 3, row.idx, package[f.offset : f.offset + f.length], NOW)
+    store.frames.record_manifest(manifest, b"envelope", NOW)
+    for f, row in zip(manifest.frames, store.frames.missing_frames(BOOK, 3), strict=True):
+        store.frames.commit_frame(BOOK, 3, row.idx, package[f.offset : f.offset + f.length], NOW)
     notes = NotesStore.open(db)
     clock = HybridClock("dev_damaged")
     for i in range(NOTES):
@@ -102,8 +103,8 @@ def read_everything(db: Path) -> int:
     store = Store.open(db)
     wrong = 0
     try:
-        version = store.readable_version(BOOK)
-        for resource in store.resources(BOOK, version) if version else []:
+        version = store.frames.readable_version(BOOK)
+        for resource in store.frames.resources(BOOK, version) if version else []:
             with contextlib.suppress(ShelfsyncError):  # refused by name, fetched again
                 wrong += (
                     read_resource(store, resource, FrameOpener(DEVICE_KEY, 1 << 23))
@@ -141,8 +142,8 @@ def test_a_damaged_page_sets_the_database_aside_and_the_notes_trust_and_identity
         try:
             assert store.integrity_check() == "ok"
             assert store.get_meta("device_token") == "token-kept"
-            assert store.trusted_version(BOOK) == 3  # a replayed v2 stays refused
-            assert store.library_cursor() == 0  # the library comes back from the service
+            assert store.frames.trusted_version(BOOK) == 3  # a replayed v2 stays refused
+            assert store.library.library_cursor() == 0  # the library comes back from the service
             notes_status = annotation_status(store)
             assert notes_status is not None
             assert notes_status["outbox_depth"] == NOTES == found.notes_requeued
@@ -223,7 +224,7 @@ def test_a_wal_deleted_after_a_crash_leaves_the_last_checkpoint_whole(tmp_path: 
         assert lost in format_status(build_status(store))
         assert store.integrity_check() == "ok"
         assert notes.item("note_0000") is not None  # checkpointed before the crash
-        assert store.trusted_version(BOOK) == 3
+        assert store.frames.trusted_version(BOOK) == 3
     finally:
         notes.close()
         store.close()
@@ -341,23 +342,23 @@ def test_a_frame_on_a_page_damaged_while_running_is_refused_by_name_and_fetched_
     refused: set[int] = set()
     undiscarded: set[int] = set()
     try:
-        version = store.readable_version(BOOK)
+        version = store.frames.readable_version(BOOK)
         assert version == 3
-        for resource in store.resources(BOOK, version):
+        for resource in store.frames.resources(BOOK, version):
             try:
                 served = read_resource(store, resource, FrameOpener(DEVICE_KEY, 1 << 23))
                 assert served == dict(PICTURES)[resource.path]
             except FrameHashError as e:
                 refused.add(e.idx)
                 try:
-                    store.discard_frame(BOOK, version, e.idx)
+                    store.frames.discard_frame(BOOK, version, e.idx)
                 except DatabaseDamagedError:  # its own page cannot be rewritten either
                     undiscarded.add(e.idx)
         if not refused:
             # Only the pointer past a chain's last page was hit: no read follows it, every byte
             # served was the frame's own, and the idle integrity check is what finds it.
             assert store.integrity_check() != "ok", "a damaged frame was read back as if whole"
-        missing = {f.idx for f in store.missing_frames(BOOK, version)}
+        missing = {f.idx for f in store.frames.missing_frames(BOOK, version)}
         assert refused - undiscarded <= missing
     finally:
         store.close()

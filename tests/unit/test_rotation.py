@@ -101,9 +101,9 @@ def verify(store: Store, envelope: bytes, root: Root, now: float = NOW) -> Manif
         envelope,
         pinned_key=root.signing_keys,
         book_id="bk_test",
-        trusted_version=store.trusted_version("bk_test"),
-        held_frame_hashes=lambda version: store.frame_hashes("bk_test", version),
-        time_floor=store.time_floor(),
+        trusted_version=store.frames.trusted_version("bk_test"),
+        held_frame_hashes=lambda version: store.frames.frame_hashes("bk_test", version),
+        time_floor=store.frames.time_floor(),
         now=now,
     )
 
@@ -113,10 +113,12 @@ def fast_forwarded(path: Path) -> Store:
     wrong and signed a manifest of the highest version, issued in that future, which moved the
     time floor there too (a day at most past the clock of the day)."""
     store = Store.open(path)
-    store.apply_library_changes([LibraryChange(1, "bk_test", "add", "bought", 2, NOW)], 1, NOW)
+    store.library.apply_library_changes(
+        [LibraryChange(1, "bk_test", "add", "bought", 2, NOW)], 1, NOW
+    )
     forged, _ = make_manifest(FILES, version=FAST_FORWARD, issued_at=NOW + TEN_YEARS)
     pinned = pinned_root(OLD.public_key())
-    store.record_manifest(
+    store.frames.record_manifest(
         verify(store, signed(forged, OLD), pinned, NOW + TEN_YEARS), b"", NOW + TEN_YEARS
     )
     return store
@@ -130,7 +132,7 @@ def honest(key: Ed25519PrivateKey) -> bytes:
 def rotate(store: Store) -> Root:
     pinned = pinned_root(OLD.public_key())
     root = verify_root(pinned, ROTATED)
-    store.rotate_trust(
+    store.frames.rotate_trust(
         root.version,
         ROTATED,
         new_signing_keys=not root.same_signing_keys(pinned),
@@ -145,7 +147,7 @@ def test_a_fast_forwarded_device_recovers_only_by_a_key_rotation(tmp_path: Path)
     # python-tuf's test_new_timestamp_fast_forward_recovery, for a book's manifest.
     store = fast_forwarded(tmp_path / "db")
     pinned = pinned_root(OLD.public_key())
-    assert store.time_floor() == NOW + TEN_YEARS
+    assert store.frames.time_floor() == NOW + TEN_YEARS
     # The clock is set right again; the honest version 2 is refused, as rolled back and as
     # expired by the floor.
     with pytest.raises(RollbackError, match="older than the trusted"):
@@ -155,10 +157,10 @@ def test_a_fast_forwarded_device_recovers_only_by_a_key_rotation(tmp_path: Path)
         verify(store, signed(two, OLD), pinned)
     # The service rotates its signing key and re-signs the honest version 2.
     root = rotate(store)
-    assert store.trust_root_envelope() == ROTATED
-    assert store.trusted_version("bk_test") == 0
-    assert store.time_floor() == root.issued_at
-    assert store.frame_hashes("bk_test", FAST_FORWARD) is None  # dropped: fetched again
+    assert store.frames.trust_root_envelope() == ROTATED
+    assert store.frames.trusted_version("bk_test") == 0
+    assert store.frames.time_floor() == root.issued_at
+    assert store.frames.frame_hashes("bk_test", FAST_FORWARD) is None  # dropped: fetched again
     assert verify(store, honest(NEW), root).version == 2
     # The old key, and what it signs, are out for good.
     with pytest.raises(SignatureError, match="pinned service key"):
@@ -171,13 +173,18 @@ def test_a_new_root_with_the_same_signing_keys_keeps_what_they_vouched_for(
     tmp_path: Path,
 ) -> None:
     store = fast_forwarded(tmp_path / "db")
-    floor = store.time_floor()
+    floor = store.frames.time_floor()
     pinned = pinned_root(OLD.public_key())
     same_keys = Root(2, NOW, (NEW.public_key(),), 1, (OLD.public_key(),))
     envelope = envelope_of(same_keys, OLD, NEW)
     root = verify_root(pinned, envelope)
-    store.rotate_trust(2, envelope, new_signing_keys=False, issued_at=root.issued_at, now=NOW)
-    assert (store.trusted_version("bk_test"), store.time_floor()) == (FAST_FORWARD, floor)
+    store.frames.rotate_trust(
+        2, envelope, new_signing_keys=False, issued_at=root.issued_at, now=NOW
+    )
+    assert (store.frames.trusted_version("bk_test"), store.frames.time_floor()) == (
+        FAST_FORWARD,
+        floor,
+    )
     with pytest.raises(RollbackError):
         verify(store, honest(OLD), root)
     store.close()
@@ -193,11 +200,11 @@ def rotate_in_child(path: str) -> None:
 def trust_state(path: Path) -> tuple[bytes | None, int, int, bool]:
     store = Store.open(path)
     try:
-        held = store.frame_hashes("bk_test", FAST_FORWARD) is not None
+        held = store.frames.frame_hashes("bk_test", FAST_FORWARD) is not None
         return (
-            store.trust_root_envelope(),
-            store.trusted_version("bk_test"),
-            store.time_floor(),
+            store.frames.trust_root_envelope(),
+            store.frames.trusted_version("bk_test"),
+            store.frames.time_floor(),
             held,
         )
     finally:

@@ -4,12 +4,16 @@ receipt worker does not watch the archive (issue 16). Counted, not timed."""
 from __future__ import annotations
 
 import json
+from contextlib import closing
 from pathlib import Path
 
+import apsw
+
 from daemon.api.status import STATUS_BOOKS, build_status, format_status
-from daemon.content import plan, receipt_store
+from daemon.content import plan
 from daemon.models import DeliveryCandidate, LibraryChange
-from daemon.store import PLAN_WINDOW, Store
+from daemon.store import Store
+from daemon.store.library import PLAN_WINDOW
 from tests.builders import NOW, make_manifest
 
 REGISTERED = float(NOW)
@@ -30,7 +34,7 @@ def library(tmp_path: Path, archived: int, bought: int) -> Store:
     ]
     for start in range(0, len(changes), 500):  # pages, as the feed gives them
         page = changes[start : start + 500]
-        store.apply_library_changes(page, page[-1].seq, REGISTERED + bought + 1)
+        store.library.apply_library_changes(page, page[-1].seq, REGISTERED + bought + 1)
     return store
 
 
@@ -48,19 +52,23 @@ def test_the_archive_is_left_out_of_the_planners_look_unless_a_trip_wants_some(
     store = library(tmp_path, archived=20_000, bought=3)
     now = REGISTERED + DAY
     try:
-        picked = {c.book_id for c in store.delivery_candidates((), 0, now - plan.FRESH_WINDOW_S)}
+        picked = {
+            c.book_id for c in store.library.delivery_candidates((), 0, now - plan.FRESH_WINDOW_S)
+        }
         assert picked == {"bk_new00000", "bk_new00001", "bk_new00002"}
         # Asked for, or running: planned whenever it was bought.
-        assert store.request_download("bk_old00007", now)
-        running = store.delivery_candidates(["bk_old00009"], 0, now - plan.FRESH_WINDOW_S)
+        assert store.library.request_download("bk_old00007", now)
+        running = store.library.delivery_candidates(["bk_old00009"], 0, now - plan.FRESH_WINDOW_S)
         assert {c.book_id for c in running} == picked | {"bk_old00007", "bk_old00009"}
         # A trip wants 4 of the archive: its newest, past the ones waiting out a failure; the
         # same starts as planning over the whole archive.
         for book_id in ("bk_old19999", "bk_old19997"):
-            store.record_delivery_failure(book_id, "TransportError: reset", retry_at=now + 60)
-        whole = store.delivery_candidates((), 10**9, now - plan.FRESH_WINDOW_S)
+            store.library.record_delivery_failure(
+                book_id, "TransportError: reset", retry_at=now + 60
+            )
+        whole = store.library.delivery_candidates((), 10**9, now - plan.FRESH_WINDOW_S)
         assert len(whole) == 20_003
-        some = store.delivery_candidates((), 4, now - plan.FRESH_WINDOW_S)
+        some = store.library.delivery_candidates((), 4, now - plan.FRESH_WINDOW_S)
         assert len(some) < 20
         assert starts(some, now, 4) == [
             "bk_old00007",  # wanted, oldest order first
@@ -71,7 +79,7 @@ def test_the_archive_is_left_out_of_the_planners_look_unless_a_trip_wants_some(
             "bk_old19994",
         ]
         for slots in (1, 4, 6):
-            limited = store.delivery_candidates((), slots, now - plan.FRESH_WINDOW_S)
+            limited = store.library.delivery_candidates((), slots, now - plan.FRESH_WINDOW_S)
             assert starts(limited, now, slots) == starts(whole, now, slots)
     finally:
         store.close()
@@ -81,7 +89,7 @@ def test_nothing_in_the_archive_makes_the_planner_look_again_later(tmp_path: Pat
     store = library(tmp_path, archived=5_000, bought=0)
     now = REGISTERED + DAY
     try:
-        every = store.delivery_candidates((), 10**9, now - plan.FRESH_WINDOW_S)
+        every = store.library.delivery_candidates((), 10**9, now - plan.FRESH_WINDOW_S)
         budget = plan.Budget(10**12, 10**12, 0, battery_restricted=False)
         decided = plan.plan_deliveries(every, [], budget, now, set(), 0, 1)
         assert decided.start == []
@@ -97,11 +105,11 @@ def test_the_receipt_worker_does_not_watch_an_archive_it_just_heard_of(tmp_path:
     store = library(tmp_path, archived=5_000, bought=0)
     heard = REGISTERED + 1
     try:
-        assert not receipt_store.has_open_deliveries(store, notified_since=heard - 600)
-        store.apply_library_changes(
+        assert not store.receipts.has_open_deliveries(notified_since=heard - 600)
+        store.library.apply_library_changes(
             [LibraryChange(5_001, "bk_bought", "add", "bought", 1, heard)], 5_001, heard
         )
-        assert receipt_store.has_open_deliveries(store, notified_since=heard - 600)
+        assert store.receipts.has_open_deliveries(notified_since=heard - 600)
     finally:
         store.close()
 
@@ -110,7 +118,7 @@ def test_status_of_5000_books_waiting_stays_a_screenful(tmp_path: Path) -> None:
     store = library(tmp_path, archived=1_000, bought=5_000)
     try:
         for book_id in ("bk_new00010", "bk_new00020", "bk_new00030"):
-            store.record_delivery_failure(book_id, "TransportError: reset", retry_at=NOW)
+            store.library.record_delivery_failure(book_id, "TransportError: reset", retry_at=NOW)
         status = build_status(store, {"running": True, "online": True, "waiting": {}})
         text = format_status(status)
         lines = text.splitlines()
@@ -139,11 +147,13 @@ def test_a_step_over_an_owned_library_sees_only_what_it_can_start(tmp_path: Path
     try:
         running = ["bk_new00003", "bk_new19999"]
         for book_id in ("bk_new00000", "bk_new00001", "bk_new19500"):
-            store.record_delivery_failure(book_id, "TransportError: reset", retry_at=now + 60)
-        window = store.delivery_candidates(running, 0, fresh_since)
+            store.library.record_delivery_failure(
+                book_id, "TransportError: reset", retry_at=now + 60
+            )
+        window = store.library.delivery_candidates(running, 0, fresh_since)
         assert len(window) <= 2 * (PLAN_WINDOW + len(running) + 3) + 3
         assert {"bk_new00000", "bk_new19500", *running} <= {c.book_id for c in window}
-        whole = store.delivery_candidates(running, 0, None)
+        whole = store.library.delivery_candidates(running, 0, None)
         budget = plan.Budget(10**12, 10**12, 0, battery_restricted=False)
         for concurrency in (1, 4, 16):
             slots = concurrency + len(running)
@@ -164,17 +174,17 @@ def test_a_step_is_given_as_many_books_however_many_fail(tmp_path: Path) -> None
     fresh_since = now - plan.FRESH_WINDOW_S
     running = ["bk_new10000"]
     try:
-        before = store.delivery_candidates(running, 0, fresh_since, now=now)
-        with store.transaction() as db:
+        before = store.library.delivery_candidates(running, 0, fresh_since, now=now)
+        with closing(apsw.Connection(str(store.path))) as db, db:  # beside the store's own
             db.executemany(
                 "UPDATE deliveries SET failures = 1, retries = 1, retry_at = ? WHERE book_id = ?",
                 [(now + 60 + i, f"bk_new{i:05d}") for i in range(5_000)],
             )
-        store.record_delivery_failure("bk_new19999", "TransportError: reset", now + 9_000)
-        window = store.delivery_candidates(running, 0, fresh_since, now=now)
+        store.library.record_delivery_failure("bk_new19999", "TransportError: reset", now + 9_000)
+        window = store.library.delivery_candidates(running, 0, fresh_since, now=now)
         assert len(window) <= len(before) + PLAN_WINDOW + 1
         assert "bk_new19999" in {c.book_id for c in window}  # holds back what is likely next
-        whole = store.delivery_candidates(running, 0, None)
+        whole = store.library.delivery_candidates(running, 0, None)
         assert len(whole) == 20_000
         budget = plan.Budget(10**12, 10**12, 0, battery_restricted=False)
         for concurrency in (1, 4, 16):
@@ -191,14 +201,18 @@ def test_the_bytes_held_are_kept_as_frames_come_and_go(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "device.db")
     try:
         manifest, package = make_manifest([("OEBPS/a.xhtml", b"<p>a</p>" * 5000)])
-        store.apply_library_changes([LibraryChange(1, "bk_test", "add", "bought", 1, NOW)], 1, NOW)
-        store.record_manifest(manifest, b"envelope", NOW)
-        assert store.books_bytes() == 0
+        store.library.apply_library_changes(
+            [LibraryChange(1, "bk_test", "add", "bought", 1, NOW)], 1, NOW
+        )
+        store.frames.record_manifest(manifest, b"envelope", NOW)
+        assert store.frames.books_bytes() == 0
         for idx, frame in enumerate(manifest.frames):
             data = package[frame.offset : frame.offset + frame.length]
-            store.commit_frame("bk_test", 1, idx, data, NOW)
-        assert store.books_bytes() == len(package) == store.held_books()[0].held_bytes
-        store.evict_book("bk_test", NOW)
-        assert store.books_bytes() == 0
+            store.frames.commit_frame("bk_test", 1, idx, data, NOW)
+        assert (
+            store.frames.books_bytes() == len(package) == store.library.held_books()[0].held_bytes
+        )
+        store.library.evict_book("bk_test", NOW)
+        assert store.frames.books_bytes() == 0
     finally:
         store.close()

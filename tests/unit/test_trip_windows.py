@@ -107,12 +107,12 @@ async def test_on_a_trip_a_book_bought_between_windows_arrives_in_the_next(world
     closed_at = world.clock.monotonic()
     world.service.add_book("bk_bought_on_the_way")
     await world.clock.advance(POLL_S / 2)
-    assert world.store.library_cursor() == 0  # between windows: the radio is off
+    assert world.store.library.library_cursor() == 0  # between windows: the radio is off
     assert world.link.next_attempt_at == pytest.approx(world.clock.wall() + POLL_S / 2)
     await world.clock.advance(POLL_S / 2)
     tries = world.service.times_of("push_channel")
     assert tries[-1] == pytest.approx(closed_at + POLL_S)  # the next window, on its schedule
-    assert world.store.library_cursor() == 1
+    assert world.store.library.library_cursor() == 1
     assert world.service.times_of("ping") == []
 
 
@@ -126,7 +126,7 @@ async def test_on_a_trip_the_network_coming_back_opens_the_next_window_at_once(
     world.comeback.announce()  # the system: the network is back
     await settle()
     assert len(world.service.times_of("push_channel")) == 2
-    assert world.store.library_cursor() == 1
+    assert world.store.library.library_cursor() == 1
 
 
 async def test_a_part_that_owes_work_holds_the_window_open(world: World) -> None:

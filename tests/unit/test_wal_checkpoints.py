@@ -1,5 +1,5 @@
 """Who copies the -wal into the database: the writer itself, or the store's checkpointer thread
-(daemon.store.WalCheckpointer); either way the -wal is then started over, cut back."""
+(daemon.store.database.WalCheckpointer); either way the -wal is then started over, cut back."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import threading
 import time
 from pathlib import Path
 
-from daemon.store import PAGE_BYTES, WAL_CHECKPOINT_PAGES, WAL_KEPT_BYTES, Store
+from daemon.store import Store
+from daemon.store.database import PAGE_BYTES, WAL_CHECKPOINT_PAGES, WAL_KEPT_BYTES
 
 BLOB_BYTES = 1 << 20  # a media frame's size
 BLOB_PAGES = BLOB_BYTES // PAGE_BYTES
@@ -20,7 +21,7 @@ def write_blobs(store: Store, count: int) -> int:
     """`count` commits of one incompressible blob each; the bytes written."""
     for _ in range(count):
         data = os.urandom(BLOB_BYTES)
-        store.put_dictionary(hashlib.sha256(data).hexdigest(), data)
+        store.frames.put_dictionary(hashlib.sha256(data).hexdigest(), data)
     return count * BLOB_BYTES
 
 

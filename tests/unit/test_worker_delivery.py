@@ -38,12 +38,12 @@ class World:
     comeback: Comeback
 
     def state(self) -> str:
-        [book] = [b for b in self.store.library_view() if b["book_id"] == BOOK]
+        [book] = [b for b in self.store.views.library_view() if b["book_id"] == BOOK]
         return str(book["state"])
 
     async def buy(self) -> None:
         change = self.service.add_book(BOOK)
-        self.store.apply_library_changes([change], change.seq, self.clock.wall())
+        self.store.library.apply_library_changes([change], change.seq, self.clock.wall())
         self.worker.wake()
         await settle()
 
@@ -118,7 +118,7 @@ async def test_a_refused_device_is_not_retried_but_reported(world: World) -> Non
     assert report is not None
     assert "HTTP 401" in report["error"]
     assert "refused this device" in report["doing"]
-    [book] = [b for b in world.store.library_view() if b["book_id"] == BOOK]
+    [book] = [b for b in world.store.views.library_view() if b["book_id"] == BOOK]
     assert "HTTP 401" in book["last_error"]
 
 
@@ -128,7 +128,7 @@ async def test_a_full_disk_while_recording_a_failure_is_survived(
     def disk_full(*args: object) -> int:
         raise DiskFullError("the disk is full")
 
-    monkeypatch.setattr(world.store, "record_delivery_failure", disk_full)
+    monkeypatch.setattr(world.store.library, "record_delivery_failure", disk_full)
     world.service.fail("package", StalledError("no byte for 30 s"), times=1)
     await world.buy()
     await world.clock.advance(1)
@@ -144,16 +144,16 @@ async def test_a_full_disk_while_recording_a_failure_is_survived(
 async def test_a_full_disk_while_committing_pauses_downloads_then_resumes(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_commit = world.store.commit_frame
+    real_commit = world.store.frames.commit_frame
 
     def disk_full(*args: object) -> object:
         raise DiskFullError("the disk is full")
 
-    monkeypatch.setattr(world.store, "commit_frame", disk_full)
+    monkeypatch.setattr(world.store.frames, "commit_frame", disk_full)
     await world.buy()
     await world.clock.advance(1)
     assert world.worker.paused_reason is not None
-    monkeypatch.setattr(world.store, "commit_frame", real_commit)
+    monkeypatch.setattr(world.store.frames, "commit_frame", real_commit)
     await world.clock.advance(world.worker._policy.disk_full_pause_s + 1)
     assert world.state() == "complete"
     assert world.worker.paused_reason is None
@@ -210,7 +210,7 @@ async def test_a_stop_mid_download_is_clean(store: Store) -> None:
         )
         async with running(worker.run()) as (task,):
             change = service.add_book(BOOK)
-            store.apply_library_changes([change], change.seq, clock.wall())
+            store.library.apply_library_changes([change], change.seq, clock.wall())
             worker.wake()
             await clock.advance(3)
         assert task.cancelled()

@@ -62,7 +62,7 @@ async def test_a_pull_brings_every_page_of_the_feed_in(world: World) -> None:
         world.service.add_book(f"bk_{i}")
     world.sync.request()
     await world.clock.advance(0)
-    assert world.store.library_cursor() == 1200
+    assert world.store.library.library_cursor() == 1200
     assert len(world.service.times_of("library_changes")) == 3
 
 
@@ -76,7 +76,7 @@ async def test_a_timeout_is_retried_after_its_backoff(world: World) -> None:
     # Each wait within the jittered window of its failure count: [c/10, c], c = 2, then 4.
     assert 0.2 <= tries[1] - tries[0] <= 2.0
     assert 0.4 <= tries[2] - tries[1] <= 4.0
-    assert world.store.library_cursor() == 1
+    assert world.store.library.library_cursor() == 1
     assert world.store.get_meta("last_sync_error") == ""
 
 
@@ -110,7 +110,7 @@ async def test_a_full_disk_in_the_pull_and_in_its_failure_record_is_survived(
     def disk_full(*args: object, **kwargs: object) -> None:
         raise DiskFullError("database or disk is full")
 
-    monkeypatch.setattr(world.store, "apply_library_changes", disk_full)
+    monkeypatch.setattr(world.store.library, "apply_library_changes", disk_full)
     monkeypatch.setattr(world.store, "set_meta", disk_full)
     world.service.add_book("bk_new")
     world.sync.request()
@@ -118,7 +118,7 @@ async def test_a_full_disk_in_the_pull_and_in_its_failure_record_is_survived(
     assert len(world.service.times_of("library_changes")) >= 2  # still running, retrying
     monkeypatch.undo()
     await world.clock.advance(BACKOFF.cap_s)
-    assert world.store.library_cursor() == 1
+    assert world.store.library.library_cursor() == 1
     assert world.sync.retry.report() is None
 
 
@@ -131,7 +131,7 @@ async def test_the_service_coming_back_cuts_the_retry_short(world: World) -> Non
     world.service.add_book("bk_bought_meanwhile")
     world.comeback.announce()
     await world.clock.advance(0)
-    assert world.store.library_cursor() == 1
+    assert world.store.library.library_cursor() == 1
 
 
 async def test_a_stop_mid_retry_is_clean(store: Store) -> None:

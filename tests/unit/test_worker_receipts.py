@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from daemon.backoff import Backoff
-from daemon.content import receipts as receipts_module
 from daemon.content.receipts import PROMISE_S, ReceiptSync
 from daemon.errors import DiskFullError, ServiceHTTPError, StalledError
 from daemon.models import LibraryChange
@@ -36,10 +35,10 @@ class World:
     async def stuck_delivery(self) -> None:
         """A purchase whose delivery failed and is still not complete past the promise."""
         now = self.clock.wall()
-        self.store.apply_library_changes(
+        self.store.library.apply_library_changes(
             [LibraryChange(1, "bk_a", "add", "bought", 1, now)], 1, now
         )
-        self.store.record_delivery_failure("bk_a", "StalledError: no byte", now + 3600)
+        self.store.library.record_delivery_failure("bk_a", "StalledError: no byte", now + 3600)
         self.worker.wake()
         await self.clock.advance(PROMISE_S + 1)
         self.worker.on_link_event("online")
@@ -102,11 +101,11 @@ async def test_a_full_disk_in_a_round_is_survived(
     def disk_full(*args: object) -> int:
         raise DiskFullError("the disk is full")
 
-    real = receipts_module.receipt_store.make_failed_receipts
-    monkeypatch.setattr(receipts_module.receipt_store, "make_failed_receipts", disk_full)
+    real = world.store.receipts.make_failed_receipts
+    monkeypatch.setattr(world.store.receipts, "make_failed_receipts", disk_full)
     await world.stuck_delivery()
     await world.clock.advance(1)
     assert world.worker.retry.failures >= 1
-    monkeypatch.setattr(receipts_module.receipt_store, "make_failed_receipts", real)
+    monkeypatch.setattr(world.store.receipts, "make_failed_receipts", real)
     await world.clock.advance(BACKOFF.cap_s)  # the worker retried all along: up to its cap
     assert len(world.service.receipts_received) == 1

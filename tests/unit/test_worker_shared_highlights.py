@@ -42,7 +42,7 @@ class World:
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     clock = FakeClock()
     store = Store.open(tmp_path / "db")  # the book on the device, as library sync leaves it
-    store.apply_library_changes([LibraryChange(1, "bk_a", "add", "bought", 1, 0.0)], 1, 0.0)
+    store.library.apply_library_changes([LibraryChange(1, "bk_a", "add", "bought", 1, 0.0)], 1, 0.0)
     store.close()
     service = FakeService(clock)
     service.passages.append(PASSAGE)
