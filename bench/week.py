@@ -2,15 +2,16 @@
 
 One stub and two daemons of one account (a Kindle on the kindle-keyboard-3g link, a second
 device on oasis-4g, its clock a day behind), in this process, each behind its own link emulator.
-Their time is a timeline (bench/timeline.py) that skips ahead whenever nothing is on the wire, so
-the week takes minutes while every transfer takes its real time. Day 0 at home on Wi-Fi: ten
-books bought, and the reader runs the trip (POST /v1/trip, as `shelfsync trip --days 7`) while
-some are still downloading. Days 1-7: each device's radio has a few short windows a day on its
-own link, and none in between (no route: connections are refused); at each window's start the
-system tells the daemon the network is back (POST /v1/annotations/sync). A scripted reader on
-each device opens books, reads a resource, moves its position and makes highlights, notes and
-bookmarks; it edits notes on both devices at once and deletes on one what the other edits. A book
-bought on the website on day 3 must land in the next window. Day 8: home again, on Wi-Fi.
+Their time is a timeline (bench/timeline.py), its days the local calendar's, that skips ahead
+whenever nothing is on the wire, so the week takes minutes while every transfer takes its real
+time. Day 0 at home on Wi-Fi: ten books bought, and the reader runs the trip (POST /v1/trip, as
+`shelfsync trip --days 7`) while some are still downloading. Days 1-7: each device's radio has a
+few short windows a day on its own link, and none in between (no route: connections are
+refused); at each window's start the system tells the daemon the network is back (POST
+/v1/annotations/sync). A scripted reader on each device opens books, reads a resource, moves its
+position and makes highlights, notes and bookmarks; it edits notes on both devices at once and
+deletes on one what the other edits. A book bought on the website on day 3 must land in the next
+window. Day 8: home again, on Wi-Fi.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -576,7 +578,10 @@ class Week:
         plan = self.plan
         library, chosen = self._library()
         start = 18 * HOUR  # day 0, six in the evening
-        self.timeline = Timeline(start, time.time() - start)
+        # The timeline's days are the wall clock's, from today's local midnight: a trip's days
+        # end at local midnight (daemon/content/trip.py), whatever hour the week is run at.
+        today = datetime.now(UTC).astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
+        self.timeline = Timeline(start, today.timestamp())
         async with AsyncExitStack() as stack:
             keeper = asyncio.create_task(self.timeline.keep_time(), name="timeline")
             stack.callback(keeper.cancel)
@@ -710,9 +715,22 @@ class Week:
             await self._until(self.timeline.now() + 5)
 
     async def _window(self, device: WeekDevice, end: float) -> None:
-        """The device's radio has a window until `end`; other devices' events wait for it."""
+        """The device's radio has a window until `end`; other devices' events wait for it.
+        Its radio time goes to week.log, beside the stub's requests (what asked for each)."""
+        opened = self.timeline.now()
         await self._until(end)
         await device.link_down()
+        on, least = device.radio.on_seconds(opened, end, device.link_profile)
+        wakes, _ = device.radio.wakes(opened, end)
+        carried = [t - opened for t, _, _ in device.radio.pieces if opened <= t < end]
+        _LOG.info(
+            "event=radio_window device=%s on_s=%.2f least_s=%.2f wakes=%d last_byte_s=%.2f",
+            device.spec.key,
+            on,
+            least,
+            wakes,
+            max(carried, default=0.0),
+        )
 
     async def _agree(self, books: list[str], start: float, end: float) -> float | None:
         """Seconds from `start` until both devices show the same annotations and have nothing
@@ -819,9 +837,13 @@ def verdict_lines(verdict: Verdict, reader: Reader, rows: list[DayRow], plan: Pl
         ),
         f"radio on {on:.0f} s on days 1-{plan.days}, {on / least if least else 0:.2f}x the least"
         f" the bytes need ({least:.0f} s); the radio woke {sum(r.wakes for r in days)} times in"
-        f" {sum(r.windows_used for r in days)} windows: the wakes beyond one a window (on this"
-        f" schedule, the push channel's keep-alive pings) need at least {more:.0f} s more;"
-        f" with them, the radio was on {on / (least + more) if least + more else 0:.2f}x the least",
+        f" {sum(r.windows_used for r in days)} windows"
+        + (
+            f": the wakes beyond one a window need at least {more:.0f} s more; with them, the"
+            f" radio was on {on / (least + more):.2f}x the least"
+            if more > 0
+            else ""
+        ),
     ]
 
 

@@ -151,6 +151,10 @@ class Daemon:
             "started_at": self._started_at,
             "online": bool(c and c.online),
             "push_connected_since": c.push_connected_since if c else None,
+            # When the daemon next tries the service (while it cannot reach it, or on a trip
+            # between windows): a book bought meanwhile arrives then at the earliest.
+            "next_attempt_at": c.next_attempt_at if c and not c.online else None,
+            "between_windows": bool(c and c.between_windows),  # on a trip: offline by choice
             "profile": self.settings.profile.name,
             # A view, not a copy: with a large library it holds thousands of reasons.
             "waiting": MappingProxyType(self._delivery.waiting) if self._delivery else {},
@@ -391,6 +395,12 @@ class Daemon:
                 popular.link_up()
                 library_changed()
 
+            # A window's work (daemon/radio/windows.py): on a trip it ends when none is left.
+            windows.owes("library", lambda: sync.busy)
+            windows.owes("delivery", lambda: delivery.downloading > 0)
+            windows.owes("annotations", lambda: annotations.busy)
+            windows.owes("receipts", lambda: receipts.busy)
+            windows.owes("shared highlights", lambda: popular.busy)
             self._retries = [
                 sync.retry,
                 delivery.retry,
@@ -411,6 +421,7 @@ class Daemon:
                 on_dictionaries=dictionaries.prefetch,
                 prefix_room=delivery.free_bytes,
                 comeback=comeback,
+                on_trip=lambda: self._trip() is not None,
             )
             self.api = LocalApi(
                 settings.db_path,

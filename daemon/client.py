@@ -502,11 +502,14 @@ class PackageBody:
         # twice an epoll change per 256 KiB chunk received. Up to a media frame's worth ahead.
         response.content.set_read_chunk_size(PACKAGE_READ_AHEAD_BYTES)
 
-    async def read_exactly(self, n: int) -> memoryview:
+    async def read_exactly(
+        self, n: int, feed: Callable[[memoryview], None] | None = None
+    ) -> memoryview:
         """The next `n` bytes, valid until the next read: copied once from the chunks the socket
-        gave into a buffer kept for the whole range. aiohttp's readexactly joined them twice,
-        into a new block each frame, mapped afresh (daemon/memory.py) and faulted in page by
-        page: a fifth of what a download cost on loopback (issue 22 #6)."""
+        gave into a buffer kept for the whole range, and each piece given to `feed` (a hash)
+        as it is copied. aiohttp's readexactly joined them twice, into a new block each frame,
+        mapped afresh (daemon/memory.py) and faulted in page by page: a fifth of what a
+        download cost on loopback (issue 22 #6)."""
         # sock_read catches silence; this deadline also catches a 1 B/s drip.
         deadline = self._limits.stall_timeout_s + n / max(1, self._limits.min_rate_bytes_per_s)
         if len(self._frame) < n:
@@ -525,6 +528,8 @@ class PackageBody:
                         self._rest = memoryview(chunk)
                     take = min(n - filled, len(self._rest))
                     frame[filled : filled + take] = self._rest[:take]
+                    if feed is not None:  # a piece of one received chunk: at most 256 KiB
+                        feed(self._rest[:take])
                     self._rest = self._rest[take:]
                     filled += take
         except TimeoutError as e:

@@ -8,6 +8,12 @@ threshold sends every block of 128 KiB and more (frames, decoded text, zstd's wi
 mmap and back on free; trimming after a large transient (a manifest recorded, a book complete)
 gives back the holes. Elsewhere than glibc both are no-ops.
 
+Except while a package streams (`heap_kept_for_downloads`): then the same few blocks come and go
+at every frame (the socket's chunks, SQLite's copies of the frame), and by mmap each was mapped
+afresh, faulted in page by page and unmapped again, a third of the daemon's CPU on loopback
+(issue 22 #6). During downloads the heap keeps them for the next frame; when the last download
+ends, the fixed threshold is back and the heap trimmed.
+
 The libraries' code is the other half of the resident set. A page fault in a library's text maps
 the pages around it too, and on kernels that cache files in large folios a whole folio: after
 its imports, the daemon had 5.5 MiB of cryptography's Rust extension resident, 10 MiB of text in
@@ -23,15 +29,23 @@ from __future__ import annotations
 import ctypes
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from daemon.logs import log_event
 
 _LOG = logging.getLogger("shelfsync.memory")
-_M_MMAP_THRESHOLD = -3  # <malloc.h>
+_M_TRIM_THRESHOLD = -1  # <malloc.h>
+_M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 _MADV_DONTNEED = 4  # <sys/mman.h>, the same on every Linux architecture
 MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's starting value, kept from then on
+TRIM_THRESHOLD_BYTES = 128 * 1024  # glibc's default: free memory atop the heap past it goes back
+# While downloading: blocks below this come from the heap (a frame is at most 2 MiB, and
+# SQLite's copy of it a record a little larger), and this much free memory atop the heap stays.
+DOWNLOAD_MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
+DOWNLOAD_TRIM_THRESHOLD_BYTES = 8 * 1024 * 1024
 # Threads (the resolver's, the local API's to_thread calls) each got an arena of their own, up
 # to 8 a core, each keeping what it freed; two are enough for a daemon of one busy thread.
 ARENAS = 2
@@ -53,6 +67,8 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 _LIBC = _glibc()
+_tuned = False  # keep_heap_small ran: the daemon, not a test or a tool importing this
+_downloads = 0  # heap_kept_for_downloads blocks running now
 
 
 def keep_heap_small() -> None:
@@ -64,9 +80,33 @@ def keep_heap_small() -> None:
     )
     if not done:
         log_event(_LOG, logging.WARNING, "malloc_not_tuned")
-    global _text_dropped_at
+    global _text_dropped_at, _tuned
+    _tuned = bool(done)
     _text_dropped_at = time.monotonic()
     drop_library_text()
+
+
+@contextmanager
+def heap_kept_for_downloads() -> Iterator[None]:
+    """While a package streams: its frame-sized blocks are kept by the heap for the next frame,
+    not mapped and unmapped each time. Nested (concurrent downloads): the last to end puts the
+    fixed threshold back and trims the heap."""
+    global _downloads
+    if _LIBC is None or not _tuned:
+        yield
+        return
+    if _downloads == 0:
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, DOWNLOAD_MMAP_THRESHOLD_BYTES)
+        _LIBC.mallopt(_M_TRIM_THRESHOLD, DOWNLOAD_TRIM_THRESHOLD_BYTES)
+    _downloads += 1
+    try:
+        yield
+    finally:
+        _downloads -= 1
+        if _downloads == 0:
+            _LIBC.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+            _LIBC.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+            _LIBC.malloc_trim(0)
 
 
 def give_back() -> None:

@@ -9,7 +9,7 @@ what went wrong on the way or at the service.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -25,9 +25,12 @@ if TYPE_CHECKING:
 
 
 class PackageStream(Protocol):
-    """A byte range of a package being read, frame by frame."""
+    """A byte range of a package being read, frame by frame; `feed` (a hash's update) is given
+    the frame's bytes as they arrive."""
 
-    async def read_exactly(self, n: int) -> bytes | memoryview: ...
+    async def read_exactly(
+        self, n: int, feed: Callable[[memoryview], None] | None = None
+    ) -> bytes | memoryview: ...
 
 
 class PushStream(Protocol):

@@ -28,7 +28,14 @@ from aiohttp import web
 
 from daemon.api.answers import Refused, error, json_answer, read_json
 from daemon.clock import Clock
-from daemon.content.trip import MAX_TRIP_DAYS, Trip, readiness, start_trip, trip_state
+from daemon.content.trip import (
+    MAX_TRIP_DAYS,
+    Trip,
+    mark_ready,
+    readiness,
+    start_trip,
+    trip_state,
+)
 from daemon.notes.store import annotation_status
 from daemon.protocol.ids import BOOK_ID, MAX_DEVICE_NAME
 from daemon.store import Store
@@ -198,7 +205,7 @@ class LibraryApi:
         notes = annotation_status(self._store) or {}
         refreshed_at = notes.get("popular_refreshed_at")
         synced_at = float(self._store.get_meta("last_sync_at") or 0)
-        return readiness(
+        report = readiness(
             trip.days,
             self._store.views.library_view(),
             runtime.get("waiting", {}),
@@ -208,4 +215,10 @@ class LibraryApi:
             highlights_refreshed=refreshed_at is not None and refreshed_at >= trip.started_at,
             library_synced=synced_at >= trip.started_at,
             online=bool(runtime.get("online")),
+            next_attempt_at=runtime.get("next_attempt_at"),
+            between_windows=bool(runtime.get("between_windows")),
+            under_way=trip.ready_at is not None,
         )
+        if report["ready"]:
+            mark_ready(self._store, trip, self._clock.wall())
+        return report

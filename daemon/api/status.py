@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from daemon.content.trip import next_connection_words
 from daemon.errors import in_words
 from daemon.notes.store import annotation_status
 from daemon.store import Store
@@ -138,6 +139,9 @@ def format_status(status: dict[str, Any]) -> str:
             f"trip: {trip['days']} day{'s' * (trip['days'] != 1)} offline, until"
             f" {when(trip['until'])} (`shelfsync trip --days {trip['days']}` says how ready)"
         )
+        if daemon.get("running") and not daemon.get("online"):
+            planned = daemon.get("next_attempt_at") if daemon.get("between_windows") else None
+            lines.append("on a trip: " + next_connection_words(planned))
     if status["last_sync_error"]:
         lines.append(f"last sync error: {status['last_sync_error']}")
     for worker, problem in (daemon.get("workers") or {}).items():

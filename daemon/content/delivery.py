@@ -53,7 +53,7 @@ from daemon.errors import (
 )
 from daemon.killpoints import killpoint
 from daemon.logs import log_event
-from daemon.memory import give_back
+from daemon.memory import give_back, heap_kept_for_downloads
 from daemon.models import DeliveryCandidate, FrameRow, HeldBook
 from daemon.protocol.crypto import (
     ENVELOPE_SLACK,
@@ -97,20 +97,9 @@ class DeliveryPolicy:
     rtt_s: float = 0.0
 
 
-# A frame this large is hashed on a worker thread (hashlib lets go of the GIL), not on the
-# event loop: a 2 MiB frame's SHA-256 held every local API answer meanwhile (issue 22 #5).
-HASH_OFF_LOOP_BYTES = 256 * 1024
-
-
 # A signed manifest this large is verified and parsed on a worker thread: mahabharata's
 # (2,020 resources) took most of a second on the event loop.
 VERIFY_OFF_LOOP_BYTES = 64 * 1024
-
-
-async def _sha256(data: bytes | memoryview) -> str:
-    if len(data) < HASH_OFF_LOOP_BYTES:
-        return hashlib.sha256(data).hexdigest()
-    return await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
 
 
 class _HeldBooks(Sequence[HeldBook]):
@@ -627,13 +616,21 @@ class DeliveryWorker:
         first = 0 if book_id in self._whole_package else run[0].idx
         end = run[-1].package_offset + run[-1].length - 1
         wanted = {frame.idx for frame in run}
-        async with self._client.package(
-            book_id, manifest.version, manifest.frames[first].offset, end, manifest.package_size
-        ) as body:
-            for idx in range(first, run[-1].idx + 1):
-                data = await body.read_exactly(manifest.frames[idx].length)
-                if idx in wanted:  # else already held, read past (a gap, or the whole package)
-                    self._commit(manifest, idx, data, await _sha256(data))
+        with heap_kept_for_downloads(), self._store.downloading():
+            async with self._client.package(
+                book_id, manifest.version, manifest.frames[first].offset, end, manifest.package_size
+            ) as body:
+                for idx in range(first, run[-1].idx + 1):
+                    length = manifest.frames[idx].length
+                    if idx not in wanted:  # already held, read past (a gap, or the whole)
+                        await body.read_exactly(length)
+                        continue
+                    # Hashed as its bytes arrive, a received chunk (256 KiB at most) at a time:
+                    # no loop step hashes more, and no frame waits for a thread to hash it
+                    # whole (on a busy CPU that wait was a third of a download, issue 22 #6).
+                    sha256 = hashlib.sha256()
+                    data = await body.read_exactly(length, sha256.update)
+                    self._commit(manifest, idx, data, sha256.hexdigest())
         self._whole_package.discard(book_id)
 
     def _commit(self, manifest: Manifest, idx: int, data: bytes | memoryview, sha256: str) -> None:

@@ -63,14 +63,21 @@ class LibrarySync:
         self._root_followed = 1  # the newest root a pull has passed on (1: the pinned key)
         self._on_manifests = on_manifests
         self._requested = asyncio.Event()
+        self._syncing = False
 
     def request(self) -> None:
         self._requested.set()
+
+    @property
+    def busy(self) -> bool:
+        """A pull asked for or under way (a window's work: daemon/radio/windows.py)."""
+        return self._requested.is_set() or self._syncing
 
     async def run(self) -> None:
         while True:
             await self._requested.wait()
             self._requested.clear()
+            self._syncing = True
             try:
                 await self.sync_once()
                 with suppress(StoreError):  # a full disk: the receipts' clock stays as it was
@@ -80,6 +87,8 @@ class LibrarySync:
             except (ShelfsyncError, OSError) as e:
                 decision = self.retry.failed(e)
                 lost_contact = isinstance(e, TransportError)
+            finally:
+                self._syncing = False
             now = self._clock.wall()
             record_failure("library sync", self._store.set_meta, "last_sync_error", decision.error)
             record_failure("library sync", self._store.set_meta, "last_sync_error_at", repr(now))

@@ -180,6 +180,11 @@ def plan_deliveries(
     for c in sorted(candidates, key=lambda c: _order(c, now)):
         if c.book_id in running or c.book_id in pause:
             continue
+        if c.book_id in evict:
+            # Its old version makes room for a likelier book: fetching the new one now would
+            # take that room back.
+            waiting[c.book_id] = "removed to make room: in the cloud, ask for it to bring it back"
+            continue
         cls = priority_class(c, now)
         if purchase_blocked and cls != FRESH:
             waiting[c.book_id] = "held back: a new purchase is waiting for space"
@@ -209,8 +214,8 @@ def plan_deliveries(
         for book in evictable if need > room else ():
             if need <= room + freed:
                 break
-            if book.book_id in evict or book.book_id == c.book_id:
-                continue
+            if book.book_id in evict or book.book_id == c.book_id or book.book_id in start:
+                continue  # a book starting now keeps its old version for the reader meanwhile
             if cls == FRESH or _victim_class(book, now) > cls:
                 victims.append(book)
                 freed += book.held_bytes

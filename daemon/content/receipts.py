@@ -73,6 +73,7 @@ class ReceiptSync:
         self._requested = asyncio.Event()
         self._link_up = asyncio.Event()
         self._pull_wanted = False
+        self._sending = False
         # The daemon starting is the start of contact: what happened before it is not known.
         self._mark_link_up()
 
@@ -92,6 +93,14 @@ class ReceiptSync:
         elif kind == "poll":
             self._requested.set()
 
+    @property
+    def busy(self) -> bool:
+        """Receipts to send (unless a failure's backoff holds them), or a round asked for at once
+        or under way (a window's work: daemon/radio/windows.py)."""
+        if self._sending or self._link_up.is_set():
+            return True
+        return self.retry.failures == 0 and bool(self._store.receipts.unsent_receipts(1))
+
     def _mark_link_up(self) -> None:
         try:
             self._store.receipts.mark_link_up(self._clock.wall())
@@ -106,11 +115,14 @@ class ReceiptSync:
                 if not self._link_up.is_set() and self._has_network_work():
                     await self._window(0.0)
                 self._link_up.clear()
+                self._sending = True
                 await self.sync_once()
                 self.retry.succeeded()
                 continue
             except (ShelfsyncError, OSError) as e:
                 decision = self.retry.failed(e)
+            finally:
+                self._sending = False
             level = logging.INFO if self.retry.failures == 1 else logging.DEBUG
             self.retry.log_failed(_LOG, "receipts_failed", decision, level)
             await self.retry.wait(

@@ -68,6 +68,7 @@ class AnnotationSync:
         self._batch_ops = BATCH_OPS
         self._names_stale = False  # the account's device names changed since they were asked
         self._names_taken = True  # the service takes and gives device names
+        self._syncing = False
 
     def request(self) -> None:
         """Something changed locally or remotely: sync in the next wake window."""
@@ -85,18 +86,27 @@ class AnnotationSync:
         self._link_up.set()
         self._requested.set()
 
+    @property
+    def busy(self) -> bool:
+        """A sync asked for at once (the link's return) or under way (a window's work:
+        daemon/radio/windows.py); an edit's sync rides whatever window comes."""
+        return self._link_up.is_set() or self._syncing
+
     async def run(self) -> None:
         while True:
             await self._requested.wait()
             await self._window(self._settle_s)
             self._requested.clear()
             self._link_up.clear()
+            self._syncing = True
             try:
                 await self.sync_once()
                 self.retry.succeeded()
                 continue
             except (ShelfsyncError, OSError) as e:
                 decision = self.retry.failed(e)
+            finally:
+                self._syncing = False
             record_failure("annotation sync", self._notes.record_sync, None, decision.error)
             level = logging.INFO if self.retry.failures == 1 else logging.DEBUG
             self.retry.log_failed(_LOG, "annotation_sync_failed", decision, level)

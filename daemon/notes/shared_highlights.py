@@ -75,6 +75,7 @@ class SharedHighlights:
         )
         self._wanted = asyncio.Event()
         self._now = asyncio.Event()
+        self._refreshing = False
 
     def wake(self) -> None:
         """The library changed: refresh in the next wake window."""
@@ -84,6 +85,12 @@ class SharedHighlights:
         """The link returned (or the daemon started): refresh now."""
         self._now.set()
         self._wanted.set()
+
+    @property
+    def busy(self) -> bool:
+        """A refresh asked for at once or under way (a window's work: daemon/radio/windows.py);
+        one the library's change asked for rides whatever window comes."""
+        return self._now.is_set() or self._refreshing
 
     async def run(self) -> None:
         decision: Decision | None = None
@@ -107,6 +114,7 @@ class SharedHighlights:
                 )
             self._wanted.clear()
             self._now.clear()
+            self._refreshing = True
             try:
                 await self.refresh_once()
                 self.retry.succeeded()
@@ -114,6 +122,8 @@ class SharedHighlights:
                 continue
             except (ShelfsyncError, OSError) as e:
                 decision = self.retry.failed(e)
+            finally:
+                self._refreshing = False
             level = logging.INFO if self.retry.failures == 1 else logging.DEBUG
             self.retry.log_failed(_LOG, "popular_refresh_failed", decision, level)
 

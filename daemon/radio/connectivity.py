@@ -24,6 +24,14 @@ dictionaries, fetched while idle.
 Radio: the keep-alive ping and the poll are the daemon's only idle wake-ups. Both go through the
 radio's owner (daemon/radio/windows.py), so deferred work rides them; the ping may go up to half a
 period early, to ride a radio that is awake anyway.
+
+On a trip the reader has traded the 60-second promise for the battery (issue 18: a book bought
+during a trip lands in the next window). Each connection is a window: once its work is done
+(`RadioWindows.work_done`: the library pulled, downloads ended, notes synced, receipts sent, the
+shared highlights asked for refreshed), the channel is closed, no keep-alive holds the radio up,
+and the next window opens a poll interval later, or at once when the system says the network is
+back (the comeback). A trip that begins while the channel is up ends the window at its next
+quiet moment. Outside a trip nothing of this applies: the channel is kept with its keep-alive.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ from daemon.clock import Clock, within
 from daemon.errors import NoRouteError, ShelfsyncError, StalledError, TransportError
 from daemon.logs import log_event
 from daemon.radio.windows import RadioWindows
-from daemon.retry import Comeback, Retry
+from daemon.retry import Comeback, Retry, first_of
 from daemon.service import PushStream, ServiceAPI
 
 _LOG = logging.getLogger("shelfsync.connectivity")
@@ -68,8 +76,10 @@ class Connectivity:
         on_dictionaries: Callable[[list[Any]], None] = lambda refs: None,
         prefix_room: Callable[[], int] = lambda: 0,
         comeback: Comeback | None = None,
+        on_trip: Callable[[], bool] = lambda: False,
     ) -> None:
         self._client = client
+        self._on_trip = on_trip  # a trip is under way: each connection is one window
         # A change the push carried whole (else a pull is asked for), and the dictionaries
         # the hello names (fetched while idle, off the first purchase's path).
         self._on_library_push = on_library_push
@@ -85,22 +95,31 @@ class Connectivity:
         self._keepalive_s = keepalive_s
         self._poll_interval_s = poll_interval_s
         # Failures: channels in a row that failed or never said a word.
+        self._comeback = comeback or Comeback()
         self.retry = Retry(
             "connectivity",
             clock,
             backoff or Backoff(base_s=1.0, cap_s=600.0),
-            comeback,
+            self._comeback,
             probes=True,
         )
         self.online = False  # the channel is up and the service has spoken on it
         self.push_connected_since: float | None = None
+        self.next_attempt_at: float | None = None  # wall clock, while the channel is down
+        self.between_windows = False  # a trip's window ended: offline by choice, not by fault
+        self._spoke = asyncio.Event()  # the open channel's hello came
 
     async def run(self) -> None:
         while True:
             first = self.retry.failures == 0
+            self.next_attempt_at = None
+            self.between_windows = False
             try:
                 async with self._client.push_channel(self._prefix_room()) as channel:
-                    await self._serve(channel)
+                    window_ended = await self._serve(channel)
+                if window_ended:
+                    await self._between_windows()
+                    continue
                 log_event(_LOG, logging.INFO, "push_closed")
                 error: BaseException = TransportError("the push channel closed")
                 decision = self.retry.failed(error)
@@ -128,29 +147,59 @@ class Connectivity:
                 if not isinstance(error, StalledError | NoRouteError):  # the network is there
                     ceiling = min(ceiling, SERVICE_DOWN_RECONNECT_S)
                 decision = dataclasses.replace(decision, delay_s=min(decision.delay_s, ceiling))
+            self.next_attempt_at = self._clock.wall() + decision.delay_s
             await self.retry.wait(decision, partial(self._windows.wait, "poll"))
 
     def _connected(self) -> None:
         """The service spoke on the channel: push works, the backoff starts over."""
         self.online = True
+        self._spoke.set()
         self.push_connected_since = self._clock.wall()
         self.retry.succeeded()
         log_event(_LOG, logging.INFO, "push_connected")
         self._on_event("online")
 
-    async def _serve(self, channel: PushStream) -> None:
+    async def _between_windows(self) -> None:
+        """A trip's window ended: the radio may sleep until the next one, a poll interval away,
+        or until the system says the network is back."""
+        self.online = False
+        self.push_connected_since = None
+        self.between_windows = True
+        log_event(_LOG, logging.INFO, "trip_window_ended", next_in_s=self._poll_interval_s)
+        due = self._clock.monotonic() + self._poll_interval_s
+        self.next_attempt_at = self._clock.wall() + self._poll_interval_s
+        await first_of(self._windows.wait("poll", due, due), self._comeback.event.wait())
+
+    async def _serve(self, channel: PushStream) -> bool:
         """Act on the channel's messages and keep it alive, until it closes or its keep-alive
-        fails (raised: TransportError)."""
-        reader = asyncio.create_task(self._read(channel), name="push messages")
-        keepalive = asyncio.create_task(self._keep_alive(channel), name="push keep-alive")
+        fails (raised: TransportError), or on a trip until the window's work is done (True)."""
+        self._spoke = asyncio.Event()
+        tasks = [
+            asyncio.create_task(self._read(channel), name="push messages"),
+            asyncio.create_task(self._keep_alive(channel), name="push keep-alive"),
+        ]
+        window = asyncio.create_task(self._trip_window(), name="trip window")
         try:
-            done, _ = await asyncio.wait((reader, keepalive), return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait((*tasks, window), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (reader, keepalive):
+            for task in (*tasks, window):
                 task.cancel()
-            await asyncio.gather(reader, keepalive, return_exceptions=True)
+            await asyncio.gather(*tasks, window, return_exceptions=True)
         for task in done:
             task.result()
+        return window in done
+
+    async def _trip_window(self) -> None:
+        """Return when, on a trip, this connection's window has done its work. Off a trip it
+        looks again whenever the radio next carries something (a ping at the latest), so a trip
+        that begins meanwhile ends the window at its next quiet moment."""
+        await self._spoke.wait()
+        while True:
+            if self._on_trip():
+                await self._windows.work_done()
+                if self._on_trip():
+                    return
+            await self._windows.carried()
 
     async def _read(self, channel: PushStream) -> None:
         # Online only once the service speaks (its hello comes first): a proxy may accept the

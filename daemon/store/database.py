@@ -39,6 +39,11 @@ _LOG = logging.getLogger("shelfsync.store")
 READER_PAGE_CACHE_KIB = 256
 # The -wal file a checkpoint leaves is cut back to this; kept, not deleted (see _keep_wal).
 WAL_KEPT_BYTES = 1 << 20
+# ...and while frames stream in (Store.downloading), to this, more than the -wal reaches at the
+# download's backstop (below): a -wal started over is then written over in the page cache, where
+# one cut back to 1 MiB at every start had its pages and blocks allocated afresh each time, and
+# the cut itself made on the loop (issue 22 #6). Cut back once the last download ends.
+WAL_KEPT_DOWNLOADING_BYTES = 128 << 20
 # A checkpoint copies the -wal into the database and syncs both: on the event loop, SQLite's
 # automatic one held it 80-200 ms at a time, every 16 MiB of frames committed (issue 22 #6).
 # The writer hands it to a WalCheckpointer's thread once the -wal holds WAL_CHECKPOINT_PAGES
@@ -47,6 +52,11 @@ WAL_KEPT_BYTES = 1 << 20
 # what is committed while the thread finishes a checkpoint (the writer's then finds it busy).
 WAL_CHECKPOINT_PAGES = 1000
 WAL_BACKSTOP_PAGES = 2000
+# The writer's backstop while frames stream in (64 MiB of 16 KiB pages: every real device
+# profile's reserve_mb is more): each time it is reached the loop copies what the thread has not
+# and syncs (20-30 ms), and only then can the -wal start over; at 2,000 pages that was 8-9 times
+# and 120-230 ms for a 300 MB download on loopback, at 4,000 4 times and 40-100 ms.
+WAL_BACKSTOP_DOWNLOADING_PAGES = 4000
 # The writer's pages are mostly frames it writes once and never reads: SQLite's default 2 MiB
 # cache only kept the last frame written resident after a delivery.
 WRITER_PAGE_CACHE_KIB = 512
@@ -335,6 +345,8 @@ class Store(Gateway):
         self._watch = watch
         self._background_checkpoints = False
         self._checkpointer: WalCheckpointer | None = None
+        self._downloads = 0  # Store.downloading blocks running now
+        self._backstop_pages = WAL_BACKSTOP_PAGES
         self.library = Library(self)
         self.frames = Frames(self, self.library)
         self.views = LibraryViews(self, self.frames)
@@ -411,7 +423,7 @@ class Store(Gateway):
             except StoreError as e:  # checkpoints stay the writer's
                 self._background_checkpoints = False
                 log_event(_LOG, logging.WARNING, "wal_checkpointer_not_started", error=str(e))
-        if self._checkpointer is not None and wal_pages < WAL_BACKSTOP_PAGES:
+        if self._checkpointer is not None and wal_pages < self._backstop_pages:
             self._checkpointer.wake()
             return apsw.SQLITE_OK
         try:
@@ -421,6 +433,29 @@ class Store(Gateway):
         except apsw.Error as e:  # tried again at the next commit
             log_event(_LOG, logging.WARNING, "wal_checkpoint_failed", error=str(e))
         return apsw.SQLITE_OK
+
+    @contextmanager
+    def downloading(self) -> Iterator[None]:
+        """While a package's frames stream in: the -wal keeps WAL_KEPT_DOWNLOADING_BYTES when
+        it starts over, and the writer's backstop is WAL_BACKSTOP_DOWNLOADING_PAGES. Nested
+        (concurrent downloads): the last to end puts both back."""
+        if self._downloads == 0:
+            self._keep_wal_bytes(WAL_KEPT_DOWNLOADING_BYTES)
+            self._backstop_pages = WAL_BACKSTOP_DOWNLOADING_PAGES
+        self._downloads += 1
+        try:
+            yield
+        finally:
+            self._downloads -= 1
+            if self._downloads == 0:
+                self._backstop_pages = WAL_BACKSTOP_PAGES
+                self._keep_wal_bytes(WAL_KEPT_BYTES)
+
+    def _keep_wal_bytes(self, limit: int) -> None:
+        try:
+            self._db.execute(f"PRAGMA journal_size_limit = {int(limit)}")
+        except apsw.Error as e:
+            raise self._typed(e) from e
 
     def set_page_cache_kib(self, kib: int) -> None:
         """Size this connection's page cache (the profile's memory budget decides how much)."""

@@ -264,24 +264,26 @@ class Frames(Gateway):
         """Record first-chapter and completion milestones reached by the frames now held."""
         # Counted in the partial index of missing frames: the planner took frames_nonce for the
         # second count, and read every held frame's row at every commit (issue 22 #6).
-        missing_first, missing_all = self._one(
+        missing = self._row(
             "SELECT (SELECT count(*) FROM frames f INDEXED BY frames_missing"
             "   WHERE f.book_id = m.book_id AND f.version = m.version AND f.data IS NULL"
-            "   AND f.idx < m.first_chapter_frames),"
+            "   AND f.idx < m.first_chapter_frames) AS first_chapter,"
             " (SELECT count(*) FROM frames f INDEXED BY frames_missing"
             "   WHERE f.book_id = m.book_id AND f.version = m.version AND f.data IS NULL)"
+            "   AS whole_book"
             " FROM manifests m WHERE m.book_id = ? AND m.version = ?",
             (book_id, version),
         )
+        assert missing is not None  # a frame is committed only under its recorded manifest
         first_ready = complete = False
-        if missing_first == 0:
+        if missing["first_chapter"] == 0:
             db.execute(
                 "UPDATE deliveries SET first_chapter_at = ? WHERE book_id = ? AND version = ?"
                 " AND first_chapter_at IS NULL",
                 (now, book_id, version),
             )
             first_ready = self._db.changes() > 0
-        if missing_all == 0:
+        if missing["whole_book"] == 0:
             db.execute(
                 "UPDATE manifests SET complete = 1 WHERE book_id = ? AND version = ?"
                 " AND NOT complete",

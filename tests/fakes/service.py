@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict, deque
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,11 +45,13 @@ class FakePackage:
         self._data = data
         self.position = 0
 
-    async def read_exactly(self, n: int) -> bytes:
+    async def read_exactly(self, n: int, feed: Callable[[memoryview], None] | None = None) -> bytes:
         chunk = self._data[self.position : self.position + n]
         if len(chunk) < n:
             raise TransportError(f"package body ended at byte {self.position + len(chunk)}")
         self.position += n
+        if feed is not None:
+            feed(memoryview(chunk))
         return chunk
 
 

@@ -3,6 +3,7 @@ libraries' text it gives back, and JSON answers built without the encoder's one-
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import subprocess
@@ -123,6 +124,44 @@ print(json.dumps([dropped, before, after, worked]))
     assert dropped > 10  # the interpreter, libc, OpenSSL, cryptography, apsw, zstandard ...
     assert after < before
     assert worked == [hashlib.sha256(b"shelfsync").hexdigest()[:8], {"a": [1, 2.5]}, 42]
+
+
+def test_a_download_takes_its_frame_sized_blocks_from_the_heap_and_maps_them_again_after() -> None:
+    """glibc's mallinfo2 counts the blocks mmapped: outside a download a 1 MiB block is one
+    (the daemon's fixed threshold), during downloads it comes from the heap, also while one of
+    two concurrent downloads has ended, and once the last has ended it is mapped again."""
+    code = """
+import ctypes
+from daemon import memory
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+
+def mapped_for_a_frame():
+    before = libc.mallinfo2().hblks
+    frame = bytearray(1 << 20)
+    return libc.mallinfo2().hblks - before
+
+memory.keep_heap_small()
+seen = [mapped_for_a_frame()]
+with memory.heap_kept_for_downloads():
+    with memory.heap_kept_for_downloads():
+        seen.append(mapped_for_a_frame())
+    seen.append(mapped_for_a_frame())
+seen.append(mapped_for_a_frame())
+print(seen)
+"""
+    if not hasattr(ctypes.CDLL(None), "mallinfo2"):
+        pytest.skip("not glibc 2.33 or later")
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[1, 0, 0, 1]"
 
 
 def test_text_is_dropped_with_a_trim_at_most_once_a_second(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -314,6 +314,34 @@ def test_a_purchase_evicts_the_least_likely_book_but_never_a_protected_one() -> 
     assert plan.evict == ["older", "old"]
 
 
+def test_a_book_whose_new_version_starts_is_not_evicted_for_a_later_one() -> None:
+    budget = Budget(
+        quota_bytes=3 * MB, fs_free_bytes=1000 * MB, reserve_bytes=0, battery_restricted=False
+    )
+    held = [held_book("a", 1 * MB, wanted=False), held_book("b", 1 * MB, wanted=False)]
+    updates = [
+        candidate("a", has_readable_version=True, expected_bytes=1 * MB, held_bytes=1 * MB),
+        candidate("b", has_readable_version=True, expected_bytes=3 * MB),
+    ]
+    plan = plan_deliveries(updates, held, budget, NOW, set(), 0, 2)
+    assert "a" not in plan.evict
+    assert not set(plan.start) & set(plan.evict)
+
+
+def test_a_book_evicted_for_a_wanted_one_does_not_start_its_new_version() -> None:
+    budget = Budget(
+        quota_bytes=2 * MB, fs_free_bytes=1000 * MB, reserve_bytes=0, battery_restricted=False
+    )
+    held = [held_book("old", 1 * MB, wanted=False)]
+    cands = [
+        candidate("wanted", expected_bytes=2 * MB),
+        candidate("old", has_readable_version=True, expected_bytes=1 * MB, held_bytes=1 * MB),
+    ]
+    plan = plan_deliveries(cands, held, budget, NOW, set(), 0, 2)
+    assert (plan.start, plan.evict) == (["wanted"], ["old"])
+    assert "removed to make room" in plan.waiting["old"]
+
+
 def test_a_purchase_that_cannot_fit_waits_and_holds_back_the_rest() -> None:
     budget = Budget(
         quota_bytes=5 * MB, fs_free_bytes=1000 * MB, reserve_bytes=0, battery_restricted=False

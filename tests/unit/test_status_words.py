@@ -1,6 +1,6 @@
 """The status in a reader's words (issue 23 #7): highlights, notes and bookmarks by their names,
 reading positions as such, no exception text, an error a later sync outdated gone, the device's
-name, and a trip in progress."""
+name, and a trip in progress (when a book bought now arrives)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,12 @@ def test_status_names_what_the_reader_made_and_hides_exception_text(tmp_path: Pa
     assert "3 changes and 1 reading position waiting to sync" in text
     assert "last sync error: the service could not be reached" in text
     assert "trip: 7 days offline" in text
+    assert "on a trip: books bought now arrive at the next connection\n" in text
+    between = {"running": True, "online": False, "trip": trip, "next_attempt_at": time.time()}
+    between["between_windows"] = True  # the trip's window ended: the next one is planned
+    assert "on a trip: books bought now arrive at the next connection, about" in format_status(
+        build_status(store, between)
+    )
     for raw in ("TransportError", "Errno", "edits"):
         assert raw not in text
 

@@ -1,5 +1,6 @@
 """Who copies the -wal into the database: the writer itself, or the store's checkpointer thread
-(daemon.store.database.WalCheckpointer); either way the -wal is then started over, cut back."""
+(daemon.store.database.WalCheckpointer); either way the -wal is then started over, cut back
+(kept whole while a download runs)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ import time
 from pathlib import Path
 
 from daemon.store import Store
-from daemon.store.database import PAGE_BYTES, WAL_CHECKPOINT_PAGES, WAL_KEPT_BYTES
+from daemon.store.database import (
+    PAGE_BYTES,
+    WAL_CHECKPOINT_PAGES,
+    WAL_KEPT_BYTES,
+    WAL_KEPT_DOWNLOADING_BYTES,
+)
 
 BLOB_BYTES = 1 << 20  # a media frame's size
 BLOB_PAGES = BLOB_BYTES // PAGE_BYTES
@@ -40,6 +46,29 @@ def test_without_a_checkpointer_the_writer_checkpoints_past_the_threshold(tmp_pa
         # Copied at the commit that crossed the threshold, before that commit returned.
         assert os.path.getsize(store.path) >= (WAL_CHECKPOINT_PAGES - 2 * BLOB_PAGES) * PAGE_BYTES
         assert wal_bytes(store) <= (WAL_CHECKPOINT_PAGES + 2 * BLOB_PAGES) * (WAL_FRAME_BYTES)
+    finally:
+        store.close()
+
+
+def test_while_downloading_a_wal_started_over_keeps_its_length_then_is_cut_back_again(
+    tmp_path: Path,
+) -> None:
+    """Written over in place, its pages stay in the page cache: cut back at every start, each
+    round of frames had them allocated afresh."""
+    a_round = WAL_CHECKPOINT_PAGES * PAGE_BYTES // BLOB_BYTES + 1  # checkpointed at its last
+    store = Store.open(tmp_path / "shelfsync.db")
+    try:
+        with store.downloading():
+            write_blobs(store, a_round)
+            grown = wal_bytes(store)
+            assert WAL_KEPT_BYTES < grown < WAL_KEPT_DOWNLOADING_BYTES
+            write_blobs(store, 1)  # starts the -wal over
+            assert wal_bytes(store) == grown
+        for _ in range(a_round + 1):  # until checkpointed and started over
+            write_blobs(store, 1)
+            if wal_bytes(store) < grown:
+                break
+        assert wal_bytes(store) <= WAL_KEPT_BYTES + 2 * BLOB_PAGES * WAL_FRAME_BYTES
     finally:
         store.close()
 
