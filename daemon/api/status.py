@@ -231,9 +231,10 @@ def _notes_line(notes: dict[str, Any], when: Callable[[float | None], str]) -> s
         line += f", {notes['rejected']} refused by the service"
     if notes.get("kept_despite_delete"):
         n = notes["kept_despite_delete"]
+        it, it_was = ("it", "it was") if n == 1 else ("them", "they were")
         line += (
             f"; {_counted(n, 'annotation', 'annotations')} kept although another device deleted"
-            " it, because it was edited meanwhile"
+            f" {it}, because {it_was} edited meanwhile"
         )
     if notes.get("last_sync_error"):
         line += f"; last sync failed: {notes['last_sync_error']}"

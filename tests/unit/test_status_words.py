@@ -57,3 +57,19 @@ def test_status_names_what_the_reader_made_and_hides_exception_text(tmp_path: Pa
     assert "last sync error" not in format_status(build_status(store))
     notes.close()
     store.close()
+
+
+def test_annotations_kept_despite_a_delete_are_counted_in_words(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "db")
+    notes = NotesStore.open(tmp_path / "db")
+    status = build_status(store)
+    status["annotations"]["kept_despite_delete"] = 1
+    assert "1 annotation kept although another device deleted it, because it was edited" in (
+        format_status(status)
+    )
+    status["annotations"]["kept_despite_delete"] = 4
+    assert "4 annotations kept although another device deleted them, because they were" in (
+        format_status(status)
+    )
+    notes.close()
+    store.close()
