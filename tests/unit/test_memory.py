@@ -102,11 +102,14 @@ def test_dropping_the_libraries_text_shrinks_the_process_and_keeps_it_working() 
     code = """
 import hashlib, json, sqlite3
 import daemon.app
-from daemon.memory import drop_library_text
+from daemon.memory import drop_library_text, text_mappings
 
 def rss_kib():
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS"))
 
+described = text_mappings(open("/proc/self/maps").read()).keys() <= text_mappings(
+    open("/proc/self/smaps").read()
+).keys()
 before = rss_kib()
 dropped = drop_library_text()
 after = rss_kib()
@@ -115,15 +118,20 @@ worked = (
     json.loads(json.dumps({"a": [1, 2.5]})),
     sqlite3.connect(":memory:").execute("SELECT 40 + 2").fetchone()[0],
 )
-print(json.dumps([dropped, before, after, worked]))
+print(json.dumps([described, dropped, before, after, worked]))
 """
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
-    dropped, before, after, worked = json.loads(out.stdout)
+    described, dropped, before, after, worked = json.loads(out.stdout)
+    assert worked == [hashlib.sha256(b"shelfsync").hexdigest()[:8], {"a": [1, 2.5]}, 42]
+    if not described:
+        # qemu-user (make arm-check) answers /proc/self/maps for the emulated process but
+        # /proc/self/smaps for its own: nothing is judged clean, nothing dropped, all still works.
+        assert dropped == 0
+        pytest.skip("/proc/self/smaps does not describe this process (qemu-user): run on a device")
     assert dropped > 10  # the interpreter, libc, OpenSSL, cryptography, apsw, zstandard ...
     assert after < before
-    assert worked == [hashlib.sha256(b"shelfsync").hexdigest()[:8], {"a": [1, 2.5]}, 42]
 
 
 def test_a_download_takes_its_frame_sized_blocks_from_the_heap_and_maps_them_again_after() -> None:
