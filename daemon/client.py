@@ -40,7 +40,7 @@ from daemon.errors import (
 from daemon.logs import log_event
 from daemon.models import LibraryChange, Notice
 from daemon.profile import DeviceProfile
-from daemon.protocol import hlc, merge
+from daemon.protocol import annotation_input, hlc, merge
 from daemon.protocol.crypto import ENVELOPE_SLACK, MAX_ROOT_ENVELOPE_BYTES
 from daemon.protocol.ids import BOOK_ID, MAX_DEVICE_NAME
 from daemon.protocol.manifest import MAX_DICTIONARY_BYTES, MAX_MANIFEST_BYTES
@@ -731,9 +731,9 @@ class ServiceClient:
             items, positions = [], []
             for entry in doc["changes"]:
                 if "item" in entry:
-                    items.append(merge.item_from_doc(entry["item"]))
+                    items.append(annotation_input.item_from_doc(entry["item"]))
                 else:
-                    positions.append(merge.position_from_doc(entry["position"]))
+                    positions.append(annotation_input.position_from_doc(entry["position"]))
             return AnnotationPage(
                 items, positions, int(doc["cursor"]), bool(doc["has_more"]), _stamp_in(doc)
             )

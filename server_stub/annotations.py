@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from daemon.errors import AnnotationError
-from daemon.protocol import hlc, merge
+from daemon.protocol import annotation_input, hlc, merge
 from daemon.protocol.ids import BOOK_ID
 from daemon.protocol.merge import Item
 from server_stub.api_errors import ApiError, read_json_object
@@ -89,11 +89,11 @@ def _parse_op(doc: Any, device_id: str) -> AnnotationOp:
     if not isinstance(doc, dict) or set(doc) not in ({"op_id", "item"}, {"op_id", "position"}):
         raise AnnotationError("op", "must be {op_id, item} or {op_id, position}")
     if "item" in doc:
-        item = merge.item_from_doc(doc["item"])
+        item = annotation_input.item_from_doc(doc["item"])
         if merge.author_nodes(item) - {device_id}:
             raise AnnotationError("op.item", "carries edits stamped by another device")
         return AnnotationOp(doc["op_id"], item.item_id, item)
-    position = merge.position_from_doc(doc["position"])
+    position = annotation_input.position_from_doc(doc["position"])
     if merge.position_author_nodes(position) - {device_id}:
         raise AnnotationError("op.position", "carries a place stamped by another device")
     return AnnotationOp(doc["op_id"], POSITION_TARGET + position.book_id, position)

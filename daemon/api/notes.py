@@ -34,7 +34,7 @@ from daemon.errors import AnnotationError, StoreError
 from daemon.killpoints import killpoint
 from daemon.logs import log_event
 from daemon.notes.store import NotesStore
-from daemon.protocol import merge
+from daemon.protocol import annotation_input, merge
 from daemon.protocol.hlc import HybridClock
 from daemon.protocol.ids import ITEM_ID
 from daemon.protocol.merge import Item
@@ -118,8 +118,10 @@ class NotesApi:
         book_id = request.match_info["book_id"]
         include_deleted = request.query.get("include_deleted") in ("1", "true")
         kind = request.query.get("kind")
-        if kind is not None and kind not in merge.KINDS:
-            return error(400, "bad_query", f"kind must be one of {', '.join(merge.KINDS)}")
+        if kind is not None and kind not in annotation_input.KINDS:
+            return error(
+                400, "bad_query", f"kind must be one of {', '.join(annotation_input.KINDS)}"
+            )
         names = self._notes.device_names()
         views = [
             named(merge.item_view(item, pending), names)
@@ -132,7 +134,7 @@ class NotesApi:
     async def create(self, request: web.Request) -> web.Response:
         book_id = request.match_info["book_id"]
         try:
-            new = merge.parse_new(await read_json(request))
+            new = annotation_input.parse_new(await read_json(request))
         except AnnotationError as e:
             return _bad(e)
         if not self._notes.book_on_device(book_id):
@@ -199,7 +201,7 @@ class NotesApi:
 
     async def edit(self, request: web.Request) -> web.Response:
         try:
-            edit = merge.parse_edit(await read_json(request))
+            edit = annotation_input.parse_edit(await read_json(request))
         except AnnotationError as e:
             return _bad(e)
         item = self._live(request.match_info["item_id"])
@@ -245,7 +247,7 @@ class NotesApi:
     async def set_position(self, request: web.Request) -> web.Response:
         book_id = request.match_info["book_id"]
         try:
-            place = merge.parse_place(await read_json(request))
+            place = annotation_input.parse_place(await read_json(request))
         except AnnotationError as e:
             return _bad(e)
         if not self._notes.book_on_device(book_id):

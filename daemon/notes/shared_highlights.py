@@ -26,7 +26,7 @@ from daemon.errors import AnnotationError, ShelfsyncError
 from daemon.killpoints import killpoint
 from daemon.logs import log_event
 from daemon.notes.store import NotesStore, Passage
-from daemon.protocol import merge
+from daemon.protocol import annotation_input
 from daemon.protocol.ids import BOOK_ID
 from daemon.radio.windows import RadioWindows
 from daemon.retry import Comeback, Decision, Retry
@@ -47,8 +47,8 @@ def check_passage(doc: Any) -> Passage:
     passage_id = doc.get("passage_id")
     if not isinstance(passage_id, str) or not BOOK_ID.match(passage_id):
         raise AnnotationError("passage.passage_id", "must be 1-64 letters, digits, '_' or '-'")
-    anchor = merge.parse_anchor(doc.get("anchor"), "passage.anchor") if readers else {}
-    return Passage(merge.check_book_id(doc.get("book_id")), passage_id, readers, anchor)
+    anchor = annotation_input.parse_anchor(doc.get("anchor"), "passage.anchor") if readers else {}
+    return Passage(annotation_input.check_book_id(doc.get("book_id")), passage_id, readers, anchor)
 
 
 class SharedHighlights:

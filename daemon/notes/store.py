@@ -27,7 +27,7 @@ import apsw
 
 from daemon.errors import StoreError
 from daemon.killpoints import killpoint
-from daemon.protocol import merge
+from daemon.protocol import annotation_input, merge
 from daemon.protocol.merge import Item, Position
 from daemon.store import Store
 from daemon.store.database import WAL_BACKSTOP_PAGES, keep_wal
@@ -159,7 +159,7 @@ class NotesStore(Gateway):
 
     def item(self, item_id: str) -> Item | None:
         row = self._one("SELECT state FROM annotations WHERE item_id = ?", (item_id,))
-        return None if row is None else merge.item_from_doc(json.loads(row[0]))
+        return None if row is None else annotation_input.item_from_doc(json.loads(row[0]))
 
     def is_pending(self, item_id: str) -> bool:
         return bool(
@@ -177,7 +177,10 @@ class NotesStore(Gateway):
             " ORDER BY a.updated",
             (book_id, int(include_deleted)),
         )
-        return [(merge.item_from_doc(json.loads(r["state"])), bool(r["unsent"])) for r in rows]
+        return [
+            (annotation_input.item_from_doc(json.loads(r["state"])), bool(r["unsent"]))
+            for r in rows
+        ]
 
     @staticmethod
     def _write_item(db: apsw.Connection, item: Item) -> None:
@@ -219,7 +222,7 @@ class NotesStore(Gateway):
 
     def position(self, book_id: str) -> Position | None:
         row = self._one("SELECT state FROM positions WHERE book_id = ?", (book_id,))
-        return None if row is None else merge.position_from_doc(json.loads(row[0]))
+        return None if row is None else annotation_input.position_from_doc(json.loads(row[0]))
 
     @staticmethod
     def _write_position(db: apsw.Connection, position: Position) -> None:
@@ -390,7 +393,7 @@ class _NotesCounts(Gateway):
         assert outbox is not None  # counts: always one row
         meta = {r["key"]: r["value"] for r in self._rows("SELECT key, value FROM notes_meta")}
         (shared,) = self._one("SELECT count(*) FROM popular_passages")
-        by_kind = dict.fromkeys(merge.KINDS, 0)
+        by_kind = dict.fromkeys(annotation_input.KINDS, 0)
         kept = 0
         for r in self._rows(
             "SELECT json_extract(state, '$.fields.kind[1]') AS kind,"

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from daemon.protocol import hlc, merge
+from daemon.protocol import annotation_input, hlc, merge
 from daemon.protocol.merge import Item, Position
 from server_stub.store.database import Database
 from server_stub.store.library import EVERY_DEVICE
@@ -88,7 +88,9 @@ class Annotations(Database):
                     continue
                 stored = None if row is None else json.loads(row[1])
                 before = (
-                    merge.item_from_doc(stored) if stored and isinstance(op.delta, Item) else None
+                    annotation_input.item_from_doc(stored)
+                    if stored and isinstance(op.delta, Item)
+                    else None
                 )
                 merged = _join_state(op.delta, stored)
                 seq = self._next_seq("annotations")
@@ -323,8 +325,8 @@ def _join_state(delta: Item | Position, stored: dict[str, Any] | None) -> Item |
     if stored is None:
         return delta
     if isinstance(delta, Item):
-        return merge.join_item(merge.item_from_doc(stored), delta)
-    return merge.join_position(merge.position_from_doc(stored), delta)
+        return merge.join_item(annotation_input.item_from_doc(stored), delta)
+    return merge.join_position(annotation_input.position_from_doc(stored), delta)
 
 
 def _state_doc(state: Item | Position) -> dict[str, Any]:

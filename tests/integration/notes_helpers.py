@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from daemon.client import AccountClient, ClientLimits, DeviceCredentials, ServiceClient
 from daemon.device_key import load_or_create_device_key
-from daemon.protocol import merge
+from daemon.protocol import annotation_input, merge
 from daemon.protocol.crypto import x25519_public_text
 from daemon.protocol.hlc import HybridClock
 from tests.conftest import StubImport, import_into_stub
@@ -76,7 +76,7 @@ class BareDevice:
         return merge_op(f"op_{self.device_id}_{self.made:05d}", key, doc)
 
     def highlight(self, item_id: str, book_id: str, exact: str) -> tuple[merge.Item, str]:
-        new = merge.parse_new({"kind": "highlight", "anchor": anchor(exact)})
+        new = annotation_input.parse_new({"kind": "highlight", "anchor": anchor(exact)})
         delta = merge.create_delta(item_id, book_id, self.clock.tick(int(time.time() * 1000)), new)
         return delta, self.op("item", delta)
 

@@ -27,7 +27,7 @@ import pytest
 from daemon.api.client import LocalApiClient
 from daemon.client import AccountClient
 from daemon.notes.store import NotesStore
-from daemon.protocol import merge
+from daemon.protocol import annotation_input, merge
 from daemon.protocol.hlc import HybridClock
 from daemon.store import Store
 from server_stub.app import RunningStub, running_stub
@@ -114,7 +114,7 @@ def seed_offline_edits(rig: Rig) -> None:
                     existing[i], stamp, merge.Edit({}, f"run {rig.runs} edit {i}", None)
                 )
             else:
-                new = merge.parse_new(
+                new = annotation_input.parse_new(
                     {"kind": "note", "anchor": anchor(), "note": f"run {rig.runs} new {i}"}
                 )
                 delta = merge.create_delta(
@@ -200,7 +200,7 @@ async def run_clean_and_check(rig: Rig) -> None:
             local = notes.item(target)
             assert local is not None, target
             assert merge.item_to_doc(local) == merge.item_to_doc(
-                merge.item_from_doc(json.loads(state))
+                annotation_input.item_from_doc(json.loads(state))
             )
         assert len(notes.items(rig.book_id, True)) == len(service.entries)
     finally:

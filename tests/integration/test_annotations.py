@@ -26,7 +26,7 @@ from daemon.errors import AnnotationError, DiskFullError
 from daemon.models import LibraryChange
 from daemon.notes.shared_highlights import SharedHighlights
 from daemon.notes.store import NotesStore
-from daemon.protocol import merge
+from daemon.protocol import annotation_input, merge
 from daemon.protocol.hlc import HybridClock
 from daemon.radio.windows import RadioWindows
 from daemon.store import Store
@@ -622,7 +622,7 @@ def test_any_text_comes_back_exactly_and_as_text_through_the_service(note: str, 
     the limits refuse is refused at the local API and again at the service."""
     doc = {"kind": "highlight", "anchor": {**anchor(), "quote": {"exact": quote}}, "note": note}
     try:
-        new = merge.parse_new(doc)
+        new = annotation_input.parse_new(doc)
     except AnnotationError:
         return  # refused before anything is stored; the service refuses it too (below)
     stamp = HybridClock("dev_writer").tick(int(time.time() * 1000))
@@ -639,7 +639,7 @@ def test_any_text_comes_back_exactly_and_as_text_through_the_service(note: str, 
             page = store.annotation_changes(account_id, "dev_reader", 0, 10, 2**20)
         finally:
             store.close()
-    received = merge.item_from_doc(json.loads(page.entries[0][2]))
+    received = annotation_input.item_from_doc(json.loads(page.entries[0][2]))
     shown = safe_dumps(merge.item_view(received, False))
     assert "<" not in shown
     assert ">" not in shown
@@ -654,12 +654,12 @@ def test_oversized_text_is_refused_by_the_service_too() -> None:
         "an_0123456789",
         "bk_anybook",
         stamp,
-        merge.parse_new({"kind": "note", "anchor": anchor(), "note": "ok"}),
+        annotation_input.parse_new({"kind": "note", "anchor": anchor(), "note": "ok"}),
     )
     doc = merge.item_to_doc(delta)
     doc["texts"] = {stamp: "x" * (10 * 1024 * 1024)}
     with pytest.raises(AnnotationError, match="over the limit"):
-        merge.item_from_doc(doc)
+        annotation_input.item_from_doc(doc)
 
 
 @pytest.mark.faults(24)
@@ -677,7 +677,9 @@ def test_a_full_disk_refuses_the_note_visibly_and_keeps_what_was_saved(tmp_path:
         def save_until_full() -> None:
             for _ in range(1000):
                 stamp = clock.tick(int(time.time() * 1000))
-                new = merge.parse_new({"kind": "note", "anchor": anchor(), "note": "n" * 8000})
+                new = annotation_input.parse_new(
+                    {"kind": "note", "anchor": anchor(), "note": "n" * 8000}
+                )
                 item_id = f"an_full{len(saved):06d}"
                 delta = merge.create_delta(item_id, "bk_full", stamp, new)
                 notes.commit_item_edit(delta, f"op_full{len(saved):06d}", stamp, 0)
@@ -703,13 +705,13 @@ def test_an_edit_that_beats_a_delete_is_told_to_every_device_once(tmp_path: Path
         account_id, _ = store.create_account("reader", time.time())
         kindle, _ = store.create_device(account_id, "Hall Kindle", "", time.time())
         phone, _ = store.create_device(account_id, "Phone", "", time.time())
-        new = merge.parse_new({"kind": "highlight", "anchor": anchor()})
+        new = annotation_input.parse_new({"kind": "highlight", "anchor": anchor()})
         made = merge.create_delta("an_kept000001", "bk_anybook", HybridClock(kindle).tick(1), new)
         # Each device changes what it last saw, concurrently: the kindle deletes it, the phone
         # recolours it.
         deleted = merge.delete_delta(made, HybridClock(kindle).tick(2_000))
         edited = merge.edit_delta(
-            made, HybridClock(phone).tick(3_000), merge.parse_edit({"color": "green"})
+            made, HybridClock(phone).tick(3_000), annotation_input.parse_edit({"color": "green"})
         )
         ops = [
             AnnotationOp("op_made", made.item_id, made),
@@ -720,7 +722,7 @@ def test_an_edit_that_beats_a_delete_is_told_to_every_device_once(tmp_path: Path
         assert store.notices(kindle, 0, 10) == []  # a delete alone is no news
         applied = store.apply_annotation_ops(account_id, phone, ops[2:], time.time(), passage_of)
         later = merge.edit_delta(
-            edited, HybridClock(phone).tick(4_000), merge.parse_edit({"color": "blue"})
+            edited, HybridClock(phone).tick(4_000), annotation_input.parse_edit({"color": "blue"})
         )
         store.apply_annotation_ops(
             account_id,

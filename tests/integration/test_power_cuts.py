@@ -34,7 +34,7 @@ from daemon.content.reader import FrameOpener, read_resource
 from daemon.errors import NotOnDeviceError, ShelfsyncError, StoreError
 from daemon.models import LibraryChange
 from daemon.notes.store import NotesStore
-from daemon.protocol import merge
+from daemon.protocol import annotation_input, merge
 from daemon.protocol.hlc import HybridClock
 from daemon.protocol.manifest import Manifest
 from daemon.store import Store
@@ -93,7 +93,7 @@ def workload(db: Path, book: Book, promised: Promises, rng: random.Random) -> No
             nonlocal saved
             saved += 1
             item_id, text = f"note_{saved:04d}", f"note {saved} {rng.random()}"
-            new = merge.parse_new({"kind": "note", "anchor": anchor(), "note": text})
+            new = annotation_input.parse_new({"kind": "note", "anchor": anchor(), "note": text})
             stamp = clock.tick(NOW * 1000 + saved)
             delta = merge.create_delta(item_id, BOOK_ID, stamp, new)
             notes.commit_item_edit(delta, f"op_{item_id}", stamp, NOW + saved)
@@ -259,7 +259,9 @@ def test_an_io_error_at_any_op_is_typed_and_damages_nothing(
                 store.frames.record_manifest(manifest, b"envelope", NOW)
                 store.frames.commit_frame(BOOK_ID, 1, 0, first, NOW)
                 stamp = HybridClock("dev_io").tick(NOW * 1000)
-                new = merge.parse_new({"kind": "note", "anchor": anchor(), "note": "kept"})
+                new = annotation_input.parse_new(
+                    {"kind": "note", "anchor": anchor(), "note": "kept"}
+                )
                 delta = merge.create_delta("note_io_001", BOOK_ID, stamp, new)
                 notes.commit_item_edit(delta, "op_io_001", stamp, NOW)
                 saved = True

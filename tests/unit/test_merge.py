@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.errors import AnnotationError
-from daemon.protocol import hlc, merge
+from daemon.protocol import annotation_input, hlc, merge
 from daemon.protocol.hlc import HybridClock
 from daemon.protocol.ids import ITEM_ID
 from daemon.protocol.merge import Edit, Item, NewAnnotation, Position
@@ -26,7 +26,7 @@ from daemon.protocol.merge import Edit, Item, NewAnnotation, Position
 BOOK = "bk_0123456789abcdef"
 NOW_MS = 1_764_000_000_000
 DAY_MS = 86_400_000
-ANCHOR = merge.parse_anchor(
+ANCHOR = annotation_input.parse_anchor(
     {"resource": "OPS/ch1.xhtml", "start": 10, "end": 20, "quote": {"exact": "Call me"}}
 )
 PLACE = {"resource": "OPS/ch1.xhtml", "start": 0, "progress": 0.5}
@@ -188,7 +188,7 @@ def step(world: World, data: st.DataObject) -> None:
         changes: dict[str, Any] = {}
         intended: list[str] = []  # what the reader saw and meant to replace (the oracle's view)
         if action == "color":
-            changes["color"] = data.draw(st.sampled_from(list(merge.COLORS)))
+            changes["color"] = data.draw(st.sampled_from(list(annotation_input.COLORS)))
         elif action == "note":
             text = f"{device.node} wrote {device.made}"
             intended = [versions[0][0]] if versions else []  # the note shown, not conflicts
@@ -448,7 +448,7 @@ def test_reading_position_keeps_here_latest_and_furthest() -> None:
     assert view["latest"]["device_id"] == "dev_b"
     assert view["furthest"]["device_id"] == "dev_a"
     assert view["furthest"]["position"]["progress"] == 0.8
-    assert merge.position_from_doc(merge.position_to_doc(state)) == state
+    assert annotation_input.position_from_doc(merge.position_to_doc(state)) == state
 
 
 # -- join laws on arbitrary deltas --------------------------------------------------------------
@@ -492,9 +492,9 @@ def test_join_is_commutative_associative_and_idempotent(parts: list[Item], rnd: 
     rnd.shuffle(shuffled)
     doubled = shuffled + rnd.sample(parts, k=len(parts) // 2)
     assert fold(parts) == fold(shuffled) == fold(doubled)
-    assert merge.item_from_doc(json.loads(json.dumps(merge.item_to_doc(fold(parts))))) == fold(
-        parts
-    )
+    assert annotation_input.item_from_doc(
+        json.loads(json.dumps(merge.item_to_doc(fold(parts))))
+    ) == fold(parts)
 
 
 # -- the same passage highlighted on several devices (issue 23 #10) -----------------------------
@@ -510,7 +510,7 @@ ranges = st.fixed_dictionaries(
 readers_marks = st.lists(
     st.tuples(
         st.sampled_from(["dev_kindle", "dev_phone", "dev_tablet"]),
-        st.sampled_from(merge.COLORS),
+        st.sampled_from(annotation_input.COLORS),
         st.text("abc ", max_size=5),  # quote context: readers' software differs
         st.integers(-DAY_MS, DAY_MS),  # clock skew
     ),
@@ -528,7 +528,7 @@ def _anchor_of(r: dict[str, Any], context: str) -> dict[str, Any]:
     }
     if r["book_version"] is not None:
         doc["book_version"] = r["book_version"]
-    return merge.parse_anchor(doc)
+    return annotation_input.parse_anchor(doc)
 
 
 @given(ranges, readers_marks, st.randoms(use_true_random=False))
@@ -619,20 +619,20 @@ def test_different_ranges_are_different_highlights(a: dict[str, Any], b: dict[st
 @pytest.mark.faults(33)
 def test_malformed_or_oversized_annotations_are_refused(body: Any, field: str) -> None:
     with pytest.raises(AnnotationError) as caught:
-        merge.parse_new(body)
+        annotation_input.parse_new(body)
     assert caught.value.field == field
 
 
 @given(st.text(max_size=300))
 def test_any_valid_text_round_trips_exactly(text: str) -> None:
     try:
-        merge.check_text(text, "note", merge.MAX_NOTE_CHARS)
+        annotation_input.check_text(text, "note", annotation_input.MAX_NOTE_CHARS)
     except AnnotationError:
         return
-    new = merge.parse_new({"kind": "note", "anchor": ANCHOR, "note": text})
+    new = annotation_input.parse_new({"kind": "note", "anchor": ANCHOR, "note": text})
     item = merge.create_delta("an_00000001", BOOK, hlc.encode(NOW_MS, 0, "d"), new)
     doc = json.loads(json.dumps(merge.item_to_doc(item)))
-    assert merge.item_view(merge.item_from_doc(doc), False)["note"] == text
+    assert merge.item_view(annotation_input.item_from_doc(doc), False)["note"] == text
 
 
 def test_wire_documents_are_checked() -> None:
@@ -644,11 +644,11 @@ def test_wire_documents_are_checked() -> None:
     )
     doc = merge.item_to_doc(item)
     with pytest.raises(AnnotationError):
-        merge.item_from_doc({**doc, "edits": {"dev_b": hlc.encode(NOW_MS, 0, "dev_a")}})
+        annotation_input.item_from_doc({**doc, "edits": {"dev_b": hlc.encode(NOW_MS, 0, "dev_a")}})
     with pytest.raises(AnnotationError):
-        merge.item_from_doc({**doc, "texts": {"not a stamp": "x"}})
+        annotation_input.item_from_doc({**doc, "texts": {"not a stamp": "x"}})
     with pytest.raises(AnnotationError):
-        merge.item_from_doc({**doc, "extra": 1})
+        annotation_input.item_from_doc({**doc, "extra": 1})
     with pytest.raises(AnnotationError):
         merge.join_item(item, merge.Item("an_00000001", "bk_other"))
     assert merge.author_nodes(item) == {"dev_a"}

@@ -18,7 +18,7 @@ from daemon.errors import DatabaseDamagedError, FrameHashError, ShelfsyncError
 from daemon.idle_check import IdleCheck
 from daemon.models import LibraryChange
 from daemon.notes.store import NotesStore, annotation_status
-from daemon.protocol import merge
+from daemon.protocol import annotation_input, merge
 from daemon.protocol.hlc import HybridClock
 from daemon.store import Store
 from daemon.store.database import IntegrityRecord, check_at_start, wal_lost_at_start
@@ -54,7 +54,7 @@ def device_db(path: Path, files: list[tuple[str, bytes]] = FILES) -> Path:
     clock = HybridClock("dev_damaged")
     for i in range(NOTES):
         stamp = clock.tick(NOW * 1000 + i)
-        new = merge.parse_new({"kind": "note", "anchor": ANCHOR, "note": note_text(i)})
+        new = annotation_input.parse_new({"kind": "note", "anchor": ANCHOR, "note": note_text(i)})
         notes.commit_item_edit(
             merge.create_delta(f"note_{i:04d}", BOOK, stamp, new), f"op_{i}", stamp, NOW
         )
@@ -199,7 +199,7 @@ def test_a_wal_deleted_after_a_crash_leaves_the_last_checkpoint_whole(tmp_path: 
     store, notes = Store.open(db), NotesStore.open(db)
     clock = HybridClock("dev_damaged", notes.clock_floor())
     stamp = clock.tick(NOW * 1000 + 99)
-    new = merge.parse_new({"kind": "note", "anchor": ANCHOR, "note": "only in the WAL"})
+    new = annotation_input.parse_new({"kind": "note", "anchor": ANCHOR, "note": "only in the WAL"})
     notes.commit_item_edit(
         merge.create_delta("note_wal_only", BOOK, stamp, new), "op_wal", stamp, NOW
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from daemon.api.status import build_status, format_status
 from daemon.notes.store import NotesStore
-from daemon.protocol import merge
+from daemon.protocol import annotation_input, merge
 from daemon.protocol.hlc import HybridClock
 from daemon.store import Store
 
@@ -23,7 +23,9 @@ def test_status_names_what_the_reader_made_and_hides_exception_text(tmp_path: Pa
     notes = NotesStore.open(tmp_path / "db")
     clock = HybridClock("dev_0123456789abcdef")
     for n, kind in enumerate(("highlight", "highlight", "bookmark")):
-        new = merge.parse_new({"kind": kind, "anchor": {**ANCHOR, "start": n, "end": n + 5}})
+        new = annotation_input.parse_new(
+            {"kind": kind, "anchor": {**ANCHOR, "start": n, "end": n + 5}}
+        )
         stamp = clock.tick(1_764_000_000_000)
         notes.commit_item_edit(
             merge.create_delta(f"an_item{n:05d}", BOOK, stamp, new), f"op_{n:08d}", stamp, 0.0

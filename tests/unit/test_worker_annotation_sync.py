@@ -14,7 +14,7 @@ from daemon.backoff import Backoff
 from daemon.errors import DiskFullError, ServiceHTTPError, StalledError
 from daemon.notes.annotation_sync import AnnotationSync
 from daemon.notes.store import NotesStore
-from daemon.protocol import merge
+from daemon.protocol import annotation_input, merge
 from daemon.protocol.hlc import HybridClock
 from daemon.retry import Comeback
 from daemon.store import Store
@@ -35,7 +35,7 @@ class World:
     hlc: HybridClock
 
     def highlight(self) -> None:
-        new = merge.parse_new(
+        new = annotation_input.parse_new(
             {
                 "kind": "highlight",
                 "anchor": {
