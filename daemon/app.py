@@ -376,7 +376,7 @@ class Daemon:
                 on_change=library_changed,
                 comeback=comeback,
                 on_root=delivery.follow_root,
-                on_manifests=delivery.offer_manifests,
+                on_manifests=delivery.downloads.offer_manifests,
             )
 
             def notes_now() -> None:
@@ -417,7 +417,7 @@ class Daemon:
                 poll_interval_s=profile.sync.poll_interval_s,
                 on_event=link_event,
                 on_library_push=sync.apply_push,
-                on_pushed_frames=delivery.offer_frames,
+                on_pushed_frames=delivery.downloads.offer_frames,
                 on_dictionaries=dictionaries.prefetch,
                 prefix_room=delivery.free_bytes,
                 comeback=comeback,

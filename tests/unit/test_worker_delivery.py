@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from daemon.backoff import Backoff
 from daemon.client import ChangesPage, LibraryPush, PushedFrames
-from daemon.content.delivery import PUSHED_FRAMES_GRACE_S, DeliveryPolicy, DeliveryWorker
+from daemon.content.delivery import DeliveryPolicy, DeliveryWorker
+from daemon.content.download import PUSHED_FRAMES_GRACE_S
 from daemon.errors import DiskFullError, ServiceHTTPError, StalledError
 from daemon.retry import Comeback
 from daemon.store import Store
@@ -52,7 +53,7 @@ class World:
             page = ChangesPage([change], change.seq, False)
             envelope = self.service.manifests[BOOK]
             push = LibraryPush(0, page, {BOOK: envelope}, {BOOK: (1, frames_follow)})
-            self.worker.offer_manifests(push)
+            self.worker.downloads.offer_manifests(push)
         self.worker.wake()
         await settle()
 
@@ -109,7 +110,7 @@ async def test_frames_a_push_announced_are_committed_as_they_land_beside_the_res
     assert world.state() != "complete"
     for frame in manifest.frames[:2]:
         data = world.package[frame.offset : frame.offset + frame.length]
-        world.worker.offer_frames(PushedFrames(BOOK, 1, frame.offset, data))
+        world.worker.downloads.offer_frames(PushedFrames(BOOK, 1, frame.offset, data))
         await settle()
     assert world.state() == "complete"
     assert len(world.service.ranges) == 1
@@ -133,7 +134,7 @@ async def test_a_pushed_frame_that_fails_its_hash_fails_the_attempt_and_the_retr
     pushed = manifest.frames[0].length
     await world.buy(frames_follow=pushed)
     forged = bytes(b ^ 1 for b in world.package[:pushed])
-    world.worker.offer_frames(PushedFrames(BOOK, 1, 0, forged))
+    world.worker.downloads.offer_frames(PushedFrames(BOOK, 1, 0, forged))
     await settle()
     assert world.state() != "complete"
     await world.clock.advance(60)
