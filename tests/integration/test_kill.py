@@ -72,12 +72,15 @@ async def test_killed_mid_download_resumes_without_refetching_committed_frames(
             await stop(daemon)
         assert daemon.returncode == -signal.SIGKILL
 
-        # What survived the kill: exactly the committed frames, and a sound database.
+        # What survived the kill: exactly the committed frames, and a sound database. Which
+        # frames those are depends on the race of the frames the push brings with the Range
+        # for the rest (a busy machine delays either); how many does not.
         store = Store.open(state / "shelfsync.db")
         assert store.integrity_check() == "ok"
-        missing = store.frames.missing_frames(book_id, 1)
-        assert [f.idx for f in missing] == list(range(frames_kept, len(manifest.frames)))
+        missing = [f.idx for f in store.frames.missing_frames(book_id, 1)]
         store.close()
+        assert len(manifest.frames) - len(missing) == frames_kept
+        missing_bytes = sum(manifest.frames[i].length for i in missing)
 
         await admin(stub.url, "DELETE", "/v1/admin/requests")
         daemon = await spawn_daemon(stub, state, account.account_token, None)
@@ -92,9 +95,15 @@ async def test_killed_mid_download_resumes_without_refetching_committed_frames(
                 assert book["state"] == "complete"
                 log = (await admin(stub.url, "GET", "/v1/admin/requests"))["requests"]
                 packages = [r for r in log if r["path"].endswith("/package")]
-                resume_at = manifest.frames[frames_kept].offset
-                assert packages[0]["range"] == f"bytes={resume_at}-{manifest.package_size - 1}"
-                assert sum(r["bytes"] for r in packages) == manifest.package_size - resume_at
+                resume_at = manifest.frames[missing[0]].offset
+                assert packages[0]["range"].startswith(f"bytes={resume_at}-")
+                fetched = sum(r["bytes"] for r in packages)
+                if missing == list(range(missing[0], len(manifest.frames))):
+                    assert fetched == missing_bytes  # not one committed byte again
+                else:
+                    # Held frames between missing ones may be read past (plan.fetch_span: a
+                    # short gap costs less than a round trip), never those before the first.
+                    assert missing_bytes <= fetched <= manifest.package_size - resume_at
                 await assert_reads_back(api, corpus_dir / BOOK)
         finally:
             await stop(daemon)
