@@ -7,9 +7,8 @@ channel stays up with its keep-alive, as before."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -36,13 +35,6 @@ class World:
     comeback: Comeback
     on_trip: bool = True
     holding: bool = False  # a part of the test's that owes work for the window
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store.open(tmp_path / "db")
-    yield store
-    store.close()
 
 
 @pytest.fixture

@@ -7,9 +7,8 @@ said it does not have; a stop mid-download is clean."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -56,13 +55,6 @@ class World:
             self.worker.downloads.offer_manifests(push)
         self.worker.wake()
         await settle()
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store.open(tmp_path / "db")
-    yield store
-    store.close()
 
 
 @pytest.fixture

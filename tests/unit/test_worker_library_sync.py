@@ -4,9 +4,8 @@ but reported; a store that fails in the failure path too is survived; a stop is 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -29,13 +28,6 @@ class World:
     store: Store
     sync: LibrarySync
     comeback: Comeback
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store.open(tmp_path / "db")
-    yield store
-    store.close()
 
 
 @pytest.fixture
